@@ -1,0 +1,3 @@
+from merging.cli import main
+
+raise SystemExit(main())

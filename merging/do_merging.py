@@ -1,0 +1,132 @@
+"""DO-Merging (Decouple and Orthogonalize), as two independent switches over any merge method.
+
+No public code of the paper exists; this module is mergescope's reading of it:
+
+decouple
+    Split each update into column magnitudes mᵢ[j] = ‖ΔWᵢ[:, j]‖₂ (column j = input feature j) and
+    unit-column directions Dᵢ = ΔWᵢ / mᵢ. Merge the directions with the chosen method, renormalise
+    the merged columns to unit length, merge the magnitudes separately (λ-weighted mean Σλᵢmᵢ/n by
+    default, or sum / max), and recombine ΔW = D·diag(m). The point: a large-magnitude update no longer
+    drowns the direction of a small one.
+
+orthogonalize
+    Data-free, per module, before the directions are merged: find small perturbations δᵢ that
+    minimise  Σ_{i<j} ⟨Dᵢ+δᵢ, Dⱼ+δⱼ⟩² / (‖Dᵢ+δᵢ‖²‖Dⱼ+δⱼ‖²) + μ Σᵢ ‖δᵢ‖²  with Adam, so the merged
+    directions interfere less. Without decouple the "directions" are the updates divided by their
+    Frobenius norm, and each is scaled back afterwards, so μ means the same thing in both cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+
+MagnitudeRule = Literal["mean", "sum", "max"]
+MAGNITUDE_RULES: tuple[str, ...] = ("mean", "sum", "max")
+
+
+@dataclass(frozen=True)
+class DoMergingOptions:
+    decouple: bool = False
+    orthogonalize: bool = False
+    magnitude: MagnitudeRule = "mean"
+    steps: int = 50
+    lr: float = 0.01
+    mu: float = 1.0
+
+    @property
+    def active(self) -> bool:
+        return self.decouple or self.orthogonalize
+
+
+@dataclass
+class OrthogonalizeReport:
+    """What orthogonalize did at one module: loss per step, pairwise cosines before and after."""
+
+    loss: list[float] = field(default_factory=list)
+    cosine_before: list[list[float]] = field(default_factory=list)
+    cosine_after: list[list[float]] = field(default_factory=list)
+    relative_change: float = 0.0  # ‖δ‖ / ‖D‖ over all adapters
+
+
+def column_magnitudes(delta: torch.Tensor) -> torch.Tensor:
+    """‖ΔW[:, j]‖₂ for every input feature j."""
+    return torch.linalg.vector_norm(delta, dim=0)
+
+
+def directions(delta: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    """ΔW with unit columns; an all-zero column stays zero (it has no direction)."""
+    safe = torch.where(magnitudes > 0, magnitudes, torch.ones_like(magnitudes))
+    return delta / safe
+
+
+def unit_columns(matrix: torch.Tensor) -> torch.Tensor:
+    return directions(matrix, column_magnitudes(matrix))
+
+
+def merge_magnitudes(
+    magnitudes: Sequence[torch.Tensor], weights: Sequence[float], rule: MagnitudeRule = "mean"
+) -> torch.Tensor:
+    """Merge per-column magnitudes: λ-weighted mean Σλᵢmᵢ/n, λ-weighted sum Σλᵢmᵢ, or max of λᵢmᵢ.
+
+    The mean divides by the number of adapters, not by Σλ, for the same reason TIES' disjoint mean
+    does: a common λ must still scale the merge (λ = 0.5 for all halves the magnitudes).
+    """
+    stacked = torch.stack(list(magnitudes))
+    w = torch.tensor([float(x) for x in weights], dtype=stacked.dtype, device=stacked.device)[:, None]
+    if rule == "mean":
+        return (stacked * w).sum(0) / len(weights)
+    if rule == "sum":
+        return (stacked * w).sum(0)
+    if rule == "max":
+        return (stacked * w).max(dim=0).values
+    raise ValueError(f"unknown magnitude rule '{rule}' (allowed: {', '.join(MAGNITUDE_RULES)})")
+
+
+def pairwise_cosines(matrices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """n × n cosines of the flattened matrices (0 where one of them is zero)."""
+    flat = torch.stack([m.reshape(-1) for m in matrices])
+    norms = torch.linalg.vector_norm(flat, dim=1)
+    gram = flat @ flat.T
+    denom = norms[:, None] * norms[None, :]
+    return torch.where(denom > 0, gram / torch.where(denom > 0, denom, 1.0), torch.zeros_like(gram))
+
+
+def _interference_loss(perturbed: torch.Tensor) -> torch.Tensor:
+    """Σ_{i<j} cos²(Xᵢ, Xⱼ) over the rows of `perturbed` (one flattened direction per row)."""
+    gram = perturbed @ perturbed.T
+    sq_norms = torch.diagonal(gram).clamp(min=1e-12)
+    cos_sq = gram**2 / (sq_norms[:, None] * sq_norms[None, :])
+    return torch.triu(cos_sq, diagonal=1).sum()
+
+
+def orthogonalize(
+    directions_in: Sequence[torch.Tensor], steps: int = 50, lr: float = 0.01, mu: float = 1.0
+) -> tuple[list[torch.Tensor], OrthogonalizeReport]:
+    """Perturb the directions so their pairwise cosines fall, at a cost μ‖δ‖² for moving them.
+
+    Runs Adam on δ (initialised at zero) for `steps` steps; returns Dᵢ + δᵢ and a report.
+    """
+    report = OrthogonalizeReport(cosine_before=pairwise_cosines(directions_in).tolist())
+    if len(directions_in) < 2 or steps <= 0:
+        report.cosine_after = report.cosine_before
+        return list(directions_in), report
+    shape = directions_in[0].shape
+    base = torch.stack([d.reshape(-1) for d in directions_in]).detach()
+    delta = torch.zeros_like(base, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = _interference_loss(base + delta) + mu * (delta**2).sum()
+            loss.backward()
+            optimizer.step()
+            report.loss.append(float(loss.detach()))
+    result = (base + delta.detach()).reshape(len(directions_in), *shape)
+    outputs = list(result.unbind(0))
+    report.cosine_after = pairwise_cosines(outputs).tolist()
+    base_norm = float(torch.linalg.vector_norm(base))
+    report.relative_change = float(torch.linalg.vector_norm(delta.detach())) / base_norm if base_norm else 0.0
+    return outputs, report
