@@ -1,0 +1,478 @@
+"""merging.plots: each figure is checked for its content (traces, values, ranges, titles), not just built."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import typing
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from merging import plots
+from merging.plots import (
+    HOW_TO_READ,
+    INIT_STYLES,
+    ROLE_COLOURS,
+    accuracy_bars,
+    accuracy_delta,
+    cosine_before_after,
+    cosine_heatmap,
+    cross_task_heatmap,
+    energy_kept,
+    figure_to_html,
+    interference_heatmap,
+    lambda_heatmap,
+    layer_norms,
+    magnitude_variance_by_layer,
+    orthogonalize_loss,
+    overlap_heatmap,
+    runs_comparison,
+    sign_conflicts_by_layer,
+    sweep_curves,
+    sweep_points,
+)
+
+# ----------------------------------------------------------------------------------------------
+# Hand data in the library's own layouts
+
+
+def result(merged_a: float | None = 0.8, merged_b: float | None = 0.6) -> dict:
+    """EvaluationResult.to_dict() for tasks a, b."""
+    tasks = {
+        "a": {"base": 0.5, "single": 0.9, "merged": merged_a, "majority": 0.55},
+        "b": {"base": 0.4, "single": 0.8, "merged": merged_b, "majority": 0.5},
+    }
+    for scores in tasks.values():
+        m = scores["merged"]
+        scores["normalized"] = None if m is None else m / scores["single"]
+    merged = [s["merged"] for s in tasks.values() if s["merged"] is not None]
+    norms = [s["normalized"] for s in tasks.values() if s["normalized"] is not None]
+    average = {
+        "base": 0.45,
+        "single": 0.85,
+        "merged": sum(merged) / len(merged) if merged else None,
+        "normalized": sum(norms) / len(norms) if norms else None,
+        "majority": 0.525,
+    }
+    return {"tasks": tasks, "average": average, "seconds": 1.0, "notes": []}
+
+
+MODULES = {
+    "base_model.model.encoder.layer.0.attention.self.query": {"rank": 4, "energy_kept": 0.9, "path": "factored"},
+    "base_model.model.encoder.layer.0.attention.self.value": {"rank": 4, "energy_kept": 0.7, "path": "factored"},
+    "base_model.model.encoder.layer.1.attention.self.query": {"rank": 2, "energy_kept": 1.0, "path": "dense"},
+    "base_model.model.pooler.dense": {"rank": 2, "energy_kept": 0.5, "path": "dense"},
+}
+
+METRIC_LAYERS = {
+    "1": {"column_norm_cv": [0.3, 0.4], "norm_variance_across": 0.02, "sign_conflict_rate": 0.45},
+    "0": {"column_norm_cv": [0.1, 0.2], "norm_variance_across": 0.01, "sign_conflict_rate": 0.5},
+    "other": {"column_norm_cv": [0.5, None], "norm_variance_across": 0.03, "sign_conflict_rate": 0.3},
+}
+
+ADAPTER_SUMMARY = {
+    "name": "sst2",
+    "modules": {
+        "encoder.layer.0.attention.self.query": {"rank": 4, "shape": [8, 8], "scale": 2.0, "delta_fro_norm": 1.0},
+        "encoder.layer.0.attention.self.value": {"rank": 4, "shape": [8, 8], "scale": 2.0, "delta_fro_norm": 2.0},
+        "encoder.layer.1.attention.self.query": {"rank": 4, "shape": [8, 8], "scale": 2.0, "delta_fro_norm": 3.0},
+        "encoder.layer.1.attention.self.value": {"rank": 4, "shape": [8, 8], "scale": 2.0, "delta_fro_norm": 4.0},
+    },
+}
+
+SWEEP = [
+    {"lambda": lam, "init": init, "task": task, "merged": value}
+    for init, offset in (("standard", 0.0), ("osrm", 0.1))
+    for task, base in (("a", 0.5), ("b", 0.3))
+    for lam, value in ((0.5, base + offset), (1.0, base + offset + 0.2))
+]
+
+
+def by_name(fig: go.Figure, name: str):
+    matches = [t for t in fig.data if t.name == name]
+    assert len(matches) == 1, f"expected one trace named {name!r}, got {[t.name for t in fig.data]}"
+    return matches[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 1–2. Accuracy
+
+
+def test_accuracy_bars_groups_values_and_normalised_text():
+    fig = accuracy_bars(result())
+    assert [t.type for t in fig.data] == ["bar", "bar", "bar", "scatter"]
+    assert fig.layout.barmode == "group"
+    base, single, merged = (by_name(fig, n) for n in ("base model", "single adapter", "merged"))
+    assert list(base.x) == ["a", "b", "average"]
+    assert list(base.y) == [0.5, 0.4, 0.45]
+    assert list(single.y) == [0.9, 0.8, 0.85]
+    assert merged.y[:2] == pytest.approx((0.8, 0.6))
+    assert merged.y[2] == pytest.approx(0.7)
+    # merged ÷ single written on the merged bars: 0.8/0.9 = 89%, 0.6/0.8 = 75%
+    assert list(merged.text[:2]) == ["89% of single", "75% of single"]
+    majority = by_name(fig, "majority-class baseline")
+    assert list(majority.y) == [0.55, 0.5, 0.525]
+    assert majority.mode == "markers"
+    # the fixed role colours
+    assert base.marker.color == ROLE_COLOURS["base"]
+    assert single.marker.color == ROLE_COLOURS["single"]
+    assert merged.marker.color == ROLE_COLOURS["merged"]
+    assert fig.layout.title.text == "Accuracy per task"
+    assert fig.layout.yaxis.title.text == "Accuracy (%)"
+    assert fig.layout.yaxis.tickformat == ".0%"
+    assert "%{y:.2%}" in merged.hovertemplate
+
+
+def test_accuracy_bars_without_merge_has_no_merged_series():
+    fig = accuracy_bars(result(None, None))
+    assert [t.name for t in fig.data] == ["base model", "single adapter", "majority-class baseline"]
+
+
+def test_accuracy_delta_in_points_and_coloured_by_sign():
+    fig = accuracy_delta(result(0.85, 0.5), result(0.8, 0.6))
+    (bar,) = fig.data
+    assert list(bar.x) == ["a", "b", "average"]
+    assert list(bar.y) == pytest.approx([5.0, -10.0, -2.5])
+    assert list(bar.marker.color) == [ROLE_COLOURS["gain"], ROLE_COLOURS["loss"], ROLE_COLOURS["loss"]]
+    assert list(bar.text) == ["+5.00 pp", "-10.00 pp", "-2.50 pp"]
+    assert "percentage points" in fig.layout.yaxis.title.text
+
+
+def test_accuracy_delta_names_tasks_it_could_not_compare():
+    previous = result(0.8, None)
+    fig = accuracy_delta(result(0.85, 0.5), previous)
+    assert list(fig.data[0].x) == ["a", "average"]
+    note = fig.layout.title.subtitle.text
+    assert "not compared" in note and note.endswith(": b")
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Energy kept
+
+
+def test_energy_kept_per_module_from_whole_summary():
+    fig = energy_kept({"method": "ties", "modules": MODULES})
+    (bar,) = fig.data
+    assert list(bar.y) == [0.9, 0.7, 1.0, 0.5]
+    # the common "base_model.model." prefix is dropped from tick labels, full name kept for the hover
+    assert list(bar.x)[0] == "encoder.layer.0.attention.self.query"
+    assert bar.customdata[0][0] == "base_model.model.encoder.layer.0.attention.self.query"
+    assert fig.layout.yaxis.range == (0, 1.08)
+
+
+def test_energy_kept_per_layer_mean_with_min_max_error_bars():
+    fig = energy_kept(MODULES, by="layer")
+    (bar,) = fig.data
+    assert list(bar.x) == ["0", "1", "other"]
+    assert list(bar.y) == pytest.approx([0.8, 1.0, 0.5])
+    assert list(bar.error_y.array) == pytest.approx([0.1, 0.0, 0.0])
+    assert list(bar.error_y.arrayminus) == pytest.approx([0.1, 0.0, 0.0])
+    assert "layer" in fig.layout.xaxis.title.text
+    with pytest.raises(ValueError):
+        energy_kept(MODULES, by="head")
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. DO-Merging
+
+
+def test_orthogonalize_loss_mean_and_band():
+    curves = {"m1": [4.0, 2.0, 1.0], "m2": [2.0, 1.0], "m3": [3.0, 3.0, 3.0]}
+    fig = orthogonalize_loss(curves)
+    low, high, mean = fig.data
+    assert list(mean.x) == [0, 1, 2]
+    assert list(mean.y) == pytest.approx([3.0, 2.0, 2.0])  # step 2: only m1 and m3 reached it
+    assert list(low.y) == [2.0, 1.0, 1.0]
+    assert list(high.y) == [4.0, 3.0, 3.0]
+    assert high.fill == "tonexty"
+    assert fig.layout.xaxis.title.text == "Adam step"
+    with_modules = orthogonalize_loss(curves, show_modules=True)
+    assert len(with_modules.data) == 3 + 3
+    assert sum(bool(t.showlegend) for t in with_modules.data[:3]) == 1
+
+
+def test_orthogonalize_loss_empty_says_why():
+    fig = orthogonalize_loss({})
+    assert len(fig.data) == 0
+    assert "no orthogonalisation" in fig.layout.annotations[0].text
+
+
+def test_cosine_before_after_two_heatmaps_sharing_a_centred_axis():
+    before = torch.tensor([[1.0, 0.6], [0.6, 1.0]])
+    after = [[1.0, -0.1], [-0.1, 1.0]]
+    fig = cosine_before_after(before, after, ["x", "y"])
+    assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
+    assert fig.data[0].xaxis == "x" and fig.data[1].xaxis == "x2"
+    assert [v for r in fig.data[0].z for v in r] == pytest.approx([1.0, 0.6, 0.6, 1.0])
+    assert [v for r in fig.data[1].z for v in r] == pytest.approx([1.0, -0.1, -0.1, 1.0])
+    axis = fig.layout.coloraxis
+    assert (axis.cmin, axis.cmax, axis.cmid) == (-1, 1, 0)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[0].startswith("Before") and "0.600" in titles[0]
+    assert titles[1].startswith("After") and "0.100" in titles[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# 5–9. Metrics
+
+
+def test_magnitude_variance_by_layer_both_views_in_layer_order():
+    fig = magnitude_variance_by_layer({"adapters": ["sst2", "spam"], "layers": METRIC_LAYERS})
+    lines = [t for t in fig.data if t.type == "scatter"]
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [t.name for t in lines] == ["sst2", "spam"]
+    assert list(lines[0].x) == ["0", "1", "other"]
+    assert list(lines[0].y) == [0.1, 0.3, 0.5]
+    assert list(lines[1].y) == [0.2, 0.4, None]  # a null stays a gap, not a zero
+    assert len(bars) == 1 and list(bars[0].y) == [0.01, 0.02, 0.03]
+    assert bars[0].xaxis == "x2"
+    assert "CV" in fig.layout.yaxis.title.text
+    assert "Variance" in fig.layout.yaxis2.title.text
+    # layers mapping alone: default adapter names
+    plain = magnitude_variance_by_layer(METRIC_LAYERS)
+    assert [t.name for t in plain.data if t.type == "scatter"] == ["adapter 1", "adapter 2"]
+
+
+def test_overlap_heatmap_fixed_unit_range_and_annotated():
+    fig = overlap_heatmap(torch.tensor([[1.0, 0.25], [0.25, 0.5]]), ["a", "b"], title="Input subspaces")
+    (heat,) = fig.data
+    assert heat.type == "heatmap"
+    assert (heat.zmin, heat.zmax) == (0.0, 1.0)
+    assert [list(r) for r in heat.z] == [[1.0, 0.25], [0.25, 0.5]]
+    assert list(heat.x) == ["a", "b"] and list(heat.y) == ["a", "b"]
+    assert heat.texttemplate == "%{z:.2f}"
+    assert fig.layout.title.text == "Input subspaces"
+    assert fig.layout.yaxis.autorange == "reversed"  # row 0 on top, like the matrix
+
+
+def test_cosine_heatmap_diverging_centred_at_zero():
+    fig = cosine_heatmap([[1.0, -0.5], [-0.5, float("nan")]], ["a", "b"])
+    (heat,) = fig.data
+    assert (heat.zmin, heat.zmax, heat.zmid) == (-1.0, 1.0, 0.0)
+    assert [list(r) for r in heat.z] == [[1.0, -0.5], [-0.5, None]]
+    colours = [c for _, c in heat.colorscale]
+    assert colours[0] != colours[-1]  # diverging, not one hue
+
+
+def test_sign_conflicts_by_layer_sorted_with_random_reference():
+    fig = sign_conflicts_by_layer({None: 0.2, 1: 0.4, 0: 0.6})
+    (bar,) = fig.data
+    assert list(bar.x) == ["0", "1", "other"]
+    assert list(bar.y) == [0.6, 0.4, 0.2]
+    assert any(shape.y0 == 0.5 and shape.line.dash == "dash" for shape in fig.layout.shapes)
+    # the adapter_metrics layout works the same way
+    from_metrics = sign_conflicts_by_layer({k: v["sign_conflict_rate"] for k, v in METRIC_LAYERS.items()})
+    assert list(from_metrics.data[0].y) == [0.5, 0.45, 0.3]
+
+
+def test_interference_heatmap_log_scale_centred_at_one():
+    matrix = torch.tensor([[1.0, 0.01, 0.0], [20.0, 1.0, float("inf")], [float("nan"), 0.5, 1.0]])
+    fig = interference_heatmap(matrix, ["t1", "t2", "t3"], ["A1", "A2", "A3"])
+    (heat,) = fig.data
+    z = [list(r) for r in heat.z]
+    assert z[0][0] == 0.0 and z[1][1] == 0.0 and z[2][2] == 0.0  # diagonal: log10(1)
+    assert z[0][1] == pytest.approx(-2.0)
+    assert z[1][0] == pytest.approx(math.log10(20.0))
+    assert z[1][2] is None and z[2][0] is None
+    assert (heat.zmin, heat.zmax, heat.zmid) == (-2, 2, 0.0)
+    assert z[0][2] == -2  # a 0 ratio sits at the bottom of the range
+    assert heat.text[1][2] == "∞" and heat.text[2][0] == "n/a" and heat.text[1][0] == "20"
+    assert list(heat.colorbar.ticktext) == ["0.01", "0.1", "1", "10", "100"]
+    assert list(heat.y) == ["t1", "t2", "t3"] and list(heat.x) == ["A1", "A2", "A3"]
+    linear = interference_heatmap(matrix, ["t1", "t2", "t3"], ["A1", "A2", "A3"], log=False).data[0]
+    assert linear.zmid == 1.0 and linear.z[1][0] == 20.0
+
+
+# ----------------------------------------------------------------------------------------------
+# 10–11. Sweeps
+
+
+@pytest.mark.parametrize("as_frame", [False, True])
+def test_sweep_curves_tasks_by_colour_init_by_dash_and_average(as_frame):
+    points = pd.DataFrame(SWEEP) if as_frame else SWEEP
+    fig = sweep_curves(points)
+    names = [t.name for t in fig.data]
+    assert names == [f"{task} · {init}" for task in ("a", "b", "average") for init in ("standard", "osrm")]
+    a_std, a_osrm = by_name(fig, "a · standard"), by_name(fig, "a · osrm")
+    assert list(a_std.x) == [0.5, 1.0]
+    assert list(a_std.y) == pytest.approx([0.5, 0.7])
+    assert list(a_osrm.y) == pytest.approx([0.6, 0.8])
+    assert a_std.line.color == a_osrm.line.color  # same task, same colour
+    assert a_std.line.dash == INIT_STYLES["standard"]["dash"] == "solid"
+    assert a_osrm.line.dash == INIT_STYLES["osrm"]["dash"] == "dash"
+    average = by_name(fig, "average · osrm")
+    assert list(average.y) == pytest.approx([0.5, 0.7])  # mean of a (0.6, 0.8) and b (0.4, 0.6)
+    assert average.line.width > a_std.line.width
+    assert fig.layout.yaxis.tickformat == ".0%"
+    assert "λ" in fig.layout.xaxis.title.text
+
+
+def test_sweep_points_from_lab_sweep_output():
+    sweep = [([0.5, 0.5], result(0.7, 0.5)), ([1.0, 1.0], result(0.8, None))]
+    points = sweep_points(sweep, init="osrm")
+    assert points == [
+        {"lambda": 0.5, "init": "osrm", "task": "a", "merged": 0.7},
+        {"lambda": 0.5, "init": "osrm", "task": "b", "merged": 0.5},
+        {"lambda": 1.0, "init": "osrm", "task": "a", "merged": 0.8},
+    ]
+    assert len(sweep_curves(points).data) == 3  # a, b, average
+
+
+def test_lambda_heatmap_grid_axes_and_best_star():
+    grid = [[0.5, 0.6, 0.55], [0.7, 0.65, 0.6]]
+    fig = lambda_heatmap([0.5, 1.0], [0.0, 0.5, 1.0], grid, names=["sst2", "spam"])
+    heat, star = fig.data
+    assert [list(r) for r in heat.z] == grid
+    assert list(heat.y) == [0.5, 1.0] and list(heat.x) == [0.0, 0.5, 1.0]
+    assert (heat.zmin, heat.zmax) == (0.5, 0.7)
+    assert (star.x[0], star.y[0]) == (0.0, 1.0)  # best 0.7 at λ₁ = 1.0, λ₂ = 0.0
+    assert "sst2" in fig.layout.yaxis.title.text and "spam" in fig.layout.xaxis.title.text
+
+
+# ----------------------------------------------------------------------------------------------
+# 12–14. One adapter, cross-task, runs
+
+
+def test_layer_norms_one_series_per_module_kind():
+    fig = layer_norms(ADAPTER_SUMMARY)
+    assert [t.name for t in fig.data] == ["attention.self.query", "attention.self.value"]
+    query, value = fig.data
+    assert list(query.x) == ["0", "1"] and list(query.y) == [1.0, 3.0]
+    assert list(value.y) == [2.0, 4.0]
+    assert fig.layout.barmode == "group"
+    assert fig.layout.title.text == "Update size per layer — sst2"
+    assert "‖ΔW‖_F" in fig.layout.yaxis.title.text
+    assert query.customdata[0][0] == "encoder.layer.0.attention.self.query"
+
+
+def test_layer_norms_from_a_real_adapter_summary():
+    from conftest import TWO_LAYERS, random_adapter
+
+    summary = random_adapter("t", TWO_LAYERS).summary()
+    fig = layer_norms(summary)
+    query = by_name(fig, "attention.self.query")
+    expected = [summary["modules"][f"encoder.layer.{i}.attention.self.query"]["delta_fro_norm"] for i in (0, 1)]
+    assert list(query.y) == pytest.approx(expected)
+
+
+def test_cross_task_heatmap_layout():
+    data = {"adapters": ["A", "B", "C"], "tasks": ["a", "b"], "accuracy": [[0.9, 0.5], [0.4, 0.8], [0.6, 0.6]]}
+    fig = cross_task_heatmap(data)
+    (heat,) = fig.data
+    assert list(heat.y) == ["A", "B", "C"] and list(heat.x) == ["a", "b"]
+    assert [list(r) for r in heat.z] == data["accuracy"]
+    assert (heat.zmin, heat.zmax) == (0.0, 1.0)
+
+
+def test_runs_comparison_one_series_per_run_union_of_tasks():
+    third = result(0.9, 0.4)
+    third["tasks"]["c"] = {"base": 0.3, "single": 0.9, "merged": 0.7, "normalized": 0.7 / 0.9, "majority": 0.4}
+    fig = runs_comparison([{"label": "run 1 · ta", "results": result()}, {"results": third}])
+    first, second = fig.data
+    assert first.name == "run 1 · ta" and second.name == "run 2"
+    assert list(first.x) == ["a", "b", "c", "average"]
+    assert list(first.y) == pytest.approx([0.8, 0.6, None, 0.7])
+    assert list(second.y)[:3] == [0.9, 0.4, 0.7]
+    assert first.marker.color != second.marker.color
+    assert first.marker.pattern.shape != second.marker.pattern.shape  # not told apart by colour alone
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared conventions
+
+BUILDERS = {
+    "accuracy_bars": lambda p: accuracy_bars(result(), presentation=p),
+    "accuracy_delta": lambda p: accuracy_delta(result(0.9, 0.5), result(), presentation=p),
+    "energy_kept": lambda p: energy_kept(MODULES, presentation=p),
+    "orthogonalize_loss": lambda p: orthogonalize_loss({"m": [2.0, 1.0]}, show_modules=True, presentation=p),
+    "cosine_before_after": lambda p: cosine_before_after([[1, 0.5], [0.5, 1]], [[1, 0], [0, 1]], ["x", "y"],
+                                                         presentation=p),
+    "magnitude_variance_by_layer": lambda p: magnitude_variance_by_layer(METRIC_LAYERS, presentation=p),
+    "overlap_heatmap": lambda p: overlap_heatmap([[1, 0.2], [0.2, 1]], ["a", "b"], presentation=p),
+    "cosine_heatmap": lambda p: cosine_heatmap([[1, 0.2], [0.2, 1]], ["a", "b"], presentation=p),
+    "sign_conflicts_by_layer": lambda p: sign_conflicts_by_layer({0: 0.3}, presentation=p),
+    "interference_heatmap": lambda p: interference_heatmap([[1, 0.1], [2, 1]], ["a", "b"], ["A", "B"],
+                                                           presentation=p),
+    "sweep_curves": lambda p: sweep_curves(SWEEP, presentation=p),
+    "lambda_heatmap": lambda p: lambda_heatmap([0, 1], [0, 1], [[0.1, 0.2], [0.3, 0.4]], presentation=p),
+    "layer_norms": lambda p: layer_norms(ADAPTER_SUMMARY, presentation=p),
+    "cross_task_heatmap": lambda p: cross_task_heatmap(
+        {"adapters": ["A"], "tasks": ["a"], "accuracy": [[0.5]]}, presentation=p),
+    "runs_comparison": lambda p: runs_comparison([{"label": "r", "results": result()}], presentation=p),
+}
+
+
+def figure_functions() -> set[str]:
+    """Public functions of merging.plots whose return type is a Figure."""
+    names = set()
+    for name, function in inspect.getmembers(plots, inspect.isfunction):
+        if name.startswith("_") or function.__module__ != plots.__name__:
+            continue
+        if typing.get_type_hints(function).get("return") is go.Figure:
+            names.add(name)
+    return names
+
+
+def test_every_figure_function_is_explained_and_exercised():
+    functions = figure_functions()
+    assert len(functions) >= 15
+    assert set(HOW_TO_READ) == functions
+    assert set(BUILDERS) == functions
+    for name, line in HOW_TO_READ.items():
+        assert line.strip() and "\n" not in line, name
+
+
+def test_every_figure_function_takes_presentation_and_type_hints():
+    for name in figure_functions():
+        signature = inspect.signature(getattr(plots, name))
+        assert signature.parameters["presentation"].default is False, name
+        hints = typing.get_type_hints(getattr(plots, name))
+        assert set(signature.parameters) <= set(hints), name
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_titles_axes_hover_and_presentation(name):
+    normal, talk = BUILDERS[name](False), BUILDERS[name](True)
+    assert normal.layout.title.text, name
+    assert talk.layout.font.size > normal.layout.font.size
+    assert talk.layout.title.font.size > normal.layout.title.font.size
+    # every trace says exactly what it shows on hover
+    for trace in normal.data:
+        assert trace.hovertemplate and "%{" in trace.hovertemplate, (name, trace.name)
+    # every axis in use has a title
+    for key in ("xaxis", "yaxis", "xaxis2", "yaxis2"):
+        axis = normal.layout[key] if key in normal.layout else None
+        if axis is not None and any(getattr(t, key[:1] + "axis", None) == key.replace("axis", "") for t in normal.data):
+            if axis.visible is not False:
+                assert axis.title.text, (name, key)
+    # markers and lines grow too
+    for small, large in zip(normal.data, talk.data):
+        dash_symbol = str(small.marker.symbol).startswith("line") if small.type == "scatter" else False
+        if small.type == "scatter" and "markers" in (small.mode or "") and not dash_symbol:
+            assert large.marker.size > small.marker.size, name
+        if small.type == "scatter" and "lines" in (small.mode or "") and (small.line.width or 0) > 0:
+            assert large.line.width > small.line.width, name
+
+
+def test_colour_blind_cues_beyond_colour():
+    # standard vs OSRM differ by dash and by marker symbol, not only by hue
+    assert INIT_STYLES["standard"]["dash"] != INIT_STYLES["osrm"]["dash"]
+    assert INIT_STYLES["standard"]["symbol"] != INIT_STYLES["osrm"]["symbol"]
+    fig = sweep_curves(SWEEP)
+    assert by_name(fig, "a · standard").marker.symbol != by_name(fig, "a · osrm").marker.symbol
+    # no red–green pair among the role colours: the palette is Okabe–Ito
+    assert ROLE_COLOURS["gain"].upper() == "#009E73" and ROLE_COLOURS["loss"].upper() == "#D55E00"
+
+
+def test_figure_to_html_is_self_contained():
+    html = figure_to_html(accuracy_bars(result()))
+    assert "<html" in html[:200].lower()
+    # no script fetched from anywhere: plotly.js is inlined
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html, flags=re.IGNORECASE)
+    assert "cdn.plot.ly/plotly" not in html
+    assert len(html) > 1_000_000  # the library itself is in the file
+    assert "Accuracy per task" in html
