@@ -248,7 +248,7 @@ def show_figure(figure, name: str, key: str, how_to_read: str | None = None) -> 
     if not settings().presentation:
         st.download_button(
             "Download chart (HTML)",
-            figure_to_html(figure),
+            lambda: figure_to_html(figure),  # built on click: a self-contained page is ~5 MB
             file_name=f"{key}.html",
             mime="text/html",
             key=f"html:{key}",

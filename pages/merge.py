@@ -280,9 +280,8 @@ if last:
     if not ui_settings.presentation:
         st.markdown("**Export**")
         e1, e2, e3 = st.columns(3)
-        if "zip" not in last:
-            last["zip"] = _zip_of(last["merged"])
-        e1.download_button("Merged adapter (PEFT zip)", last["zip"], f"merged-run{last['run_id']}.zip",
+        merged_adapter = last["merged"]
+        e1.download_button("Merged adapter (PEFT zip)", lambda: _zip_of(merged_adapter), f"merged-run{last['run_id']}.zip",
                            "application/zip", key="export_zip")
         e2.download_button("Recipe (JSON)", json.dumps(last["merged"].recipe.to_dict(), indent=2),
                            f"recipe-run{last['run_id']}.json", "application/json", key="export_recipe")
