@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 import traceback
@@ -68,9 +69,14 @@ def _zoo(folder: str) -> Zoo:
     return load_zoo(folder)
 
 
+def zoo_folder() -> Path:
+    """The built-in zoo, or another one named by MERGESCOPE_ZOO (tests use a small one)."""
+    return Path(os.environ.get("MERGESCOPE_ZOO", str(REPO_ZOO)))
+
+
 def zoo() -> Zoo | None:
     try:
-        return _zoo(str(REPO_ZOO))
+        return _zoo(str(zoo_folder()))
     except ZooError:
         return None
 
