@@ -353,9 +353,14 @@ def peft_config_for(adapter: Adapter, template: Mapping | None = None) -> dict:
     default_rank = max(ranks.values()) if ranks else 1
     # rank_pattern / alpha_pattern keys are regexes matched at the end of a module name: escape dots.
     rank_pattern = {re.escape(m): r for m, r in ranks.items() if r != default_rank}
-    target_modules = sorted({m.rsplit(".", 1)[-1] for m in ranks})
+    # Full module names: PEFT matches them exactly, so no other module gets a (zero) LoRA layer.
+    target_modules = sorted(ranks)
     config = dict(template or {})
-    for key in ("rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "init_lora_weights"):
+    # Settings of the template adapter that would make PEFT skip or add modules on load.
+    for key in (
+        "rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "init_lora_weights", "layers_to_transform",
+        "layers_pattern", "exclude_modules", "target_parameters", "layer_replication", "trainable_token_indices",
+    ):
         config.pop(key, None)
     config.update(
         {
