@@ -1,0 +1,287 @@
+"""OSRM: Orthogonal Subspaces for Robust model Merging (Zhang et al., 2025).
+
+Merging adapters interferes when task s's update ΔW_s = B_s·A_s responds to task t's inputs:
+the merged model sees ΔW_s·x for every x of task t. OSRM chooses each task's LoRA A *before* fine-
+tuning so that A_s·x ≈ 0 for the other tasks' inputs x: with A fixed (or only lightly trained), the
+update ΔW_s = B_s·A_s then barely moves the other tasks' hidden states.
+
+Per target module, with X the other tasks' input features (one row per sample: the mean over its
+non-padding tokens of the module's input), OSRM solves
+
+    min_A ‖A·Xᵀ‖_F   subject to   A·Aᵀ = I_r
+
+whose solution is the r right-singular vectors of X with the smallest singular values (the null
+space of X when it has one: fewer samples than input dimensions). The ``osrm-cov`` variant uses all
+tokens instead of per-sample means: minimise trace(A·C·Aᵀ) with C = Σ_tokens x·xᵀ, solved by the
+eigenvectors of C with the r smallest eigenvalues.
+
+The post-hoc variant takes an adapter already trained with standard LoRA and re-factors its update
+onto the OSRM rows: B' = ΔW·A'⁺ so that B'·A' = ΔW·P, P the projector onto the row space of A'.
+
+Module names are the base model's own (``bert.encoder.layer.0.attention.self.query``), as in
+merging.lora.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from merging.lora import PEFT_PREFIX, Adapter, LoraModule
+
+Progress = Callable[[int, int, str], None]
+
+METHODS = ("osrm", "osrm-cov")
+
+
+@dataclass
+class ModuleFeatures:
+    """One module's input statistics over a set of texts, on the CPU in float32 / float64."""
+
+    means: torch.Tensor  # (n_samples, d_in): per sample, the mean input over its non-padding tokens
+    second_moment: torch.Tensor | None  # (d_in, d_in) float64: Σ over non-padding tokens of x·xᵀ
+    tokens: int  # how many non-padding tokens went into second_moment
+
+    @property
+    def covariance(self) -> torch.Tensor | None:
+        """The (uncentred) second moment per token, Σ x·xᵀ / tokens."""
+        if self.second_moment is None:
+            return None
+        return self.second_moment / max(self.tokens, 1)
+
+
+def matches_target(module_name: str, target_modules: Sequence[str]) -> bool:
+    """PEFT's rule for a list of target modules: the name equals a target or ends in ``.target``."""
+    return any(module_name == t or module_name.endswith("." + t) for t in target_modules)
+
+
+def target_linear_modules(model: nn.Module, target_modules: Sequence[str]) -> dict[str, nn.Linear]:
+    """The model's nn.Linear modules that LoRA would adapt, by their own (unprefixed) names."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and matches_target(name, target_modules):
+            found[name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name] = module
+    if not found:
+        raise ValueError(
+            f"no nn.Linear modules named {list(target_modules)} in {type(model).__name__}; "
+            "pass the pretrained model (not a PEFT-wrapped one) and its module names"
+        )
+    return found
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def collect_input_features(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    target_modules: Sequence[str] = ("query", "value"),
+    max_length: int = 48,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    covariance: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, ModuleFeatures]:
+    """Inputs of the target Linear modules of a *pretrained* model over `texts`, per module.
+
+    Forward hooks capture each target module's input x (batch × tokens × d_in). Per text, the mean of
+    x over its non-padding tokens gives one row of `means`; with `covariance`, Σ x·xᵀ over all
+    non-padding tokens is accumulated as well (for ``osrm-cov``). The model is left as it was.
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError("collect_input_features needs at least one text")
+    modules = target_linear_modules(model, target_modules)
+    if isinstance(device, str):
+        from merging.merge import resolve_device
+
+        device = resolve_device(device)
+    device = torch.device(device) if device is not None else _model_device(model)
+    original_device = _model_device(model)
+    was_training = model.training
+
+    state: dict[str, torch.Tensor] = {}  # the current batch's attention mask
+    means: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    moments: dict[str, torch.Tensor] = {}
+    tokens = 0
+
+    def make_hook(name: str):
+        def hook(_module, inputs, _output):
+            x = inputs[0]
+            mask = state["mask"]
+            if x.ndim != 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+                raise ValueError(
+                    f"{name}: expected an input of shape (batch, tokens, d_in) matching the attention "
+                    f"mask {tuple(mask.shape)}, got {tuple(x.shape)}"
+                )
+            x = x.detach().float()
+            weights = mask.to(x.dtype).unsqueeze(-1)
+            counts = weights.sum(dim=1).clamp_min(1.0)
+            means[name].append(((x * weights).sum(dim=1) / counts).cpu())
+            if covariance:
+                kept = x[mask.bool()]  # (non-padding tokens, d_in)
+                moment = (kept.T @ kept).double().cpu()
+                moments[name] = moments[name] + moment if name in moments else moment
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
+    try:
+        model.to(device)
+        model.eval()
+        total = (len(texts) + batch_size - 1) // batch_size
+        for index, start in enumerate(range(0, len(texts), batch_size)):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            batch = {key: value.to(device) for key, value in batch.items()}
+            state["mask"] = batch["attention_mask"]
+            tokens += int(batch["attention_mask"].sum())
+            model(**batch)
+            if progress is not None:
+                progress(index + 1, total, "collecting input features")
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+        model.to(original_device)
+
+    return {
+        name: ModuleFeatures(
+            means=torch.cat(means[name], dim=0),
+            second_moment=moments.get(name) if covariance else None,
+            tokens=tokens,
+        )
+        for name in modules
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The initialisations
+
+
+def _check_rank(rank: int, d_in: int) -> None:
+    if not 1 <= rank <= d_in:
+        raise ValueError(f"rank must be between 1 and the input dimension {d_in}, got {rank}")
+
+
+def osrm_init(other_task_features: torch.Tensor, rank: int) -> torch.Tensor:
+    """A (rank × d_in) with orthonormal rows minimising ‖A·Xᵀ‖_F for X the other tasks' features.
+
+    The rows are the right-singular vectors of X with the `rank` smallest singular values, counting
+    the zero singular values of X's null space when X has fewer rows than columns (then A·Xᵀ = 0 up
+    to rounding as long as rank ≤ d_in − rank(X)). The minimum of ‖A·Xᵀ‖²_F is the sum of the `rank`
+    smallest squared singular values.
+    """
+    X = torch.as_tensor(other_task_features).detach()
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"expected other-task features of shape (n ≥ 1, d_in), got {tuple(X.shape)}")
+    _check_rank(rank, int(X.shape[1]))
+    X = X.to("cpu", torch.float64)
+    # full_matrices: Vh is d_in × d_in even when n < d_in, so its last rows span X's null space.
+    _, _, Vh = torch.linalg.svd(X, full_matrices=True)
+    return Vh[-rank:].to(torch.float32).contiguous()
+
+
+def osrm_cov_init(covariance: torch.Tensor, rank: int) -> torch.Tensor:
+    """A (rank × d_in) with orthonormal rows minimising trace(A·C·Aᵀ): C's bottom-`rank` eigenvectors."""
+    C = torch.as_tensor(covariance).detach().to("cpu", torch.float64)
+    if C.ndim != 2 or C.shape[0] != C.shape[1]:
+        raise ValueError(f"expected a square covariance matrix, got shape {tuple(C.shape)}")
+    _check_rank(rank, int(C.shape[0]))
+    _, vectors = torch.linalg.eigh((C + C.T) / 2)  # eigenvalues ascending
+    return vectors[:, :rank].T.to(torch.float32).contiguous()
+
+
+def osrm_A_for_task(
+    features: Mapping[str, Mapping[str, ModuleFeatures]],
+    task: str,
+    rank: int,
+    method: str = "osrm",
+    rows: str = "samples",
+) -> dict[str, torch.Tensor]:
+    """Each module's OSRM A for `task`, from the input features of every *other* task.
+
+    `features` maps task name → collect_input_features(...) of that task's texts. With
+    ``method="osrm"`` the other tasks' per-sample mean features are stacked (``rows="samples"``), or
+    each task contributes the mean of its rows (``rows="tasks"``, as in the authors' code); with
+    ``method="osrm-cov"`` their token second moments are summed.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown OSRM method {method!r}; choose one of {', '.join(METHODS)}")
+    if rows not in ("samples", "tasks"):
+        raise ValueError(f"rows must be 'samples' or 'tasks', got {rows!r}")
+    others = [name for name in features if name != task]
+    if not others:
+        raise ValueError(f"OSRM for {task!r} needs the input features of at least one other task")
+    module_names = list(features[others[0]])
+    for name in others[1:]:
+        if set(features[name]) != set(module_names):
+            raise ValueError(f"tasks {others[0]!r} and {name!r} were collected over different modules")
+    result = {}
+    for module in module_names:
+        per_task = [features[name][module] for name in others]
+        if method == "osrm":
+            if rows == "tasks":
+                X = torch.stack([f.means.mean(dim=0) for f in per_task])
+            else:
+                X = torch.cat([f.means for f in per_task], dim=0)
+            result[module] = osrm_init(X, rank)
+        else:
+            if any(f.second_moment is None for f in per_task):
+                raise ValueError("osrm-cov needs features collected with covariance=True")
+            C = sum(f.second_moment for f in per_task) / max(sum(f.tokens for f in per_task), 1)
+            result[module] = osrm_cov_init(C, rank)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Post-hoc: re-factor a trained update onto given rows
+
+
+def posthoc_projection(module: LoraModule, A_new: torch.Tensor) -> LoraModule:
+    """(A_new, B', scale 1) with B'·A_new = ΔW·P, P the orthogonal projector onto A_new's row space.
+
+    B' = ΔW·A_new⁺ = scale·B·(A·A_newᵀ)·(A_new·A_newᵀ)⁺, from the factors: for the orthonormal rows
+    that OSRM produces this is scale·B·(A·A_newᵀ) and B'·A_new = ΔW·A_newᵀ·A_new. Nothing of size
+    d_out × d_in is formed.
+    """
+    A_new = torch.as_tensor(A_new).detach().to(torch.float32)
+    d_out, d_in = module.shape
+    if A_new.ndim != 2 or A_new.shape[1] != d_in:
+        raise ValueError(f"A_new must have shape (r, {d_in}), got {tuple(A_new.shape)}")
+    A_new = A_new.to(module.A.device)
+    A = module.A.to(torch.float32)
+    B = module.B.to(torch.float32)
+    core = (A @ A_new.T) @ torch.linalg.pinv(A_new @ A_new.T)  # (r, r_new)
+    return LoraModule(A_new.clone(), (B * module.scale) @ core, 1.0)
+
+
+def posthoc_adapter(adapter: Adapter, A_by_module: Mapping[str, torch.Tensor], name: str | None = None) -> Adapter:
+    """An adapter whose every module is posthoc_projection'ed onto the given rows; heads are kept."""
+    missing = sorted(set(adapter.modules) - set(A_by_module))
+    if missing:
+        raise ValueError(f"no OSRM rows for modules {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    modules = {m: posthoc_projection(module, A_by_module[m]) for m, module in adapter.modules.items()}
+    meta = dict(adapter.meta)
+    meta["init"] = "osrm-posthoc"
+    return replace(
+        adapter,
+        name=name or f"{adapter.name}-osrm-posthoc",
+        modules=modules,
+        saved_modules=dict(adapter.saved_modules),
+        path=None,
+        meta=meta,
+    )

@@ -1,0 +1,262 @@
+"""Fine-tune one LoRA adapter per task: standard PEFT initialisation, or OSRM's A.
+
+The base model is never modified: each run trains a deep copy, so one loaded base model can train
+many adapters in turn. Training is seeded and deterministic on a given machine: the LoRA factors,
+the batch order and dropout all come from `seed`, and the caller's global random state is restored.
+
+The result is a merging.lora.Adapter built from PEFT's own state dict and config (so names and
+scales are exactly PEFT's), carrying the task's classification head as a saved module.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from merging.lora import Adapter, adapter_from_state, save_adapter
+from merging.models import head_name, set_num_labels
+
+Progress = Callable[[int, int, str], None]
+
+INITS = ("standard", "osrm", "osrm-cov")
+
+
+@dataclass
+class TrainResult:
+    adapter: Adapter
+    losses: list[float]  # one per optimisation step
+    seconds: float
+    initial_A: dict[str, torch.Tensor] = field(default_factory=dict)  # each module's A before step 1
+    config: dict = field(default_factory=dict)  # the training settings, JSON-ready
+
+
+def _json_safe(value):
+    """PEFT config values (sets, enums) as plain JSON values."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(_json_safe(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _check_inputs(texts: Sequence[str], labels: Sequence[int], num_labels: int) -> None:
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    if not texts:
+        raise ValueError("no training examples")
+    bad = sorted({int(y) for y in labels if not 0 <= int(y) < num_labels})
+    if bad:
+        raise ValueError(f"labels must be integers in [0, {num_labels}); got {bad[:5]}")
+
+
+def _resolve(device: torch.device | str | None, model: nn.Module) -> torch.device:
+    """None: where the model is; "auto": CUDA when present, else the CPU; else that device."""
+    if device is None:
+        for parameter in model.parameters():
+            return parameter.device
+        return torch.device("cpu")
+    if isinstance(device, str):
+        from merging.merge import resolve_device
+
+        return resolve_device(device)
+    return torch.device(device)
+
+
+def train_lora(
+    model: nn.Module,
+    tokenizer,
+    train_texts: Sequence[str],
+    train_labels: Sequence[int],
+    *,
+    rank: int = 8,
+    alpha: float = 16,
+    target_modules: Sequence[str] = ("query", "value"),
+    init: str = "standard",
+    osrm_A: Mapping[str, torch.Tensor] | None = None,
+    freeze_A: bool = False,
+    epochs: int = 2,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    warmup_ratio: float = 0.06,
+    dropout: float = 0.0,
+    batch_size: int = 16,
+    max_length: int = 48,
+    seed: int = 0,
+    num_labels: int | None = None,
+    device: torch.device | str | None = None,
+    base_model: str | None = None,
+    name: str = "trained",
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter (plus the classification head) on one task; the base model is untouched.
+
+    ``init="osrm"`` / ``"osrm-cov"`` set each target module's A to ``osrm_A[module]`` (orthonormal
+    rows from merging.osrm) with B = 0; `freeze_A` then keeps A fixed so only B and the head train.
+    `num_labels` different from the model's head gives the copy a fresh seeded head of that size.
+    ``epochs=0`` returns the adapter at initialisation. AdamW with linear warm-up and decay.
+    """
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if init != "standard" and not osrm_A:
+        raise ValueError(f"init={init!r} needs osrm_A: one A (rank × d_in) per target module")
+    if epochs < 0 or batch_size < 1 or rank < 1:
+        raise ValueError("epochs must be ≥ 0, batch_size and rank ≥ 1")
+    device = _resolve(device, model)
+    num_labels = int(num_labels or model.config.num_labels)
+    _check_inputs(train_texts, train_labels, num_labels)
+    texts = list(train_texts)
+    labels = torch.tensor([int(y) for y in train_labels], dtype=torch.long)
+    settings = {
+        "rank": rank, "alpha": alpha, "target_modules": list(target_modules), "init": init,
+        "freeze_A": freeze_A, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
+        "warmup_ratio": warmup_ratio, "dropout": dropout, "batch_size": batch_size,
+        "max_length": max_length, "seed": seed, "num_labels": num_labels, "examples": len(texts),
+    }  # fmt: skip
+
+    started = time.perf_counter()
+    # Seed everything that draws random numbers (LoRA A init, a fresh head, dropout) without
+    # disturbing the caller's random state.
+    cuda_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        work = copy.deepcopy(model)
+        if num_labels != work.config.num_labels:
+            set_num_labels(work, num_labels, seed)
+        head = head_name(work)
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=list(target_modules),
+            modules_to_save=[head],
+            task_type="SEQ_CLS",
+            bias="none",
+        )
+        peft_model = get_peft_model(work, config)
+        lora_A = {key: parameter for key, parameter in peft_model.named_parameters() if ".lora_A." in key}
+        if init != "standard":
+            _set_osrm_A(lora_A, osrm_A, rank)
+        if freeze_A:
+            for parameter in lora_A.values():
+                parameter.requires_grad_(False)
+        initial_A = {_module_of(key): p.detach().to("cpu", torch.float32).clone() for key, p in lora_A.items()}
+
+        peft_model.to(device)
+        trainable = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+        steps_per_epoch = math.ceil(len(texts) / batch_size)
+        total_steps = steps_per_epoch * epochs
+        warmup = int(round(warmup_ratio * total_steps))
+
+        def schedule(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        order_generator = torch.Generator().manual_seed(seed)
+        losses: list[float] = []
+        peft_model.train()
+        step = 0
+        for epoch in range(epochs):
+            order = torch.randperm(len(texts), generator=order_generator)
+            for start in range(0, len(texts), batch_size):
+                index = order[start : start + batch_size]
+                batch = tokenizer(
+                    [texts[i] for i in index.tolist()],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
+                batch = {key: value.to(device) for key, value in batch.items()}
+                logits = peft_model(**batch).logits
+                loss = nn.functional.cross_entropy(logits.float(), labels[index].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress(step, total_steps, f"epoch {epoch + 1}/{epochs} · loss {losses[-1]:.3f}")
+        peft_model.eval()
+
+        state = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+        state = {key: value.detach().to("cpu").clone() for key, value in state.items()}
+        peft_config = _json_safe(peft_model.peft_config["default"].to_dict())
+        peft_config["modules_to_save"] = [head]
+        peft_config["base_model_name_or_path"] = base_model or getattr(model, "name_or_path", None) or None
+        del peft_model, work, optimizer
+
+    adapter = adapter_from_state(name, state, peft_config)
+    return TrainResult(
+        adapter=adapter,
+        losses=losses,
+        seconds=time.perf_counter() - started,
+        initial_A=initial_A,
+        config=settings,
+    )
+
+
+def _module_of(parameter_name: str) -> str:
+    """``base_model.model.X.lora_A.default.weight`` → ``X``."""
+    name = parameter_name.split(".lora_A.", 1)[0]
+    prefix = "base_model.model."
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def _set_osrm_A(lora_A: Mapping[str, nn.Parameter], osrm_A: Mapping[str, torch.Tensor], rank: int) -> None:
+    missing = sorted({_module_of(n) for n in lora_A} - set(osrm_A))
+    if missing:
+        raise ValueError(f"osrm_A has no entry for modules {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    with torch.no_grad():
+        for name, parameter in lora_A.items():
+            A = torch.as_tensor(osrm_A[_module_of(name)])
+            if tuple(A.shape) != tuple(parameter.shape):
+                raise ValueError(
+                    f"osrm_A[{_module_of(name)!r}] has shape {tuple(A.shape)}, expected {tuple(parameter.shape)} "
+                    f"(rank {rank} × d_in)"
+                )
+            parameter.copy_(A.to(device=parameter.device, dtype=parameter.dtype))
+
+
+def save_trained(
+    result: TrainResult,
+    folder: str | os.PathLike,
+    task_name: str,
+    labels: Sequence[str],
+    init: str | None = None,
+    extra_meta: Mapping | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the trained adapter as a PEFT folder with mergescope.json (task, labels, init, base model)."""
+    meta = {
+        "task": task_name,
+        "labels": [str(label) for label in labels],
+        "init": init or result.config.get("init", "standard"),
+        "base_model": result.adapter.base_model,
+        "training": dict(result.config),
+        "final_loss": result.losses[-1] if result.losses else None,
+        "train_seconds": round(result.seconds, 2),
+        **dict(extra_meta or {}),
+    }
+    adapter = replace(result.adapter, name=task_name, meta=meta)
+    return save_adapter(adapter, folder, template_config=adapter.config, overwrite=overwrite)

