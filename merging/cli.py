@@ -116,61 +116,27 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from merging.merge import resolve_device
-    from merging.models import load_base_model
-    from merging.osrm import collect_input_features, osrm_A_for_task
-    from merging.tasks import load_demo_task, load_task_file
-    from merging.training import save_trained, train_lora
-    from merging.zoo import DEMO_BASE_MODEL, base_model_dir
+    from merging.workspace import train_task_adapter
 
-    device = resolve_device(args.device)
-    base_model = args.base_model or DEMO_BASE_MODEL
-    split = {"train_size": args.train_size, "eval_size": args.eval_size, "seed": args.seed}
-
-    def task(spec: str):
-        path = Path(spec)
-        if path.suffix.lower() in (".csv", ".jsonl") or path.exists():
-            return load_task_file(path, **split), str(path.resolve())
-        return load_demo_task(spec, **split), None
-
-    data, task_file = task(args.task)
-    model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=data.num_labels, device=device)
-    osrm_A = None
-    if args.init != "standard":
-        if not args.other_tasks:
-            raise ValueError(f"--init {args.init} needs --other-tasks: the tasks this adapter must not disturb")
-        texts = {data.name: data.train_texts[: args.osrm_samples]}
-        for other in args.other_tasks:
-            other_data, _ = task(other)
-            texts[other_data.name] = other_data.train_texts[: args.osrm_samples]
-        features = {
-            name: collect_input_features(model, tokenizer, t, device=device, covariance=args.init == "osrm-cov")
-            for name, t in texts.items()
-        }
-        osrm_A = osrm_A_for_task(features, data.name, args.rank, method=args.init)
-    result = train_lora(
-        model,
-        tokenizer,
-        data.train_texts,
-        data.train_labels,
+    trained = train_task_adapter(
+        args.task,
+        args.out,
+        init=args.init,
+        other_tasks=args.other_tasks or None,  # none given: the other available demo tasks
+        base_model=args.base_model,
         rank=args.rank,
         alpha=args.alpha,
-        init=args.init,
-        osrm_A=osrm_A,
-        freeze_A=args.freeze_a,
         epochs=args.epochs,
+        train_size=args.train_size,
+        eval_size=args.eval_size,
         seed=args.seed,
-        num_labels=data.num_labels,
-        device=device,
-        base_model=base_model,
-        progress=_Bar(f"training {data.name} ({args.init})"),
+        osrm_samples=args.osrm_samples,
+        freeze_A=args.freeze_a,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=_Bar(f"training {args.task} ({args.init})"),
     )
-    meta = {"data": split}
-    if task_file:
-        meta["task_file"] = task_file
-    folder = save_trained(result, args.out, data.name, data.labels, args.init, meta, overwrite=args.overwrite)
-    _print_json({"out": str(folder), "task": data.name, "init": args.init, "seconds": round(result.seconds, 2),
-                 "final_loss": result.losses[-1] if result.losses else None})
+    _print_json(trained.to_dict())
     return 0
 
 
@@ -203,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("task", help="a demo task name, or a CSV/JSONL file with text,label columns")
     train.add_argument("--out", required=True, help="output adapter folder")
     train.add_argument("--init", choices=["standard", "osrm", "osrm-cov"], default="standard")
-    train.add_argument("--other-tasks", nargs="*", default=[], help="tasks OSRM keeps this adapter away from")
+    train.add_argument("--other-tasks", nargs="*", default=[], help="tasks OSRM keeps this adapter away from (default: the other demo tasks)")
     train.add_argument("--freeze-a", action="store_true", help="keep OSRM's A fixed while training")
     train.add_argument("--base-model", help="local Hugging Face model folder (default: the packaged MiniLM)")
     train.add_argument("--rank", type=int, default=8)

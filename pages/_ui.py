@@ -24,7 +24,8 @@ from merging.lora import META_FILE, Adapter, AdapterError, load_adapter
 from merging.runs import RunStore
 from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
 
-DEFAULT_WORKSPACE = Path("workspace")
+# The workspace a new session starts with; MERGESCOPE_WORKSPACE sets another (tests, demos).
+DEFAULT_WORKSPACE = Path(os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +117,9 @@ def catalog(workspace: Path) -> list[Entry]:
         ]
     folder = adapters_folder(workspace)
     if folder.is_dir():
-        for path in sorted(p for p in folder.iterdir() if (p / "adapter_config.json").is_file()):
+        # dot-folders are staging areas of imports and saves in progress
+        candidates = (p for p in folder.iterdir() if not p.name.startswith(".") and (p / "adapter_config.json").is_file())
+        for path in sorted(candidates):
             meta = {}
             if (path / META_FILE).is_file():
                 try:

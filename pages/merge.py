@@ -62,10 +62,20 @@ def _load_query_recipe() -> None:
 _load_query_recipe()
 
 standard = [e.name for e in entries if e.init == "standard"]
-default_names = st.session_state.get("merge_adapters") or standard[:5] or [e.name for e in entries[:2]]
+available = {e.name for e in entries}
+if "merge_adapters" in st.session_state:  # drop adapters that have gone since (deleted, other workspace)
+    st.session_state["merge_adapters"] = [n for n in st.session_state["merge_adapters"] if n in available]
+else:
+    st.session_state["merge_adapters"] = standard[:5] or [e.name for e in entries[:2]]
 
 # ----------------------------------------------------------------------------------------------
-# Controls
+# Controls (defaults set once, so a link or a reopened run can set any of them first)
+
+for widget_key, default in {
+    "merge_density": 0.5, "merge_exact": True, "merge_rank": 8, "merge_seed": 0,
+    "do_steps": 50, "do_lr": 0.01, "do_mu": 1.0,
+}.items():
+    st.session_state.setdefault(widget_key, default)
 
 hidden = ui_settings.presentation
 controls = st.container() if not hidden else st.expander("Merge settings", expanded=False)
@@ -73,13 +83,12 @@ with controls:
     names = st.multiselect(
         "Adapters",
         [e.name for e in entries],
-        default=[n for n in default_names if _ui.entry_by_name(entries, n)],
-        key="merge_adapters",
+        key="merge_adapters", persist_state="session",
         help="One adapter per task; each task is scored with the merged body and its own head.",
     )
     use_osrm = st.toggle(
         "OSRM",
-        key="merge_osrm",
+        key="merge_osrm", persist_state="session",
         help="Use each adapter's OSRM-initialised twin; adapters without one are projected onto "
         "OSRM's subspace after the fact (post-hoc).",
     )
@@ -88,38 +97,39 @@ with controls:
         columns = st.columns(min(len(names), 5))
         for index, name in enumerate(names):
             with columns[index % len(columns)]:
-                st.slider(name, 0.0, 2.0, st.session_state.get(f"weight:{name}", 1.0), 0.05, key=f"weight:{name}")
+                st.session_state.setdefault(f"weight:{name}", 1.0)
+                st.slider(name, 0.0, 2.0, step=0.05, key=f"weight:{name}", persist_state="session")
     left, middle, right = st.columns(3)
     with left:
         method = st.selectbox(
-            "Method", list(METHODS), format_func=lambda m: METHODS[m].label, key="merge_method"
+            "Method", list(METHODS), format_func=lambda m: METHODS[m].label, key="merge_method", persist_state="session"
         )
         st.caption(METHODS[method].description)
     spec = METHODS[method]
     with middle:
         density = st.slider(
-            "Density (fraction kept)", 0.05, 1.0, 0.5, 0.05, key="merge_density", disabled=not spec.uses_density
+            "Density (fraction kept)", 0.05, 1.0, step=0.05, key="merge_density", persist_state="session", disabled=not spec.uses_density
         )
-        sign = st.radio("Sign election", SIGN_RULES, horizontal=True, key="merge_sign", disabled=not spec.uses_sign)
+        sign = st.radio("Sign election", SIGN_RULES, horizontal=True, key="merge_sign", persist_state="session", disabled=not spec.uses_sign)
         knots_inner = st.selectbox(
-            "KnOTS merges the aligned blocks with", KNOTS_INNER, key="merge_knots_inner", disabled=method != "knots"
+            "KnOTS merges the aligned blocks with", KNOTS_INNER, key="merge_knots_inner", persist_state="session", disabled=method != "knots"
         )
     with right:
-        exact = st.toggle("Exact output rank", value=True, key="merge_exact",
+        exact = st.toggle("Exact output rank", key="merge_exact", persist_state="session",
                           help="Exact: the saved adapter reproduces the merged ΔW. Off: truncated SVD.")
-        rank = st.number_input("Output rank", 1, 1024, 8, key="merge_rank", disabled=exact)
-        seed = st.number_input("Seed (DARE)", 0, 2**31 - 1, 0, key="merge_seed")
+        rank = st.number_input("Output rank", 1, 1024, key="merge_rank", persist_state="session", disabled=exact)
+        seed = st.number_input("Seed (DARE)", 0, 2**31 - 1, key="merge_seed", persist_state="session")
     st.markdown("**DO-Merging** — our reading of the paper (no public code exists)")
     do_left, do_right = st.columns(2)
     with do_left:
-        decouple = st.toggle("Decouple magnitude and direction", key="do_decouple")
-        magnitude = st.selectbox("Merge magnitudes by", MAGNITUDE_RULES, key="do_magnitude", disabled=not decouple)
+        decouple = st.toggle("Decouple magnitude and direction", key="do_decouple", persist_state="session")
+        magnitude = st.selectbox("Merge magnitudes by", MAGNITUDE_RULES, key="do_magnitude", persist_state="session", disabled=not decouple)
     with do_right:
-        orthogonalize = st.toggle("Orthogonalize directions", key="do_orthogonalize")
+        orthogonalize = st.toggle("Orthogonalize directions", key="do_orthogonalize", persist_state="session")
         o1, o2, o3 = st.columns(3)
-        steps = o1.number_input("Steps", 0, 2000, 50, key="do_steps", disabled=not orthogonalize)
-        lr = o2.number_input("lr", 0.0001, 1.0, 0.01, format="%.4f", key="do_lr", disabled=not orthogonalize)
-        mu = o3.number_input("μ", 0.0, 100.0, 1.0, key="do_mu", disabled=not orthogonalize)
+        steps = o1.number_input("Steps", 0, 2000, key="do_steps", persist_state="session", disabled=not orthogonalize)
+        lr = o2.number_input("lr", 0.0001, 1.0, format="%.4f", key="do_lr", persist_state="session", disabled=not orthogonalize)
+        mu = o3.number_input("μ", 0.0, 100.0, key="do_mu", persist_state="session", disabled=not orthogonalize)
 
 # ----------------------------------------------------------------------------------------------
 # Build the recipe and run
@@ -169,6 +179,7 @@ def _merge_work(chosen: list[_ui.Entry], recipe_data: dict, posthoc: list[int], 
             merged_inputs = [projected[i] if i in posthoc else a for i, a in enumerate(adapters)]
         run = lab.merge_and_evaluate(merged_inputs, recipe, progress)
         results = run.results()
+        results["osrm"] = {"switch": use_osrm, "posthoc": [adapters[i].name for i in posthoc]}
         store = _ui.run_store(ui_settings.workspace)
         run_id = store.add(recipe.to_dict(), results, run.merged.summary(), str(lab.device), run.seconds)
         return {"run_id": run_id, "results": results, "merged": run.merged, "seconds": run.seconds}

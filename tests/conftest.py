@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import torch
+import time
+from pathlib import Path
+
 import pytest
+import torch
 
 from merging.lora import Adapter, LoraModule
 
@@ -38,3 +41,56 @@ TWO_LAYERS = {
 @pytest.fixture
 def three_adapters() -> list[Adapter]:
     return [random_adapter(f"task{i}", TWO_LAYERS, rank=r, seed=i) for i, r in enumerate([4, 2, 4])]
+
+
+# ----------------------------------------------------------------------------------------------
+# A tiny zoo and the app under AppTest
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """Two real demo tasks × standard/OSRM, trained briefly on a tiny BERT saved to a folder."""
+    from merging.models import tiny_bert
+    from merging.zoo import BuildSettings, build_zoo
+
+    root = tmp_path_factory.mktemp("tiny_zoo")
+    model, tokenizer = tiny_bert()
+    model.save_pretrained(root / "tiny-bert")
+    tokenizer.save_pretrained(root / "tiny-bert")
+    settings = BuildSettings(
+        tasks=("sms_spam", "question_type"),
+        inits=("standard", "osrm"),
+        train_size=40,
+        eval_size=24,
+        epochs=1,
+        osrm_samples=20,
+    )
+    build_zoo(root / "zoo", settings, base_model=str(root / "tiny-bert"))
+    return root / "zoo"
+
+
+@pytest.fixture
+def app_test(tiny_zoo, tmp_path, monkeypatch):
+    """The whole app (app.py) on the tiny zoo, with a fresh workspace, on the CPU."""
+    from streamlit.testing.v1 import AppTest
+
+    from pages import _ui
+
+    monkeypatch.setenv("MERGESCOPE_ZOO", str(tiny_zoo))
+    _ui._zoo.clear()
+    _ui.lab_for.clear()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=90)
+    at.session_state["workspace"] = str(tmp_path / "workspace")
+    at.session_state["device"] = "cpu"
+    yield at
+    _ui._zoo.clear()
+    _ui.lab_for.clear()
+
+
+def wait_for_job(at, key: str, timeout: float = 120):
+    """Wait for a page's background job to finish, then rerun the script to show its result."""
+    deadline = time.monotonic() + timeout
+    while f"job:{key}" in at.session_state and not at.session_state[f"job:{key}"].finished:
+        assert time.monotonic() < deadline, f"the background job '{key}' did not finish in {timeout} s"
+        time.sleep(0.1)
+    return at.run()

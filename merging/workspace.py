@@ -1,0 +1,726 @@
+"""The workspace folder: adapters the user imported or trained, and the task files they trained on.
+
+Layout (the dashboard's sidebar names the folder; the CLI takes it as an argument)::
+
+    workspace/
+      adapters/<name>/      PEFT LoRA folders (adapter_config.json + adapter_model.safetensors
+                            + mergescope.json), one per adapter
+      tasks/<file>          user task files (CSV/JSONL) that trained adapters refer to
+      runs.sqlite           the run store (merging.runs)
+
+Everything that writes into ``adapters/`` builds the new folder in a private staging folder
+(``adapters/.incoming/…``, same file system) and renames it into place only when it is complete
+and has been loaded back with :func:`merging.lora.load_adapter`. A failure of any kind, or a
+cancelled training, leaves nothing behind.
+
+Zip imports are untrusted input: the compressed size, the number of members and the total
+*uncompressed* size are all capped (a zip bomb is refused while it is being extracted, whatever its
+headers claim), and absolute paths, ``..`` components, backslashes, symbolic links, special files
+and encrypted members are refused before a single byte is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
+
+from merging.lora import (
+    CONFIG_FILE,
+    HEADS_FILE,
+    META_FILE,
+    PICKLE_WEIGHTS_FILE,
+    WEIGHTS_FILE,
+    AdapterError,
+    load_adapter,
+)
+
+Progress = Callable[[int, int, str], None]
+
+ADAPTERS = "adapters"
+TASKS = "tasks"
+INCOMING = ".incoming"  # staging folders; never listed as adapters (no adapter_config.json at its top)
+
+MAX_ZIP_BYTES = 200 * 1024**2  # compressed upload (Streamlit's own default upload limit)
+MAX_UNZIPPED_BYTES = 1024**3  # everything the zip expands to
+MAX_ZIP_MEMBERS = 1000
+MAX_TASK_FILE_BYTES = 50 * 1024**2
+MAX_NAME_LENGTH = 100
+
+# The files of an adapter folder that mergescope uses; anything else in a source folder stays behind.
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, HEADS_FILE, "README.md")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class WorkspaceError(ValueError):
+    """An import or training request that cannot be carried out, with a message fit for the user."""
+
+
+def adapters_dir(workspace: str | os.PathLike) -> Path:
+    return Path(workspace).expanduser() / ADAPTERS
+
+
+def tasks_dir(workspace: str | os.PathLike) -> Path:
+    return Path(workspace).expanduser() / TASKS
+
+
+# ----------------------------------------------------------------------------------------------
+# Names
+
+
+def check_adapter_name(name: str) -> str:
+    """An adapter name that is safe as a folder name: letters, digits, '.', '_' and '-'."""
+    name = (name or "").strip()
+    if not name:
+        raise WorkspaceError("the adapter needs a name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise WorkspaceError(f"adapter name is too long ({len(name)} characters, at most {MAX_NAME_LENGTH})")
+    if not _NAME.match(name):
+        raise WorkspaceError(
+            f"adapter name {name!r} may only hold letters, digits, '.', '_' and '-', "
+            "and must start with a letter or digit"
+        )
+    return name
+
+
+def suggest_name(name: str) -> str:
+    """Turn any text (a folder or file name) into a valid adapter name, or '' when nothing is left."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip(".-_")
+    return cleaned[:MAX_NAME_LENGTH]
+
+
+def unique_name(workspace: str | os.PathLike, base: str, reserved: Iterable[str] = ()) -> str:
+    """`base`, or `base-2`, `base-3`, … : the first name free in the workspace and not reserved."""
+    base = suggest_name(base) or "adapter"
+    taken = set(reserved)
+    folder = adapters_dir(workspace)
+    candidate, index = base, 1
+    while candidate in taken or (folder / candidate).exists():
+        index += 1
+        candidate = f"{base}-{index}"
+    return candidate
+
+
+def _check_free(target: Path, overwrite: bool, reserved: Iterable[str]) -> None:
+    if target.name in set(reserved):
+        raise WorkspaceError(f"the name {target.name!r} is taken by a built-in zoo adapter; choose another name")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise WorkspaceError(
+            f"an adapter named {target.name!r} already exists in {target.parent}; "
+            "choose another name or allow overwriting"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Staging and the atomic move into place
+
+
+@contextlib.contextmanager
+def _staging(parent: Path) -> Iterator[Path]:
+    """A private empty folder on the same file system as `parent`, removed on exit whatever happens."""
+    incoming = parent / INCOMING
+    created = [p for p in (parent, *parent.parents) if not p.exists()]  # removed again if left empty
+    for attempt in range(3):
+        try:
+            incoming.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix="stage-", dir=incoming))
+            break
+        except FileNotFoundError:  # another import removed .incoming between the two calls
+            if attempt == 2:
+                raise
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        for empty in (incoming, *created):
+            with contextlib.suppress(OSError):
+                empty.rmdir()  # only when empty: another import may be using it, or it holds the result
+
+
+def _move_into_place(staged: Path, target: Path, overwrite: bool) -> None:
+    """Rename a complete folder to `target`; an existing one is swapped out only with `overwrite`."""
+    # staging folders come from mkdtemp (mode 0700): give the result the mode of its new parent
+    os.chmod(staged, stat.S_IMODE(target.parent.stat().st_mode))
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise WorkspaceError(f"an adapter named {target.name!r} already exists; choose another name")
+        old = staged.parent / f".replaced-{target.name}"
+        os.replace(target, old)
+        try:
+            os.replace(staged, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+
+
+def _copy_adapter_files(src: Path, dst: Path) -> None:
+    """Copy the files mergescope uses; pickled weights become safetensors (loaded weights_only)."""
+    dst.mkdir()
+    for file_name in ADAPTER_FILES:
+        if (src / file_name).is_file():
+            shutil.copyfile(src / file_name, dst / file_name)
+    if not (dst / WEIGHTS_FILE).is_file() and (src / PICKLE_WEIGHTS_FILE).is_file():
+        import torch
+        from safetensors.torch import save_file
+
+        state = torch.load(str(src / PICKLE_WEIGHTS_FILE), map_location="cpu", weights_only=True)
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(dst / WEIGHTS_FILE))
+
+
+def _install(src: Path, target: Path, staging: Path, overwrite: bool, shown_as: str | None = None) -> Path:
+    """Validate `src`, copy its adapter files into `staging`, validate the copy, move it to `target`."""
+    load_adapter(src, name=target.name)
+    staged = staging / "adapter"
+    _copy_adapter_files(src, staged)
+    try:
+        load_adapter(staged, name=target.name)  # what lands in the workspace loads, not just the source
+    except AdapterError as err:
+        raise AdapterError(str(err).replace(str(staged), shown_as or str(src))) from err
+    _move_into_place(staged, target, overwrite)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------
+# Import a folder
+
+
+def import_adapter_folder(
+    src: str | os.PathLike,
+    workspace: str | os.PathLike,
+    name: str | None = None,
+    overwrite: bool = False,
+    reserved: Iterable[str] = (),
+) -> Path:
+    """Copy a PEFT LoRA folder into ``workspace/adapters/<name>`` (default: the folder's own name).
+
+    The folder is validated with :func:`merging.lora.load_adapter` first, so a bad folder is refused
+    with its message (missing adapter_config.json, not plain LoRA, NaN weights, ...). Only the files
+    mergescope uses are copied (config, weights, mergescope.json, heads, README.md); pickled weights
+    are converted to safetensors. `reserved` names (e.g. the zoo's adapters) are refused.
+    """
+    text = str(src).strip()
+    if not text:
+        raise WorkspaceError("give the path of an adapter folder")
+    source = Path(text).expanduser()
+    if not source.exists():
+        raise WorkspaceError(f"{source}: no such folder")
+    if not source.is_dir():
+        raise WorkspaceError(f"{source}: not a folder (to import a zip, upload it instead)")
+    source = source.resolve()
+    load_adapter(source)  # refuse a bad folder before touching the workspace
+    name = check_adapter_name(name if name else suggest_name(source.name))
+    target = adapters_dir(workspace) / name
+    if target.exists() and target.resolve() == source:
+        raise WorkspaceError(f"{source} is already this workspace's adapter {name!r}")
+    _check_free(target, overwrite, reserved)
+    with _staging(target.parent) as staging:
+        return _install(source, target, staging, overwrite)
+
+
+# ----------------------------------------------------------------------------------------------
+# Import a zip
+
+
+def _read_limited(data, max_bytes: int) -> tuple[bytes, str | None]:
+    """The archive's bytes (refusing more than max_bytes) and its file name when known."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+        file_name = None
+    elif isinstance(data, (str, os.PathLike)):
+        path = Path(data).expanduser()
+        if not path.is_file():
+            raise WorkspaceError(f"{path}: no such file")
+        if path.stat().st_size > max_bytes:
+            raise WorkspaceError(f"{path.name} is {_size(path.stat().st_size)}; the limit is {_size(max_bytes)}")
+        raw, file_name = path.read_bytes(), path.name
+    elif hasattr(data, "read"):
+        if hasattr(data, "seek"):
+            with contextlib.suppress(OSError, ValueError):
+                data.seek(0)
+        raw = data.read(max_bytes + 1)
+        file_name = getattr(data, "name", None)
+    else:
+        raise WorkspaceError(f"expected the zip's bytes, a file or a path, got {type(data).__name__}")
+    if len(raw) > max_bytes:
+        raise WorkspaceError(f"the zip is larger than the limit of {_size(max_bytes)}")
+    return raw, (Path(str(file_name)).name if file_name else None)
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} bytes"  # unreachable
+
+
+def _member_parts(info: zipfile.ZipInfo) -> tuple[str, ...]:
+    """The member's path components, or a WorkspaceError for any path that could leave the folder."""
+    name = info.filename
+    if not name or "\x00" in name:
+        raise WorkspaceError("the zip has a member with an empty or invalid name")
+    if "\\" in name:
+        raise WorkspaceError(f"the zip member {name!r} uses backslashes in its path; refused")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise WorkspaceError(f"the zip member {name!r} has an absolute path; refused")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise WorkspaceError(f"the zip member {name!r} points outside its folder ('..'); refused")
+    if len(parts) > 32:
+        raise WorkspaceError(f"the zip member {name!r} is nested too deeply")
+    return parts
+
+
+def _check_member(info: zipfile.ZipInfo) -> None:
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if stat.S_ISLNK(mode):
+        raise WorkspaceError(f"the zip member {info.filename!r} is a symbolic link; refused")
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+        raise WorkspaceError(f"the zip member {info.filename!r} is not a regular file or folder; refused")
+    if info.flag_bits & 0x1:
+        raise WorkspaceError(f"the zip member {info.filename!r} is encrypted; refused")
+
+
+def _extract(archive: zipfile.ZipFile, root: Path, max_unzipped_bytes: int, max_members: int) -> None:
+    """Extract safely into `root` (empty): every check on every member before writing anything."""
+    infos = archive.infolist()
+    if len(infos) > max_members:
+        raise WorkspaceError(f"the zip holds {len(infos)} members; the limit is {max_members}")
+    plan: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
+    declared = 0
+    for info in infos:
+        parts = _member_parts(info)
+        _check_member(info)
+        if not parts or parts[0] == "__MACOSX":  # macOS resource forks: never part of an adapter
+            continue
+        declared += info.file_size
+        plan.append((info, parts))
+    if declared > max_unzipped_bytes:
+        raise WorkspaceError(
+            f"the zip expands to {_size(declared)}; the limit is {_size(max_unzipped_bytes)} (zip bomb?)"
+        )
+    budget = max_unzipped_bytes  # counted on the bytes actually written, whatever the headers say
+    resolved_root = root.resolve()
+    for info, parts in plan:
+        destination = root.joinpath(*parts)
+        if not destination.resolve().is_relative_to(resolved_root):  # defence in depth
+            raise WorkspaceError(f"the zip member {info.filename!r} points outside its folder; refused")
+        if info.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with archive.open(info) as source, open(destination, "xb") as sink:
+                while chunk := source.read(1 << 20):
+                    budget -= len(chunk)
+                    if budget < 0:
+                        raise WorkspaceError(
+                            f"the zip expands to more than {_size(max_unzipped_bytes)} (zip bomb?); refused"
+                        )
+                    sink.write(chunk)
+        except FileExistsError:
+            raise WorkspaceError(f"the zip holds {info.filename!r} twice; refused") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise WorkspaceError(f"the zip member {info.filename!r} is damaged ({err})") from None
+        except NotImplementedError as err:  # an unsupported compression method
+            raise WorkspaceError(f"the zip member {info.filename!r} cannot be read: {err}") from None
+
+
+def import_adapter_zip(
+    data: bytes | BinaryIO | str | os.PathLike,
+    workspace: str | os.PathLike,
+    name: str | None = None,
+    overwrite: bool = False,
+    reserved: Iterable[str] = (),
+    file_name: str | None = None,
+    max_bytes: int = MAX_ZIP_BYTES,
+    max_unzipped_bytes: int = MAX_UNZIPPED_BYTES,
+    max_members: int = MAX_ZIP_MEMBERS,
+) -> Path:
+    """Import the one adapter folder inside a zip into ``workspace/adapters/<name>``.
+
+    `data` is the zip's bytes, an open binary file (e.g. Streamlit's UploadedFile) or a path. The
+    adapter folder is the one holding adapter_config.json (the zip's root or any sub-folder); its
+    name (or the zip's) is the default adapter name. Refused, leaving nothing behind: a zip over
+    `max_bytes`, one that expands beyond `max_unzipped_bytes` or holds more than `max_members`
+    members, unsafe paths or links, no or several adapter folders, and anything load_adapter refuses.
+    """
+    raw, known_name = _read_limited(data, max_bytes)
+    archive_label = file_name or known_name or "the zip"
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+    except zipfile.BadZipFile:
+        raise WorkspaceError(f"{archive_label} is not a zip file") from None
+    if name:
+        check_adapter_name(name)
+        _check_free(adapters_dir(workspace) / name, overwrite, reserved)
+    folder = adapters_dir(workspace)
+    with archive, _staging(folder) as staging:
+        root = staging / "unzipped"
+        root.mkdir()
+        _extract(archive, root, max_unzipped_bytes, max_members)
+        found = sorted(p.parent for p in root.rglob(CONFIG_FILE) if p.is_file())
+        if not found:
+            raise WorkspaceError(
+                f"{archive_label} holds no {CONFIG_FILE}: zip a PEFT adapter folder "
+                f"({CONFIG_FILE} + {WEIGHTS_FILE})"
+            )
+        if len(found) > 1:
+            listed = ", ".join(str(p.relative_to(root)) or "." for p in found[:5])
+            raise WorkspaceError(f"{archive_label} holds {len(found)} adapter folders ({listed}); zip one at a time")
+        source = found[0]
+        if not name:
+            stem = source.name if source != root else Path(file_name or known_name or "").stem
+            name = suggest_name(stem)
+            if not name:
+                raise WorkspaceError("the zip does not say what the adapter is called; give it a name")
+        name = check_adapter_name(name)
+        target = folder / name
+        _check_free(target, overwrite, reserved)
+        shown = f"{archive_label}:{source.relative_to(root)}" if source != root else archive_label
+        try:
+            return _install(source, target, staging, overwrite, shown_as=shown)
+        except AdapterError as err:
+            raise AdapterError(str(err).replace(str(source), shown)) from err
+
+
+# ----------------------------------------------------------------------------------------------
+# Task files
+
+
+def store_task_file(
+    data: bytes | BinaryIO,
+    file_name: str,
+    workspace: str | os.PathLike,
+    max_bytes: int = MAX_TASK_FILE_BYTES,
+    validate: bool = True,
+) -> Path:
+    """Keep an uploaded CSV/JSONL task file in ``workspace/tasks/`` so adapters can refer to it.
+
+    The stored name carries a hash of the content (``reviews-1a2b3c4d5e.csv``): uploading the same
+    file again reuses it, and a different file of the same name never replaces the data that an
+    existing adapter was trained and is evaluated on. With `validate`, a file that
+    merging.tasks.read_task_file refuses (not UTF-8, missing columns, empty values) is not kept and
+    its TaskError is raised.
+    """
+    from merging.tasks import SUPPORTED_SUFFIXES, read_task_file
+
+    if hasattr(data, "read"):
+        if hasattr(data, "seek"):
+            with contextlib.suppress(OSError, ValueError):
+                data.seek(0)
+        data = data.read(max_bytes + 1)
+    data = bytes(data)
+    path = PurePosixPath(Path(file_name or "").name)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise WorkspaceError(
+            f"{path.name or 'the file'}: unsupported file type {suffix or '(no extension)'!r}; "
+            f"use {' or '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if len(data) > max_bytes:
+        raise WorkspaceError(f"{path.name} is larger than the limit of {_size(max_bytes)}")
+    digest = hashlib.sha256(data).hexdigest()[:10]
+    stem = suggest_name(path.stem) or "task"
+    folder = tasks_dir(workspace)
+    target = folder / f"{stem}-{digest}{suffix}"
+    if target.is_file():
+        return target
+    with _staging(folder) as staging:
+        staged = staging / f"{stem}{suffix}"  # its name is the one error messages show
+        staged.write_bytes(data)
+        if validate:
+            read_task_file(staged)
+        os.replace(staged, target)
+    return target
+
+
+def task_display_name(path: str | os.PathLike) -> str:
+    """The task name of a stored task file: its name without the content hash store_task_file adds."""
+    stem = Path(path).stem
+    match = re.match(r"^(.*)-[0-9a-f]{10}$", stem)
+    return match.group(1) if match else stem
+
+
+def list_task_files(workspace: str | os.PathLike) -> list[Path]:
+    from merging.tasks import SUPPORTED_SUFFIXES
+
+    folder = tasks_dir(workspace)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+
+
+# ----------------------------------------------------------------------------------------------
+# What the adapter table shows about a folder (its config only: no tensors are read)
+
+
+def describe_adapter_folder(path: str | os.PathLike) -> dict:
+    """Rank(s), target modules, base model and modules_to_save from adapter_config.json."""
+    folder = Path(path)
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        return {"rank": None, "target_modules": None, "base_model": None, "problem": f"unreadable config ({err})"}
+    ranks = {config.get("r")} | set((config.get("rank_pattern") or {}).values())
+    ranks = sorted(r for r in ranks if isinstance(r, int))
+    rank = None if not ranks else str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}–{ranks[-1]}"
+    targets = config.get("target_modules")
+    if isinstance(targets, (list, tuple)):
+        # merged adapters list full module names: show each kind once (query, value, ...)
+        targets = ", ".join(sorted({str(t).rsplit(".", 1)[-1] for t in targets}))
+    return {
+        "rank": rank,
+        "target_modules": targets,
+        "base_model": config.get("base_model_name_or_path"),
+        "modules_to_save": config.get("modules_to_save"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Train one adapter on one task (the Adapters page and `python -m merging train` share this)
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    folder: Path
+    task: str
+    init: str
+    single_task_accuracy: float
+    majority_baseline: float
+    final_loss: float | None
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "out": str(self.folder),
+            "task": self.task,
+            "init": self.init,
+            "single_task_accuracy": self.single_task_accuracy,
+            "majority_baseline": self.majority_baseline,
+            "seconds": round(self.seconds, 2),
+            "final_loss": self.final_loss,
+        }
+
+
+def is_task_file(spec: str | os.PathLike) -> bool:
+    from merging.tasks import SUPPORTED_SUFFIXES
+
+    path = Path(spec)
+    return path.suffix.lower() in SUPPORTED_SUFFIXES or path.is_file()
+
+
+def resolve_task(
+    spec: str | os.PathLike,
+    train_size: int | None = 1000,
+    eval_size: int = 200,
+    seed: int = 0,
+    name: str | None = None,
+):
+    """(TaskData, task file path or None) for a demo task name or a CSV/JSONL file."""
+    from merging.tasks import TaskError, load_demo_task, load_task_file
+
+    if is_task_file(spec):
+        path = Path(spec).expanduser().resolve()
+        task_name = name or task_display_name(path)
+        known = {t.name for t in _demo_tasks()}
+        if task_name in known:
+            raise TaskError(
+                f"{path.name}: the task name {task_name!r} is a built-in demo task's; rename the file "
+                "(or give the task another name) so the two are never mixed up"
+            )
+        return load_task_file(path, train_size=train_size, eval_size=eval_size, seed=seed, name=task_name), str(path)
+    return load_demo_task(str(spec), train_size=train_size, eval_size=eval_size, seed=seed), None
+
+
+def _demo_tasks():
+    from merging.tasks import list_demo_tasks
+
+    return list_demo_tasks()
+
+
+def default_other_tasks(task: str, candidates: Sequence[str] | None = None) -> list[str]:
+    """The tasks OSRM keeps a new adapter away from by default: the other (available) demo tasks."""
+    from merging.tasks import DEFAULT_DEMO_TASKS
+
+    available = {t.name for t in _demo_tasks() if t.available}
+    pool = list(candidates) if candidates is not None else list(DEFAULT_DEMO_TASKS)
+    return [t for t in pool if t != task and (t in available or is_task_file(t))]
+
+
+def _phases(progress: Progress | None, weights: dict[str, float]) -> Callable[[str], Progress]:
+    """One progress bar over several phases: phase(name) gives a callback for that phase's share."""
+    total = sum(weights.values()) or 1.0
+    starts, running = {}, 0.0
+    for key, weight in weights.items():
+        starts[key] = running
+        running += weight
+
+    def phase(key: str) -> Progress:
+        def report(done: int, steps: int, what: str) -> None:
+            if progress is not None:
+                fraction = (starts[key] + weights[key] * (done / steps if steps else 1.0)) / total
+                progress(min(int(fraction * 1000), 1000), 1000, what)
+
+        return report
+
+    return phase
+
+
+def train_task_adapter(
+    task: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    init: str = "standard",
+    other_tasks: Sequence[str] | None = None,
+    task_name: str | None = None,
+    base_model: str | None = None,
+    rank: int = 8,
+    alpha: float = 16,
+    epochs: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    max_length: int = 48,
+    target_modules: Sequence[str] = ("query", "value"),
+    train_size: int | None = 1000,
+    eval_size: int = 200,
+    seed: int = 0,
+    osrm_samples: int = 100,
+    freeze_A: bool = False,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> TrainedAdapter:
+    """Train one LoRA adapter on `task` (a demo task name or a CSV/JSONL file) and save it to `out`.
+
+    ``init="osrm"`` / ``"osrm-cov"`` set A from the base model's input features of `other_tasks`
+    (demo task names or task files; None = the other available demo tasks) so the adapter stays away
+    from those tasks' inputs. The saved adapter is loaded back and scored on the task's evaluation
+    split; mergescope.json records the task, labels, init, base model, the split (``data``), the task
+    file (``task_file``, for user tasks) and ``single_task_accuracy``. The folder appears only when
+    complete: a failure or a cancel (an exception from `progress`) leaves nothing behind.
+    """
+    from merging.evaluation import EvalSet, Evaluator, head_of
+    from merging.merge import resolve_device
+    from merging.models import load_base_model
+    from merging.osrm import collect_input_features, osrm_A_for_task
+    from merging.training import INITS, save_trained, train_lora
+    from merging.zoo import DEMO_BASE_MODEL, base_model_dir
+
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    out = Path(out).expanduser()
+    check_adapter_name(out.name)
+    if out.exists() and not overwrite:
+        raise WorkspaceError(f"{out} already exists; choose another name or allow overwriting")
+    base_model = base_model or DEMO_BASE_MODEL
+    device = resolve_device(device)
+    split = {"train_size": train_size, "eval_size": eval_size, "seed": seed}
+    phase = _phases(progress, {"load": 1, "features": 2 if init != "standard" else 0, "train": 10, "score": 1})
+
+    phase("load")(0, 1, "loading the task and the base model")
+    data, task_file = resolve_task(task, name=task_name, **split)
+    others: list[tuple] = []
+    if init != "standard":
+        specs = default_other_tasks(data.name) if other_tasks is None else list(other_tasks)
+        for spec in dict.fromkeys(str(s) for s in specs):
+            other, other_file = resolve_task(spec, **split)
+            if other.name != data.name:
+                others.append((other, other_file or other.name))
+        if not others:
+            raise WorkspaceError(
+                f"init {init} needs at least one other task: the tasks this adapter must not disturb"
+            )
+    model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=data.num_labels, device=device)
+
+    osrm_A = None
+    if others:
+        features = {}
+        collect = phase("features")
+        everyone = [data] + [other for other, _ in others]
+        for index, item in enumerate(everyone):
+            collect(index, len(everyone), f"input features of {item.name}")
+            features[item.name] = collect_input_features(
+                model,
+                tokenizer,
+                item.train_texts[:osrm_samples],
+                target_modules=target_modules,
+                max_length=max_length,
+                device=device,
+                covariance=init == "osrm-cov",
+            )
+        osrm_A = osrm_A_for_task(features, data.name, rank, method=init)
+
+    result = train_lora(
+        model,
+        tokenizer,
+        data.train_texts,
+        data.train_labels,
+        rank=rank,
+        alpha=alpha,
+        target_modules=target_modules,
+        init=init,
+        osrm_A=osrm_A,
+        freeze_A=freeze_A,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        num_labels=data.num_labels,
+        device=device,
+        base_model=base_model,
+        progress=phase("train"),
+    )
+
+    score = phase("score")
+    score(0, 1, "scoring the saved adapter")
+    meta = {"data": {**split, "max_length": max_length}}
+    if task_file:
+        meta["task_file"] = task_file
+    if others:
+        meta["other_tasks"] = [label for _, label in others]
+        meta["osrm_samples"] = osrm_samples
+    with _staging(out.parent) as staging:
+        staged = save_trained(result, staging / out.name, data.name, data.labels, init, meta)
+        saved = load_adapter(staged, name=out.name)  # score what was written, not what is in memory
+        eval_set = EvalSet(data.name, list(data.labels), list(data.eval_texts), list(data.eval_labels))
+        evaluator = Evaluator(model, tokenizer, [eval_set], device=device, max_length=max_length)
+        accuracy = evaluator.accuracy(data.name, head_of(saved, evaluator.head_name), saved.modules)
+        saved.meta["single_task_accuracy"] = accuracy
+        saved.meta["majority_baseline"] = eval_set.majority_baseline
+        saved.meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (staged / META_FILE).write_text(json.dumps(saved.meta, indent=2), encoding="utf-8")
+        score(1, 1, "saving")
+        _move_into_place(staged, out, overwrite)
+    score(1, 1, "done")
+    return TrainedAdapter(
+        folder=out,
+        task=data.name,
+        init=init,
+        single_task_accuracy=accuracy,
+        majority_baseline=eval_set.majority_baseline,
+        final_loss=result.losses[-1] if result.losses else None,
+        seconds=result.seconds,
+        losses=list(result.losses),
+    )

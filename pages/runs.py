@@ -1,0 +1,246 @@
+"""Runs: every merge and sweep stored in the workspace's SQLite run store; compare runs side by side,
+reopen a merge in the Merge page, delete runs."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from merging import plots
+from pages import _ui
+
+ui_settings = _ui.settings()
+hidden = ui_settings.presentation
+st.title("Runs")
+
+try:
+    store = _ui.run_store(ui_settings.workspace)
+    records = store.list()
+except (OSError, sqlite3.Error) as err:
+    st.error(f"The run store in {ui_settings.workspace} could not be opened: {err}")
+    st.stop()
+
+flash = st.session_state.pop("runs_flash", None)
+if flash:
+    st.success(flash)
+
+if not records:
+    st.info(
+        f"No runs stored in {ui_settings.workspace / 'runs.sqlite'} yet: every merge on the Merge page and every "
+        "sweep on the Sweep page is written here."
+    )
+    st.stop()
+
+if not hidden:
+    st.caption(
+        f"{len(records)} run{'s' if len(records) != 1 else ''} in {ui_settings.workspace / 'runs.sqlite'}. "
+        "For a sweep, the accuracies are those of its best point (the λ column says which)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The table
+
+
+def _adapter_name(ref: dict) -> str:
+    return ref.get("name") or Path(ref.get("path", "?")).name
+
+
+def _names(record) -> list[str]:
+    return [_adapter_name(a) for a in record.recipe.get("adapters", [])]
+
+
+def _weights(record) -> list[float]:
+    if record.kind == "sweep":
+        return list(record.results.get("best_weights") or [])
+    return [a.get("weight", 1.0) for a in record.recipe.get("adapters", [])]
+
+
+def _percent(value) -> float | None:
+    return None if value is None else round(100 * value, 1)
+
+
+def _row(record) -> dict:
+    average = record.results.get("average") or {}
+    weights = _weights(record)
+    init = (record.results.get("sweep") or {}).get("init") or record.summary.get("init")
+    return {
+        "id": record.id,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)),
+        "kind": record.kind if not init else f"{record.kind} ({init})",
+        "method": record.recipe.get("method", "?"),
+        "adapters": ", ".join(_names(record)),
+        "λ": ", ".join(f"{w:g}" for w in weights) if weights else "",
+        "average merged %": _percent(average.get("merged")),
+        "normalised %": _percent(average.get("normalized")),
+        "device": record.device,
+        "seconds": round(record.seconds, 2),
+    }
+
+
+def _label(record) -> str:
+    return f"run {record.id} · {_row(record)['kind']} · {record.recipe.get('method', '?')}"
+
+
+by_id = {r.id: r for r in records}
+kinds = sorted({r.kind for r in records})
+shown = records
+if len(kinds) > 1 and not hidden:
+    chosen_kinds = st.pills("Show", kinds, selection_mode="multi", default=kinds, key="runs_kinds")
+    shown = [r for r in records if r.kind in (chosen_kinds or kinds)]
+_ui.show_table(pd.DataFrame([_row(r) for r in shown]), "runs")
+
+# ----------------------------------------------------------------------------------------------
+# Compare
+
+
+def _keep_existing(key: str) -> None:
+    """Drop deleted runs from a selection before its widget is drawn."""
+    if key in st.session_state:
+        st.session_state[key] = [i for i in st.session_state[key] if i in by_id]
+
+
+st.subheader("Compare")
+_keep_existing("runs_compare")
+if "runs_compare" not in st.session_state:
+    st.session_state["runs_compare"] = [r.id for r in records[:2]] if len(records) >= 2 else []
+compare = st.multiselect(
+    "Runs to compare",
+    [r.id for r in records],
+    format_func=lambda i: _label(by_id[i]),
+    key="runs_compare",
+    help="Merged accuracy per task, one bar series per run; a sweep contributes its best point.",
+)
+if compare:
+    selected = [by_id[i] for i in compare]
+    try:
+        figure = plots.runs_comparison(
+            [{"label": _label(r), "results": r.results} for r in selected], presentation=ui_settings.presentation
+        )
+        _ui.show_figure(figure, "runs_comparison", "runs_comparison")
+    except (ValueError, KeyError, TypeError) as err:
+        st.error(f"These runs cannot be drawn together: {err}")
+    side_by_side = pd.DataFrame(
+        {
+            _label(r): {
+                "time": _row(r)["time"],
+                "adapters": _row(r)["adapters"],
+                "λ": _row(r)["λ"],
+                "method": r.recipe.get("method"),
+                "density": r.recipe.get("density"),
+                "sign": r.recipe.get("sign"),
+                "rank": "exact" if r.recipe.get("rank") is None else r.recipe.get("rank"),
+                "DO-Merging": ", ".join(
+                    k for k in ("decouple", "orthogonalize") if (r.recipe.get("do_merging") or {}).get(k)
+                ) or "off",
+                **{
+                    f"{task} merged %": _percent(scores.get("merged"))
+                    for task, scores in (r.results.get("tasks") or {}).items()
+                },
+                "average merged %": _row(r)["average merged %"],
+                "normalised %": _row(r)["normalised %"],
+                "device": r.device,
+                "seconds": _row(r)["seconds"],
+            }
+            for r in selected
+        }
+    )
+    side_by_side = side_by_side.astype(str).replace({"None": "", "nan": ""})
+    st.dataframe(side_by_side, width="stretch")
+
+# ----------------------------------------------------------------------------------------------
+# One run: details, reopen, sweep chart
+
+
+def _compact_recipe(recipe: dict) -> str:
+    """The Merge page's URL form of a recipe: adapter names and weights, no device."""
+    compact = {k: v for k, v in recipe.items() if k not in ("device", "overrides")}
+    compact["adapters"] = [
+        {"name": _adapter_name(a), "weight": a.get("weight", 1.0)} for a in recipe.get("adapters", [])
+    ]
+    compact["osrm"] = False  # the stored names are the adapters actually merged (OSRM twins included)
+    return json.dumps(compact, separators=(",", ":"))
+
+
+st.subheader("One run")
+if st.session_state.get("runs_detail") not in by_id:
+    st.session_state.pop("runs_detail", None)
+detail_id = st.selectbox("Run", [r.id for r in records], format_func=lambda i: _label(by_id[i]), key="runs_detail")
+record = by_id[detail_id]
+if record.kind == "merge":
+    if st.button("Reopen in Merge", key="runs_reopen", type="primary",
+                 help="Open the Merge page with this run's recipe (a link to it can be shared)."):
+        known = {e.name for e in _ui.catalog(ui_settings.workspace)}
+        if not any(n in known for n in _names(record)):
+            st.error("None of this run's adapters is in the adapter list any more: " + ", ".join(_names(record)))
+        else:
+            st.session_state.pop("_merge_from_url_done", None)  # the Merge page reads the URL once per session
+            st.switch_page("pages/merge.py", query_params={"recipe": _compact_recipe(record.recipe)})
+elif record.kind == "sweep" and (record.results.get("sweep") or {}).get("points"):
+    sweep = record.results["sweep"]
+    points = sweep["points"]
+    try:
+        if sweep.get("mode") == "heatmap":
+            axis1, axis2 = sweep["axes"]
+            values = {tuple(p["weights"]): p["results"]["average"].get("merged") for p in points}
+            figure = plots.lambda_heatmap(
+                axis1, axis2, [[values.get((a, b)) for b in axis2] for a in axis1],
+                names=sweep.get("names") or _names(record), presentation=ui_settings.presentation,
+            )
+            _ui.show_figure(figure, "lambda_heatmap", f"runs_sweep_{record.id}")
+        else:
+            rows = plots.sweep_points(
+                [(p["weights"], p["results"]) for p in points], init=sweep.get("init", "standard")
+            )
+            _ui.show_figure(plots.sweep_curves(rows, presentation=ui_settings.presentation), "sweep_curves",
+                            f"runs_sweep_{record.id}")
+    except (ValueError, KeyError, TypeError) as err:
+        st.error(f"This sweep cannot be drawn: {err}")
+if not hidden:
+    with st.expander("Recipe and results (JSON)"):
+        st.json({"recipe": record.recipe, "results": record.results, "summary": record.summary}, expanded=False)
+    st.download_button(
+        "Recipe (JSON)", json.dumps(record.recipe, indent=2), f"recipe-run{record.id}.json", "application/json",
+        key="runs_recipe_download", type="tertiary",
+    )
+
+# ----------------------------------------------------------------------------------------------
+# Delete
+
+if not hidden:
+    st.subheader("Delete")
+    _keep_existing("runs_delete")
+    doomed = st.multiselect(
+        "Runs to delete", [r.id for r in records], format_func=lambda i: _label(by_id[i]), key="runs_delete"
+    )
+    if st.session_state.get("runs_confirm") and st.session_state["runs_confirm"] != doomed:
+        st.session_state.pop("runs_confirm")  # the selection changed: ask again
+    if not st.session_state.get("runs_confirm"):
+        if st.button("Delete selected…", key="runs_delete_ask", disabled=not doomed):
+            st.session_state["runs_confirm"] = list(doomed)
+            st.rerun()
+    else:
+        st.warning(
+            f"Delete {len(doomed)} run{'s' if len(doomed) != 1 else ''} ({', '.join(map(str, doomed))})? "
+            "This cannot be undone."
+        )
+        yes, no = st.columns(2)
+        if yes.button("Yes, delete", key="runs_delete_yes", type="primary"):
+            try:
+                removed = store.delete(doomed)
+                st.session_state["runs_flash"] = f"Deleted {removed} run{'s' if removed != 1 else ''}."
+            except sqlite3.Error as err:
+                st.session_state["runs_error"] = f"Could not delete: {err}"
+            st.session_state.pop("runs_confirm", None)
+            st.session_state.pop("runs_delete", None)
+            st.rerun()
+        if no.button("Cancel", key="runs_delete_no"):
+            st.session_state.pop("runs_confirm", None)
+            st.rerun()
+    if st.session_state.get("runs_error"):
+        st.error(st.session_state.pop("runs_error"))

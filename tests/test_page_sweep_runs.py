@@ -1,0 +1,250 @@
+"""AppTest: the Sweep page runs a small λ sweep in a background job and draws it; the Runs page lists,
+compares, reopens and deletes stored runs.
+
+A tiny zoo (two demo tasks × standard/OSRM on a randomly initialised tiny BERT) is built once per
+session. The pages run under a small entry script that registers them with st.navigation exactly as
+app.py does (through a `pages` link to the real folder), so the test does not depend on other pages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit.testing.v1")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from merging.runs import RunStore  # noqa: E402
+from pages import _ui  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+ENTRY = """
+import streamlit as st
+st.navigation([
+    st.Page("pages/sweep.py", title="Sweep", default=True),
+    st.Page("pages/runs.py", title="Runs"),
+    st.Page("pages/merge.py", title="Merge"),
+]).run()
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory) -> Path:
+    from merging.models import tiny_bert
+    from merging.tasks import DataSourceMissing
+    from merging.zoo import BuildSettings, build_zoo
+
+    root = tmp_path_factory.mktemp("sweep_runs_zoo")
+    model, tokenizer = tiny_bert()
+    model.save_pretrained(root / "tiny-bert")
+    tokenizer.save_pretrained(root / "tiny-bert")
+    settings = BuildSettings(
+        tasks=("sms_spam", "question_type"), inits=("standard", "osrm"),
+        train_size=40, eval_size=24, epochs=1, osrm_samples=20,
+    )
+    try:
+        build_zoo(root / "zoo", settings, base_model=str(root / "tiny-bert"))
+    except DataSourceMissing as err:  # the demo data package is missing
+        pytest.skip(f"demo task data not installed: {err}")
+    return root / "zoo"
+
+
+@pytest.fixture
+def app(tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_ZOO", str(tiny_zoo))
+    _ui._zoo.clear()
+    _ui.lab_for.clear()
+    entry_dir = tmp_path / "entry"
+    entry_dir.mkdir()
+    (entry_dir / "pages").symlink_to(REPO / "pages", target_is_directory=True)
+    (entry_dir / "app.py").write_text(ENTRY, encoding="utf-8")
+    at = AppTest.from_file(str(entry_dir / "app.py"), default_timeout=60)
+    at.session_state["workspace"] = str(tmp_path / "workspace")
+    at.session_state["device"] = "cpu"
+    yield at
+    job = at.session_state["job:sweep"] if "job:sweep" in at.session_state else None
+    if job is not None:
+        job.cancel_event.set()
+    _ui._zoo.clear()
+    _ui.lab_for.clear()
+
+
+def _wait_for_job(at: AppTest, key: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while f"job:{key}" in at.session_state and not at.session_state[f"job:{key}"].finished:
+        assert time.monotonic() < deadline, "the background job did not finish in time"
+        time.sleep(0.1)
+    at.run()
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def _no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
+    at = app.run()
+    _no_errors(at)
+    assert at.multiselect(key="sweep_adapters").value == ["sms_spam-standard", "question_type-standard"]
+    at.number_input(key="sweep_start").set_value(0.5)
+    at.number_input(key="sweep_stop").set_value(1.5)
+    at.number_input(key="sweep_points").set_value(3)
+    at.button(key="sweep_run").click().run()
+    assert "job:sweep" in at.session_state
+    _wait_for_job(at, "sweep")
+    _no_errors(at)
+
+    charts = _charts(at)
+    assert len(charts) == 1
+    names = {trace["name"] for trace in charts[0]["data"]}
+    assert {"average · standard", "average · osrm", "sms_spam · osrm"} <= names
+    table = at.dataframe[0].value
+    assert len(table) == 6 and set(table["init"]) == {"standard", "osrm"}
+    assert sorted(set(table["λ"])) == [0.5, 1.0, 1.5]
+
+    runs = RunStore(Path(at.session_state["workspace"]) / "runs.sqlite").list()
+    assert [r.kind for r in runs] == ["sweep", "sweep"]
+    assert {r.results["sweep"]["init"] for r in runs} == {"standard", "osrm"}
+    assert all(len(r.results["sweep"]["points"]) == 3 for r in runs)
+
+    # Away to the Runs page and back: the settings and the results come back at once, with no new job.
+    at.switch_page("pages/runs.py").run()
+    _no_errors(at)
+    assert len(at.dataframe[0].value) == 2
+    at.switch_page("pages/sweep.py").run()
+    _no_errors(at)
+    assert "job:sweep" not in at.session_state
+    assert at.number_input(key="sweep_points").value == 3
+    assert len(_charts(at)) == 1
+    assert any("from the cache" in c.value for c in at.caption)
+
+
+def test_sweep_heatmap_for_two_adapters(app: AppTest):
+    at = app.run()
+    at.toggle(key="sweep_osrm").set_value(False)
+    at.radio(key="sweep_mode").set_value("heatmap").run()
+    at.number_input(key="sweep_grid_points").set_value(2)
+    at.button(key="sweep_run").click().run()
+    _wait_for_job(at, "sweep")
+    _no_errors(at)
+    charts = _charts(at)
+    assert len(charts) == 1
+    assert charts[0]["data"][0]["type"] == "heatmap"
+    assert len(at.dataframe[0].value) == 4  # 2 × 2 pairs, standard only
+
+
+def _results(merged: dict[str, float]) -> dict:
+    tasks = {
+        t: {"base": 0.5, "single": 0.9, "merged": m, "normalized": m / 0.9, "majority": 0.5} for t, m in merged.items()
+    }
+    mean = sum(merged.values()) / len(merged)
+    return {"tasks": tasks, "average": {"base": 0.5, "single": 0.9, "merged": mean, "normalized": mean / 0.9,
+                                        "majority": 0.5}}
+
+
+def _merge_recipe(zoo: Path, weights: tuple[float, float], method: str) -> dict:
+    return {
+        "adapters": [
+            {"path": str(zoo / "sms_spam-standard"), "name": "sms_spam-standard", "weight": weights[0]},
+            {"path": str(zoo / "question_type-standard"), "name": "question_type-standard", "weight": weights[1]},
+        ],
+        "method": method, "density": 0.5, "sign": "total", "rank": None, "seed": 0, "device": "cpu",
+        "knots_inner": "task_arithmetic", "overrides": [],
+        "do_merging": {"decouple": False, "orthogonalize": False, "magnitude": "mean", "steps": 50, "lr": 0.01,
+                       "mu": 1.0},
+    }
+
+
+def test_runs_page_lists_compares_reopens_and_deletes(app: AppTest, tiny_zoo):
+    store = RunStore(Path(app.session_state["workspace"]) / "runs.sqlite")
+    first = store.add(_merge_recipe(tiny_zoo, (0.7, 1.3), "ties"), _results({"sms_spam": 0.8, "question_type": 0.6}),
+                      device="cpu", seconds=1.5)
+    second = store.add(_merge_recipe(tiny_zoo, (1.0, 1.0), "task_arithmetic"),
+                       _results({"sms_spam": 0.7, "question_type": 0.5}), device="cpu", seconds=1.2)
+    sweep_results = {**_results({"sms_spam": 0.75, "question_type": 0.55}), "best_weights": [0.5, 0.5],
+                     "sweep": {"init": "standard", "mode": "curves", "axes": [[0.5, 1.0]],
+                               "names": ["sms_spam-standard", "question_type-standard"],
+                               "points": [{"weights": [w, w], "results": _results({"sms_spam": 0.8 - w / 10,
+                                                                                  "question_type": 0.6})}
+                                          for w in (0.5, 1.0)]}}
+    third = store.add(_merge_recipe(tiny_zoo, (1.0, 1.0), "ties"), sweep_results, device="cpu", seconds=3.0,
+                      kind="sweep")
+
+    at = app.run()
+    at.switch_page("pages/runs.py").run()
+    _no_errors(at)
+    table = at.dataframe[0].value
+    assert list(table["id"]) == [third, second, first]
+    assert list(table["kind"]) == ["sweep (standard)", "merge", "merge"]
+    assert table["λ"].iloc[2] == "0.7, 1.3"
+
+    # Compare two merges side by side: one bar series per run.
+    at.multiselect(key="runs_compare").set_value([first, second]).run()
+    _no_errors(at)
+    comparison = _charts(at)[0]
+    assert len(comparison["data"]) == 2
+    assert comparison["data"][0]["name"].startswith(f"run {first}")
+
+    # The sweep run's own chart redraws from the store.
+    at.selectbox(key="runs_detail").set_value(third).run()
+    _no_errors(at)
+    assert any(t["name"] == "average · standard" for chart in _charts(at) for t in chart["data"])
+
+    # Delete asks first; Cancel keeps the run, Yes deletes it.
+    at.multiselect(key="runs_delete").set_value([second]).run()
+    at.button(key="runs_delete_ask").click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    at.button(key="runs_delete_no").click().run()
+    assert len(store.list()) == 3
+    at.button(key="runs_delete_ask").click().run()
+    at.button(key="runs_delete_yes").click().run()
+    _no_errors(at)
+    assert [r.id for r in store.list()] == [third, first]
+    assert any("Deleted 1 run" in s.value for s in at.success)
+    assert list(at.dataframe[0].value["id"]) == [third, first]
+    assert at.multiselect(key="runs_compare").value == [first]
+
+    # Reopen the first merge in the Merge page: its recipe arrives through the URL.
+    at.selectbox(key="runs_detail").set_value(first).run()
+    at.button(key="runs_reopen").click().run()
+    _no_errors(at)
+    assert at.title[0].value == "Merge"
+    recipe = json.loads(at.query_params["recipe"])
+    assert recipe["method"] == "ties" and [a["weight"] for a in recipe["adapters"]] == [0.7, 1.3]
+    assert at.multiselect(key="merge_adapters").value == ["sms_spam-standard", "question_type-standard"]
+    assert at.selectbox(key="merge_method").value == "ties"
+    assert at.slider(key="weight:sms_spam-standard").value == pytest.approx(0.7)
+
+
+def test_runs_page_with_an_empty_store(app: AppTest):
+    at = app.run()
+    at.switch_page("pages/runs.py").run()
+    _no_errors(at)
+    assert any("No runs stored" in i.value for i in at.info)
+    assert not at.dataframe
+
+
+def test_sweep_error_is_shown_and_the_page_stays_usable(app: AppTest, monkeypatch):
+    from merging.lab import Lab
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the sweep broke")
+
+    monkeypatch.setattr(Lab, "sweep", broken)
+    at = app.run()
+    at.number_input(key="sweep_points").set_value(2)
+    at.button(key="sweep_run").click().run()
+    _wait_for_job(at, "sweep")
+    assert not at.exception
+    assert any("the sweep broke" in e.value for e in at.error)
+    assert not at.get("plotly_chart")
+    assert not at.button(key="sweep_run").disabled
+    assert RunStore(Path(at.session_state["workspace"]) / "runs.sqlite").list() == []
