@@ -240,6 +240,18 @@ def adapters_by_task(adapters: Sequence[Adapter]) -> dict[str, Adapter]:
     return result
 
 
+def _adapter_key(adapter: Adapter) -> str | None:
+    """Identifies an adapter's weights for the caches: its path and the weights file's mtime.
+
+    None for an adapter that lives only in memory (e.g. a post-hoc projection): never cached.
+    """
+    if adapter.path is None:
+        return None
+    weights = adapter.path / "adapter_model.safetensors"
+    modified = weights.stat().st_mtime_ns if weights.exists() else 0
+    return f"{adapter.path}@{modified}"
+
+
 def evaluate_merge(
     evaluator: Evaluator,
     adapters: Sequence[Adapter],
@@ -261,12 +273,14 @@ def evaluate_merge(
     done = 0
     for task, adapter in by_task.items():
         head = head_of(adapter, evaluator.head_name)
-        key = (str(adapter.path or adapter.name), task)
-        if single_cache is not None and key in single_cache:
+        adapter_key = _adapter_key(adapter)
+        key = (adapter_key, task)
+        cacheable = single_cache is not None and adapter_key is not None
+        if cacheable and key in single_cache:
             single = single_cache[key]
         else:
             single = evaluator.accuracy(task, head, adapter.modules)
-            if single_cache is not None:
+            if cacheable:
                 single_cache[key] = single
         done += 1
         if progress:
@@ -278,7 +292,11 @@ def evaluate_merge(
             if progress:
                 progress(done, steps, f"merged {task}")
         scores[task] = TaskScores(
-            base=evaluator.base_accuracy(task, head, key[0]),
+            base=(
+                evaluator.base_accuracy(task, head, adapter_key)
+                if adapter_key is not None
+                else evaluator.accuracy(task, head, None)
+            ),
             single=single,
             merged=merged,
             majority=evaluator.eval_sets[task].majority_baseline,

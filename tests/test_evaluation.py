@@ -1,0 +1,104 @@
+"""Evaluation against a hand-written loop; the zoo builder's structure and its reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from merging.evaluation import EvalSet, Evaluator, evaluate_merge, head_of
+from merging.lab import Lab
+from merging.lora import Adapter, LoraModule, load_adapter
+from merging.models import tiny_bert
+from merging.recipe import recipe_from_dict
+from merging.zoo import MANIFEST, load_zoo, load_zoo_adapters
+
+TEXTS = ["good great film", "awful boring plot", "the movie was fine", "terrible sad music", "love it", "hate it"]
+TARGETS = [1, 0, 1, 0, 1, 0]
+
+
+def _random_adapter(model, seed: int, num_labels: int = 2) -> Adapter:
+    generator = torch.Generator().manual_seed(seed)
+    modules = {}
+    for name, module in model.named_modules():
+        if name.endswith(("query", "value")) and isinstance(module, torch.nn.Linear):
+            d_out, d_in = module.weight.shape
+            modules[name] = LoraModule(
+                torch.randn(2, d_in, generator=generator) * 0.3, torch.randn(d_out, 2, generator=generator) * 0.3, 1.5
+            )
+    hidden = model.config.hidden_size
+    head = {
+        "classifier.weight": torch.randn(num_labels, hidden, generator=generator),
+        "classifier.bias": torch.randn(num_labels, generator=generator),
+    }
+    return Adapter(f"a{seed}", modules, saved_modules=head, meta={"task": "toy"})
+
+
+def _hand_loop(model, tokenizer, adapter: Adapter) -> float:
+    """Copy the model, add ΔW to its weights and swap its head, then score text by text."""
+    import copy
+
+    edited = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for name, module in adapter.modules.items():
+            edited.get_submodule(name).weight += module.scale * module.B @ module.A
+        weight = adapter.saved_modules["classifier.weight"]
+        edited.classifier = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        edited.classifier.weight.copy_(weight)
+        edited.classifier.bias.copy_(adapter.saved_modules["classifier.bias"])
+    correct = 0
+    with torch.no_grad():
+        for text, target in zip(TEXTS, TARGETS):
+            logits = edited(**tokenizer(text, return_tensors="pt")).logits
+            correct += int(logits.argmax(-1).item() == target)
+    return correct / len(TEXTS)
+
+
+def test_evaluator_equals_a_hand_written_loop_and_restores_the_weights():
+    model, tokenizer = tiny_bert(num_labels=2, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluator = Evaluator(model, tokenizer, [EvalSet("toy", ["neg", "pos"], TEXTS, TARGETS)], batch_size=4)
+    for seed in range(4):
+        adapter = _random_adapter(model, seed)
+        expected = _hand_loop(model, tokenizer, adapter)
+        assert evaluator.accuracy("toy", head_of(adapter, "classifier"), adapter.modules) == expected
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # exact restore, head included
+
+
+def test_evaluate_merge_reports_base_single_merged_and_normalised():
+    model, tokenizer = tiny_bert(num_labels=2, seed=0)
+    evaluator = Evaluator(model, tokenizer, [EvalSet("toy", ["neg", "pos"], TEXTS, TARGETS)])
+    adapter = _random_adapter(model, 1)
+    result = evaluate_merge(evaluator, [adapter], adapter.modules)
+    scores = result.tasks["toy"]
+    assert scores.merged == scores.single  # merging one adapter alone changes nothing
+    assert scores.normalized == pytest.approx(1.0)
+    assert scores.majority == 0.5
+    assert scores.base == evaluator.accuracy("toy", head_of(adapter, "classifier"), None)
+
+
+def test_zoo_manifest_structure(tiny_zoo):
+    manifest = json.loads((tiny_zoo / MANIFEST).read_text())
+    assert {t["name"] for t in manifest["tasks"]} == {"sms_spam", "question_type"}
+    assert {(a["task"], a["init"]) for a in manifest["adapters"]} == {
+        (t, i) for t in ("sms_spam", "question_type") for i in ("standard", "osrm")
+    }
+    for entry in manifest["adapters"]:
+        adapter = load_adapter(tiny_zoo / entry["path"])
+        assert adapter.task == entry["task"] and adapter.meta["init"] == entry["init"]
+        assert 0.0 <= entry["single_task_accuracy"] <= 1.0 and entry["train_seconds"] > 0
+        assert "classifier.weight" in adapter.saved_modules
+
+
+def test_evaluate_reproduces_the_manifest_exactly(tiny_zoo):
+    """The recorded single-task accuracies are what a fresh Lab measures on the saved adapters."""
+    zoo = load_zoo(tiny_zoo)
+    lab = Lab(zoo.base_model, device="cpu")
+    adapters = load_zoo_adapters(zoo, [a.name for a in zoo.adapters])
+    for adapter, entry in zip(adapters, zoo.adapters):
+        recipe = recipe_from_dict({"adapters": [{"path": str(entry.path), "name": entry.name}]})
+        run = lab.merge_and_evaluate([adapter], recipe)
+        assert run.evaluation.tasks[entry.task].single == entry.single_task_accuracy, entry.name
+        assert run.evaluation.tasks[entry.task].merged == entry.single_task_accuracy, entry.name
