@@ -7,14 +7,14 @@ import torch
 
 from pages._ui import DEFAULT_WORKSPACE, zoo
 
-st.set_page_config(page_title="mergescope", page_icon="🔀", layout="wide")
+st.set_page_config(page_title="mergescope", page_icon=":material/merge_type:", layout="wide")
 
 pages = [
-    st.Page("pages/merge.py", title="Merge", icon="🔀", default=True),
-    st.Page("pages/interference.py", title="Interference", icon="🧲"),
-    st.Page("pages/sweep.py", title="Sweep", icon="📈"),
-    st.Page("pages/adapters.py", title="Adapters", icon="🧩"),
-    st.Page("pages/runs.py", title="Runs", icon="🗂️"),
+    st.Page("pages/merge.py", title="Merge", icon=":material/merge_type:", default=True),
+    st.Page("pages/interference.py", title="Interference", icon=":material/grid_on:"),
+    st.Page("pages/sweep.py", title="Sweep", icon=":material/show_chart:"),
+    st.Page("pages/adapters.py", title="Adapters", icon=":material/extension:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
 ]
 navigation = st.navigation(pages)
 

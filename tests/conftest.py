@@ -77,6 +77,7 @@ def app_test(tiny_zoo, tmp_path, monkeypatch):
     from pages import _ui
 
     monkeypatch.setenv("MERGESCOPE_ZOO", str(tiny_zoo))
+    _run_app_py_on_every_rerun(monkeypatch)
     _ui._zoo.clear()
     _ui.lab_for.clear()
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=90)
@@ -85,6 +86,21 @@ def app_test(tiny_zoo, tmp_path, monkeypatch):
     yield at
     _ui._zoo.clear()
     _ui.lab_for.clear()
+
+
+def _run_app_py_on_every_rerun(monkeypatch) -> None:
+    """AppTest resets Streamlit's 'uses a pages/ directory' flag before every run, so with our
+    pages/ folder each rerun would execute the current page alone, without app.py's sidebar. The
+    real server sets the flag once, when app.py first calls st.navigation; do the same here."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original_init = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
 
 
 def wait_for_job(at, key: str, timeout: float = 120):

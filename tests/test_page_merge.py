@@ -26,6 +26,7 @@ def test_merge_page_runs_a_merge_and_shows_per_task_accuracy(app_test, tmp_path)
     at = _click_run(at)
     at = wait_for_job(at, "merge")
     _no_errors(at)
+    assert at.toggle(key="presentation") is not None  # app.py's sidebar ran on the rerun too
     assert any(m.label == "Average merged accuracy" for m in at.metric)
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     bar_names = {trace.get("name") for chart in charts for trace in chart["data"]}

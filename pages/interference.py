@@ -1,0 +1,519 @@
+"""Interference: where and how much the chosen adapters' updates collide, and whether OSRM helps.
+
+Cheap views come straight from the LoRA factors (``metrics.adapter_metrics``, cached per adapter
+version): magnitude variance, subspace overlap, task-vector cosine, TIES sign conflicts. Two views
+need forward passes and run as background jobs, cached for the session: OSRM's data-parameter
+interference (the base model's inputs to each adapted module, per task) and the cross-task accuracy
+matrix. A toggle puts each standard adapter's OSRM twin in a second column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import streamlit as st
+
+from merging import metrics, plots
+from merging.evaluation import cross_task_matrix
+from merging.lab import task_data_for
+from merging.lora import Adapter, check_compatible
+from merging.osrm import collect_input_features
+from pages import _ui
+
+FEATURES_JOB = "interference_features"
+CROSS_JOB = "interference_cross"
+DEFAULT_SAMPLES = 100
+ui_settings = _ui.settings()
+presentation = ui_settings.presentation
+entries = _ui.catalog(ui_settings.workspace)
+state = st.session_state
+
+st.title("Interference")
+st.caption(
+    "Where the chosen adapters' updates ΔW = B·A collide. Everything but the last two sections is "
+    "computed from the LoRA factors alone; those two run the base model over each task's texts."
+)
+if not entries:
+    st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
+    st.stop()
+
+# ----------------------------------------------------------------------------------------------
+# Controls
+
+WIDGETS = ("interference_adapters", "interference_side_by_side", "interference_layer", "interference_density",
+           "interference_samples", "interference_cosine_scope", "interference_dpi_scope", "interference_dpi_inputs",
+           "interference_split")
+# Streamlit forgets a widget's value while its page is not shown; a shadow copy brings it back.
+for name in WIDGETS:
+    if name not in state and f"_keep:{name}" in state:
+        state[name] = state[f"_keep:{name}"]
+
+all_names = [e.name for e in entries]
+standard = [e.name for e in entries if e.init == "standard"]
+if "interference_adapters" not in state:
+    default = state.get("merge_adapters") or standard[:5] or all_names[:2]
+    state["interference_adapters"] = [n for n in default if n in all_names]
+else:  # a stored choice may name adapters that have since gone
+    state["interference_adapters"] = [n for n in state["interference_adapters"] if n in all_names]
+
+controls = st.expander("Adapters", expanded=False) if presentation else st.container()
+with controls:
+    names = st.multiselect(
+        "Adapters",
+        all_names,
+        key="interference_adapters",
+        help="Two or more adapters of one base model; usually one standard-LoRA adapter per task.",
+    )
+side_by_side = st.toggle(
+    "Side by side: standard LoRA vs OSRM",
+    key="interference_side_by_side",
+    help="A second column shows the same charts for each adapter's OSRM-initialised twin "
+    "(trained on the same task, from the same source).",
+)
+density, samples, split = 1.0, DEFAULT_SAMPLES, "eval"
+SPLITS = {"eval": "held-out evaluation texts", "train": "training texts (those OSRM was fitted on)"}
+if not presentation:
+    left, middle, right = st.columns(3)
+    state.setdefault("interference_density", 1.0)  # defaults via state: the shadow copy may set them too
+    state.setdefault("interference_samples", DEFAULT_SAMPLES)
+    density = left.slider(
+        "TIES density for sign conflicts (fraction of entries kept)", 0.05, 1.0, step=0.05,
+        key="interference_density",
+        help="Each adapter keeps its largest entries by |x| before signs are compared, as TIES trims. "
+        "The chart's 50% reference line holds for density 1.",
+    )
+    samples = int(middle.number_input(
+        "Texts per task for data-parameter interference", 10, 1000, step=10,
+        key="interference_samples",
+        help="Each task's texts run through the base model to collect the inputs of every adapted module.",
+    ))
+    split = right.selectbox(
+        "Texts from", list(SPLITS), format_func=SPLITS.get, key="interference_split",
+        help="Held-out texts show how OSRM generalises; OSRM's initialisation was fitted on the first "
+        "training texts, so those show its best case.",
+    )
+
+
+def _remember() -> None:
+    for name in WIDGETS:
+        if name in state:
+            state[f"_keep:{name}"] = state[name]
+
+
+_remember()
+if len(names) < 2:
+    st.warning("Choose at least two adapters: interference is between adapters.")
+    st.stop()
+
+# ----------------------------------------------------------------------------------------------
+# The sets of adapters to show: the chosen ones, and with the toggle their OSRM twins
+
+
+def _version(entry: _ui.Entry) -> tuple[str, float]:
+    """(path, weights mtime): the same key `_ui.load_adapter_cached` uses, so edits invalidate caches."""
+    weights = entry.path / "adapter_model.safetensors"
+    return str(entry.path), (weights.stat().st_mtime if weights.exists() else 0.0)
+
+
+chosen = [_ui.entry_by_name(entries, n) for n in names]
+chosen = [e for e in chosen if e is not None]
+all_standard = all(e.init == "standard" for e in chosen)
+sets: list[tuple[str, str, list[_ui.Entry]]] = [
+    ("chosen", "Standard LoRA" if all_standard else "Chosen adapters", chosen),
+]
+if side_by_side:
+    twins, lacking = [], []
+    for entry in chosen:
+        twin = entry if entry.init == "osrm" else _ui.twin_of(entries, entry, "osrm")
+        if twin:
+            twins.append(twin)
+        else:
+            lacking.append(entry.name)
+    twins = list(dict.fromkeys(twins))  # two chosen adapters of one task share a twin
+    if lacking:
+        st.warning(f"No OSRM twin for: {', '.join(lacking)}. The OSRM column leaves them out.")
+    if len(twins) >= 2:
+        sets.append(("osrm", "OSRM initialisation", twins))
+    else:
+        st.warning("Fewer than two of the chosen adapters have an OSRM twin: there is no OSRM column to show.")
+
+
+@st.cache_data(show_spinner="Computing interference metrics from the LoRA factors…", max_entries=32)
+def _factor_metrics(versions: tuple[tuple[str, float], ...], density: float) -> dict:
+    """All factor-based metrics of one set of adapters; keyed by folder paths, mtimes and density."""
+    adapters = [_ui.load_adapter_cached(Path(path)) for path, _ in versions]
+    return metrics.adapter_metrics(adapters, device="cpu", density=density)  # small r × r work: CPU is fastest
+
+
+def _load(set_entries: Sequence[_ui.Entry]) -> list[Adapter]:
+    return [_ui.load_adapter_cached(e.path) for e in set_entries]
+
+
+views: list[dict] = []  # one per column: key, label, entries, adapters, metrics (None when it failed)
+for key, label, set_entries in sets:
+    view = {"key": key, "label": label, "entries": set_entries, "names": [e.name for e in set_entries],
+            "versions": tuple(_version(e) for e in set_entries), "adapters": None, "metrics": None}
+    try:
+        view["adapters"] = _load(set_entries)
+        view["metrics"] = _factor_metrics(view["versions"], float(density))
+    except Exception as err:  # AdapterError, a broken folder, ...: say so, keep the page usable
+        st.error(f"{label}: {_ui.friendly_error(err)}")
+    views.append(view)
+good = [v for v in views if v["metrics"] is not None]
+if not good:
+    st.stop()
+
+for view in good:
+    missing = view["metrics"].get("missing") or {}
+    if missing:
+        st.caption(f"{view['label']}: {len(missing)} module(s) are absent from some adapters and count as "
+                   "zero updates there.")
+
+layer_options: list[str] = []
+for view in good:
+    for layer in view["metrics"]["layers"]:
+        if layer not in layer_options:
+            layer_options.append(layer)
+if state.get("interference_layer") not in layer_options:
+    state["interference_layer"] = layer_options[0]
+
+
+def _columns() -> list:
+    """One column per shown set (a single full-width container without the toggle)."""
+    return list(st.columns(len(good))) if len(good) > 1 else [st.container()]
+
+
+def _heading(view: dict) -> None:
+    if len(good) > 1:
+        st.markdown(f"**{view['label']}**")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Magnitude variance
+
+st.subheader("Magnitude variance per layer")
+for column, view in zip(_columns(), good):
+    with column:
+        _heading(view)
+        _ui.show_figure(
+            plots.magnitude_variance_by_layer(view["metrics"], view["names"], presentation=presentation),
+            "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}",
+        )
+
+# ----------------------------------------------------------------------------------------------
+# 2. Subspace overlap, one layer at a time
+
+st.subheader("Subspace overlap")
+if len(layer_options) > 1:
+    layer = st.select_slider(
+        "Layer (transformer block)", layer_options, key="interference_layer",
+        help="Overlaps are averaged over the block's adapted modules (e.g. query and value).",
+    )
+else:
+    layer = layer_options[0]
+    st.caption(f"One layer: {layer}.")
+
+
+def _layer_data(view: dict) -> dict | None:
+    return view["metrics"]["layers"].get(layer)
+
+
+for column, view in zip(_columns(), good):
+    with column:
+        _heading(view)
+        data = _layer_data(view)
+        if data is None:
+            st.info(f"These adapters adapt nothing in layer {layer}.")
+            continue
+        sides = [("input", "Input subspaces (what the adapters read: rows of A)"),
+                 ("output", "Output subspaces (what they write: columns of B)")]
+        # Without the toggle, input and output side by side; with it, stacked inside each column.
+        inner = st.columns(2) if len(good) == 1 else [st.container(), st.container()]
+        for place, (side, title) in zip(inner, sides):
+            with place:
+                _ui.show_figure(
+                    plots.overlap_heatmap(data[f"{side}_overlap"], view["names"], title=f"{title} — layer {layer}",
+                                          presentation=presentation),
+                    "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
+                )
+
+# ----------------------------------------------------------------------------------------------
+# 3. Task-vector cosine
+
+st.subheader("Task-vector cosine")
+scope = "Whole adapter"
+if not presentation:
+    scope = st.radio("Cosine over", ["Whole adapter", "The chosen layer"], horizontal=True,
+                     key="interference_cosine_scope",
+                     help="Whole adapter: every module's update concatenated into one vector.")
+for column, view in zip(_columns(), good):
+    with column:
+        _heading(view)
+        if scope == "Whole adapter":
+            matrix, title = view["metrics"]["adapter_cosine"], "Task-vector cosine — whole adapter"
+        else:
+            data = _layer_data(view)
+            if data is None:
+                st.info(f"These adapters adapt nothing in layer {layer}.")
+                continue
+            matrix, title = data["cosine"], f"Task-vector cosine — layer {layer}"
+        _ui.show_figure(plots.cosine_heatmap(matrix, view["names"], title=title, presentation=presentation),
+                        "cosine_heatmap", f"interference_cosine_{view['key']}")
+
+# ----------------------------------------------------------------------------------------------
+# 4. TIES sign conflicts
+
+st.subheader("TIES sign conflicts per layer")
+for column, view in zip(_columns(), good):
+    with column:
+        _heading(view)
+        rates = {k: v["sign_conflict_rate"] for k, v in view["metrics"]["layers"].items()}
+        title = "Sign conflicts per layer" + (f" (density {density:g})" if density < 1.0 else "")
+        _ui.show_figure(plots.sign_conflicts_by_layer(rates, title=title, presentation=presentation),
+                        "sign_conflicts_by_layer", f"interference_signs_{view['key']}")
+
+# ----------------------------------------------------------------------------------------------
+# Shared by the two sections that need the base model
+
+
+def _base_model(adapters: Sequence[Adapter]) -> str:
+    """The adapters' one base model (from their metadata), else the zoo's; refuses a mix."""
+    known = {a.meta.get("base_model") or a.base_model for a in adapters} - {None}
+    built_in = _ui.zoo()
+    if len(known) > 1:
+        raise ValueError(f"the adapters come from different base models: {', '.join(sorted(known))}")
+    if known:
+        return known.pop()
+    if built_in:
+        return built_in.base_model
+    raise ValueError("the adapters do not say which base model they belong to, and there is no built-in zoo")
+
+
+def _untasked(adapters: Sequence[Adapter]) -> list[str]:
+    return [a.name for a in adapters if not a.task]
+
+
+def _row_labels(adapters: Sequence[Adapter]) -> list[str]:
+    """Task names for the rows; an adapter's name is added where two adapters share a task."""
+    tasks = [a.task for a in adapters]
+    return [t if tasks.count(t) == 1 else f"{t} ({a.name})" for t, a in zip(tasks, adapters)]
+
+
+shown_adapters = [a for v in good for a in v["adapters"]]
+base_problem = None
+try:
+    base_model = _base_model(shown_adapters)
+except ValueError as err:
+    base_model, base_problem = None, str(err)
+untasked = _untasked(shown_adapters)
+
+# ----------------------------------------------------------------------------------------------
+# 5. OSRM's data-parameter interference (task × adapter)
+
+st.subheader("Data-parameter interference (OSRM)")
+st.caption(
+    "How strongly adapter j's update answers task i's inputs, ‖ΔWⱼXᵢᵀ‖ ÷ ‖ΔWᵢXᵢᵀ‖, with Xᵢ the base model's "
+    f"inputs to each adapted module over up to {samples} {SPLITS[split]} of task i (one row per text by default), "
+    "averaged over the modules shown."
+)
+# (base, task, split, samples, targets, with second moments) → {module: ModuleFeatures}
+features_cache: dict = state.setdefault("interference_features_cache", {})
+dpi_cache: dict = state.setdefault("interference_dpi_cache", {})  # (base, split, ..., versions) → {layer: matrix}
+targets = tuple(sorted({m.rsplit(".", 1)[-1] for a in shown_adapters for m in a.modules}))
+layer_choice, inputs = "all", "means"
+if not presentation:
+    left, right = st.columns(2)
+    layer_choice = left.radio(
+        "Modules averaged", ["All layers", "The chosen layer"], horizontal=True, key="interference_dpi_scope",
+    )
+    layer_choice = "all" if layer_choice == "All layers" else layer
+    inputs = right.radio(
+        "Task inputs Xᵢ", ["means", "tokens"], horizontal=True, key="interference_dpi_inputs",
+        format_func={"means": "one row per text (its token mean)", "tokens": "every token"}.get,
+        help="One row per text is what OSRM's initialisation keeps each A away from; every token is what its "
+        "covariance variant (osrm-cov) minimises, and needs a d_in × d_in second moment per module and task.",
+    )
+
+
+def _cached_features(task: str) -> dict | None:
+    """A task's features fit for the chosen inputs: ones with second moments also serve per-text means."""
+    key = (base_model, task, split, samples, targets)
+    return features_cache.get((*key, True)) or (features_cache.get((*key, False)) if inputs == "means" else None)
+
+
+def _feature_work(lab, by_task: dict[str, Adapter], split: str, samples: int, targets: tuple[str, ...], moments: bool):
+    """Collect the base model's module inputs for each task's texts (the forward passes)."""
+    tasks = list(by_task)
+
+    def work(progress):
+        collected = {}
+        for index, (task, adapter) in enumerate(by_task.items()):
+            progress(index, len(tasks), f"{task}: loading texts")
+            data = task_data_for(adapter)
+            texts = (data.eval_texts if split == "eval" else data.train_texts)[:samples]
+
+            def report(done, total, what, index=index, task=task):
+                progress(index * total + done, len(tasks) * total, f"{task}: {what}")
+
+            with lab.lock:  # the lab's model is shared; evaluation edits its weights in place
+                collected[task] = collect_input_features(
+                    lab.model, lab.tokenizer, texts, targets, lab.max_length,
+                    device=lab.device, covariance=moments, progress=report,
+                )
+        return collected
+
+    return work
+
+
+def _interference_by_layer(adapters: Sequence[Adapter], features: dict, inputs: str) -> dict[str, object]:
+    """{layer label: task × adapter matrix}, plus "all" (mean over every module). Library calls only.
+
+    ``inputs``: "means" uses one row per text (the mean over its tokens, what OSRM's `osrm` init keeps
+    A away from); "tokens" uses every token through its second moment (what `osrm-cov` minimises).
+    TODO(library): this belongs in metrics as `interference_by_layer(adapters, features_by_task, inputs)`.
+    """
+    per_module = {}
+    for module in check_compatible(adapters).modules:
+        found = [features[adapter.task].get(module) for adapter in adapters]
+        if any(f is None for f in found):
+            raise ValueError(f"no input features for module {module}; the base model lacks it?")
+        modules = metrics.modules_at(adapters, module)
+        if inputs == "means":
+            per_module[module] = metrics.interference_matrix(modules, [f.means for f in found])
+        else:
+            per_module[module] = metrics.interference_from_moments(modules, [f.second_moment for f in found])
+    by_layer = {("other" if k is None else str(k)): v for k, v in metrics.layer_means(per_module).items()}
+    # Names without a block index all land in layer_means' None group: the mean over every module.
+    by_layer["all"] = metrics.layer_means({f"all:{i}": m for i, m in enumerate(per_module.values())})[None]
+    return by_layer
+
+
+finished = _ui.take_job_result(FEATURES_JOB)
+if finished is not None:
+    if finished.error:
+        state["interference_features_error"] = finished.error
+    else:
+        state.pop("interference_features_error", None)
+        job_base, job_split, job_samples, job_targets, job_moments = state.pop("interference_features_for", (None,) * 5)
+        for task, features in finished.result.items():
+            features_cache[(job_base, task, job_split, job_samples, job_targets, job_moments)] = features
+        st.toast(f"Collected input features in {finished.seconds:.1f} s.")
+
+if base_problem:
+    st.error(f"Cannot run the base model: {base_problem}")
+elif untasked:
+    st.error("These adapters do not say which task they were trained on, so they have no inputs: "
+             f"{', '.join(untasked)}.")
+else:
+    by_task: dict[str, Adapter] = {}
+    for adapter in shown_adapters:
+        by_task.setdefault(adapter.task, adapter)
+    need = {t: a for t, a in by_task.items() if _cached_features(t) is None}
+    running = _ui.job_running(FEATURES_JOB)
+    if need and not running:
+        if st.button(
+            f"Compute data-parameter interference ({len(need)} task(s) × up to {samples} texts through the "
+            "base model)",
+            type="primary", key="interference_features_run",
+        ):
+            try:
+                lab = _ui.lab_for(base_model, ui_settings.device)  # cached; loads in the page's thread
+                moments = inputs == "tokens"
+                state["interference_features_for"] = (base_model, split, samples, targets, moments)
+                work = _feature_work(lab, need, split, samples, targets, moments)
+                _ui.start_job(FEATURES_JOB, "Collecting input features", work)
+                running = True
+            except Exception as err:
+                st.error(_ui.friendly_error(err))
+    _ui.show_job_progress(FEATURES_JOB)
+    if state.get("interference_features_error"):
+        st.error(state["interference_features_error"])
+    if not need:
+        for column, view in zip(_columns(), good):
+            with column:
+                _heading(view)
+                key = (base_model, split, samples, targets, inputs, view["versions"])
+                try:
+                    if key not in dpi_cache:
+                        features = {a.task: _cached_features(a.task) for a in view["adapters"]}
+                        dpi_cache[key] = _interference_by_layer(view["adapters"], features, inputs)
+                    matrix = dpi_cache[key].get(layer_choice)
+                except Exception as err:
+                    st.error(_ui.friendly_error(err))
+                    continue
+                if matrix is None:
+                    st.info(f"These adapters adapt nothing in layer {layer_choice}.")
+                    continue
+                where = "mean over all layers" if layer_choice == "all" else f"layer {layer_choice}"
+                figure = plots.interference_heatmap(
+                    matrix, _row_labels(view["adapters"]), view["names"],
+                    title=f"Data-parameter interference — {where}", presentation=presentation,
+                )
+                _ui.show_figure(figure, "interference_heatmap", f"interference_dpi_{view['key']}")
+    elif not running:
+        st.info("Press the button to run each task's texts through the base model; the result is kept for "
+                "this session.")
+
+# ----------------------------------------------------------------------------------------------
+# 6. Cross-task accuracy (forward passes)
+
+st.subheader("Cross-task accuracy")
+st.caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
+           "off-diagonal mean each adapter helps only its own task.")
+cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, versions) → cross_task_matrix
+
+
+def _cross_work(lab, jobs: list[tuple[tuple, list[Adapter]]]):
+    def work(progress):
+        results = {}
+        for index, (key, adapters) in enumerate(jobs):
+            progress(index, len(jobs), f"scoring {len(adapters)} adapters on their tasks")
+            with lab.lock:
+                lab.prepare(adapters)
+                results[key] = cross_task_matrix(lab.evaluator, adapters)
+        progress(len(jobs), len(jobs), "done")
+        return results
+
+    return work
+
+
+finished = _ui.take_job_result(CROSS_JOB)
+if finished is not None:
+    if finished.error:
+        state["interference_cross_error"] = finished.error
+    else:
+        state.pop("interference_cross_error", None)
+        cross_cache.update(finished.result)
+
+if base_problem:
+    st.error(f"Cannot run the base model: {base_problem}")
+elif untasked:
+    st.error(f"These adapters do not say which task they were trained on: {', '.join(untasked)}.")
+else:
+    pending = [((base_model, v["versions"]), v["adapters"]) for v in good
+               if (base_model, v["versions"]) not in cross_cache]
+    running = _ui.job_running(CROSS_JOB)
+    if pending and not running:
+        if st.button("Score every adapter on every task", key="interference_cross_run"):
+            try:
+                lab = _ui.lab_for(base_model, ui_settings.device)
+                _ui.start_job(CROSS_JOB, "Scoring adapters across tasks", _cross_work(lab, pending))
+                running = True
+            except Exception as err:
+                st.error(_ui.friendly_error(err))
+    _ui.show_job_progress(CROSS_JOB)
+    if state.get("interference_cross_error"):
+        st.error(state["interference_cross_error"])
+    if any((base_model, v["versions"]) in cross_cache for v in good):
+        for column, view in zip(_columns(), good):
+            with column:
+                _heading(view)
+                result = cross_cache.get((base_model, view["versions"]))
+                if result is None:
+                    st.info("Not scored yet.")
+                    continue
+                _ui.show_figure(plots.cross_task_heatmap(result, presentation=presentation),
+                                "cross_task_heatmap", f"interference_cross_{view['key']}")
+
+_remember()  # the layer and the scope radios are created below the first call
