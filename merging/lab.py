@@ -132,13 +132,29 @@ class Lab:
                 progress(len(weight_grid), len(weight_grid), "done")
         return results
 
+    def input_features(
+        self,
+        texts: Sequence[str],
+        target_modules: Sequence[str],
+        covariance: bool = False,
+        progress: Progress | None = None,
+    ) -> dict:
+        """The base model's inputs at the target modules over `texts` (osrm.ModuleFeatures per module)."""
+        from merging.osrm import collect_input_features
+
+        with self.lock:
+            return collect_input_features(
+                self.model, self.tokenizer, texts, target_modules, self.max_length,
+                device=self.device, covariance=covariance, progress=progress,
+            )
+
     def posthoc_osrm(self, adapters: Sequence[Adapter], samples: int = 100) -> list[Adapter]:
         """OSRM after the fact: project each trained update onto the OSRM rows of its task.
 
         The rows come from the *base* model's input features of the other adapters' tasks
         (their training texts), as OSRM's initialisation would have chosen them.
         """
-        from merging.osrm import collect_input_features, osrm_A_for_task, posthoc_adapter
+        from merging.osrm import osrm_A_for_task, posthoc_adapter
 
         if len(adapters) < 2:
             return list(adapters)
@@ -146,10 +162,7 @@ class Lab:
             features = {}
             targets = sorted({m.rsplit(".", 1)[-1] for a in adapters for m in a.modules})
             for adapter in adapters:
-                texts = task_data_for(adapter).train_texts[:samples]
-                features[adapter.name] = collect_input_features(
-                    self.model, self.tokenizer, texts, targets, self.max_length, device=self.device
-                )
+                features[adapter.name] = self.input_features(task_data_for(adapter).train_texts[:samples], targets)
             result = []
             for adapter in adapters:
                 rank = max(m.rank for m in adapter.modules.values())

@@ -24,7 +24,7 @@ cosine 0, no sign. ``adapter_metrics`` lists such modules under ``missing`` so a
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -483,6 +483,37 @@ def _union_modules(adapters: Sequence[Adapter]) -> list[str]:
 def modules_at(adapters: Sequence[Adapter], name: str) -> list[LoraModule | None]:
     """Each adapter's factors at module `name`, None where the adapter lacks it."""
     return [a.modules.get(name) for a in adapters]
+
+
+def interference_by_layer(
+    adapters: Sequence[Adapter],
+    features_by_task: Mapping[str, Mapping[str, Any]],
+    inputs: str = "means",
+    device: Device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """OSRM's data-parameter interference (task × adapter) per block, plus "all" over every module.
+
+    `features_by_task[task][module]` is an ``osrm.ModuleFeatures`` of the base model's inputs there;
+    adapter i's task gives row i. ``inputs="means"`` uses one row per text (its token mean: what
+    OSRM's `osrm` initialisation keeps A away from); ``"tokens"`` uses every token through the
+    second moment (what `osrm-cov` minimises). Keys are block indices as strings, "other" for
+    modules outside a block, and "all" for the mean over every module.
+    """
+    if inputs not in ("means", "tokens"):
+        raise ValueError(f"inputs must be 'means' or 'tokens', got {inputs!r}")
+    per_module: dict[str, torch.Tensor] = {}
+    for module in _union_modules(adapters):
+        found = [features_by_task.get(a.task, {}).get(module) for a in adapters]
+        if any(f is None for f in found):
+            raise ValueError(f"no input features for module {module}: collect them for every adapter's task")
+        modules = modules_at(adapters, module)
+        if inputs == "means":
+            per_module[module] = interference_matrix(modules, [f.means for f in found], device)
+        else:
+            per_module[module] = interference_from_moments(modules, [f.second_moment for f in found], device)
+    result = {("other" if k is None else str(k)): v for k, v in layer_means(per_module).items()}
+    result["all"] = torch.stack(list(per_module.values())).mean(dim=0)
+    return result
 
 
 def subspace_overlap_by_layer(

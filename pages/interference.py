@@ -17,8 +17,7 @@ import streamlit as st
 from merging import metrics, plots
 from merging.evaluation import cross_task_matrix
 from merging.lab import task_data_for
-from merging.lora import Adapter, check_compatible
-from merging.osrm import collect_input_features
+from merging.lora import Adapter
 from pages import _ui
 
 FEATURES_JOB = "interference_features"
@@ -356,37 +355,10 @@ def _feature_work(lab, by_task: dict[str, Adapter], split: str, samples: int, ta
             def report(done, total, what, index=index, task=task):
                 progress(index * total + done, len(tasks) * total, f"{task}: {what}")
 
-            with lab.lock:  # the lab's model is shared; evaluation edits its weights in place
-                collected[task] = collect_input_features(
-                    lab.model, lab.tokenizer, texts, targets, lab.max_length,
-                    device=lab.device, covariance=moments, progress=report,
-                )
+            collected[task] = lab.input_features(texts, targets, covariance=moments, progress=report)
         return collected
 
     return work
-
-
-def _interference_by_layer(adapters: Sequence[Adapter], features: dict, inputs: str) -> dict[str, object]:
-    """{layer label: task × adapter matrix}, plus "all" (mean over every module). Library calls only.
-
-    ``inputs``: "means" uses one row per text (the mean over its tokens, what OSRM's `osrm` init keeps
-    A away from); "tokens" uses every token through its second moment (what `osrm-cov` minimises).
-    TODO(library): this belongs in metrics as `interference_by_layer(adapters, features_by_task, inputs)`.
-    """
-    per_module = {}
-    for module in check_compatible(adapters).modules:
-        found = [features[adapter.task].get(module) for adapter in adapters]
-        if any(f is None for f in found):
-            raise ValueError(f"no input features for module {module}; the base model lacks it?")
-        modules = metrics.modules_at(adapters, module)
-        if inputs == "means":
-            per_module[module] = metrics.interference_matrix(modules, [f.means for f in found])
-        else:
-            per_module[module] = metrics.interference_from_moments(modules, [f.second_moment for f in found])
-    by_layer = {("other" if k is None else str(k)): v for k, v in metrics.layer_means(per_module).items()}
-    # Names without a block index all land in layer_means' None group: the mean over every module.
-    by_layer["all"] = metrics.layer_means({f"all:{i}": m for i, m in enumerate(per_module.values())})[None]
-    return by_layer
 
 
 finished = _ui.take_job_result(FEATURES_JOB)
@@ -437,7 +409,7 @@ else:
                 try:
                     if key not in dpi_cache:
                         features = {a.task: _cached_features(a.task) for a in view["adapters"]}
-                        dpi_cache[key] = _interference_by_layer(view["adapters"], features, inputs)
+                        dpi_cache[key] = metrics.interference_by_layer(view["adapters"], features, inputs)
                     matrix = dpi_cache[key].get(layer_choice)
                 except Exception as err:
                     st.error(_ui.friendly_error(err))

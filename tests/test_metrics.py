@@ -464,3 +464,29 @@ def test_interference_from_moments_matches_features():
     assert torch.allclose(M.interference_from_moments(mods, moments), from_features, rtol=1e-4)
     with pytest.raises(ValueError):
         M.interference_from_moments(mods, [torch.eye(3)] * 3)
+
+
+def test_interference_by_layer_groups_modules_and_averages_all():
+    from merging.osrm import ModuleFeatures
+    from tests.conftest import TWO_LAYERS, random_adapter
+
+    adapters = [random_adapter(f"t{i}", TWO_LAYERS, seed=i) for i in range(2)]
+    for index, adapter in enumerate(adapters):
+        adapter.meta["task"] = f"task{index}"
+    generator = torch.Generator().manual_seed(5)
+    features = {
+        f"task{i}": {m: ModuleFeatures(torch.randn(7, 10, generator=generator), None, 0) for m in TWO_LAYERS}
+        for i in range(2)
+    }
+    result = M.interference_by_layer(adapters, features, "means")
+    assert set(result) == {"0", "1", "all"}
+    per_module = {
+        m: M.interference_matrix([a.modules[m] for a in adapters], [features[f"task{i}"][m].means for i in range(2)])
+        for m in TWO_LAYERS
+    }
+    layer0 = [m for m in TWO_LAYERS if ".0." in m]
+    assert torch.allclose(result["0"], sum(per_module[m] for m in layer0) / len(layer0))
+    assert torch.allclose(result["all"], sum(per_module.values()) / len(per_module))
+    assert torch.allclose(torch.diagonal(result["all"]), torch.ones(2))
+    with pytest.raises(ValueError, match="no input features"):
+        M.interference_by_layer(adapters, {"task0": features["task0"]}, "means")
