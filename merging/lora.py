@@ -11,6 +11,7 @@ non-finite weights, and saving writes to a temporary folder that is renamed only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -395,9 +396,7 @@ def save_adapter(
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise AdapterError(f"{folder} already exists; choose another output folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_folder(folder) as staging:
         config = peft_config_for(adapter, template_config)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         save_file(adapter_state(adapter), str(staging / WEIGHTS_FILE))
@@ -405,10 +404,22 @@ def save_adapter(
             (staging / META_FILE).write_text(json.dumps(adapter.meta, indent=2), encoding="utf-8")
         for file_name, content in (extra_files or {}).items():
             (staging / file_name).write_bytes(content)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+    return folder
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A hidden folder beside `target` to fill; renamed onto `target` only if the block succeeds.
+
+    A failure (or Ctrl-C) removes the staging folder, so no half-written folder ever looks valid.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return folder

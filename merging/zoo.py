@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from merging.evaluation import EvalSet, Evaluator, head_of
-from merging.lora import Adapter, load_adapter
+from merging.lora import Adapter, load_adapter, staged_folder
 
 Progress = Callable[[int, int, str], None]
 
@@ -183,11 +181,9 @@ def build_zoo(
     eval_sets = [EvalSet(n, list(t.labels), list(t.eval_texts), list(t.eval_labels)) for n, t in data.items()]
     evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=settings.max_length)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     entries = []
     total = len(data) * len(settings.inits)
-    try:
+    with staged_folder(out) as staging:
         for index, (name, task) in enumerate(data.items()):
             for offset, init in enumerate(settings.inits):
                 step = index * len(settings.inits) + offset
@@ -276,12 +272,6 @@ def build_zoo(
             },
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if progress:
         progress(total, total, "done")
     return load_zoo(out)

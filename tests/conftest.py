@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import pytest
 import torch
 
 from merging.lora import Adapter, LoraModule
+
+# Nothing in the suite may reach a hub: fail loudly instead of trying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def random_adapter(

@@ -1,10 +1,10 @@
-"""The Adapters page, driven with Streamlit's AppTest against a tiny zoo on a tiny BERT."""
+"""The Adapters page, driven through the real app with Streamlit's AppTest against the tiny zoo on a tiny
+BERT (`tiny_zoo` and `app_test` from conftest)."""
 
 from __future__ import annotations
 
 import io
 import os
-import time
 import zipfile
 from pathlib import Path
 
@@ -12,43 +12,17 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from merging.lora import load_adapter
+from tests.conftest import wait_for_job
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGE = ROOT / "pages" / "adapters.py"
+PAGE = "pages/adapters.py"
 JOB = "job:adapters-train"
 
 
-@pytest.fixture(scope="module")
-def zoo_dir(tmp_path_factory) -> Path:
-    from merging.models import tiny_bert
-    from merging.zoo import BuildSettings, build_zoo
-
-    base = tmp_path_factory.mktemp("base") / "tiny-bert"
-    model, tokenizer = tiny_bert()
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    out = tmp_path_factory.mktemp("zoo") / "zoo"
-    settings = BuildSettings(
-        tasks=("sms_spam", "question_type"), inits=("standard", "osrm"), train_size=40, eval_size=24, epochs=1,
-        osrm_samples=20,
-    )  # fmt: skip
-    build_zoo(out, settings, base_model=str(base))
-    return out
-
-
 @pytest.fixture
-def app(zoo_dir, tmp_path, monkeypatch) -> AppTest:
-    from pages import _ui
-
-    monkeypatch.setenv("MERGESCOPE_ZOO", str(zoo_dir))
-    _ui._zoo.clear()
-    _ui.lab_for.clear()
-    at = AppTest.from_file(str(PAGE), default_timeout=60)
-    at.session_state["workspace"] = str(tmp_path / "ws")
-    at.session_state["device"] = "cpu"
-    return at.run()
+def app(app_test) -> AppTest:
+    return app_test.switch_page(PAGE).run()
 
 
 def _table(at: AppTest):
@@ -73,8 +47,8 @@ def test_table_lists_the_zoo_and_inspect_draws_a_chart(app):
     assert app.get("plotly_chart") and any(m.value == "question_type" for m in app.metric)
 
 
-def test_import_a_folder_by_path(app, zoo_dir):
-    app.text_input(key="adapters_import_path").set_value(str(zoo_dir / "sms_spam-standard"))
+def test_import_a_folder_by_path(app, tiny_zoo):
+    app.text_input(key="adapters_import_path").set_value(str(tiny_zoo / "sms_spam-standard"))
     app.text_input(key="adapters_import_name").set_value("my-spam")
     app.button(key="adapters_import_folder").click().run()
     _no_exception(app)
@@ -104,10 +78,10 @@ def test_a_bad_path_shows_an_error(app, tmp_path):
     assert len(_table(app)) == 4
 
 
-def test_upload_a_zip(app, zoo_dir):
+def test_upload_a_zip(app, tiny_zoo):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for file in sorted((zoo_dir / "question_type-osrm").iterdir()):
+        for file in sorted((tiny_zoo / "question_type-osrm").iterdir()):
             archive.write(file, f"qt-upload/{file.name}")
     app.file_uploader(key="adapters_zip").set_value(("qt.zip", buffer.getvalue(), "application/zip"))
     app.run()
@@ -125,7 +99,7 @@ def test_upload_a_zip(app, zoo_dir):
     assert any("outside" in e.value for e in app.error)
 
 
-def test_train_a_tiny_adapter_in_the_background(app, tmp_path):
+def test_train_a_tiny_adapter_in_the_background(app):
     app.selectbox(key="adapters_train_task").set_value("sms_spam")
     app.radio(key="adapters_train_init").set_value("osrm").run()
     others = app.multiselect(key="adapters_train_others:sms_spam")
@@ -138,17 +112,14 @@ def test_train_a_tiny_adapter_in_the_background(app, tmp_path):
     app.button(key="adapters_train").click().run()
     _no_exception(app)
     job = app.session_state[JOB]
-    deadline = time.monotonic() + 120
-    while not job.finished and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for_job(app, "adapters-train", timeout=120)
     assert job.finished and job.error is None, job.error_detail
-    app.run()
     _no_exception(app)
     assert any("Trained" in s.value for s in app.success)
     table = _table(app)
     row = table[table["Adapter"] == "sms_spam-osrm-2"].iloc[0]
     assert row["Source"] == "workspace" and row["Init"] == "osrm" and row["Single-task accuracy (%)"] >= 0
-    saved = load_adapter(tmp_path / "ws" / "adapters" / "sms_spam-osrm-2")
+    saved = load_adapter(Path(app.session_state["workspace"]) / "adapters" / "sms_spam-osrm-2")
     assert saved.meta["data"]["train_size"] == 24 and saved.meta["other_tasks"] == ["question_type"]
     assert app.text_input(key="adapters_train_name").value == "sms_spam-osrm-3"
 

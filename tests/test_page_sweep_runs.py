@@ -1,84 +1,32 @@
 """AppTest: the Sweep page runs a small λ sweep in a background job and draws it; the Runs page lists,
 compares, reopens and deletes stored runs.
 
-A tiny zoo (two demo tasks × standard/OSRM on a randomly initialised tiny BERT) is built once per
-session. The pages run under a small entry script that registers them with st.navigation exactly as
-app.py does (through a `pages` link to the real folder), so the test does not depend on other pages.
+The tiny zoo (two demo tasks × standard/OSRM on a randomly initialised tiny BERT) and the AppTest on
+the real app.py come from conftest (`tiny_zoo`, `app_test`); missing demo data fails there.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
-pytest.importorskip("streamlit.testing.v1")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from merging.runs import RunStore
+from tests.conftest import wait_for_job
 
-from merging.runs import RunStore  # noqa: E402
-from pages import _ui  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-
-ENTRY = """
-import streamlit as st
-st.navigation([
-    st.Page("pages/sweep.py", title="Sweep", default=True),
-    st.Page("pages/runs.py", title="Runs"),
-    st.Page("pages/merge.py", title="Merge"),
-]).run()
-"""
-
-
-@pytest.fixture(scope="session")
-def tiny_zoo(tmp_path_factory) -> Path:
-    from merging.models import tiny_bert
-    from merging.tasks import DataSourceMissing
-    from merging.zoo import BuildSettings, build_zoo
-
-    root = tmp_path_factory.mktemp("sweep_runs_zoo")
-    model, tokenizer = tiny_bert()
-    model.save_pretrained(root / "tiny-bert")
-    tokenizer.save_pretrained(root / "tiny-bert")
-    settings = BuildSettings(
-        tasks=("sms_spam", "question_type"), inits=("standard", "osrm"),
-        train_size=40, eval_size=24, epochs=1, osrm_samples=20,
-    )
-    try:
-        build_zoo(root / "zoo", settings, base_model=str(root / "tiny-bert"))
-    except DataSourceMissing as err:  # the demo data package is missing
-        pytest.skip(f"demo task data not installed: {err}")
-    return root / "zoo"
+SWEEP = "pages/sweep.py"
+RUNS = "pages/runs.py"
 
 
 @pytest.fixture
-def app(tiny_zoo, tmp_path, monkeypatch):
-    monkeypatch.setenv("MERGESCOPE_ZOO", str(tiny_zoo))
-    _ui._zoo.clear()
-    _ui.lab_for.clear()
-    entry_dir = tmp_path / "entry"
-    entry_dir.mkdir()
-    (entry_dir / "pages").symlink_to(REPO / "pages", target_is_directory=True)
-    (entry_dir / "app.py").write_text(ENTRY, encoding="utf-8")
-    at = AppTest.from_file(str(entry_dir / "app.py"), default_timeout=60)
-    at.session_state["workspace"] = str(tmp_path / "workspace")
-    at.session_state["device"] = "cpu"
-    yield at
-    job = at.session_state["job:sweep"] if "job:sweep" in at.session_state else None
+def app(app_test):
+    """The app under AppTest; a sweep job still running at the end is cancelled."""
+    yield app_test
+    job = app_test.session_state["job:sweep"] if "job:sweep" in app_test.session_state else None
     if job is not None:
         job.cancel_event.set()
-    _ui._zoo.clear()
-    _ui.lab_for.clear()
-
-
-def _wait_for_job(at: AppTest, key: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while f"job:{key}" in at.session_state and not at.session_state[f"job:{key}"].finished:
-        assert time.monotonic() < deadline, "the background job did not finish in time"
-        time.sleep(0.1)
-    at.run()
 
 
 def _charts(at: AppTest) -> list[dict]:
@@ -91,7 +39,7 @@ def _no_errors(at: AppTest) -> None:
 
 
 def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
-    at = app.run()
+    at = app.switch_page(SWEEP).run()
     _no_errors(at)
     assert at.multiselect(key="sweep_adapters").value == ["sms_spam-standard", "question_type-standard"]
     at.number_input(key="sweep_start").set_value(0.5)
@@ -99,7 +47,7 @@ def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
     at.number_input(key="sweep_points").set_value(3)
     at.button(key="sweep_run").click().run()
     assert "job:sweep" in at.session_state
-    _wait_for_job(at, "sweep")
+    wait_for_job(at, "sweep", timeout=60)
     _no_errors(at)
 
     charts = _charts(at)
@@ -116,10 +64,10 @@ def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
     assert all(len(r.results["sweep"]["points"]) == 3 for r in runs)
 
     # Away to the Runs page and back: the settings and the results come back at once, with no new job.
-    at.switch_page("pages/runs.py").run()
+    at.switch_page(RUNS).run()
     _no_errors(at)
     assert len(at.dataframe[0].value) == 2
-    at.switch_page("pages/sweep.py").run()
+    at.switch_page(SWEEP).run()
     _no_errors(at)
     assert "job:sweep" not in at.session_state
     assert at.number_input(key="sweep_points").value == 3
@@ -128,12 +76,12 @@ def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
 
 
 def test_sweep_heatmap_for_two_adapters(app: AppTest):
-    at = app.run()
+    at = app.switch_page(SWEEP).run()
     at.toggle(key="sweep_osrm").set_value(False)
     at.radio(key="sweep_mode").set_value("heatmap").run()
     at.number_input(key="sweep_grid_points").set_value(2)
     at.button(key="sweep_run").click().run()
-    _wait_for_job(at, "sweep")
+    wait_for_job(at, "sweep", timeout=60)
     _no_errors(at)
     charts = _charts(at)
     assert len(charts) == 1
@@ -178,8 +126,7 @@ def test_runs_page_lists_compares_reopens_and_deletes(app: AppTest, tiny_zoo):
     third = store.add(_merge_recipe(tiny_zoo, (1.0, 1.0), "ties"), sweep_results, device="cpu", seconds=3.0,
                       kind="sweep")
 
-    at = app.run()
-    at.switch_page("pages/runs.py").run()
+    at = app.switch_page(RUNS).run()
     _no_errors(at)
     table = at.dataframe[0].value
     assert list(table["id"]) == [third, second, first]
@@ -225,8 +172,7 @@ def test_runs_page_lists_compares_reopens_and_deletes(app: AppTest, tiny_zoo):
 
 
 def test_runs_page_with_an_empty_store(app: AppTest):
-    at = app.run()
-    at.switch_page("pages/runs.py").run()
+    at = app.switch_page(RUNS).run()
     _no_errors(at)
     assert any("No runs stored" in i.value for i in at.info)
     assert not at.dataframe
@@ -239,10 +185,10 @@ def test_sweep_error_is_shown_and_the_page_stays_usable(app: AppTest, monkeypatc
         raise RuntimeError("the sweep broke")
 
     monkeypatch.setattr(Lab, "sweep", broken)
-    at = app.run()
+    at = app.switch_page(SWEEP).run()
     at.number_input(key="sweep_points").set_value(2)
     at.button(key="sweep_run").click().run()
-    _wait_for_job(at, "sweep")
+    wait_for_job(at, "sweep", timeout=60)
     assert not at.exception
     assert any("the sweep broke" in e.value for e in at.error)
     assert not at.get("plotly_chart")
