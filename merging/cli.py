@@ -49,7 +49,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
-    merged = run_recipe(recipe, progress=_Bar("merging"))
+    if recipe.osrm_posthoc:
+        from merging.merge import merge_adapters
+
+        merged = merge_adapters(_posthoc_adapters(recipe), recipe, progress=_Bar("merging"))
+    else:
+        merged = run_recipe(recipe, progress=_Bar("merging"))
     save_merged(merged, out, overwrite=args.overwrite)
     summary = merged.summary()
     if not args.per_module:
@@ -57,6 +62,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
     summary["out"] = str(out)
     _print_json(summary)
     return 0
+
+
+def _posthoc_adapters(recipe, lab=None):
+    """The recipe's adapters, projected onto OSRM's subspace when the recipe asks for it."""
+    from merging.lab import Lab, common_base_model
+    from merging.merge import load_recipe_adapters
+
+    adapters = load_recipe_adapters(recipe)
+    if not recipe.osrm_posthoc:
+        return adapters
+    lab = lab or Lab(common_base_model(adapters), device=recipe.device)
+    return lab.posthoc_osrm(adapters)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -81,6 +98,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     adapters = load_recipe_adapters(recipe)
     lab = Lab(common_base_model(adapters), device=recipe.device)
+    if recipe.osrm_posthoc:
+        adapters = lab.posthoc_osrm(adapters)
     run = lab.merge_and_evaluate(adapters, recipe, progress=_Bar("merge + evaluate"))
     results = run.evaluation.to_dict()
     results["merge_seconds"] = round(run.merged.seconds, 4)

@@ -72,6 +72,8 @@ class Recipe:
     do_merging: DoMergingOptions = field(default_factory=DoMergingOptions)
     knots_inner: str = "task_arithmetic"
     overrides: tuple[WeightOverride, ...] = ()
+    # Project each adapter onto OSRM's subspace before merging (needs the base model and task data).
+    osrm_posthoc: bool = False
 
     @property
     def weights(self) -> list[float]:
@@ -228,6 +230,7 @@ def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
 
 RECIPE_FIELDS = {
     "adapters", "method", "density", "sign", "rank", "seed", "device", "do_merging", "knots_inner", "overrides",
+    "osrm_posthoc",
 }
 
 
@@ -262,6 +265,7 @@ def recipe_from_dict(data: Any, base_dir: Path | None = None) -> Recipe:
         do_merging=_do_merging(data.get("do_merging")),
         knots_inner=_choice(data, "knots_inner", "task_arithmetic", KNOTS_INNER),
         overrides=_overrides(data.get("overrides"), len(adapters)),
+        osrm_posthoc=_flag(data, "osrm_posthoc", ""),
     )
 
 

@@ -102,3 +102,34 @@ def test_evaluate_reproduces_the_manifest_exactly(tiny_zoo):
         run = lab.merge_and_evaluate([adapter], recipe)
         assert run.evaluation.tasks[entry.task].single == entry.single_task_accuracy, entry.name
         assert run.evaluation.tasks[entry.task].merged == entry.single_task_accuracy, entry.name
+
+
+def test_cli_evaluate_prints_the_documented_json_and_matches_the_manifest(tiny_zoo, tmp_path, capsys):
+    from merging.cli import main
+
+    zoo = load_zoo(tiny_zoo)
+    standard = [a for a in zoo.adapters if a.init == "standard"]
+    recipe = {"adapters": [{"path": str(a.path), "name": a.name} for a in standard], "method": "ties", "density": 0.5}
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    assert main(["evaluate", str(tmp_path / "r.json"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["average"]) >= {"base", "single", "merged", "normalized"}
+    for entry in standard:
+        scores = printed["tasks"][entry.task]
+        assert scores["single"] == entry.single_task_accuracy
+        assert scores["normalized"] == pytest.approx(scores["merged"] / scores["single"])
+
+
+def test_recipe_switch_projects_adapters_onto_osrm_rows_before_merging(tiny_zoo, tmp_path, capsys):
+    from merging.cli import main
+
+    zoo = load_zoo(tiny_zoo)
+    standard = [a for a in zoo.adapters if a.init == "standard"]
+    recipe = {"adapters": [{"path": str(a.path), "name": a.name} for a in standard], "osrm_posthoc": True}
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    assert main(["merge", str(tmp_path / "r.json"), "--out", str(tmp_path / "out"), "--per-module"]) == 0
+    capsys.readouterr()
+    merged = load_adapter(tmp_path / "out")
+    plain = {n: sum(load_adapter(a.path).modules[n].delta() for a in standard) for n in merged.modules}
+    # the projection changed the merge: a post-hoc adapter keeps only the part of ΔW on OSRM's rows
+    assert any(not torch.allclose(merged.modules[n].delta(), plain[n], atol=1e-6) for n in merged.modules)
