@@ -134,6 +134,15 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_rescore(args: argparse.Namespace) -> int:
+    from merging.merge import resolve_device
+    from merging.zoo import rescore_zoo
+
+    zoo = rescore_zoo(args.zoo, device=resolve_device(args.device), progress=_Bar("scoring"))
+    _print_json({a.name: a.single_task_accuracy for a in zoo.adapters})
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from merging.workspace import train_task_adapter
 
@@ -215,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     build.add_argument("--overwrite", action="store_true")
     build.set_defaults(run=cmd_zoo_build)
+    rescore = zoo_commands.add_parser("rescore", help="measure the zoo's single-task accuracies again")
+    rescore.add_argument("--zoo", default="zoo", help="zoo folder (default: zoo)")
+    rescore.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    rescore.set_defaults(run=cmd_zoo_rescore)
     return parser
 
 

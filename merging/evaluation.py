@@ -86,7 +86,7 @@ class Evaluator:
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_sets: dict[str, EvalSet] = {}
-        self._encoded: dict[str, dict[str, torch.Tensor]] = {}
+        self._batches: dict[str, list[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {}
         self._targets: dict[str, torch.Tensor] = {}
         for eval_set in eval_sets:
             self.add_eval_set(eval_set)
@@ -94,13 +94,21 @@ class Evaluator:
         self._base_cache: dict[tuple[str, str], float] = {}
 
     def add_eval_set(self, eval_set: EvalSet) -> None:
-        """Tokenise once; every later evaluation of the task reuses the tensors."""
+        """Tokenise once, into batches of texts of similar length padded only to their own longest.
+
+        Sorting by length before batching cuts the padded tokens the model reads (most texts are far
+        shorter than max_length); the attention mask hides padding either way.
+        """
+        encoded = self.tokenizer(list(eval_set.texts), truncation=True, max_length=self.max_length)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        batches = []
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start : start + self.batch_size]
+            features = [{key: encoded[key][i] for key in encoded} for i in indices]
+            batches.append((torch.tensor(indices), dict(self.tokenizer.pad(features, return_tensors="pt"))))
         self.eval_sets[eval_set.name] = eval_set
-        self._encoded[eval_set.name] = dict(
-            self.tokenizer(
-                eval_set.texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-        )
+        self._batches[eval_set.name] = batches
         self._targets[eval_set.name] = torch.tensor(eval_set.targets)
 
     # -- the body -----------------------------------------------------------------------------
@@ -146,13 +154,11 @@ class Evaluator:
     @torch.inference_mode()
     def _predict(self, task: str) -> torch.Tensor:
         self.model.eval()  # training elsewhere may have left dropout on; scores must be deterministic
-        encoded = self._encoded[task]
-        count = encoded["input_ids"].shape[0]
-        predictions = []
-        for start in range(0, count, self.batch_size):
-            batch = {k: v[start : start + self.batch_size].to(self.device) for k, v in encoded.items()}
-            predictions.append(self.model(**batch).logits.argmax(dim=-1).cpu())
-        return torch.cat(predictions)
+        predictions = torch.empty(len(self._targets[task]), dtype=torch.long)
+        for indices, batch in self._batches[task]:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            predictions[indices] = self.model(**batch).logits.argmax(dim=-1).cpu()
+        return predictions
 
     def accuracy(self, task: str, head: Mapping[str, torch.Tensor], modules: Mapping[str, LoraModule] | None) -> float:
         """Accuracy on `task` of the base model plus `modules`, scored with `head`."""

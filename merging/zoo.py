@@ -277,5 +277,33 @@ def build_zoo(
     return load_zoo(out)
 
 
+def rescore_zoo(folder: str | os.PathLike, device: torch.device | str = "cpu", progress: Progress | None = None) -> Zoo:
+    """Measure every adapter's single-task accuracy again and rewrite the manifest's records.
+
+    For when the evaluation code changes (batching, say) but the adapters do not: the manifest must
+    hold exactly what evaluation reproduces.
+    """
+    from merging.models import load_base_model
+
+    zoo = load_zoo(folder)
+    model, tokenizer = load_base_model(base_model_dir(zoo.base_model), num_labels=2, device=device)
+    evaluator = Evaluator(
+        model, tokenizer, zoo_eval_sets(zoo), device=device, max_length=zoo.data.get("max_length", 48)
+    )
+    path = Path(folder) / MANIFEST
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    for index, entry in enumerate(manifest["adapters"]):
+        if progress:
+            progress(index, len(manifest["adapters"]), entry["name"])
+        adapter = load_adapter(Path(folder) / entry["path"], name=entry["name"])
+        entry["single_task_accuracy"] = evaluator.accuracy(
+            entry["task"], head_of(adapter, evaluator.head_name), adapter.modules
+        )
+    staging = path.with_name(f".{MANIFEST}.tmp")
+    staging.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(staging, path)
+    return load_zoo(folder)
+
+
 def load_zoo_adapters(zoo: Zoo, names: Sequence[str]) -> list[Adapter]:
     return [load_adapter(zoo.adapter(name).path, name=name) for name in names]

@@ -133,3 +133,19 @@ def test_recipe_switch_projects_adapters_onto_osrm_rows_before_merging(tiny_zoo,
     plain = {n: sum(load_adapter(a.path).modules[n].delta() for a in standard) for n in merged.modules}
     # the projection changed the merge: a post-hoc adapter keeps only the part of ΔW on OSRM's rows
     assert any(not torch.allclose(merged.modules[n].delta(), plain[n], atol=1e-6) for n in merged.modules)
+
+
+def test_rescore_rewrites_the_manifest_with_measured_accuracies(tiny_zoo, tmp_path):
+    import shutil
+
+    from merging.zoo import rescore_zoo
+
+    copy = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    recorded = {a["name"]: a["single_task_accuracy"] for a in manifest["adapters"]}
+    for entry in manifest["adapters"]:
+        entry["single_task_accuracy"] = -1.0
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    rescored = rescore_zoo(copy)
+    assert {a.name: a.single_task_accuracy for a in rescored.adapters} == recorded
