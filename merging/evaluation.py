@@ -77,7 +77,7 @@ class Evaluator:
         eval_sets: Sequence[EvalSet],
         device: torch.device | str = "cpu",
         max_length: int = 48,
-        batch_size: int = 128,
+        batch_size: int = 32,
     ):
         self.model = model.to(device).eval()
         self.device = torch.device(device)

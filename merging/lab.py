@@ -98,6 +98,14 @@ class Lab:
             if adapter.task and adapter.task not in self.evaluator.eval_sets:
                 self.evaluator.add_eval_set(eval_set_for(adapter))
 
+    def warm_up(self, adapters: Sequence[Adapter]) -> None:
+        """Load the tasks' evaluation sets and score each single adapter and the base model once,
+        so the first merge a user runs costs only the merge and its own evaluation."""
+        for adapter in adapters:
+            with self.lock:  # one adapter at a time: a user's merge can slip in between
+                self.prepare([adapter])
+                evaluate_merge(self.evaluator, [adapter], None, self.single_cache)
+
     def merge_and_evaluate(
         self, adapters: Sequence[Adapter], recipe: Recipe, progress: Progress | None = None
     ) -> MergeRun:

