@@ -12,8 +12,9 @@ decouple
 orthogonalize
     Data-free, per module, before the directions are merged: find small perturbations δᵢ that
     minimise  Σ_{i<j} ⟨Dᵢ+δᵢ, Dⱼ+δⱼ⟩² / (‖Dᵢ+δᵢ‖²‖Dⱼ+δⱼ‖²) + μ Σᵢ ‖δᵢ‖²  with Adam, so the merged
-    directions interfere less. Without decouple the "directions" are the updates divided by their
-    Frobenius norm, and each is scaled back afterwards, so μ means the same thing in both cases.
+    directions interfere less. The penalty is taken on directions scaled to unit Frobenius norm, so
+    μ prices a *relative* change and one setting suits every module size (see `orthogonalize`).
+    Without decouple the "directions" are the updates themselves, scaled back afterwards.
 """
 
 from __future__ import annotations
@@ -107,26 +108,33 @@ def orthogonalize(
 ) -> tuple[list[torch.Tensor], OrthogonalizeReport]:
     """Perturb the directions so their pairwise cosines fall, at a cost μ‖δ‖² for moving them.
 
-    Runs Adam on δ (initialised at zero) for `steps` steps; returns Dᵢ + δᵢ and a report.
+    Scale-free by construction, so the same steps / lr / μ suit a 64 × 64 and a 4096 × 4096 module:
+    each direction is divided by its Frobenius norm (the loss is a cosine, so this changes nothing
+    there, and ‖δ‖ becomes a *relative* change), and Adam works on δ in units of a typical entry
+    of a unit-norm matrix (1/√numel), so `lr` is a step relative to the entries' own size. The
+    results are scaled back by each direction's norm. Runs `steps` Adam steps from δ = 0.
     """
     report = OrthogonalizeReport(cosine_before=pairwise_cosines(directions_in).tolist())
     if len(directions_in) < 2 or steps <= 0:
         report.cosine_after = report.cosine_before
         return list(directions_in), report
     shape = directions_in[0].shape
-    base = torch.stack([d.reshape(-1) for d in directions_in]).detach()
-    delta = torch.zeros_like(base, requires_grad=True)
-    optimizer = torch.optim.Adam([delta], lr=lr)
+    flat = torch.stack([d.reshape(-1) for d in directions_in]).detach()
+    norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True).clamp(min=1e-12)
+    base = flat / norms
+    entry_scale = base.shape[1] ** -0.5
+    step = torch.zeros_like(base, requires_grad=True)  # δ / entry_scale
+    optimizer = torch.optim.Adam([step], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad()
+            delta = step * entry_scale
             loss = _interference_loss(base + delta) + mu * (delta**2).sum()
             loss.backward()
             optimizer.step()
             report.loss.append(float(loss.detach()))
-    result = (base + delta.detach()).reshape(len(directions_in), *shape)
-    outputs = list(result.unbind(0))
+    delta = step.detach() * entry_scale
+    outputs = list(((base + delta) * norms).reshape(len(directions_in), *shape).unbind(0))
     report.cosine_after = pairwise_cosines(outputs).tolist()
-    base_norm = float(torch.linalg.vector_norm(base))
-    report.relative_change = float(torch.linalg.vector_norm(delta.detach())) / base_norm if base_norm else 0.0
+    report.relative_change = float(torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(base))
     return outputs, report
