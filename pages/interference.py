@@ -225,14 +225,14 @@ for column, view in zip(_columns(), good):
         if data is None:
             st.info(f"These adapters adapt nothing in layer {layer}.")
             continue
-        sides = [("input", "Input subspaces (what the adapters read: rows of A)"),
-                 ("output", "Output subspaces (what they write: columns of B)")]
+        # Short titles: the two heatmaps share a row; the caption says what rows of A / columns of B mean.
+        sides = [("input", "Input subspaces (rows of A)"), ("output", "Output subspaces (columns of B)")]
         # Without the toggle, input and output side by side; with it, stacked inside each column.
         inner = st.columns(2) if len(good) == 1 else [st.container(), st.container()]
         for place, (side, title) in zip(inner, sides):
             with place:
                 _ui.show_figure(
-                    plots.overlap_heatmap(data[f"{side}_overlap"], view["names"], title=f"{title} — layer {layer}",
+                    plots.overlap_heatmap(data[f"{side}_overlap"], view["names"], title=f"{title}, layer {layer}",
                                           presentation=presentation),
                     "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
                 )
