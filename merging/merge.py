@@ -31,6 +31,7 @@ from merging.methods import (
     Factored,
     MethodSpec,
     combine,
+    combine_factors,
     concatenate,
     get_method,
     knots,
@@ -175,14 +176,15 @@ def merge_module(
     elif not recipe.do_merging.active and spec.sparsify == "none" and not spec.consensus:
         result, path = concatenate(present_modules, present_weights, device), "factored"
     else:
-        reference = present_modules[0]
-        zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
-        deltas = [m.delta(device) if m is not None else zeros for m in modules]
         if recipe.do_merging.active:
+            reference = present_modules[0]
+            zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
+            deltas = [m.delta(device) if m is not None else zeros for m in modules]
             merged, orth_report = merge_with_do(deltas, list(weights), recipe, generator)
+            del deltas
         else:
-            merged = _merge_dense(deltas, list(weights), recipe, generator)
-        del deltas
+            # never holds the n dense updates: each is rebuilt from its factors, a block of rows at a time
+            merged = combine_factors(modules, list(weights), spec, recipe.density, recipe.sign, generator, device)
         factored = svd_of_dense(merged, recipe.rank)
         return factored, ModuleReport(factored.A.shape[0], factored.energy_kept, "dense", orth_report)
     if recipe.rank is not None:

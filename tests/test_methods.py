@@ -15,6 +15,7 @@ from merging.methods import (
     METHODS,
     MethodError,
     combine,
+    combine_factors,
     concatenate,
     disjoint_mean,
     elect_sign,
@@ -378,3 +379,56 @@ def test_concatenation_matches_peft_cat():
             assert torch.allclose(
                 merged.adapter.modules[module_name].delta(), module.get_delta_weight("peft_cat"), atol=1e-5
             )
+
+
+# ----------------------------------------------------------------------------------------------
+# The fast paths (used above ~262k entries or from 384 columns) equal the plain reference
+
+
+def _reference_top_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
+    k = int(density * delta.numel())
+    flat = delta.reshape(-1)
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[torch.topk(flat.abs(), k).indices] = True
+    return torch.where(keep, flat, torch.zeros_like(flat)).reshape(delta.shape)
+
+
+@pytest.mark.parametrize("density", [0.001, 0.2, 0.5, 0.9])
+def test_magnitude_cut_at_scale_equals_topk(density):
+    delta = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(keep_top_magnitude(delta, density), _reference_top_magnitude(delta, density))
+
+
+def test_magnitude_cut_with_ties_keeps_exactly_k():
+    delta = torch.randint(-3, 4, (1024, 1024), generator=torch.Generator().manual_seed(2)).float()
+    for density in (0.2, 0.5):
+        assert int((keep_top_magnitude(delta, density) != 0).sum()) == int(density * delta.numel())
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "magnitude_prune"])
+@pytest.mark.parametrize("rule", ["total", "frequency"])
+def test_streamed_merge_from_factors_equals_the_dense_merge(method, rule):
+    generator = torch.Generator().manual_seed(3)
+    modules = [
+        LoraModule(torch.randn(16, 640, generator=generator), torch.randn(768, 16, generator=generator), 0.5)
+        for _ in range(4)
+    ]
+    modules.append(None)  # an adapter lacking the module contributes zero
+    weights = [0.3, 0.5, 1.0, 0.7, 0.9]
+    spec = get_method(method)
+    dense = [m.delta() if m is not None else torch.zeros(768, 640) for m in modules]
+    expected = combine(dense, weights, spec, 0.4, rule, torch.Generator().manual_seed(5))
+    streamed = combine_factors(modules, weights, spec, 0.4, rule, torch.Generator().manual_seed(5), "cpu")
+    assert torch.allclose(streamed, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_truncated_svd_at_scale_matches_the_full_svd():
+    generator = torch.Generator().manual_seed(4)
+    modules = [LoraModule(torch.randn(16, 1024, generator=generator), torch.randn(1024, 16, generator=generator), 1.0)
+               for _ in range(6)]
+    merged = combine([m.delta() for m in modules], [0.5] * 6, get_method("ties"), 0.5)
+    fast = svd_of_dense(merged, 16)
+    U, S, Vh = torch.linalg.svd(merged, full_matrices=False)
+    reference = (U[:, :16] * S[:16]) @ Vh[:16]
+    assert float(torch.linalg.matrix_norm(fast.B @ fast.A - reference) / torch.linalg.matrix_norm(reference)) < 1e-3
+    assert fast.energy_kept == pytest.approx(float((S[:16] ** 2).sum() / (S**2).sum()), abs=1e-4)
