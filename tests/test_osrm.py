@@ -19,13 +19,7 @@ from merging.osrm import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far slower with 2 OpenMP threads when other processes share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_orthonormal_rows(rank: int, d: int, generator: torch.Generator) -> torch.Tensor:

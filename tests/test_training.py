@@ -22,13 +22,7 @@ OTHER_TEXTS = ["sports team win", "election vote law", "science atom energy", "t
 FAST = dict(rank=4, alpha=8, epochs=4, lr=1e-2, batch_size=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~100x slower with 2 OpenMP threads when other processes share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
