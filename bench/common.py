@@ -76,7 +76,8 @@ def library_info() -> dict:
         ).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"merging": shown, "commit": commit}
+    # a copy of the tree without .git (a rented GPU machine) says which commit it is through the environment
+    return {"merging": shown, "commit": commit or os.environ.get("MERGESCOPE_COMMIT")}
 
 
 def machine_info(device: str = "cpu") -> dict:

@@ -78,8 +78,10 @@ class _OutOfBudget(Exception):
 
 
 def child(spec: dict) -> dict:
-    limit = int(spec["mem_limit_gb"] * 1e9)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    on_gpu = spec["device"].startswith("cuda")
+    if not on_gpu:  # CUDA reserves far more address space than it uses: no cap there
+        limit = int(spec["mem_limit_gb"] * 1e9)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     from merging.lora import load_adapter
@@ -116,7 +118,7 @@ def child(spec: dict) -> dict:
         pass
     except MemoryError:
         error = f"out of memory (address space capped at {spec['mem_limit_gb']:g} GB)"
-    if spec["device"].startswith("cuda"):
+    if on_gpu:
         torch.cuda.synchronize()
     merge_s = time.perf_counter() - merge_start
     result = {
@@ -131,7 +133,7 @@ def child(spec: dict) -> dict:
         "loadavg": loadavg(),
         "threads": torch.get_num_threads(),
     }
-    if spec["device"].startswith("cuda"):
+    if on_gpu:
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
     return result
 
@@ -238,21 +240,27 @@ def main(argv=None) -> dict:
         out = []
         for r in selected:
             if r.get("error"):
-                out.append([r["adapters"], r["hidden"], None, None, None, None, None, r["error"], max(r["load_before"][0], 0)])
+                gpu = [None] if on_gpu else []
+                out.append([r["adapters"], r["hidden"], None, None, None, None, None, *gpu, r["error"],
+                            max(r["load_before"][0], 0)])
                 continue
             measured = "all" if r["complete"] else f"{r['modules_done']}/{r['modules_total']} (extrapolated)"
+            gpu = [r.get("cuda_peak_bytes", 0) / 1e9] if on_gpu else []
             out.append(
                 [r["adapters"], r["hidden"], r["load_s"], r["merge_total_s"], r["total_s"], r["per_module_s"],
-                 r["peak_rss_bytes"] / 1e9, measured, max(r["load_before"][0], r["loadavg"][0])]
+                 r["peak_rss_bytes"] / 1e9, *gpu, measured, max(r["load_before"][0], r["loadavg"][0])]
             )
         return out
 
+    on_gpu = args.device.startswith("cuda")
     headers = ["adapters", "d", "load (s)", "merge (s)", "load + merge (s)", "per module (s)", "peak RSS (GB)",
-               "modules measured", "load (1 min)"]
+               *(["peak GPU memory (GB)"] if on_gpu else []), "modules measured", "load (1 min)"]
     caption = (
         f"{args.method.upper()} (density {args.density}) of rank-{args.rank} adapters on q, k, v, o ({args.layers} "
         f"layers, {4 * args.layers} modules), truncated to rank {args.out_rank}; device {args.device}. One child "
-        f"process per merge; peak RSS is that process's ru_maxrss (Python, torch and the loaded adapters included)."
+        f"process per merge; peak RSS is that process's ru_maxrss (Python, torch and the loaded adapters included)"
+        + ("; peak GPU memory is torch.cuda.max_memory_allocated (adapters are loaded on the CPU and moved module "
+           "by module)." if on_gpu else ".")
     )
     notes = []
     if args.budget_s:
