@@ -69,15 +69,15 @@ def library_info() -> dict:
         shown = str(folder.relative_to(ROOT))
     except ValueError:
         shown = str(folder)
-    commit = None
+    # a copy of the tree on a rented GPU machine may carry a stale .git: the environment says which commit runs
+    commit = os.environ.get("MERGESCOPE_COMMIT")
     try:
-        commit = subprocess.run(
+        commit = commit or subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=False
         ).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    # a copy of the tree without .git (a rented GPU machine) says which commit it is through the environment
-    return {"merging": shown, "commit": commit or os.environ.get("MERGESCOPE_COMMIT")}
+    return {"merging": shown, "commit": commit}
 
 
 def machine_info(device: str = "cpu") -> dict:

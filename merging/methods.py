@@ -480,6 +480,25 @@ _KRYLOV_BLOCK = 32  # columns added per Krylov step, beyond the rank
 _KRYLOV_TOL = 1e-4  # accept when every kept pair has ‖M v − σ u‖ ≤ tol · σ₁
 
 
+def _small_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """eigh of a small symmetric matrix; on a GPU it runs on the CPU in float64 instead, where a
+    few-hundred-square problem takes well under a millisecond (cuSOLVER's takes ~8 ms)."""
+    if gram.device.type == "cpu":
+        return torch.linalg.eigh(gram)
+    values, vectors = torch.linalg.eigh(gram.to("cpu", torch.float64))
+    return values.to(gram.device, gram.dtype), vectors.to(gram.device, gram.dtype)
+
+
+def _thin_svd(tall: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD of a tall, thin matrix; on a GPU as QR there and the SVD of the small R on the CPU."""
+    if tall.device.type == "cpu":
+        return torch.linalg.svd(tall, full_matrices=False)
+    Q, R = torch.linalg.qr(tall)
+    U, S, Vh = torch.linalg.svd(R.to("cpu", torch.float64), full_matrices=False)
+    U, S, Vh = (t.to(tall.device, tall.dtype) for t in (U, S, Vh))
+    return Q @ U, S, Vh
+
+
 def truncated_svd(delta: torch.Tensor, rank: int, tol: float = _KRYLOV_TOL) -> Factored | None:
     """Top-`rank` singular triplets of a dense matrix by block Krylov iteration (seeded, so the
     result is reproducible), accepted only when every kept pair has a residual ‖M v − σ u‖ of at
@@ -499,7 +518,7 @@ def truncated_svd(delta: torch.Tensor, rank: int, tol: float = _KRYLOV_TOL) -> F
         projected = step if projected is None else torch.cat([projected, step], dim=1)
         if projected.shape[1] >= 2 * block:
             gram = projected.T @ projected  # = B·Bᵀ, small
-            values, vectors = torch.linalg.eigh(gram)
+            values, vectors = _small_eigh(gram)
             top = vectors[:, -rank:].flip(1)
             sigma = values[-rank:].flip(0).clamp(min=0).sqrt()
             sigma_max = float(sigma[0])
@@ -509,7 +528,7 @@ def truncated_svd(delta: torch.Tensor, rank: int, tol: float = _KRYLOV_TOL) -> F
             left = basis @ top
             residual = float(torch.linalg.vector_norm(delta @ right - left * sigma, dim=0).max())
             if residual <= tol * sigma_max:
-                V, S, Wh = torch.linalg.svd(projected, full_matrices=False)  # projected = V S Wᵀ
+                V, S, Wh = _thin_svd(projected)  # projected = V S Wᵀ
                 kept = min(rank, S.numel())
                 total = float(torch.linalg.matrix_norm(delta)) ** 2
                 energy = 1.0 if total == 0.0 else min(float((S[:kept] ** 2).sum()) / total, 1.0)

@@ -88,8 +88,9 @@ def test_dare_on_the_device_is_seeded_unbiased_and_keeps_about_density(adapters,
         error = float(torch.linalg.matrix_norm(delta - exact) / torch.linalg.matrix_norm(exact))
         assert 0.5 < error < 3.0  # the estimator's spread, not a broken merge
         assert float((delta * exact).sum() / (exact * exact).sum()) == pytest.approx(1.0, abs=0.05)
-    # the merge comes back factored (B·A), so a dropped entry is zero up to float rounding
-    kept = float((delta.abs() > 1e-6 * delta.abs().max()).float().mean())
+    # the merge comes back factored (B·A), so a dropped entry is zero only up to the SVD's rounding
+    # (cuSOLVER's Jacobi SVD leaves ~1e-5 of the largest entry)
+    kept = float((delta.abs() > 1e-3 * delta.abs().max()).float().mean())
     # a position survives if any of the 3 updates keeps it: 1 − (1 − 0.25)³ ≈ 0.58 (TIES can drop more)
     assert 0.3 < kept < 0.62
 

@@ -34,7 +34,8 @@ from tests.conftest import TWO_LAYERS, random_adapter
 def recipe_for(adapters: list[Adapter], weights=None, **fields):
     weights = weights or [1.0] * len(adapters)
     entries = [{"path": a.name, "weight": w} for a, w in zip(adapters, weights)]
-    return recipe_from_dict({"adapters": entries, **fields})
+    # the CPU: DARE's expected masks below come from a CPU generator (tests/test_device.py covers CUDA)
+    return recipe_from_dict({"adapters": entries, "device": "cpu", **fields})
 
 
 def merged_delta(merged, module: str) -> torch.Tensor:
