@@ -23,6 +23,7 @@ modules of real adapters through them.
 from __future__ import annotations
 
 import difflib
+from contextlib import contextmanager
 import math
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
@@ -480,12 +481,26 @@ _KRYLOV_BLOCK = 32  # columns added per Krylov step, beyond the rank
 _KRYLOV_TOL = 1e-4  # accept when every kept pair has ‖M v − σ u‖ ≤ tol · σ₁
 
 
+@contextmanager
+def _one_cpu_thread():
+    """One intra-op thread for a tiny CPU factorization: waking a pool of OpenMP threads (passive
+    waiting, a busy machine) costs far more than a ~100-square problem (omp_set_num_threads is
+    per calling thread, so other threads' work keeps its pool)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _small_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """eigh of a small symmetric matrix; on a GPU it runs on the CPU in float64 instead, where a
     few-hundred-square problem takes well under a millisecond (cuSOLVER's takes ~8 ms)."""
     if gram.device.type == "cpu":
         return torch.linalg.eigh(gram)
-    values, vectors = torch.linalg.eigh(gram.to("cpu", torch.float64))
+    with _one_cpu_thread():
+        values, vectors = torch.linalg.eigh(gram.to("cpu", torch.float64))
     return values.to(gram.device, gram.dtype), vectors.to(gram.device, gram.dtype)
 
 
@@ -494,7 +509,8 @@ def _thin_svd(tall: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     if tall.device.type == "cpu":
         return torch.linalg.svd(tall, full_matrices=False)
     Q, R = torch.linalg.qr(tall)
-    U, S, Vh = torch.linalg.svd(R.to("cpu", torch.float64), full_matrices=False)
+    with _one_cpu_thread():
+        U, S, Vh = torch.linalg.svd(R.to("cpu", torch.float64), full_matrices=False)
     U, S, Vh = (t.to(tall.device, tall.dtype) for t in (U, S, Vh))
     return Q @ U, S, Vh
 
