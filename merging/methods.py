@@ -23,8 +23,8 @@ modules of real adapters through them.
 from __future__ import annotations
 
 import difflib
-from contextlib import contextmanager
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
