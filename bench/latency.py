@@ -3,9 +3,12 @@
 One `Lab` (the base model, loaded once, as the dashboard keeps it) merges the zoo's adapters of one
 initialisation and scores every task (merged body + the task's own head) with `merge_and_evaluate`;
 the first call is cold (it tokenises the evaluation sets and scores the base model and each single
-adapter, which are cached), later calls are warm: what a user waits for after changing a λ. Then
-`Lab.sweep` runs `--points` merges + evaluations (λ·[1, …, 1], λ evenly spaced). cProfile of one
-warm merge + evaluation says where the time goes.
+adapter, which are cached), later calls are warm: what a user waits for after changing a λ, and
+when the preview (merged accuracy on 1 in 3 examples per class, shown while the rest is scored)
+arrives. Then the same merge once more (its merged scores are cached by the body's fingerprint),
+and `Lab.sweep` runs `--points` merges + evaluations (λ·[1, …, 1], λ evenly spaced) with the
+merged-score cache emptied first; λ = 0 is the base model, whose scores are already known.
+cProfile of one warm merge + evaluation says where the time goes.
 
     .venv/bin/python bench/latency.py            # the shipped zoo (zoo/), standard adapters, 11-point sweep
     .venv/bin/python bench/latency.py --tiny     # smoke test: a throwaway zoo of random adapters
@@ -74,8 +77,8 @@ def eval_sizes(evaluator) -> tuple[dict[str, int], int | None, int | None]:
     if not isinstance(batches, dict):
         return sizes, None, None
     tokens = padded = 0
-    for task_batches in batches.values():
-        for _, batch in task_batches:
+    for parts in batches.values():
+        for _, batch in (pair for part in parts.values() for pair in part):
             tokens += int(batch["attention_mask"].sum())
             padded += int(batch["attention_mask"].numel())
     return sizes, tokens, padded
@@ -144,16 +147,23 @@ def main(argv=None) -> dict:
         warm = []
         for index in range(max(1, args.repeats)):
             weights = [round(0.9 - 0.1 * index, 3)] * len(names)  # a new λ each time, as a user would
+            seen = {}
             start = time.perf_counter()
-            run = lab.merge_and_evaluate(adapters, recipe.with_weights(weights))
+            run = lab.merge_and_evaluate(
+                adapters, recipe.with_weights(weights), on_preview=lambda _: seen.setdefault("at", time.perf_counter())
+            )
             warm.append(
                 {
                     "total_s": time.perf_counter() - start,
+                    "preview_s": seen.get("at", float("nan")) - start,
                     "merge_s": run.merged.seconds,
                     "evaluate_s": run.evaluation.seconds,
                     "load1": loadavg()[0],
                 }
             )
+        start = time.perf_counter()
+        lab.merge_and_evaluate(adapters, recipe.with_weights(weights))  # the last one again: scores cached
+        again_s = time.perf_counter() - start
         profile = cProfile.Profile()
         profile.enable()
         profiled = lab.merge_and_evaluate(adapters, recipe.with_weights([0.55] * len(names)))
@@ -163,6 +173,7 @@ def main(argv=None) -> dict:
             round(args.lambda_from + i * (args.lambda_to - args.lambda_from) / max(args.points - 1, 1), 4)
             for i in range(args.points)
         ]
+        lab.merged_cache.clear()  # a sweep of bodies never scored before (λ = 0 is still the base model)
         start = time.perf_counter()
         swept = lab.sweep(adapters, recipe, [[lam] * len(names) for lam in lambdas])
         sweep_s = time.perf_counter() - start
@@ -173,6 +184,7 @@ def main(argv=None) -> dict:
 
     sizes, tokens, padded = eval_sizes(lab.evaluator)
     best_warm = min(warm, key=lambda w: w["total_s"])
+    best_preview = min(w["preview_s"] for w in warm)
     median_warm = sorted(w["total_s"] for w in warm)[len(warm) // 2]
     per_point = sweep_s / len(lambdas)
     caption = (
@@ -190,6 +202,9 @@ def main(argv=None) -> dict:
             [f"merge + evaluate, warm (min of {len(warm)})", best_warm["total_s"], best_warm["merge_s"],
              best_warm["evaluate_s"], max(w["load1"] for w in warm)],
             [f"merge + evaluate, warm (median of {len(warm)})", median_warm, None, None, max(w["load1"] for w in warm)],
+            [f"… of which until the preview is shown (min of {len(warm)}; 1 in 3 examples per class)", best_preview,
+             None, None, max(w["load1"] for w in warm)],
+            ["the same merge again (merged scores cached)", again_s, None, None, max(w["load1"] for w in warm)],
             [f"λ sweep, {len(lambdas)} points ({lambdas[0]:g} … {lambdas[-1]:g})", sweep_s, None, None, sweep_load[0]],
             ["λ sweep, per point", per_point, None, None, sweep_load[0]],
         ],
@@ -209,6 +224,8 @@ def main(argv=None) -> dict:
         targets = [
             target("warm merge + per-task evaluation", f"≤ {args.target_merge_s:g} s", f"{best_warm['total_s']:.2f} s",
                    bool(best_warm["total_s"] <= args.target_merge_s)),
+            target("warm merge until the preview is shown", f"≤ {args.target_merge_s:g} s", f"{best_preview:.2f} s",
+                   bool(best_preview <= args.target_merge_s)),
             target(f"{len(lambdas)}-point λ sweep", f"≤ {args.target_sweep_s:g} s", f"{sweep_s:.1f} s",
                    bool(sweep_s <= args.target_sweep_s)),
         ]
@@ -216,6 +233,7 @@ def main(argv=None) -> dict:
         "lab_s": lab_s,
         "cold_s": cold_s,
         "warm": warm,
+        "again_s": again_s,
         "sweep_s": sweep_s,
         "lambdas": lambdas,
         "sweep_average_merged": [r.average()["merged"] for _, r in swept],

@@ -10,6 +10,7 @@ Tokenised evaluation sets and the base model's accuracies are cached.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
@@ -20,6 +21,22 @@ from torch import nn
 from merging.lora import Adapter, LoraModule
 
 Progress = Callable[[int, int, str], None]
+
+# A merge's first, quick look scores every PREVIEW_EVERY-th example of each class; the rest follow
+# and the two parts add up to the full evaluation, so the preview costs no extra forward passes.
+PREVIEW_EVERY = 3
+PARTS = ("preview", "rest")
+
+
+def preview_indices(targets: Sequence[int], every: int = PREVIEW_EVERY) -> list[int]:
+    """A fixed, class-stratified subset: every `every`-th example of each class, in dataset order."""
+    seen: dict[int, int] = {}
+    chosen = []
+    for index, target in enumerate(targets):
+        if seen.get(target, 0) % every == 0:
+            chosen.append(index)
+        seen[target] = seen.get(target, 0) + 1
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,8 @@ class Evaluator:
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_sets: dict[str, EvalSet] = {}
-        self._batches: dict[str, list[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {}
+        # per task and part (preview / rest): (indices into the eval set, padded batch)
+        self._batches: dict[str, dict[str, list[tuple[torch.Tensor, dict[str, torch.Tensor]]]]] = {}
         self._targets: dict[str, torch.Tensor] = {}
         for eval_set in eval_sets:
             self.add_eval_set(eval_set)
@@ -97,16 +115,22 @@ class Evaluator:
         """Tokenise once, into batches of texts of similar length padded only to their own longest.
 
         Sorting by length before batching cuts the padded tokens the model reads (most texts are far
-        shorter than max_length); the attention mask hides padding either way.
+        shorter than max_length); the attention mask hides padding either way. The preview part and
+        the rest are batched separately, so either can be scored alone.
         """
         encoded = self.tokenizer(list(eval_set.texts), truncation=True, max_length=self.max_length)
         lengths = [len(ids) for ids in encoded["input_ids"]]
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-        batches = []
-        for start in range(0, len(order), self.batch_size):
-            indices = order[start : start + self.batch_size]
-            features = [{key: encoded[key][i] for key in encoded} for i in indices]
-            batches.append((torch.tensor(indices), dict(self.tokenizer.pad(features, return_tensors="pt"))))
+        preview = set(preview_indices(eval_set.targets))
+        parts = {"preview": [i for i in range(len(lengths)) if i in preview],
+                 "rest": [i for i in range(len(lengths)) if i not in preview]}
+        batches: dict[str, list] = {}
+        for part, members in parts.items():
+            order = sorted(members, key=lambda i: (lengths[i], i))
+            batches[part] = []
+            for start in range(0, len(order), self.batch_size):
+                indices = order[start : start + self.batch_size]
+                features = [{key: encoded[key][i] for key in encoded} for i in indices]
+                batches[part].append((torch.tensor(indices), dict(self.tokenizer.pad(features, return_tensors="pt"))))
         self.eval_sets[eval_set.name] = eval_set
         self._batches[eval_set.name] = batches
         self._targets[eval_set.name] = torch.tensor(eval_set.targets)
@@ -152,22 +176,36 @@ class Evaluator:
             setattr(self.model, self.head_name, original)
 
     @torch.inference_mode()
-    def _predict(self, task: str) -> torch.Tensor:
+    def _correct(self, task: str, parts: Sequence[str]) -> tuple[int, int]:
+        """(correct, scored) over the given parts of the task's evaluation set, as the model is now."""
         self.model.eval()  # training elsewhere may have left dropout on; scores must be deterministic
-        predictions = torch.empty(len(self._targets[task]), dtype=torch.long)
-        for indices, batch in self._batches[task]:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            predictions[indices] = self.model(**batch).logits.argmax(dim=-1).cpu()
-        return predictions
+        correct = scored = 0
+        for part in parts:
+            for indices, batch in self._batches[task][part]:
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                predictions = self.model(**batch).logits.argmax(dim=-1).cpu()
+                correct += int((predictions == self._targets[task][indices]).sum())
+                scored += len(indices)
+        return correct, scored
 
-    def accuracy(self, task: str, head: Mapping[str, torch.Tensor], modules: Mapping[str, LoraModule] | None) -> float:
-        """Accuracy on `task` of the base model plus `modules`, scored with `head`."""
+    def correct(
+        self,
+        task: str,
+        head: Mapping[str, torch.Tensor],
+        modules: Mapping[str, LoraModule] | None,
+        parts: Sequence[str] = PARTS,
+    ) -> tuple[int, int]:
+        """(correct, scored) on `parts` of `task` for the base model plus `modules`, scored with `head`."""
         if task not in self.eval_sets:
             raise EvaluationError(f"no evaluation data for task '{task}'")
         with self.updates_applied(modules), self.head_applied(head):
-            predictions = self._predict(task)
+            return self._correct(task, parts)
+
+    def accuracy(self, task: str, head: Mapping[str, torch.Tensor], modules: Mapping[str, LoraModule] | None) -> float:
+        """Accuracy on `task` of the base model plus `modules`, scored with `head`."""
+        correct, scored = self.correct(task, head, modules)
         # an exact fraction of ints, so a recorded accuracy compares equal when reproduced
-        return int((predictions == self._targets[task]).sum()) / len(predictions)
+        return correct / scored
 
     def base_accuracy(self, task: str, head: Mapping[str, torch.Tensor], head_key: str) -> float:
         """The base body with `head`; cached under `head_key` (e.g. the adapter's path)."""
@@ -201,6 +239,7 @@ class EvaluationResult:
     tasks: dict[str, TaskScores]
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    preview: bool = False  # merged accuracies from the preview part only (a first look, not the result)
 
     def average(self) -> dict[str, float | None]:
         def mean(values):
@@ -231,6 +270,7 @@ class EvaluationResult:
             "average": self.average(),
             "seconds": round(self.seconds, 3),
             "notes": self.notes,
+            "preview": self.preview,
         }
 
 
@@ -258,56 +298,113 @@ def _adapter_key(adapter: Adapter) -> str | None:
     return f"{adapter.path}@{modified}"
 
 
+def modules_fingerprint(modules: Mapping[str, LoraModule]) -> str:
+    """A digest of a set of LoRA updates (names, factors, scales): equal digests, equal bodies."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(modules):
+        module = modules[name]
+        digest.update(name.encode())
+        digest.update(repr(float(module.scale)).encode())
+        for factor in (module.A, module.B):
+            tensor = factor.detach().to("cpu").contiguous()
+            digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _is_zero(modules: Mapping[str, LoraModule]) -> bool:
+    """True when every update is exactly zero (e.g. all λ = 0): the body is the base model."""
+    return all(not bool(m.B.any()) or not bool(m.A.any()) or m.scale == 0 for m in modules.values())
+
+
 def evaluate_merge(
     evaluator: Evaluator,
     adapters: Sequence[Adapter],
     merged_modules: Mapping[str, LoraModule] | None,
     single_cache: dict | None = None,
     progress: Progress | None = None,
+    on_preview: Callable[[EvaluationResult], None] | None = None,
+    merged_cache: dict | None = None,
 ) -> EvaluationResult:
     """Base, single-adapter and merged accuracy for every task the adapters were trained on.
 
     `single_cache` (keyed by adapter path or name and task) lets a sweep score each single adapter once.
+    `on_preview`, if given, receives a first result whose merged accuracies come from the preview
+    part of each task (1 in PREVIEW_EVERY examples per class) before the rest is scored; the final
+    accuracies count both parts, so the preview costs nothing extra. `merged_cache` keeps merged
+    accuracies by the updates' fingerprint, so an identical body is never scored twice; an all-zero
+    update is the base model and reuses its cached scores.
     """
     start = time.perf_counter()
     by_task = adapters_by_task(adapters)
     missing = [t for t in by_task if t not in evaluator.eval_sets]
     if missing:
         raise EvaluationError(f"no evaluation data for task(s) {', '.join(missing)}")
-    scores: dict[str, TaskScores] = {}
-    steps = len(by_task) * (2 if merged_modules is not None else 1)
+    steps = len(by_task) * (1 + (2 if merged_modules is not None else 0))
     done = 0
-    for task, adapter in by_task.items():
-        head = head_of(adapter, evaluator.head_name)
-        adapter_key = _adapter_key(adapter)
-        key = (adapter_key, task)
-        cacheable = single_cache is not None and adapter_key is not None
-        if cacheable and key in single_cache:
-            single = single_cache[key]
-        else:
-            single = evaluator.accuracy(task, head, adapter.modules)
-            if cacheable:
-                single_cache[key] = single
+
+    def step(what: str) -> None:
+        nonlocal done
         done += 1
         if progress:
-            progress(done, steps, f"single {task}")
-        merged = None
-        if merged_modules is not None:
-            merged = evaluator.accuracy(task, head, merged_modules)
-            done += 1
-            if progress:
-                progress(done, steps, f"merged {task}")
-        scores[task] = TaskScores(
-            base=(
-                evaluator.base_accuracy(task, head, adapter_key)
-                if adapter_key is not None
-                else evaluator.accuracy(task, head, None)
-            ),
-            single=single,
-            merged=merged,
-            majority=evaluator.eval_sets[task].majority_baseline,
+            progress(done, steps, what)
+
+    heads = {task: head_of(adapter, evaluator.head_name) for task, adapter in by_task.items()}
+    keys = {task: _adapter_key(adapter) for task, adapter in by_task.items()}
+    base, single = {}, {}
+    for task, adapter in by_task.items():
+        head, adapter_key = heads[task], keys[task]
+        cacheable = single_cache is not None and adapter_key is not None
+        if cacheable and (adapter_key, task) in single_cache:
+            single[task] = single_cache[(adapter_key, task)]
+        else:
+            single[task] = evaluator.accuracy(task, head, adapter.modules)
+            if cacheable:
+                single_cache[(adapter_key, task)] = single[task]
+        base[task] = (
+            evaluator.base_accuracy(task, head, adapter_key) if adapter_key is not None else evaluator.accuracy(task, head, None)
         )
-    return EvaluationResult(scores, seconds=time.perf_counter() - start)
+        step(f"single {task}")
+
+    def result(merged: dict[str, float | None], preview: bool = False) -> EvaluationResult:
+        scores = {
+            task: TaskScores(base[task], single[task], merged[task], evaluator.eval_sets[task].majority_baseline)
+            for task in by_task
+        }
+        notes = [f"preview: merged accuracy on 1 in {PREVIEW_EVERY} examples of each class"] if preview else []
+        return EvaluationResult(scores, seconds=time.perf_counter() - start, notes=notes, preview=preview)
+
+    if merged_modules is None:
+        return result(dict.fromkeys(by_task))
+    if _is_zero(merged_modules):
+        if progress:
+            progress(steps, steps, "merged body = base model (every update is zero)")
+        return result(dict(base))
+
+    fingerprint = modules_fingerprint(merged_modules) if merged_cache is not None else None
+    merged: dict[str, float | None] = {}
+    pending = []
+    for task in by_task:
+        cache_key = (fingerprint, task, keys[task])
+        if fingerprint is not None and keys[task] is not None and cache_key in merged_cache:
+            merged[task] = merged_cache[cache_key]
+            step(f"merged {task} (cached)")
+            step(f"merged {task} (cached)")
+        else:
+            pending.append(task)
+    counts: dict[str, tuple[int, int]] = {}
+    for task in pending:
+        counts[task] = evaluator.correct(task, heads[task], merged_modules, ("preview",))
+        step(f"merged {task}, preview")
+    if pending and on_preview is not None:
+        on_preview(result({**merged, **{t: c / n if n else None for t, (c, n) in counts.items()}}, preview=True))
+    for task in pending:
+        correct, scored = evaluator.correct(task, heads[task], merged_modules, ("rest",))
+        merged[task] = (counts[task][0] + correct) / (counts[task][1] + scored)
+        if fingerprint is not None and keys[task] is not None:
+            merged_cache[(fingerprint, task, keys[task])] = merged[task]
+        step(f"merged {task}")
+    return result(merged)
 
 
 def cross_task_matrix(evaluator: Evaluator, adapters: Sequence[Adapter]) -> dict:

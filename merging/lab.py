@@ -90,6 +90,7 @@ class Lab:
         self.max_length = max_length
         self.evaluator = Evaluator(self.model, self.tokenizer, [], device=self.device, max_length=max_length)
         self.single_cache: dict = {}
+        self.merged_cache: dict = {}  # merged accuracy by (updates' fingerprint, task, head key)
         self.lock = threading.RLock()
 
     def prepare(self, adapters: Sequence[Adapter]) -> None:
@@ -107,17 +108,27 @@ class Lab:
                 evaluate_merge(self.evaluator, [adapter], None, self.single_cache)
 
     def merge_and_evaluate(
-        self, adapters: Sequence[Adapter], recipe: Recipe, progress: Progress | None = None
+        self,
+        adapters: Sequence[Adapter],
+        recipe: Recipe,
+        progress: Progress | None = None,
+        on_preview: Callable[[EvaluationResult], None] | None = None,
     ) -> MergeRun:
+        """Merge, then score every task; `on_preview` gets a first look (see evaluate_merge)."""
         start = time.perf_counter()
         with self.lock:
             self.prepare(adapters)
             recipe = _on_device(recipe, self.device)
             merged = merge_adapters(adapters, recipe, progress=_phase(progress, 0, 2))
-            evaluation = evaluate_merge(
-                self.evaluator, adapters, merged.adapter.modules, self.single_cache, progress=_phase(progress, 1, 2)
-            )
+            evaluation = self._evaluate(adapters, merged.adapter.modules, _phase(progress, 1, 2), on_preview)
         return MergeRun(recipe, merged, evaluation, time.perf_counter() - start)
+
+    def _evaluate(self, adapters, modules, progress=None, on_preview=None) -> EvaluationResult:
+        if len(self.merged_cache) > 20_000:  # a long session's cache stays small
+            self.merged_cache.clear()
+        return evaluate_merge(
+            self.evaluator, adapters, modules, self.single_cache, progress, on_preview, self.merged_cache
+        )
 
     def sweep(
         self,
@@ -135,7 +146,7 @@ class Lab:
                     progress(index, len(weight_grid), f"λ = {', '.join(f'{w:g}' for w in weights)}")
                 point = _on_device(recipe.with_weights(list(weights)), self.device)
                 merged = merge_adapters(adapters, point)
-                results.append((list(weights), evaluate_merge(self.evaluator, adapters, merged.adapter.modules, self.single_cache)))
+                results.append((list(weights), self._evaluate(adapters, merged.adapter.modules)))
             if progress:
                 progress(len(weight_grid), len(weight_grid), "done")
         return results

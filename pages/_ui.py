@@ -171,6 +171,7 @@ class Job:
     total: int = 1
     what: str = ""
     result: Any = None
+    partial: Any = None  # a first look the work may publish before its result (e.g. a preview)
     error: str | None = None
     error_detail: str | None = None
     finished: bool = False
@@ -188,13 +189,16 @@ class Job:
         self.done, self.total, self.what = done, total, what
 
 
-def start_job(key: str, label: str, work: Callable[[Callable[[int, int, str], None]], Any]) -> Job:
+def start_job(
+    key: str, label: str, work: Callable[[Callable[[int, int, str], None]], Any], job: Job | None = None
+) -> Job:
     """Run `work(progress)` in a thread; its result or error lands on the Job in session state.
 
     A thread, not a process: CUDA must not be initialised in a forked child, and the model is
-    shared through the cached Lab. The work itself must not call Streamlit.
+    shared through the cached Lab. The work itself must not call Streamlit. Pass `job` when the
+    work publishes a `partial` result on it.
     """
-    job = Job(label)
+    job = job or Job(label)
 
     def target() -> None:
         try:
@@ -222,8 +226,9 @@ def job_running(key: str) -> bool:
     return job is not None and not job.finished
 
 
-def show_job_progress(key: str) -> None:
-    """While a job runs: a progress bar and a Cancel button, refreshed a few times a second."""
+def show_job_progress(key: str, show_partial: Callable[[Any], None] | None = None) -> None:
+    """While a job runs: a progress bar and a Cancel button, refreshed a few times a second, and
+    `show_partial(job.partial)` once the work has published a first look."""
     job = current_job(key)
     if job is None or job.finished:
         return
@@ -235,6 +240,8 @@ def show_job_progress(key: str) -> None:
         st.progress(job.fraction, text=f"{job.label}: {job.what}")
         if st.button("Cancel", key=f"cancel:{key}"):
             job.cancel_event.set()
+        if show_partial is not None and job.partial is not None:
+            show_partial(job.partial)
 
     poll()
 

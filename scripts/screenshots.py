@@ -35,7 +35,7 @@ def main() -> int:
             page.goto(url, wait_until="domcontentloaded")
             page.get_by_role("button", name="Run merge").wait_for(timeout=120_000)
             page.get_by_role("button", name="Run merge").click()
-            page.get_by_text("Average merged accuracy").wait_for(timeout=300_000)
+            page.get_by_text("Average merged accuracy", exact=True).wait_for(timeout=300_000)
             wait_idle(page, 2500)
             page.screenshot(path=str(out / "merge.png"), full_page=True)
             print("merge.png")

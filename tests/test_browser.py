@@ -27,7 +27,8 @@ def test_merge_by_clicking_shows_per_task_accuracy(tmp_path):
         # TIES with the OSRM switch on: two of the page's own controls, then Run
         page.get_by_text("OSRM", exact=True).first.click()
         run_button.click()
-        page.get_by_text("Average merged accuracy").wait_for(timeout=180_000)
+        # exact: the preview's "Preview: average merged accuracy" shows first and must not count
+        page.get_by_text("Average merged accuracy", exact=True).wait_for(timeout=180_000)
         page.wait_for_timeout(1500)  # let the charts draw before the screenshot
         page.screenshot(path=str(artifacts / "browser-merge.png"), full_page=True)
         body = page.inner_text("body")

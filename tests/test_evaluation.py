@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from merging.evaluation import EvalSet, Evaluator, evaluate_merge, head_of
+from merging.evaluation import EvalSet, Evaluator, evaluate_merge, head_of, preview_indices
 from merging.lab import Lab
 from merging.lora import Adapter, LoraModule, load_adapter
 from merging.models import tiny_bert
@@ -149,3 +149,65 @@ def test_rescore_rewrites_the_manifest_with_measured_accuracies(tiny_zoo, tmp_pa
     (copy / MANIFEST).write_text(json.dumps(manifest))
     rescored = rescore_zoo(copy)
     assert {a.name: a.single_task_accuracy for a in rescored.adapters} == recorded
+
+
+# ----------------------------------------------------------------------------------------------
+# The preview, the merged-score cache, and the all-zero shortcut
+
+
+def test_preview_indices_take_every_third_example_of_each_class():
+    targets = [0, 1, 0, 0, 1, 1, 0, 1, 0, 0]
+    # class 0 at 0, 2, 3, 6, 8, 9 → its 1st and 4th (0, 6); class 1 at 1, 4, 5, 7 → 1st and 4th (1, 7)
+    assert preview_indices(targets, every=3) == [0, 1, 6, 7]
+
+
+def test_preview_and_rest_partition_the_evaluation_set():
+    model, tokenizer = tiny_bert(num_labels=2, seed=0)
+    evaluator = Evaluator(model, tokenizer, [EvalSet("toy", ["neg", "pos"], TEXTS * 3, TARGETS * 3)], batch_size=4)
+    seen = [int(i) for part in ("preview", "rest") for indices, _ in evaluator._batches["toy"][part] for i in indices]
+    assert sorted(seen) == list(range(18))
+    adapter = _random_adapter(model, 2)
+    head = head_of(adapter, "classifier")
+    preview = evaluator.correct("toy", head, adapter.modules, ("preview",))
+    rest = evaluator.correct("toy", head, adapter.modules, ("rest",))
+    assert preview[1] == 6 and rest[1] == 12
+    assert (preview[0] + rest[0]) / 18 == evaluator.accuracy("toy", head, adapter.modules)
+
+
+def test_evaluate_merge_sends_a_preview_then_the_full_result():
+    model, tokenizer = tiny_bert(num_labels=2, seed=0)
+    evaluator = Evaluator(model, tokenizer, [EvalSet("toy", ["neg", "pos"], TEXTS * 3, TARGETS * 3)])
+    adapter = _random_adapter(model, 3)
+    other = _random_adapter(model, 4)
+    previews = []
+    result = evaluate_merge(evaluator, [adapter], other.modules, on_preview=previews.append)
+    assert len(previews) == 1 and previews[0].preview and not result.preview
+    head = head_of(adapter, "classifier")
+    correct, scored = evaluator.correct("toy", head, other.modules, ("preview",))
+    assert previews[0].tasks["toy"].merged == correct / scored
+    assert result.tasks["toy"].merged == evaluator.accuracy("toy", head, other.modules)
+    assert result.to_dict()["preview"] is False and previews[0].to_dict()["preview"] is True
+
+
+def test_identical_bodies_are_scored_once_and_zero_updates_are_the_base(tmp_path, monkeypatch):
+    model, tokenizer = tiny_bert(num_labels=2, seed=0)
+    evaluator = Evaluator(model, tokenizer, [EvalSet("toy", ["neg", "pos"], TEXTS, TARGETS)])
+    adapter = _random_adapter(model, 5)
+    adapter.path = tmp_path  # a cache key needs a file-backed adapter
+    other = _random_adapter(model, 6)
+    cache: dict = {}
+    singles: dict = {}
+    first = evaluate_merge(evaluator, [adapter], other.modules, singles, merged_cache=cache)
+    calls = []
+    original = evaluator.correct
+    monkeypatch.setattr(evaluator, "correct", lambda *a, **k: calls.append(a) or original(*a, **k))
+    copied = {name: LoraModule(m.A.clone(), m.B.clone(), m.scale) for name, m in other.modules.items()}
+    again = evaluate_merge(evaluator, [adapter], copied, singles, merged_cache=cache)
+    assert again.tasks["toy"].merged == first.tasks["toy"].merged and calls == []
+    copied[next(iter(copied))].B[0, 0] += 1.0  # any change is a new body
+    evaluate_merge(evaluator, [adapter], copied, singles, merged_cache=cache)
+    assert len(calls) == 2  # preview and rest
+    calls.clear()
+    zero = {name: LoraModule(m.A, torch.zeros_like(m.B), m.scale) for name, m in other.modules.items()}
+    result = evaluate_merge(evaluator, [adapter], zero, singles, merged_cache=cache)
+    assert calls == [] and result.tasks["toy"].merged == result.tasks["toy"].base

@@ -56,7 +56,7 @@ def test_second_run_shows_the_delta_and_osrm_uses_the_twins(app_test, tmp_path):
 def test_a_failing_merge_shows_its_error_and_the_page_stays_usable(app_test, monkeypatch):
     from merging import lab
 
-    def broken(self, adapters, recipe, progress=None):
+    def broken(self, adapters, recipe, progress=None, on_preview=None):
         raise RuntimeError("simulated failure")
 
     monkeypatch.setattr(lab.Lab, "merge_and_evaluate", broken)
@@ -64,6 +64,42 @@ def test_a_failing_merge_shows_its_error_and_the_page_stays_usable(app_test, mon
     assert not at.exception
     assert any("simulated failure" in e.value for e in at.error)
     assert not next(b for b in at.button if b.label == "Run merge").disabled
+
+
+def test_a_preview_shows_while_the_rest_of_the_evaluation_runs(app_test, monkeypatch):
+    import threading
+    import time
+
+    from merging import lab
+
+    real = lab.Lab.merge_and_evaluate
+    release = threading.Event()
+
+    def held_after_the_preview(self, adapters, recipe, progress=None, on_preview=None):
+        def hold(preview):
+            on_preview(preview)
+            assert release.wait(60), "the test never released the evaluation"
+
+        return real(self, adapters, recipe, progress, on_preview=hold)
+
+    monkeypatch.setattr(lab.Lab, "merge_and_evaluate", held_after_the_preview)
+    at = _click_run(app_test.run())
+    job = at.session_state["job:merge"]
+    deadline = time.monotonic() + 60
+    while job.partial is None:
+        assert time.monotonic() < deadline and not job.finished, job.error
+        time.sleep(0.05)
+    at = at.run()
+    _no_errors(at)
+    preview = next(m for m in at.metric if m.label == "Preview: average merged accuracy")
+    assert preview.value.endswith("%")
+    assert not any(m.label == "Average merged accuracy" for m in at.metric)  # not passed off as the result
+    assert job.partial["preview"] is True
+    release.set()
+    at = wait_for_job(at, "merge")
+    _no_errors(at)
+    assert any(m.label == "Average merged accuracy" for m in at.metric)
+    assert not any(m.label.startswith("Preview") for m in at.metric)
 
 
 def test_a_link_reopens_the_same_merge(app_test):
