@@ -78,7 +78,7 @@ def eval_sizes(evaluator) -> tuple[dict[str, int], int | None, int | None]:
         return sizes, None, None
     tokens = padded = 0
     for parts in batches.values():
-        for _, batch in (pair for part in parts.values() for pair in part):
+        for _, batch in parts["all"]:  # what a full evaluation reads
             tokens += int(batch["attention_mask"].sum())
             padded += int(batch["attention_mask"].numel())
     return sizes, tokens, padded

@@ -116,13 +116,15 @@ class Evaluator:
 
         Sorting by length before batching cuts the padded tokens the model reads (most texts are far
         shorter than max_length); the attention mask hides padding either way. The preview part and
-        the rest are batched separately, so either can be scored alone.
+        the rest are also batched separately, so either can be scored alone.
         """
         encoded = self.tokenizer(list(eval_set.texts), truncation=True, max_length=self.max_length)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         preview = set(preview_indices(eval_set.targets))
+        # "all" batches the whole set together: tighter padding when no preview is wanted
         parts = {"preview": [i for i in range(len(lengths)) if i in preview],
-                 "rest": [i for i in range(len(lengths)) if i not in preview]}
+                 "rest": [i for i in range(len(lengths)) if i not in preview],
+                 "all": list(range(len(lengths)))}
         batches: dict[str, list] = {}
         for part, members in parts.items():
             order = sorted(members, key=lambda i: (lengths[i], i))
@@ -179,6 +181,8 @@ class Evaluator:
     def _correct(self, task: str, parts: Sequence[str]) -> tuple[int, int]:
         """(correct, scored) over the given parts of the task's evaluation set, as the model is now."""
         self.model.eval()  # training elsewhere may have left dropout on; scores must be deterministic
+        if set(parts) == set(PARTS):
+            parts = ("all",)
         correct = scored = 0
         for part in parts:
             for indices, batch in self._batches[task][part]:

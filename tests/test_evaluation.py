@@ -166,6 +166,8 @@ def test_preview_and_rest_partition_the_evaluation_set():
     evaluator = Evaluator(model, tokenizer, [EvalSet("toy", ["neg", "pos"], TEXTS * 3, TARGETS * 3)], batch_size=4)
     seen = [int(i) for part in ("preview", "rest") for indices, _ in evaluator._batches["toy"][part] for i in indices]
     assert sorted(seen) == list(range(18))
+    whole = [int(i) for indices, _ in evaluator._batches["toy"]["all"] for i in indices]
+    assert sorted(whole) == list(range(18))
     adapter = _random_adapter(model, 2)
     head = head_of(adapter, "classifier")
     preview = evaluator.correct("toy", head, adapter.modules, ("preview",))
