@@ -484,8 +484,8 @@ _KRYLOV_TOL = 1e-4  # accept when every kept pair has ‖M v − σ u‖ ≤ tol
 @contextmanager
 def _one_cpu_thread():
     """One intra-op thread for a tiny CPU factorization: waking a pool of OpenMP threads (passive
-    waiting, a busy machine) costs far more than a ~100-square problem (omp_set_num_threads is
-    per calling thread, so other threads' work keeps its pool)."""
+    waiting, a busy machine) costs far more than a ~100-square problem. The setting is restored at
+    once; in the dashboard the Lab's lock keeps other torch work from running meanwhile."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
