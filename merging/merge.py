@@ -9,9 +9,10 @@ them, and factors the result with an SVD (exact at numerical rank, or truncated 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes
