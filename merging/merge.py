@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -40,9 +40,8 @@ from merging.methods import (
     svd_of_dense,
     svd_of_factors,
 )
+from merging.progress import Progress
 from merging.recipe import Recipe
-
-Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
 
 
 def resolve_device(choice: str = "auto") -> torch.device:

@@ -46,8 +46,7 @@ from merging.lora import (
     AdapterError,
     load_adapter,
 )
-
-Progress = Callable[[int, int, str], None]
+from merging.progress import Progress
 
 ADAPTERS = "adapters"
 TASKS = "tasks"

