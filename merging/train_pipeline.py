@@ -5,7 +5,8 @@ the demo zoo (`python -m merging zoo build`), the Adapters page and `python -m m
 is measured on the adapter *as written to disk* (reloaded through :func:`merging.lora.load_adapter`),
 never on the in-memory result, so `python -m merging evaluate` on the saved folder reproduces it
 exactly. Callers decide where the folder is staged and when it moves into place: the zoo stages a
-whole zoo at once, the workspace one adapter folder at a time.
+whole zoo at once, the workspace one adapter folder at a time. :func:`task_input_features` is the
+other shared step: the base model's inputs over each task's texts, from which OSRM sets A.
 
 :func:`train_task_adapter` wraps it for one task given by name or file (:func:`resolve_task`): it
 loads the base model, collects OSRM's input features when asked, records the split and the
@@ -116,6 +117,37 @@ def train_and_score(
     saved = load_adapter(saved_folder, name=folder.name)  # score what was written, not what is in memory
     accuracy = evaluator.accuracy(data.name, head_of(saved, evaluator.head_name), saved.modules)
     return ScoredAdapter(saved, saved_folder, accuracy, result)
+
+
+def task_input_features(
+    model: torch.nn.Module,
+    tokenizer,
+    tasks: Sequence[TaskData],
+    settings: TrainSettings,
+    *,
+    samples: int,
+    covariance: bool = False,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, dict]:
+    """The base model's inputs at the target modules over each task's first `samples` training texts:
+    what OSRM's initialisation (merging.osrm.osrm_A_for_task) reads, by task name."""
+    from merging.osrm import collect_input_features
+
+    features = {}
+    for index, task in enumerate(tasks):
+        if progress:
+            progress(index, len(tasks), f"input features of {task.name}")
+        features[task.name] = collect_input_features(
+            model,
+            tokenizer,
+            task.train_texts[:samples],
+            target_modules=settings.target_modules,
+            max_length=settings.max_length,
+            device=device,
+            covariance=covariance,
+        )
+    return features
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +262,7 @@ def train_task_adapter(
     from merging.evaluation import EvalSet
     from merging.merge import resolve_device
     from merging.models import load_base_model
-    from merging.osrm import collect_input_features, osrm_A_for_task
+    from merging.osrm import osrm_A_for_task
     from merging.training import INITS
     from merging.zoo import DEMO_BASE_MODEL, base_model_dir
 
@@ -259,29 +291,18 @@ def train_task_adapter(
                 f"init {init} needs at least one other task: the tasks this adapter must not disturb"
             )
     model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=data.num_labels, device=device)
-
-    osrm_A = None
-    if others:
-        features = {}
-        collect = phase("features")
-        everyone = [data] + [other for other, _ in others]
-        for index, item in enumerate(everyone):
-            collect(index, len(everyone), f"input features of {item.name}")
-            features[item.name] = collect_input_features(
-                model,
-                tokenizer,
-                item.train_texts[:osrm_samples],
-                target_modules=target_modules,
-                max_length=max_length,
-                device=device,
-                covariance=init == "osrm-cov",
-            )
-        osrm_A = osrm_A_for_task(features, data.name, rank, method=init)
-
     settings = TrainSettings(
         rank=rank, alpha=alpha, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
         target_modules=tuple(target_modules), seed=seed, freeze_A=freeze_A,
     )  # fmt: skip
+
+    osrm_A = None
+    if others:
+        features = task_input_features(
+            model, tokenizer, [data] + [other for other, _ in others], settings, samples=osrm_samples,
+            covariance=init == "osrm-cov", device=device, progress=phase("features"),
+        )  # fmt: skip
+        osrm_A = osrm_A_for_task(features, data.name, rank, method=init)
     eval_set = EvalSet(data.name, list(data.labels), list(data.eval_texts), list(data.eval_labels))
     evaluator = Evaluator(model, tokenizer, [eval_set], device=device, max_length=max_length)
     meta = {"data": {**split, "max_length": max_length}}

@@ -156,34 +156,28 @@ def build_zoo(
 ) -> Zoo:
     """Train every task × init, save the adapters and the manifest into `out` (atomically)."""
     from merging.models import load_base_model
-    from merging.osrm import collect_input_features, osrm_A_for_task
+    from merging.osrm import osrm_A_for_task
     from merging.tasks import load_demo_task
-    from merging.train_pipeline import TrainSettings, train_and_score
+    from merging.train_pipeline import TrainSettings, task_input_features, train_and_score
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise ZooError(f"{out} already exists; pass --overwrite to rebuild it")
     model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=2, device=device)
     data = {name: load_demo_task(name, settings.train_size, settings.eval_size, settings.seed) for name in settings.tasks}
-    features = {}
-    if any(init != "standard" for init in settings.inits):
-        for name, task in data.items():
-            features[name] = collect_input_features(
-                model,
-                tokenizer,
-                task.train_texts[: settings.osrm_samples],
-                target_modules=settings.target_modules,
-                max_length=settings.max_length,
-                device=device,
-                covariance="osrm-cov" in settings.inits,
-            )
-    eval_sets = [EvalSet(n, list(t.labels), list(t.eval_texts), list(t.eval_labels)) for n, t in data.items()]
-    evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=settings.max_length)
     training = TrainSettings(
         rank=settings.rank, alpha=settings.alpha, epochs=settings.epochs, lr=settings.lr,
         batch_size=settings.batch_size, max_length=settings.max_length,
         target_modules=tuple(settings.target_modules), seed=settings.seed,
     )  # fmt: skip
+    features = {}
+    if any(init != "standard" for init in settings.inits):
+        features = task_input_features(
+            model, tokenizer, list(data.values()), training, samples=settings.osrm_samples,
+            covariance="osrm-cov" in settings.inits, device=device,
+        )  # fmt: skip
+    eval_sets = [EvalSet(n, list(t.labels), list(t.eval_texts), list(t.eval_labels)) for n, t in data.items()]
+    evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=settings.max_length)
 
     entries = []
     total = len(data) * len(settings.inits)
