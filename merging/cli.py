@@ -144,7 +144,7 @@ def cmd_zoo_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from merging.workspace import train_task_adapter
+    from merging.train_pipeline import train_task_adapter
 
     trained = train_task_adapter(
         args.task,

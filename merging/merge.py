@@ -32,9 +32,8 @@ from merging.lora import (
     save_adapter,
 )
 from merging.methods import Factored, Method, MethodArgs, MethodError, get_method, svd_of_dense, svd_of_factors
+from merging.progress import Progress
 from merging.recipe import Recipe
-
-Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
 
 
 def resolve_device(choice: str = "auto") -> torch.device:

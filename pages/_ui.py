@@ -19,8 +19,9 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from merging.lab import Cancelled, Lab
+from merging.lab import Lab
 from merging.lora import META_FILE, Adapter, AdapterError, load_adapter
+from merging.progress import Cancelled
 from merging.runs import RunStore
 from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
 
