@@ -251,11 +251,16 @@ def recipe_dict_from_mergekit(data: Mapping, base_dir: Path | None = None) -> di
         raise _refuse("merge_method", f"'{method}' is not supported (supported: {', '.join(SUPPORTED_METHODS)})")
     family = GTA_METHODS.get(method)
     if family is not None and family.native == "breadcrumbs_ties" and not _registry_has("breadcrumbs_ties"):
-        raise _refuse("merge_method", "'breadcrumbs_ties' has no mergescope method to map to (breadcrumbs without TIES has)")
+        raise _refuse(
+            "merge_method", "'breadcrumbs_ties' has no mergescope method to map to (breadcrumbs without TIES has)"
+        )
 
     tokenizer_source = data.get("tokenizer_source")
     if tokenizer_source not in (None, "base"):
-        raise _refuse("tokenizer_source", f"{tokenizer_source!r}: only 'base' (the merged adapter uses the base model's tokenizer)")
+        raise _refuse(
+            "tokenizer_source",
+            f"{tokenizer_source!r}: only 'base' (the merged adapter uses the base model's tokenizer)",
+        )
 
     per_model_keys, global_keys = _allowed_parameters(method)
     global_parameters = _parameters(data.get("parameters"), "parameters")
@@ -293,7 +298,10 @@ def recipe_dict_from_mergekit(data: Mapping, base_dir: Path | None = None) -> di
     seen: dict[str, int] = {}
     for entry in loras:
         if entry.lora in seen:
-            raise _refuse(f"models[{entry.index}].model", f"the LoRA '{entry.lora}' is listed twice (also models[{seen[entry.lora]}])")
+            raise _refuse(
+                f"models[{entry.index}].model",
+                f"the LoRA '{entry.lora}' is listed twice (also models[{seen[entry.lora]}])",
+            )
         seen[entry.lora] = entry.index
 
     def value(entry: _Entry, key: str, default: Any = None) -> Any:
@@ -387,9 +395,13 @@ def _gta_weights(method, family: _Family, loras, global_parameters, weight_of) -
     if family.sparsify is not None:
         rescale = _flag(global_parameters.get("rescale", family.default_rescale), "parameters.rescale")
         if family.sparsify == "random" and not rescale:
-            raise _refuse("parameters.rescale", "false: mergescope's DARE always rescales the kept entries by 1/density")
+            raise _refuse(
+                "parameters.rescale", "false: mergescope's DARE always rescales the kept entries by 1/density"
+            )
         if family.sparsify != "random" and rescale:
-            raise _refuse("parameters.rescale", f"true: mergescope's {family.native} does not rescale what its cut keeps")
+            raise _refuse(
+                "parameters.rescale", f"true: mergescope's {family.native} does not rescale what its cut keeps"
+            )
     if not family.consensus:
         divisor = math.fsum(weights) if normalize else 1.0
         if abs(divisor) < 1e-8:  # mergekit's guard: a vanishing sum divides by 1
@@ -419,7 +431,9 @@ def _gta_weights(method, family: _Family, loras, global_parameters, weight_of) -
     return [lam for _ in loras]
 
 
-def _sparsify_parameters(method, family: _Family, loras, global_parameters) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _sparsify_parameters(
+    method, family: _Family, loras, global_parameters
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The native method's parameters, and each adapter's own (per-model density / gamma)."""
     native: dict[str, Any] = {}
     per_adapter: list[dict[str, Any]] = [{} for _ in loras]
@@ -484,7 +498,7 @@ def _dtype(data: Mapping) -> str:
     raw = data.get(key)
     if raw is None:
         return "auto"
-    name = raw[len("torch."):] if isinstance(raw, str) and raw.startswith("torch.") else raw
+    name = raw[len("torch.") :] if isinstance(raw, str) and raw.startswith("torch.") else raw
     if name not in _DTYPES:
         raise _refuse(key, f"{raw!r} is not supported (supported: {', '.join(_DTYPES)})")
     return name

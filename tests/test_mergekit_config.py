@@ -300,42 +300,65 @@ TWO = "models: [{model: base+a, parameters: {weight: 1}}, {model: base+b, parame
         (f"merge_method: slerp\nbase_model: base\nparameters: {{t: 0.5}}\n{TWO}", "'merge_method'"),
         (f"merge_method: della\nbase_model: base\n{TWO}", "'merge_method'"),
         (f"merge_method: model_stock\nbase_model: base\n{TWO}", "'merge_method'"),
-        (f"merge_method: ties\nbase_model: base\nparameters: {{normalize: true}}\n"
-         "models: [{model: other-model, parameters: {weight: 1}}, {model: base+b, parameters: {weight: 1}}]",
-         "'models[0].model'"),
-        (f"merge_method: ties\nbase_model: base\nparameters: {{normalize: true}}\n"
-         "models: [{model: base+a, parameters: {weight: 1}}, {model: other+b, parameters: {weight: 1}}]",
-         "'models[1].model'"),
-        ("merge_method: linear\nmodels: [{model: base+a, parameters: {weight: 1}}, {model: other+b, parameters: {weight: 1}}]",
-         "'models[1].model'"),
+        (
+            "merge_method: ties\nbase_model: base\nparameters: {normalize: true}\n"
+            "models: [{model: other-model, parameters: {weight: 1}}, {model: base+b, parameters: {weight: 1}}]",
+            "'models[0].model'",
+        ),
+        (
+            "merge_method: ties\nbase_model: base\nparameters: {normalize: true}\n"
+            "models: [{model: base+a, parameters: {weight: 1}}, {model: other+b, parameters: {weight: 1}}]",
+            "'models[1].model'",
+        ),
+        (
+            "merge_method: linear\n"
+            "models: [{model: base+a, parameters: {weight: 1}}, {model: other+b, parameters: {weight: 1}}]",
+            "'models[1].model'",
+        ),
         ("merge_method: linear\nmodels: [{model: base+a@main, parameters: {weight: 1}}]", "'models[0].model'"),
         ("merge_method: linear\nmodels: [{model: base+a+b, parameters: {weight: 1}}]", "'models[0].model'"),
         ("merge_method: linear\nmodels: [{model: base, parameters: {weight: 1}}]", "'models'"),
-        ("merge_method: linear\nbase_model: base+a\nmodels: [{model: base+a, parameters: {weight: 1}}]", "'base_model'"),
+        (
+            "merge_method: linear\nbase_model: base+a\nmodels: [{model: base+a, parameters: {weight: 1}}]",
+            "'base_model'",
+        ),
         ("merge_method: linear\nslices: []\n" + TWO, "'slices'"),
         ("merge_method: linear\nchat_template: chatml\n" + TWO, "'chat_template'"),
         ("merge_method: linear\ntokenizer_source: union\n" + TWO, "'tokenizer_source'"),
         ("merge_method: linear\nparameters: {weight: [0, 1]}\nmodels: [{model: base+a}]", "'parameters.weight'"),
-        ("merge_method: linear\nmodels: [{model: base+a, parameters: {weight: [{filter: mlp, value: 1}]}}]",
-         "'models[0].parameters.weight'"),
+        (
+            "merge_method: linear\nmodels: [{model: base+a, parameters: {weight: [{filter: mlp, value: 1}]}}]",
+            "'models[0].parameters.weight'",
+        ),
         ("merge_method: linear\nmodels: [{model: base+a}]", "'models[0].parameters.weight'"),
-        ("merge_method: linear\nmodels: [{model: base+a, parameters: {weight: .nan}}]", "'models[0].parameters.weight'"),
-        ("merge_method: linear\nmodels: [{model: base+a, parameters: {weight: 1, density: 0.5}}]",
-         "'models[0].parameters.density'"),
+        (
+            "merge_method: linear\nmodels: [{model: base+a, parameters: {weight: .nan}}]",
+            "'models[0].parameters.weight'",
+        ),
+        (
+            "merge_method: linear\nmodels: [{model: base+a, parameters: {weight: 1, density: 0.5}}]",
+            "'models[0].parameters.density'",
+        ),
         ("merge_method: task_arithmetic\nbase_model: base\nparameters: {density: 0.5}\n" + TWO, "'parameters.density'"),
         ("merge_method: ties\nbase_model: base\nparameters: {epsilon: 0.1}\n" + TWO, "'parameters.epsilon'"),
         ("merge_method: ties\nbase_model: base\nparameters: {normalize: false}\n" + TWO, "'parameters.normalize'"),
         ("merge_method: ties\nbase_model: base\nparameters: {rescale: true}\n" + TWO, "'parameters.rescale'"),
         ("merge_method: dare_linear\nbase_model: base\nparameters: {rescale: false}\n" + TWO, "'parameters.rescale'"),
         ("merge_method: dare_ties\nbase_model: base\n" + TWO, "'parameters.normalize'"),
-        ("merge_method: ties\nbase_model: base\nmodels: [{model: base+a, parameters: {weight: 1}}, "
-         "{model: base+b, parameters: {weight: 2}}]", "'models[1].parameters.weight'"),
+        (
+            "merge_method: ties\nbase_model: base\nmodels: [{model: base+a, parameters: {weight: 1}}, "
+            "{model: base+b, parameters: {weight: 2}}]",
+            "'models[1].parameters.weight'",
+        ),
         ("merge_method: ties\nbase_model: base\nparameters: {lambda: -1}\n" + TWO, "'parameters.lambda'"),
         ("merge_method: ties\nbase_model: base\nparameters: {density: 1.5}\n" + TWO, "'parameters.density'"),
         ("merge_method: linear\nbase_model: base\n" + TWO, "'base_model'"),
         ("merge_method: linear\ndtype: int8\n" + TWO, "'dtype'"),
-        ("merge_method: linear\nmodels: [{model: base+a, parameters: {weight: 1}}, {model: base+a, parameters: {weight: 1}}]",
-         "'models[1].model'"),
+        (
+            "merge_method: linear\n"
+            "models: [{model: base+a, parameters: {weight: 1}}, {model: base+a, parameters: {weight: 1}}]",
+            "'models[1].model'",
+        ),
         ("merge_method: linear\nmodels: [{model: base+a, weight: 1}]", "'models[0].weight'"),
         ("merge_method: linear\nmodels: []", "'models'"),
         ("merge_method: 3\n" + TWO, "'merge_method'"),
@@ -395,7 +418,9 @@ def sources(folder: Path, names: list[str]) -> list[dict[str, torch.Tensor]]:
     return [dense(load_adapter(folder / name).modules) for name in names]
 
 
-def mergekit_ties(deltas: list[torch.Tensor], weights: list[float], densities: list[float], lam: float = 1.0) -> torch.Tensor:
+def mergekit_ties(
+    deltas: list[torch.Tensor], weights: list[float], densities: list[float], lam: float = 1.0
+) -> torch.Tensor:
     """mergekit's ties with normalize, written from generalized_task_arithmetic.py and sparsify.magnitude."""
     kept = []
     for delta, density in zip(deltas, densities):
@@ -418,18 +443,30 @@ def mergekit_ties(deltas: list[torch.Tensor], weights: list[float], densities: l
 
 
 def test_a_linear_config_merges_like_its_native_recipe_and_like_mergekits_weighted_average(loras):
-    config = write(loras, "linear.yaml", """
+    config = write(
+        loras,
+        "linear.yaml",
+        """
 merge_method: linear
 base_model: tiny-bert
 models:
   - {model: tiny-bert, parameters: {weight: 1.0}}
   - {model: tiny-bert+a, parameters: {weight: 1.0}}
   - {model: tiny-bert+b, parameters: {weight: 2.0}}
-""")
-    native = write(loras, "linear.json", json.dumps({
-        "adapters": [{"path": "a", "weight": 0.25}, {"path": "b", "weight": 0.5}],
-        "method": "task_arithmetic", "parameters": {}, "base_model": "tiny-bert",
-    }))
+""",
+    )
+    native = write(
+        loras,
+        "linear.json",
+        json.dumps(
+            {
+                "adapters": [{"path": "a", "weight": 0.25}, {"path": "b", "weight": 0.5}],
+                "method": "task_arithmetic",
+                "parameters": {},
+                "base_model": "tiny-bert",
+            }
+        ),
+    )
     from_config = merged_from(config)
     assert modules_fingerprint(from_config) == modules_fingerprint(merged_from(native))
     a, b = sources(loras, ["a", "b"])
@@ -439,7 +476,10 @@ models:
 
 
 def test_a_ties_config_with_per_model_density_merges_like_its_native_recipe_and_like_mergekits_ties(loras):
-    config = write(loras, "ties.yaml", """
+    config = write(
+        loras,
+        "ties.yaml",
+        """
 merge_method: ties
 base_model: tiny-bert
 parameters: {density: 0.5, normalize: true, int8_mask: true, lambda: 0.8}
@@ -447,13 +487,24 @@ models:
   - {model: tiny-bert+a, parameters: {weight: 0.6, density: 0.3}}
   - {model: tiny-bert+b, parameters: {weight: 0.6}}
   - {model: tiny-bert+c, parameters: {weight: 0.6, density: 0.9}}
-""")
-    native = write(loras, "ties.json", json.dumps({
-        "adapters": [{"path": "a", "weight": 0.8, "parameters": {"density": 0.3}},
-                     {"path": "b", "weight": 0.8},
-                     {"path": "c", "weight": 0.8, "parameters": {"density": 0.9}}],
-        "method": "ties", "parameters": {"density": 0.5, "sign": "total"}, "base_model": "tiny-bert",
-    }))
+""",
+    )
+    native = write(
+        loras,
+        "ties.json",
+        json.dumps(
+            {
+                "adapters": [
+                    {"path": "a", "weight": 0.8, "parameters": {"density": 0.3}},
+                    {"path": "b", "weight": 0.8},
+                    {"path": "c", "weight": 0.8, "parameters": {"density": 0.9}},
+                ],
+                "method": "ties",
+                "parameters": {"density": 0.5, "sign": "total"},
+                "base_model": "tiny-bert",
+            }
+        ),
+    )
     from_config = merged_from(config)
     assert modules_fingerprint(from_config) == modules_fingerprint(merged_from(native))
     deltas = sources(loras, ["a", "b", "c"])
@@ -463,14 +514,18 @@ models:
 
 
 def test_a_normalized_task_arithmetic_config_merges_like_mergekit(loras):
-    config = write(loras, "ta.yaml", """
+    config = write(
+        loras,
+        "ta.yaml",
+        """
 merge_method: task_arithmetic
 base_model: tiny-bert
 parameters: {normalize: true, lambda: 1.5}
 models:
   - {model: tiny-bert+a, parameters: {weight: 1.0}}
   - {model: tiny-bert+c, parameters: {weight: 3.0}}
-""")
+""",
+    )
     from_config = merged_from(config)
     a, c = sources(loras, ["a", "c"])
     for name, delta in dense(from_config).items():

@@ -39,7 +39,9 @@ def _requirement_lines(text: str) -> list[str]:
 def test_pyproject_pins_the_same_packages_as_requirements_txt():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = project["dependencies"] + project["optional-dependencies"]["test"]
-    assert sorted(declared, key=str.lower) == sorted(_requirement_lines((ROOT / "requirements.txt").read_text()), key=str.lower)
+    assert sorted(declared, key=str.lower) == sorted(
+        _requirement_lines((ROOT / "requirements.txt").read_text()), key=str.lower
+    )
     assert project["scripts"] == {"mergescope": "merging.cli:main"}
 
 
@@ -59,14 +61,18 @@ def installed(tmp_path_factory) -> dict[str, Path]:
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     built = subprocess.run(
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist), str(source)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = dist.glob("mergescope-*.whl")
     site = work / "site"
     done = subprocess.run(
         [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     elsewhere = work / "elsewhere"  # a working folder with no project files in it
@@ -85,9 +91,14 @@ def _installed_env(site: Path) -> dict[str, str]:
 def test_the_wheel_holds_the_library_the_app_its_settings_and_the_demo_zoo(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     for needed in [
-        "merging/__init__.py", "merging/cli.py", "merging/mergekit_config.py",
-        "mergescope_app/app.py", "mergescope_app/pages/merge.py", "mergescope_app/pages/_ui.py",
-        "mergescope_app/.streamlit/config.toml", "mergescope_app/zoo/manifest.json",
+        "merging/__init__.py",
+        "merging/cli.py",
+        "merging/mergekit_config.py",
+        "mergescope_app/app.py",
+        "mergescope_app/pages/merge.py",
+        "mergescope_app/pages/_ui.py",
+        "mergescope_app/.streamlit/config.toml",
+        "mergescope_app/zoo/manifest.json",
     ]:
         assert needed in names, needed
     # every page and every zoo adapter of the checkout is in it
@@ -96,7 +107,9 @@ def test_the_wheel_holds_the_library_the_app_its_settings_and_the_demo_zoo(insta
     for adapter in (ROOT / "zoo").glob("*/adapter_model.safetensors"):
         assert f"mergescope_app/zoo/{adapter.parent.name}/adapter_model.safetensors" in names
     # nothing but the app from the repository's root: no tests, scripts, setup.py
-    assert not any(n.startswith(("tests/", "scripts/", "mergescope_app/tests", "mergescope_app/setup.py")) for n in names)
+    assert not any(
+        n.startswith(("tests/", "scripts/", "mergescope_app/tests", "mergescope_app/setup.py")) for n in names
+    )
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(installed["wheel"]).read(entry_points).decode()
     assert re.search(r"^\[console_scripts\]\s*\nmergescope = merging\.cli:main\s*$", text, re.M), text
@@ -106,20 +119,32 @@ def test_the_installed_mergescope_command_runs_the_installed_library(installed):
     site, elsewhere = installed["site"], installed["elsewhere"]
     script = site / "bin" / "mergescope"
     assert script.is_file()
-    shown = subprocess.run([str(script), "--help"], cwd=elsewhere, env=_installed_env(site), capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [str(script), "--help"], cwd=elsewhere, env=_installed_env(site), capture_output=True, text=True, timeout=120
+    )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("usage: mergescope ")
     for command in ("merge", "inspect", "metrics", "evaluate", "train", "zoo", "dashboard"):
         assert command in shown.stdout
     where = subprocess.run(
         [sys.executable, "-c", "import merging, merging.cli as c; print(merging.__file__); print(c.app_folder())"],
-        cwd=elsewhere, env=_installed_env(site), capture_output=True, text=True, timeout=120,
+        cwd=elsewhere,
+        env=_installed_env(site),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     library, app = where.stdout.split()
     assert Path(library).is_relative_to(site) and Path(app) == site / "mergescope_app"
     # bad input: exit 2 and one line, from the installed command too
-    bad = subprocess.run([str(script), "merge", "missing.json", "--out", "x"], cwd=elsewhere, env=_installed_env(site),
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [str(script), "merge", "missing.json", "--out", "x"],
+        cwd=elsewhere,
+        env=_installed_env(site),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and bad.stderr.strip() == "error: missing.json: no such recipe file"
 
 
@@ -127,14 +152,26 @@ def test_mergescope_merge_writes_a_merged_adapter_from_another_folder(installed)
     site, elsewhere = installed["site"], installed["elsewhere"]
     recipe = elsewhere / "recipe.json"
     zoo = site / "mergescope_app" / "zoo"
-    recipe.write_text(json.dumps({
-        "adapters": [{"path": str(zoo / "sms_spam-standard"), "weight": 0.5},
-                     {"path": str(zoo / "movie_sentiment-standard"), "weight": 0.5}],
-        "method": "task_arithmetic",
-    }))
+    recipe.write_text(
+        json.dumps(
+            {
+                "adapters": [
+                    {"path": str(zoo / "sms_spam-standard"), "weight": 0.5},
+                    {"path": str(zoo / "movie_sentiment-standard"), "weight": 0.5},
+                ],
+                "method": "task_arithmetic",
+            }
+        )
+    )
     out = elsewhere / "merged"
-    done = subprocess.run([str(site / "bin" / "mergescope"), "merge", "recipe.json", "--out", "merged"], cwd=elsewhere,
-                          env=_installed_env(site), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(site / "bin" / "mergescope"), "merge", "recipe.json", "--out", "merged"],
+        cwd=elsewhere,
+        env=_installed_env(site),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["out"] == "merged"
@@ -145,21 +182,31 @@ def test_streamlit_flags_carry_every_setting_of_a_config_file(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text('[server]\naddress = "127.0.0.1"\nport = 8501\nheadless = true\n[runner]\npostScriptGC = false\n')
     assert streamlit_flags(config) == [
-        "--server.address=127.0.0.1", "--server.port=8501", "--server.headless=true", "--runner.postScriptGC=false",
+        "--server.address=127.0.0.1",
+        "--server.port=8501",
+        "--server.headless=true",
+        "--runner.postScriptGC=false",
     ]
     assert streamlit_flags(config, leave_out=("server.port",)) == [
-        "--server.address=127.0.0.1", "--server.headless=true", "--runner.postScriptGC=false",
+        "--server.address=127.0.0.1",
+        "--server.headless=true",
+        "--runner.postScriptGC=false",
     ]
     assert streamlit_flags(tmp_path / "absent.toml") == []
 
 
 def test_the_dashboard_command_puts_the_callers_choices_after_the_projects_settings(tmp_path):
     (tmp_path / ".streamlit").mkdir()
-    (tmp_path / ".streamlit" / "config.toml").write_text('[server]\naddress = "127.0.0.1"\nport = 8501\n[client]\ntoolbarMode = "minimal"\n')
+    (tmp_path / ".streamlit" / "config.toml").write_text(
+        '[server]\naddress = "127.0.0.1"\nport = 8501\n[client]\ntoolbarMode = "minimal"\n'
+    )
     command = dashboard_command(tmp_path, 9123, "0.0.0.0", ["--client.toolbarMode=auto"])
     assert command[:5] == [sys.executable, "-m", "streamlit", "run", str(tmp_path / "app.py")]
     assert command[5:] == [
-        "--client.toolbarMode=minimal", "--server.address=0.0.0.0", "--server.port=9123", "--client.toolbarMode=auto",
+        "--client.toolbarMode=minimal",
+        "--server.address=0.0.0.0",
+        "--server.port=9123",
+        "--client.toolbarMode=auto",
     ]
     # no --port: the config's port stays
     assert "--server.port=8501" in dashboard_command(tmp_path, None, "127.0.0.1", [])
@@ -187,7 +234,11 @@ def test_mergescope_dashboard_starts_from_another_folder_with_the_projects_setti
     port = _free_port()
     process = subprocess.Popen(
         [str(site / "bin" / "mergescope"), "dashboard", "--port", str(port)],
-        cwd=elsewhere, env=_installed_env(site), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=elsewhere,
+        env=_installed_env(site),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -214,7 +265,9 @@ def test_mergescope_dashboard_starts_from_another_folder_with_the_projects_setti
         assert "--browser.gatherUsageStats=false" in arguments
         assert f"--server.port={port}" in arguments
         environ = dict(
-            item.split("=", 1) for item in Path(f"/proc/{process.pid}/environ").read_bytes().decode().split("\0") if "=" in item
+            item.split("=", 1)
+            for item in Path(f"/proc/{process.pid}/environ").read_bytes().decode().split("\0")
+            if "=" in item
         )
         assert environ["MERGESCOPE_ZOO"] == str(site / "mergescope_app" / "zoo")
         assert environ["HF_HUB_OFFLINE"] == "1"
