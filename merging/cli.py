@@ -183,7 +183,7 @@ def app_folder() -> Path:
     files), else the copy a wheel installs as the package `mergescope_app` (setup.py).
     """
     checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "app.py").is_file() and (checkout / "pages").is_dir():
+    if all((checkout / name).exists() for name in ("app.py", "pages", ".streamlit/config.toml")):
         return checkout
     spec = importlib.util.find_spec("mergescope_app")
     for location in (spec.submodule_search_locations or []) if spec else []:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from merging.cli import dashboard_command, streamlit_flags
+from merging.cli import app_folder, dashboard_command, streamlit_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 # What setup.py and pyproject.toml build the wheel from.
@@ -176,6 +176,10 @@ def test_mergescope_merge_writes_a_merged_adapter_from_another_folder(installed)
     summary = json.loads(done.stdout)
     assert summary["out"] == "merged"
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+
+
+def test_from_a_checkout_the_dashboard_runs_the_checkouts_own_app():
+    assert app_folder() == ROOT
 
 
 def test_streamlit_flags_carry_every_setting_of_a_config_file(tmp_path):
