@@ -530,3 +530,70 @@ models:
     a, c = sources(loras, ["a", "c"])
     for name, delta in dense(from_config).items():
         torch.testing.assert_close(delta, 1.5 * (a[name] + 3 * c[name]) / 4, atol=1e-6, rtol=1e-5)
+
+
+def mergekit_breadcrumbs(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """mergekit's sparsify.magnitude_outliers: drop the top gamma fraction by |x|, then the smallest,
+    to keep int(density·numel) entries (written for gamma·numel ≥ 1, where mergekit's slice is sound)."""
+    numel = delta.numel()
+    target, n_top = int(density * numel), int(gamma * numel)
+    n_bot = numel - target - n_top
+    if n_bot < 0:
+        n_top, n_bot = n_top + n_bot, 0
+    order = torch.sort(delta.abs().reshape(-1)).indices
+    mask = torch.zeros(numel)
+    mask[order[n_bot : numel - n_top]] = 1
+    return delta * mask.reshape(delta.shape)
+
+
+def test_a_breadcrumbs_config_merges_like_mergekits_magnitude_outliers(loras):
+    config = write(
+        loras,
+        "breadcrumbs.yaml",
+        """
+merge_method: breadcrumbs
+base_model: tiny-bert
+parameters: {density: 0.6, gamma: 0.05}
+models:
+  - {model: tiny-bert+a, parameters: {weight: 0.5}}
+  - {model: tiny-bert+b, parameters: {weight: 1.5, density: 0.4}}
+""",
+    )
+    from_config = dense(merged_from(config))
+    a, b = sources(loras, ["a", "b"])
+    for name, delta in from_config.items():
+        assert int(0.05 * delta.numel()) >= 1  # the oracle's range: mergekit's own slice is sound there
+        expected = 0.5 * mergekit_breadcrumbs(a[name], 0.6, 0.05) + 1.5 * mergekit_breadcrumbs(b[name], 0.4, 0.05)
+        torch.testing.assert_close(delta, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_a_dare_linear_config_merges_like_its_native_recipe(loras):
+    config = write(
+        loras,
+        "dare.yaml",
+        """
+merge_method: dare_linear
+base_model: tiny-bert
+parameters: {density: 0.5, normalize: true}
+models:
+  - {model: tiny-bert+a, parameters: {weight: 1.0}}
+  - {model: tiny-bert+c, parameters: {weight: 3.0, density: 0.7}}
+""",
+    )
+    native = write(
+        loras,
+        "dare.json",
+        json.dumps(
+            {
+                "adapters": [
+                    {"path": "a", "weight": 0.25},
+                    {"path": "c", "weight": 0.75, "parameters": {"density": 0.7}},
+                ],
+                "method": "dare_linear",
+                "parameters": {"density": 0.5},
+                "base_model": "tiny-bert",
+                "seed": 0,
+            }
+        ),
+    )
+    assert modules_fingerprint(merged_from(config)) == modules_fingerprint(merged_from(native))
