@@ -2,21 +2,25 @@
 
 Every command prints JSON on stdout. Bad input of any kind exits with status 2 and one line on
 stderr; a merge writes its output folder atomically, so a failure never leaves a folder that looks
-valid.
+valid. Installed (`pip install .`), the same commands are `mergescope …`; `mergescope dashboard`
+starts the Streamlit app with the project's settings from any working folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
+import tomllib
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tqdm import tqdm
 
 from merging.lora import load_adapter
-from merging.recipe import load_recipe
+from merging.mergekit_config import load_recipe_file as load_recipe  # native recipes and mergekit YAML
 
 EXIT_BAD_INPUT = 2
 
@@ -168,12 +172,81 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# `mergescope dashboard`
+
+
+def app_folder() -> Path:
+    """The folder holding app.py, pages/ and .streamlit/config.toml.
+
+    The checkout this package runs from when there is one (a clone, an editable install: the live
+    files), else the copy a wheel installs as the package `mergescope_app` (setup.py).
+    """
+    checkout = Path(__file__).resolve().parent.parent
+    if all((checkout / name).exists() for name in ("app.py", "pages", ".streamlit/config.toml")):
+        return checkout
+    spec = importlib.util.find_spec("mergescope_app")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "app.py").is_file():
+            return Path(location)
+    raise FileNotFoundError("the dashboard's files (app.py, pages/) are not installed; reinstall mergescope")
+
+
+def streamlit_flags(config_file: Path, leave_out: Sequence[str] = ()) -> list[str]:
+    """The settings of a Streamlit config.toml as `--section.option=value` flags (less `leave_out`).
+
+    Streamlit reads .streamlit/config.toml from the working folder only; passed as flags, the
+    project's settings apply wherever the dashboard is started from.
+    """
+    if not config_file.is_file():
+        return []
+    with config_file.open("rb") as handle:
+        config = tomllib.load(handle)
+    flags = []
+    for section, options in config.items():
+        for option, value in options.items():
+            if f"{section}.{option}" in leave_out:
+                continue
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            flags.append(f"--{section}.{option}={text}")
+    return flags
+
+
+def dashboard_command(folder: Path, port: int | None, address: str, extra: Sequence[str]) -> list[str]:
+    """The `streamlit run` command line: the project's settings, then --address/--port, then the caller's
+    own Streamlit flags (Streamlit keeps the last value given for a flag)."""
+    command = [sys.executable, "-m", "streamlit", "run", str(folder / "app.py")]
+    given = {"server.address": address, "server.port": port}
+    given = {name: value for name, value in given.items() if value is not None}
+    command += streamlit_flags(folder / ".streamlit" / "config.toml", leave_out=tuple(given))
+    command += [f"--{name}={value}" for name, value in given.items()]
+    return command + list(extra)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    folder = app_folder()
+    command = dashboard_command(folder, args.port, args.address, args.streamlit_args)
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # Idle OpenMP threads sleep instead of spinning (docs/BENCHMARKS.md: spinning made merges 100× slower).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if (folder / "zoo").is_dir():
+        env.setdefault("MERGESCOPE_ZOO", str(folder / "zoo"))  # the installed copy of the demo zoo
+    sys.stdout.flush()
+    # Replace this process: Ctrl-C and a stop signal reach Streamlit itself, and no child is left behind.
+    os.execve(sys.executable, command, env)
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m merging", description="Merge and inspect LoRA adapters.")
+    # the name the user typed: the installed command, or the module
+    prog = "mergescope" if Path(sys.argv[0]).name == "mergescope" else "python -m merging"
+    parser = argparse.ArgumentParser(prog=prog, description="Merge and inspect LoRA adapters.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     merge = commands.add_parser("merge", help="merge the adapters of a recipe into a PEFT folder")
-    merge.add_argument("recipe", help="recipe file (JSON or YAML)")
+    merge.add_argument("recipe", help="recipe file (JSON or YAML), or a mergekit config (YAML)")
     merge.add_argument("--out", required=True, help="output folder (written atomically)")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     merge.add_argument("--per-module", action="store_true", help="include each module's rank and energy")
@@ -228,12 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--zoo", default="zoo", help="zoo folder (default: zoo)")
     rescore.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     rescore.set_defaults(run=cmd_zoo_rescore)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="start the Streamlit dashboard with the project's settings",
+        description="Start the dashboard from any folder. Other --section.option=value flags go to Streamlit.",
+    )
+    dashboard.add_argument("--port", type=int, help="port (default: .streamlit/config.toml's, 8501)")
+    dashboard.add_argument("--address", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    dashboard.set_defaults(run=cmd_dashboard, streamlit_args=[])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "dashboard":
+        args.streamlit_args = extra  # Streamlit's own flags, passed on as given
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

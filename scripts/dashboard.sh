@@ -3,8 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# Idle OpenMP threads sleep instead of spinning: on a machine busy with other work, spinning
-# threads made small merges 100× slower (docs/BENCHMARKS.md).
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-exec .venv/bin/python -m streamlit run app.py "$@"
+# `mergescope dashboard` passes .streamlit/config.toml's settings to Streamlit, works offline
+# (HF_HUB_OFFLINE), lets idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE: spinning threads made
+# small merges 100× slower, docs/BENCHMARKS.md), and hands on --port, --address and any Streamlit flag.
+exec .venv/bin/mergescope dashboard "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs mergescope into ./.venv: Python packages, the demo's data packages, and, with
-# --with-browser, Debian's chromium for the real-browser test. Safe to run again.
+# Installs mergescope into ./.venv: Python packages, mergescope itself (editable: the `mergescope`
+# command runs this checkout), the demo's data packages, and, with --with-browser, Debian's chromium
+# for the real-browser test. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,11 @@ fi
 # torch first and on its own: pinned to the CPU wheel so nothing pulls a multi-GB CUDA build.
 .venv/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+# mergescope itself, editable and without dependencies (requirements.txt pinned them), so that
+# .venv/bin/mergescope exists and runs this checkout. Built with the venv's own setuptools (70.1 or
+# later builds wheels without the `wheel` package), so this step needs no download.
+.venv/bin/pip install --quiet --disable-pip-version-check "setuptools>=70.1"
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 if [ -f scripts/install_data.sh ]; then
   bash scripts/install_data.sh
 fi
