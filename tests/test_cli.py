@@ -274,17 +274,45 @@ def test_inspect_bad_folder_exits_2(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# metrics (metrics.py is still being written: only check the command's contract loosely)
+# metrics
 
 
-def test_metrics_prints_json_or_fails_cleanly(zoo, tmp_path, capsys):
-    metrics = pytest.importorskip("merging.metrics")
-    if not hasattr(metrics, "adapter_metrics"):
-        pytest.skip("merging.metrics.adapter_metrics not written yet")
+def _flat_cosine(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], names) -> float:
+    """Cosine of two task vectors (the listed modules' updates flattened and concatenated), float64."""
+    a = torch.cat([first[n].double().reshape(-1) for n in names])
+    b = torch.cat([second[n].double().reshape(-1) for n in names])
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_metrics_prints_cosines_norms_and_sign_conflicts_that_match_peft_deltas(zoo, tmp_path, capsys):
+    """Checked against the dense updates PEFT itself builds (get_delta_weight), not the library's."""
     recipe = write_json(tmp_path / "recipe.json", recipe_data(zoo))
     code, stdout, stderr = run(capsys, "metrics", recipe, "--json")
     assert code == 0, stderr
-    assert json.loads(stdout)
+    printed = json.loads(stdout)
+    sst, nli = zoo["deltas"]["sst"], zoo["deltas"]["nli"]
+    assert printed["adapters"] == ["sst", "nli"]
+    assert set(printed["modules"]) == set(sst)
+
+    whole = _flat_cosine(sst, nli, sorted(sst))
+    assert printed["adapter_cosine"][0][1] == pytest.approx(whole, abs=1e-5)
+    assert printed["adapter_cosine"][1][0] == pytest.approx(whole, abs=1e-5)
+    assert printed["adapter_cosine"][0][0] == pytest.approx(1.0, abs=1e-6)
+    for name, module in printed["modules"].items():
+        assert module["cosine"][0][1] == pytest.approx(_flat_cosine(sst, nli, [name]), abs=1e-5), name
+        norms = [float(torch.linalg.matrix_norm(d[name].double())) for d in (sst, nli)]
+        assert module["delta_norm"] == pytest.approx(norms, rel=1e-5), name
+        # density 1: of the entries either update touches, the fraction where the signs differ
+        a, b = sst[name], nli[name]
+        touched = (a != 0) | (b != 0)
+        conflicts = ((a > 0) & (b < 0)) | ((a < 0) & (b > 0))
+        # (one entry's sign may differ between two float32 products of the same factors)
+        expected_rate = float(conflicts.sum() / touched.sum())
+        assert module["sign_conflict_rate"] == pytest.approx(expected_rate, abs=1.5 / float(touched.sum())), name
+    # two independent random adapters: neither aligned nor opposed, and about half the signs disagree
+    assert abs(whole) < 0.5
+    rates = [m["sign_conflict_rate"] for m in printed["modules"].values()]
+    assert 0.3 < sum(rates) / len(rates) < 0.7
 
 
 def test_metrics_bad_recipe_exits_2(tmp_path, capsys):
