@@ -29,6 +29,19 @@ INNER = Param(
 )
 
 
+def _canonical_signs(U: torch.Tensor) -> torch.Tensor:
+    """±1 per column of U so that each column's largest-magnitude entry is positive.
+
+    Singular vectors are unique only up to sign, and LAPACK's choice depends on the order of the
+    concatenated updates. TIES inside KnOTS elects signs in the aligned space and sends tied votes
+    to +, so without a fixed convention the merge would depend on the order the adapters are listed
+    in (and on the device's SVD).
+    """
+    rows = U.abs().argmax(dim=0)
+    signs = torch.sign(U[rows, torch.arange(U.shape[1], device=U.device)])
+    return torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
 def _merge_blocks(blocks: Sequence[torch.Tensor], weights: Sequence[float], args: MethodArgs) -> torch.Tensor:
     """The inner method on the aligned blocks, with the parameters of ours it takes."""
     inner = get_method(args["inner"])
@@ -52,6 +65,7 @@ def knots_factored(modules: Sequence[LoraModule], weights: Sequence[float], args
     concatenated = torch.cat(blocks_in_q, dim=1)
     U_core, S, _ = torch.linalg.svd(concatenated, full_matrices=False)
     U_core = U_core[:, : numerical_rank(S, tuple(concatenated.shape))]
+    U_core = U_core * _canonical_signs(Q_b @ U_core)
     task_blocks = [U_core.T @ block for block in blocks_in_q]  # Σ Vᵢᵀ, one (k × d_in) per task
     return Factored(Q_b @ U_core, _merge_blocks(task_blocks, weights, args))
 
@@ -60,6 +74,7 @@ def knots_dense(deltas: Sequence[torch.Tensor], weights: Sequence[float], args: 
     concatenated = torch.cat(list(deltas), dim=1)
     U, S, _ = torch.linalg.svd(concatenated, full_matrices=False)
     U = U[:, : numerical_rank(S, tuple(concatenated.shape))]
+    U = U * _canonical_signs(U)
     blocks = [U.T @ delta for delta in deltas]
     return U @ _merge_blocks(blocks, weights, args)
 
