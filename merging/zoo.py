@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 import torch
 
 from merging.evaluation import EvalSet, Evaluator, head_of
-from merging.lora import Adapter, load_adapter, staged_folder
+from merging.lora import Adapter, load_adapter
+from merging.staging import staged_folder
 
 Progress = Callable[[int, int, str], None]
 
@@ -183,7 +184,7 @@ def build_zoo(
 
     entries = []
     total = len(data) * len(settings.inits)
-    with staged_folder(out) as staging:
+    with staged_folder(out, overwrite=overwrite, markers=(MANIFEST,)) as staging:  # replaces only a zoo
         for index, (name, task) in enumerate(data.items()):
             for offset, init in enumerate(settings.inits):
                 step = index * len(settings.inits) + offset
