@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from merging.lora import load_adapter
 from merging.recipe import load_recipe
+from merging.staging import check_replaceable
 
 EXIT_BAD_INPUT = 2
 
@@ -49,6 +50,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
+    if args.overwrite:
+        check_replaceable(out)  # before the work: only a folder holding an adapter is ever replaced
     if recipe.osrm_posthoc:
         from merging.merge import merge_adapters
 
@@ -175,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="merge the adapters of a recipe into a PEFT folder")
     merge.add_argument("recipe", help="recipe file (JSON or YAML)")
     merge.add_argument("--out", required=True, help="output folder (written atomically)")
-    merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    merge.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing output folder (only one holding an adapter; swapped in when complete)",
+    )
     merge.add_argument("--per-module", action="store_true", help="include each module's rank and energy")
     merge.set_defaults(run=cmd_merge)
 

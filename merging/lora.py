@@ -162,16 +162,19 @@ def lora_scale(config: Mapping, module_name: str, rank: int) -> float:
 def _finite_number(value: object, where: str, field_name: str) -> float:
     """`value` as a float, or an AdapterError naming the field (bools and strings are not numbers)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise AdapterError(f"{where}: field '{field_name}' must be a number, got {value!r}")
-    number = float(value)  # a huge int (10**400) overflows here
+        raise AdapterError(f"{where}: field '{field_name}' must be a number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.inf
     if not math.isfinite(number):
-        raise AdapterError(f"{where}: field '{field_name}' must be a finite number, got {value!r}")
+        raise AdapterError(f"{where}: field '{field_name}' must be a finite number, got {_short(value)}")
     return number
 
 
 def _positive_int(value: object, where: str, field_name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise AdapterError(f"{where}: field '{field_name}' must be a whole number ≥ 1, got {value!r}")
+        raise AdapterError(f"{where}: field '{field_name}' must be a whole number ≥ 1, got {_short(value)}")
     return value
 
 
@@ -223,13 +226,14 @@ def read_config(folder: Path) -> dict:
         raise AdapterError(f"{folder}: not a folder")
     if not config_path.is_file():
         raise AdapterError(f"{folder}: missing {CONFIG_FILE}; is this a PEFT adapter folder?")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if not isinstance(config, dict):
         raise AdapterError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     return config
 
 
-def _read_json(path: Path) -> object:
+def read_json(path: Path) -> object:
+    """A small JSON side file (config, mergescope.json), or an AdapterError naming it."""
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise AdapterError(f"{path}: {path.stat().st_size} bytes; a JSON side file is at most {MAX_JSON_BYTES}")
@@ -417,16 +421,25 @@ def _checked_module(module_name: str, A: torch.Tensor, B: torch.Tensor, config: 
         scale = lora_scale(config, module_name, rank)
     except AdapterError as err:
         raise AdapterError(f"{where}: {err}") from None
-    # Cauchy–Schwarz: |ΔW_ij| ≤ |scale| · ‖B_i,:‖ · ‖A_:,j‖, without building ΔW.
-    bound = abs(scale) * float(torch.linalg.vector_norm(B.double(), dim=1).max()) * float(
-        torch.linalg.vector_norm(A.double(), dim=0).max()
-    )
+    bound = update_entry_bound(A, B, scale)
     if not math.isfinite(bound) or bound > MAX_UPDATE_ENTRY:
         raise AdapterError(
             f"{where}: module {module_name}: scale {scale:.3g} (lora_alpha / r) makes the update's entries up to "
             f"{bound:.3g}, beyond what float32 merges can hold ({MAX_UPDATE_ENTRY:.3g}); check 'lora_alpha'"
         )
     return LoraModule(A, B, scale)
+
+
+def update_entry_bound(A: torch.Tensor, B: torch.Tensor, scale: float) -> float:
+    """An upper bound on |ΔW_ij| for ΔW = scale·B·A, without building ΔW (in float64).
+
+    Cauchy–Schwarz: |ΔW_ij| = |scale|·|⟨B_i,:, A_:,j⟩| ≤ |scale| · max_i ‖B_i,:‖ · max_j ‖A_:,j‖.
+    """
+    if A.numel() == 0 or B.numel() == 0:
+        return 0.0
+    rows = float(torch.linalg.vector_norm(B.detach().double(), dim=1).max())
+    columns = float(torch.linalg.vector_norm(A.detach().double(), dim=0).max())
+    return abs(scale) * rows * columns
 
 
 def load_adapter(folder: str | os.PathLike, name: str | None = None) -> Adapter:
@@ -440,7 +453,7 @@ def load_adapter(folder: str | os.PathLike, name: str | None = None) -> Adapter:
     meta = None
     meta_path = folder / META_FILE
     if meta_path.is_file():
-        meta = check_meta(_read_json(meta_path), str(meta_path))
+        meta = check_meta(read_json(meta_path), str(meta_path))
     state = _read_tensors(folder)
     adapter = adapter_from_state(name or folder.name, state, config, where=str(folder))
     adapter.path = folder
@@ -608,6 +621,9 @@ def save_adapter(
     for key, tensor in state.items():
         if tensor.is_floating_point() and not _all_finite(tensor):
             raise AdapterError(f"refusing to write {folder}: tensor {key} contains NaN or Inf")
+    for module_name, module in adapter.modules.items():
+        if update_entry_bound(module.A, module.B, module.scale) > MAX_UPDATE_ENTRY:
+            raise AdapterError(f"refusing to write {folder}: module {module_name}'s update overflows float32")
     try:
         with staged_folder(folder, overwrite=overwrite) as staging:
             config = peft_config_for(adapter, template_config)

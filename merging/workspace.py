@@ -43,7 +43,11 @@ from merging.lora import (
     PICKLE_WEIGHTS_FILE,
     WEIGHTS_FILE,
     AdapterError,
+    check_lora_config,
+    check_meta,
     load_adapter,
+    read_config,
+    read_json,
 )
 from merging.staging import StagingError, clean_leftovers, move_into_place, staging_dir
 
@@ -521,6 +525,51 @@ def list_task_files(workspace: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Broken adapters: listed with their problem, so the user can remove them
+
+
+@dataclass(frozen=True)
+class BrokenAdapter:
+    name: str
+    path: Path
+    problem: str
+
+
+def adapter_folder_problem(path: str | os.PathLike) -> str | None:
+    """Why mergescope would refuse this adapter folder, from its small files only; None if nothing.
+
+    Checks the config and mergescope.json the way load_adapter does and that a weights file is
+    there; the tensors themselves are checked when the adapter is loaded (inspected or merged).
+    """
+    folder = Path(path)
+    try:
+        config = read_config(folder)
+        check_lora_config(config, str(folder / CONFIG_FILE))
+        if (folder / META_FILE).is_file():
+            check_meta(read_json(folder / META_FILE), str(folder / META_FILE))
+        if not (folder / WEIGHTS_FILE).is_file() and not (folder / PICKLE_WEIGHTS_FILE).is_file():
+            raise AdapterError(f"{folder}: missing {WEIGHTS_FILE}")
+    except AdapterError as err:
+        return str(err)
+    return None
+
+
+def broken_adapters(workspace: str | os.PathLike) -> list[BrokenAdapter]:
+    """The workspace's adapter folders that mergescope refuses, each with its one-line problem."""
+    folder = adapters_dir(workspace)
+    if not folder.is_dir():
+        return []
+    broken = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_dir():  # dot-folders: staging areas
+            continue
+        problem = adapter_folder_problem(path)
+        if problem:
+            broken.append(BrokenAdapter(path.name, path, problem))
+    return broken
 
 
 # ----------------------------------------------------------------------------------------------
