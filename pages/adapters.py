@@ -106,8 +106,8 @@ for entry in entries:
         {
             "Adapter": entry.name,
             "Source": entry.source,
-            "Task": entry.task or "—",
-            "Init": entry.init,
+            "Task": str(entry.task) if entry.task else "—",
+            "Init": str(entry.init),
             "Rank": info.get("rank"),
             "Target modules": info.get("target_modules"),
             "Single-task accuracy (%)": _percent(entry.single_task_accuracy),

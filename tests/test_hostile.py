@@ -607,17 +607,31 @@ def test_the_adapters_page_lists_a_broken_adapter_and_removes_it(app_test, tmp_p
 
 def test_every_page_stays_usable_with_a_broken_adapter_and_a_corrupt_run_store(app_test):
     workspace = Path(app_test.session_state["workspace"])
-    for name, damage in (("bad-alpha", "alpha"), ("bad-meta", "meta")):
+    damages = {
+        "bad-alpha": lambda folder: edit_config(folder, lora_alpha="sixteen"),
+        "meta-a-list": lambda folder: (folder / META_FILE).write_text("[1]"),
+        "meta-bad-fields": lambda folder: (folder / META_FILE).write_text('{"task": 5, "single_task_accuracy": "x"}'),
+        "rank-zero": lambda folder: edit_tensors(folder, _rank(0)),
+    }
+    for name, damage in damages.items():
         folder = adapters_dir(workspace) / name
         shutil.copytree(ZOO_ADAPTER, folder)
-        if damage == "alpha":
-            edit_config(folder, lora_alpha="sixteen")
-        else:
-            (folder / META_FILE).write_text('{"task": 5, "single_task_accuracy": "high"}')
+        damage(folder)
     (workspace / "runs.sqlite").write_bytes(b"garbage" * 200)
     for page in ("pages/merge.py", "pages/interference.py", "pages/sweep.py", "pages/adapters.py", "pages/runs.py"):
         at = app_test.switch_page(page).run()
         _no_exception(at)
+    at = app_test.switch_page("pages/adapters.py").run()
+    assert {b.name for b in broken_adapters(workspace)} == {"bad-alpha", "meta-a-list", "meta-bad-fields"}
+    for name in ("bad-alpha", "meta-a-list", "meta-bad-fields"):
+        assert at.button(key=f"adapters_remove:{name}")
+    # rank 0 shows only when the tensors are read: inspecting it says so and offers removal
+    at.selectbox(key="adapters_inspect").set_value("rank-zero").run()
+    _no_exception(at)
+    assert any("rank 0" in e.value for e in at.error)
+    at.button(key="adapters_remove_inspected").click().run()
+    _no_exception(at)
+    assert not (adapters_dir(workspace) / "rank-zero").exists()
     at = app_test.switch_page("pages/runs.py").run()
     assert any("runs.sqlite" in w.value and "not stored" in w.value for w in at.warning)
 
@@ -712,5 +726,6 @@ def test_fuzzed_adapter_folders_load_or_are_refused_with_a_message(tmp_path):
         for name, module in adapter.modules.items():
             assert math.isfinite(module.scale), (case, name)
             assert torch.isfinite(module.delta()).all(), (case, name)
+    print(outcomes)
     assert outcomes["loaded"] > 50 and outcomes["refused"] > 200, outcomes  # both paths were exercised
     assert time.perf_counter() - started < 60
