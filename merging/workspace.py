@@ -583,19 +583,21 @@ def describe_adapter_folder(path: str | os.PathLike) -> dict:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         return {"rank": None, "target_modules": None, "base_model": None, "problem": f"unreadable config ({err})"}
-    ranks = {config.get("r")} | set((config.get("rank_pattern") or {}).values())
-    ranks = sorted(r for r in ranks if isinstance(r, int))
+    patterns = config.get("rank_pattern")
+    values = [config.get("r")] + (list(patterns.values()) if isinstance(patterns, dict) else [])
+    ranks = sorted({r for r in values if isinstance(r, int) and not isinstance(r, bool)})
     rank = None if not ranks else str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}–{ranks[-1]}"
     targets = config.get("target_modules")
     if isinstance(targets, (list, tuple)):
         # merged adapters list full module names: show each kind once (query, value, ...)
         targets = ", ".join(sorted({str(t).rsplit(".", 1)[-1] for t in targets}))
+    base_model = config.get("base_model_name_or_path")
     return {
         "rank": rank,
-        "target_modules": targets,
-        "base_model": config.get("base_model_name_or_path"),
+        "target_modules": targets if isinstance(targets, str) or targets is None else str(targets),
+        "base_model": base_model if isinstance(base_model, str) else None,
         "modules_to_save": config.get("modules_to_save"),
     }
 

@@ -706,7 +706,7 @@ def test_fuzzed_adapter_folders_load_or_are_refused_with_a_message(tmp_path):
     folder = tmp_path / "fuzzed"
     outcomes = {"loaded": 0, "refused": 0}
     started = time.perf_counter()
-    cases = 1200
+    cases = 2000
     for case in range(cases):
         files = _mutate(rng, source)
         if folder.exists():
@@ -726,6 +726,5 @@ def test_fuzzed_adapter_folders_load_or_are_refused_with_a_message(tmp_path):
         for name, module in adapter.modules.items():
             assert math.isfinite(module.scale), (case, name)
             assert torch.isfinite(module.delta()).all(), (case, name)
-    print(outcomes)
     assert outcomes["loaded"] > 50 and outcomes["refused"] > 200, outcomes  # both paths were exercised
     assert time.perf_counter() - started < 60
