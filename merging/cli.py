@@ -114,8 +114,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_zoo_build(args: argparse.Namespace) -> int:
     from merging.merge import resolve_device
     from merging.tasks import DEFAULT_DEMO_TASKS
-    from merging.zoo import BuildSettings, build_zoo
+    from merging.zoo import MANIFEST, BuildSettings, build_zoo
 
+    if args.overwrite:
+        check_replaceable(Path(args.out), markers=(MANIFEST,))  # only a zoo is replaced, and not after training
     settings = BuildSettings(
         tasks=tuple(args.tasks or DEFAULT_DEMO_TASKS),
         inits=tuple(args.inits),
@@ -149,6 +151,8 @@ def cmd_zoo_rescore(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from merging.workspace import train_task_adapter
 
+    if args.overwrite:
+        check_replaceable(Path(args.out))  # refused now, not after the training
     trained = train_task_adapter(
         args.task,
         args.out,

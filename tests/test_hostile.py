@@ -46,7 +46,6 @@ from merging.workspace import (
     broken_adapters,
     clean_workspace,
     import_adapter_zip,
-    remove_adapter,
 )
 from tests.conftest import random_adapter
 
@@ -728,3 +727,16 @@ def test_fuzzed_adapter_folders_load_or_are_refused_with_a_message(tmp_path):
             assert torch.isfinite(module.delta()).all(), (case, name)
     assert outcomes["loaded"] > 50 and outcomes["refused"] > 200, outcomes  # both paths were exercised
     assert time.perf_counter() - started < 60
+
+
+@pytest.mark.parametrize("command", [["train", "sms_spam"], ["zoo", "build"]])
+def test_train_and_zoo_build_refuse_to_overwrite_an_unrelated_folder_before_any_work(tmp_path, capsys, command,
+                                                                                      monkeypatch):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.csv").write_text("text,label\n")
+    monkeypatch.setattr("merging.workspace.train_task_adapter", lambda *a, **k: pytest.fail("trained anyway"))
+    monkeypatch.setattr("merging.zoo.build_zoo", lambda *a, **k: pytest.fail("built anyway"))
+    line = one_line_error(capsys, *command, "--out", precious, "--overwrite")
+    assert "not a mergescope/PEFT output" in line
+    assert (precious / "data.csv").read_text() == "text,label\n"
