@@ -5,8 +5,12 @@ update is ΔW = scale · B · A with A of shape (r, d_in) and B of shape (d_out,
 the base model's own names (``bert.encoder.layer.0.attention.self.query``), without PEFT's
 ``base_model.model.`` prefix, so adapters saved by different PEFT versions line up.
 
-Everything that touches files lives here: loading refuses anything but plain LoRA, pickles and
-non-finite weights, and saving writes to a temporary folder that is renamed only when complete.
+Everything that touches adapter files lives here. Loading is the gate for untrusted folders: it
+refuses anything but plain LoRA, unsafe pickles, config fields that give no finite scale or a rank
+the factors do not have, malformed factors, non-finite weights, scales whose updates would overflow
+float32 in a merge, and a malformed mergescope.json — each with one AdapterError naming the file
+and the field or module (the CLI prints it as one line). Saving refuses non-finite tensors and
+builds the folder beside its target (merging.staging), swapping it in only when complete.
 """
 
 from __future__ import annotations
@@ -153,7 +157,7 @@ def lora_scale(config: Mapping, module_name: str, rank: int) -> float:
     if rank <= 0:
         raise AdapterError(f"module {module_name} has rank {rank}; a LoRA factor needs at least one row")
     alpha = _pattern_value(config.get("alpha_pattern") or {}, module_name, config.get("lora_alpha", 8))
-    alpha = _finite_number(alpha, "config", f"lora_alpha of {module_name}")
+    alpha = _finite_number(alpha, f"module {module_name}", "lora_alpha")
     if config.get("use_rslora"):
         return alpha / math.sqrt(rank)
     return alpha / rank
@@ -195,7 +199,7 @@ def check_lora_config(config: Mapping, where: str) -> None:
         if patterns is None:
             continue
         if not isinstance(patterns, dict):
-            raise AdapterError(f"{where}: field '{key}' must be an object of pattern → value, got {patterns!r}")
+            raise AdapterError(f"{where}: field '{key}' must be an object of pattern → value, got {_short(patterns)}")
         for pattern, value in patterns.items():
             try:
                 re.compile(rf"(.*\.)?({pattern})$")
