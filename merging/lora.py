@@ -517,14 +517,17 @@ def check_compatible(adapters: Iterable[Adapter]) -> Compatibility:
 
 
 def check_distinct(adapters: Sequence[Adapter]) -> None:
-    """Refuse the same adapter listed twice under two names: it would be merged with itself.
+    """Refuse the same adapter folder listed twice under two names: it would be merged with itself.
 
     Two adapters are the same when they have the same modules and, in every module, equal A and
-    equal scale·B (a copy saved by mergescope folds the scale into B). Comparing stops at the first
-    module that differs, so distinct adapters cost one small comparison per pair.
+    equal scale·B (a copy saved by mergescope folds the scale into B). Only adapters read from
+    folders are compared: that is where a recipe or a pick in the dashboard can list one twice by
+    mistake, while code may merge an in-memory adapter with itself on purpose (idempotence tests).
+    Comparing stops at the first module that differs: one small comparison per pair.
     """
-    for i, first in enumerate(adapters):
-        for second in adapters[i + 1:]:
+    from_folders = [a for a in adapters if a.path is not None]
+    for i, first in enumerate(from_folders):
+        for second in from_folders[i + 1:]:
             if first.modules.keys() != second.modules.keys():
                 continue
             if all(_same_update(first.modules[m], second.modules[m]) for m in first.modules):

@@ -270,6 +270,9 @@ def test_a_copy_with_its_scale_folded_into_B_is_still_the_same_adapter(tmp_path)
     with pytest.raises(AdapterError, match="same adapter"):
         check_compatible([original, saved])
     check_compatible([original, load_adapter(OTHER_ZOO_ADAPTER)])  # two different adapters pass
+    in_memory = random_adapter("a", {"layer.0.q": (6, 5)})
+    twin = random_adapter("b", {"layer.0.q": (6, 5)})  # same seed: same factors, built by code on purpose
+    check_compatible([in_memory, twin])
 
 
 def test_a_merge_whose_output_is_not_finite_is_refused_naming_the_module(tmp_path):
