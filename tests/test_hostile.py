@@ -597,8 +597,13 @@ def test_the_adapters_page_lists_a_broken_adapter_and_removes_it(app_test, tmp_p
     shutil.copytree(ZOO_ADAPTER, broken)
     (broken / META_FILE).write_text("[1]")
     assert [b.name for b in broken_adapters(workspace)] == ["broken-meta"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = adapters_dir(workspace) / f".spam.mergescope-staging-{dead.pid}-abc123"  # from a killed import
+    (leftover / "half").mkdir(parents=True)
     at = app_test.switch_page("pages/adapters.py").run()
     _no_exception(at)
+    assert not leftover.exists(), "the app cleans the workspace it opens"
     assert any("broken-meta" in e.value and "expected a JSON object" in e.value for e in at.error)
     at.button(key="adapters_remove:broken-meta").click().run()
     _no_exception(at)
