@@ -288,9 +288,9 @@ def check_meta(meta: object, where: str) -> dict:
         if wrong:
             raise AdapterError(f"{where}: field '{key}' must be {wanted}, got {_short(value)}")
     for key, value in (meta.get("data") or {}).items():
-        if key in ("train_size", "eval_size", "seed") and value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise AdapterError(f"{where}: field 'data.{key}' must be a whole number ≥ 0, got {_short(value)}")
+        counted = key in ("train_size", "eval_size", "seed") and value is not None
+        if counted and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise AdapterError(f"{where}: field 'data.{key}' must be a whole number ≥ 0, got {_short(value)}")
     return meta
 
 

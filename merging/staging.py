@@ -25,8 +25,8 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 # Files whose presence marks a folder as mergescope's or PEFT's output (replaceable by --overwrite).
 ADAPTER_MARKER = "adapter_config.json"

@@ -176,7 +176,7 @@ TENSOR_CASES = [
 
 @pytest.mark.parametrize("case", TENSOR_CASES, ids=[c[0] for c in TENSOR_CASES])
 def test_bad_factors_are_refused_naming_the_folder_and_module(adapter, capsys, case):
-    name, edit, words = case
+    _, edit, words = case
     if edit is None:
         edit_config(adapter, r=16)
     else:
@@ -440,9 +440,8 @@ def test_the_dashboard_cleans_the_workspace_it_opens(tmp_path):
 def test_staged_folder_refuses_before_any_work(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.csv").write_text("1")
-    with pytest.raises(StagingError, match="not a mergescope/PEFT output"):
-        with staged_folder(tmp_path / "data", overwrite=True):
-            raise AssertionError("the block must not run")
+    with pytest.raises(StagingError, match="not a mergescope/PEFT output"), staged_folder(tmp_path / "data", True):
+        raise AssertionError("the block must not run")
 
 
 # ----------------------------------------------------------------------------------------------
