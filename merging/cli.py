@@ -149,7 +149,7 @@ def cmd_zoo_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from merging.workspace import train_task_adapter
+    from merging.train_pipeline import train_task_adapter
 
     if args.overwrite:
         check_replaceable(Path(args.out))  # refused now, not after the training

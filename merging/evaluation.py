@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from merging.lora import Adapter, LoraModule
-
-Progress = Callable[[int, int, str], None]
+from merging.progress import Progress
 
 # A merge's first, quick look scores every PREVIEW_EVERY-th example of each class; the rest follow
 # and the two parts add up to the full evaluation, so the preview costs no extra forward passes.

@@ -18,13 +18,9 @@ import torch
 from merging.evaluation import EvalSet, EvaluationResult, Evaluator, evaluate_merge
 from merging.lora import Adapter
 from merging.merge import MergedAdapter, merge_adapters, resolve_device
+from merging.progress import Progress
+from merging.progress import phase_share as _phase
 from merging.recipe import Recipe
-
-Progress = Callable[[int, int, str], None]
-
-
-class Cancelled(Exception):
-    """Raised from a progress callback to stop long work; nothing half-done is kept."""
 
 
 def task_data_for(adapter: Adapter):
@@ -195,15 +191,3 @@ def _on_device(recipe: Recipe, device: torch.device) -> Recipe:
     from dataclasses import replace
 
     return replace(recipe, device=device.type) if recipe.device == "auto" else recipe
-
-
-def _phase(progress: Progress | None, phase: int, phases: int) -> Progress | None:
-    """Map one phase's progress (done/total) onto a share of the whole bar."""
-    if progress is None:
-        return None
-
-    def report(done: int, total: int, what: str) -> None:
-        fraction = (phase + (done / total if total else 1.0)) / phases
-        progress(int(fraction * 1000), 1000, what)
-
-    return report

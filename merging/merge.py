@@ -12,7 +12,7 @@ module's updates are in memory.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,8 @@ from merging.lora import (
     update_entry_bound,
 )
 from merging.methods import Factored, Method, MethodArgs, MethodError, get_method, svd_of_dense, svd_of_factors
+from merging.progress import Progress
 from merging.recipe import Recipe
-
-Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
 
 
 def resolve_device(choice: str = "auto") -> torch.device:

@@ -25,14 +25,13 @@ merging.lora.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from merging.lora import PEFT_PREFIX, Adapter, LoraModule
-
-Progress = Callable[[int, int, str], None]
+from merging.progress import Progress
 
 METHODS = ("osrm", "osrm-cov")
 

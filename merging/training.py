@@ -17,15 +17,14 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from merging.lora import Adapter, adapter_from_state, save_adapter
 from merging.models import head_name, set_num_labels
-
-Progress = Callable[[int, int, str], None]
+from merging.progress import Progress
 
 INITS = ("standard", "osrm", "osrm-cov")
 

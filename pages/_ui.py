@@ -20,8 +20,9 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from merging.lab import Cancelled, Lab
+from merging.lab import Lab
 from merging.lora import META_FILE, Adapter, AdapterError, load_adapter
+from merging.progress import Cancelled
 from merging.runs import RunStore
 from merging.workspace import clean_workspace
 from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo

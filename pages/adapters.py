@@ -7,6 +7,7 @@ import streamlit as st
 
 from merging import plots
 from merging.tasks import list_demo_tasks
+from merging.train_pipeline import default_other_tasks, is_task_file, resolve_task, train_task_adapter
 from merging.training import INITS
 from merging.workspace import (
     MAX_UNZIPPED_BYTES,
@@ -14,17 +15,13 @@ from merging.workspace import (
     WorkspaceError,
     broken_adapters,
     check_adapter_name,
-    default_other_tasks,
     describe_adapter_folder,
     import_adapter_folder,
     import_adapter_zip,
-    is_task_file,
     list_task_files,
     remove_adapter,
-    resolve_task,
     store_task_file,
     task_display_name,
-    train_task_adapter,
     unique_name,
 )
 from merging.zoo import DEMO_BASE_MODEL

@@ -407,10 +407,10 @@ BUILDERS = {
 
 
 def figure_functions() -> set[str]:
-    """Public functions of merging.plots whose return type is a Figure."""
+    """Public functions of the merging.plots package whose return type is a Figure."""
     names = set()
     for name, function in inspect.getmembers(plots, inspect.isfunction):
-        if name.startswith("_") or function.__module__ != plots.__name__:
+        if name.startswith("_") or not function.__module__.startswith(f"{plots.__name__}."):
             continue
         if typing.get_type_hints(function).get("return") is go.Figure:
             names.add(name)
@@ -424,6 +424,16 @@ def test_every_figure_function_is_explained_and_exercised():
     assert set(BUILDERS) == functions
     for name, line in HOW_TO_READ.items():
         assert line.strip() and "\n" not in line, name
+
+
+def test_each_figure_lives_in_its_page_module_with_its_caption_beside_it():
+    pages = {"merge", "interference", "sweep", "adapters", "runs"}
+    for name in figure_functions():
+        function = getattr(plots, name)
+        assert function.__module__.rsplit(".", 1)[-1] in pages, (name, function.__module__)
+        assert function.how_to_read == HOW_TO_READ[name], name
+        source = inspect.getsource(function)  # the decorator, hence the caption, is part of it
+        assert source.lstrip().startswith("@explained("), name
 
 
 def test_every_figure_function_takes_presentation_and_type_hints():

@@ -1,4 +1,5 @@
-"""Tests for merging.tasks: built-in demo tasks, splitting, and user CSV/JSONL files.
+"""Tests for merging.tasks: built-in demo tasks (tasks.demo), splitting (tasks.split), and user CSV/JSONL
+files (tasks.files).
 
 The demo-task tests read the real data packages. When one is missing they FAIL with the install
 command (scripts/install_data.sh installs them all; CI runs it), rather than skip, so a broken
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merging import tasks
-from merging.tasks import DataSourceMissing, TaskData, TaskError
+from merging.tasks import DataSourceMissing, TaskData, TaskError, demo, split
 
 ALL_DEMO_TASKS = [t.name for t in tasks.list_demo_tasks()]
 
@@ -133,7 +134,7 @@ def test_missing_pypi_package_fails_with_the_install_command(monkeypatch):
 
 
 def test_missing_fortunes_fail_with_the_apt_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(tasks, "_FORTUNE_DIRS", (tmp_path,))
+    monkeypatch.setattr(demo, "_FORTUNE_DIRS", (tmp_path,))
     tasks.load_demo_pool.cache_clear()
     try:
         with pytest.raises(DataSourceMissing, match="apt-get install -y fortunes fortunes-de"):
@@ -148,7 +149,7 @@ def test_missing_fortunes_fail_with_the_apt_command(monkeypatch, tmp_path):
 def test_tweet_topic_text_no_longer_contains_its_keywords():
     task = _load("tweet_topic", train_size=600, eval_size=60, seed=0)
     for text in task.train_texts + task.eval_texts:
-        topics, _ = tasks._topics_and_masked(text)
+        topics, _ = demo._topics_and_masked(text)
         assert not topics, f"topic keyword left in {text!r}"
 
 
@@ -171,9 +172,9 @@ def test_dedupe_ignores_case_and_drops_conflicting_labels():
 
 
 def test_balanced_quota_gives_small_classes_all_they_have():
-    assert tasks._balanced_quota({"a": 10, "b": 100, "c": 100}, 100) == {"a": 10, "b": 45, "c": 45}
-    assert tasks._balanced_quota({"a": 3, "b": 4}, 100) == {"a": 3, "b": 4}
-    assert sum(tasks._balanced_quota({"a": 50, "b": 50, "c": 50}, 100).values()) == 100
+    assert split._balanced_quota({"a": 10, "b": 100, "c": 100}, 100) == {"a": 10, "b": 45, "c": 45}
+    assert split._balanced_quota({"a": 3, "b": 4}, 100) == {"a": 3, "b": 4}
+    assert sum(split._balanced_quota({"a": 50, "b": 50, "c": 50}, 100).values()) == 100
 
 
 def test_eval_is_capped_at_half_the_smallest_class():

@@ -187,3 +187,52 @@ def test_demo_model_loads_offline_with_a_seeded_head():
     names = [name for name, _ in model.named_modules() if name.endswith((".query", ".value"))]
     assert names[0] == "bert.encoder.layer.0.attention.self.query" and len(names) == 12
     assert tokenizer("a short text", return_tensors="pt")["input_ids"].shape[0] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# train_and_score: the pipeline the zoo and the workspace share
+
+
+def _peft_accuracy(model, tokenizer, folder, texts, labels) -> float:
+    """Independent oracle: PEFT itself loads the saved folder onto a copy of the base model."""
+    import copy
+
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(folder)).eval()
+    with torch.no_grad():
+        hits = [int(peft_model(**tokenizer(t, return_tensors="pt")).logits.argmax(-1).item() == y)
+                for t, y in zip(texts, labels)]  # fmt: skip
+    return sum(hits) / len(hits)
+
+
+def test_train_and_score_scores_the_adapter_as_saved_and_records_the_task(tiny, tmp_path):
+    from merging.evaluation import EvalSet, Evaluator
+    from merging.tasks import TaskData
+    from merging.train_pipeline import TrainSettings, train_and_score
+
+    model, tokenizer = tiny
+    before = _snapshot(model)
+    eval_texts = ["good food", "bad plot", "great place", "awful music", "love the film", "hate the movie"]
+    eval_labels = [0, 1, 0, 1, 0, 1]
+    data = TaskData("sentiment", ("positive", "negative"), tuple(TEXTS), tuple(LABELS),
+                    tuple(eval_texts), tuple(eval_labels))  # fmt: skip
+    evaluator = Evaluator(model, tokenizer, [EvalSet("sentiment", list(data.labels), eval_texts, eval_labels)])
+    heard = []
+    scored = train_and_score(
+        model, tokenizer, data, tmp_path / "sentiment-standard", evaluator,
+        TrainSettings(rank=4, alpha=8, epochs=3, lr=1e-2, batch_size=4),
+        meta={"data": {"seed": 0}}, progress=lambda *a: heard.append(("train", *a)),
+        scoring=lambda *a: heard.append(("score", *a)),
+    )  # fmt: skip
+
+    assert scored.folder == tmp_path / "sentiment-standard" and scored.adapter.name == "sentiment-standard"
+    assert scored.accuracy == _peft_accuracy(model, tokenizer, scored.folder, eval_texts, eval_labels)
+    meta = json.loads((scored.folder / META_FILE).read_text())
+    assert (meta["task"], meta["labels"], meta["init"], meta["data"]) == (
+        "sentiment", ["positive", "negative"], "standard", {"seed": 0})
+    # training reports each of its 3 epochs × 3 batches, then scoring is announced once, last
+    assert [h[0] for h in heard] == ["train"] * 9 + ["score"]
+    assert heard[-1] == ("score", 0, 1, "scoring the saved adapter")
+    assert len(scored.training.losses) == 9
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

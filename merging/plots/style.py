@@ -1,0 +1,175 @@
+"""The look every mergescope figure shares, and the line under each chart that says how to read it.
+
+Colours come from the Okabe–Ito palette, which stays distinguishable under the common colour-vision
+deficiencies: base = grey, single adapter = blue, merged = orange, majority-class baseline = black.
+Standard LoRA vs OSRM initialisation: solid vs dashed lines (and circle vs square markers), so the two
+can be told apart without colour. ``presentation=True`` enlarges fonts, markers and lines for a talk
+(one helper, ``_style``, applied last).
+
+Each public figure function is decorated with :func:`explained`, which keeps its how-to-read line
+right above it and collects it into :data:`HOW_TO_READ` (figure name → line), the map the dashboard
+looks up to caption a chart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+# Okabe & Ito (2008), "Color Universal Design": safe for protan/deutan/tritan viewers.
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "bluish_green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish_purple": "#CC79A7",
+    "grey": "#999999",
+}
+
+ROLE_COLOURS: dict[str, str] = {
+    "base": OKABE_ITO["grey"],
+    "single": OKABE_ITO["blue"],
+    "merged": OKABE_ITO["orange"],
+    "majority": OKABE_ITO["black"],
+    "average": OKABE_ITO["black"],
+    "gain": OKABE_ITO["bluish_green"],
+    "loss": OKABE_ITO["vermillion"],
+}
+
+# Dash + marker symbol carry the init on their own; the colour is used where init is the only series.
+INIT_STYLES: dict[str, dict[str, str]] = {
+    "standard": {"color": OKABE_ITO["blue"], "dash": "solid", "symbol": "circle"},
+    "osrm": {"color": OKABE_ITO["vermillion"], "dash": "dash", "symbol": "square"},
+    "osrm-cov": {"color": OKABE_ITO["reddish_purple"], "dash": "dot", "symbol": "diamond"},
+}
+_OTHER_INIT_DASHES = ["dashdot", "longdash", "longdashdot"]
+
+# Series colours (adapters, tasks, runs) in a fixed order; grey and black are kept for roles.
+PALETTE: list[str] = [
+    OKABE_ITO["blue"],
+    OKABE_ITO["orange"],
+    OKABE_ITO["bluish_green"],
+    OKABE_ITO["vermillion"],
+    OKABE_ITO["reddish_purple"],
+    OKABE_ITO["sky_blue"],
+    OKABE_ITO["yellow"],
+]
+
+# A second cue besides colour for series that are told apart only by colour (bars, markers).
+_PATTERNS = ["", "/", ".", "x", "\\", "+", "-", "|"]
+_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star", "cross", "triangle-down"]
+
+# Sequential scale for [0, 1] quantities: perceptually uniform and colour-blind safe.
+SEQUENTIAL = "Viridis"
+# Diverging scale (ColorBrewer RdBu, colour-blind safe) for signed quantities.
+DIVERGING = "RdBu"
+
+FONT_SIZE = {False: 13, True: 20}
+_TITLE_EXTRA = 5
+_MARKER_SCALE = 1.7
+_LINE_SCALE = 1.8
+
+
+def _style(
+    fig: go.Figure,
+    title: str,
+    presentation: bool,
+    x_title: str | None = None,
+    y_title: str | None = None,
+    height: int | None = None,
+) -> go.Figure:
+    """Title, axis titles, template and font sizes in one place, so every chart looks alike.
+
+    ``presentation`` scales fonts, markers and lines up (a projector at the back of a room); it is
+    applied last, after the traces exist, so each chart only states its normal sizes.
+    """
+    size = FONT_SIZE[bool(presentation)]
+    fig.update_layout(
+        template="plotly_white",
+        title={"text": title, "font": {"size": size + _TITLE_EXTRA}, "x": 0.0, "xanchor": "left"},
+        font={"size": size},
+        hoverlabel={"font": {"size": size}},
+        legend={"font": {"size": size}},
+        margin={"t": 60 + 3 * size},
+    )
+    if height is not None:
+        fig.update_layout(height=int(height * (1.3 if presentation else 1.0)))
+    if x_title is not None:
+        fig.update_xaxes(title_text=x_title)
+    if y_title is not None:
+        fig.update_yaxes(title_text=y_title)
+    # Subplot titles are annotations with their own font.
+    for annotation in fig.layout.annotations or ():
+        annotation.font = {"size": size}
+    if presentation:
+        for trace in fig.data:
+            _enlarge(trace)
+    return fig
+
+
+def _enlarge(trace: Any) -> None:
+    """Presentation mode for one trace: bigger markers, thicker lines, bigger in-cell text."""
+    kind = trace.type
+    if kind == "scatter":
+        mode = trace.mode or "lines+markers"
+        if "markers" in mode:
+            # A "line-ew" dash is sized to span a bar group; widen its stroke, not its length.
+            if not str(trace.marker.symbol or "").startswith("line"):
+                size = trace.marker.size if isinstance(trace.marker.size, (int, float)) else 6
+                trace.marker.size = size * _MARKER_SCALE
+            if trace.marker.line is not None and trace.marker.line.width:
+                trace.marker.line.width = trace.marker.line.width * _LINE_SCALE
+        if "lines" in mode and (trace.line.width is None or trace.line.width > 0):
+            trace.line.width = (trace.line.width or 2) * _LINE_SCALE
+    if kind in ("bar", "heatmap", "scatter"):
+        trace.textfont = {"size": FONT_SIZE[True]}
+
+
+def _no_data(fig: go.Figure, message: str) -> go.Figure:
+    """An empty chart still says why it is empty instead of showing blank axes."""
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def _accuracy_axis(fig: go.Figure, **kwargs: Any) -> None:
+    """Accuracies are fractions; show percent ticks on a fixed 0–100% range so runs compare."""
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.08], **kwargs)
+
+
+def _heatmap_axes(fig: go.Figure, row: int | None = None, col: int | None = None) -> None:
+    """Matrix layout: first row at the top, square-ish cells, categorical ticks."""
+    fig.update_yaxes(autorange="reversed", type="category", row=row, col=col)
+    fig.update_xaxes(type="category", side="bottom", row=row, col=col)
+
+
+def _init_style(init: str, index: int) -> dict[str, str]:
+    if init in INIT_STYLES:
+        return INIT_STYLES[init]
+    return {
+        "color": PALETTE[index % len(PALETTE)],
+        "dash": _OTHER_INIT_DASHES[index % len(_OTHER_INIT_DASHES)],
+        "symbol": _SYMBOLS[(index + 3) % len(_SYMBOLS)],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# How to read each figure
+
+HOW_TO_READ: dict[str, str] = {}  # figure function name → the one line the UI shows under the chart
+
+
+def explained(how_to_read: str):
+    """Decorator: keep a figure's how-to-read line next to its function and list it in HOW_TO_READ."""
+
+    def register(function):
+        HOW_TO_READ[function.__name__] = how_to_read
+        function.how_to_read = how_to_read
+        return function
+
+    return register

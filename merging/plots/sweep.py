@@ -1,0 +1,166 @@
+"""Figures of the Sweep page (and of a stored sweep on the Runs page): merged accuracy as the merge
+coefficients λ grow, per task and on average, and the average over a grid of (λ₁, λ₂).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import plotly.graph_objects as go
+
+from merging.plots.style import (
+    PALETTE,
+    ROLE_COLOURS,
+    SEQUENTIAL,
+    _accuracy_axis,
+    _init_style,
+    _no_data,
+    _style,
+    explained,
+)
+from merging.plots.values import (
+    _finite,
+    _matrix,
+    _results_tasks,
+    _values,
+)
+
+
+def sweep_points(sweep: Iterable[tuple[Sequence[float], Any]], init: str = "standard") -> list[dict]:
+    """Long-format rows for ``sweep_curves`` from ``Lab.sweep`` output ``[(weights, EvaluationResult), ...]``.
+
+    λ is the first weight (a uniform sweep uses λ·[1, …, 1]). Results may be EvaluationResult objects
+    or their ``to_dict()``. Tasks without a merged score are left out.
+    """
+    points = []
+    for weights, result in sweep:
+        data = result.to_dict() if hasattr(result, "to_dict") else result
+        lam = float(list(weights)[0])
+        for task, scores in _results_tasks(data).items():
+            merged = _finite(scores.get("merged"))
+            if merged is not None:
+                points.append({"lambda": lam, "init": init, "task": task, "merged": merged})
+    return points
+
+
+def _records(points: Any) -> list[dict]:
+    """A pandas DataFrame (duck-typed) or an iterable of mappings, as a list of dicts."""
+    if hasattr(points, "to_dict") and hasattr(points, "columns"):
+        return points.to_dict("records")
+    return [dict(p) for p in points]
+
+
+@explained(
+    "Merged accuracy per task (colour) as the merge coefficient λ grows; solid = standard LoRA, "
+    "dashed = OSRM initialisation; the thick black line is the average over tasks."
+)
+def sweep_curves(
+    points: Any,
+    title: str = "Merged accuracy over the merge coefficient λ",
+    x_title: str = "λ (merge coefficient, same for every adapter; unitless)",
+    presentation: bool = False,
+) -> go.Figure:
+    """Merged accuracy per task over λ, standard vs OSRM overlaid.
+
+    ``points``: a list of dicts or a DataFrame in long format, one row per (λ, init, task), columns
+    ``lambda`` (float), ``init`` (``"standard"``, ``"osrm"``, ``"osrm-cov"``, or any label), ``task``
+    (str) and ``merged`` (accuracy fraction). ``sweep_points`` builds it from ``Lab.sweep``. Rows with
+    task ``"average"`` are used as given; otherwise the average over tasks is computed per (init, λ).
+
+    Colour = task (the average is thick black), dash and marker = init (solid circle = standard,
+    dashed square = OSRM), so both are readable without colour.
+    """
+    rows = [
+        r for r in _records(points)
+        if _finite(r.get("merged")) is not None and _finite(r.get("lambda")) is not None
+    ]
+    fig = go.Figure()
+    if not rows:
+        return _style(_no_data(fig, "no sweep points"), title, presentation)
+    inits = list(dict.fromkeys(str(r.get("init", "standard")) for r in rows))
+    tasks = list(dict.fromkeys(str(r["task"]) for r in rows if str(r["task"]) != "average"))
+    series: dict[tuple[str, str], dict[float, float]] = {}
+    for r in rows:
+        series.setdefault((str(r["task"]), str(r.get("init", "standard"))), {})[float(r["lambda"])] = float(r["merged"])
+    for init in inits:
+        if ("average", init) in series:
+            continue
+        sums: dict[float, list[float]] = {}
+        for task in tasks:
+            for lam, value in series.get((task, init), {}).items():
+                sums.setdefault(lam, []).append(value)
+        if sums:
+            series[("average", init)] = {lam: sum(v) / len(v) for lam, v in sums.items()}
+
+    for t_index, task in enumerate(tasks + ["average"]):
+        colour = ROLE_COLOURS["average"] if task == "average" else PALETTE[t_index % len(PALETTE)]
+        for i_index, init in enumerate(inits):
+            values = series.get((task, init))
+            if not values:
+                continue
+            style = _init_style(init, i_index)
+            lambdas = sorted(values)
+            fig.add_trace(
+                go.Scatter(
+                    name=f"{task} · {init}", legendgroup=task,
+                    x=lambdas, y=[values[lam] for lam in lambdas], mode="lines+markers",
+                    line={"color": colour, "dash": style["dash"], "width": 4 if task == "average" else 2},
+                    marker={"color": colour, "symbol": style["symbol"], "size": 7},
+                    hovertemplate=f"{task} ({init})<br>λ = %{{x:g}}<br>merged accuracy: %{{y:.2%}}<extra></extra>",
+                )
+            )
+    _accuracy_axis(fig)
+    return _style(fig, title, presentation, x_title=x_title, y_title="Merged accuracy (%)")
+
+
+@explained(
+    "Average merged accuracy for each pair of coefficients (λ₁ rows, λ₂ columns); "
+    "brighter is better and the star marks the best pair."
+)
+def lambda_heatmap(
+    lambdas1: Sequence[float],
+    lambdas2: Sequence[float],
+    grid: Any,
+    names: Sequence[str] = ("adapter 1", "adapter 2"),
+    title: str = "Average merged accuracy over (λ₁, λ₂)",
+    presentation: bool = False,
+) -> go.Figure:
+    """λ₁ × λ₂ heatmap of average merged accuracy: ``grid[i][j]`` is the value at λ₁ = lambdas1[i] (rows)
+    and λ₂ = lambdas2[j] (columns); ``names`` are the two adapters the coefficients weigh.
+
+    The colour range is fitted to the data (differences between λ pairs are often a few points, which a
+    fixed 0–100% range would hide); the values are written in the cells and a star marks the best pair.
+    """
+    z = _matrix(grid)
+    x = [float(v) for v in _values(lambdas2)]
+    y = [float(v) for v in _values(lambdas1)]
+    finite = [(v, i, j) for i, row in enumerate(z) for j, v in enumerate(row) if v is not None]
+    fig = go.Figure()
+    if not finite:
+        return _style(_no_data(fig, "no sweep results"), title, presentation)
+    low, high = min(v for v, _, _ in finite), max(v for v, _, _ in finite)
+    if high - low < 1e-9:  # a flat grid still needs a non-empty colour range
+        low, high = low - 0.01, high + 0.01
+    fig.add_trace(
+        go.Heatmap(
+            z=z, x=x, y=y, zmin=low, zmax=high, colorscale=SEQUENTIAL,
+            texttemplate="%{z:.1%}",
+            colorbar={"title": {"text": "avg accuracy"}, "tickformat": ".0%"},
+            hovertemplate=f"λ₁ ({names[0]}) = %{{y:g}}<br>λ₂ ({names[1]}) = %{{x:g}}"
+            "<br>average accuracy: %{z:.2%}<extra></extra>",
+        )
+    )
+    best, bi, bj = max(finite)
+    fig.add_trace(
+        go.Scatter(
+            name="best", x=[x[bj]], y=[y[bi]], mode="markers",
+            marker={"symbol": "star", "size": 18, "color": "white", "line": {"color": "black", "width": 1.5}},
+            hovertemplate=f"best: %{{y:g}}, %{{x:g}} → {best:.2%}<extra></extra>",
+            showlegend=False,
+        )
+    )
+    # Categorical axes: every tested λ gets its own equal-width cell even when the grid is uneven.
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    return _style(fig, title, presentation, x_title=f"λ₂ — coefficient of {names[1]} (unitless)",
+                  y_title=f"λ₁ — coefficient of {names[0]} (unitless)")

@@ -1,0 +1,65 @@
+"""The library's JSON-ready numbers as plottable values: tensors as lists, NaN/±inf as gaps, layer
+keys as labels in block order, long module names shortened for tick labels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+
+def _values(data: Any) -> Any:
+    """Tensors and arrays as nested lists (duck-typed: no torch/numpy import needed here)."""
+    if hasattr(data, "tolist"):
+        return data.tolist()
+    return data
+
+
+def _finite(value: Any) -> float | None:
+    """A float, or None for missing / NaN / ±inf (JSON from the library already writes those as null)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _matrix(data: Any) -> list[list[float | None]]:
+    rows = _values(data)
+    return [[_finite(v) for v in _values(row)] for row in rows]
+
+
+def _layer_label(key: Any) -> str:
+    """Layer keys arrive as ints (``layer_means``), strings (JSON) or None: one label each."""
+    if key is None or key == "other":
+        return "other"
+    return str(int(key)) if str(key).lstrip("-").isdigit() else str(key)
+
+
+def _layer_order(label: str) -> tuple[int, float | str]:
+    """Blocks in numeric order, then anything else (e.g. 'other')."""
+    return (0, int(label)) if label.lstrip("-").isdigit() else (1, label)
+
+
+def _short_names(names: Sequence[str]) -> list[str]:
+    """Drop the dotted prefix that all names share (``base_model.model.encoder.``), for tick labels."""
+    if len(names) < 2:
+        return [n.split(".")[-1] if n.count(".") > 3 else n for n in names]
+    parts = [n.split(".") for n in names]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return [".".join(p[common:]) for p in parts]
+
+
+def _results_tasks(results: Mapping) -> dict[str, Mapping]:
+    tasks = results.get("tasks") if isinstance(results, Mapping) else None
+    if tasks is None:
+        raise ValueError("expected EvaluationResult.to_dict(): a mapping with a 'tasks' entry")
+    return dict(tasks)
+
+
+def _percent_text(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value * 100:.{digits}f}%"

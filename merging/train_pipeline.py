@@ -1,0 +1,339 @@
+"""Train one LoRA adapter on one task, save it, load it back and score it: the one pipeline behind
+the demo zoo (`python -m merging zoo build`), the Adapters page and `python -m merging train`.
+
+:func:`train_and_score` is the shared core: train → save → reload → score. The accuracy it returns
+is measured on the adapter *as written to disk* (reloaded through :func:`merging.lora.load_adapter`),
+never on the in-memory result, so `python -m merging evaluate` on the saved folder reproduces it
+exactly. Callers decide where the folder is staged and when it moves into place: the zoo stages a
+whole zoo at once, the workspace one adapter folder at a time. :func:`task_input_features` is the
+other shared step: the base model's inputs over each task's texts, from which OSRM sets A.
+
+:func:`train_task_adapter` wraps it for one task given by name or file (:func:`resolve_task`): it
+loads the base model, collects OSRM's input features when asked, records the split and the
+accuracy in mergescope.json and moves the folder into the workspace only when it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from merging.evaluation import Evaluator, head_of
+from merging.lora import META_FILE, Adapter, load_adapter
+from merging.progress import Progress, weighted_phases
+from merging.tasks import TaskData
+from merging.training import TrainResult, save_trained, train_lora
+from merging.workspace import (
+    WorkspaceError,
+    _move_into_place,
+    _staging,
+    check_adapter_name,
+    task_display_name,
+)
+
+# ----------------------------------------------------------------------------------------------
+# The shared core: train → save → reload → score
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The LoRA and optimiser settings of one training run (train_lora's defaults)."""
+
+    rank: int = 8
+    alpha: float = 16
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 16
+    max_length: int = 48
+    target_modules: tuple[str, ...] = ("query", "value")
+    seed: int = 0
+    freeze_A: bool = False
+
+
+@dataclass(frozen=True)
+class ScoredAdapter:
+    """An adapter as saved and loaded back, with its accuracy on its task's evaluation split."""
+
+    adapter: Adapter
+    folder: Path
+    accuracy: float
+    training: TrainResult
+
+
+def train_and_score(
+    model: torch.nn.Module,
+    tokenizer,
+    data: TaskData,
+    folder: str | os.PathLike,
+    evaluator: Evaluator,
+    settings: TrainSettings,
+    *,
+    init: str = "standard",
+    osrm_A: Mapping[str, torch.Tensor] | None = None,
+    meta: Mapping | None = None,
+    device: torch.device | str | None = None,
+    base_model: str | None = None,
+    progress: Progress | None = None,
+    scoring: Progress | None = None,
+) -> ScoredAdapter:
+    """Train an adapter on `data`, save it to `folder` (named after it), reload it and score it.
+
+    `evaluator` must hold `data`'s evaluation set under ``data.name``; the score uses the reloaded
+    adapter's own head. `meta` goes into mergescope.json beside the task, labels and init.
+    `progress` follows training; `scoring` hears once that training is over and scoring begins.
+    The base model is left as it was (training works on a copy, scoring restores the weights).
+    """
+    folder = Path(folder)
+    result = train_lora(
+        model,
+        tokenizer,
+        data.train_texts,
+        data.train_labels,
+        rank=settings.rank,
+        alpha=settings.alpha,
+        target_modules=settings.target_modules,
+        init=init,
+        osrm_A=osrm_A,
+        freeze_A=settings.freeze_A,
+        epochs=settings.epochs,
+        lr=settings.lr,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        seed=settings.seed,
+        num_labels=data.num_labels,
+        device=device,
+        base_model=base_model,
+        progress=progress,
+    )
+    if scoring:
+        scoring(0, 1, "scoring the saved adapter")
+    saved_folder = save_trained(result, folder, data.name, data.labels, init, meta)
+    saved = load_adapter(saved_folder, name=folder.name)  # score what was written, not what is in memory
+    accuracy = evaluator.accuracy(data.name, head_of(saved, evaluator.head_name), saved.modules)
+    return ScoredAdapter(saved, saved_folder, accuracy, result)
+
+
+def task_input_features(
+    model: torch.nn.Module,
+    tokenizer,
+    tasks: Sequence[TaskData],
+    settings: TrainSettings,
+    *,
+    samples: int,
+    covariance: bool = False,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, dict]:
+    """The base model's inputs at the target modules over each task's first `samples` training texts:
+    what OSRM's initialisation (merging.osrm.osrm_A_for_task) reads, by task name."""
+    from merging.osrm import collect_input_features
+
+    features = {}
+    for index, task in enumerate(tasks):
+        if progress:
+            progress(index, len(tasks), f"input features of {task.name}")
+        features[task.name] = collect_input_features(
+            model,
+            tokenizer,
+            task.train_texts[:samples],
+            target_modules=settings.target_modules,
+            max_length=settings.max_length,
+            device=device,
+            covariance=covariance,
+        )
+    return features
+
+
+# ----------------------------------------------------------------------------------------------
+# Which task: a demo task's name or a user's task file
+
+
+def is_task_file(spec: str | os.PathLike) -> bool:
+    from merging.tasks import SUPPORTED_SUFFIXES
+
+    path = Path(spec)
+    return path.suffix.lower() in SUPPORTED_SUFFIXES or path.is_file()
+
+
+def resolve_task(
+    spec: str | os.PathLike,
+    train_size: int | None = 1000,
+    eval_size: int = 200,
+    seed: int = 0,
+    name: str | None = None,
+):
+    """(TaskData, task file path or None) for a demo task name or a CSV/JSONL file."""
+    from merging.tasks import TaskError, load_demo_task, load_task_file
+
+    if is_task_file(spec):
+        path = Path(spec).expanduser().resolve()
+        task_name = name or task_display_name(path)
+        known = {t.name for t in _demo_tasks()}
+        if task_name in known:
+            raise TaskError(
+                f"{path.name}: the task name {task_name!r} is a built-in demo task's; rename the file "
+                "(or give the task another name) so the two are never mixed up"
+            )
+        return load_task_file(path, train_size=train_size, eval_size=eval_size, seed=seed, name=task_name), str(path)
+    return load_demo_task(str(spec), train_size=train_size, eval_size=eval_size, seed=seed), None
+
+
+def _demo_tasks():
+    from merging.tasks import list_demo_tasks
+
+    return list_demo_tasks()
+
+
+def default_other_tasks(task: str, candidates: Sequence[str] | None = None) -> list[str]:
+    """The tasks OSRM keeps a new adapter away from by default: the other (available) demo tasks."""
+    from merging.tasks import DEFAULT_DEMO_TASKS
+
+    available = {t.name for t in _demo_tasks() if t.available}
+    pool = list(candidates) if candidates is not None else list(DEFAULT_DEMO_TASKS)
+    return [t for t in pool if t != task and (t in available or is_task_file(t))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Train one adapter on one task into a folder (the Adapters page and `python -m merging train`)
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    folder: Path
+    task: str
+    init: str
+    single_task_accuracy: float
+    majority_baseline: float
+    final_loss: float | None
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "out": str(self.folder),
+            "task": self.task,
+            "init": self.init,
+            "single_task_accuracy": self.single_task_accuracy,
+            "majority_baseline": self.majority_baseline,
+            "seconds": round(self.seconds, 2),
+            "final_loss": self.final_loss,
+        }
+
+
+def train_task_adapter(
+    task: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    init: str = "standard",
+    other_tasks: Sequence[str] | None = None,
+    task_name: str | None = None,
+    base_model: str | None = None,
+    rank: int = 8,
+    alpha: float = 16,
+    epochs: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    max_length: int = 48,
+    target_modules: Sequence[str] = ("query", "value"),
+    train_size: int | None = 1000,
+    eval_size: int = 200,
+    seed: int = 0,
+    osrm_samples: int = 100,
+    freeze_A: bool = False,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> TrainedAdapter:
+    """Train one LoRA adapter on `task` (a demo task name or a CSV/JSONL file) and save it to `out`.
+
+    ``init="osrm"`` / ``"osrm-cov"`` set A from the base model's input features of `other_tasks`
+    (demo task names or task files; None = the other available demo tasks) so the adapter stays away
+    from those tasks' inputs. The saved adapter is loaded back and scored on the task's evaluation
+    split; mergescope.json records the task, labels, init, base model, the split (``data``), the task
+    file (``task_file``, for user tasks) and ``single_task_accuracy``. The folder appears only when
+    complete: a failure or a cancel (an exception from `progress`) leaves nothing behind.
+    """
+    from merging.evaluation import EvalSet
+    from merging.merge import resolve_device
+    from merging.models import load_base_model
+    from merging.osrm import osrm_A_for_task
+    from merging.training import INITS
+    from merging.zoo import DEMO_BASE_MODEL, base_model_dir
+
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    out = Path(out).expanduser()
+    check_adapter_name(out.name)
+    if out.exists() and not overwrite:
+        raise WorkspaceError(f"{out} already exists; choose another name or allow overwriting")
+    base_model = base_model or DEMO_BASE_MODEL
+    device = resolve_device(device)
+    split = {"train_size": train_size, "eval_size": eval_size, "seed": seed}
+    phase = weighted_phases(progress, {"load": 1, "features": 2 if init != "standard" else 0, "train": 10, "score": 1})
+
+    phase("load")(0, 1, "loading the task and the base model")
+    data, task_file = resolve_task(task, name=task_name, **split)
+    others: list[tuple] = []
+    if init != "standard":
+        specs = default_other_tasks(data.name) if other_tasks is None else list(other_tasks)
+        for spec in dict.fromkeys(str(s) for s in specs):
+            other, other_file = resolve_task(spec, **split)
+            if other.name != data.name:
+                others.append((other, other_file or other.name))
+        if not others:
+            raise WorkspaceError(
+                f"init {init} needs at least one other task: the tasks this adapter must not disturb"
+            )
+    model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=data.num_labels, device=device)
+    settings = TrainSettings(
+        rank=rank, alpha=alpha, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+        target_modules=tuple(target_modules), seed=seed, freeze_A=freeze_A,
+    )  # fmt: skip
+
+    osrm_A = None
+    if others:
+        features = task_input_features(
+            model, tokenizer, [data] + [other for other, _ in others], settings, samples=osrm_samples,
+            covariance=init == "osrm-cov", device=device, progress=phase("features"),
+        )  # fmt: skip
+        osrm_A = osrm_A_for_task(features, data.name, rank, method=init)
+    eval_set = EvalSet(data.name, list(data.labels), list(data.eval_texts), list(data.eval_labels))
+    evaluator = Evaluator(model, tokenizer, [eval_set], device=device, max_length=max_length)
+    meta = {"data": {**split, "max_length": max_length}}
+    if task_file:
+        meta["task_file"] = task_file
+    if others:
+        meta["other_tasks"] = [label for _, label in others]
+        meta["osrm_samples"] = osrm_samples
+    score = phase("score")
+    with _staging(out.parent) as staging:
+        scored = train_and_score(
+            model, tokenizer, data, staging / out.name, evaluator, settings,
+            init=init, osrm_A=osrm_A, meta=meta, device=device, base_model=base_model,
+            progress=phase("train"), scoring=score,
+        )  # fmt: skip
+        saved = scored.adapter
+        saved.meta["single_task_accuracy"] = scored.accuracy
+        saved.meta["majority_baseline"] = eval_set.majority_baseline
+        saved.meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (scored.folder / META_FILE).write_text(json.dumps(saved.meta, indent=2), encoding="utf-8")
+        score(1, 1, "saving")
+        _move_into_place(scored.folder, out, overwrite)
+    score(1, 1, "done")
+    result = scored.training
+    return TrainedAdapter(
+        folder=out,
+        task=data.name,
+        init=init,
+        single_task_accuracy=scored.accuracy,
+        majority_baseline=eval_set.majority_baseline,
+        final_loss=result.losses[-1] if result.losses else None,
+        seconds=result.seconds,
+        losses=list(result.losses),
+    )
