@@ -742,7 +742,7 @@ def test_train_and_zoo_build_refuse_to_overwrite_an_unrelated_folder_before_any_
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "data.csv").write_text("text,label\n")
-    monkeypatch.setattr("merging.workspace.train_task_adapter", lambda *a, **k: pytest.fail("trained anyway"))
+    monkeypatch.setattr("merging.train_pipeline.train_task_adapter", lambda *a, **k: pytest.fail("trained anyway"))
     monkeypatch.setattr("merging.zoo.build_zoo", lambda *a, **k: pytest.fail("built anyway"))
     line = one_line_error(capsys, *command, "--out", precious, "--overwrite")
     assert "not a mergescope/PEFT output" in line
