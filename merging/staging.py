@@ -112,6 +112,8 @@ def clean_leftovers(parent: str | os.PathLike) -> list[str]:
         original = parent / match["name"]
         with contextlib.suppress(OSError):
             if match["kind"] == "old" and not original.exists() and not original.is_symlink():
+                if len(match["name"]) >= _MAX_NAME:  # the name was cut short: keep it for the user
+                    continue
                 os.replace(child, original)  # killed between the two renames of a swap: undo it
                 done.append(f"restored {original} from an interrupted replace")
                 continue
@@ -127,9 +129,11 @@ def clean_leftovers(parent: str | os.PathLike) -> list[str]:
 # Staging and the swap
 
 
+_MAX_NAME = 150  # of the target's name kept in a hidden name, so the whole stays under 255 bytes
+
+
 def _hidden_name(target: Path, kind: str) -> str:
-    # keep the whole name under the common 255-byte limit
-    return f".{target.name[:150]}.{_TAG}-{kind}-{os.getpid()}-"
+    return f".{target.name[:_MAX_NAME]}.{_TAG}-{kind}-{os.getpid()}-"
 
 
 @contextlib.contextmanager

@@ -747,3 +747,21 @@ def test_train_and_zoo_build_refuse_to_overwrite_an_unrelated_folder_before_any_
     line = one_line_error(capsys, *command, "--out", precious, "--overwrite")
     assert "not a mergescope/PEFT output" in line
     assert (precious / "data.csv").read_text() == "text,label\n"
+
+
+def test_a_zoo_is_replaced_only_by_a_zoo_build(tmp_path):
+    """staged_folder's markers: the zoo builder replaces a folder holding manifest.json, nothing else."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "manifest.json").write_text("{}")
+    (zoo / "old-adapter").mkdir()
+    with staged_folder(zoo, overwrite=True, markers=("manifest.json",)) as staging:
+        (staging / "manifest.json").write_text('{"new": true}')
+    assert sorted(p.name for p in zoo.iterdir()) == ["manifest.json"]
+    adapter_only = tmp_path / "an-adapter"
+    shutil.copytree(ZOO_ADAPTER, adapter_only)
+    with pytest.raises(StagingError, match="holds no manifest.json"), staged_folder(
+        adapter_only, True, markers=("manifest.json",)
+    ):
+        raise AssertionError("the block must not run")
+    assert load_adapter(adapter_only).modules
