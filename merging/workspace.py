@@ -8,15 +8,18 @@ Layout (the dashboard's sidebar names the folder; the CLI takes it as an argumen
       tasks/<file>          user task files (CSV/JSONL) that trained adapters refer to
       runs.sqlite           the run store (merging.runs)
 
-Everything that writes into ``adapters/`` builds the new folder in a private staging folder
-(``adapters/.incoming/…``, same file system) and renames it into place only when it is complete
-and has been loaded back with :func:`merging.lora.load_adapter`. A failure of any kind, or a
-cancelled training, leaves nothing behind.
+Everything that writes into ``adapters/`` builds the new folder in a hidden staging folder beside
+it (merging.staging: same file system) and swaps it into place only when it is complete and has
+been loaded back with :func:`merging.lora.load_adapter`. A failure of any kind, or a cancelled
+training, leaves nothing behind; what a killed process left is removed by :func:`clean_workspace`,
+which the dashboard runs when it opens a workspace. Broken adapters are listed with their problem
+(:func:`broken_adapters`) and can be removed (:func:`remove_adapter`).
 
-Zip imports are untrusted input: the compressed size, the number of members and the total
-*uncompressed* size are all capped (a zip bomb is refused while it is being extracted, whatever its
-headers claim), and absolute paths, ``..`` components, backslashes, symbolic links, special files
-and encrypted members are refused before a single byte is written.
+Zip imports are untrusted input: the compressed size, the number of members, the total
+*uncompressed* size and each member's expansion ratio are capped, from the declared sizes before
+anything is written and again on the bytes actually decompressed (headers can lie); absolute
+paths, ``..`` components, backslashes, symbolic links, special files and encrypted members are
+refused; and only the adapter's own files are extracted at all.
 """
 
 from __future__ import annotations
