@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from merging.lora import load_adapter
 from merging.mergekit_config import load_recipe_file as load_recipe  # native recipes and mergekit YAML
+from merging.staging import check_replaceable
 
 EXIT_BAD_INPUT = 2
 
@@ -53,6 +54,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
+    if args.overwrite:
+        check_replaceable(out)  # before the work: only a folder holding an adapter is ever replaced
     if recipe.osrm_posthoc:
         from merging.merge import merge_adapters
 
@@ -115,8 +118,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_zoo_build(args: argparse.Namespace) -> int:
     from merging.merge import resolve_device
     from merging.tasks import DEFAULT_DEMO_TASKS
-    from merging.zoo import BuildSettings, build_zoo
+    from merging.zoo import MANIFEST, BuildSettings, build_zoo
 
+    if args.overwrite:
+        check_replaceable(Path(args.out), markers=(MANIFEST,))  # only a zoo is replaced, and not after training
     settings = BuildSettings(
         tasks=tuple(args.tasks or DEFAULT_DEMO_TASKS),
         inits=tuple(args.inits),
@@ -150,6 +155,8 @@ def cmd_zoo_rescore(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from merging.train_pipeline import train_task_adapter
 
+    if args.overwrite:
+        check_replaceable(Path(args.out))  # refused now, not after the training
     trained = train_task_adapter(
         args.task,
         args.out,
@@ -248,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="merge the adapters of a recipe into a PEFT folder")
     merge.add_argument("recipe", help="recipe file (JSON or YAML), or a mergekit config (YAML)")
     merge.add_argument("--out", required=True, help="output folder (written atomically)")
-    merge.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    merge.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing output folder (only one holding an adapter; swapped in when complete)",
+    )
     merge.add_argument("--per-module", action="store_true", help="include each module's rank and energy")
     merge.set_defaults(run=cmd_merge)
 

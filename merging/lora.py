@@ -5,26 +5,29 @@ update is ΔW = scale · B · A with A of shape (r, d_in) and B of shape (d_out,
 the base model's own names (``bert.encoder.layer.0.attention.self.query``), without PEFT's
 ``base_model.model.`` prefix, so adapters saved by different PEFT versions line up.
 
-Everything that touches files lives here: loading refuses anything but plain LoRA, pickles and
-non-finite weights, and saving writes to a temporary folder that is renamed only when complete.
+Everything that touches adapter files lives here. Loading is the gate for untrusted folders: it
+refuses anything but plain LoRA, unsafe pickles, config fields that give no finite scale or a rank
+the factors do not have, malformed factors, non-finite weights, scales whose updates would overflow
+float32 in a merge, and a malformed mergescope.json — each with one AdapterError naming the file
+and the field or module (the CLI prints it as one line). Saving refuses non-finite tensors and
+builds the folder beside its target (merging.staging), swapping it in only when complete.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from merging.staging import StagingError, staged_folder
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -34,6 +37,12 @@ PICKLE_WEIGHTS_FILE = "adapter_model.bin"
 META_FILE = "mergescope.json"
 # Heads (modules_to_save tensors) of the adapters that went into a merge, one set per source adapter.
 HEADS_FILE = "mergescope_heads.safetensors"
+
+# mergescope.json and adapter_config.json are small; a huge one is not an adapter's.
+MAX_JSON_BYTES = 16 * 1024**2
+# ΔW entries must stay below √(float32 max) ≈ 1.8e19 so that the squares a merge takes (norms, Gram
+# matrices, SVDs) stay finite in float32; a real adapter's entries are many orders smaller.
+MAX_UPDATE_ENTRY = math.sqrt(torch.finfo(torch.float32).max)
 
 # PEFT types that are not plain LoRA, with the name a user knows them by.
 _NON_LORA_FLAGS = {"use_dora": "DoRA", "use_qalora": "QA-LoRA", "use_bdlora": "BD-LoRA"}
@@ -129,23 +138,86 @@ def delta_fro_norm(module: LoraModule) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# PEFT's per-module patterns
+# PEFT's per-module patterns, and the config fields the scale depends on
 
 
 def _pattern_value(patterns: Mapping[str, float], module_name: str, default: float) -> float:
     """PEFT's rule for rank_pattern / alpha_pattern: a key matches a module whose name ends in it."""
     for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module_name):
-            return value
+        try:
+            if re.match(rf"(.*\.)?({pattern})$", module_name):
+                return value
+        except re.error as err:
+            raise AdapterError(f"pattern {pattern!r} is not a valid regular expression ({err})") from None
     return default
 
 
 def lora_scale(config: Mapping, module_name: str, rank: int) -> float:
     """The scale PEFT applies to B·A for this module: alpha/r, or alpha/√r with rsLoRA."""
+    if rank <= 0:
+        raise AdapterError(f"module {module_name} has rank {rank}; a LoRA factor needs at least one row")
     alpha = _pattern_value(config.get("alpha_pattern") or {}, module_name, config.get("lora_alpha", 8))
+    alpha = _finite_number(alpha, f"module {module_name}", "lora_alpha")
     if config.get("use_rslora"):
-        return float(alpha) / math.sqrt(rank)
-    return float(alpha) / rank
+        return alpha / math.sqrt(rank)
+    return alpha / rank
+
+
+def _finite_number(value: object, where: str, field_name: str) -> float:
+    """`value` as a float, or an AdapterError naming the field (bools and strings are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AdapterError(f"{where}: field '{field_name}' must be a number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.inf
+    if not math.isfinite(number):
+        raise AdapterError(f"{where}: field '{field_name}' must be a finite number, got {_short(value)}")
+    return number
+
+
+def _positive_int(value: object, where: str, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise AdapterError(f"{where}: field '{field_name}' must be a whole number ≥ 1, got {_short(value)}")
+    return value
+
+
+def check_lora_config(config: Mapping, where: str) -> None:
+    """Refuse a config whose fields cannot give every module a finite scale and a definite rank.
+
+    The checks name the file and the field: `r` and `rank_pattern` values are ranks (whole numbers
+    ≥ 1), `lora_alpha` and `alpha_pattern` values finite numbers, the pattern keys valid regular
+    expressions (PEFT matches them against the end of a module name), `use_rslora` a boolean.
+    """
+    check_plain_lora(config, where)
+    if config.get("r") is not None:
+        _positive_int(config["r"], where, "r")
+    if "lora_alpha" in config:
+        _finite_number(config["lora_alpha"], where, "lora_alpha")
+    for key, check in (("rank_pattern", _positive_int), ("alpha_pattern", _finite_number)):
+        patterns = config.get(key)
+        if patterns is None:
+            continue
+        if not isinstance(patterns, dict):
+            raise AdapterError(f"{where}: field '{key}' must be an object of pattern → value, got {_short(patterns)}")
+        for pattern, value in patterns.items():
+            try:
+                re.compile(rf"(.*\.)?({pattern})$")
+            except re.error as err:
+                raise AdapterError(
+                    f"{where}: field '{key}' key {pattern!r} is not a valid regular expression ({err})"
+                ) from None
+            check(value, where, f"{key}[{pattern!r}]")
+    if config.get("use_rslora") not in (None, True, False):
+        raise AdapterError(f"{where}: field 'use_rslora' must be true or false, got {config['use_rslora']!r}")
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise AdapterError(f"{where}: field 'base_model_name_or_path' must be a string, got {base!r}")
+
+
+def configured_rank(config: Mapping, module_name: str) -> int | None:
+    """The rank the config declares for a module (rank_pattern, else `r`); None when it says none."""
+    return _pattern_value(config.get("rank_pattern") or {}, module_name, config.get("r"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,13 +230,22 @@ def read_config(folder: Path) -> dict:
         raise AdapterError(f"{folder}: not a folder")
     if not config_path.is_file():
         raise AdapterError(f"{folder}: missing {CONFIG_FILE}; is this a PEFT adapter folder?")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AdapterError(f"{config_path}: not valid JSON ({err})") from err
+    config = read_json(config_path)
     if not isinstance(config, dict):
-        raise AdapterError(f"{config_path}: expected a JSON object")
+        raise AdapterError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     return config
+
+
+def read_json(path: Path) -> object:
+    """A small JSON side file (config, mergescope.json), or an AdapterError naming it."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise AdapterError(f"{path}: {path.stat().st_size} bytes; a JSON side file is at most {MAX_JSON_BYTES}")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise AdapterError(f"{path}: not valid JSON ({type(err).__name__}: {str(err)[:120]})") from None
+    except OSError as err:
+        raise AdapterError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def check_plain_lora(config: Mapping, where: str) -> None:
@@ -180,13 +261,51 @@ def check_plain_lora(config: Mapping, where: str) -> None:
         raise AdapterError(f"{where}: fan_in_fan_out=true (GPT-2 style Conv1D) is not supported yet")
 
 
+# What mergescope reads from mergescope.json, the JSON types it needs, and how to say so.
+_META_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "task": ((str,), "a string"),
+    "init": ((str,), "a string"),
+    "base_model": ((str,), "a string"),
+    "task_file": ((str,), "a string"),
+    "labels": ((list,), "a list of strings"),
+    "data": ((dict,), "a JSON object"),
+    "single_task_accuracy": ((int, float), "a finite number"),
+    "majority_baseline": ((int, float), "a finite number"),
+}
+
+
+def check_meta(meta: object, where: str) -> dict:
+    """mergescope.json must be an object whose fields mergescope reads have the right types."""
+    if not isinstance(meta, dict):
+        raise AdapterError(f"{where}: expected a JSON object, got {type(meta).__name__}")
+    for key, (types, wanted) in _META_FIELDS.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        wrong = isinstance(value, bool) or not isinstance(value, types)
+        wrong = wrong or (isinstance(value, float) and not math.isfinite(value))
+        wrong = wrong or (key == "labels" and not all(isinstance(label, str) for label in value))
+        if wrong:
+            raise AdapterError(f"{where}: field '{key}' must be {wanted}, got {_short(value)}")
+    for key, value in (meta.get("data") or {}).items():
+        counted = key in ("train_size", "eval_size", "seed") and value is not None
+        if counted and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise AdapterError(f"{where}: field 'data.{key}' must be a whole number ≥ 0, got {_short(value)}")
+    return meta
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     weights = folder / WEIGHTS_FILE
     if weights.is_file():
         try:
             return load_file(str(weights), device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise AdapterError(f"{weights}: unreadable safetensors file ({err})") from err
+        except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as err:
+            raise AdapterError(f"{weights}: unreadable safetensors file ({str(err)[:200]})") from None
     pickled = folder / PICKLE_WEIGHTS_FILE
     if pickled.is_file():
         # A pickle can run code when loaded; weights_only refuses anything but tensors.
@@ -196,8 +315,10 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
             raise AdapterError(
                 f"{pickled}: refused to load this pickled file safely ({type(err).__name__}); "
                 "convert it to safetensors"
-            ) from err
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            ) from None
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+        ):
             raise AdapterError(f"{pickled}: expected a mapping of tensor names to tensors")
         return state
     raise AdapterError(f"{folder}: missing {WEIGHTS_FILE}")
@@ -213,19 +334,38 @@ def adapter_from_state(
     config: Mapping,
     where: str | None = None,
 ) -> Adapter:
-    """Build an Adapter from PEFT-style tensor names (``...lora_A.weight`` / ``...lora_B.weight``)."""
+    """Build an Adapter from PEFT-style tensor names (``...lora_A.weight`` / ``...lora_B.weight``).
+
+    Refused with the file (`where`) and the module or field named: a config that gives no finite
+    scale (see :func:`check_lora_config`), factors that are not floating-point matrices, rank 0,
+    empty dimensions, A and B that do not chain (A's rows ≠ B's columns), a rank other than the one
+    the config declares (`r` / `rank_pattern`), NaN/Inf (or values beyond float32), two tensors for
+    one factor, and a scale so large that ΔW's entries could overflow float32 in a merge.
+    """
     where = where or name
-    check_plain_lora(config, where)
-    factors: dict[str, dict[str, torch.Tensor]] = {}
-    saved: dict[str, torch.Tensor] = {}
+    check_lora_config(config, where)
+    factors: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    saved: dict[str, tuple[str, torch.Tensor]] = {}
     for key, tensor in state.items():
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            raise AdapterError(f"{where}: expected tensor names mapped to tensors, got {_short(key)}")
         match = re.match(r"^(.*)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
         if match:
-            factors.setdefault(_module_name(match.group(1)), {})[match.group(2)] = tensor
+            module_name, factor = _module_name(match.group(1)), match.group(2)
+            pair = factors.setdefault(module_name, {})
+            if factor in pair:
+                raise AdapterError(
+                    f"{where}: module {module_name} has two lora_{factor} tensors ({pair[factor][0]} and {key}); "
+                    "a file with several adapters in it is not supported"
+                )
+            pair[factor] = (key, tensor)
         elif ".lora_embedding_" in key or ".lora_magnitude_vector" in key:
             raise AdapterError(f"{where}: tensor {key} is not a plain linear LoRA factor")
         else:
-            saved[_module_name(key)] = tensor
+            saved_name = _module_name(key)
+            if saved_name in saved:
+                raise AdapterError(f"{where}: tensors {saved[saved_name][0]} and {key} name the same module")
+            saved[saved_name] = (key, tensor)
     if not factors:
         raise AdapterError(f"{where}: no LoRA factors (lora_A / lora_B tensors) found")
     modules: dict[str, LoraModule] = {}
@@ -233,42 +373,96 @@ def adapter_from_state(
         if set(pair) != {"A", "B"}:
             missing = ({"A", "B"} - set(pair)).pop()
             raise AdapterError(f"{where}: module {module_name} has no lora_{missing} tensor")
-        A, B = pair["A"], pair["B"]
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
-            raise AdapterError(
-                f"{where}: module {module_name} has factors of incompatible shapes "
-                f"A {tuple(A.shape)} and B {tuple(B.shape)}"
-            )
-        for label, tensor in (("lora_A", A), ("lora_B", B)):
-            if not torch.isfinite(tensor.float()).all():
-                raise AdapterError(f"{where}: module {module_name} {label} contains NaN or Inf")
-        modules[module_name] = LoraModule(A, B, lora_scale(config, module_name, int(A.shape[0])))
-    for key, tensor in saved.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor.float()).all():
-            raise AdapterError(f"{where}: saved tensor {key} contains NaN or Inf")
+        A, B = pair["A"][1], pair["B"][1]
+        modules[module_name] = _checked_module(module_name, A, B, config, where)
+    for key, tensor in saved.values():
+        if tensor.is_complex() or (tensor.is_floating_point() and not _all_finite(tensor)):
+            raise AdapterError(f"{where}: saved tensor {key} contains NaN or Inf (or is not real-valued)")
     return Adapter(
         name=name,
         modules=modules,
-        saved_modules=dict(saved),
+        saved_modules={saved_name: tensor for saved_name, (_, tensor) in saved.items()},
         base_model=config.get("base_model_name_or_path"),
         config=dict(config),
     )
 
 
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN, no Inf, and nothing that becomes Inf in float32 (a float64 1e300)."""
+    return bool(torch.isfinite(tensor.to(torch.float32)).all())
+
+
+def _checked_module(module_name: str, A: torch.Tensor, B: torch.Tensor, config: Mapping, where: str) -> LoraModule:
+    """One module's factors and scale, after every check that keeps ΔW = scale·B·A well defined."""
+    label = f"{where}: module {module_name}"
+    for factor, tensor in (("lora_A", A), ("lora_B", B)):
+        if not tensor.is_floating_point():
+            raise AdapterError(f"{label} {factor} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
+                               "LoRA factors are floating-point")
+    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+        raise AdapterError(
+            f"{label} has factors of incompatible shapes A {tuple(A.shape)} and B {tuple(B.shape)} "
+            "(A is rank × d_in, B is d_out × rank)"
+        )
+    rank = int(A.shape[0])
+    if rank == 0:
+        raise AdapterError(f"{label} has rank 0 (lora_A has no rows): an adapter factor needs at least one")
+    if A.shape[1] == 0 or B.shape[0] == 0:
+        raise AdapterError(f"{label} has an empty dimension: A {tuple(A.shape)}, B {tuple(B.shape)}")
+    declared = configured_rank(config, module_name)
+    if declared is not None and declared != rank:
+        field_name = "rank_pattern" if any(
+            re.match(rf"(.*\.)?({p})$", module_name) for p in (config.get("rank_pattern") or {})
+        ) else "r"
+        raise AdapterError(
+            f"{where}: field '{field_name}' says rank {declared} for module {module_name}, "
+            f"but its factors have rank {rank} (A {tuple(A.shape)}, B {tuple(B.shape)})"
+        )
+    for factor, tensor in (("lora_A", A), ("lora_B", B)):
+        if not _all_finite(tensor):
+            raise AdapterError(f"{label} {factor} contains NaN or Inf (or values beyond float32's range)")
+    try:
+        scale = lora_scale(config, module_name, rank)
+    except AdapterError as err:
+        raise AdapterError(f"{where}: {err}") from None
+    bound = update_entry_bound(A, B, scale)
+    if not math.isfinite(bound) or bound > MAX_UPDATE_ENTRY:
+        raise AdapterError(
+            f"{where}: module {module_name}: scale {scale:.3g} (lora_alpha / r) makes the update's entries up to "
+            f"{bound:.3g}, beyond what float32 merges can hold ({MAX_UPDATE_ENTRY:.3g}); check 'lora_alpha'"
+        )
+    return LoraModule(A, B, scale)
+
+
+def update_entry_bound(A: torch.Tensor, B: torch.Tensor, scale: float) -> float:
+    """An upper bound on |ΔW_ij| for ΔW = scale·B·A, without building ΔW (in float64).
+
+    Cauchy–Schwarz: |ΔW_ij| = |scale|·|⟨B_i,:, A_:,j⟩| ≤ |scale| · max_i ‖B_i,:‖ · max_j ‖A_:,j‖.
+    """
+    if A.numel() == 0 or B.numel() == 0:
+        return 0.0
+    rows = float(torch.linalg.vector_norm(B.detach().double(), dim=1).max())
+    columns = float(torch.linalg.vector_norm(A.detach().double(), dim=0).max())
+    return abs(scale) * rows * columns
+
+
 def load_adapter(folder: str | os.PathLike, name: str | None = None) -> Adapter:
-    """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)."""
+    """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors).
+
+    Anything wrong raises one AdapterError naming the file and the field or module.
+    """
     folder = Path(folder)
     config = read_config(folder)
-    check_plain_lora(config, str(folder))
+    check_lora_config(config, str(folder / CONFIG_FILE))
+    meta = None
+    meta_path = folder / META_FILE
+    if meta_path.is_file():
+        meta = check_meta(read_json(meta_path), str(meta_path))
     state = _read_tensors(folder)
     adapter = adapter_from_state(name or folder.name, state, config, where=str(folder))
     adapter.path = folder
-    meta_path = folder / META_FILE
-    if meta_path.is_file():
-        try:
-            adapter.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise AdapterError(f"{meta_path}: not valid JSON ({err})") from err
+    if meta is not None:
+        adapter.meta = meta
     return adapter
 
 
@@ -315,10 +509,42 @@ def check_compatible(adapters: Iterable[Adapter]) -> Compatibility:
     notes = [
         f"{m}: absent from {', '.join(lacking)}; they contribute zero there" for m, lacking in missing.items()
     ]
+    check_distinct(adapters)
     ranks = {r for a in adapters for r in a.ranks().values()}
     if len(ranks) > 1:
         notes.append(f"adapters have different ranks {sorted(ranks)}; merged in ΔW space, which is exact")
     return Compatibility(modules=modules, shapes=shapes, missing=missing, notes=notes)
+
+
+def check_distinct(adapters: Sequence[Adapter]) -> None:
+    """Refuse the same adapter folder listed twice under two names: it would be merged with itself.
+
+    Two adapters are the same when they have the same modules and, in every module, equal A and
+    equal scale·B (a copy saved by mergescope folds the scale into B). Only adapters read from
+    folders are compared: that is where a recipe or a pick in the dashboard can list one twice by
+    mistake, while code may merge an in-memory adapter with itself on purpose (idempotence tests).
+    Comparing stops at the first module that differs: one small comparison per pair.
+    """
+    from_folders = [a for a in adapters if a.path is not None]
+    for i, first in enumerate(from_folders):
+        for second in from_folders[i + 1:]:
+            if first.modules.keys() != second.modules.keys():
+                continue
+            if all(_same_update(first.modules[m], second.modules[m]) for m in first.modules):
+                raise AdapterError(
+                    f"adapters {first.name!r} and {second.name!r} are the same adapter (identical factors in every "
+                    "module); list it once, with the weight you want"
+                )
+
+
+def _same_update(first: LoraModule, second: LoraModule) -> bool:
+    if first.A.shape != second.A.shape or first.B.shape != second.B.shape:
+        return False
+    if not torch.equal(first.A.float(), second.A.to(device=first.A.device, dtype=torch.float32)):
+        return False
+    first_B = first.B.float() * first.scale
+    second_B = second.B.to(device=first.B.device, dtype=torch.float32) * second.scale
+    return bool(torch.allclose(first_B, second_B, rtol=1e-6, atol=0.0))
 
 
 def _natural_key(name: str) -> list:
@@ -392,34 +618,28 @@ def save_adapter(
     extra_files: Mapping[str, bytes] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a PEFT LoRA folder atomically: build it beside the target, then rename into place."""
-    folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise AdapterError(f"{folder} already exists; choose another output folder")
-    with staged_folder(folder) as staging:
-        config = peft_config_for(adapter, template_config)
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
-        save_file(adapter_state(adapter), str(staging / WEIGHTS_FILE))
-        if adapter.meta:
-            (staging / META_FILE).write_text(json.dumps(adapter.meta, indent=2), encoding="utf-8")
-        for file_name, content in (extra_files or {}).items():
-            (staging / file_name).write_bytes(content)
-    return folder
+    """Write a PEFT LoRA folder atomically: build it beside the target, then swap it into place.
 
-
-@contextlib.contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
-    """A hidden folder beside `target` to fill; renamed onto `target` only if the block succeeds.
-
-    A failure (or Ctrl-C) removes the staging folder, so no half-written folder ever looks valid.
+    Nothing non-finite is written (the module is named); an existing folder is replaced only with
+    `overwrite` and only when it holds an adapter (see merging.staging.check_replaceable).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    folder = Path(folder)
+    state = adapter_state(adapter)
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not _all_finite(tensor):
+            raise AdapterError(f"refusing to write {folder}: tensor {key} contains NaN or Inf")
+    for module_name, module in adapter.modules.items():
+        if update_entry_bound(module.A, module.B, module.scale) > MAX_UPDATE_ENTRY:
+            raise AdapterError(f"refusing to write {folder}: module {module_name}'s update overflows float32")
     try:
-        yield staging
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with staged_folder(folder, overwrite=overwrite) as staging:
+            config = peft_config_for(adapter, template_config)
+            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+            save_file(state, str(staging / WEIGHTS_FILE))
+            if adapter.meta:
+                (staging / META_FILE).write_text(json.dumps(adapter.meta, indent=2), encoding="utf-8")
+            for file_name, content in (extra_files or {}).items():
+                (staging / file_name).write_bytes(content)
+    except StagingError as err:
+        raise AdapterError(str(err)) from None
+    return folder

@@ -23,6 +23,7 @@ from safetensors.torch import save as safetensors_bytes
 from merging import do_merging as do
 from merging.lora import (
     HEADS_FILE,
+    MAX_UPDATE_ENTRY,
     Adapter,
     AdapterError,
     Compatibility,
@@ -30,6 +31,7 @@ from merging.lora import (
     check_compatible,
     load_adapter,
     save_adapter,
+    update_entry_bound,
 )
 from merging.methods import Factored, Method, MethodArgs, MethodError, get_method, svd_of_dense, svd_of_factors
 from merging.progress import Progress
@@ -183,6 +185,20 @@ def merge_module(
 # A whole merge
 
 
+def check_finite_output(module_name: str, factored: Factored) -> None:
+    """Refuse a merge whose output holds NaN or Inf, or whose B·A would (huge weights or scales).
+
+    The bound is the loader's (merging.lora.update_entry_bound), so nothing is written that
+    load_adapter would refuse to read back.
+    """
+    finite = all(bool(torch.isfinite(t).all()) for t in (factored.A, factored.B))
+    if not finite or update_entry_bound(factored.A, factored.B, 1.0) > MAX_UPDATE_ENTRY:
+        raise AdapterError(
+            f"the merge of module {module_name} is not finite (NaN, Inf or beyond float32's range); "
+            "check the adapters' scales (lora_alpha) and the recipe's weights"
+        )
+
+
 def merge_adapters(
     adapters: Sequence[Adapter],
     recipe: Recipe,
@@ -209,6 +225,7 @@ def merge_adapters(
         weights = recipe.weights_for(module_name)
         modules = [a.modules.get(module_name) for a in adapters]
         factored, report = merge_module(modules, weights, recipe, device, generator, parameters)
+        check_finite_output(module_name, factored)
         merged_modules[module_name] = LoraModule(
             factored.A.detach().to("cpu").contiguous(), factored.B.detach().to("cpu").contiguous(), 1.0
         )

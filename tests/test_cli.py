@@ -174,6 +174,11 @@ def test_existing_out_needs_overwrite(zoo, tmp_path, capsys):
     assert_one_line_error(*run(capsys, "merge", recipe, "--out", out), str(out), "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
 
+    # --overwrite replaces only a folder holding an output (adapter_config.json): not this one
+    assert_one_line_error(*run(capsys, "merge", recipe, "--out", out, "--overwrite"), "not a mergescope/PEFT output")
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+
+    (out / "adapter_config.json").write_text("{}")  # an earlier output: replaced as a whole
     code, _, stderr = run(capsys, "merge", recipe, "--out", out, "--overwrite")
     assert code == 0, stderr
     assert not (out / "precious.txt").exists()

@@ -544,3 +544,16 @@ def test_factor_without_its_partner_is_refused(good):
     module = key[len("base_model.model."):].rsplit(".lora_B", 1)[0]
     with pytest.raises(AdapterError, match=f"module {module} has no lora_B"):
         load_adapter(good)
+
+
+def test_update_entry_bound_is_an_upper_bound_and_tight_for_rank_one():
+    """|scale·B·A|_max ≤ the bound, on random factors; equal when B and A are outer-product aligned."""
+    from merging.lora import update_entry_bound
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        A, B = torch.randn(3, 7, generator=generator), torch.randn(5, 3, generator=generator)
+        actual = float((0.25 * B.double() @ A.double()).abs().max())
+        assert actual <= update_entry_bound(A, B, 0.25) * (1 + 1e-9)
+    # rank 1 with B = [[2]] and A = [[3]]: the bound is exactly |scale|·2·3
+    assert update_entry_bound(torch.tensor([[3.0]]), torch.tensor([[2.0]]), -0.5) == 3.0

@@ -315,3 +315,64 @@ def test_train_task_adapter_cancel_leaves_nothing(tiny_base, tmp_path):
     assert _leftovers(tmp_path / "ws") == []
     with pytest.raises(WorkspaceError, match="other task"):
         train_task_adapter("sms_spam", out, init="osrm", other_tasks=[], base_model=str(tiny_base), device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Broken adapters: listed with their problem, removable, and never followed outside the workspace
+
+
+def test_broken_adapters_are_listed_with_the_file_and_field(adapter_folder, tmp_path):
+    from merging.workspace import broken_adapters
+
+    workspace = tmp_path / "ws"
+    good = import_adapter_folder(adapter_folder, workspace, name="good")
+    bad_meta = import_adapter_folder(adapter_folder, workspace, name="bad-meta")
+    (bad_meta / META_FILE).write_text("[1]")
+    bad_alpha = import_adapter_folder(adapter_folder, workspace, name="bad-alpha")
+    config = json.loads((bad_alpha / "adapter_config.json").read_text())
+    config["lora_alpha"] = "sixteen"
+    (bad_alpha / "adapter_config.json").write_text(json.dumps(config))
+    (adapters_dir(workspace) / "no-config").mkdir()
+    (adapters_dir(workspace) / ".spam.mergescope-staging-1-x").mkdir()  # staging: not an adapter
+    listed = {b.name: b.problem for b in broken_adapters(workspace)}
+    assert set(listed) == {"bad-meta", "bad-alpha", "no-config"}
+    assert str(bad_meta / META_FILE) in listed["bad-meta"] and "JSON object" in listed["bad-meta"]
+    assert "'lora_alpha'" in listed["bad-alpha"] and "'sixteen'" in listed["bad-alpha"]
+    assert "missing adapter_config.json" in listed["no-config"]
+    assert load_adapter(good).modules
+
+
+def test_remove_adapter_removes_only_a_workspace_adapter(adapter_folder, tmp_path):
+    from merging.workspace import remove_adapter
+
+    workspace = tmp_path / "ws"
+    folder = import_adapter_folder(adapter_folder, workspace, name="doomed")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    (adapters_dir(workspace) / "link").symlink_to(outside, target_is_directory=True)
+    for crafted in ("../outside", "..", ".", "", "/tmp", ".hidden", "nope"):
+        with pytest.raises(WorkspaceError):
+            remove_adapter(workspace, crafted)
+    remove_adapter(workspace, "link")  # the link goes, never what it points to
+    assert (outside / "keep.txt").read_text() == "mine"
+    remove_adapter(workspace, "doomed")
+    assert not folder.exists()
+    assert list(adapters_dir(workspace).iterdir()) == []
+
+
+@pytest.mark.parametrize("config", ['{"r": [8], "rank_pattern": ["x"]}', '{"r": {"a": 1}}', "[1]", "[" * 100000,
+                                    '{"target_modules": 5, "base_model_name_or_path": [1]}'])
+def test_describe_adapter_folder_never_raises(tmp_path, config):
+    (tmp_path / "adapter_config.json").write_text(config)
+    described = describe_adapter_folder(tmp_path)
+    assert set(described) >= {"rank", "target_modules", "base_model"}
+
+
+def test_an_import_that_replaces_an_adapter_swaps_it_in_whole(adapter_folder, tmp_path):
+    workspace = tmp_path / "ws"
+    first = import_adapter_folder(adapter_folder, workspace, name="same")
+    (first / "stale.txt").write_text("old")
+    import_adapter_folder(adapter_folder, workspace, name="same", overwrite=True)
+    assert not (first / "stale.txt").exists() and load_adapter(first).modules
+    assert sorted(p.name for p in adapters_dir(workspace).iterdir()) == ["same"]  # nothing left aside
