@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -27,19 +27,7 @@ from merging.lora import (
     load_adapter,
     save_adapter,
 )
-from merging.methods import (
-    Factored,
-    MethodSpec,
-    combine,
-    combine_factors,
-    concatenate,
-    get_method,
-    knots,
-    numerical_rank,
-    peft_naive,
-    svd_of_dense,
-    svd_of_factors,
-)
+from merging.methods import Factored, Method, MethodArgs, MethodError, get_method, svd_of_dense, svd_of_factors
 from merging.recipe import Recipe
 
 Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
@@ -99,40 +87,31 @@ class MergedAdapter:
 # One module
 
 
-def knots_dense(
-    deltas: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    inner: MethodSpec,
-    density: float,
-    sign_rule: str,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """KnOTS on dense updates (used when DO-Merging has turned the updates into directions).
+def method_parameters(recipe: Recipe) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+    """The recipe's method parameters, validated against the method's schema, and each adapter's own.
 
-    U is cut to the numerical rank of the concatenation, as in the factored path: TIES' density
-    counts entries of the ΣVᵀ blocks, so null rows would change how many are kept.
+    The one place merge.py reads them. A recipe that carries `parameters` (and
+    `adapters[i].parameters`) gives them directly; the older flat fields (density, sign,
+    knots_inner) are mapped onto the parameters the method has and the rest is ignored, as before.
     """
-    concatenated = torch.cat(list(deltas), dim=1)
-    U, S, _ = torch.linalg.svd(concatenated, full_matrices=False)
-    U = U[:, : numerical_rank(S, tuple(concatenated.shape))]
-    blocks = [U.T @ delta for delta in deltas]
-    return U @ combine(blocks, weights, inner, density, sign_rule, generator)
-
-
-def _merge_dense(deltas: list[torch.Tensor], weights: list[float], recipe: Recipe, generator) -> torch.Tensor:
-    spec = get_method(recipe.method)
-    if spec.name == "knots":
-        return knots_dense(deltas, weights, get_method(recipe.knots_inner), recipe.density, recipe.sign, generator)
-    if spec.name == "peft_naive":
-        raise AdapterError("peft_naive combines A and B separately; it cannot run on DO-Merging directions")
-    return combine(deltas, weights, spec, recipe.density, recipe.sign, generator)
+    method = get_method(recipe.method)
+    given = getattr(recipe, "parameters", None)
+    if given is None:
+        legacy = {"density": recipe.density, "sign": recipe.sign, "inner": recipe.knots_inner}
+        given = {name: value for name, value in legacy.items() if method.has_param(name)}
+    per_adapter = tuple(
+        method.validate_per_adapter(getattr(ref, "parameters", None), f"adapters[{index}].parameters")
+        for index, ref in enumerate(recipe.adapters)
+    )
+    return method.validate(given), per_adapter
 
 
 def merge_with_do(
-    deltas: list[torch.Tensor], weights: list[float], recipe: Recipe, generator
+    method: Method, deltas: list[torch.Tensor], weights: list[float], options: do.DoMergingOptions, args: MethodArgs
 ) -> tuple[torch.Tensor, do.OrthogonalizeReport | None]:
-    """DO-Merging's switches around the recipe's method, on one module's dense updates."""
-    options = recipe.do_merging
+    """DO-Merging's switches around the method, on one module's dense updates."""
+    if method.dense is None:
+        raise AdapterError(method.dense_refusal or f"{method.name} cannot run on DO-Merging directions")
     if options.decouple:
         magnitudes = [do.column_magnitudes(d) for d in deltas]
         directions = [do.directions(d, m) for d, m in zip(deltas, magnitudes)]
@@ -147,11 +126,11 @@ def merge_with_do(
             directions[i] = direction
     if options.decouple:
         directions = [do.unit_columns(d) for d in directions]
-        merged_direction = do.unit_columns(_merge_dense(directions, weights, recipe, generator))
+        merged_direction = do.unit_columns(method.dense(directions, weights, args))
         merged_magnitude = do.merge_magnitudes(magnitudes, weights, options.magnitude)
         return merged_direction * merged_magnitude, report
     rescaled = [d * n for d, n in zip(directions, norms)]
-    return _merge_dense(rescaled, weights, recipe, generator), report
+    return method.dense(rescaled, weights, args), report
 
 
 def merge_module(
@@ -160,36 +139,41 @@ def merge_module(
     recipe: Recipe,
     device: torch.device,
     generator: torch.Generator | None = None,
+    parameters: tuple[dict[str, Any], tuple[dict[str, Any], ...]] | None = None,
 ) -> tuple[Factored, ModuleReport]:
-    """Merge one module; `modules[i]` is None where adapter i lacks this module (it contributes 0)."""
-    spec = get_method(recipe.method)
-    present = [(m, w) for m, w in zip(modules, weights) if m is not None]
-    present_modules = [m for m, _ in present]
-    present_weights = [w for _, w in present]
+    """Merge one module; `modules[i]` is None where adapter i lacks this module (it contributes 0).
+
+    The path is what the method has: exact from the factors when it can, else streamed from the
+    factors block by block, else dense; DO-Merging's switches need the dense form.
+    `parameters` is method_parameters(recipe), computed once per merge by the caller.
+    """
+    method = get_method(recipe.method)
+    values, per_adapter = parameters if parameters is not None else method_parameters(recipe)
+    args = MethodArgs(values, per_adapter, generator, device)
+    present = [i for i, m in enumerate(modules) if m is not None]
+    present_modules = [modules[i] for i in present]
+    present_weights = [weights[i] for i in present]
+    reference = present_modules[0]
     orth_report = None
-    if not recipe.do_merging.active and spec.name == "peft_naive":
-        result, path = peft_naive(present_modules, present_weights, device), "factored"
-    elif not recipe.do_merging.active and spec.name == "knots":
-        inner = get_method(recipe.knots_inner)
-        result = knots(present_modules, present_weights, inner, recipe.density, recipe.sign, device, generator)
-        path = "factored"
-    elif not recipe.do_merging.active and spec.sparsify == "none" and not spec.consensus:
-        result, path = concatenate(present_modules, present_weights, device), "factored"
+    if not recipe.do_merging.active and method.factored is not None:
+        result = method.factored(present_modules, present_weights, args.select(present))
     else:
         if recipe.do_merging.active:
-            reference = present_modules[0]
             zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
             deltas = [m.delta(device) if m is not None else zeros for m in modules]
-            merged, orth_report = merge_with_do(deltas, list(weights), recipe, generator)
+            merged, orth_report = merge_with_do(method, deltas, list(weights), recipe.do_merging, args)
             del deltas
-        else:
+        elif method.streamed is not None:
             # never holds the n dense updates: each is rebuilt from its factors, a block of rows at a time
-            merged = combine_factors(modules, list(weights), spec, recipe.density, recipe.sign, generator, device)
+            merged = method.streamed(modules, list(weights), args)
+        else:
+            zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
+            merged = method.dense([m.delta(device) if m is not None else zeros for m in modules], list(weights), args)
         factored = svd_of_dense(merged, recipe.rank)
         return factored, ModuleReport(factored.A.shape[0], factored.energy_kept, "dense", orth_report)
     if recipe.rank is not None:
         result = svd_of_factors(result.B, result.A, recipe.rank)
-    return result, ModuleReport(result.A.shape[0], result.energy_kept, path, orth_report)
+    return result, ModuleReport(result.A.shape[0], result.energy_kept, "factored", orth_report)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,13 +195,17 @@ def merge_adapters(
     start = time.perf_counter()
     merged_modules: dict[str, LoraModule] = {}
     reports: dict[str, ModuleReport] = {}
+    try:
+        parameters = method_parameters(recipe)
+    except MethodError as err:
+        raise AdapterError(f"recipe: {err}") from err
     total = len(compatibility.modules)
     for index, module_name in enumerate(compatibility.modules):
         if progress:
             progress(index, total, module_name)
         weights = recipe.weights_for(module_name)
         modules = [a.modules.get(module_name) for a in adapters]
-        factored, report = merge_module(modules, weights, recipe, device, generator)
+        factored, report = merge_module(modules, weights, recipe, device, generator, parameters)
         merged_modules[module_name] = LoraModule(
             factored.A.detach().to("cpu").contiguous(), factored.B.detach().to("cpu").contiguous(), 1.0
         )

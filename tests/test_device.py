@@ -14,8 +14,8 @@ import torch
 
 from merging.evaluation import EvalSet, Evaluator, head_of
 from merging.lab import Lab
-from merging.merge import knots_dense, merge_adapters, resolve_device
-from merging.methods import combine, get_method
+from merging.merge import merge_adapters, resolve_device
+from merging.methods import get_method
 from merging.models import tiny_bert
 from merging.recipe import recipe_from_dict
 from merging.zoo import load_zoo, load_zoo_adapters
@@ -43,15 +43,16 @@ def _recipe(adapters, method: str, weights=(0.7, 1.0, 0.4), **fields):
 
 
 def _reference(adapters, method: str, weights, density: float) -> dict[str, torch.Tensor]:
-    """The dense merge in float64 on the CPU: the library's plain `combine` / `knots_dense`."""
+    """The dense merge in float64 on the CPU: the library's dense form of each method."""
     out = {}
     for module in MODULES:
         # built in float64 from the factors: float32 rounding noise would make KnOTS' concatenation full-rank
         deltas = [m.scale * (m.B.double() @ m.A.double()) for m in (a.modules[module] for a in adapters)]
         if method == "knots":
-            out[module] = knots_dense(deltas, weights, get_method("ties"), density, "total", None)
+            out[module] = get_method("knots").merge_dense(deltas, weights, inner="ties", density=density)
         else:
-            out[module] = combine(deltas, weights, get_method(method), density, "total")
+            parameters = {"density": density} if get_method(method).has_param("density") else {}
+            out[module] = get_method(method).merge_dense(deltas, weights, **parameters)
     return out
 
 

@@ -10,20 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merging.lora import Adapter, LoraModule
-from merging.merge import knots_dense, merge_adapters
+from merging.merge import merge_adapters
 from merging.methods import (
     METHODS,
     MethodError,
-    combine,
-    combine_factors,
     concatenate,
     disjoint_mean,
     elect_sign,
     get_method,
     keep_random,
     keep_top_magnitude,
-    knots,
-    peft_naive,
     svd_of_dense,
     svd_of_factors,
 )
@@ -78,10 +74,10 @@ def test_ties_hand_example():
     spec = get_method("ties")
     # density 0.5 keeps 2 of 4 per update: a -> [4,0,0,2], b -> [2,3,0,0], c -> [0,2,0,-5]
     # total sign: [+6, +5, 0 -> +, -3 -> -]; agreeing mean: [3, 2.5, 0, -5]
-    result = combine([a, b, c], [1.0, 1.0, 1.0], spec, density=0.5, sign_rule="total")
+    result = spec.merge_dense([a, b, c], [1.0, 1.0, 1.0], density=0.5, sign="total")
     assert torch.allclose(result, torch.tensor([[3.0, 2.5, 0.0, -5.0]]))
     # frequency on column 3: votes +1 (a) and -1 (c) -> 0 -> ties go to + -> keeps a's 2
-    result = combine([a, b, c], [1.0, 1.0, 1.0], spec, density=0.5, sign_rule="frequency")
+    result = spec.merge_dense([a, b, c], [1.0, 1.0, 1.0], density=0.5, sign="frequency")
     assert torch.allclose(result, torch.tensor([[3.0, 2.5, 0.0, 2.0]]))
 
 
@@ -89,14 +85,14 @@ def test_ties_weights_enter_before_election_and_scale_the_mean():
     a = torch.tensor([[2.0, -2.0]])
     b = torch.tensor([[2.0, 4.0]])
     spec = get_method("ties")
-    result = combine([a, b], [0.5, 0.5], spec, density=1.0)
+    result = spec.merge_dense([a, b], [0.5, 0.5], density=1.0)
     assert torch.allclose(result, torch.tensor([[1.0, 2.0]]))  # λ·mean, the paper's θ = λ·τ_m
 
 
 def test_a_zero_weight_adapter_does_not_vote_in_ties():
     a = torch.tensor([[1.0]])
     b = torch.tensor([[-5.0]])
-    result = combine([a, b], [1.0, 0.0], get_method("ties"), density=1.0)
+    result = get_method("ties").merge_dense([a, b], [1.0, 0.0], density=1.0)
     assert torch.allclose(result, torch.tensor([[1.0]]))  # with PEFT's unweighted vote it would be 0
 
 
@@ -175,7 +171,7 @@ def test_exact_rank_reproduces_the_dense_merge(method, three_adapters):
     spec = get_method(method)
     for module in TWO_LAYERS:  # modules are merged in this (natural) order, one generator
         deltas = [a.modules[module].delta() for a in three_adapters]
-        expected = combine(deltas, [1.0, 0.7, 0.3], spec, 0.4, "total", generator)
+        expected = spec.merge_dense(deltas, [1.0, 0.7, 0.3], generator, density=0.4)
         assert torch.allclose(merged_delta(merged, module), expected, atol=1e-5)
 
 
@@ -259,7 +255,7 @@ def test_truncation_reports_energy_kept(three_adapters):
 def test_knots_with_task_arithmetic_is_exact(three_adapters):
     weights = [1.0, 0.5, -0.5]
     modules = [a.modules["encoder.layer.0.attention.self.query"] for a in three_adapters]
-    result = knots(modules, weights, get_method("task_arithmetic"), 1.0, "total", "cpu")
+    result = get_method("knots").merge_factored(modules, weights, inner="task_arithmetic")
     expected = sum(w * m.delta() for m, w in zip(modules, weights))
     assert torch.allclose(result.B @ result.A, expected, atol=1e-5)
 
@@ -267,9 +263,9 @@ def test_knots_with_task_arithmetic_is_exact(three_adapters):
 def test_knots_factored_equals_knots_dense_with_ties(three_adapters):
     modules = [a.modules["encoder.layer.0.attention.self.value"] for a in three_adapters]
     weights = [1.0, 1.0, 1.0]
-    ties = get_method("ties")
-    factored = knots(modules, weights, ties, 0.5, "total", "cpu")
-    dense = knots_dense([m.delta() for m in modules], weights, ties, 0.5, "total", None)
+    knots = get_method("knots")
+    factored = knots.merge_factored(modules, weights, inner="ties", density=0.5, sign="total")
+    dense = knots.merge_dense([m.delta() for m in modules], weights, inner="ties", density=0.5, sign="total")
     # singular vectors are defined up to sign, and TIES is equivariant to flipping a row of all blocks
     assert torch.allclose(factored.B @ factored.A, dense, atol=1e-4)
 
@@ -277,7 +273,7 @@ def test_knots_factored_equals_knots_dense_with_ties(three_adapters):
 def test_peft_naive_has_cross_terms():
     a = LoraModule(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0], [0.0]]), 1.0)
     b = LoraModule(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0], [1.0]]), 1.0)
-    naive = peft_naive([a, b], [1.0, 1.0], "cpu")
+    naive = get_method("peft_naive").merge_factored([a, b], [1.0, 1.0])
     product = naive.B @ naive.A
     assert torch.allclose(product, torch.ones(2, 2))  # the true sum is the identity
     assert not torch.allclose(product, a.delta() + b.delta())
@@ -417,9 +413,10 @@ def test_streamed_merge_from_factors_equals_the_dense_merge(method, rule):
     modules.append(None)  # an adapter lacking the module contributes zero
     weights = [0.3, 0.5, 1.0, 0.7, 0.9]
     spec = get_method(method)
+    sign = {"sign": rule} if spec.has_param("sign") else {}  # the rule matters only where there is consensus
     dense = [m.delta() if m is not None else torch.zeros(768, 640) for m in modules]
-    expected = combine(dense, weights, spec, 0.4, rule, torch.Generator().manual_seed(5))
-    streamed = combine_factors(modules, weights, spec, 0.4, rule, torch.Generator().manual_seed(5), "cpu")
+    expected = spec.merge_dense(dense, weights, torch.Generator().manual_seed(5), density=0.4, **sign)
+    streamed = spec.merge_streamed(modules, weights, "cpu", torch.Generator().manual_seed(5), density=0.4, **sign)
     assert torch.allclose(streamed, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -427,7 +424,7 @@ def test_truncated_svd_at_scale_matches_the_full_svd():
     generator = torch.Generator().manual_seed(4)
     modules = [LoraModule(torch.randn(16, 1024, generator=generator), torch.randn(1024, 16, generator=generator), 1.0)
                for _ in range(6)]
-    merged = combine([m.delta() for m in modules], [0.5] * 6, get_method("ties"), 0.5)
+    merged = get_method("ties").merge_dense([m.delta() for m in modules], [0.5] * 6, density=0.5)
     fast = svd_of_dense(merged, 16)
     U, S, Vh = torch.linalg.svd(merged, full_matrices=False)
     reference = (U[:, :16] * S[:16]) @ Vh[:16]

@@ -1,0 +1,35 @@
+"""Merge methods over per-module LoRA updates ΔWᵢ = sᵢ·Bᵢ·Aᵢ, and the registry that lists them.
+
+    registry.py        Param, Method, MethodArgs, REGISTRY, get_method: a method carries its schema
+                       and its implementations; merge.py dispatches on what a method has
+    catalogue.py       the registered methods, one line each
+    task_arithmetic.py generalized task arithmetic: a sparsifier × a consensus rule (mergekit's GTA)
+    sparsify.py        none / magnitude / random (DARE), dense and streamed by rows
+    cut.py             the k largest magnitudes without sorting (TIES' trim)
+    consensus.py       TIES' sign election and disjoint mean
+    factored.py        the B·A form, and task arithmetic's exact concatenation
+    svd.py             SVDs from the factors or of a dense update, truncated or exact
+    knots.py           KnOTS;  peft_naive.py  PEFT's separate A/B combination
+
+The functions take float32 tensors or factors and return tensors; merge.py streams the modules of
+real adapters through them.
+"""
+
+from merging.methods import catalogue as _catalogue  # noqa: F401  (fills REGISTRY)
+from merging.methods.consensus import SIGN_RULES, combine_weighted, disjoint_mean, elect_sign
+from merging.methods.cut import MagnitudeCut, apply_cut, magnitude_cut
+from merging.methods.factored import Factored, concatenate
+from merging.methods.registry import REGISTRY, Method, MethodArgs, MethodError, Param, get_method
+from merging.methods.sparsify import DENSITY, Sparsifier, keep_random, keep_top_magnitude
+from merging.methods.svd import numerical_rank, svd_of_dense, svd_of_factors, truncated_svd
+from merging.methods.task_arithmetic import combine, combine_factors, family
+
+# The name the pages and recipe.py used before the registry carried behaviour.
+METHODS = REGISTRY
+
+__all__ = [
+    "DENSITY", "METHODS", "REGISTRY", "SIGN_RULES", "Factored", "MagnitudeCut", "Method", "MethodArgs",
+    "MethodError", "Param", "Sparsifier", "apply_cut", "combine", "combine_factors", "combine_weighted",
+    "concatenate", "disjoint_mean", "elect_sign", "family", "get_method", "keep_random", "keep_top_magnitude",
+    "magnitude_cut", "numerical_rank", "svd_of_dense", "svd_of_factors", "truncated_svd",
+]

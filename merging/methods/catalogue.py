@@ -1,0 +1,23 @@
+"""The registered methods, in the order the dashboard lists them: one line each.
+
+A sparsifier × consensus variant is one `family(...)` line; any other method is a `Method` built in
+its own file and named here.
+"""
+
+from __future__ import annotations
+
+from merging.methods.knots import KNOTS
+from merging.methods.peft_naive import PEFT_NAIVE
+from merging.methods.registry import register
+from merging.methods.sparsify import MAGNITUDE, NONE, RANDOM
+from merging.methods.task_arithmetic import family
+
+register(
+    family("task_arithmetic", "Task arithmetic", "Σ λᵢ ΔWᵢ.", NONE),
+    family("ties", "TIES", "Keep each update's top-density entries by |x|, elect a sign per entry, average the agreeing ones.", MAGNITUDE, consensus=True),
+    family("dare_linear", "DARE (linear)", "Keep each entry with probability density, rescale by 1/density, then Σ λᵢ ΔWᵢ.", RANDOM),
+    family("dare_ties", "DARE-TIES", "DARE's random drop and rescale, then TIES' sign election and disjoint mean.", RANDOM, consensus=True),
+    family("magnitude_prune", "Magnitude prune", "Keep each update's top-density entries by |x|, then Σ λᵢ ΔWᵢ.", MAGNITUDE),
+    KNOTS,
+    PEFT_NAIVE,
+)
