@@ -42,7 +42,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -179,8 +179,10 @@ class Recipe:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, base_dir: Path | None = None) -> Recipe:
-        return recipe_from_dict(data, base_dir)
+    def from_dict(
+        cls, data: Any, base_dir: Path | None = None, path_of: Callable[[str], str] | None = None
+    ) -> Recipe:
+        return recipe_from_dict(data, base_dir, path_of)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -194,9 +196,10 @@ class Recipe:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
 
     @classmethod
-    def from_url(cls, value: str) -> Recipe:
-        """Read a share link's `recipe=` value; anything wrong is one RecipeError naming the field."""
-        return recipe_from_dict(_json_loads(value, "the link's recipe"))
+    def from_url(cls, value: str, path_of: Callable[[str], str] | None = None) -> Recipe:
+        """Read a share link's `recipe=` value; anything wrong is one RecipeError naming the field.
+        `path_of(name)` gives the path of an adapter the link names without a path (old links)."""
+        return recipe_from_dict(_json_loads(value, "the link's recipe"), path_of=path_of)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,13 +242,20 @@ def _flag(data: Mapping, key: str, where: str, default: bool = False) -> bool:
     return value
 
 
-def _check_keys(data: Mapping, allowed: set[str] | tuple[str, ...], where: str) -> None:
-    unknown = sorted((str(k) for k in data if k not in allowed), key=str)
+def _check_keys(data: Mapping, allowed: set[str] | tuple[str, ...], where: str, also: tuple[str, ...] = ()) -> None:
+    """Refuse keys outside `allowed` (`also`: accepted, but not offered: the old flat form)."""
+    unknown = sorted(str(k) for k in data if k not in allowed and k not in also)
     if unknown:
         name = unknown[0]
         raise RecipeError(
             f"unknown field '{where}{name}' (allowed: {', '.join(sorted(allowed))}){_hint(name, allowed)}"
         )
+
+
+def _method_error(err: MethodError) -> RecipeError:
+    """The registry's `where: what` as this module's `field 'where': what`."""
+    where, _, what = str(err).partition(": ")
+    return RecipeError(f"field '{where}': {what}" if what and " " not in where else str(err))
 
 
 def _method_parameters(method_name: str, raw: Any, where: str) -> dict[str, Any]:
@@ -256,7 +266,7 @@ def _method_parameters(method_name: str, raw: Any, where: str) -> dict[str, Any]
     try:
         return get_method(method_name).validate(dict(raw), where)
     except MethodError as err:
-        raise RecipeError(str(err)) from err
+        raise _method_error(err) from err
 
 
 def _adapter_parameters(method_name: str, raw: Any, where: str) -> dict[str, Any]:
@@ -276,11 +286,13 @@ def _adapter_parameters(method_name: str, raw: Any, where: str) -> dict[str, Any
         try:
             clean[key] = per_adapter[key].validate(value, f"{where}.{key}")
         except MethodError as err:
-            raise RecipeError(str(err)) from err
+            raise _method_error(err) from err
     return clean
 
 
-def _adapters(raw: Any, base_dir: Path | None, method_name: str) -> tuple[AdapterRef, ...]:
+def _adapters(
+    raw: Any, base_dir: Path | None, method_name: str, path_of: Callable[[str], str] | None = None
+) -> tuple[AdapterRef, ...]:
     if not isinstance(raw, list) or not raw:
         raise RecipeError("field 'adapters': expected a non-empty list of {\"path\": ..., \"weight\": ...}")
     refs = []
@@ -292,6 +304,8 @@ def _adapters(raw: Any, base_dir: Path | None, method_name: str) -> tuple[Adapte
             raise RecipeError(f"field 'adapters[{index}]': expected an object with 'path' and 'weight', got {item!r}")
         _check_keys(item, {"path", "weight", "name", "parameters"}, where)
         path = item.get("path")
+        if path is None and path_of is not None and isinstance(item.get("name"), str) and item["name"]:
+            path = path_of(item["name"])  # a share link may name a catalogue adapter instead
         if not isinstance(path, str) or not path or "\x00" in path:
             raise RecipeError(f"field '{where}path': expected the path of a PEFT adapter folder, got {path!r}")
         if base_dir is not None and not Path(path).is_absolute():
@@ -390,9 +404,21 @@ def _legacy_parameters(data: Mapping, method_name: str) -> dict[str, Any]:
     """Map the old flat `density`/`sign`/`knots_inner` onto the method's parameters.
 
     Old files wrote all three whatever the method, so a key the method does not take is dropped
-    (it never affected that merge)."""
+    (it never affected that merge) — after the check it always had (density 5 was never valid)."""
     names = {p.name for p in get_method(method_name).params}
-    return {new: data[old] for old, new in LEGACY_PARAMETER_FIELDS.items() if old in data and new in names}
+    mapped = {}
+    for old, new in LEGACY_PARAMETER_FIELDS.items():
+        if old not in data:
+            continue
+        schema = next((m.param(new) for m in REGISTRY.values() if m.has_param(new)), None)
+        if schema is not None:
+            try:
+                schema.validate(data[old], old)
+            except MethodError as err:
+                raise _method_error(err) from err
+        if new in names:
+            mapped[new] = data[old]
+    return mapped
 
 
 def _osrm(data: Mapping) -> str:
@@ -409,11 +435,12 @@ def _osrm(data: Mapping) -> str:
     return mode
 
 
-def recipe_from_dict(data: Any, base_dir: Path | None = None) -> Recipe:
-    """Validate a parsed recipe. Relative adapter paths resolve against `base_dir` when given."""
+def recipe_from_dict(data: Any, base_dir: Path | None = None, path_of: Callable[[str], str] | None = None) -> Recipe:
+    """Validate a parsed recipe. Relative adapter paths resolve against `base_dir` when given;
+    `path_of(name)` fills in the path of an adapter given by name alone."""
     if not isinstance(data, Mapping):
         raise RecipeError(f"a recipe must be an object (a JSON/YAML mapping), got {type(data).__name__}")
-    _check_keys(data, (*RECIPE_FIELDS, *LEGACY_FIELDS), "")
+    _check_keys(data, RECIPE_FIELDS, "", also=LEGACY_FIELDS)
     method = data.get("method", "task_arithmetic")
     if not isinstance(method, str) or method not in REGISTRY:
         raise RecipeError(
@@ -431,7 +458,7 @@ def recipe_from_dict(data: Any, base_dir: Path | None = None) -> Recipe:
             given[key] = value
         raw_parameters = given
     parameters = _method_parameters(method, raw_parameters, "parameters")
-    adapters = _adapters(data.get("adapters"), base_dir, method)
+    adapters = _adapters(data.get("adapters"), base_dir, method, path_of)
     rank = _number(data, "rank", None, int)
     if rank is not None and rank < 1:
         raise RecipeError(f"field 'rank': expected null (exact) or a positive integer, got {rank}")
@@ -515,6 +542,17 @@ def _use_yaml12(cls: type) -> None:
 
 _use_yaml12(_Yaml12Loader)
 _use_yaml12(_Yaml12Dumper)
+_YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029", "\ufeff")
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # YAML reads NEL and the Unicode line/paragraph separators as line breaks in plain or single-
+    # quoted scalars; only a double-quoted scalar escapes them, so such a name stays itself.
+    style = '"' if any(ch in value for ch in _YAML_LINE_BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Yaml12Dumper.add_representer(str, _represent_str)
 
 
 def _construct_yaml12_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:

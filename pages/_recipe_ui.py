@@ -310,8 +310,12 @@ def read_link(prefix: str, entries: Sequence[catalog.Entry], **options: Any) -> 
     raw = st.query_params.get("recipe")
     if not raw:
         return
+    def path_of(name: str) -> str:  # old links name catalogue adapters without a path
+        entry = catalog.entry_by_name(entries, name)
+        return str(entry.path) if entry is not None else name
+
     try:
-        recipe = Recipe.from_url(raw)
+        recipe = Recipe.from_url(raw, path_of=path_of)
     except (RecipeError, ValueError, TypeError, RecursionError, OverflowError) as err:
         st.warning(f"The link's recipe was not used: {err}. Starting from the defaults.")
         return
