@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from merging.lora import CONFIG_FILE, META_FILE, WEIGHTS_FILE, Adapter, load_adapter
 from merging.recipe import Recipe
@@ -63,8 +64,8 @@ def _json_object(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path.name}: not valid JSON ({err})") from err
     except OSError as err:
         raise ValueError(f"{path.name}: cannot be read ({err.strerror or err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name}: expected a JSON object, got {type(data).__name__} {json.dumps(data)[:40]}")
+    if not isinstance(data, dict):  # a bad file is a ValueError, as in every loader here
+        raise ValueError(f"{path.name}: expected a JSON object, got {type(data).__name__} {json.dumps(data)[:40]}")  # noqa: TRY004
     return data
 
 

@@ -40,9 +40,10 @@ import difflib
 import json
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
@@ -102,9 +103,7 @@ class WeightOverride:
     def applies_to(self, module_name: str) -> bool:
         if self.match is not None and not re.search(self.match, module_name):
             return False
-        if self.layers is not None and layer_of(module_name) not in self.layers:
-            return False
-        return True
+        return self.layers is None or layer_of(module_name) in self.layers
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -557,10 +556,8 @@ _Yaml12Dumper.add_representer(str, _represent_str)
 
 def _construct_yaml12_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
     text = loader.construct_scalar(node)
-    if text.startswith("0o"):
-        return int(text[2:], 8)
-    if text.startswith("0x"):
-        return int(text[2:], 16)
+    if text.startswith(("0o", "0x")):
+        return int(text, 0)
     return int(text)  # YAML 1.2: a leading 0 is decimal, not octal
 
 
@@ -570,7 +567,7 @@ _Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_yaml12_int)
 def load_yaml_text(text: str, source: str) -> Any:
     """YAML with 1.2 number/boolean rules; tags are never executed (safe loader)."""
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: tags are not executed
     except (yaml.YAMLError, RecursionError, ValueError) as err:
         raise RecipeError(f"{source}: not valid YAML ({err})".replace("\n", " ")) from err
 

@@ -12,8 +12,9 @@ put a value into a widget that the widget refuses (Streamlit raises on those, on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import streamlit as st
 

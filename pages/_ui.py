@@ -19,8 +19,7 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from merging.catalog import Entry, adapter_version, usable
-from merging.catalog import adapters_folder, entry_by_name, twin_of  # noqa: F401 - used by the other pages
+from merging.catalog import Entry, adapter_version, adapters_folder, entry_by_name, twin_of, usable  # noqa: F401 - used by the other pages
 from merging.catalog import catalog as adapter_catalog
 from merging.lab import Cancelled, Lab
 from merging.lora import Adapter, AdapterError, load_adapter

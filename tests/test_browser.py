@@ -25,7 +25,7 @@ def test_merge_by_clicking_shows_per_task_accuracy(tmp_path):
         run_button = page.get_by_role("button", name="Run merge")
         run_button.wait_for(state="visible", timeout=60_000)
         # TIES with the OSRM switch on: two of the page's own controls, then Run
-        page.get_by_text("OSRM", exact=True).first.click()
+        page.get_by_text("OSRM twins", exact=True).first.click()
         run_button.click()
         # exact: the preview's "Preview: average merged accuracy" shows first and must not count
         page.get_by_text("Average merged accuracy", exact=True).wait_for(timeout=180_000)

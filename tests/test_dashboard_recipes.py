@@ -54,7 +54,7 @@ def _mutated(draw) -> str:
         path = draw(st.sampled_from(_FIELDS))
         target = data
         for step in path[:-1]:
-            target = target[step] if isinstance(target, dict) else target[step]
+            target = target[step]
             if not isinstance(target, (dict, list)):
                 break
         else:

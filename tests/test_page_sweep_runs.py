@@ -215,8 +215,8 @@ def test_the_runs_table_shows_each_runs_method_parameters(app: AppTest, tiny_zoo
     at.multiselect(key="runs_compare").set_value([first, second]).run()
     _no_errors(at)
     table = at.dataframe[1].value
-    knots = ", ".join(f"{p.name}={dict(inner='task_arithmetic', density=0.5, sign='total')[p.name]}"
-                      for p in REGISTRY["knots"].params)
+    values = {"inner": "task_arithmetic", "density": 0.5, "sign": "total"}
+    knots = ", ".join(f"{p.name}={values[p.name]}" for p in REGISTRY["knots"].params)
     assert table.loc["parameters"].tolist() == ["density=0.5, sign=total", knots]
     assert table.loc["OSRM"].tolist() == ["off", "posthoc"]
 

@@ -283,7 +283,7 @@ def _param_value(param: Param) -> st.SearchStrategy:
         return st.sampled_from(param.choices)
     if param.kind == "int":
         return st.integers(
-            min_value=None if param.minimum is None else int(math.ceil(param.minimum)) + int(param.exclusive_minimum),
+            min_value=None if param.minimum is None else math.ceil(param.minimum) + int(param.exclusive_minimum),
             max_value=None if param.maximum is None else int(param.maximum),
         )
     return st.floats(
