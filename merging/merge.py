@@ -1,17 +1,21 @@
 """Recipe ──merge()──> MergedAdapter: streams the modules of real adapters through the methods.
 
-Module by module: at any time only one module's updates (for all adapters) are dense in memory.
-Linear merges without sparsification stay in factored form end to end (exact concatenation, or a
-truncated SVD from the factors); everything else builds the dense updates of one module, merges
-them, and factors the result with an SVD (exact at numerical rank, or truncated to `rank`).
+Module by module, along the path the method has (merging/methods/registry.py), never by its name:
+a method with an exact factored form (task arithmetic's concatenation, KnOTS, TSV-Merge) stays in
+factored form end to end, truncated if asked by an SVD from the factors; a streamed method (the
+sparsify × consensus family) rebuilds each update from its factors a block of rows at a time and
+never holds the n dense updates; DO-Merging's switches need the dense form. A dense result is
+factored with an SVD (exact at numerical rank, or truncated to `rank`). At any time only one
+module's updates are in memory.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes

@@ -5,11 +5,14 @@
     catalogue.py       the registered methods, one line each
     task_arithmetic.py generalized task arithmetic: a sparsifier × a consensus rule (mergekit's GTA)
     sparsify.py        none / magnitude / random (DARE), dense and streamed by rows
+    breadcrumbs.py     Model Breadcrumbs' magnitude band (mergekit's magnitude_outliers)
     cut.py             the k largest magnitudes without sorting (TIES' trim)
     consensus.py       TIES' sign election and disjoint mean
     factored.py        the B·A form, and task arithmetic's exact concatenation
     svd.py             SVDs from the factors or of a dense update, truncated or exact
-    knots.py           KnOTS;  peft_naive.py  PEFT's separate A/B combination
+    knots.py           KnOTS (one SVD aligns the updates, merge the aligned blocks)
+    tsv.py             TSV-Merge (task singular vectors, decorrelated by orthogonal Procrustes)
+    peft_naive.py      PEFT's separate A/B combination
 
 The functions take float32 tensors or factors and return tensors; merge.py streams the modules of
 real adapters through them.

@@ -6,11 +6,13 @@ its own file and named here.
 
 from __future__ import annotations
 
+from merging.methods.breadcrumbs import MAGNITUDE_BAND
 from merging.methods.knots import KNOTS
 from merging.methods.peft_naive import PEFT_NAIVE
 from merging.methods.registry import register
 from merging.methods.sparsify import MAGNITUDE, NONE, RANDOM
 from merging.methods.task_arithmetic import family
+from merging.methods.tsv import TSV
 
 register(
     family("task_arithmetic", "Task arithmetic", "Σ λᵢ ΔWᵢ.", NONE),
@@ -18,6 +20,9 @@ register(
     family("dare_linear", "DARE (linear)", "Keep each entry with probability density, rescale by 1/density, then Σ λᵢ ΔWᵢ.", RANDOM),
     family("dare_ties", "DARE-TIES", "DARE's random drop and rescale, then TIES' sign election and disjoint mean.", RANDOM, consensus=True),
     family("magnitude_prune", "Magnitude prune", "Keep each update's top-density entries by |x|, then Σ λᵢ ΔWᵢ.", MAGNITUDE),
+    family("breadcrumbs", "Model Breadcrumbs", "Drop each update's largest gamma and smallest entries by |x|, keep the density between, then Σ λᵢ ΔWᵢ.", MAGNITUDE_BAND),
+    family("breadcrumbs_ties", "Breadcrumbs-TIES", "Model Breadcrumbs' band, then TIES' sign election and disjoint mean.", MAGNITUDE_BAND, consensus=True),
     KNOTS,
+    TSV,
     PEFT_NAIVE,
 )

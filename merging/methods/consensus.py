@@ -12,7 +12,7 @@ temporaries beyond one. `combine_weighted` is the two in a row, or the plain sum
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

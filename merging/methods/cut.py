@@ -10,8 +10,8 @@ device or thread count. `cut_of_factors` finds the same cut for B·A without hol
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -6,8 +6,8 @@ truncating it (or factoring a dense merge) goes through svd.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

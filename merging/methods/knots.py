@@ -12,7 +12,7 @@ density counts entries of the ΣVᵀ blocks, so null rows would change how many 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

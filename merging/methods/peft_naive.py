@@ -7,7 +7,7 @@ on DO-Merging's directions. Kept to make the cross terms visible, not to be used
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -116,14 +117,13 @@ class MethodArgs:
             return self.per_adapter[index][name]
         return self.parameters[name]
 
-    def select(self, indices: Sequence[int]) -> "MethodArgs":
+    def select(self, indices: Sequence[int]) -> MethodArgs:
         """The same arguments for a subset of the adapters (e.g. those that have a module)."""
         if not self.per_adapter:
             return self
         return MethodArgs(self.parameters, tuple(self.per_adapter[i] for i in indices), self.generator, self.device)
 
 
-Factors = Sequence["LoraModule"]
 FactoredMerge = Callable[[Sequence["LoraModule"], Sequence[float], MethodArgs], "Factored"]
 StreamedMerge = Callable[[Sequence["LoraModule | None"], Sequence[float], MethodArgs], torch.Tensor]
 DenseMerge = Callable[[Sequence[torch.Tensor], Sequence[float], MethodArgs], torch.Tensor]
@@ -235,14 +235,14 @@ class Method:
             raise MethodError(self.dense_refusal or f"{self.name} has no dense implementation")
         return self.dense(deltas, weights, self.args(generator, **parameters))
 
-    def merge_factored(self, modules: Sequence["LoraModule"], weights: Sequence[float],
+    def merge_factored(self, modules: Sequence[LoraModule], weights: Sequence[float],
                        device: torch.device | str = "cpu", generator: torch.Generator | None = None,
-                       **parameters: Any) -> "Factored":
+                       **parameters: Any) -> Factored:
         if self.factored is None:
             raise MethodError(f"{self.name} has no exact factored implementation")
         return self.factored(modules, weights, self.args(generator, device, **parameters))
 
-    def merge_streamed(self, modules: Sequence["LoraModule | None"], weights: Sequence[float],
+    def merge_streamed(self, modules: Sequence[LoraModule | None], weights: Sequence[float],
                        device: torch.device | str = "cpu", generator: torch.Generator | None = None,
                        **parameters: Any) -> torch.Tensor:
         if self.streamed is None:

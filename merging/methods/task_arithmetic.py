@@ -17,8 +17,8 @@ a time; plain task arithmetic (no sparsifier, no consensus) is also exact in fac
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from functools import partial
-from typing import Iterable, Sequence
 
 import torch
 
