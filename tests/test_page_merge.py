@@ -295,3 +295,25 @@ def test_a_clamped_weight_is_what_the_page_runs(app_test):
     at = app_test.run()
     assert at.slider(key="weight:sms_spam-standard").value == 2.0
     assert _recipe_from_page(at)["adapters"][0]["weight"] == 2.0
+
+
+@pytest.mark.parametrize("method", list(REGISTRY))
+def test_each_methods_controls_are_drawn_from_its_schema(app_test, method):
+    at = app_test.run()
+    at.selectbox(key="merge_method").set_value(method).run()
+    _no_errors(at)
+    for param in REGISTRY[method].params:
+        key = f"merge_param:{method}:{param.name}"
+        if param.kind == "bool":
+            widget = at.toggle(key=key)
+        elif param.kind == "choice":
+            widget = next(w for kind in ("radio", "selectbox") for w in at.get(kind) if w.key == key)
+            assert list(widget.options) == list(param.choices)
+        elif param.kind == "float" and param.minimum is not None and param.maximum is not None:
+            widget = at.slider(key=key)
+            assert widget.max == param.maximum
+            assert widget.min >= param.minimum and (widget.min > param.minimum or not param.exclusive_minimum)
+        else:
+            widget = at.number_input(key=key)
+        assert widget.value == param.default, key
+        assert widget.help == (param.help or None) or param.help in (widget.help or "")
