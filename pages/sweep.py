@@ -96,6 +96,7 @@ with controls:
                 )
                 == "heatmap"
             )
+    codec.per_adapter_controls(PREFIX, method, names)
     r1, r2, r3 = st.columns(3)
     start = r1.number_input("λ from", 0.0, 5.0, 0.1, 0.05, format="%.2f", key="sweep_start", persist_state=KEEP)
     stop = r2.number_input("λ to", 0.0, 5.0, 1.5, 0.05, format="%.2f", key="sweep_stop", persist_state=KEEP)

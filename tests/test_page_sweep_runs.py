@@ -82,6 +82,18 @@ def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
     assert len(_charts(at)) == 1
     assert any("from the cache" in c.value for c in at.caption)
 
+    # Reopen the OSRM set in Merge: its best point, with the OSRM mode it was swept with
+    osrm_run = next(r for r in runs if r.results["sweep"]["init"] == "osrm")
+    at.switch_page(RUNS).run()
+    at.selectbox(key="runs_detail").set_value(osrm_run.id).run()
+    at.button(key="runs_reopen").click().run()
+    _no_errors(at)
+    assert at.title[0].value == "Merge"
+    assert at.radio(key="merge_osrm").value == "twins"
+    assert at.multiselect(key="merge_adapters").value == ["sms_spam-standard", "question_type-standard"]
+    best = osrm_run.results["best_weights"]
+    assert [at.slider(key=f"weight:{n}").value for n in ("sms_spam-standard", "question_type-standard")] == best
+
 
 def test_sweep_heatmap_for_two_adapters(app: AppTest):
     at = app.switch_page(SWEEP).run()
