@@ -62,6 +62,12 @@ class RecipeError(ValueError):
     """A recipe field that is missing or not allowed; the message names the field."""
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as the message shows it: its repr, cut short (a hostile link may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _hint(value: Any, allowed: Any) -> str:
     """`; did you mean 'x'?` when a string is close to one of the allowed names."""
     if not isinstance(value, str):
@@ -211,16 +217,16 @@ def _number(data: Mapping, key: str, default: Any, kind: type, where: str = "") 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecipeError(f"field '{label}': expected a number, got {value!r}")
+        raise RecipeError(f"field '{label}': expected a number, got {_shown(value)}")
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise RecipeError(f"field '{label}': expected a finite number, got {value!r}")
+        raise RecipeError(f"field '{label}': expected a finite number, got {_shown(value)}")
     if kind is int:
         if number != int(number):
-            raise RecipeError(f"field '{label}': expected a whole number, got {value!r}")
+            raise RecipeError(f"field '{label}': expected a whole number, got {_shown(value)}")
         return int(value)
     return number
 
@@ -229,7 +235,7 @@ def _choice(data: Mapping, key: str, default: str, allowed: tuple[str, ...], whe
     value = data.get(key, default)
     if not isinstance(value, str) or value not in allowed:
         raise RecipeError(
-            f"field '{where}{key}': {value!r} is not allowed (allowed: {', '.join(allowed)}){_hint(value, allowed)}"
+            f"field '{where}{key}': {_shown(value)} is not allowed (allowed: {', '.join(allowed)}){_hint(value, allowed)}"
         )
     return value
 
@@ -237,7 +243,7 @@ def _choice(data: Mapping, key: str, default: str, allowed: tuple[str, ...], whe
 def _flag(data: Mapping, key: str, where: str, default: bool = False) -> bool:
     value = data.get(key, default)
     if not isinstance(value, bool):
-        raise RecipeError(f"field '{where}{key}': expected true or false, got {value!r}")
+        raise RecipeError(f"field '{where}{key}': expected true or false, got {_shown(value)}")
     return value
 
 
@@ -247,21 +253,22 @@ def _check_keys(data: Mapping, allowed: set[str] | tuple[str, ...], where: str, 
     if unknown:
         name = unknown[0]
         raise RecipeError(
-            f"unknown field '{where}{name}' (allowed: {', '.join(sorted(allowed))}){_hint(name, allowed)}"
+            f"unknown field '{where}{name[:40]}' (allowed: {', '.join(sorted(allowed))}){_hint(name, allowed)}"
         )
 
 
 def _method_error(err: MethodError) -> RecipeError:
     """The registry's `where: what` as this module's `field 'where': what`."""
     where, _, what = str(err).partition(": ")
-    return RecipeError(f"field '{where}': {what}" if what and " " not in where else str(err))
+    message = f"field '{where}': {what}" if what and " " not in where else str(err)
+    return RecipeError(message if len(message) <= 300 else message[:299] + "…")
 
 
 def _method_parameters(method_name: str, raw: Any, where: str) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise RecipeError(f"field '{where}': expected an object of {method_name}'s parameters, got {raw!r}")
+        raise RecipeError(f"field '{where}': expected an object of {method_name}'s parameters, got {_shown(raw)}")
     try:
         return get_method(method_name).validate(dict(raw), where)
     except MethodError as err:
@@ -273,14 +280,14 @@ def _adapter_parameters(method_name: str, raw: Any, where: str) -> dict[str, Any
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise RecipeError(f"field '{where}': expected an object like {{\"density\": 0.3}}, got {raw!r}")
+        raise RecipeError(f"field '{where}': expected an object like {{\"density\": 0.3}}, got {_shown(raw)}")
     per_adapter = {p.name: p for p in get_method(method_name).params if p.per_adapter}
     clean = {}
     for key, value in raw.items():
         if key not in per_adapter:
             allowed = ", ".join(per_adapter) or f"none: {method_name} takes no per-adapter parameters"
             raise RecipeError(
-                f"unknown field '{where}.{key}' (allowed: {allowed}){_hint(key, per_adapter)}"
+                f"unknown field '{where}.{str(key)[:40]}' (allowed: {allowed}){_hint(key, per_adapter)}"
             )
         try:
             clean[key] = per_adapter[key].validate(value, f"{where}.{key}")
@@ -300,18 +307,18 @@ def _adapters(
         if isinstance(item, str):
             item = {"path": item}
         if not isinstance(item, Mapping):
-            raise RecipeError(f"field 'adapters[{index}]': expected an object with 'path' and 'weight', got {item!r}")
+            raise RecipeError(f"field 'adapters[{index}]': expected an object with 'path' and 'weight', got {_shown(item)}")
         _check_keys(item, {"path", "weight", "name", "parameters"}, where)
         path = item.get("path")
         if path is None and path_of is not None and isinstance(item.get("name"), str) and item["name"]:
             path = path_of(item["name"])  # a share link may name a catalogue adapter instead
         if not isinstance(path, str) or not path or "\x00" in path:
-            raise RecipeError(f"field '{where}path': expected the path of a PEFT adapter folder, got {path!r}")
+            raise RecipeError(f"field '{where}path': expected the path of a PEFT adapter folder, got {_shown(path)}")
         if base_dir is not None and not Path(path).is_absolute():
             path = str((base_dir / path).resolve())
         name = item.get("name")
         if name is not None and (not isinstance(name, str) or not name):
-            raise RecipeError(f"field '{where}name': expected a non-empty string, got {name!r}")
+            raise RecipeError(f"field '{where}name': expected a non-empty string, got {_shown(name)}")
         weight = _number(item, "weight", 1.0, float, where)
         if weight is None:
             raise RecipeError(f"field '{where}weight': expected a number, got null")
@@ -320,7 +327,7 @@ def _adapters(
     names = [r.display_name for r in refs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise RecipeError(f"field 'adapters': two adapters are named '{duplicates[0]}'; give each a 'name'")
+        raise RecipeError(f"field 'adapters': two adapters are named {_shown(duplicates[0])}; give each a 'name'")
     return tuple(refs)
 
 
@@ -336,11 +343,11 @@ def _do_merging(raw: Any) -> DoMergingOptions:
     lr = _number(raw, "lr", defaults.lr, float, where)
     mu = _number(raw, "mu", defaults.mu, float, where)
     if steps is None or not 0 <= steps <= DO_STEPS_MAX:
-        raise RecipeError(f"field 'do_merging.steps': expected 0 to {DO_STEPS_MAX}, got {steps!r}")
+        raise RecipeError(f"field 'do_merging.steps': expected 0 to {DO_STEPS_MAX}, got {_shown(steps)}")
     if lr is None or lr <= 0:
-        raise RecipeError(f"field 'do_merging.lr': expected a positive number, got {lr!r}")
+        raise RecipeError(f"field 'do_merging.lr': expected a positive number, got {_shown(lr)}")
     if mu is None or mu < 0:
-        raise RecipeError(f"field 'do_merging.mu': expected a number ≥ 0, got {mu!r}")
+        raise RecipeError(f"field 'do_merging.mu': expected a number ≥ 0, got {_shown(mu)}")
     return DoMergingOptions(
         decouple=_flag(raw, "decouple", where),
         orthogonalize=_flag(raw, "orthogonalize", where),
@@ -374,7 +381,7 @@ def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
         match = item.get("match")
         if match is not None:
             if not isinstance(match, str):
-                raise RecipeError(f"field '{where}match': expected a regular expression, got {match!r}")
+                raise RecipeError(f"field '{where}match': expected a regular expression, got {_shown(match)}")
             try:
                 re.compile(match)
             except (re.error, RecursionError, OverflowError) as err:
@@ -382,7 +389,7 @@ def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
         layers = item.get("layers")
         if layers is not None:
             if not isinstance(layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
-                raise RecipeError(f"field '{where}layers': expected a list of block indices, got {layers!r}")
+                raise RecipeError(f"field '{where}layers': expected a list of block indices, got {_shown(layers)}")
             layers = tuple(layers)
         if match is None and layers is None:
             raise RecipeError(f"field '{where}match': give 'match' (a regex) or 'layers' (block indices)")
@@ -428,7 +435,7 @@ def _osrm(data: Mapping) -> str:
     if "osrm_posthoc" in data:
         legacy = _flag(data, "osrm_posthoc", "")
         if legacy and "osrm" in data and mode != "posthoc":
-            raise RecipeError(f"field 'osrm_posthoc': true contradicts 'osrm': {mode!r}; give 'osrm' alone")
+            raise RecipeError(f"field 'osrm_posthoc': true contradicts 'osrm': {_shown(mode)}; give 'osrm' alone")
         if legacy:
             mode = "posthoc"
     return mode
@@ -443,13 +450,13 @@ def recipe_from_dict(data: Any, base_dir: Path | None = None, path_of: Callable[
     method = data.get("method", "task_arithmetic")
     if not isinstance(method, str) or method not in REGISTRY:
         raise RecipeError(
-            f"field 'method': {method!r} is not a method (allowed: {', '.join(REGISTRY)}){_hint(method, REGISTRY)}"
+            f"field 'method': {_shown(method)} is not a method (allowed: {', '.join(REGISTRY)}){_hint(method, REGISTRY)}"
         )
     raw_parameters = data.get("parameters")
     legacy = _legacy_parameters(data, method)
     if legacy:
         if raw_parameters is not None and not isinstance(raw_parameters, Mapping):
-            raise RecipeError(f"field 'parameters': expected an object of {method}'s parameters, got {raw_parameters!r}")
+            raise RecipeError(f"field 'parameters': expected an object of {method}'s parameters, got {_shown(raw_parameters)}")
         given = dict(raw_parameters or {})
         for key, value in legacy.items():
             if key in given and given[key] != value:
@@ -467,7 +474,7 @@ def recipe_from_dict(data: Any, base_dir: Path | None = None, path_of: Callable[
     base_model = data.get("base_model")
     if base_model is not None and (not isinstance(base_model, str) or not base_model.strip() or "\x00" in base_model):
         raise RecipeError(
-            f"field 'base_model': expected null (the adapters' own) or a local folder / Hub id, got {base_model!r}"
+            f"field 'base_model': expected null (the adapters' own) or a local folder / Hub id, got {_shown(base_model)}"
         )
     return Recipe(
         adapters=adapters,

@@ -1,4 +1,7 @@
-"""Merge: pick adapters, set λ, choose a method and the OSRM / DO-Merging switches, run, read the scores."""
+"""Merge: pick adapters, set λ, choose a method and the OSRM / DO-Merging switches, run, read the scores.
+
+The controls build one Recipe and are set from one (pages/_recipe_ui.py); the Recipe alone says
+what is merged — merging.catalog resolves its OSRM mode — so a run re-merges from its stored recipe."""
 
 from __future__ import annotations
 

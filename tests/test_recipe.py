@@ -269,6 +269,20 @@ def test_a_bad_share_link_is_one_recipe_error(value, message):
         Recipe.from_url(value)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"adapters":[{"path":"a","weight":"' + "x" * 100_000 + '"}]}',
+        '{"adapters":[{"path":"a"}],"' + "k" * 100_000 + '":1}',
+        '{"adapters":[{"path":"a"}],"method":"ties","parameters":{"sign":"' + "s" * 100_000 + '"}}',
+    ],
+)
+def test_a_huge_value_gives_a_short_message(value):
+    with pytest.raises(RecipeError) as caught:
+        Recipe.from_url(value)
+    assert len(str(caught.value)) < 400
+
+
 # ----------------------------------------------------------------------------------------------
 # Round trips: every form the codec writes reads back to the same Recipe
 
