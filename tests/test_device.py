@@ -61,7 +61,7 @@ def test_the_device_under_test_is_the_one_asked_for():
     assert DEVICE.type == torch.device(asked).type
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "magnitude_prune", "knots"])
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "magnitude_prune", "breadcrumbs", "knots", "tsv"])
 def test_deterministic_methods_on_the_device_equal_the_float64_reference(adapters, method):
     weights = [0.7, 1.0, 0.4]
     merged = merge_adapters(adapters, _recipe(adapters, method, weights, density=0.3, knots_inner="ties"))
