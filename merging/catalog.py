@@ -209,7 +209,7 @@ class MergeInputs:
     """What a recipe merges: the adapters (twins swapped in, projections applied), in its order."""
 
     adapters: list[Adapter]
-    base_model: str
+    base_model: str | None  # None: not known, and not needed (no projection); evaluation needs one
     twins: dict[str, str] = field(default_factory=dict)  # listed name -> the OSRM twin merged instead
     posthoc: list[str] = field(default_factory=list)  # names of the adapters projected post-hoc
     pending_posthoc: list[int] = field(default_factory=list)  # indices still to project (resolve_inputs)
@@ -248,7 +248,13 @@ def resolve_inputs(
         paths.append(path)
         names.append(name)
     adapters = [load(path, name) for path, name in zip(paths, names)]
-    inputs = MergeInputs(adapters, resolve_base_model(recipe, adapters, fallback_base_model), twins)
+    try:
+        base_model = resolve_base_model(recipe, adapters, fallback_base_model)
+    except ValueError:
+        if pending and len(adapters) >= 2:
+            raise  # the projection needs the base model
+        base_model = None  # a plain merge does not: the factors alone define it
+    inputs = MergeInputs(adapters, base_model, twins)
     if pending and len(adapters) < 2:
         # OSRM's rows avoid the *other* tasks' inputs: with one adapter there is nothing to avoid.
         inputs.notes.append("OSRM post-hoc needs at least two adapters: merged without projection")

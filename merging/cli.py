@@ -95,6 +95,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     labs: dict = {}
     inputs = _merge_inputs(recipe, labs)
+    if inputs.base_model is None:
+        raise ValueError("the adapters do not say which base model they belong to; set the recipe's 'base_model'")
     lab = labs.get(inputs.base_model) or Lab(inputs.base_model, device=recipe.device)
     adapters = inputs.adapters
     run = lab.merge_and_evaluate(adapters, recipe, progress=_Bar("merge + evaluate"))

@@ -158,3 +158,12 @@ def test_merged_twins_differ_from_the_listed_adapters(workspace):
     plain = catalog.resolve_inputs(replace(listed, osrm="off")).adapters[0]
     name = next(iter(TWO_LAYERS))
     assert not torch.equal(twin.modules[name].A, plain.modules[name].A)
+
+
+def test_a_plain_merge_needs_no_base_model_but_a_projection_does(tmp_path):
+    paths = [str(_write(tmp_path, name, task)) for name, task in (("x", "spam"), ("y", "topic"))]
+    plain = recipe_from_dict({"adapters": paths})
+    assert catalog.merge_inputs(plain).base_model is None  # the factors alone define a merge
+    with pytest.raises(ValueError, match="set the recipe's 'base_model'"):
+        catalog.merge_inputs(replace(plain, osrm="posthoc"), lab_for=lambda name: None)
+    assert catalog.resolve_inputs(replace(plain, base_model="tiny", osrm="posthoc")).base_model == "tiny"

@@ -379,3 +379,33 @@ def test_json_and_yaml_files_round_trip(recipe):
 def test_a_recipe_is_its_own_fixed_point(recipe):
     once = recipe.to_dict()
     assert Recipe.from_dict(once).to_dict() == once
+
+
+@ROUND_TRIPS
+@given(recipes())
+def test_the_run_store_round_trips(recipe):
+    from merging.runs import RunStore
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = RunStore(Path(folder) / "runs.sqlite")
+        run_id = store.add(recipe.to_dict(), {"average": {}})
+        assert recipe_of_run(store.get(run_id).recipe, store.get(run_id).results) == recipe
+
+
+def test_a_merged_folder_records_the_recipe_that_made_it(tmp_path, capsys):
+    """The merged adapter's mergescope.json (written by every `merge`) reads back to the same Recipe."""
+    from merging.cli import main
+    from merging.lora import save_adapter
+    from tests.conftest import TWO_LAYERS, random_adapter
+
+    paths = [str(save_adapter(random_adapter(f"a{i}", TWO_LAYERS, seed=i), tmp_path / f"a{i}")) for i in range(2)]
+    recipe = recipe_from_dict({
+        "adapters": [{"path": paths[0], "weight": 0.7, "parameters": {"density": 0.5}}, {"path": paths[1]}],
+        "method": "ties", "parameters": {"density": 0.8, "sign": "frequency"}, "seed": 3, "device": "cpu",
+        "rank": 3, "do_merging": {"lr": 5e-05}, "overrides": [{"match": "query", "weights": [1.0, 0.25]}],
+    })
+    (tmp_path / "r.json").write_text(recipe.to_json())
+    assert main(["merge", str(tmp_path / "r.json"), "--out", str(tmp_path / "merged")]) == 0
+    capsys.readouterr()
+    meta = json.loads((tmp_path / "merged" / "mergescope.json").read_text())
+    assert Recipe.from_dict(meta["recipe"]) == recipe
