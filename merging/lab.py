@@ -47,16 +47,6 @@ def eval_set_for(adapter: Adapter) -> EvalSet:
     return EvalSet(adapter.task, list(data.labels), list(data.eval_texts), list(data.eval_labels))
 
 
-def common_base_model(adapters: Sequence[Adapter]) -> str:
-    """The adapters' one base model (merging.catalog resolves it), or ValueError."""
-    from merging.catalog import adapters_base_model
-
-    found = adapters_base_model(adapters)
-    if found is None:
-        raise ValueError("the adapters do not say which base model they belong to; set the recipe's 'base_model'")
-    return found
-
-
 @dataclass
 class MergeRun:
     recipe: Recipe
