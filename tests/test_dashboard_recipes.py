@@ -47,19 +47,22 @@ def _valid(method: str) -> dict:
     }
 
 
+def _holds(target, step) -> bool:
+    if isinstance(step, int):
+        return isinstance(target, list) and step < len(target)
+    return isinstance(target, dict) and step in target
+
+
 @st.composite
 def _mutated(draw) -> str:
     data = _valid(draw(st.sampled_from(["ties", "knots", "dare_linear", "task_arithmetic", "peft_naive"])))
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(_FIELDS))
+        *parents, last = draw(st.sampled_from(_FIELDS))
         target = data
-        for step in path[:-1]:
-            target = target[step]
-            if not isinstance(target, (dict, list)):
-                break
-        else:
-            if isinstance(target, dict) or (isinstance(target, list) and path[-1] < len(target)):
-                target[path[-1]] = draw(_json)
+        for step in parents:  # an earlier mutation may have replaced a parent: then skip this one
+            target = target[step] if _holds(target, step) else None
+        if _holds(target, last) or (isinstance(last, str) and isinstance(target, dict)):
+            target[last] = draw(_json)
     return json.dumps(data)
 
 
