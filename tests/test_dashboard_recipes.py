@@ -5,6 +5,7 @@ and every run the dashboard stores re-merges from its stored recipe alone, with
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from merging.runs import RunStore
 from tests.conftest import wait_for_job
 
 PAGES = {"merge": "pages/merge.py", "sweep": "pages/sweep.py"}
+# MERGESCOPE_LINK_EXAMPLES=1000 for a longer hunt than the suite's 30 links per page
 
 # ----------------------------------------------------------------------------------------------
 # Hostile links: random text, random JSON, and valid recipes with one field replaced by anything
@@ -86,7 +88,7 @@ _hostile = st.one_of(
 def test_no_query_string_raises_on_the_merge_or_sweep_page(app_test, page):
     at = app_test.switch_page(PAGES[page])
 
-    @settings(max_examples=30, deadline=None,
+    @settings(max_examples=int(os.environ.get("MERGESCOPE_LINK_EXAMPLES", "30")), deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(recipe=_hostile, extra=st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=20), max_size=2))
     def check(recipe: str, extra: dict) -> None:
