@@ -48,7 +48,7 @@ def _print_json(data: object) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from merging.merge import run_recipe, save_merged
+    from merging.merge import merge_adapters, save_merged
 
     recipe = load_recipe(args.recipe)
     out = Path(args.out)
@@ -56,12 +56,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
     if args.overwrite:
         check_replaceable(out)  # before the work: only a folder holding an adapter is ever replaced
-    if recipe.osrm_posthoc:
-        from merging.merge import merge_adapters
-
-        merged = merge_adapters(_posthoc_adapters(recipe), recipe, progress=_Bar("merging"))
-    else:
-        merged = run_recipe(recipe, progress=_Bar("merging"))
+    merged = merge_adapters(_merge_inputs(recipe).adapters, recipe, progress=_Bar("merging"))
     save_merged(merged, out, overwrite=args.overwrite)
     summary = merged.summary()
     if not args.per_module:
@@ -71,16 +66,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _posthoc_adapters(recipe, lab=None):
-    """The recipe's adapters, projected onto OSRM's subspace when the recipe asks for it."""
-    from merging.lab import Lab, common_base_model
-    from merging.merge import load_recipe_adapters
+def _merge_inputs(recipe, labs: dict | None = None):
+    """What the recipe merges, its `osrm` mode applied (merging.catalog), with the Lab it needed."""
+    from merging.catalog import merge_inputs
+    from merging.lab import Lab
 
-    adapters = load_recipe_adapters(recipe)
-    if not recipe.osrm_posthoc:
-        return adapters
-    lab = lab or Lab(common_base_model(adapters), device=recipe.device)
-    return lab.posthoc_osrm(adapters)
+    labs = {} if labs is None else labs
+
+    def lab_for(base_model: str) -> Lab:
+        if base_model not in labs:
+            labs[base_model] = Lab(base_model, device=recipe.device)
+        return labs[base_model]
+
+    return merge_inputs(recipe, lab_for=lab_for)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -99,14 +97,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from merging.lab import Lab, common_base_model
-    from merging.merge import load_recipe_adapters
+    from merging.lab import Lab
 
     recipe = load_recipe(args.recipe)
-    adapters = load_recipe_adapters(recipe)
-    lab = Lab(common_base_model(adapters), device=recipe.device)
-    if recipe.osrm_posthoc:
-        adapters = lab.posthoc_osrm(adapters)
+    labs: dict = {}
+    inputs = _merge_inputs(recipe, labs)
+    if inputs.base_model is None:
+        raise ValueError("the adapters do not say which base model they belong to; set the recipe's 'base_model'")
+    lab = labs.get(inputs.base_model) or Lab(inputs.base_model, device=recipe.device)
+    adapters = inputs.adapters
     run = lab.merge_and_evaluate(adapters, recipe, progress=_Bar("merge + evaluate"))
     results = run.evaluation.to_dict()
     results["merge_seconds"] = round(run.merged.seconds, 4)

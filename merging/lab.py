@@ -43,14 +43,6 @@ def eval_set_for(adapter: Adapter) -> EvalSet:
     return EvalSet(adapter.task, list(data.labels), list(data.eval_texts), list(data.eval_labels))
 
 
-def common_base_model(adapters: Sequence[Adapter]) -> str:
-    names = {a.meta.get("base_model") or a.base_model for a in adapters}
-    names.discard(None)
-    if len(names) != 1:
-        raise ValueError(f"adapters must share one known base model to be evaluated, got {sorted(names) or 'none'}")
-    return names.pop()
-
-
 @dataclass
 class MergeRun:
     recipe: Recipe
@@ -114,7 +106,7 @@ class Lab:
         start = time.perf_counter()
         with self.lock:
             self.prepare(adapters)
-            recipe = _on_device(recipe, self.device)
+            recipe = on_device(recipe, self.device)
             merged = merge_adapters(adapters, recipe, progress=_phase(progress, 0, 2))
             evaluation = self._evaluate(adapters, merged.adapter.modules, _phase(progress, 1, 2), on_preview)
         return MergeRun(recipe, merged, evaluation, time.perf_counter() - start)
@@ -140,7 +132,7 @@ class Lab:
             for index, weights in enumerate(weight_grid):
                 if progress:
                     progress(index, len(weight_grid), f"λ = {', '.join(f'{w:g}' for w in weights)}")
-                point = _on_device(recipe.with_weights(list(weights)), self.device)
+                point = on_device(recipe.with_weights(list(weights)), self.device)
                 merged = merge_adapters(adapters, point)
                 results.append((list(weights), self._evaluate(adapters, merged.adapter.modules)))
             if progress:
@@ -186,8 +178,9 @@ class Lab:
             return result
 
 
-def _on_device(recipe: Recipe, device: torch.device) -> Recipe:
-    """The lab's device wins over the recipe's `auto`: the model and the merge share one device."""
+def on_device(recipe: Recipe, device: torch.device) -> Recipe:
+    """The lab's device wins over the recipe's `auto`: the model and the merge share one device
+    (and the stored recipe says which it was)."""
     from dataclasses import replace
 
     return replace(recipe, device=device.type) if recipe.device == "auto" else recipe

@@ -95,20 +95,15 @@ class MergedAdapter:
 def method_parameters(recipe: Recipe) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
     """The recipe's method parameters, validated against the method's schema, and each adapter's own.
 
-    The one place merge.py reads them. A recipe that carries `parameters` (and
-    `adapters[i].parameters`) gives them directly; the older flat fields (density, sign,
-    knots_inner) are mapped onto the parameters the method has and the rest is ignored, as before.
+    The one place merge.py reads them: `recipe.parameters` and `adapters[i].parameters` (the Recipe
+    maps the older flat fields — density, sign, knots_inner — onto them when it is read).
     """
     method = get_method(recipe.method)
-    given = getattr(recipe, "parameters", None)
-    if given is None:
-        legacy = {"density": recipe.density, "sign": recipe.sign, "inner": recipe.knots_inner}
-        given = {name: value for name, value in legacy.items() if method.has_param(name)}
     per_adapter = tuple(
-        method.validate_per_adapter(getattr(ref, "parameters", None), f"adapters[{index}].parameters")
+        method.validate_per_adapter(ref.parameters, f"adapters[{index}].parameters")
         for index, ref in enumerate(recipe.adapters)
     )
-    return method.validate(given), per_adapter
+    return method.validate(recipe.parameters), per_adapter
 
 
 def merge_with_do(

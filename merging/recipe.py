@@ -1,35 +1,79 @@
-"""A merge is data: the Recipe describes one merge completely.
+"""A merge is data: the Recipe describes one merge completely, and is the only codec for it.
 
-The Merge page's widgets, a JSON/YAML file given to the CLI, a page URL and the run store all hold
-the same Recipe, so any result can be reproduced from it. Validation names the bad field and what
-is allowed there.
+The Merge and Sweep pages' widgets, a JSON/YAML file given to the CLI, a page URL and the run store
+all hold the same Recipe, through one pair of functions: `Recipe.to_dict` / `Recipe.from_dict`
+(and `to_url` / `from_url`, `to_json` / `load_recipe` on top of them). If a page needs a setting the
+Recipe lacks, the Recipe gains a field here, with validation and a round-trip test.
 
-    {"adapters": [{"path": "...", "weight": 1.0}], "method": "ties", "density": 0.5,
-     "sign": "total", "rank": null, "seed": 0, "device": "auto",
-     "do_merging": {"decouple": false, "orthogonalize": false},
+    {"adapters": [{"path": "zoo/sms_spam-standard", "weight": 1.0, "name": "sms_spam-standard",
+                   "parameters": {"density": 0.3}}],
+     "method": "ties", "parameters": {"density": 0.5, "sign": "total"},
+     "rank": null, "seed": 0, "device": "auto", "osrm": "off", "base_model": null, "dtype": "auto",
+     "do_merging": {"decouple": false, "orthogonalize": false, "magnitude": "mean",
+                    "steps": 50, "lr": 0.01, "mu": 1.0},
      "overrides": [{"match": "layer\\\\.0\\\\.", "weights": [0.5, 1.0]}]}
+
+`parameters` belong to the method and are checked against its schema in the method registry
+(merging.methods): unknown keys are refused, missing ones take the schema's default, and `to_dict`
+writes every one, so a stored recipe does not change meaning when a default does.
+`adapters[i].parameters` holds per-adapter values of the parameters the schema marks `per_adapter`.
+
+`osrm` says how OSRM enters the merge, resolved by the library from the recipe alone
+(merging.catalog.merge_inputs), so the CLI and the dashboard give the same body:
+  off      the adapters as listed;
+  twins    each adapter swapped for its OSRM-trained twin (same task, init "osrm", same folder of
+           adapters); one without a twin is projected post-hoc, as the dashboard always did;
+  posthoc  each adapter projected onto OSRM's subspace before merging.
+
+Old files and stored runs keep working: the flat keys of the previous form (`density`, `sign`,
+`knots_inner`, `osrm_posthoc`, and the old share links' boolean `osrm`) are accepted by `from_dict`
+and mapped into this form; `to_dict` never writes them.
+
+Files: JSON is read as JSON (`.yaml`/`.yml` files only as YAML). YAML is read with YAML 1.2's
+core-schema rules for numbers and booleans, not PyYAML's YAML 1.1 ones: `5e-1`, `1e-3` and `1E0`
+are numbers, and `off`/`yes` are strings (in YAML 1.1 `5e-1` is a string and `osrm: off` is false).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from merging.do_merging import MAGNITUDE_RULES, DoMergingOptions
 from merging.lora import layer_of
-from merging.methods import METHODS, SIGN_RULES, MethodError, get_method
+from merging.methods import REGISTRY, MethodError, get_method
 
 DEVICES = ("auto", "cpu", "cuda")
-KNOTS_INNER = ("task_arithmetic", "ties")
+OSRM_MODES = ("off", "twins", "posthoc")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DO_STEPS_MAX = 10_000
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class RecipeError(ValueError):
     """A recipe field that is missing or not allowed; the message names the field."""
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as the message shows it: its repr, cut short (a hostile link may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _hint(value: Any, allowed: Any) -> str:
+    """`; did you mean 'x'?` when a string is close to one of the allowed names."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 @dataclass(frozen=True)
@@ -37,10 +81,20 @@ class AdapterRef:
     path: str
     weight: float = 1.0
     name: str | None = None
+    # Per-adapter values of the method's `per_adapter` parameters (e.g. mergekit's per-model density).
+    parameters: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def display_name(self) -> str:
         return self.name or Path(self.path).name
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "weight": self.weight}
+        if self.name is not None:
+            data["name"] = self.name
+        if self.parameters:
+            data["parameters"] = dict(self.parameters)
+        return data
 
 
 @dataclass(frozen=True)
@@ -55,25 +109,36 @@ class WeightOverride:
     def applies_to(self, module_name: str) -> bool:
         if self.match is not None and not re.search(self.match, module_name):
             return False
-        if self.layers is not None and layer_of(module_name) not in self.layers:
-            return False
-        return True
+        return self.layers is None or layer_of(module_name) in self.layers
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self.match is not None:
+            data["match"] = self.match
+        if self.layers is not None:
+            data["layers"] = list(self.layers)
+        data["weights"] = list(self.weights)
+        return data
 
 
 @dataclass(frozen=True)
 class Recipe:
     adapters: tuple[AdapterRef, ...]
     method: str = "task_arithmetic"
-    density: float = 1.0
-    sign: str = "total"
+    # The method's own parameters; completed with the schema's defaults on construction.
+    parameters: dict[str, Any] = field(default_factory=dict, hash=False)
     rank: int | None = None
     seed: int = 0
     device: str = "auto"
+    osrm: str = "off"
+    base_model: str | None = None
+    dtype: str = "auto"
     do_merging: DoMergingOptions = field(default_factory=DoMergingOptions)
-    knots_inner: str = "task_arithmetic"
     overrides: tuple[WeightOverride, ...] = ()
-    # Project each adapter onto OSRM's subspace before merging (needs the base model and task data).
-    osrm_posthoc: bool = False
+
+    def __post_init__(self) -> None:
+        # Every Recipe, however built, carries the method's full, checked parameter set.
+        object.__setattr__(self, "parameters", get_method(self.method).validate(dict(self.parameters), "parameters"))
 
     @property
     def weights(self) -> list[float]:
@@ -85,26 +150,65 @@ class Recipe:
                 return list(override.weights)
         return self.weights
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["adapters"] = [{k: v for k, v in a.items() if v is not None} for a in data["adapters"]]
-        data["overrides"] = [
-            {k: (list(v) if isinstance(v, tuple) else v) for k, v in o.items() if v is not None}
-            for o in data["overrides"]
-        ]
-        return data
+    def adapter_parameters(self, index: int) -> dict[str, Any]:
+        """The method's parameters as they apply to adapter `index` (its own values win)."""
+        return {**self.parameters, **self.adapters[index].parameters}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    def with_weights(self, weights: list[float]) -> "Recipe":
+    def with_weights(self, weights: list[float]) -> Recipe:
         return replace(
             self, adapters=tuple(replace(a, weight=float(w)) for a, w in zip(self.adapters, weights, strict=True))
         )
 
+    # -- the codec ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "adapters": [a.to_dict() for a in self.adapters],
+            "method": self.method,
+            "parameters": dict(self.parameters),
+            "rank": self.rank,
+            "seed": self.seed,
+            "device": self.device,
+            "osrm": self.osrm,
+            "base_model": self.base_model,
+            "dtype": self.dtype,
+            "do_merging": {
+                "decouple": self.do_merging.decouple,
+                "orthogonalize": self.do_merging.orthogonalize,
+                "magnitude": self.do_merging.magnitude,
+                "steps": self.do_merging.steps,
+                "lr": self.do_merging.lr,
+                "mu": self.do_merging.mu,
+            },
+            "overrides": [o.to_dict() for o in self.overrides],
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Any, base_dir: Path | None = None, path_of: Callable[[str], str] | None = None
+    ) -> Recipe:
+        return recipe_from_dict(data, base_dir, path_of)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def to_yaml(self) -> str:
+        """YAML that reads back to this Recipe (strings that look like numbers are quoted)."""
+        return yaml.dump(self.to_dict(), Dumper=_Yaml12Dumper, sort_keys=False, allow_unicode=True)
+
+    def to_url(self) -> str:
+        """The value of the page URL's `recipe=` query parameter: compact JSON of to_dict()."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_url(cls, value: str, path_of: Callable[[str], str] | None = None) -> Recipe:
+        """Read a share link's `recipe=` value; anything wrong is one RecipeError naming the field.
+        `path_of(name)` gives the path of an adapter the link names without a path (old links)."""
+        return recipe_from_dict(_json_loads(value, "the link's recipe"), path_of=path_of)
+
 
 # ----------------------------------------------------------------------------------------------
-# Parsing and validation
+# Validation of each field
 
 
 def _number(data: Mapping, key: str, default: Any, kind: type, where: str = "") -> Any:
@@ -113,38 +217,88 @@ def _number(data: Mapping, key: str, default: Any, kind: type, where: str = "") 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecipeError(f"field '{label}': expected a number, got {value!r}")
+        raise RecipeError(f"field '{label}': expected a number, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise RecipeError(f"field '{label}': expected a finite number, got {_shown(value)}")
     if kind is int:
-        if float(value) != int(value):
-            raise RecipeError(f"field '{label}': expected a whole number, got {value!r}")
+        if number != int(number):
+            raise RecipeError(f"field '{label}': expected a whole number, got {_shown(value)}")
         return int(value)
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise RecipeError(f"field '{label}': expected a finite number, got {value!r}")
-    return value
+    return number
 
 
 def _choice(data: Mapping, key: str, default: str, allowed: tuple[str, ...], where: str = "") -> str:
     value = data.get(key, default)
-    if value not in allowed:
-        raise RecipeError(f"field '{where}{key}': {value!r} is not allowed (allowed: {', '.join(allowed)})")
+    if not isinstance(value, str) or value not in allowed:
+        raise RecipeError(
+            f"field '{where}{key}': {_shown(value)} is not allowed (allowed: {', '.join(allowed)}){_hint(value, allowed)}"
+        )
     return value
 
 
-def _flag(data: Mapping, key: str, where: str) -> bool:
-    value = data.get(key, False)
+def _flag(data: Mapping, key: str, where: str, default: bool = False) -> bool:
+    value = data.get(key, default)
     if not isinstance(value, bool):
-        raise RecipeError(f"field '{where}{key}': expected true or false, got {value!r}")
+        raise RecipeError(f"field '{where}{key}': expected true or false, got {_shown(value)}")
     return value
 
 
-def _check_keys(data: Mapping, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed)
+def _check_keys(data: Mapping, allowed: set[str] | tuple[str, ...], where: str, also: tuple[str, ...] = ()) -> None:
+    """Refuse keys outside `allowed` (`also`: accepted, but not offered: the old flat form)."""
+    unknown = sorted(str(k) for k in data if k not in allowed and k not in also)
     if unknown:
-        raise RecipeError(f"unknown field '{where}{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
+        name = unknown[0]
+        raise RecipeError(
+            f"unknown field '{where}{name[:40]}' (allowed: {', '.join(sorted(allowed))}){_hint(name, allowed)}"
+        )
 
 
-def _adapters(raw: Any, base_dir: Path | None) -> tuple[AdapterRef, ...]:
+def _method_error(err: MethodError) -> RecipeError:
+    """The registry's `where: what` as this module's `field 'where': what`."""
+    where, _, what = str(err).partition(": ")
+    message = f"field '{where}': {what}" if what and " " not in where else str(err)
+    return RecipeError(message if len(message) <= 300 else message[:299] + "…")
+
+
+def _method_parameters(method_name: str, raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"field '{where}': expected an object of {method_name}'s parameters, got {_shown(raw)}")
+    try:
+        return get_method(method_name).validate(dict(raw), where)
+    except MethodError as err:
+        raise _method_error(err) from err
+
+
+def _adapter_parameters(method_name: str, raw: Any, where: str) -> dict[str, Any]:
+    """Per-adapter values: only the parameters the method's schema marks `per_adapter`."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"field '{where}': expected an object like {{\"density\": 0.3}}, got {_shown(raw)}")
+    per_adapter = {p.name: p for p in get_method(method_name).params if p.per_adapter}
+    clean = {}
+    for key, value in raw.items():
+        if key not in per_adapter:
+            allowed = ", ".join(per_adapter) or f"none: {method_name} takes no per-adapter parameters"
+            raise RecipeError(
+                f"unknown field '{where}.{str(key)[:40]}' (allowed: {allowed}){_hint(key, per_adapter)}"
+            )
+        try:
+            clean[key] = per_adapter[key].validate(value, f"{where}.{key}")
+        except MethodError as err:
+            raise _method_error(err) from err
+    return clean
+
+
+def _adapters(
+    raw: Any, base_dir: Path | None, method_name: str, path_of: Callable[[str], str] | None = None
+) -> tuple[AdapterRef, ...]:
     if not isinstance(raw, list) or not raw:
         raise RecipeError("field 'adapters': expected a non-empty list of {\"path\": ..., \"weight\": ...}")
     refs = []
@@ -153,21 +307,27 @@ def _adapters(raw: Any, base_dir: Path | None) -> tuple[AdapterRef, ...]:
         if isinstance(item, str):
             item = {"path": item}
         if not isinstance(item, Mapping):
-            raise RecipeError(f"field 'adapters[{index}]': expected an object with 'path' and 'weight'")
-        _check_keys(item, {"path", "weight", "name"}, where)
+            raise RecipeError(f"field 'adapters[{index}]': expected an object with 'path' and 'weight', got {_shown(item)}")
+        _check_keys(item, {"path", "weight", "name", "parameters"}, where)
         path = item.get("path")
-        if not isinstance(path, str) or not path:
-            raise RecipeError(f"field '{where}path': expected the path of a PEFT adapter folder")
+        if path is None and path_of is not None and isinstance(item.get("name"), str) and item["name"]:
+            path = path_of(item["name"])  # a share link may name a catalogue adapter instead
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise RecipeError(f"field '{where}path': expected the path of a PEFT adapter folder, got {_shown(path)}")
         if base_dir is not None and not Path(path).is_absolute():
             path = str((base_dir / path).resolve())
         name = item.get("name")
-        if name is not None and not isinstance(name, str):
-            raise RecipeError(f"field '{where}name': expected a string")
-        refs.append(AdapterRef(path=path, weight=_number(item, "weight", 1.0, float, where), name=name))
+        if name is not None and (not isinstance(name, str) or not name):
+            raise RecipeError(f"field '{where}name': expected a non-empty string, got {_shown(name)}")
+        weight = _number(item, "weight", 1.0, float, where)
+        if weight is None:
+            raise RecipeError(f"field '{where}weight': expected a number, got null")
+        parameters = _adapter_parameters(method_name, item.get("parameters"), f"{where}parameters")
+        refs.append(AdapterRef(path=path, weight=weight, name=name, parameters=parameters))
     names = [r.display_name for r in refs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise RecipeError(f"field 'adapters': two adapters are named '{duplicates[0]}'; give each a 'name'")
+        raise RecipeError(f"field 'adapters': two adapters are named {_shown(duplicates[0])}; give each a 'name'")
     return tuple(refs)
 
 
@@ -179,21 +339,23 @@ def _do_merging(raw: Any) -> DoMergingOptions:
     where = "do_merging."
     _check_keys(raw, {"decouple", "orthogonalize", "magnitude", "steps", "lr", "mu"}, where)
     defaults = DoMergingOptions()
-    options = DoMergingOptions(
+    steps = _number(raw, "steps", defaults.steps, int, where)
+    lr = _number(raw, "lr", defaults.lr, float, where)
+    mu = _number(raw, "mu", defaults.mu, float, where)
+    if steps is None or not 0 <= steps <= DO_STEPS_MAX:
+        raise RecipeError(f"field 'do_merging.steps': expected 0 to {DO_STEPS_MAX}, got {_shown(steps)}")
+    if lr is None or lr <= 0:
+        raise RecipeError(f"field 'do_merging.lr': expected a positive number, got {_shown(lr)}")
+    if mu is None or mu < 0:
+        raise RecipeError(f"field 'do_merging.mu': expected a number ≥ 0, got {_shown(mu)}")
+    return DoMergingOptions(
         decouple=_flag(raw, "decouple", where),
         orthogonalize=_flag(raw, "orthogonalize", where),
         magnitude=_choice(raw, "magnitude", defaults.magnitude, MAGNITUDE_RULES, where),
-        steps=_number(raw, "steps", defaults.steps, int, where),
-        lr=_number(raw, "lr", defaults.lr, float, where),
-        mu=_number(raw, "mu", defaults.mu, float, where),
+        steps=steps,
+        lr=lr,
+        mu=mu,
     )
-    if options.steps < 0 or options.steps > 10_000:
-        raise RecipeError("field 'do_merging.steps': expected 0 to 10000")
-    if options.lr <= 0:
-        raise RecipeError("field 'do_merging.lr': expected a positive number")
-    if options.mu < 0:
-        raise RecipeError("field 'do_merging.mu': expected a number ≥ 0")
-    return options
 
 
 def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
@@ -210,70 +372,220 @@ def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
         weights = item.get("weights")
         if not isinstance(weights, list) or len(weights) != count:
             raise RecipeError(f"field '{where}weights': expected a list of {count} numbers, one per adapter")
-        weights = tuple(_number({"w": w}, "w", None, float, where + "weights.") for w in weights)
+        numbers = []
+        for position, weight in enumerate(weights):
+            number = _number({"w": weight}, "w", None, float)
+            if number is None:
+                raise RecipeError(f"field '{where}weights[{position}]': expected a number, got null")
+            numbers.append(number)
         match = item.get("match")
         if match is not None:
+            if not isinstance(match, str):
+                raise RecipeError(f"field '{where}match': expected a regular expression, got {_shown(match)}")
             try:
                 re.compile(match)
-            except (re.error, TypeError) as err:
+            except (re.error, RecursionError, OverflowError) as err:
                 raise RecipeError(f"field '{where}match': not a valid regular expression ({err})") from err
         layers = item.get("layers")
         if layers is not None:
             if not isinstance(layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
-                raise RecipeError(f"field '{where}layers': expected a list of block indices")
+                raise RecipeError(f"field '{where}layers': expected a list of block indices, got {_shown(layers)}")
             layers = tuple(layers)
         if match is None and layers is None:
             raise RecipeError(f"field '{where}match': give 'match' (a regex) or 'layers' (block indices)")
-        result.append(WeightOverride(weights=weights, match=match, layers=layers))
+        result.append(WeightOverride(weights=tuple(numbers), match=match, layers=layers))
     return tuple(result)
 
 
-RECIPE_FIELDS = {
-    "adapters", "method", "density", "sign", "rank", "seed", "device", "do_merging", "knots_inner", "overrides",
-    "osrm_posthoc",
-}
+RECIPE_FIELDS = (
+    "adapters", "method", "parameters", "rank", "seed", "device", "osrm", "base_model", "dtype", "do_merging",
+    "overrides",
+)
+# The previous flat form, still read (old recipe files, stored runs, old share links).
+LEGACY_PARAMETER_FIELDS = {"density": "density", "sign": "sign", "knots_inner": "inner"}
+LEGACY_FIELDS = (*LEGACY_PARAMETER_FIELDS, "osrm_posthoc")
 
 
-def recipe_from_dict(data: Any, base_dir: Path | None = None) -> Recipe:
-    """Validate a parsed recipe. Relative adapter paths resolve against `base_dir` when given."""
+def _legacy_parameters(data: Mapping, method_name: str) -> dict[str, Any]:
+    """Map the old flat `density`/`sign`/`knots_inner` onto the method's parameters.
+
+    Old files wrote all three whatever the method, so a key the method does not take is dropped
+    (it never affected that merge) — after the check it always had (density 5 was never valid)."""
+    names = {p.name for p in get_method(method_name).params}
+    mapped = {}
+    for old, new in LEGACY_PARAMETER_FIELDS.items():
+        if old not in data:
+            continue
+        schema = next((m.param(new) for m in REGISTRY.values() if m.has_param(new)), None)
+        if schema is not None:
+            try:
+                schema.validate(data[old], old)
+            except MethodError as err:
+                raise _method_error(err) from err
+        if new in names:
+            mapped[new] = data[old]
+    return mapped
+
+
+def _osrm(data: Mapping) -> str:
+    value = data.get("osrm", "off")
+    if isinstance(value, bool):  # the old share links' switch: twins where they exist, else post-hoc
+        value = "twins" if value else "off"
+    mode = _choice({"osrm": value}, "osrm", "off", OSRM_MODES)
+    if "osrm_posthoc" in data:
+        legacy = _flag(data, "osrm_posthoc", "")
+        if legacy and "osrm" in data and mode != "posthoc":
+            raise RecipeError(f"field 'osrm_posthoc': true contradicts 'osrm': {_shown(mode)}; give 'osrm' alone")
+        if legacy:
+            mode = "posthoc"
+    return mode
+
+
+def recipe_from_dict(data: Any, base_dir: Path | None = None, path_of: Callable[[str], str] | None = None) -> Recipe:
+    """Validate a parsed recipe. Relative adapter paths resolve against `base_dir` when given;
+    `path_of(name)` fills in the path of an adapter given by name alone."""
     if not isinstance(data, Mapping):
-        raise RecipeError("a recipe must be an object (a JSON/YAML mapping)")
-    _check_keys(data, RECIPE_FIELDS, "")
-    adapters = _adapters(data.get("adapters"), base_dir)
+        raise RecipeError(f"a recipe must be an object (a JSON/YAML mapping), got {type(data).__name__}")
+    _check_keys(data, RECIPE_FIELDS, "", also=LEGACY_FIELDS)
     method = data.get("method", "task_arithmetic")
-    if not isinstance(method, str):
-        raise RecipeError(f"field 'method': expected a name (allowed: {', '.join(METHODS)})")
-    try:
-        get_method(method)
-    except MethodError as err:
-        raise RecipeError(f"field 'method': {err}") from err
-    density = _number(data, "density", 1.0, float)
-    if density is None or not 0.0 < density <= 1.0:
-        raise RecipeError(f"field 'density': expected a number in (0, 1], got {data.get('density')!r}")
+    if not isinstance(method, str) or method not in REGISTRY:
+        raise RecipeError(
+            f"field 'method': {_shown(method)} is not a method (allowed: {', '.join(REGISTRY)}){_hint(method, REGISTRY)}"
+        )
+    raw_parameters = data.get("parameters")
+    legacy = _legacy_parameters(data, method)
+    if legacy:
+        if raw_parameters is not None and not isinstance(raw_parameters, Mapping):
+            raise RecipeError(f"field 'parameters': expected an object of {method}'s parameters, got {_shown(raw_parameters)}")
+        given = dict(raw_parameters or {})
+        for key, value in legacy.items():
+            if key in given and given[key] != value:
+                raise RecipeError(f"field '{key}': given twice, as 'parameters.{key}' and as the old top-level key")
+            given[key] = value
+        raw_parameters = given
+    parameters = _method_parameters(method, raw_parameters, "parameters")
+    adapters = _adapters(data.get("adapters"), base_dir, method, path_of)
     rank = _number(data, "rank", None, int)
     if rank is not None and rank < 1:
         raise RecipeError(f"field 'rank': expected null (exact) or a positive integer, got {rank}")
     seed = _number(data, "seed", 0, int)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise RecipeError(f"field 'seed': expected a whole number from 0 to 2**63 - 1, got {seed}")
+    base_model = data.get("base_model")
+    if base_model is not None and (not isinstance(base_model, str) or not base_model.strip() or "\x00" in base_model):
+        raise RecipeError(
+            f"field 'base_model': expected null (the adapters' own) or a local folder / Hub id, got {_shown(base_model)}"
+        )
     return Recipe(
         adapters=adapters,
         method=method,
-        density=density,
-        sign=_choice(data, "sign", "total", SIGN_RULES),
+        parameters=parameters,
         rank=rank,
         seed=0 if seed is None else seed,
         device=_choice(data, "device", "auto", DEVICES),
+        osrm=_osrm(data),
+        base_model=base_model,
+        dtype=_choice(data, "dtype", "auto", DTYPES),
         do_merging=_do_merging(data.get("do_merging")),
-        knots_inner=_choice(data, "knots_inner", "task_arithmetic", KNOTS_INNER),
         overrides=_overrides(data.get("overrides"), len(adapters)),
-        osrm_posthoc=_flag(data, "osrm_posthoc", ""),
     )
 
 
-def parse_recipe_text(text: str, base_dir: Path | None = None, source: str = "recipe") -> Recipe:
+def recipe_of_run(recipe: Mapping, results: Mapping | None = None) -> Recipe:
+    """The Recipe of a stored run. Runs stored before the `osrm` field kept the page's OSRM switch in
+    their results (`results.osrm.switch`) with the twins already swapped into the adapter list;
+    mode "twins" reproduces them (a twin's twin is itself; one without a twin is projected)."""
+    data = dict(recipe)
+    switch = ((results or {}).get("osrm") or {}) if isinstance(results, Mapping) else {}
+    if "osrm" not in data and "osrm_posthoc" not in data and isinstance(switch, Mapping) and switch.get("switch") is True:
+        data["osrm"] = "twins"
+    return recipe_from_dict(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text and files
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _json_loads(text: str, source: str) -> Any:
     try:
-        data = yaml.safe_load(text)  # YAML is a superset of JSON: one parser for both
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{source}: not valid JSON or YAML ({err})".replace("\n", " ")) from err
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError; deep nesting recurses
+        detail = str(err) if not isinstance(err, RecursionError) else "nested too deeply"
+        raise RecipeError(f"{source}: not valid JSON ({detail})".replace("\n", " ")) from err
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema numbers and booleans (not YAML 1.1's)."""
+
+
+class _Yaml12Dumper(yaml.SafeDumper):
+    """The matching dumper: a string that YAML 1.2 would read as a number or boolean is quoted."""
+
+
+_YAML12_RESOLVERS = [
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        list("-+0123456789."),
+    ),
+]
+
+
+def _use_yaml12(cls: type) -> None:
+    cls.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in {t for t, _, _ in _YAML12_RESOLVERS}]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for tag, pattern, first in _YAML12_RESOLVERS:
+        cls.add_implicit_resolver(tag, re.compile(pattern), first)
+
+
+_use_yaml12(_Yaml12Loader)
+_use_yaml12(_Yaml12Dumper)
+_YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029", "\ufeff")
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # YAML reads NEL and the Unicode line/paragraph separators as line breaks in plain or single-
+    # quoted scalars; only a double-quoted scalar escapes them, so such a name stays itself.
+    style = '"' if any(ch in value for ch in _YAML_LINE_BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Yaml12Dumper.add_representer(str, _represent_str)
+
+
+def _construct_yaml12_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text, 0)
+    return int(text)  # YAML 1.2: a leading 0 is decimal, not octal
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_yaml12_int)
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """YAML with 1.2 number/boolean rules; tags are never executed (safe loader)."""
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: tags are not executed
+    except (yaml.YAMLError, RecursionError, ValueError) as err:
+        raise RecipeError(f"{source}: not valid YAML ({err})".replace("\n", " ")) from err
+
+
+def parse_recipe_text(
+    text: str, base_dir: Path | None = None, source: str = "recipe", syntax: str | None = None
+) -> Recipe:
+    """Parse a recipe: YAML when `syntax` is "yaml" or `source` ends in .yaml/.yml, JSON otherwise."""
+    if syntax is None:
+        syntax = "yaml" if source.lower().endswith(YAML_SUFFIXES) else "json"
+    data = load_yaml_text(text, source) if syntax == "yaml" else _json_loads(text, source)
     return recipe_from_dict(data, base_dir)
 
 
@@ -283,6 +595,12 @@ def load_recipe(path: str | Path) -> Recipe:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise RecipeError(f"{path}: no such recipe file") from err
+    except IsADirectoryError as err:
+        raise RecipeError(f"{path}: a folder, not a recipe file") from err
     except UnicodeDecodeError as err:
         raise RecipeError(f"{path}: not UTF-8 text") from err
-    return parse_recipe_text(text, base_dir=path.resolve().parent, source=str(path))
+    try:
+        return parse_recipe_text(text, base_dir=path.resolve().parent, source=str(path))
+    except RecipeError as err:
+        message = str(err)
+        raise RecipeError(message if message.startswith(str(path)) else f"{path}: {message}") from err

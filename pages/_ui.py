@@ -1,5 +1,6 @@
-"""What every page shares: settings from the sidebar, the cached lab and zoo, the adapter catalogue,
-background jobs with progress and Cancel, and figure/table display with downloads.
+"""What every page shares: settings from the sidebar, the cached lab and zoo, the adapter catalogue
+(from merging.catalog), background jobs with progress and Cancel, and figure/table display with
+downloads. The Recipe ↔ widgets codec of the Merge and Sweep pages is in pages/_recipe_ui.py.
 
 Pages arrange widgets and call into `merging/`; this module is the glue, with no maths in it.
 """
@@ -7,7 +8,6 @@ Pages arrange widgets and call into `merging/`; this module is the glue, with no
 from __future__ import annotations
 
 import io
-import json
 import os
 import threading
 import time
@@ -20,8 +20,10 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from merging.catalog import Entry, adapter_version, adapters_folder, entry_by_name, twin_of, usable  # noqa: F401 - used by the other pages
+from merging.catalog import catalog as adapter_catalog
 from merging.lab import Lab
-from merging.lora import META_FILE, Adapter, AdapterError, load_adapter
+from merging.lora import Adapter, AdapterError, load_adapter
 from merging.progress import Cancelled
 from merging.runs import RunStore
 from merging.workspace import clean_workspace
@@ -57,10 +59,6 @@ def settings() -> Settings:
 def _clean_workspace_once(workspace: str) -> list[str]:
     """Once per server and workspace: remove what writes killed mid-way left (merging.workspace)."""
     return clean_workspace(workspace)
-
-
-def adapters_folder(workspace: Path) -> Path:
-    return workspace / "adapters"
 
 
 def run_store(workspace: Path) -> RunStore:
@@ -107,74 +105,38 @@ def zoo() -> Zoo | None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def _adapter(path: str, modified: float) -> Adapter:
+def _adapter(path: str, version: str) -> Adapter:
     return load_adapter(path, name=Path(path).name)
 
 
 def load_adapter_cached(path: Path) -> Adapter:
     """Load once per folder version (the weights file's mtime is part of the key)."""
-    weights = path / "adapter_model.safetensors"
-    modified = weights.stat().st_mtime if weights.exists() else 0.0
-    return _adapter(str(path), modified)
+    return _adapter(str(path), adapter_version(path))
+
+
+def load_adapter_as(path: Path, _name: str) -> Adapter:
+    """catalog.resolve_inputs' loader: the cached adapter (named after its folder, as in the catalogue)."""
+    return load_adapter_cached(path)
 
 
 # ----------------------------------------------------------------------------------------------
-# The adapter catalogue: the built-in zoo plus the workspace's adapters
+# The adapter catalogue: the built-in zoo plus the workspace's adapters (merging.catalog)
 
 
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    task: str | None
-    init: str
-    path: Path
-    source: str  # "zoo" or "workspace"
-    single_task_accuracy: float | None = None
+def catalog(workspace: Path, include_broken: bool = False) -> list[Entry]:
+    """The zoo's and the workspace's adapters; broken ones (with their error) only when asked."""
+    entries = adapter_catalog(workspace, zoo())
+    return entries if include_broken else usable(entries)
 
 
-def catalog(workspace: Path) -> list[Entry]:
-    entries: list[Entry] = []
-    built_in = zoo()
-    if built_in:
-        entries += [
-            Entry(a.name, a.task, a.init, a.path, "zoo", a.single_task_accuracy) for a in built_in.adapters
-        ]
-    folder = adapters_folder(workspace)
-    if folder.is_dir():
-        # dot-folders are staging areas of imports and saves in progress
-        candidates = (p for p in folder.iterdir() if not p.name.startswith(".") and (p / "adapter_config.json").is_file())
-        for path in sorted(candidates):
-            meta = {}
-            if (path / META_FILE).is_file():
-                try:
-                    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    meta = {}
-                if not isinstance(meta, dict):  # a broken mergescope.json: the Adapters page offers removal
-                    meta = {}
-            entries.append(
-                Entry(
-                    path.name,
-                    meta.get("task"),
-                    meta.get("init", "standard"),
-                    path.resolve(),
-                    "workspace",
-                    meta.get("single_task_accuracy"),
-                )
-            )
-    return entries
-
-
-def entry_by_name(entries: list[Entry], name: str) -> Entry | None:
-    return next((e for e in entries if e.name == name), None)
-
-
-def twin_of(entries: list[Entry], entry: Entry, init: str) -> Entry | None:
-    """The adapter trained on the same task with another initialisation, from the same source."""
-    return next(
-        (e for e in entries if e.task == entry.task and e.init == init and e.source == entry.source),
-        None,
-    )
+def warn_broken(entries: list[Entry]) -> None:
+    """One warning naming the adapters that cannot be used, and why."""
+    broken = [e for e in entries if not e.usable]
+    if broken:
+        st.warning(
+            "Cannot be used (remove or fix on the Adapters page): "
+            + "; ".join(f"{e.name} — {e.error}" for e in broken)
+        )
 
 
 # ----------------------------------------------------------------------------------------------

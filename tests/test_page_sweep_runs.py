@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from merging.methods import REGISTRY
 from merging.runs import RunStore
 from tests.conftest import wait_for_job
 
@@ -62,6 +63,13 @@ def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
     assert [r.kind for r in runs] == ["sweep", "sweep"]
     assert {r.results["sweep"]["init"] for r in runs} == {"standard", "osrm"}
     assert all(len(r.results["sweep"]["points"]) == 3 for r in runs)
+    # each stored recipe is its best point's, and says how OSRM entered (twins of the listed adapters)
+    by_init = {r.results["sweep"]["init"]: r for r in runs}
+    assert by_init["standard"].recipe["osrm"] == "off" and by_init["osrm"].recipe["osrm"] == "twins"
+    for run in runs:
+        assert [a["weight"] for a in run.recipe["adapters"]] == run.results["best_weights"]
+        assert [a["name"] for a in run.recipe["adapters"]] == ["sms_spam-standard", "question_type-standard"]
+    assert by_init["osrm"].results["sweep"]["names"] == ["sms_spam-osrm", "question_type-osrm"]
 
     # Away to the Runs page and back: the settings and the results come back at once, with no new job.
     at.switch_page(RUNS).run()
@@ -74,10 +82,22 @@ def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
     assert len(_charts(at)) == 1
     assert any("from the cache" in c.value for c in at.caption)
 
+    # Reopen the OSRM set in Merge: its best point, with the OSRM mode it was swept with
+    osrm_run = next(r for r in runs if r.results["sweep"]["init"] == "osrm")
+    at.switch_page(RUNS).run()
+    at.selectbox(key="runs_detail").set_value(osrm_run.id).run()
+    at.button(key="runs_reopen").click().run()
+    _no_errors(at)
+    assert at.title[0].value == "Merge"
+    assert at.radio(key="merge_osrm").value == "twins"
+    assert at.multiselect(key="merge_adapters").value == ["sms_spam-standard", "question_type-standard"]
+    best = osrm_run.results["best_weights"]
+    assert [at.slider(key=f"weight:{n}").value for n in ("sms_spam-standard", "question_type-standard")] == best
+
 
 def test_sweep_heatmap_for_two_adapters(app: AppTest):
     at = app.switch_page(SWEEP).run()
-    at.toggle(key="sweep_osrm").set_value(False)
+    at.radio(key="sweep_osrm").set_value("off")
     at.radio(key="sweep_mode").set_value("heatmap").run()
     at.number_input(key="sweep_grid_points").set_value(2)
     at.button(key="sweep_run").click().run()
@@ -166,9 +186,11 @@ def test_runs_page_lists_compares_reopens_and_deletes(app: AppTest, tiny_zoo):
     assert at.title[0].value == "Merge"
     recipe = json.loads(at.query_params["recipe"])
     assert recipe["method"] == "ties" and [a["weight"] for a in recipe["adapters"]] == [0.7, 1.3]
+    assert recipe["parameters"] == {"density": 0.5, "sign": "total"}  # the old flat form, mapped
     assert at.multiselect(key="merge_adapters").value == ["sms_spam-standard", "question_type-standard"]
     assert at.selectbox(key="merge_method").value == "ties"
     assert at.slider(key="weight:sms_spam-standard").value == pytest.approx(0.7)
+    assert at.slider(key="merge_param:ties:density").value == pytest.approx(0.5)
 
 
 def test_runs_page_with_an_empty_store(app: AppTest):
@@ -194,3 +216,36 @@ def test_sweep_error_is_shown_and_the_page_stays_usable(app: AppTest, monkeypatc
     assert not at.get("plotly_chart")
     assert not at.button(key="sweep_run").disabled
     assert RunStore(Path(at.session_state["workspace"]) / "runs.sqlite").list() == []
+
+
+def test_the_runs_table_shows_each_runs_method_parameters(app: AppTest, tiny_zoo):
+    store = RunStore(Path(app.session_state["workspace"]) / "runs.sqlite")
+    first = store.add(_merge_recipe(tiny_zoo, (0.7, 1.3), "ties"), _results({"sms_spam": 0.8, "question_type": 0.6}))
+    second = store.add({**_merge_recipe(tiny_zoo, (1.0, 1.0), "knots"), "osrm_posthoc": True},
+                       _results({"sms_spam": 0.7, "question_type": 0.5}))
+    at = app.switch_page(RUNS).run()
+    at.multiselect(key="runs_compare").set_value([first, second]).run()
+    _no_errors(at)
+    table = at.dataframe[1].value
+    values = {"inner": "task_arithmetic", "density": 0.5, "sign": "total"}
+    knots = ", ".join(f"{p.name}={values[p.name]}" for p in REGISTRY["knots"].params)
+    assert table.loc["parameters"].tolist() == ["density=0.5, sign=total", knots]
+    assert table.loc["OSRM"].tolist() == ["off", "posthoc"]
+
+
+def test_a_sweep_link_sets_the_method_its_parameters_and_the_overlay(app: AppTest, tiny_zoo):
+    from merging.recipe import Recipe
+
+    recipe = Recipe.from_dict({
+        "adapters": [{"path": str(tiny_zoo / "question_type-standard"), "name": "question_type-standard"},
+                     {"path": str(tiny_zoo / "sms_spam-osrm"), "name": "sms_spam-osrm"}],  # not sweepable
+        "method": "dare_linear", "parameters": {"density": 0.35}, "osrm": "posthoc",
+    })
+    app.query_params["recipe"] = recipe.to_url()
+    at = app.switch_page(SWEEP).run()
+    assert not at.exception
+    assert at.multiselect(key="sweep_adapters").value == ["question_type-standard"]
+    assert any("left out: sms_spam-osrm" in w.value for w in at.warning)
+    assert at.selectbox(key="sweep_method").value == "dare_linear"
+    assert at.slider(key="sweep_param:dare_linear:density").value == pytest.approx(0.35)
+    assert at.radio(key="sweep_osrm").value == "posthoc"

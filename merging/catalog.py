@@ -1,0 +1,318 @@
+"""The adapter catalogue and everything resolved from a Recipe before a merge, in one place.
+
+The dashboard and the CLI must merge the same body from the same Recipe. So what used to be decided
+in the pages — which adapters exist (the zoo plus the workspace), an adapter's OSRM twin, the base
+model, the OSRM post-hoc projection, the key under which results are cached — is decided here, from
+the recipe and the folders alone:
+
+- A *folder of adapters* is either a zoo (a `manifest.json` names its adapters, tasks and inits) or
+  a plain folder whose sub-folders are adapters (a workspace's `adapters/`). An adapter's twin is
+  looked up among the adapters of its own folder: same task, the other init. That is why a stored
+  recipe (adapter paths + `osrm: twins`) resolves the same way wherever it is re-run.
+- The catalogue reads only small JSON files, never weights, and never raises for one bad folder: a
+  broken adapter (e.g. a `mergescope.json` that is `[1]`) is listed with its error, so a page can
+  say what is wrong and offer to remove it instead of failing for every adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from merging.lora import CONFIG_FILE, META_FILE, WEIGHTS_FILE, Adapter, load_adapter
+from merging.recipe import Recipe
+from merging.zoo import DEMO_BASE_MODEL, MANIFEST, Zoo, ZooError, load_zoo
+
+if TYPE_CHECKING:
+    from merging.lab import Lab
+
+OSRM_INIT = "osrm"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One adapter the user can pick; `error` says why a broken one cannot be used."""
+
+    name: str
+    task: str | None
+    init: str
+    path: Path
+    source: str  # "zoo" or "workspace"
+    single_task_accuracy: float | None = None
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading folders of adapters
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A small JSON file that must hold an object; ValueError names the file and what is wrong."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path.name}: not UTF-8 text") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path.name}: not valid JSON ({err})") from err
+    except OSError as err:
+        raise ValueError(f"{path.name}: cannot be read ({err.strerror or err})") from err
+    if not isinstance(data, dict):  # a bad file is a ValueError, as in every loader here
+        raise ValueError(f"{path.name}: expected a JSON object, got {type(data).__name__} {json.dumps(data)[:40]}")  # noqa: TRY004
+    return data
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _accuracy_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1 else None
+
+
+def adapter_entry(path: Path, source: str = "workspace") -> Entry:
+    """The catalogue entry of one adapter folder, from its JSON files only; never raises."""
+    path = path.resolve()
+    try:
+        if not (path / CONFIG_FILE).is_file():
+            raise ValueError(f"no {CONFIG_FILE}: not a PEFT adapter folder")
+        _json_object(path / CONFIG_FILE)
+        if not (path / WEIGHTS_FILE).is_file():
+            raise ValueError(f"no {WEIGHTS_FILE}")
+        meta = _json_object(path / META_FILE) if (path / META_FILE).is_file() else {}
+    except ValueError as err:
+        return Entry(path.name, None, "standard", path, source, error=str(err))
+    return Entry(
+        path.name,
+        _text_or_none(meta.get("task")),
+        _text_or_none(meta.get("init")) or "standard",
+        path,
+        source,
+        _accuracy_or_none(meta.get("single_task_accuracy")),
+    )
+
+
+def zoo_entries(zoo: Zoo) -> list[Entry]:
+    return [Entry(a.name, a.task, a.init, a.path, "zoo", a.single_task_accuracy) for a in zoo.adapters]
+
+
+def folder_entries(folder: Path, source: str = "workspace") -> list[Entry]:
+    """The adapters of a folder: a zoo's manifest when it has one, else each visible sub-folder."""
+    folder = Path(folder)
+    if (folder / MANIFEST).is_file():
+        try:
+            return zoo_entries(load_zoo(folder))
+        except ZooError:
+            pass  # a broken manifest: list the sub-folders one by one instead
+    if not folder.is_dir():
+        return []
+    # dot-folders are staging areas of imports and saves in progress
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [adapter_entry(p, source) for p in subfolders]
+
+
+def adapters_folder(workspace: Path) -> Path:
+    return Path(workspace) / "adapters"
+
+
+def catalog(workspace: Path | None, zoo: Zoo | None) -> list[Entry]:
+    """The built-in zoo's adapters, then the workspace's (broken ones included, with their error)."""
+    entries = zoo_entries(zoo) if zoo is not None else []
+    if workspace is not None:
+        entries += folder_entries(adapters_folder(workspace), "workspace")
+    return entries
+
+
+def usable(entries: Sequence[Entry]) -> list[Entry]:
+    return [e for e in entries if e.usable]
+
+
+def entry_by_name(entries: Sequence[Entry], name: str) -> Entry | None:
+    return next((e for e in entries if e.name == name), None)
+
+
+def entry_for(entries: Sequence[Entry], name: str | None, path: str | None) -> Entry | None:
+    """The catalogue entry a recipe's adapter refers to: by name first (links travel between
+    machines, paths do not), else by resolved path."""
+    if name:
+        found = entry_by_name(entries, name)
+        if found is not None:
+            return found
+    if path:
+        resolved = Path(path).resolve()
+        return next((e for e in entries if e.path == resolved), None)
+    return None
+
+
+def twin_of(entries: Sequence[Entry], entry: Entry, init: str = OSRM_INIT) -> Entry | None:
+    """The adapter trained on the same task with another initialisation, from the same source."""
+    if entry.init == init:
+        return entry
+    if entry.task is None:
+        return None
+    return next(
+        (e for e in entries if e.usable and e.task == entry.task and e.init == init and e.source == entry.source),
+        None,
+    )
+
+
+def twin_path(path: str | Path, init: str = OSRM_INIT) -> Entry | None:
+    """An adapter folder's twin among the adapters of its own folder (None: it has none)."""
+    path = Path(path).resolve()
+    siblings = folder_entries(path.parent)
+    own = next((e for e in siblings if e.path == path), None) or adapter_entry(path)
+    return twin_of(siblings, own, init)
+
+
+# ----------------------------------------------------------------------------------------------
+# Base model
+
+
+def adapters_base_model(adapters: Sequence[Adapter]) -> str | None:
+    """The one base model the adapters name (mergescope.json, else PEFT's config); None if none does."""
+    known = {a.meta.get("base_model") or a.base_model for a in adapters} - {None}
+    if len(known) > 1:
+        raise ValueError(f"the adapters come from different base models: {', '.join(sorted(map(str, known)))}")
+    return known.pop() if known else None
+
+
+def default_base_model(zoo: Zoo | None) -> str:
+    """Where nothing else says: the built-in zoo's base model (the packaged demo model)."""
+    return zoo.base_model if zoo is not None else DEMO_BASE_MODEL
+
+
+def resolve_base_model(recipe: Recipe, adapters: Sequence[Adapter], fallback: str | None = None) -> str:
+    """The recipe's `base_model`, else the adapters' one base model, else `fallback`."""
+    if recipe.base_model:
+        return recipe.base_model
+    found = adapters_base_model(adapters)
+    if found:
+        return found
+    if fallback:
+        return fallback
+    raise ValueError("the adapters do not say which base model they belong to; set the recipe's 'base_model'")
+
+
+# ----------------------------------------------------------------------------------------------
+# From a Recipe to the adapters that are merged
+
+
+@dataclass
+class MergeInputs:
+    """What a recipe merges: the adapters (twins swapped in, projections applied), in its order."""
+
+    adapters: list[Adapter]
+    base_model: str | None  # None: not known, and not needed (no projection); evaluation needs one
+    twins: dict[str, str] = field(default_factory=dict)  # listed name -> the OSRM twin merged instead
+    posthoc: list[str] = field(default_factory=list)  # names of the adapters projected post-hoc
+    pending_posthoc: list[int] = field(default_factory=list)  # indices still to project (resolve_inputs)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.adapters]
+
+
+def _load(path: Path, name: str) -> Adapter:
+    return load_adapter(path, name=name)
+
+
+def resolve_inputs(
+    recipe: Recipe, load: Callable[[Path, str], Adapter] = _load, fallback_base_model: str | None = None
+) -> MergeInputs:
+    """Resolve the recipe's `osrm` mode and base model and load its adapters (cheap: no model).
+
+    twins: each adapter whose folder has an OSRM twin is swapped for it; the others, and every
+    adapter in mode posthoc, are marked for OSRM's post-hoc projection (`project_posthoc`, which
+    needs the base model). `load(path, name)` loads one adapter (the dashboard passes its cache).
+    """
+    paths, names, twins, pending = [], [], {}, []
+    for index, ref in enumerate(recipe.adapters):
+        path, name = Path(ref.path), ref.display_name
+        if recipe.osrm == "twins":
+            twin = twin_path(path)
+            if twin is None:
+                pending.append(index)
+            elif twin.path != path.resolve():
+                twins[name] = twin.name
+                path, name = twin.path, twin.name
+        elif recipe.osrm == "posthoc":
+            pending.append(index)
+        paths.append(path)
+        names.append(name)
+    adapters = [load(path, name) for path, name in zip(paths, names)]
+    try:
+        base_model = resolve_base_model(recipe, adapters, fallback_base_model)
+    except ValueError:
+        if pending and len(adapters) >= 2:
+            raise  # the projection needs the base model
+        base_model = None  # a plain merge does not: the factors alone define it
+    inputs = MergeInputs(adapters, base_model, twins)
+    if pending and len(adapters) < 2:
+        # OSRM's rows avoid the *other* tasks' inputs: with one adapter there is nothing to avoid.
+        inputs.notes.append("OSRM post-hoc needs at least two adapters: merged without projection")
+    else:
+        inputs.pending_posthoc = pending
+    return inputs
+
+
+def project_posthoc(inputs: MergeInputs, lab: Lab) -> MergeInputs:
+    """The inputs with the pending adapters projected onto OSRM's subspace (lab: the base model)."""
+    if not inputs.pending_posthoc:
+        return inputs
+    projected = lab.posthoc_osrm(inputs.adapters)
+    pending = inputs.pending_posthoc
+    return MergeInputs(
+        adapters=[projected[i] if i in pending else a for i, a in enumerate(inputs.adapters)],
+        base_model=inputs.base_model,
+        twins=dict(inputs.twins),
+        posthoc=[inputs.adapters[i].name for i in pending],
+        notes=list(inputs.notes),
+    )
+
+
+def merge_inputs(
+    recipe: Recipe,
+    lab_for: Callable[[str], Lab] | None = None,
+    load: Callable[[Path, str], Adapter] = _load,
+    fallback_base_model: str | None = None,
+) -> MergeInputs:
+    """resolve_inputs, then project_posthoc with `lab_for(base_model)` when the recipe needs it."""
+    inputs = resolve_inputs(recipe, load, fallback_base_model)
+    if not inputs.pending_posthoc:
+        return inputs
+    if lab_for is None:
+        raise ValueError("this recipe projects adapters post-hoc onto OSRM's subspace, which needs the base model")
+    return project_posthoc(inputs, lab_for(inputs.base_model))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache keys
+
+
+def adapter_version(path: str | Path) -> str:
+    """An adapter folder's identity for caches: its path and its weights file's mtime."""
+    path = Path(path)
+    weights = path / WEIGHTS_FILE
+    try:
+        modified = weights.stat().st_mtime_ns
+    except OSError:
+        modified = 0
+    return f"{path}@{modified}"
+
+
+def results_key(recipe: Recipe, **extra: Any) -> str:
+    """A key for results computed from a recipe (plus e.g. a sweep's grid): equal keys, equal work.
+    The device is left out (the same merge on another device is the same experiment); each
+    adapter's version is in, so retraining an adapter in place invalidates its results."""
+    data = {k: v for k, v in recipe.to_dict().items() if k != "device"}
+    data["versions"] = [adapter_version(a.path) for a in recipe.adapters]
+    data["extra"] = extra
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
