@@ -106,8 +106,8 @@ def _widget_value(param: Param, value: Any, what: str, warnings: list[str]) -> A
 def param_control(prefix: str, method: str, param: Param, disabled: bool = False) -> Any:
     """One parameter's widget, drawn from its schema; returns its value."""
     key = param_key(prefix, method, param.name)
-    label = param.name.replace("_", " ").capitalize()
-    st.session_state.setdefault(key, _widget_value(param, param.default, label, []))
+    label = param.display_label
+    st.session_state.setdefault(key, _widget_value(param, param.start_value, label, []))
     if param.kind == "bool":
         return st.toggle(label, key=key, help=param.help or None, disabled=disabled, persist_state=KEEP)
     if param.kind == "choice":

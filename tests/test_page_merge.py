@@ -106,7 +106,7 @@ def test_merge_page_runs_a_merge_and_shows_per_task_accuracy(app_test, tmp_path)
     assert at.multiselect(key="merge_adapters").value == ["sms_spam-standard", "question_type-standard"]
     at.selectbox(key="merge_method").set_value("ties").run()
     # the method's controls come from its schema
-    assert at.slider(key="merge_param:ties:density").value == REGISTRY["ties"].param("density").default
+    assert at.slider(key="merge_param:ties:density").value == REGISTRY["ties"].param("density").start_value == 0.5
     assert at.radio(key="merge_param:ties:sign").options == list(REGISTRY["ties"].param("sign").choices)
     at = _click_run(at)
     at = wait_for_job(at, "merge")
@@ -119,7 +119,7 @@ def test_merge_page_runs_a_merge_and_shows_per_task_accuracy(app_test, tmp_path)
     # the run was stored before it was shown, with the recipe that produced it
     runs = RunStore(tmp_path / "workspace" / "runs.sqlite").list()
     assert len(runs) == 1 and runs[0].recipe["method"] == "ties"
-    assert runs[0].recipe["parameters"] == {"density": REGISTRY["ties"].param("density").default, "sign": "total"}
+    assert runs[0].recipe["parameters"] == {"density": 0.5, "sign": "total"}
     assert set(runs[0].results["tasks"]) == {"sms_spam", "question_type"}
     # the recipe lives in the URL, in the Recipe's own form
     assert _url_recipe(at)["method"] == "ties" and _url_recipe(at)["osrm"] == "off"
@@ -315,5 +315,5 @@ def test_each_methods_controls_are_drawn_from_its_schema(app_test, method):
             assert widget.min >= param.minimum and (widget.min > param.minimum or not param.exclusive_minimum)
         else:
             widget = at.number_input(key=key)
-        assert widget.value == param.default, key
+        assert widget.value == param.start_value, key
         assert widget.help == (param.help or None) or param.help in (widget.help or "")

@@ -24,6 +24,7 @@ SIGN = Param(
     "sign", "choice", "total", choices=SIGN_RULES,
     help="How the sign of each entry is elected: total (sign of the sum, mass wins) or frequency "
     "(sign of the sum of signs, head count wins).",
+    label="Sign election",
 )
 
 

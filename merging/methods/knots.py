@@ -26,6 +26,7 @@ from merging.methods.svd import numerical_rank
 INNER = Param(
     "inner", "choice", "task_arithmetic", choices=("task_arithmetic", "ties"),
     help="How the aligned per-task blocks are merged.",
+    label="KnOTS merges the aligned blocks with",
 )
 
 

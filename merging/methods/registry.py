@@ -50,6 +50,18 @@ class Param:
     choices: tuple[str, ...] = ()
     help: str = ""
     per_adapter: bool = False  # may also be given per adapter (adapters[i].parameters)
+    label: str = ""  # the control's label; "" = the name, capitalised
+    # Where a new control starts, when that differs from `default` (what a recipe without the key
+    # means, kept for old recipe files): TIES at density 1 trims nothing, so the dashboard starts at 0.5.
+    start: Any = None
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
+
+    @property
+    def start_value(self) -> Any:
+        return self.default if self.start is None else self.start
 
     def __post_init__(self) -> None:
         if self.kind not in PARAM_KINDS:
@@ -57,6 +69,8 @@ class Param:
         if self.kind == "choice" and not self.choices:
             raise ValueError(f"parameter '{self.name}': a choice needs its choices")
         self.validate(self.default, f"default of '{self.name}'")  # a schema whose default it refuses is a bug
+        if self.start is not None:
+            self.validate(self.start, f"start of '{self.name}'")
 
     def validate(self, value: Any, where: str) -> Any:
         """The clean value (float, int, str or bool), or MethodError naming `where`."""
