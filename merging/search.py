@@ -29,6 +29,7 @@ import math
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections import deque
@@ -534,9 +535,10 @@ class RayRuntime:
     a notebook) is used as it is and left running.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, timeout: float = 120.0):
         self.address = address
         self.num_cpus = num_cpus
+        self.timeout = timeout
         self.started = False
 
     def __enter__(self):
@@ -550,10 +552,26 @@ class RayRuntime:
         else:
             check_ray_address(self.address)
             kwargs = {"address": self.address}
-        try:
-            ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
-        except Exception as err:  # Ray raises ConnectionError, RuntimeError, ValueError… : one line for the user
-            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray runtime"
+        # this package travels to the workers with the job, so a cluster's nodes need only the same environment
+        kwargs["runtime_env"] = {"py_modules": [str(PACKAGE_DIR)]}
+        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray runtime"
+        outcome: dict[str, BaseException | None] = {}
+
+        def connect() -> None:
+            try:
+                ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
+                outcome["error"] = None
+            except Exception as err:  # ConnectionError, RuntimeError, ValueError…: one line for the user
+                outcome["error"] = err
+
+        # Ray retries a silent address for minutes: wait in a thread and give up after the timeout
+        thread = threading.Thread(target=connect, name="mergescope-ray-init", daemon=True)
+        thread.start()
+        thread.join(self.timeout)
+        if "error" not in outcome:
+            raise SearchError(f"could not start or join {where}: no answer within {self.timeout:g} s (is it a Ray head node?)")
+        if outcome["error"] is not None:
+            err = outcome["error"]
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise SearchError(f"could not start or join {where}: {first}") from err
         self.started = True
@@ -781,10 +799,13 @@ def run_search(
             progress(done, total + 1, what)  # the last step is the final report
 
     if ray:
-        with RayRuntime(ray_address) as ray_module:
+        runtime = RayRuntime(ray_address)
+        with runtime as ray_module:
             count = workers or max(1, int(ray_module.cluster_resources().get("CPU", 1)))
             count = min(count, trials)
             options = _actor_options(ray_module, recipe.device, count)
+            if not runtime.started:  # a runtime someone else started: its nodes share this file system
+                options["runtime_env"] = {"env_vars": {"PYTHONPATH": str(PACKAGE_DIR.parent)}}
             backend = RayBackend(
                 functools.partial(TrialScorer, settings), count, options, max_retries, on_submit
             )
@@ -822,9 +843,8 @@ def run_search(
 
 
 def _actor_options(ray_module, device: str, workers: int) -> dict:
-    """One CPU per actor and this package shipped to the workers (a cluster's nodes need only the
-    same environment); where the cluster has GPUs and the recipe may use one, a share of them."""
-    options: dict[str, Any] = {"num_cpus": 1, "runtime_env": {"py_modules": [str(PACKAGE_DIR)]}}
+    """One CPU per actor; where the cluster has GPUs and the recipe may use one, a share of them."""
+    options: dict[str, Any] = {"num_cpus": 1}
     gpus = ray_module.cluster_resources().get("GPU", 0)
     if gpus and device != "cpu":
         options["num_gpus"] = min(1.0, gpus / workers)
