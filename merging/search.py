@@ -29,7 +29,6 @@ import math
 import os
 import random
 import socket
-import threading
 import time
 import uuid
 from collections import deque
@@ -514,17 +513,40 @@ def parse_ray_address(address: str) -> tuple[str, int]:
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:
-    """Fail fast with one clear line when nothing listens at `address` (Ray itself waits long)."""
+    """Fail fast with one clear line unless a gRPC server (a Ray head's GCS) answers at `address`.
+
+    Ray itself retries for minutes, at a port with nothing behind it or with another kind of
+    server. A gRPC server answers the HTTP/2 connection preface with a SETTINGS frame; that is
+    checked here (an HTTP/1 server, an SSH daemon… answer otherwise or not at all).
+    """
     host, port = parse_ray_address(address)
+    if address.strip().startswith("ray://"):
+        reply = b"\x00\x00\x00\x04"  # Ray Client speaks gRPC too, but may sit behind a proxy: connect only
+    else:
+        reply = b""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            if reply:
+                return
+            connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            reply = connection.recv(9)
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise SearchError(
             f"--ray {address}: no Ray cluster answers there ({reason}); start one with `ray start --head` "
             "and pass the address it prints"
         ) from err
+    if len(reply) < 4 or reply[3] != 0x04:
+        raise SearchError(
+            f"--ray {address}: something answers there, but not a Ray head node (no gRPC); pass the address "
+            "`ray start --head` prints (its GCS port, 6379 by default)"
+        )
+
+
+def _auth_token_available() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) or (
+        Path.home() / ".ray" / "auth_token"
+    ).is_file()
 
 
 class RayRuntime:
@@ -535,10 +557,9 @@ class RayRuntime:
     a notebook) is used as it is and left running.
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, timeout: float = 120.0):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
         self.address = address
         self.num_cpus = num_cpus
-        self.timeout = timeout
         self.started = False
 
     def __enter__(self):
@@ -547,33 +568,28 @@ class RayRuntime:
             return ray
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if self.address is None:
-            kwargs = {"num_cpus": self.num_cpus or os.cpu_count(), "include_dashboard": False,
+            # address "local": a new runtime of our own, even where `ray start` left one running
+            kwargs = {"address": "local", "num_cpus": self.num_cpus or os.cpu_count(), "include_dashboard": False,
                       "_node_ip_address": "127.0.0.1"}
         else:
             check_ray_address(self.address)
             kwargs = {"address": self.address}
+            # a head started by `ray start` (Ray 2.60) wants its token; a client sends it only in token mode
+            if "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
+                os.environ["RAY_AUTH_MODE"] = "token"
         # this package travels to the workers with the job, so a cluster's nodes need only the same environment
         kwargs["runtime_env"] = {"py_modules": [str(PACKAGE_DIR)]}
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray runtime"
-        outcome: dict[str, BaseException | None] = {}
-
-        def connect() -> None:
-            try:
-                ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
-                outcome["error"] = None
-            except Exception as err:  # ConnectionError, RuntimeError, ValueError…: one line for the user
-                outcome["error"] = err
-
-        # Ray retries a silent address for minutes: wait in a thread and give up after the timeout
-        thread = threading.Thread(target=connect, name="mergescope-ray-init", daemon=True)
-        thread.start()
-        thread.join(self.timeout)
-        if "error" not in outcome:
-            raise SearchError(f"could not start or join {where}: no answer within {self.timeout:g} s (is it a Ray head node?)")
-        if outcome["error"] is not None:
-            err = outcome["error"]
+        # in the calling thread: Ray's driver connection dies with the thread that made it
+        try:
+            ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
+        except Exception as err:  # ConnectionError, RuntimeError, ValueError…: one line for the user
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise SearchError(f"could not start or join {where}: {first}") from err
+            hint = ""
+            if self.address is not None:
+                hint = ("; a cluster with token authentication needs its token here "
+                        "(`ray get-auth-token` on the head; set RAY_AUTH_TOKEN or copy it to ~/.ray/auth_token)")
+            raise SearchError(f"could not start or join {where}: {first}{hint}") from err
         self.started = True
         return ray
 
