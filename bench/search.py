@@ -103,10 +103,10 @@ def main(argv=None) -> dict:
              len({t["worker"] for t in ray_result["trials"]}), ray_load[0]],
         ],
         "notes": [
-            f"speed-up Ray / in-process: {speedup_total and round(speedup_total, 2)} over the whole study, "
-            f"{speedup_steady and round(speedup_steady, 2)} in steady state",
-            f"starting the local Ray runtime: {runtime_s:.1f} s (not in the rates); in-process 'wall' includes the "
-            "final report on the evaluation split",
+            (f"speed-up Ray / in-process: {speedup_total and round(speedup_total, 2)} over the whole study, "
+             f"{speedup_steady and round(speedup_steady, 2)} in steady state"),
+            (f"starting the local Ray runtime: {runtime_s:.1f} s (not in the rates); in-process 'wall' includes the "
+             "final report on the evaluation split"),
         ],
     }
     report_rows = []

@@ -32,9 +32,10 @@ import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from merging.evaluation import EvalSet, EvaluationResult, Evaluator, adapters_by_task
@@ -290,7 +291,7 @@ class DevLab(Lab):
     evaluation split, so the evaluation data cannot slip into a trial's score.
     """
 
-    def __init__(self, lab: Lab, dev_sets: Sequence[EvalSet]):  # noqa: super().__init__ would load another model
+    def __init__(self, lab: Lab, dev_sets: Sequence[EvalSet]):  # no super().__init__(): it would load another model
         self.base_model = lab.base_model
         self.device = lab.device
         self.model, self.tokenizer = lab.model, lab.tokenizer
@@ -505,7 +506,7 @@ class _quietly:
 def parse_ray_address(address: str) -> tuple[str, int]:
     """host and port of `host:port` or `ray://host:port`; SearchError naming the address otherwise."""
     text = address.strip()
-    bare = text[len("ray://"):] if text.startswith("ray://") else text
+    bare = text.removeprefix("ray://")
     host, _, port = bare.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise SearchError(f"--ray {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379, as `ray start --head` prints)")
@@ -520,13 +521,11 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
     checked here (an HTTP/1 server, an SSH daemon… answer otherwise or not at all).
     """
     host, port = parse_ray_address(address)
-    if address.strip().startswith("ray://"):
-        reply = b"\x00\x00\x00\x04"  # Ray Client speaks gRPC too, but may sit behind a proxy: connect only
-    else:
-        reply = b""
+    client = address.strip().startswith("ray://")
+    reply = b""
     try:
         with socket.create_connection((host, port), timeout=timeout) as connection:
-            if reply:
+            if client:  # Ray Client may sit behind a proxy: a connection is all that is checked
                 return
             connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             reply = connection.recv(9)

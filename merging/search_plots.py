@@ -9,7 +9,7 @@ Pure functions, styled like merging/plots.py (same palette helper and presentati
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 

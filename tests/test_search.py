@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import pytest
 from merging import search_plots
 from merging.cli import main
 from merging.evaluation import EvaluationResult, TaskScores
+from merging.lab import task_data_for
 from merging.lora import load_adapter
 from merging.recipe import recipe_from_dict
 from merging.runs import RunStore
@@ -29,6 +31,7 @@ from merging.search import (
     SearchError,
     SearchSpace,
     bootstrap_interval,
+    check_ray_address,
     carve_dev_split,
     dev_set_for,
     merge_link,
@@ -38,7 +41,6 @@ from merging.search import (
     space_for,
     trial_recipe,
 )
-from merging.lab import task_data_for
 from tests.conftest import wait_for_job
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -255,8 +257,24 @@ def test_a_bad_ray_address_gives_one_clear_error(recipe_file, capsys):
     assert "expected HOST:PORT" in capsys.readouterr().err
 
 
+def test_an_address_where_something_else_answers_is_refused_at_once():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def answer_like_a_web_server() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(64)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_like_a_web_server, daemon=True).start()
+        with pytest.raises(SearchError, match="not a Ray head node"):
+            check_ray_address(f"127.0.0.1:{server.getsockname()[1]}")
+
+
 def test_without_optuna_the_cli_says_how_to_install_it(recipe_file, capsys, monkeypatch):
-    import merging.search as search
+    from merging import search
 
     monkeypatch.setattr(search, "missing_packages", lambda: ["optuna", "ray"])
     assert main(["search", str(recipe_file), "--no-store"]) == 2
@@ -348,7 +366,7 @@ def test_the_search_page_runs_a_tiny_search_and_links_the_best_recipe_to_merge(a
 
 
 def test_the_search_page_without_optuna_says_how_to_install_it(app, monkeypatch):
-    import merging.search as search
+    from merging import search
 
     monkeypatch.setattr(search, "missing_packages", lambda: ["optuna", "ray"])
     at = app.switch_page("pages/search.py").run()
