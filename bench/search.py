@@ -21,6 +21,12 @@ from pathlib import Path
 from common import ROOT, base_parser, finish, loadavg, setup, target
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def steady_rate(finish_times: list[float], warm_after: int) -> float | None:
     """Trials per minute after the first `warm_after` trials have finished."""
     if len(finish_times) <= warm_after:
@@ -50,6 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dev-size", type=int, default=64)
     parser.add_argument("--objective", default="average")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=2, help="in-process and Ray studies, alternated")
     parser.add_argument("--target-speedup", type=float, default=1.6)
     args = parser.parse_args(argv)
     setup(args)
@@ -62,7 +69,7 @@ def main(argv=None) -> dict:
         from latency import make_tiny_zoo
 
         args.zoo = make_tiny_zoo(Path(tempfile.mkdtemp(prefix="mergescope-search-")) / "zoo")
-        args.trials, args.dev_size = 4, 8
+        args.trials, args.dev_size, args.rounds = 4, 8, 1
     zoo = load_zoo(args.zoo)
     names = [a.name for a in zoo.adapters if a.init == args.init]
     recipe = recipe_from_dict({
@@ -72,41 +79,51 @@ def main(argv=None) -> dict:
     load_before = loadavg()
     lab = Lab(zoo.base_model, device=args.device)
 
-    inproc, inproc_times, inproc_wall, inproc_load = timed_search(recipe, args, lab=lab, report=True)
-    runtime_start = time.perf_counter()
-    with RayRuntime(None, num_cpus=args.workers):
-        runtime_s = time.perf_counter() - runtime_start
-        ray_result, ray_times, ray_wall, ray_load = timed_search(
-            recipe, args, ray=True, workers=args.workers, report=False
-        )
+    # Rounds alternate the backends, so a change in the machine's load (other processes) falls on both
+    rows, speedups, runs = [], [], {"in_process": [], "ray": []}
+    runtime_s = None
+    inproc = None
+    for round_index in range(args.rounds):
+        result, times, wall, load = timed_search(recipe, args, lab=lab, report=round_index == 0)
+        inproc = inproc or result
+        in_total, in_steady = result["trials_per_minute"], steady_rate(times, 1)
+        rows.append([f"in-process (round {round_index + 1})", in_total, in_steady, result["seconds"], round(wall, 2),
+                     len({t["worker"] for t in result["trials"]}), load[0]])
+        runs["in_process"].append({"result": result, "finish_times": times, "load": load})
+        runtime_start = time.perf_counter()
+        with RayRuntime(None, num_cpus=args.workers):
+            runtime_s = runtime_s or time.perf_counter() - runtime_start
+            result, times, wall, load = timed_search(recipe, args, ray=True, workers=args.workers, report=False)
+        ray_total, ray_steady = result["trials_per_minute"], steady_rate(times, args.workers)
+        rows.append([f"Ray, {args.workers} actors (round {round_index + 1})", ray_total, ray_steady, result["seconds"],
+                     round(wall, 2), len({t["worker"] for t in result["trials"]}), load[0]])
+        runs["ray"].append({"result": result, "finish_times": times, "load": load})
+        speedups.append((ray_total / in_total if in_total and ray_total else None,
+                         ray_steady / in_steady if in_steady and ray_steady else None))
+    import statistics
 
-    def rates(result: dict, times: list[float], warm_after: int) -> tuple[float | None, float | None]:
-        return result["trials_per_minute"], steady_rate(times, warm_after)
+    def median(values):
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 2) if values else None
 
-    in_total, in_steady = rates(inproc, inproc_times, 1)
-    ray_total, ray_steady = rates(ray_result, ray_times, args.workers)
-    speedup_total = ray_total / in_total if in_total and ray_total else None
-    speedup_steady = ray_steady / in_steady if in_steady and ray_steady else None
+    speedup_total, speedup_steady = median([s[0] for s in speedups]), median([s[1] for s in speedups])
     throughput = {
         "title": f"Trials per minute: in-process vs Ray with {args.workers} workers",
         "caption": (
             f"{len(names)} adapters ({', '.join(names)}), task_arithmetic, objective {args.objective}, "
-            f"{args.trials} trials (TPE, seed {args.seed}), {args.dev_size} dev examples per task; "
-            f"device {args.device}; {__import__('os').cpu_count()} CPU cores. Load average before: {load_before}."
+            f"{args.trials} trials per study (TPE, seed {args.seed}), {args.dev_size} dev examples per task; device "
+            f"{args.device}; {__import__('os').cpu_count()} CPU cores; in-process with {torch_threads()} torch threads, "
+            f"each Ray actor with 1. Rounds alternate the backends. Load average before: {load_before}."
         ),
         "headers": ["backend", "trials/min (whole study)", "trials/min (steady state)", "study (s)", "wall (s)",
                     "workers seen", "load (1 min) after"],
-        "rows": [
-            ["in-process", in_total, in_steady, inproc["seconds"], round(inproc_wall, 2),
-             len({t["worker"] for t in inproc["trials"]}), inproc_load[0]],
-            [f"Ray, {args.workers} actors", ray_total, ray_steady, ray_result["seconds"], round(ray_wall, 2),
-             len({t["worker"] for t in ray_result["trials"]}), ray_load[0]],
-        ],
+        "rows": rows,
         "notes": [
-            (f"speed-up Ray / in-process: {speedup_total and round(speedup_total, 2)} over the whole study, "
-             f"{speedup_steady and round(speedup_steady, 2)} in steady state"),
-            (f"starting the local Ray runtime: {runtime_s:.1f} s (not in the rates); in-process 'wall' includes the "
-             "final report on the evaluation split"),
+            (f"speed-up Ray / in-process, median over rounds: {speedup_total} over the whole study, "
+             f"{speedup_steady} in steady state (per round: "
+             + "; ".join(f"{a and round(a, 2)} / {b and round(b, 2)}" for a, b in speedups) + ")"),
+            (f"starting the local Ray runtime: {runtime_s:.1f} s (not in the rates); round 1's in-process 'wall' "
+             "includes the final report on the evaluation split"),
         ],
     }
     report_rows = []
@@ -133,8 +150,7 @@ def main(argv=None) -> dict:
     targets = [target(f"Ray {args.workers} workers vs in-process (steady state)", f"≥ {args.target_speedup}×",
                       speedup_steady and round(speedup_steady, 2),
                       None if speedup_steady is None else speedup_steady >= args.target_speedup)]
-    data = {"in_process": inproc, "ray": ray_result, "ray_runtime_start_s": runtime_s,
-            "finish_times": {"in_process": inproc_times, "ray": ray_times}}
+    data = {"runs": runs, "ray_runtime_start_s": runtime_s, "speedups": speedups}
     return finish("search", args, [throughput, accuracy], targets, data)
 
 
