@@ -287,9 +287,10 @@ def test_without_optuna_the_cli_says_how_to_install_it(recipe_file, capsys, monk
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray = pytest.importorskip("ray")  # requirements-search.txt is part of the test install
+    import ray  # requirements-search.txt is part of the test install: a missing Ray fails here, loudly
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    # address "local": a runtime of its own, even where `ray start` left a cluster file behind
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     yield ray
     ray.shutdown()
 
