@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     setup(args)
     from merging.lab import Lab
     from merging.recipe import recipe_from_dict
-    from merging.search import RayRuntime
+    from merging.search_ray import RayRuntime
     from merging.zoo import load_zoo
 
     if args.tiny:

@@ -31,7 +31,6 @@ from merging.search import (
     SearchError,
     SearchSpace,
     bootstrap_interval,
-    check_ray_address,
     carve_dev_split,
     dev_set_for,
     merge_link,
@@ -41,6 +40,7 @@ from merging.search import (
     space_for,
     trial_recipe,
 )
+from merging.search_ray import check_ray_address
 from tests.conftest import wait_for_job
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
