@@ -13,6 +13,7 @@ pages = [
     st.Page("pages/merge.py", title="Merge", icon=":material/merge_type:", default=True),
     st.Page("pages/interference.py", title="Interference", icon=":material/grid_on:"),
     st.Page("pages/sweep.py", title="Sweep", icon=":material/show_chart:"),
+    st.Page("pages/search.py", title="Search", icon=":material/travel_explore:"),
     st.Page("pages/adapters.py", title="Adapters", icon=":material/extension:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
 ]

@@ -178,6 +178,52 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """λ search (merging/search.py); every finished trial goes to the workspace's run store."""
+    import os
+
+    from merging.runs import RunStore
+    from merging.search import SearchError, missing_packages, run_search
+
+    if "optuna" in missing_packages() or (args.ray is not None and "ray" in missing_packages()):
+        from merging.search import INSTALL_HINT
+
+        needed = "Optuna and Ray" if args.ray is not None else "Optuna"
+        raise SearchError(f"search needs {needed}, which is not installed; run: {INSTALL_HINT}")
+    recipe = load_recipe(args.recipe)
+    workspace = Path(args.workspace or os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
+    result = run_search(
+        recipe,
+        trials=args.trials,
+        objective=args.objective,
+        params=[p.strip() for p in args.params.split(",") if p.strip()],
+        weight_bounds=_pair(args.bounds, "--bounds"),
+        density_bounds=_pair(args.density_bounds, "--density-bounds"),
+        sampler=args.sampler,
+        seed=args.seed,
+        dev_size=args.dev_size,
+        ray=args.ray is not None,
+        ray_address=None if args.ray in (None, "local") else args.ray,
+        workers=args.workers,
+        store=None if args.no_store else RunStore(workspace / "runs.sqlite"),
+        report=not args.no_report,
+        progress=_Bar("searching"),
+    )
+    _print_json(result.to_dict())
+    return 0
+
+
+def _pair(text: str, flag: str) -> tuple[float, float]:
+    from merging.search import SearchError
+
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError as err:
+        raise SearchError(f"{flag}: expected LOW,HIGH (two numbers), got {text!r}") from err
+    return low, high
+
+
 # ----------------------------------------------------------------------------------------------
 # `mergescope dashboard`
 
@@ -274,6 +320,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("recipe", help="recipe file (JSON or YAML)")
     evaluate.add_argument("--json", action="store_true", help="print JSON (the only format for now)")
     evaluate.set_defaults(run=cmd_evaluate)
+
+
+    search = commands.add_parser("search", help="search per-adapter λ (and density) with Optuna, in-process or on Ray")
+    search.add_argument("recipe", help="recipe file (JSON or YAML): the adapters, the method, the starting point")
+    search.add_argument("--trials", type=int, default=30, help="budget: merges + dev evaluations (default 30)")
+    search.add_argument("--objective", choices=["average", "normalized", "worst_task"], default="average")
+    search.add_argument("--params", default="weights", help="what to search: weights, density or weights,density")
+    search.add_argument("--bounds", default="0,1.5", help="λ range LOW,HIGH for every adapter (default 0,1.5)")
+    search.add_argument("--density-bounds", default="0.1,1", help="density range LOW,HIGH (default 0.1,1)")
+    search.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run trials on Ray actors: a local runtime, or the cluster at ADDRESS (host:port)")
+    search.add_argument("--workers", type=int, help="Ray actors (default: one per CPU of the cluster)")
+    search.add_argument("--seed", type=int, default=0, help="sampler seed and dev-split seed")
+    search.add_argument("--sampler", choices=["tpe", "cmaes"], default="tpe")
+    search.add_argument("--dev-size", type=int, default=64, help="dev examples per task, from its training data")
+    search.add_argument("--workspace", help="run store folder (default: $MERGESCOPE_WORKSPACE or ./workspace)")
+    search.add_argument("--no-store", action="store_true", help="do not write trials to the run store")
+    search.add_argument("--no-report", action="store_true", help="skip the final report on the evaluation split")
+    search.add_argument("--json", action="store_true", help="print JSON (the only format for now)")
+    search.set_defaults(run=cmd_search)
 
     train = commands.add_parser("train", help="train one LoRA adapter on one task")
     train.add_argument("task", help="a demo task name, or a CSV/JSONL file with text,label columns")

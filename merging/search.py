@@ -1,0 +1,662 @@
+"""Find the coefficients: an Optuna study over per-adapter λ (and optionally the method's density),
+each trial one merge + one evaluation, run in-process or spread over Ray actors.
+
+Why a search: with five adapters and a density the space is too big for a grid, and each point
+costs a full evaluation. LoraHub showed that a gradient-free search over per-adapter weights
+recovers most of the multi-task accuracy; TPE (the default) and CMA-ES are Optuna's two samplers
+that suit a few-dozen-trial budget over a handful of continuous parameters.
+
+Honest objective. Trials are scored on a *dev* split carved from each task's training data
+(`carve_dev_split`): a class-stratified, seeded sample of the examples the adapter was trained on.
+The evaluation split is disjoint from training by construction (tasks.split_examples), so the
+search never sees the examples it reports. The final report re-scores the best recipe on the
+evaluation split with a 95 % bootstrap interval, beside uniform λ = 1 and the best shared λ from a
+sweep (that λ is also chosen on dev). Dev accuracies flatter every single adapter (it saw those
+examples), which is why they choose coefficients and are never shown as results.
+
+Backends. In-process by default: one scorer, trials one after another, no Ray import at all.
+With Ray, each worker is an actor that loads the base model once (a Lab of its own) and scores
+many trials; the loop is Optuna's ask/tell with one Ray future per busy worker. A trial whose
+actor dies is resubmitted to a fresh actor (at most `max_retries` times), so the search goes on.
+Every finished trial goes to the run store at once: a crash loses only the trials in flight.
+The Ray pieces live in merging/search_ray.py, imported only when a search asks for Ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from merging.evaluation import EvalSet, EvaluationResult, Evaluator, adapters_by_task
+from merging.lab import Lab, common_base_model, task_data_for
+from merging.lora import Adapter
+from merging.recipe import Recipe
+
+Progress = Callable[[int, int, str], None]
+Scorer = Callable[[dict], "tuple[float, dict | None]"]  # params -> (dev objective, dev evaluation JSON)
+
+OBJECTIVES = ("average", "normalized", "worst_task")
+SAMPLERS = ("tpe", "cmaes")
+SEARCHABLE = ("weights", "density")
+DEFAULT_WEIGHT_BOUNDS = (0.0, 1.5)
+DEFAULT_DENSITY_BOUNDS = (0.1, 1.0)
+DEFAULT_DEV_SIZE = 64  # examples per task: a few seconds per trial on a 2-core CPU for the demo zoo
+SHARED_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+MAX_RETRIES = 2
+INSTALL_HINT = "pip install -r requirements-search.txt  (or: pip install 'mergescope[search]')"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class SearchError(ValueError):
+    """A search that cannot run as asked, with a message fit for the user (the CLI exits 2)."""
+
+
+def require_optuna():
+    try:
+        import optuna
+    except ImportError as err:
+        raise SearchError(f"the λ search needs Optuna, which is not installed; run: {INSTALL_HINT}") from err
+    return optuna
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise SearchError(f"--ray needs Ray, which is not installed; run: {INSTALL_HINT}") from err
+    return ray
+
+
+def missing_packages() -> list[str]:
+    """The optional packages of the search that are not installed (for the page and the CLI)."""
+    import importlib.util
+
+    return [name for name in ("optuna", "ray") if importlib.util.find_spec(name) is None]
+
+
+def worker_name() -> str:
+    """host:pid of the process that runs a trial."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The one place a trial's parameters become a Recipe, and a Recipe becomes a Merge-page link
+
+
+def trial_recipe(base: Recipe, params: Mapping[str, float]) -> Recipe:
+    """The recipe a trial scores: `base` with `weights.<adapter name>` and `density` from `params`.
+
+    Parameters the trial does not set keep the base recipe's values.
+    """
+    weights = [float(params.get(f"weights.{ref.display_name}", ref.weight)) for ref in base.adapters]
+    recipe = base.with_weights(weights)
+    if "density" in params:
+        recipe = replace(recipe, density=float(params["density"]))
+    return recipe
+
+
+def merge_link(recipe: Recipe) -> str:
+    """The query string that opens a recipe on the Merge page."""
+    return "?recipe=" + quote(json.dumps(recipe.to_dict()))
+
+
+def searchable_parameters(recipe: Recipe) -> tuple[str, ...]:
+    """What a search may vary for this recipe's method: the weights always, density when it is used."""
+    from merging.methods import get_method
+
+    return ("weights", "density") if get_method(recipe.method).uses_density else ("weights",)
+
+
+# ----------------------------------------------------------------------------------------------
+# The search space
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Per-adapter λ within `weight_bounds` (when `weights` is searched) and a density within
+    `density_bounds` (when given). `start` is the first trial: the base recipe's values."""
+
+    names: tuple[str, ...]
+    weight_bounds: tuple[float, float] | None = DEFAULT_WEIGHT_BOUNDS
+    density_bounds: tuple[float, float] | None = None
+    start: Mapping[str, float] = field(default_factory=dict)
+
+    def suggest(self, trial) -> dict[str, float]:
+        params: dict[str, float] = {}
+        if self.weight_bounds is not None:
+            low, high = self.weight_bounds
+            for name in self.names:
+                params[f"weights.{name}"] = trial.suggest_float(f"weights.{name}", low, high)
+        if self.density_bounds is not None:
+            params["density"] = trial.suggest_float("density", *self.density_bounds)
+        return params
+
+
+def _bounds(value: Sequence[float], what: str, floor: float | None = None, ceiling: float | None = None):
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise SearchError(f"{what}: expected two numbers LOW,HIGH, got {value!r}") from err
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise SearchError(f"{what}: expected finite LOW < HIGH, got {low:g},{high:g}")
+    if (floor is not None and low < floor) or (ceiling is not None and high > ceiling):
+        raise SearchError(f"{what}: must lie within [{floor:g}, {ceiling:g}], got {low:g},{high:g}")
+    return low, high
+
+
+def space_for(
+    recipe: Recipe,
+    params: Sequence[str] = ("weights",),
+    weight_bounds: Sequence[float] = DEFAULT_WEIGHT_BOUNDS,
+    density_bounds: Sequence[float] = DEFAULT_DENSITY_BOUNDS,
+) -> SearchSpace:
+    """The space a search explores for `recipe`; names what is wrong with `params` or the bounds."""
+    params = tuple(dict.fromkeys(params))
+    unknown = [p for p in params if p not in SEARCHABLE]
+    if unknown or not params:
+        raise SearchError(f"--params: {', '.join(unknown) or 'nothing'} is not searchable (allowed: {', '.join(SEARCHABLE)})")
+    allowed = searchable_parameters(recipe)
+    if "density" in params and "density" not in allowed:
+        raise SearchError(f"--params density: method '{recipe.method}' has no density (it keeps every entry)")
+    weights = _bounds(weight_bounds, "--bounds") if "weights" in params else None
+    density = _bounds(density_bounds, "--density-bounds", 0.0, 1.0) if "density" in params else None
+    if density is not None and density[0] <= 0.0:
+        raise SearchError("--density-bounds: the density must stay above 0")
+    start: dict[str, float] = {}
+    if weights is not None:  # uniform λ = 1 (clipped into the bounds): the usual first guess
+        start.update({f"weights.{r.display_name}": min(max(1.0, weights[0]), weights[1]) for r in recipe.adapters})
+    if density is not None:
+        start["density"] = min(max(recipe.density, density[0]), density[1])
+    return SearchSpace(tuple(r.display_name for r in recipe.adapters), weights, density, start)
+
+
+def make_sampler(name: str, seed: int):
+    optuna = require_optuna()
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (Optuna's CMA-ES sampler needs it)
+        except ImportError as err:
+            raise SearchError(f"--sampler cmaes needs the 'cmaes' package; run: {INSTALL_HINT}") from err
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise SearchError(f"--sampler: {name!r} is not allowed (allowed: {', '.join(SAMPLERS)})")
+
+
+# ----------------------------------------------------------------------------------------------
+# The dev split and the objective
+
+
+def carve_dev_split(
+    train_texts: Sequence[str], train_labels: Sequence[int], num_labels: int, size: int, seed: int = 0
+) -> tuple[list[str], list[int]]:
+    """A class-stratified, seeded sample of the *training* examples: size // num_labels per class
+    (at least one; fewer when a class has fewer), kept in training order."""
+    if size < 1:
+        raise SearchError(f"--dev-size: expected a positive number of examples per task, got {size}")
+    rng = random.Random(seed)
+    per_class = max(1, size // num_labels)
+    chosen: list[int] = []
+    for label in range(num_labels):
+        members = [i for i, y in enumerate(train_labels) if y == label]
+        rng.shuffle(members)
+        chosen += members[:per_class]
+    chosen.sort()
+    return [train_texts[i] for i in chosen], [train_labels[i] for i in chosen]
+
+
+def dev_set_for(adapter: Adapter, size: int = DEFAULT_DEV_SIZE, seed: int = 0) -> EvalSet:
+    """The dev set of an adapter's task: carved from its training split, never its evaluation split."""
+    data = task_data_for(adapter)
+    texts, targets = carve_dev_split(data.train_texts, data.train_labels, data.num_labels, size, seed)
+    leaked = set(texts) & set(data.eval_texts)
+    if leaked:  # split_examples keeps train and eval disjoint; a task file that breaks it is refused
+        raise SearchError(f"task {adapter.task}: {len(leaked)} dev example(s) are also in the evaluation split")
+    return EvalSet(adapter.task, list(data.labels), texts, targets)
+
+
+def objective_value(evaluation: EvaluationResult, objective: str) -> float:
+    """The number a trial maximises.
+
+    average: mean merged accuracy over tasks. normalized: mean of merged / single-adapter accuracy.
+    worst_task: the smallest merged / single ratio, i.e. the task that lost most to the merge
+    (ratios, not raw accuracies: a 6-class task would otherwise always be the worst one).
+    NaN when nothing can be scored (e.g. a single adapter at 0 %); such a trial counts as failed.
+    """
+    if objective == "average":
+        value = evaluation.average()["merged"]
+    elif objective == "normalized":
+        value = evaluation.average()["normalized"]
+    elif objective == "worst_task":
+        ratios = [s.normalized for s in evaluation.tasks.values() if s.normalized is not None]
+        value = min(ratios) if ratios else None
+    else:
+        raise SearchError(f"--objective: {objective!r} is not allowed (allowed: {', '.join(OBJECTIVES)})")
+    return float("nan") if value is None else float(value)
+
+
+def bootstrap_interval(
+    counts: Mapping[str, tuple[int, int]], level: float = 0.95, resamples: int = 4000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over tasks of accuracy, from (correct, scored) per task.
+
+    Each task's evaluation examples are resampled with replacement, independently per task.
+    Drawing n examples with replacement from a set with c correct gives Binomial(n, c/n) correct,
+    so that draw is made directly: exactly the example-level bootstrap, without the examples.
+    """
+    import numpy as np
+
+    if not counts:
+        raise ValueError("no task to bootstrap")
+    rng = np.random.default_rng(seed)
+    means = np.zeros(resamples)
+    for correct, scored in counts.values():
+        if scored <= 0 or not 0 <= correct <= scored:
+            raise ValueError(f"bad counts ({correct}, {scored})")
+        means += rng.binomial(scored, correct / scored, size=resamples) / scored
+    means /= len(counts)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
+def merged_counts(evaluation: EvaluationResult, evaluator: Evaluator) -> dict[str, tuple[int, int]]:
+    """(correct, scored) per task of a merged evaluation (accuracies are exact fractions c / n)."""
+    counts = {}
+    for task, scores in evaluation.tasks.items():
+        scored = len(evaluator.eval_sets[task].targets)
+        counts[task] = (round(scores.merged * scored), scored)
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring a trial: the Lab's merge + evaluate, on dev sets
+
+
+class DevLab(Lab):
+    """A Lab that shares another Lab's loaded model (and its lock) but scores the dev sets.
+
+    Everything Lab does — merge_and_evaluate, sweep, the caches — runs unchanged; only the
+    evaluator differs. `prepare` refuses a task without a dev set instead of loading its
+    evaluation split, so the evaluation data cannot slip into a trial's score.
+    """
+
+    def __init__(self, lab: Lab, dev_sets: Sequence[EvalSet]):  # no super().__init__(): it would load another model
+        self.base_model = lab.base_model
+        self.device = lab.device
+        self.model, self.tokenizer = lab.model, lab.tokenizer
+        self.max_length = lab.max_length
+        self.evaluator = Evaluator(lab.model, lab.tokenizer, dev_sets, device=lab.device, max_length=lab.max_length)
+        self.single_cache: dict = {}
+        self.merged_cache: dict = {}
+        self.lock = lab.lock
+
+    def prepare(self, adapters: Sequence[Adapter]) -> None:
+        missing = sorted({a.task for a in adapters} - set(self.evaluator.eval_sets))
+        if missing:
+            raise SearchError(f"no dev set for task(s) {', '.join(map(str, missing))}")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything a worker needs to score trials (picklable: it travels to Ray actors)."""
+
+    recipe: Recipe
+    objective: str = "average"
+    dev_size: int = DEFAULT_DEV_SIZE
+    dev_seed: int = 0
+
+
+def recipe_adapters(recipe: Recipe, lab: Lab) -> list[Adapter]:
+    """The recipe's adapters, projected onto OSRM's subspace when the recipe asks for it."""
+    from merging.merge import load_recipe_adapters
+
+    adapters = load_recipe_adapters(recipe)
+    return lab.posthoc_osrm(adapters) if recipe.osrm_posthoc else adapters
+
+
+def load_lab(recipe: Recipe, adapters: Sequence[Adapter] | None = None) -> Lab:
+    from merging.merge import load_recipe_adapters
+
+    adapters = adapters if adapters is not None else load_recipe_adapters(recipe)
+    return Lab(common_base_model(adapters), device=recipe.device)
+
+
+class TrialScorer:
+    """Loads (or borrows) a Lab once, carves the dev sets once, then scores many trials."""
+
+    def __init__(self, settings: SearchSettings, lab: Lab | None = None):
+        if settings.objective not in OBJECTIVES:
+            raise SearchError(f"--objective: {settings.objective!r} is not allowed (allowed: {', '.join(OBJECTIVES)})")
+        self.settings = settings
+        self.lab = lab or load_lab(settings.recipe)
+        self.adapters = recipe_adapters(settings.recipe, self.lab)
+        dev_sets = [dev_set_for(a, settings.dev_size, settings.dev_seed) for a in adapters_by_task(self.adapters).values()]
+        self.dev_lab = DevLab(self.lab, dev_sets)
+
+    def __call__(self, params: dict) -> tuple[float, dict]:
+        run = self.dev_lab.merge_and_evaluate(self.adapters, trial_recipe(self.settings.recipe, params))
+        return objective_value(run.evaluation, self.settings.objective), run.evaluation.to_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends: where trials run
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    number: int
+    params: dict
+    dev_objective: float
+    worker: str
+    seconds: float
+    dev: dict | None = None  # the dev evaluation's JSON (not an evaluation result: see the module doc)
+    attempts: int = 1
+
+    def to_dict(self) -> dict:
+        return {
+            "number": self.number,
+            "params": self.params,
+            "dev_objective": self.dev_objective,
+            "worker": self.worker,
+            "seconds": round(self.seconds, 3),
+            "attempts": self.attempts,
+        }
+
+
+def score_trial(scorer: Scorer, number: int, params: dict) -> TrialOutcome:
+    start = time.perf_counter()
+    value, details = scorer(params)
+    return TrialOutcome(number, dict(params), float(value), worker_name(), time.perf_counter() - start, details)
+
+
+class InProcessBackend:
+    """One scorer in this process; `next_finished` runs the oldest submitted trial."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+        self.capacity = 1
+        self.pending: deque = deque()
+        self.deaths: list[dict] = []
+
+    def submit(self, number: int, params: dict) -> None:
+        self.pending.append((number, params))
+
+    def next_finished(self) -> tuple[int, TrialOutcome | None]:
+        number, params = self.pending.popleft()
+        return number, score_trial(self.scorer, number, params)
+
+    def close(self) -> None:
+        self.pending.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# The study
+
+
+@dataclass
+class StudyResult:
+    outcomes: list[TrialOutcome]
+    failed: list[int]
+    deaths: list[dict]
+    seconds: float
+
+    @property
+    def best(self) -> TrialOutcome | None:
+        finite = [o for o in self.outcomes if math.isfinite(o.dev_objective)]
+        return max(finite, key=lambda o: (o.dev_objective, -o.number)) if finite else None
+
+
+def run_study(
+    space: SearchSpace,
+    trials: int,
+    backend,
+    sampler: str = "tpe",
+    seed: int = 0,
+    on_trial: Callable[[TrialOutcome], None] | None = None,
+    progress: Progress | None = None,
+) -> StudyResult:
+    """Optuna's ask/tell over a backend: keep every worker busy, tell each result as it lands.
+
+    The first trial is `space.start` (uniform λ = 1), so the search starts from the usual guess.
+    A trial with a non-finite objective, or whose worker died more than the retries allow, is told
+    as failed; it still uses one trial of the budget.
+    """
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if trials < 1:
+        raise SearchError(f"--trials: expected at least 1, got {trials}")
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler, seed))
+    if space.start:
+        study.enqueue_trial(dict(space.start))
+    start = time.perf_counter()
+    asked: dict[int, Any] = {}
+    outcomes: list[TrialOutcome] = []
+    failed: list[int] = []
+    submitted = 0
+    try:
+        while len(outcomes) + len(failed) < trials:
+            while len(asked) < backend.capacity and submitted < trials:
+                trial = study.ask()
+                asked[trial.number] = trial
+                backend.submit(trial.number, space.suggest(trial))
+                submitted += 1
+            number, outcome = backend.next_finished()
+            trial = asked.pop(number)
+            if outcome is None or not math.isfinite(outcome.dev_objective):
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                failed.append(number)
+            else:
+                study.tell(trial, outcome.dev_objective)
+                outcomes.append(outcome)
+                if on_trial is not None:
+                    on_trial(outcome)
+            if progress is not None:
+                done = len(outcomes) + len(failed)
+                best = max((o.dev_objective for o in outcomes), default=float("nan"))
+                progress(done, trials, f"trial {done}/{trials}, best dev {best:.4f}")
+    finally:
+        backend.close()
+    outcomes.sort(key=lambda o: o.number)
+    return StudyResult(outcomes, sorted(failed), list(backend.deaths), time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------
+# A whole search: study, run store, final report
+
+
+@dataclass
+class SearchResult:
+    search_id: str
+    objective: str
+    backend: str
+    study: StudyResult
+    best_recipe: Recipe | None
+    report: dict | None  # best / uniform / shared on the evaluation split (None when not asked)
+
+    def to_dict(self) -> dict:
+        best = self.study.best
+        return {
+            "search_id": self.search_id,
+            "objective": self.objective,
+            "backend": self.backend,
+            "best": {
+                "recipe": self.best_recipe.to_dict() if self.best_recipe else None,
+                "dev_objective": best.dev_objective if best else None,
+                "trial": best.number if best else None,
+                "evaluation": (self.report or {}).get("best", {}).get("evaluation"),
+                "interval_95": (self.report or {}).get("best", {}).get("interval_95"),
+            },
+            "baselines": {k: v for k, v in (self.report or {}).items() if k != "best"},
+            "trials": [o.to_dict() for o in self.study.outcomes],
+            "failed_trials": self.study.failed,
+            "worker_deaths": self.study.deaths,
+            "seconds": round(self.study.seconds, 3),
+            "trials_per_minute": round(60 * len(self.study.outcomes) / self.study.seconds, 3) if self.study.seconds else None,
+        }
+
+
+def store_trial(store, search_id: str, base: Recipe, objective: str, outcome: TrialOutcome, device: str) -> int:
+    """One finished trial into the run store (kind `search-trial`). Its dev scores sit under
+    `search.dev`, not as the run's accuracy: they are the search's yardstick, not a result."""
+    recipe = trial_recipe(base, outcome.params)
+    results = {"search": {"id": search_id, "objective": objective, **outcome.to_dict(), "dev": outcome.dev}}
+    summary = {"search": search_id, "trial": outcome.number, "dev_objective": outcome.dev_objective}
+    return store.add(recipe.to_dict(), results, summary, device, outcome.seconds, kind="search-trial")
+
+
+def final_report(
+    lab: Lab,
+    dev_lab: Lab,
+    adapters: Sequence[Adapter],
+    base: Recipe,
+    best: Recipe,
+    objective: str,
+    shared_grid: Sequence[float] = SHARED_GRID,
+    progress: Progress | None = None,
+) -> dict:
+    """The best recipe, uniform λ = 1 and the best shared λ (chosen on dev), scored on the
+    evaluation split, each with a 95 % bootstrap interval of its average merged accuracy."""
+    n = len(base.adapters)
+    shared_points = dev_lab.sweep(adapters, base, [[lam] * n for lam in shared_grid])
+    shared_scores = [(weights[0], objective_value(result, objective)) for weights, result in shared_points]
+    finite = [(lam, value) for lam, value in shared_scores if math.isfinite(value)]
+    shared_lambda, shared_dev = max(finite, key=lambda p: p[1]) if finite else (1.0, float("nan"))
+    candidates = {
+        "best": best,
+        "uniform": base.with_weights([1.0] * n),
+        "shared": base.with_weights([shared_lambda] * n),
+    }
+    report: dict = {}
+    for index, (label, recipe) in enumerate(candidates.items()):
+        if progress is not None:
+            progress(index, len(candidates), f"evaluation split: {label}")
+        run = lab.merge_and_evaluate(adapters, recipe)
+        low, high = bootstrap_interval(merged_counts(run.evaluation, lab.evaluator))
+        report[label] = {
+            "weights": recipe.weights,
+            "evaluation": run.evaluation.to_dict(),
+            "objective_on_evaluation": _finite_or_none(objective_value(run.evaluation, objective)),
+            "interval_95": {"average_merged": [low, high]},
+        }
+    report["shared"]["lambda"] = shared_lambda
+    report["shared"]["dev_objective"] = _finite_or_none(shared_dev)
+    report["shared"]["grid"] = list(shared_grid)
+    if progress is not None:
+        progress(len(candidates), len(candidates), "done")
+    return report
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def run_search(
+    recipe: Recipe,
+    trials: int,
+    objective: str = "average",
+    params: Sequence[str] = ("weights",),
+    weight_bounds: Sequence[float] = DEFAULT_WEIGHT_BOUNDS,
+    density_bounds: Sequence[float] = DEFAULT_DENSITY_BOUNDS,
+    sampler: str = "tpe",
+    seed: int = 0,
+    dev_size: int = DEFAULT_DEV_SIZE,
+    ray: bool = False,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    lab: Lab | None = None,
+    store=None,
+    report: bool = True,
+    shared_grid: Sequence[float] = SHARED_GRID,
+    progress: Progress | None = None,
+    on_trial: Callable[[TrialOutcome], None] | None = None,
+    max_retries: int = MAX_RETRIES,
+    on_submit: Callable[[int, Any], None] | None = None,
+) -> SearchResult:
+    """Search λ (and optionally density) for `recipe`, store every trial, report on the evaluation split.
+
+    In-process unless `ray` is set: then a local Ray runtime (or the cluster at `ray_address`) runs
+    `workers` actors (default: one per CPU of the cluster). `lab` lends an already-loaded Lab to the
+    in-process scorer and the final report (the dashboard's cached one).
+    """
+    if objective not in OBJECTIVES:
+        raise SearchError(f"--objective: {objective!r} is not allowed (allowed: {', '.join(OBJECTIVES)})")
+    if sampler not in SAMPLERS:
+        raise SearchError(f"--sampler: {sampler!r} is not allowed (allowed: {', '.join(SAMPLERS)})")
+    if workers is not None and workers < 1:
+        raise SearchError(f"--workers: expected at least 1, got {workers}")
+    if not ray and workers not in (None, 1):
+        raise SearchError("--workers: in-process runs one trial at a time; add --ray to run several workers")
+    if trials < 1:
+        raise SearchError(f"--trials: expected at least 1, got {trials}")
+    require_optuna()
+    space = space_for(recipe, params, weight_bounds, density_bounds)
+    settings = SearchSettings(recipe, objective, dev_size, seed)
+    search_id = uuid.uuid4().hex[:12]
+    device_name = {"value": recipe.device}
+
+    def record(outcome: TrialOutcome) -> None:
+        if store is not None:
+            store_trial(store, search_id, recipe, objective, outcome, device_name["value"])
+        if on_trial is not None:
+            on_trial(outcome)
+
+    def study_progress(done: int, total: int, what: str) -> None:
+        if progress is not None:
+            progress(done, total + 1, what)  # the last step is the final report
+
+    if ray:
+        from merging.search_ray import RayBackend, RayRuntime, _actor_options
+
+        runtime = RayRuntime(ray_address)
+        with runtime as ray_module:
+            count = workers or max(1, int(ray_module.cluster_resources().get("CPU", 1)))
+            count = min(count, trials)
+            options = _actor_options(ray_module, recipe.device, count)
+            if not runtime.started:  # a runtime someone else started: its nodes share this file system
+                options["runtime_env"] = {"env_vars": {"PYTHONPATH": str(PACKAGE_DIR.parent)}}
+            backend = RayBackend(
+                functools.partial(TrialScorer, settings), count, options, max_retries, on_submit
+            )
+            study = run_study(space, trials, backend, sampler, seed, record, study_progress)
+        backend_name = f"ray ({ray_address or 'local'}, {count} workers)"
+    else:
+        scorer = TrialScorer(settings, lab)
+        lab = scorer.lab
+        device_name["value"] = str(lab.device)
+        study = run_study(space, trials, InProcessBackend(scorer), sampler, seed, record, study_progress)
+        backend_name = "in-process"
+
+    best = study.best
+    best_recipe = trial_recipe(recipe, best.params) if best else None
+    final = None
+    if report and best_recipe is not None:
+        if progress is not None:
+            progress(trials, trials + 1, "final report on the evaluation split")
+        lab = lab or load_lab(recipe)
+        adapters = recipe_adapters(recipe, lab)
+        dev_sets = [dev_set_for(a, dev_size, seed) for a in adapters_by_task(adapters).values()]
+        final = final_report(lab, DevLab(lab, dev_sets), adapters, recipe, best_recipe, objective, shared_grid)
+        if store is not None:
+            results = {
+                **final["best"]["evaluation"],
+                "search": {"id": search_id, "objective": objective, "backend": backend_name,
+                           "dev_objective": best.dev_objective, "trial": best.number, "report": final,
+                           "trials": len(study.outcomes), "failed_trials": study.failed},
+            }
+            summary = {"search": search_id, "trials": len(study.outcomes), "objective": objective}
+            store.add(best_recipe.to_dict(), results, summary, str(lab.device), study.seconds, kind="search")
+    if progress is not None:
+        progress(trials + 1, trials + 1, "done")
+    return SearchResult(search_id, objective, backend_name, study, best_recipe, final)

