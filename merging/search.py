@@ -25,7 +25,6 @@ The Ray pieces live in merging/search_ray.py, imported only when a search asks f
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import random
@@ -40,11 +39,11 @@ from typing import Any
 from urllib.parse import quote
 
 from merging.evaluation import EvalSet, EvaluationResult, Evaluator, adapters_by_task
-from merging.lab import Lab, common_base_model, task_data_for
+from merging.lab import Lab, task_data_for
 from merging.lora import Adapter
 from merging.recipe import Recipe
 
-Progress = Callable[[int, int, str], None]
+from merging.progress import Progress
 Scorer = Callable[[dict], "tuple[float, dict | None]"]  # params -> (dev objective, dev evaluation JSON)
 
 OBJECTIVES = ("average", "normalized", "worst_task")
@@ -103,20 +102,20 @@ def trial_recipe(base: Recipe, params: Mapping[str, float]) -> Recipe:
     weights = [float(params.get(f"weights.{ref.display_name}", ref.weight)) for ref in base.adapters]
     recipe = base.with_weights(weights)
     if "density" in params:
-        recipe = replace(recipe, density=float(params["density"]))
+        recipe = replace(recipe, parameters={**recipe.parameters, "density": float(params["density"])})
     return recipe
 
 
 def merge_link(recipe: Recipe) -> str:
     """The query string that opens a recipe on the Merge page."""
-    return "?recipe=" + quote(json.dumps(recipe.to_dict()))
+    return "?recipe=" + quote(recipe.to_url())
 
 
 def searchable_parameters(recipe: Recipe) -> tuple[str, ...]:
     """What a search may vary for this recipe's method: the weights always, density when it is used."""
     from merging.methods import get_method
 
-    return ("weights", "density") if get_method(recipe.method).uses_density else ("weights",)
+    return ("weights", "density") if get_method(recipe.method).has_param("density") else ("weights",)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +177,7 @@ def space_for(
     if weights is not None:  # uniform λ = 1 (clipped into the bounds): the usual first guess
         start.update({f"weights.{r.display_name}": min(max(1.0, weights[0]), weights[1]) for r in recipe.adapters})
     if density is not None:
-        start["density"] = min(max(recipe.density, density[0]), density[1])
+        start["density"] = min(max(recipe.parameters["density"], density[0]), density[1])
     return SearchSpace(tuple(r.display_name for r in recipe.adapters), weights, density, start)
 
 
@@ -319,18 +318,18 @@ class SearchSettings:
 
 
 def recipe_adapters(recipe: Recipe, lab: Lab) -> list[Adapter]:
-    """The recipe's adapters, projected onto OSRM's subspace when the recipe asks for it."""
-    from merging.merge import load_recipe_adapters
+    """The recipe's adapters with its `osrm` mode applied (merging.catalog: twins, post-hoc)."""
+    from merging.catalog import merge_inputs
 
-    adapters = load_recipe_adapters(recipe)
-    return lab.posthoc_osrm(adapters) if recipe.osrm_posthoc else adapters
+    return merge_inputs(recipe, lab_for=lambda _base_model: lab).adapters
 
 
 def load_lab(recipe: Recipe, adapters: Sequence[Adapter] | None = None) -> Lab:
-    from merging.merge import load_recipe_adapters
+    """The Lab of the recipe's base model (merging.catalog's one resolution)."""
+    from merging.catalog import resolve_base_model, resolve_inputs
 
-    adapters = adapters if adapters is not None else load_recipe_adapters(recipe)
-    return Lab(common_base_model(adapters), device=recipe.device)
+    adapters = adapters if adapters is not None else resolve_inputs(recipe).adapters
+    return Lab(resolve_base_model(recipe, adapters), device=recipe.device)
 
 
 class TrialScorer:

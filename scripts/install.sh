@@ -12,6 +12,8 @@ fi
 # torch first and on its own: pinned to the CPU wheel so nothing pulls a multi-GB CUDA build.
 .venv/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+# the λ search (issue 13): Optuna, its CMA-ES sampler, and Ray for fan-out; optional for the app, needed by the tests
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements-search.txt
 # mergescope itself, editable and without dependencies (requirements.txt pinned them), so that
 # .venv/bin/mergescope exists and runs this checkout. Built with the venv's own setuptools (70.1 or
 # later builds wheels without the `wheel` package), so this step needs no download.

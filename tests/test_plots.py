@@ -384,6 +384,11 @@ def test_runs_comparison_one_series_per_run_union_of_tasks():
 # ----------------------------------------------------------------------------------------------
 # Shared conventions
 
+SEARCH_TRIALS = [
+    {"number": 0, "params": {"weights.a": 1.0, "weights.b": 1.0}, "dev_objective": 0.5, "worker": "h:1"},
+    {"number": 1, "params": {"weights.a": 0.2, "weights.b": 0.9}, "dev_objective": 0.7, "worker": "h:1"},
+]
+
 BUILDERS = {
     "accuracy_bars": lambda p: accuracy_bars(result(), presentation=p),
     "accuracy_delta": lambda p: accuracy_delta(result(0.9, 0.5), result(), presentation=p),
@@ -403,6 +408,8 @@ BUILDERS = {
     "cross_task_heatmap": lambda p: cross_task_heatmap(
         {"adapters": ["A"], "tasks": ["a"], "accuracy": [[0.5]]}, presentation=p),
     "runs_comparison": lambda p: runs_comparison([{"label": "r", "results": result()}], presentation=p),
+    "optimization_history": lambda p: plots.optimization_history(SEARCH_TRIALS, presentation=p),
+    "parallel_coordinates": lambda p: plots.parallel_coordinates(SEARCH_TRIALS, presentation=p),
 }
 
 
@@ -427,7 +434,7 @@ def test_every_figure_function_is_explained_and_exercised():
 
 
 def test_each_figure_lives_in_its_page_module_with_its_caption_beside_it():
-    pages = {"merge", "interference", "sweep", "adapters", "runs"}
+    pages = {"merge", "interference", "sweep", "adapters", "runs", "search"}
     for name in figure_functions():
         function = getattr(plots, name)
         assert function.__module__.rsplit(".", 1)[-1] in pages, (name, function.__module__)
@@ -452,6 +459,8 @@ def test_titles_axes_hover_and_presentation(name):
     assert talk.layout.title.font.size > normal.layout.title.font.size
     # every trace says exactly what it shows on hover
     for trace in normal.data:
+        if trace.type == "parcoords":  # Plotly draws no hover labels on parallel coordinates
+            continue
         assert trace.hovertemplate and "%{" in trace.hovertemplate, (name, trace.name)
     # every axis in use has a title
     for key in ("xaxis", "yaxis", "xaxis2", "yaxis2"):

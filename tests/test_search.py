@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from merging import search_plots
+from merging import plots
 from merging.cli import main
 from merging.evaluation import EvaluationResult, TaskScores
 from merging.lab import task_data_for
@@ -105,7 +105,7 @@ def test_trial_recipe_sets_each_adapters_weight_and_the_density_and_keeps_the_re
     base = zoo_recipe(method="ties", density=0.5)
     recipe = trial_recipe(base, {"weights.sms_spam-standard": 0.25, "density": 0.8})
     assert recipe.weights == [0.25, 1.0]
-    assert recipe.density == 0.8 and recipe.method == "ties" and recipe.adapters[1] == base.adapters[1]
+    assert recipe.parameters["density"] == 0.8 and recipe.method == "ties" and recipe.adapters[1] == base.adapters[1]
 
 
 def test_the_merge_link_carries_the_recipe_as_json():
@@ -179,13 +179,13 @@ def test_the_figures_draw_history_and_parallel_coordinates_from_trial_records():
         {"number": 1, "params": {"weights.a": 0.2, "weights.b": 0.9}, "dev_objective": 0.7, "worker": "h:1"},
         {"number": 2, "params": {"weights.a": 0.4, "weights.b": 1.3}, "dev_objective": 0.6, "worker": "h:2"},
     ]
-    history = search_plots.optimization_history(trials)
+    history = plots.optimization_history(trials)
     assert list(history.data[1].y) == [0.5, 0.7, 0.7]  # the best so far
-    parallel = search_plots.parallel_coordinates(trials)
+    parallel = plots.parallel_coordinates(trials)
     dims = parallel.data[0].dimensions
     assert [d.label for d in dims] == ["λ a", "λ b", "average (dev)"]
     assert list(dims[0].values) == [1.0, 0.2, 0.4]
-    assert search_plots.optimization_history([]).layout.annotations[0].text == "No finished trial yet"
+    assert plots.optimization_history([]).layout.annotations[0].text == "No finished trial yet"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ line, which the UI shows under the chart:
 - :mod:`~merging.plots.sweep`: λ sweeps as curves or a heatmap;
 - :mod:`~merging.plots.adapters`: one adapter's update per layer;
 - :mod:`~merging.plots.runs`: stored runs side by side;
+- :mod:`~merging.plots.search`: a λ search's history and parallel coordinates;
 - :mod:`~merging.plots.style` (palette, sizes, presentation mode), :mod:`~merging.plots.values` (numbers
   in, plottable values out) and :mod:`~merging.plots.download` (a chart as an HTML file) are shared.
 
@@ -47,6 +48,7 @@ from merging.plots.interference import (
 )
 from merging.plots.merge import accuracy_bars, accuracy_delta, cosine_before_after, energy_kept, orthogonalize_loss
 from merging.plots.runs import runs_comparison
+from merging.plots.search import optimization_history, parallel_coordinates
 from merging.plots.style import (
     DIVERGING,
     FONT_SIZE,
@@ -84,5 +86,7 @@ __all__ = [
     "lambda_heatmap",
     "layer_norms",
     "runs_comparison",
+    "optimization_history",
+    "parallel_coordinates",
     "figure_to_html",
 ]

@@ -3,7 +3,7 @@
 Two views Optuna users know: the optimisation history (each trial's dev objective, and the best so
 far as a step line) and a parallel-coordinates plot (one axis per searched parameter plus the
 objective, one line per trial, coloured by the objective) that shows which λ ranges score well.
-Pure functions, styled like merging/plots.py (same palette helper and presentation sizes).
+Pure functions, styled like the other pages' figures (same palette helper and presentation sizes).
 """
 
 from __future__ import annotations
@@ -13,14 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from merging.plots import OKABE_ITO, _no_data, _style
-
-HOW_TO_READ = {
-    "search_history": "One dot per trial: its objective on the dev split (never the evaluation split). "
-    "The line is the best found so far; a flat line late in the search means more trials bring little.",
-    "search_parallel": "One line per trial across the searched parameters; colour is the dev objective. "
-    "Where the bright lines bunch on an axis, that range of the parameter scores well.",
-}
+from merging.plots.style import OKABE_ITO, _no_data, _style, explained
 
 
 def _finite_trials(trials: Sequence[Mapping]) -> list[Mapping]:
@@ -35,6 +28,10 @@ def _axis_label(name: str) -> str:
     return f"λ {name[len('weights.'):]}" if name.startswith("weights.") else name
 
 
+@explained(
+    "One dot per trial: its objective on the dev split (never the evaluation split). "
+    "The line is the best found so far; a flat line late in the search means more trials bring little."
+)
 def optimization_history(
     trials: Sequence[Mapping], objective: str = "average", presentation: bool = False
 ) -> go.Figure:
@@ -67,6 +64,10 @@ def optimization_history(
     return _style(fig, title, presentation, x_title="trial", y_title=f"{objective} (dev)")
 
 
+@explained(
+    "One line per trial across the searched parameters; colour is the dev objective. "
+    "Where the bright lines bunch on an axis, that range of the parameter scores well."
+)
 def parallel_coordinates(
     trials: Sequence[Mapping], objective: str = "average", presentation: bool = False
 ) -> go.Figure:
