@@ -316,7 +316,7 @@ def test_a_carried_lm_head_of_a_tied_gpt2_serves_both_names_in_place(tmp_path):
     peft_adapter("gpt2", tmp_path / "a", seed=30, modules_to_save=["lm_head"])
     adapter = load_adapter(tmp_path / "a")
     assert set(adapter.saved_modules) == {"lm_head.weight"}
-    base, tokenizer = tiny_gpt2()
+    base, _ = tiny_gpt2()
     embedding = base.transformer.wte.weight
     original = embedding.detach().clone()
     with updates_applied(base, adapter.modules, adapter.saved_modules):
