@@ -256,9 +256,11 @@ def check_plain_lora(config: Mapping, where: str) -> None:
     for flag, label in _NON_LORA_FLAGS.items():
         if config.get(flag):
             raise AdapterError(f"{where}: {label} adapters ({flag}=true) are not supported; plain LoRA only")
-    if config.get("fan_in_fan_out"):
-        # Conv1D layers (GPT-2) store weights transposed; supporting them means transposing here.
-        raise AdapterError(f"{where}: fan_in_fan_out=true (GPT-2 style Conv1D) is not supported yet")
+    # fan_in_fan_out (GPT-2's Conv1D) is read as any LoRA: PEFT keeps A (r, d_in) and B (d_out, r)
+    # either way; only the base weight is stored transposed, so only applying ΔW to it transposes
+    # (merging.evaluation.weight_update, merging.export).
+    if config.get("fan_in_fan_out") not in (None, True, False):
+        raise AdapterError(f"{where}: field 'fan_in_fan_out' must be true or false, got {config['fan_in_fan_out']!r}")
 
 
 # What mergescope reads from mergescope.json, the JSON types it needs, and how to say so.
@@ -362,7 +364,9 @@ def adapter_from_state(
         elif ".lora_embedding_" in key or ".lora_magnitude_vector" in key:
             raise AdapterError(f"{where}: tensor {key} is not a plain linear LoRA factor")
         else:
-            saved_name = _module_name(key)
+            # PEFT saves a wrapped layer's own tensors (its bias, bias="all") as <module>.base_layer.bias:
+            # keep the base model's name, so the tensor can be written into the base where it belongs
+            saved_name = _module_name(key).replace(".base_layer.", ".")
             if saved_name in saved:
                 raise AdapterError(f"{where}: tensors {saved[saved_name][0]} and {key} name the same module")
             saved[saved_name] = (key, tensor)
@@ -562,14 +566,19 @@ def layer_of(module_name: str) -> int | None:
 # Writing
 
 
-def adapter_state(adapter: Adapter) -> dict[str, torch.Tensor]:
-    """PEFT tensor names for an adapter's factors (scale folded into B) and saved modules."""
+def adapter_state(adapter: Adapter, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """PEFT tensor names for an adapter's factors (scale folded into B, then cast to `dtype`) and
+    saved modules (kept in their own dtype)."""
     state: dict[str, torch.Tensor] = {}
     for module_name, module in adapter.modules.items():
         prefix = PEFT_PREFIX + module_name
-        state[f"{prefix}.lora_A.weight"] = module.A.detach().to("cpu", torch.float32).contiguous()
-        state[f"{prefix}.lora_B.weight"] = (module.B.detach().to("cpu", torch.float32) * module.scale).contiguous()
+        state[f"{prefix}.lora_A.weight"] = module.A.detach().to("cpu", torch.float32).to(dtype).contiguous()
+        B = module.B.detach().to("cpu", torch.float32) * module.scale
+        state[f"{prefix}.lora_B.weight"] = B.to(dtype).contiguous()
     for key, tensor in adapter.saved_modules.items():
+        owner, leaf = key.rsplit(".", 1) if "." in key else (key, "")
+        if owner in adapter.modules:  # a LoRA layer's own tensor: PEFT's name for it
+            key = f"{owner}.base_layer.{leaf}"
         state[PEFT_PREFIX + key] = tensor.detach().to("cpu").contiguous()
     return state
 
@@ -602,11 +611,15 @@ def peft_config_for(adapter: Adapter, template: Mapping | None = None) -> dict:
             "base_model_name_or_path": adapter.base_model,
             "bias": config.get("bias", "none"),
             "lora_dropout": 0.0,
-            "fan_in_fan_out": False,
+            # the base's layout, not the factors': a merge of GPT-2 adapters stays fan_in_fan_out
+            "fan_in_fan_out": bool(config.get("fan_in_fan_out", False)),
             "inference_mode": True,
         }
     )
-    config["modules_to_save"] = sorted({k.rsplit(".", 1)[0] for k in adapter.saved_modules}) or None
+    # A LoRA-targeted module's own saved tensor (its bias, with PEFT's bias="all"/"lora_only") is
+    # loaded by PEFT through `bias`, not modules_to_save, which would wrap the whole layer.
+    owners = {k.rsplit(".", 1)[0] for k in adapter.saved_modules}
+    config["modules_to_save"] = sorted(owners - set(adapter.modules)) or None
     config.setdefault("task_type", None)
     return config
 
@@ -617,6 +630,7 @@ def save_adapter(
     template_config: Mapping | None = None,
     extra_files: Mapping[str, bytes] | None = None,
     overwrite: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a PEFT LoRA folder atomically: build it beside the target, then swap it into place.
 
@@ -624,7 +638,7 @@ def save_adapter(
     `overwrite` and only when it holds an adapter (see merging.staging.check_replaceable).
     """
     folder = Path(folder)
-    state = adapter_state(adapter)
+    state = adapter_state(adapter, dtype)
     for key, tensor in state.items():
         if tensor.is_floating_point() and not _all_finite(tensor):
             raise AdapterError(f"refusing to write {folder}: tensor {key} contains NaN or Inf")
