@@ -286,3 +286,30 @@ def test_preview_caching_and_zero_weights_reuse_work_for_causal_tasks(setting):
         whole = lab.evaluator.tally(task, None, body, None, ("all",))
         assert merged.evaluation.tasks[task].merged == whole.primary
         assert merged.evaluation.tasks[task].loss["merged"] == pytest.approx(whole.loss, rel=1e-6)
+
+
+def test_two_adapters_naming_one_task_with_two_files_are_refused(setting):
+    refs = tuple(
+        AdapterRef(path=str(setting.adapters[task]), name=task, eval=str(setting.files[task]), task="same")
+        for task in TASKS
+    )
+    with pytest.raises(EvaluationError, match=r"adapters\[1\]\.eval.*task 'same' is already read from"):
+        setting.lab.merge_and_evaluate(_loaded(setting), Recipe(adapters=refs, device="cpu"))
+
+
+def test_the_scoring_benchmark_runs_and_measures_the_same_scores_as_the_scorer(tmp_path):
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    sys.path.insert(0, str(bench))
+    threads = torch.get_num_threads()
+    try:
+        import causal_scoring
+
+        result = causal_scoring.main(["--tiny", "--threads", "1", "--json", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(threads)
+        sys.path.remove(str(bench))
+    data = json.loads((tmp_path / "r.json").read_text())["data"]
+    assert data["ratio"] > 0 and math.isfinite(data["loss"]) and data["tokens"] <= data["padded_tokens"]
+    assert result["targets"][0]["name"] == "scoring cost"
