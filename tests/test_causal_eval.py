@@ -16,9 +16,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from causal_fixtures import (
+    TASKS,
+    hand_loss_and_greedy,
+    model_with_updates,
+    save_base,
+    task_rows,
+    train_adapter,
+    write_jsonl,
+)
 from torch import nn
 
-from causal_fixtures import TASKS, hand_loss_and_greedy, model_with_updates, save_base, task_rows, train_adapter, write_jsonl
 from merging.causal_eval import CausalEvalSet, CausalEvaluator, could_still_match
 from merging.evaluation import EvaluationError, evaluate_merge
 from merging.lab import Lab
