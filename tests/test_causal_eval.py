@@ -343,3 +343,15 @@ def test_an_adapters_trained_lm_head_is_scored_with_it_single_and_merged(tmp_pat
     without, _ = hand_loss_and_greedy(model_with_updates(base, [with_head], [1.0]), lab.tokenizer, task_rows("next"))
     assert scores.loss["single"] == pytest.approx(single, rel=1e-4) and scores.loss["merged"] == pytest.approx(merged, rel=1e-4)
     assert abs(single - without) > 1e-3  # the trained lm_head matters: leaving it out would be seen
+
+
+def test_rows_of_different_lengths_batched_together_score_as_they_do_one_by_one(setting, tmp_path):
+    rows = [{"prompt": "next " + " ".join("1" * n) + " =", "completion": " " + " ".join("2" * (1 + n % 3))} for n in range(1, 9)]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    refs = (AdapterRef(path=str(setting.adapters["next"]), name="next", eval=str(path)),)
+    run = setting.lab.merge_and_evaluate(_loaded(setting)[:1], Recipe(adapters=refs, device="cpu"))
+    scores = run.evaluation.tasks["mixed"]
+    for body, folders in (("base", []), ("single", [setting.adapters["next"]])):
+        loss, exact = hand_loss_and_greedy(model_with_updates(setting.base, folders, [1.0] * len(folders)), setting.lab.tokenizer, rows)
+        assert scores.loss[body] == pytest.approx(loss, rel=1e-4), body
+        assert getattr(scores, body) == exact, body
