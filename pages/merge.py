@@ -227,7 +227,12 @@ if last:
         )
     frame = pd.DataFrame(
         [
-            {"task": task, **{k: (None if v is None else round(v, 4)) for k, v in scores.items()}}
+            {
+                "task": task,
+                # numbers rounded; "metric" names the score (accuracy / exact_match); a causal task's loss beside
+                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items() if not isinstance(v, dict)},
+                **{f"loss {k}": (None if v is None else round(v, 4)) for k, v in (scores.get("loss") or {}).items()},
+            }
             for task, scores in results["tasks"].items()
         ]
     )
