@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 import torch
 
-from pages._ui import DEFAULT_WORKSPACE, zoo
+from pages._ui import DEFAULT_WORKSPACE, OTHER_BASE_MODEL, base_model_options, default_base_model, zoo
 
 st.set_page_config(page_title="mergescope", page_icon=":material/merge_type:", layout="wide")
 
@@ -26,6 +28,18 @@ with st.sidebar:
         key="workspace",
         help="Holds imported and trained adapters and the run store (runs.sqlite).",
     )
+    options = base_model_options(Path(st.session_state.get("workspace", str(DEFAULT_WORKSPACE))).expanduser())
+    if st.session_state.get("base_model") not in options:  # a new workspace lists other models
+        st.session_state["base_model"] = default_base_model()
+    st.selectbox(
+        "Base model",
+        options,
+        key="base_model",
+        help="The model the adapters were trained on. Pages list the adapters made for it and score on it. "
+        "A local folder or a Hub id already in the Hugging Face cache; nothing is downloaded.",
+    )
+    if st.session_state["base_model"] == OTHER_BASE_MODEL:
+        st.text_input("Folder or Hub id", key="base_model_other", placeholder="/models/qwen2-0.5b or Qwen/Qwen2-0.5B")
     devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     st.selectbox("Device", devices, key="device", help="auto = CUDA when present, else the CPU.")
     if torch.cuda.is_available():

@@ -12,6 +12,14 @@ the recipe and the folders alone:
 - The catalogue reads only small JSON files, never weights, and never raises for one bad folder: a
   broken adapter (e.g. a `mergescope.json` that is `[1]`) is listed with its error, so a page can
   say what is wrong and offer to remove it instead of failing for every adapter.
+- Each entry says which base model it was trained on (mergescope.json's `base_model`, else PEFT's
+  `base_model_name_or_path`) and, for workspace adapters, which evaluation file the user attached
+  (merging.workspace keeps them). The dashboard works on one base model at a time: the entries
+  shown are those `for_base_model` keeps. Names of one model differ between machines (a Hub id, its
+  snapshot in the HF cache, a local copy of it), so two names are the same model when they are
+  equal, resolve to the same folder, or when one is a Hub id `org/name` and the other a folder
+  called `name` (how people copy a model locally); an adapter that names no base model is kept
+  under every base (nothing says it does not fit) and marked as such.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +52,8 @@ class Entry:
     source: str  # "zoo" or "workspace"
     single_task_accuracy: float | None = None
     error: str | None = None
+    base_model: str | None = None  # what the adapter says it was trained on; None: it does not say
+    eval_file: Path | None = None  # the evaluation file attached on the Adapters page (workspace only)
 
     @property
     def usable(self) -> bool:
@@ -83,7 +93,7 @@ def adapter_entry(path: Path, source: str = "workspace") -> Entry:
     try:
         if not (path / CONFIG_FILE).is_file():
             raise ValueError(f"no {CONFIG_FILE}: not a PEFT adapter folder")
-        _json_object(path / CONFIG_FILE)
+        config = _json_object(path / CONFIG_FILE)
         if not (path / WEIGHTS_FILE).is_file():
             raise ValueError(f"no {WEIGHTS_FILE}")
         meta = _json_object(path / META_FILE) if (path / META_FILE).is_file() else {}
@@ -96,11 +106,15 @@ def adapter_entry(path: Path, source: str = "workspace") -> Entry:
         path,
         source,
         _accuracy_or_none(meta.get("single_task_accuracy")),
+        base_model=_text_or_none(meta.get("base_model")) or _text_or_none(config.get("base_model_name_or_path")),
     )
 
 
 def zoo_entries(zoo: Zoo) -> list[Entry]:
-    return [Entry(a.name, a.task, a.init, a.path, "zoo", a.single_task_accuracy) for a in zoo.adapters]
+    return [
+        Entry(a.name, a.task, a.init, a.path, "zoo", a.single_task_accuracy, base_model=zoo.base_model)
+        for a in zoo.adapters
+    ]
 
 
 def folder_entries(folder: Path, source: str = "workspace") -> list[Entry]:
@@ -123,10 +137,16 @@ def adapters_folder(workspace: Path) -> Path:
 
 
 def catalog(workspace: Path | None, zoo: Zoo | None) -> list[Entry]:
-    """The built-in zoo's adapters, then the workspace's (broken ones included, with their error)."""
+    """The built-in zoo's adapters, then the workspace's (broken ones included, with their error),
+    each workspace adapter with the evaluation file attached to it, if any."""
+    from merging.workspace import attached_eval_files
+
     entries = zoo_entries(zoo) if zoo is not None else []
     if workspace is not None:
-        entries += folder_entries(adapters_folder(workspace), "workspace")
+        attached = attached_eval_files(workspace)
+        entries += [
+            replace(e, eval_file=attached.get(e.name)) for e in folder_entries(adapters_folder(workspace), "workspace")
+        ]
     return entries
 
 
@@ -186,6 +206,68 @@ def adapters_base_model(adapters: Sequence[Adapter]) -> str | None:
 def default_base_model(zoo: Zoo | None) -> str:
     """Where nothing else says: the built-in zoo's base model (the packaged demo model)."""
     return zoo.base_model if zoo is not None else DEMO_BASE_MODEL
+
+
+def _model_folder(name: str) -> Path | None:
+    """The local folder a base-model name stands for, when it is one (no lookup in any cache)."""
+    if name == DEMO_BASE_MODEL:
+        from merging.zoo import base_model_dir
+
+        return base_model_dir(name).resolve()
+    try:
+        path = Path(name).expanduser()
+        return path.resolve() if path.is_dir() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _is_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and _model_folder(name) is None
+
+
+def same_base_model(first: str, second: str) -> bool:
+    """Whether two base-model names stand for the same model (see the module docstring)."""
+    first, second = first.strip().rstrip("/"), second.strip().rstrip("/")
+    if first == second:
+        return True
+    folders = _model_folder(first), _model_folder(second)
+    if None not in folders and folders[0] == folders[1]:
+        return True
+    for hub, local in ((first, folders[1]), (second, folders[0])):
+        if local is not None and _is_hub_id(hub) and hub.split("/")[1].lower() == local.name.lower():
+            return True
+    return False
+
+
+def fits_base_model(entry: Entry, base_model: str) -> bool:
+    """An entry belongs under `base_model` when it names that model, or names none."""
+    return entry.base_model is None or same_base_model(entry.base_model, base_model)
+
+
+def for_base_model(entries: Sequence[Entry], base_model: str) -> list[Entry]:
+    """The entries trained on `base_model` (and those that do not say), in their order; broken
+    entries are kept so a page can still say what is wrong with them."""
+    return [e for e in entries if not e.usable or fits_base_model(e, base_model)]
+
+
+def base_model_choices(entries: Sequence[Entry], default: str) -> list[str]:
+    """The base models a user can pick: `default` first, then each other model that a usable
+    adapter names, once (names of one model counted once), in alphabetical order."""
+    choices = [default]
+    for name in sorted({e.base_model for e in entries if e.usable and e.base_model}):
+        if not any(same_base_model(name, known) for known in choices):
+            choices.append(name)
+    return choices
+
+
+def with_base_model(recipe: Recipe, base_model: str, default: str) -> Recipe:
+    """The recipe as the dashboard runs it with `base_model` chosen: a recipe that names its own
+    base model keeps it; otherwise a non-default choice is written into it, so the stored recipe
+    re-runs on the same model from the CLI."""
+    if recipe.base_model or same_base_model(base_model, default):
+        return recipe
+    return replace(recipe, base_model=base_model)
 
 
 def resolve_base_model(recipe: Recipe, adapters: Sequence[Adapter], fallback: str | None = None) -> str:

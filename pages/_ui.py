@@ -21,7 +21,9 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from merging.catalog import Entry, adapter_version, adapters_folder, entry_by_name, twin_of, usable  # noqa: F401 - used by the other pages
+from merging.catalog import base_model_choices, for_base_model
 from merging.catalog import catalog as adapter_catalog
+from merging.catalog import default_base_model as zoo_base_model
 from merging.lab import Lab
 from merging.lora import Adapter, AdapterError, load_adapter
 from merging.progress import Cancelled
@@ -31,6 +33,10 @@ from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
 
 # The workspace a new session starts with; MERGESCOPE_WORKSPACE sets another (tests, demos).
 DEFAULT_WORKSPACE = Path(os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
+# The base model a new session starts with: MERGESCOPE_BASE_MODEL (a folder or a cached Hub id),
+# else the built-in zoo's (the demo MiniLM).
+BASE_MODEL_ENV = "MERGESCOPE_BASE_MODEL"
+OTHER_BASE_MODEL = "Another folder or cached Hub id…"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,6 +48,14 @@ class Settings:
     workspace: Path
     device: str
     presentation: bool
+    base_model: str = ""  # the model the pages work on: adapters are listed and scored on it
+
+    @property
+    def on_zoo_base(self) -> bool:
+        """Whether the chosen base model is the built-in zoo's (its demo tasks and training apply)."""
+        from merging.catalog import same_base_model
+
+        return same_base_model(self.base_model, zoo_base_model(zoo()))
 
 
 def settings() -> Settings:
@@ -52,7 +66,26 @@ def settings() -> Settings:
         workspace=workspace,
         device=state.get("device", "auto"),
         presentation=bool(state.get("presentation", False)),
+        base_model=chosen_base_model(),
     )
+
+
+def default_base_model() -> str:
+    return os.environ.get(BASE_MODEL_ENV, "").strip() or zoo_base_model(zoo())
+
+
+def base_model_options(workspace: Path) -> list[str]:
+    """The sidebar's choices: the default, each base model the adapters name, then "another"."""
+    return base_model_choices(adapter_catalog(workspace, zoo()), default_base_model()) + [OTHER_BASE_MODEL]
+
+
+def chosen_base_model() -> str:
+    """The sidebar's base model: a listed one, or the folder / Hub id typed in under "another"."""
+    state = st.session_state
+    choice = state.get("base_model") or default_base_model()
+    if choice == OTHER_BASE_MODEL:
+        return (state.get("base_model_other") or "").strip() or default_base_model()
+    return choice
 
 
 @st.cache_resource(show_spinner=False)
@@ -123,9 +156,12 @@ def load_adapter_as(path: Path, _name: str) -> Adapter:
 # The adapter catalogue: the built-in zoo plus the workspace's adapters (merging.catalog)
 
 
-def catalog(workspace: Path, include_broken: bool = False) -> list[Entry]:
-    """The zoo's and the workspace's adapters; broken ones (with their error) only when asked."""
+def catalog(workspace: Path, include_broken: bool = False, every_base_model: bool = False) -> list[Entry]:
+    """The zoo's and the workspace's adapters on the sidebar's base model (or on any, when asked);
+    broken ones (with their error) only when asked."""
     entries = adapter_catalog(workspace, zoo())
+    if not every_base_model:
+        entries = for_base_model(entries, chosen_base_model())
     return entries if include_broken else usable(entries)
 
 
