@@ -83,6 +83,82 @@ def head_of(adapter: Adapter, head_name: str) -> dict[str, torch.Tensor]:
     return head
 
 
+def model_has_head(model: nn.Module) -> bool:
+    return any(isinstance(getattr(model, name, None), nn.Linear) for name in ("classifier", "score"))
+
+
+def updatable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules a LoRA update can target: nn.Linear, and GPT-2's Conv1D (weight stored (in, out))."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+
+
+def weight_update(layer: nn.Module, module: LoraModule, device: torch.device | str) -> torch.Tensor:
+    """ΔW laid out as `layer.weight`: (d_out, d_in) for a Linear, transposed for a Conv1D.
+
+    PEFT keeps A (r, d_in) and B (d_out, r) for both (it marks Conv1D with fan_in_fan_out and
+    transposes when merging), so the update's shape is always (d_out, d_in); only the layout differs.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    delta = module.delta(device)
+    return delta.T if isinstance(layer, Conv1D) else delta
+
+
+@contextlib.contextmanager
+def updates_applied(
+    model: nn.Module,
+    modules: Mapping[str, LoraModule] | None,
+    carried: Mapping[str, torch.Tensor] | None = None,
+    layers: Mapping[str, nn.Module] | None = None,
+) -> Iterator[None]:
+    """Add each ΔW to its base weight in place and copy `carried` tensors (state-dict names) over
+    the model's own; restore the exact originals on exit, so one loaded model serves every body.
+
+    The sum is taken in float32 and cast once, so a bfloat16 base gets W + ΔW rounded once rather
+    than ΔW rounded first. A tied embedding (embed_tokens ≡ lm_head) is one tensor: a carried copy
+    written through either name changes both, as tying means.
+    """
+    layers = updatable_modules(model) if layers is None else layers
+    device = next(model.parameters()).device
+    saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by tensor identity: tied ones once
+
+    def keep(tensor: torch.Tensor) -> None:
+        saved.setdefault(id(tensor), (tensor, tensor.detach().clone()))
+
+    try:
+        with torch.no_grad():
+            for name, module in (modules or {}).items():
+                layer = layers.get(name)
+                if layer is None:
+                    raise EvaluationError(f"the base model has no linear module named {name}")
+                update = weight_update(layer, module, device)
+                if tuple(layer.weight.shape) != tuple(update.shape):
+                    raise EvaluationError(
+                        f"module {name}: update of shape {module.shape} does not fit the base weight "
+                        f"{tuple(layer.weight.shape)}; adapter of another base model?"
+                    )
+                keep(layer.weight)
+                layer.weight.copy_((layer.weight.float() + update).to(layer.weight.dtype))
+            if carried:
+                parameters = dict(model.named_parameters(remove_duplicate=False))
+                for key, tensor in carried.items():
+                    target = parameters.get(key)
+                    if target is None or tuple(target.shape) != tuple(tensor.shape):
+                        shown = "absent" if target is None else f"of shape {tuple(target.shape)}"
+                        raise EvaluationError(
+                            f"carried tensor {key} {tuple(tensor.shape)} does not fit the base model ({shown})"
+                        )
+                    keep(target)
+                    target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, original in saved.values():
+                tensor.copy_(original)
+
+
 class Evaluator:
     """Holds one base model and the tokenised evaluation sets; scores bodies with task heads."""
 
@@ -97,7 +173,8 @@ class Evaluator:
     ):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
-        self.head_name = head_module_name(model)
+        # a causal LM has no classification head: its scorer reads the LM head's logits instead
+        self.head_name = head_module_name(model) if model_has_head(model) else None
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
@@ -107,7 +184,7 @@ class Evaluator:
         self._targets: dict[str, torch.Tensor] = {}
         for eval_set in eval_sets:
             self.add_eval_set(eval_set)
-        self._linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+        self._linear = updatable_modules(model)
         self._base_cache: dict[tuple[str, str], float] = {}
 
     def add_eval_set(self, eval_set: EvalSet) -> None:
@@ -139,30 +216,21 @@ class Evaluator:
     # -- the body -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def updates_applied(self, modules: Mapping[str, LoraModule] | None) -> Iterator[None]:
-        """Add each module's ΔW to the base weight in place; restore the exact originals on exit."""
-        saved: dict[str, torch.Tensor] = {}
-        try:
-            with torch.no_grad():
-                for name, module in (modules or {}).items():
-                    layer = self._linear.get(name)
-                    if layer is None:
-                        raise EvaluationError(f"the base model has no linear module named {name}")
-                    if tuple(layer.weight.shape) != module.shape:
-                        raise EvaluationError(
-                            f"module {name}: update of shape {module.shape} does not fit the base weight "
-                            f"{tuple(layer.weight.shape)}; adapter of another base model?"
-                        )
-                    saved[name] = layer.weight.detach().clone()
-                    layer.weight.add_(module.delta(self.device).to(layer.weight.dtype))
+    def updates_applied(
+        self, modules: Mapping[str, LoraModule] | None, carried: Mapping[str, torch.Tensor] | None = None
+    ) -> Iterator[None]:
+        """Add each module's ΔW to the base weight in place (transposed for a Conv1D), and copy the
+        `carried` whole tensors (modules_to_save, e.g. embed_tokens.weight) over the base ones;
+        restore the exact originals on exit."""
+        with updates_applied(self.model, modules, carried, self._linear):
             yield
-        finally:
-            with torch.no_grad():
-                for name, original in saved.items():
-                    self._linear[name].weight.copy_(original)
 
     @contextlib.contextmanager
     def head_applied(self, head: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        if self.head_name is None:
+            raise EvaluationError(
+                f"{type(self.model).__name__}: expected a linear classification head named 'classifier' or 'score'"
+            )
         original = getattr(self.model, self.head_name)
         weight = head["weight"].to(self.device, torch.float32)
         replacement = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head).to(self.device)

@@ -68,13 +68,14 @@ class MergeRun:
 
 
 class Lab:
-    def __init__(self, base_model: str, device: str = "auto", max_length: int = 48):
-        from merging.models import load_base_model
-        from merging.zoo import base_model_dir
+    def __init__(self, base_model: str, device: str = "auto", max_length: int = 48, dtype: str = "float32"):
+        from merging.models import load_base_model, model_kind
 
         self.base_model = base_model
         self.device = resolve_device(device)
-        self.model, self.tokenizer = load_base_model(base_model_dir(base_model), num_labels=2, device=self.device)
+        # a folder, the demo's name or a Hub id in the local cache (merging.models.resolve_model_source)
+        self.model, self.tokenizer = load_base_model(base_model, num_labels=2, device=self.device, dtype=dtype)
+        self.kind = model_kind(self.model.config)  # "classification" or "causal"
         self.max_length = max_length
         self.evaluator = Evaluator(self.model, self.tokenizer, [], device=self.device, max_length=max_length)
         self.single_cache: dict = {}

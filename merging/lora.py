@@ -256,9 +256,11 @@ def check_plain_lora(config: Mapping, where: str) -> None:
     for flag, label in _NON_LORA_FLAGS.items():
         if config.get(flag):
             raise AdapterError(f"{where}: {label} adapters ({flag}=true) are not supported; plain LoRA only")
-    if config.get("fan_in_fan_out"):
-        # Conv1D layers (GPT-2) store weights transposed; supporting them means transposing here.
-        raise AdapterError(f"{where}: fan_in_fan_out=true (GPT-2 style Conv1D) is not supported yet")
+    # fan_in_fan_out (GPT-2's Conv1D) is read as any LoRA: PEFT keeps A (r, d_in) and B (d_out, r)
+    # either way; only the base weight is stored transposed, so only applying ΔW to it transposes
+    # (merging.evaluation.weight_update, merging.export).
+    if config.get("fan_in_fan_out") not in (None, True, False):
+        raise AdapterError(f"{where}: field 'fan_in_fan_out' must be true or false, got {config['fan_in_fan_out']!r}")
 
 
 # What mergescope reads from mergescope.json, the JSON types it needs, and how to say so.
@@ -602,7 +604,8 @@ def peft_config_for(adapter: Adapter, template: Mapping | None = None) -> dict:
             "base_model_name_or_path": adapter.base_model,
             "bias": config.get("bias", "none"),
             "lora_dropout": 0.0,
-            "fan_in_fan_out": False,
+            # the base's layout, not the factors': a merge of GPT-2 adapters stays fan_in_fan_out
+            "fan_in_fan_out": bool(config.get("fan_in_fan_out", False)),
             "inference_mode": True,
         }
     )

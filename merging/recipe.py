@@ -6,7 +6,7 @@ all hold the same Recipe, through one pair of functions: `Recipe.to_dict` / `Rec
 Recipe lacks, the Recipe gains a field here, with validation and a round-trip test.
 
     {"adapters": [{"path": "zoo/sms_spam-standard", "weight": 1.0, "name": "sms_spam-standard",
-                   "parameters": {"density": 0.3}}],
+                   "parameters": {"density": 0.3}, "eval": "data/spam.csv", "task": "spam"}],
      "method": "ties", "parameters": {"density": 0.5, "sign": "total"},
      "rank": null, "seed": 0, "device": "auto", "osrm": "off", "base_model": null, "dtype": "auto",
      "do_merging": {"decouple": false, "orthogonalize": false, "magnitude": "mean",
@@ -17,6 +17,9 @@ Recipe lacks, the Recipe gains a field here, with validation and a round-trip te
 (merging.methods): unknown keys are refused, missing ones take the schema's default, and `to_dict`
 writes every one, so a stored recipe does not change meaning when a default does.
 `adapters[i].parameters` holds per-adapter values of the parameters the schema marks `per_adapter`.
+`adapters[i].eval` is the user's evaluation file for that adapter's task (relative paths resolve
+against the recipe file's folder, like adapter paths) and `adapters[i].task` its name (default: the
+file's stem); without them the adapter's own task (mergescope.json) is scored, as before.
 
 `osrm` says how OSRM enters the merge, resolved by the library from the recipe alone
 (merging.catalog.merge_inputs), so the CLI and the dashboard give the same body:
@@ -83,10 +86,22 @@ class AdapterRef:
     name: str | None = None
     # Per-adapter values of the method's `per_adapter` parameters (e.g. mergekit's per-model density).
     parameters: dict[str, Any] = field(default_factory=dict, hash=False)
+    # The user's evaluation file for this adapter's task (JSONL prompt/completion or chat messages,
+    # CSV/JSONL text,label), and the task's name (default: the file's stem). None: the adapter's
+    # own task (mergescope.json), as before.
+    eval: str | None = None
+    task: str | None = None
 
     @property
     def display_name(self) -> str:
         return self.name or Path(self.path).name
+
+    @property
+    def task_name(self) -> str | None:
+        """The task this adapter is scored on when the recipe gives its evaluation file."""
+        if self.task is not None:
+            return self.task
+        return Path(self.eval).stem if self.eval is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"path": self.path, "weight": self.weight}
@@ -94,6 +109,10 @@ class AdapterRef:
             data["name"] = self.name
         if self.parameters:
             data["parameters"] = dict(self.parameters)
+        if self.eval is not None:
+            data["eval"] = self.eval
+        if self.task is not None:
+            data["task"] = self.task
         return data
 
 
@@ -308,7 +327,7 @@ def _adapters(
             item = {"path": item}
         if not isinstance(item, Mapping):
             raise RecipeError(f"field 'adapters[{index}]': expected an object with 'path' and 'weight', got {_shown(item)}")
-        _check_keys(item, {"path", "weight", "name", "parameters"}, where)
+        _check_keys(item, {"path", "weight", "name", "parameters", "eval", "task"}, where)
         path = item.get("path")
         if path is None and path_of is not None and isinstance(item.get("name"), str) and item["name"]:
             path = path_of(item["name"])  # a share link may name a catalogue adapter instead
@@ -323,7 +342,26 @@ def _adapters(
         if weight is None:
             raise RecipeError(f"field '{where}weight': expected a number, got null")
         parameters = _adapter_parameters(method_name, item.get("parameters"), f"{where}parameters")
-        refs.append(AdapterRef(path=path, weight=weight, name=name, parameters=parameters))
+        eval_file = item.get("eval")
+        if eval_file is not None:
+            if not isinstance(eval_file, str) or not eval_file.strip() or "\x00" in eval_file:
+                raise RecipeError(
+                    f"field '{where}eval': expected the path of an evaluation file (.jsonl or .csv), got {_shown(eval_file)}"
+                )
+            if base_dir is not None and not Path(eval_file).is_absolute():
+                eval_file = str((base_dir / eval_file).resolve())
+        task = item.get("task")
+        if task is not None:
+            if not isinstance(task, str) or not task.strip() or "\x00" in task:
+                raise RecipeError(f"field '{where}task': expected a non-empty task name, got {_shown(task)}")
+            if eval_file is None:
+                raise RecipeError(
+                    f"field '{where}task': a task name needs the task's file in '{where}eval' "
+                    "(without one, the adapter's own task from mergescope.json is used)"
+                )
+        refs.append(
+            AdapterRef(path=path, weight=weight, name=name, parameters=parameters, eval=eval_file, task=task)
+        )
     names = [r.display_name for r in refs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -93,6 +93,10 @@ def test_missing_parameters_take_the_schema_default_and_to_dict_writes_them():
         ({"adapters": [{"path": "x", "parameters": {"density": 2}}]}, r"field 'adapters\[0\]\.parameters\.density'"),
         ({"adapters": [{"path": "x", "parameters": {"sign": "total"}}]}, r"adapters\[0\]\.parameters\.sign.*allowed: density"),
         ({"adapters": [{"path": "x", "wieght": 1}]}, r"unknown field 'adapters\[0\]\.wieght'.*did you mean 'weight'"),
+        ({"adapters": [{"path": "x", "eval": 3}]}, r"field 'adapters\[0\]\.eval'.*evaluation file"),
+        ({"adapters": [{"path": "x", "eval": ""}]}, r"field 'adapters\[0\]\.eval'"),
+        ({"adapters": [{"path": "x", "eval": "m.jsonl", "task": ""}]}, r"field 'adapters\[0\]\.task'"),
+        ({"adapters": [{"path": "x", "task": "math"}]}, r"field 'adapters\[0\]\.task'.*needs.*'adapters\[0\]\.eval'"),
         ({"do_merging": {"decouple": "yes"}}, r"field 'do_merging\.decouple'"),
         ({"do_merging": {"magnitude": "median"}}, r"field 'do_merging\.magnitude'.*allowed: mean, sum, max"),
         ({"do_merging": {"steps": -1}}, r"field 'do_merging\.steps'"),
@@ -317,7 +321,10 @@ def recipes(draw) -> Recipe:
     for index in range(count):
         own = {p.name: draw(_param_value(p)) for p in per_adapter if draw(st.booleans())}
         path = "/" + draw(st.text(string.ascii_letters + string.digits + "-_./ é", min_size=1, max_size=20))
-        adapters.append(AdapterRef(path=path, weight=draw(_finite), name=names[index], parameters=own))
+        eval_file = draw(st.one_of(st.none(), st.sampled_from(["/data/math.jsonl", "/d/chat é.jsonl", "/x/spam.csv"])))
+        task = draw(st.one_of(st.none(), _text.filter(str.strip))) if eval_file is not None else None
+        adapters.append(AdapterRef(path=path, weight=draw(_finite), name=names[index], parameters=own,
+                                   eval=eval_file, task=task))
     overrides = draw(st.lists(
         st.builds(
             WeightOverride,
@@ -409,3 +416,15 @@ def test_a_merged_folder_records_the_recipe_that_made_it(tmp_path, capsys):
     capsys.readouterr()
     meta = json.loads((tmp_path / "merged" / "mergescope.json").read_text())
     assert Recipe.from_dict(meta["recipe"]) == recipe
+
+
+def test_an_adapters_eval_file_resolves_like_its_path_and_names_the_task_by_its_stem(tmp_path):
+    data = {"adapters": [{"path": "zoo/a", "eval": "data/math.jsonl"},
+                         {"path": "zoo/b", "eval": "data/chat.jsonl", "task": "talk"}]}
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    recipe = load_recipe(tmp_path / "r.json")
+    assert recipe.adapters[0].eval == str((tmp_path / "data" / "math.jsonl").resolve())
+    assert [a.task_name for a in recipe.adapters] == ["math", "talk"]
+    assert recipe.adapters[0].to_dict()["eval"] == recipe.adapters[0].eval
+    assert "task" not in recipe.adapters[0].to_dict() and recipe.adapters[1].to_dict()["task"] == "talk"
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
