@@ -7,7 +7,15 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from pages._ui import DEFAULT_WORKSPACE, OTHER_BASE_MODEL, base_model_options, default_base_model, zoo
+from pages._ui import (
+    DEFAULT_WORKSPACE,
+    OTHER_BASE_MODEL,
+    base_model_options,
+    base_model_status,
+    chosen_base_model,
+    default_base_model,
+    zoo,
+)
 
 st.set_page_config(page_title="mergescope", page_icon=":material/merge_type:", layout="wide")
 
@@ -40,6 +48,11 @@ with st.sidebar:
     )
     if st.session_state["base_model"] == OTHER_BASE_MODEL:
         st.text_input("Folder or Hub id", key="base_model_other", placeholder="/models/qwen2-0.5b or Qwen/Qwen2-0.5B")
+    kind, where = base_model_status(chosen_base_model())
+    if kind is None:
+        st.error(where)
+    else:
+        st.caption(f"{'Causal LM' if kind == 'causal' else 'Sequence classification'} · `{where}`")
     devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     st.selectbox("Device", devices, key="device", help="auto = CUDA when present, else the CPU.")
     if torch.cuda.is_available():

@@ -208,22 +208,25 @@ def default_base_model(zoo: Zoo | None) -> str:
     return zoo.base_model if zoo is not None else DEMO_BASE_MODEL
 
 
-def _model_folder(name: str) -> Path | None:
-    """The local folder a base-model name stands for, when it is one (no lookup in any cache)."""
-    if name == DEMO_BASE_MODEL:
-        from merging.zoo import base_model_dir
+def _model_folder(name: str, look_in_cache: bool = True) -> Path | None:
+    """The local folder a base-model name stands for: a folder, the demo model, or (a Hub id) its
+    snapshot in the local Hugging Face cache; None when there is none."""
+    from merging.models import ModelLoadError, resolve_model_source
 
-        return base_model_dir(name).resolve()
     try:
         path = Path(name).expanduser()
-        return path.resolve() if path.is_dir() else None
-    except (OSError, ValueError):
+        if path.is_dir():
+            return path.resolve()
+        if name != DEMO_BASE_MODEL and not look_in_cache:
+            return None
+        return resolve_model_source(name).resolve()
+    except (ModelLoadError, OSError, ValueError):
         return None
 
 
 def _is_hub_id(name: str) -> bool:
     parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and _model_folder(name) is None
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and _model_folder(name, False) is None
 
 
 def same_base_model(first: str, second: str) -> bool:
@@ -261,6 +264,16 @@ def base_model_choices(entries: Sequence[Entry], default: str) -> list[str]:
     return choices
 
 
+def base_model_summary(base_model: str) -> tuple[str, Path]:
+    """(kind, folder) of a base model — "causal" or "classification", and where it was found (a
+    folder, or the local Hugging Face cache; nothing is downloaded). ModelLoadError says which
+    folder and cache were searched."""
+    from merging.models import model_kind, resolve_model_source
+
+    folder = resolve_model_source(base_model)
+    return model_kind(folder), folder
+
+
 def with_base_model(recipe: Recipe, base_model: str, default: str) -> Recipe:
     """The recipe as the dashboard runs it with `base_model` chosen: a recipe that names its own
     base model keeps it; otherwise a non-default choice is written into it, so the stored recipe
@@ -268,6 +281,22 @@ def with_base_model(recipe: Recipe, base_model: str, default: str) -> Recipe:
     if recipe.base_model or same_base_model(base_model, default):
         return recipe
     return replace(recipe, base_model=base_model)
+
+
+def with_eval_files(recipe: Recipe, entries: Sequence[Entry]) -> Recipe:
+    """The recipe with each adapter's attached evaluation file (Adapters page) written in, as
+    `eval` and `task` (the file's name without the content hash the workspace adds), for adapters
+    whose recipe entry names no file of its own. The stored recipe then scores the same files
+    when it is re-run from the CLI."""
+    from merging.workspace import task_display_name
+
+    adapters = []
+    for ref in recipe.adapters:
+        entry = entry_for(entries, ref.name, ref.path)
+        if ref.eval is None and entry is not None and entry.eval_file is not None:
+            ref = replace(ref, eval=str(entry.eval_file), task=task_display_name(entry.eval_file))
+        adapters.append(ref)
+    return replace(recipe, adapters=tuple(adapters))
 
 
 def resolve_base_model(recipe: Recipe, adapters: Sequence[Adapter], fallback: str | None = None) -> str:

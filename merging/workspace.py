@@ -579,12 +579,17 @@ def attached_eval_files(workspace: str | os.PathLike) -> dict[str, Path]:
 
 
 def check_eval_file(path: str | os.PathLike) -> object:
-    """Read an evaluation file as the scorer will (merging.tasks.read_eval_file): causal tasks'
-    prompt/completion or chat JSONL, or classification text,label; its TaskError names the line."""
-    from merging import tasks
+    """Read an evaluation file as the scorer will: a causal task's prompt/completion or chat JSONL
+    (merging.tasks.completions), or a classification task's text,label; TaskError names the line."""
+    from merging.tasks import read_task_file
 
-    reader = getattr(tasks, "read_eval_file", None) or tasks.read_task_file
-    return reader(Path(path))
+    try:
+        from merging.tasks.completions import file_format, read_causal_task
+    except ImportError:  # a build without causal tasks reads classification files only
+        return read_task_file(Path(path))
+    if file_format(path) == "classification":
+        return read_task_file(Path(path))
+    return read_causal_task(path)
 
 
 def attach_eval_file(

@@ -79,6 +79,18 @@ def base_model_options(workspace: Path) -> list[str]:
     return base_model_choices(adapter_catalog(workspace, zoo()), default_base_model()) + [OTHER_BASE_MODEL]
 
 
+@st.cache_data(show_spinner=False, ttl=30)
+def base_model_status(base_model: str) -> tuple[str | None, str]:
+    """(kind, where it was found) or (None, why it cannot be used): the sidebar's line under the chooser."""
+    from merging.catalog import base_model_summary
+
+    try:
+        kind, folder = base_model_summary(base_model)
+    except (ValueError, OSError) as err:
+        return None, str(err)
+    return kind, str(folder)
+
+
 def chosen_base_model() -> str:
     """The sidebar's base model: a listed one, or the folder / Hub id typed in under "another"."""
     state = st.session_state

@@ -130,3 +130,31 @@ def test_removing_an_adapter_drops_its_attachment(workspace):
     attach_eval_file(workspace, "llama", PROMPTS.encode(), file_name="a.jsonl")
     remove_adapter(workspace, "llama")
     assert attached_eval_files(workspace) == {}
+
+
+def test_attached_eval_files_are_written_into_the_recipe_unless_it_names_its_own(workspace, tmp_path):
+    stored = attach_eval_file(workspace, "llama", PROMPTS.encode(), file_name="math.jsonl")
+    entries = catalog.catalog(workspace, None)
+    recipe = recipe_from_dict({"adapters": [
+        {"path": str(workspace / "adapters" / "llama"), "name": "llama"},
+        {"path": str(workspace / "adapters" / "qwen-hub"), "name": "qwen-hub"},
+        {"path": str(workspace / "adapters" / "unknown"), "name": "unknown", "eval": "mine.jsonl", "task": "t"},
+    ]})
+    completed = catalog.with_eval_files(recipe, entries)
+    assert (completed.adapters[0].eval, completed.adapters[0].task) == (str(stored), "math")
+    assert completed.adapters[1].eval is None
+    assert (completed.adapters[2].eval, completed.adapters[2].task) == ("mine.jsonl", "t")
+
+
+def test_a_hub_id_is_the_same_model_as_its_snapshot_in_the_local_cache(tmp_path, monkeypatch):
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (snapshot / "model.safetensors").write_bytes(b"")
+    (snapshot / "tokenizer.json").write_text("{}")
+    (tmp_path / "hub" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    kind, folder = catalog.base_model_summary("org/tiny")
+    assert kind == "causal" and folder == snapshot
+    assert catalog.same_base_model("org/tiny", str(snapshot))
