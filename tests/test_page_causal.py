@@ -1,0 +1,134 @@
+"""The dashboard on causal-LM adapters, through the real app with Streamlit's AppTest: the sidebar's
+base-model chooser filters the adapters, and the Adapters page attaches an evaluation file to one.
+
+The workspace (tests/causal_workspace.py) holds a tiny Llama folder's two LoRA adapters; the
+built-in zoo is switched off (MERGESCOPE_ZOO names an empty folder), so the default base model is
+the demo MiniLM, for which the workspace has no adapters."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from merging.zoo import DEMO_BASE_MODEL
+from tests.causal_workspace import build_causal_workspace
+from tests.conftest import _run_app_py_on_every_rerun
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+ADAPTERS_PAGE = "pages/adapters.py"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    return build_causal_workspace(tmp_path_factory.mktemp("causal"))
+
+
+@pytest.fixture
+def workspace(built, tmp_path) -> Path:
+    """A fresh copy of the built workspace (each test may attach files)."""
+    import shutil
+
+    copy = tmp_path / "workspace"
+    shutil.copytree(built["workspace"], copy)
+    return copy
+
+
+def _app(monkeypatch, tmp_path, workspace: Path, base_model: str | None = None) -> AppTest:
+    from pages import _ui
+
+    monkeypatch.setenv("MERGESCOPE_ZOO", str(tmp_path / "no-zoo"))
+    if base_model is None:
+        monkeypatch.delenv("MERGESCOPE_BASE_MODEL", raising=False)
+    else:
+        monkeypatch.setenv("MERGESCOPE_BASE_MODEL", base_model)
+    _run_app_py_on_every_rerun(monkeypatch)
+    _ui._zoo.clear()
+    _ui.base_model_status.clear()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
+    at.session_state["workspace"] = str(workspace)
+    at.session_state["device"] = "cpu"
+    return at
+
+
+def _no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _adapter_names(at: AppTest) -> list[str]:
+    return sorted(at.dataframe[0].value["Adapter"]) if at.dataframe else []
+
+
+def test_the_chooser_starts_on_the_demo_model_and_lists_the_workspace_adapters_base_model(
+    monkeypatch, tmp_path, built, workspace
+):
+    at = _app(monkeypatch, tmp_path, workspace).switch_page(ADAPTERS_PAGE).run()
+    _no_exception(at)
+    chooser = at.selectbox(key="base_model")
+    assert chooser.value == DEMO_BASE_MODEL
+    assert str(built["model"]) in chooser.options
+    assert _adapter_names(at) == []  # the causal adapters are not made for MiniLM
+    assert any("2 adapter(s) made for other base models are hidden" in i.value for i in at.info)
+    assert any("Sequence classification" in c.value for c in at.sidebar.caption)
+
+    chooser.set_value(str(built["model"])).run()
+    _no_exception(at)
+    assert _adapter_names(at) == ["copy-lora", "reverse-lora"]
+    assert any("Causal LM" in c.value and str(built["model"]) in c.value for c in at.sidebar.caption)
+    # training (classification on the demo model) is not offered for a causal base model
+    assert any("trained elsewhere and imported" in c.value for c in at.caption)
+    assert not [b for b in at.button if b.key == "adapters_train"]
+
+
+def test_mergescope_base_model_sets_the_default_and_another_folder_can_be_typed(monkeypatch, tmp_path, built, workspace):
+    at = _app(monkeypatch, tmp_path, workspace, base_model=str(built["model"])).switch_page(ADAPTERS_PAGE).run()
+    _no_exception(at)
+    assert at.selectbox(key="base_model").value == str(built["model"])
+    assert _adapter_names(at) == ["copy-lora", "reverse-lora"]
+
+    from pages._ui import OTHER_BASE_MODEL
+
+    at.selectbox(key="base_model").set_value(OTHER_BASE_MODEL).run()
+    at.text_input(key="base_model_other").set_value(str(tmp_path / "no-such-model")).run()
+    _no_exception(at)
+    errors = [e.value for e in at.sidebar.error]
+    assert errors and str(tmp_path / "no-such-model") in errors[0], "a missing model says which folder was searched"
+    at.text_input(key="base_model_other").set_value(str(built["model"])).run()
+    assert _adapter_names(at) == ["copy-lora", "reverse-lora"] and not at.sidebar.error
+
+
+def test_the_adapters_page_attaches_an_eval_file_and_refuses_a_bad_one(monkeypatch, tmp_path, built, workspace):
+    at = _app(monkeypatch, tmp_path, workspace, base_model=str(built["model"])).switch_page(ADAPTERS_PAGE).run()
+    _no_exception(at)
+    table = at.dataframe[0].value
+    assert set(table["Evaluation file"]) == {"—"}
+
+    at.selectbox(key="adapters_eval_adapter").set_value("reverse-lora").run()
+    at.text_input(key="adapters_eval_path").set_value(str(built["evals"]["reverse"])).run()
+    at.button(key="adapters_eval_attach").click().run()
+    _no_exception(at)
+    assert any("**reverse-lora** is now scored on **reverse**" in s.value for s in at.success)
+    table = at.dataframe[0].value
+    assert dict(zip(table["Adapter"], table["Evaluation file"])) == {"copy-lora": "—", "reverse-lora": "reverse"}
+    stored = json.loads((workspace / "evals.json").read_text())["reverse-lora"]
+    assert (workspace / "tasks" / stored).read_bytes() == built["evals"]["reverse"].read_bytes()
+    assert any("Now scored on" in c.value and stored in c.value for c in at.caption)
+
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n', encoding="utf-8")
+    at.selectbox(key="adapters_eval_adapter").set_value("copy-lora").run()
+    at.text_input(key="adapters_eval_path").set_value(str(bad)).run()
+    at.button(key="adapters_eval_attach").click().run()
+    _no_exception(at)
+    errors = [e.value for e in at.error]
+    assert errors and "broken.jsonl" in errors[0] and "line 2" in errors[0]
+    assert list(json.loads((workspace / "evals.json").read_text())) == ["reverse-lora"]
+
+    at.selectbox(key="adapters_eval_adapter").set_value("reverse-lora").run()
+    at.button(key="adapters_eval_detach").click().run()
+    _no_exception(at)
+    assert set(at.dataframe[0].value["Evaluation file"]) == {"—"}
