@@ -312,6 +312,48 @@ def resolve_base_model(recipe: Recipe, adapters: Sequence[Adapter], fallback: st
 
 
 # ----------------------------------------------------------------------------------------------
+# The task an adapter is scored on, and its texts
+
+
+def scored_task(entry: Entry) -> str | None:
+    """The task an entry is scored on: its attached evaluation file's (named after the file), else
+    the task it was trained on (mergescope.json); None when neither says."""
+    if entry.eval_file is not None:
+        from merging.workspace import task_display_name
+
+        return task_display_name(entry.eval_file)
+    return entry.task
+
+
+def as_scored(adapter: Adapter, entry: Entry) -> Adapter:
+    """The adapter carrying the task it is scored on (metrics and pages group adapters by
+    `adapter.task`): an attached evaluation file's task replaces the one in its metadata."""
+    task = scored_task(entry)
+    if entry.eval_file is None or task is None:
+        return adapter
+    return replace(adapter, meta={**adapter.meta, "task": task})
+
+
+def task_texts(adapter: Adapter, entry: Entry, split: str = "eval", tokenizer: Any = None) -> list[str]:
+    """The texts the base model reads for the task an adapter is scored on — what OSRM's
+    data-parameter interference runs through it. An attached causal-LM file gives its prompts (chat
+    rows rendered with `tokenizer`'s template, as the scorer renders them), a classification file
+    its texts; both are evaluation files, so the split does not apply. Otherwise the adapter's own
+    task, split exactly as when it was trained (`split` is "eval" or "train")."""
+    if entry.eval_file is not None:
+        from merging.tasks import read_task_file
+        from merging.tasks.completions import file_format, read_causal_task
+
+        if file_format(entry.eval_file) == "classification":
+            return [text for text, _ in read_task_file(entry.eval_file)]
+        return [example.prompt for example in read_causal_task(entry.eval_file).rendered(tokenizer)]
+    from merging.lab import task_data_for
+
+    data = task_data_for(adapter)
+    return list(data.eval_texts if split == "eval" else data.train_texts)
+
+
+# ----------------------------------------------------------------------------------------------
 # From a Recipe to the adapters that are merged
 
 

@@ -5,6 +5,9 @@ version): magnitude variance, subspace overlap, task-vector cosine, TIES sign co
 need forward passes and run as background jobs, cached for the session: OSRM's data-parameter
 interference (the base model's inputs to each adapted module, per task) and the cross-task accuracy
 matrix. A toggle puts each standard adapter's OSRM twin in a second column.
+
+The base model is the sidebar's; an adapter's task is the evaluation file attached to it on the
+Adapters page when it has one (a causal LM's prompts are then its inputs), else its own task.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ from typing import Sequence
 
 import streamlit as st
 
-from merging import metrics, plots
+from merging import catalog, metrics, plots
 from merging.evaluation import cross_task_matrix
-from merging.lab import task_data_for
 from merging.lora import Adapter
 from pages import _ui
 
@@ -146,7 +148,8 @@ def _factor_metrics(versions: tuple[tuple[str, float], ...], density: float) -> 
 
 
 def _load(set_entries: Sequence[_ui.Entry]) -> list[Adapter]:
-    return [_ui.load_adapter_cached(e.path) for e in set_entries]
+    """The adapters, each carrying the task it is scored on (an attached evaluation file's)."""
+    return [catalog.as_scored(_ui.load_adapter_cached(e.path), e) for e in set_entries]
 
 
 views: list[dict] = []  # one per column: key, label, entries, adapters, metrics (None when it failed)
@@ -276,19 +279,6 @@ for column, view in zip(_columns(), good):
 # Shared by the two sections that need the base model
 
 
-def _base_model(adapters: Sequence[Adapter]) -> str:
-    """The adapters' one base model (from their metadata), else the zoo's; refuses a mix."""
-    known = {a.meta.get("base_model") or a.base_model for a in adapters} - {None}
-    built_in = _ui.zoo()
-    if len(known) > 1:
-        raise ValueError(f"the adapters come from different base models: {', '.join(sorted(known))}")
-    if known:
-        return known.pop()
-    if built_in:
-        return built_in.base_model
-    raise ValueError("the adapters do not say which base model they belong to, and there is no built-in zoo")
-
-
 def _untasked(adapters: Sequence[Adapter]) -> list[str]:
     return [a.name for a in adapters if not a.task]
 
@@ -300,11 +290,9 @@ def _row_labels(adapters: Sequence[Adapter]) -> list[str]:
 
 
 shown_adapters = [a for v in good for a in v["adapters"]]
-base_problem = None
-try:
-    base_model = _base_model(shown_adapters)
-except ValueError as err:
-    base_model, base_problem = None, str(err)
+entry_of = {e.name: e for v in good for e in v["entries"]}  # an adapter's entry: its evaluation file
+base_model = ui_settings.base_model  # the sidebar's: every adapter listed here was made for it
+base_problem = _ui.base_model_status(base_model)[1] if _ui.base_model_status(base_model)[0] is None else None
 untasked = _untasked(shown_adapters)
 
 # ----------------------------------------------------------------------------------------------
@@ -315,6 +303,8 @@ st.caption(
     "How strongly adapter j's update answers task i's inputs, ‖ΔWⱼXᵢᵀ‖ ÷ ‖ΔWᵢXᵢᵀ‖, with Xᵢ the base model's "
     f"inputs to each adapted module over up to {samples} {SPLITS[split]} of task i (one row per text by default), "
     "averaged over the modules shown."
+    + (" Tasks with an evaluation file (Adapters page) read its prompts; the split does not apply to them."
+       if any(e.eval_file is not None for e in entry_of.values()) else "")
 )
 # (base, task, split, samples, targets, with second moments) → {module: ModuleFeatures}
 features_cache: dict = state.setdefault("interference_features_cache", {})
@@ -349,8 +339,7 @@ def _feature_work(lab, by_task: dict[str, Adapter], split: str, samples: int, ta
         collected = {}
         for index, (task, adapter) in enumerate(by_task.items()):
             progress(index, len(tasks), f"{task}: loading texts")
-            data = task_data_for(adapter)
-            texts = (data.eval_texts if split == "eval" else data.train_texts)[:samples]
+            texts = catalog.task_texts(adapter, entry_of[adapter.name], split, lab.tokenizer)[:samples]
 
             def report(done, total, what, index=index, task=task):
                 progress(index * total + done, len(tasks) * total, f"{task}: {what}")
@@ -376,7 +365,7 @@ if base_problem:
     st.error(f"Cannot run the base model: {base_problem}")
 elif untasked:
     st.error("These adapters do not say which task they were trained on, so they have no inputs: "
-             f"{', '.join(untasked)}.")
+             f"{', '.join(untasked)}. Attach an evaluation file to each on the Adapters page.")
 else:
     by_task: dict[str, Adapter] = {}
     for adapter in shown_adapters:
@@ -460,6 +449,9 @@ if finished is not None:
 
 if base_problem:
     st.error(f"Cannot run the base model: {base_problem}")
+elif _ui.base_model_status(base_model)[0] == "causal":
+    st.info("Scored per task on the Merge page for causal LMs (exact match and completion loss of the base, each "
+            "adapter and the merge); this matrix needs each classification task's own head.")
 elif untasked:
     st.error(f"These adapters do not say which task they were trained on: {', '.join(untasked)}.")
 else:

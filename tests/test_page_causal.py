@@ -132,3 +132,37 @@ def test_the_adapters_page_attaches_an_eval_file_and_refuses_a_bad_one(monkeypat
     at.button(key="adapters_eval_detach").click().run()
     _no_exception(at)
     assert set(at.dataframe[0].value["Evaluation file"]) == {"—"}
+
+
+def test_data_parameter_interference_reads_the_attached_prompts(monkeypatch, tmp_path, built, workspace):
+    from merging.workspace import attach_eval_file
+    from tests.conftest import wait_for_job
+
+    at = _app(monkeypatch, tmp_path, workspace, base_model=str(built["model"])).switch_page("pages/interference.py")
+    at.run()
+    _no_exception(at)
+    assert any("Attach an evaluation file" in e.value for e in at.error), "no task, no inputs: the page says what to do"
+
+    for task in ("copy", "reverse"):
+        attach_eval_file(workspace, f"{task}-lora", built["evals"][task])
+    at.run()
+    _no_exception(at)
+    assert any("read its prompts" in c.value for c in at.caption)
+    at.button(key="interference_features_run").click().run()
+    at = wait_for_job(at, "interference_features")
+    _no_exception(at)
+    heatmaps = [c for c in at.get("plotly_chart") if "Data-parameter interference" in c.proto.spec]
+    assert heatmaps, "the heatmap is drawn"
+    spec = json.loads(heatmaps[0].proto.spec)
+    matrix = [[10.0 ** z for z in row] for row in spec["data"][0]["z"]]  # the colour is log₁₀ of the ratio
+    assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
+    # row i, column i: ‖ΔWᵢXᵢᵀ‖ / ‖ΔWᵢXᵢᵀ‖ = 1; off the diagonal another, positive ratio
+    assert matrix[0][0] == pytest.approx(1.0) and matrix[1][1] == pytest.approx(1.0)
+    assert 0 < matrix[0][1] != pytest.approx(1.0) and 0 < matrix[1][0] != pytest.approx(1.0)
+    assert any("this matrix needs each classification task's own head" in i.value for i in at.info)
+    # each task's inputs are its file's prompts: one row of module inputs per prompt
+    cache = at.session_state["interference_features_cache"]
+    rows = {key[1]: len(built["evals"][key[1]].read_text().splitlines()) for key in cache}
+    assert set(rows) == {"copy", "reverse"}
+    for key, features in cache.items():
+        assert {f.means.shape[0] for f in features.values()} == {rows[key[1]]}
