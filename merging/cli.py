@@ -24,6 +24,7 @@ from merging.mergekit_config import load_recipe_file as load_recipe  # native re
 from merging.staging import check_replaceable
 
 EXIT_BAD_INPUT = 2
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # merging.recipe.DTYPES
 
 
 class _Bar:
@@ -47,23 +48,63 @@ def _print_json(data: object) -> None:
     sys.stdout.write("\n")
 
 
+def _with_dtype(recipe, args: argparse.Namespace):
+    """--dtype wins over the recipe's `dtype` (and is recorded in what is written)."""
+    from dataclasses import replace
+
+    return replace(recipe, dtype=args.dtype) if getattr(args, "dtype", None) else recipe
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from merging.merge import merge_adapters, save_merged
+    from merging.models import peak_memory
 
-    recipe = load_recipe(args.recipe)
+    recipe = _with_dtype(load_recipe(args.recipe), args)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
     if args.overwrite:
-        check_replaceable(out)  # before the work: only a folder holding an adapter is ever replaced
-    merged = merge_adapters(_merge_inputs(recipe).adapters, recipe, progress=_Bar("merging"))
-    save_merged(merged, out, overwrite=args.overwrite)
+        # before the work: only a folder holding an adapter (or an earlier export) is ever replaced
+        check_replaceable(out, markers=_export_markers() if args.full_model else ("adapter_config.json",))
+    if not args.full_model and (args.max_shard_size or args.head):
+        raise ValueError("--max-shard-size and --head apply to --full-model exports only")
+    inputs = _merge_inputs(recipe)
+    base_dir = _export_base(recipe, inputs) if args.full_model else None  # refused before the merge
+    merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"))
     summary = merged.summary()
+    if args.full_model:
+        from merging.export import DEFAULT_MAX_SHARD_BYTES, export_merged
+
+        report = export_merged(
+            merged, base_dir, out, head_from=args.head, max_shard_size=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES,
+            overwrite=args.overwrite, progress=_Bar("writing shards"),
+        )
+        summary["export"] = report.to_dict()
+    else:
+        save_merged(merged, out, overwrite=args.overwrite)
     if not args.per_module:
         summary.pop("modules")
     summary["out"] = str(out)
+    summary["output"] = "full model" if args.full_model else "PEFT adapter"
+    summary["dtype"] = recipe.dtype
+    summary["memory"] = peak_memory(merged.device)
     _print_json(summary)
     return 0
+
+
+def _export_markers() -> tuple[str, ...]:
+    from merging.export import EXPORT_MARKERS
+
+    return EXPORT_MARKERS
+
+
+def _export_base(recipe, inputs):
+    """The base model's local folder for a full-model export (a folder or the local HF cache)."""
+    from merging.catalog import resolve_base_model
+    from merging.models import resolve_model_source
+
+    spec = inputs.base_model or resolve_base_model(recipe, inputs.adapters)
+    return resolve_model_source(spec)
 
 
 def _merge_inputs(recipe, labs: dict | None = None):
@@ -75,7 +116,7 @@ def _merge_inputs(recipe, labs: dict | None = None):
 
     def lab_for(base_model: str) -> Lab:
         if base_model not in labs:
-            labs[base_model] = Lab(base_model, device=recipe.device)
+            labs[base_model] = Lab(base_model, device=recipe.device, dtype=recipe.dtype)
         return labs[base_model]
 
     return merge_inputs(recipe, lab_for=lab_for)
@@ -99,12 +140,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from merging.lab import Lab
 
-    recipe = load_recipe(args.recipe)
+    recipe = _with_dtype(load_recipe(args.recipe), args)
     labs: dict = {}
     inputs = _merge_inputs(recipe, labs)
     if inputs.base_model is None:
         raise ValueError("the adapters do not say which base model they belong to; set the recipe's 'base_model'")
-    lab = labs.get(inputs.base_model) or Lab(inputs.base_model, device=recipe.device)
+    lab = labs.get(inputs.base_model) or Lab(inputs.base_model, device=recipe.device, dtype=recipe.dtype)
     adapters = inputs.adapters
     run = lab.merge_and_evaluate(adapters, recipe, progress=_Bar("merge + evaluate"))
     results = run.evaluation.to_dict()
@@ -259,6 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an existing output folder (only one holding an adapter; swapped in when complete)",
     )
     merge.add_argument("--per-module", action="store_true", help="include each module's rank and energy")
+    merge.add_argument(
+        "--full-model", action="store_true",
+        help="write the base model with the merged update folded in (loadable by from_pretrained) "
+        "instead of a PEFT adapter folder",
+    )
+    merge.add_argument("--dtype", choices=DTYPE_CHOICES, help="overrides the recipe's dtype (auto: bfloat16 on "
+                       "CUDA, float32 on the CPU; a full-model export in auto keeps the base's stored dtype)")
+    merge.add_argument("--max-shard-size", help="full model: largest shard, e.g. 2GB (default), 500MB")
+    merge.add_argument("--head", help="full classification model: the adapter whose task head is exported "
+                       "(default: the first listed that has one)")
     merge.set_defaults(run=cmd_merge)
 
     inspect = commands.add_parser("inspect", help="ranks, modules, scales and norms of adapters")
@@ -273,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="merge, then per-task accuracy: base, single, merged")
     evaluate.add_argument("recipe", help="recipe file (JSON or YAML)")
     evaluate.add_argument("--json", action="store_true", help="print JSON (the only format for now)")
+    evaluate.add_argument("--dtype", choices=DTYPE_CHOICES, help="overrides the recipe's dtype (auto: bfloat16 on "
+                          "CUDA, float32 on the CPU)")
     evaluate.set_defaults(run=cmd_evaluate)
 
     train = commands.add_parser("train", help="train one LoRA adapter on one task")

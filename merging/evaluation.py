@@ -233,7 +233,10 @@ class Evaluator:
             )
         original = getattr(self.model, self.head_name)
         weight = head["weight"].to(self.device, torch.float32)
-        replacement = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head).to(self.device)
+        # in the body's dtype (a bfloat16 base gets a bfloat16 head), from the float32 copy
+        replacement = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head).to(
+            self.device, original.weight.dtype
+        )
         with torch.no_grad():
             replacement.weight.copy_(weight)
             if "bias" in head:

@@ -564,13 +564,15 @@ def layer_of(module_name: str) -> int | None:
 # Writing
 
 
-def adapter_state(adapter: Adapter) -> dict[str, torch.Tensor]:
-    """PEFT tensor names for an adapter's factors (scale folded into B) and saved modules."""
+def adapter_state(adapter: Adapter, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """PEFT tensor names for an adapter's factors (scale folded into B, then cast to `dtype`) and
+    saved modules (kept in their own dtype)."""
     state: dict[str, torch.Tensor] = {}
     for module_name, module in adapter.modules.items():
         prefix = PEFT_PREFIX + module_name
-        state[f"{prefix}.lora_A.weight"] = module.A.detach().to("cpu", torch.float32).contiguous()
-        state[f"{prefix}.lora_B.weight"] = (module.B.detach().to("cpu", torch.float32) * module.scale).contiguous()
+        state[f"{prefix}.lora_A.weight"] = module.A.detach().to("cpu", torch.float32).to(dtype).contiguous()
+        B = module.B.detach().to("cpu", torch.float32) * module.scale
+        state[f"{prefix}.lora_B.weight"] = B.to(dtype).contiguous()
     for key, tensor in adapter.saved_modules.items():
         state[PEFT_PREFIX + key] = tensor.detach().to("cpu").contiguous()
     return state
@@ -620,6 +622,7 @@ def save_adapter(
     template_config: Mapping | None = None,
     extra_files: Mapping[str, bytes] | None = None,
     overwrite: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a PEFT LoRA folder atomically: build it beside the target, then swap it into place.
 
@@ -627,7 +630,7 @@ def save_adapter(
     `overwrite` and only when it holds an adapter (see merging.staging.check_replaceable).
     """
     folder = Path(folder)
-    state = adapter_state(adapter)
+    state = adapter_state(adapter, dtype)
     for key, tensor in state.items():
         if tensor.is_floating_point() and not _all_finite(tensor):
             raise AdapterError(f"refusing to write {folder}: tensor {key} contains NaN or Inf")

@@ -7,6 +7,17 @@ sparsify × consensus family) rebuilds each update from its factors a block of r
 never holds the n dense updates; DO-Merging's switches need the dense form. A dense result is
 factored with an SVD (exact at numerical rank, or truncated to `rank`). At any time only one
 module's updates are in memory.
+
+Whole tensors an adapter trained besides LoRA (PEFT's modules_to_save) are never dropped:
+- a classification head (`classifier.*`, `score.*`) stays with its task: each adapter's head is kept
+  in `MergedAdapter.heads` (and the merged folder's mergescope_heads.safetensors), since a merged
+  body serves every task and task t is scored with task t's head;
+- anything else (embed_tokens, lm_head, a norm) is *carried* into the merged adapter by the
+  recipe's `modules_to_save` rule (`carry_saved_modules`): `average` = Σ λᵢ·Tᵢ / Σ λᵢ over the
+  adapters that carry T (|λᵢ| when weights are negative: an average of whole tensors, not of
+  updates), or `first` = the first listed adapter's copy. It is written into the merged PEFT folder
+  as modules_to_save, and folded into a full-model export. A tied embedding stays one tensor
+  (merging.export.tie_carried).
 """
 
 from __future__ import annotations
@@ -67,6 +78,8 @@ class MergedAdapter:
     seconds: float = 0.0
     device: str = "cpu"
     source_meta: dict[str, dict] = field(default_factory=dict)
+    carried: dict[str, CarriedReport] = field(default_factory=dict)  # non-head saved tensors, by rule
+    carried_notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         ranks = [r.rank for r in self.reports.values()]
@@ -80,7 +93,11 @@ class MergedAdapter:
             "num_modules": len(self.reports),
             "output_rank": {"min": min(ranks), "max": max(ranks)} if ranks else None,
             "energy_kept": {"min": min(energies), "mean": sum(energies) / len(energies)} if energies else None,
-            "notes": self.compatibility.notes,
+            "notes": self.compatibility.notes + self.carried_notes,
+            "modules_to_save": {
+                key: {"rule": r.rule, "from": r.sources, "shares": [round(w, 6) for w in r.weights]}
+                for key, r in self.carried.items()
+            },
             "modules": {
                 name: {"rank": r.rank, "energy_kept": r.energy_kept, "path": r.path}
                 for name, r in self.reports.items()
@@ -194,6 +211,66 @@ def check_finite_output(module_name: str, factored: Factored) -> None:
         )
 
 
+HEAD_PREFIXES = ("classifier", "score")
+
+
+def is_head_tensor(key: str) -> bool:
+    """A classification head's tensor (kept per task, never merged): `classifier.*`, `score.*`."""
+    return key.split(".", 1)[0] in HEAD_PREFIXES
+
+
+@dataclass(frozen=True)
+class CarriedReport:
+    rule: str  # average | first
+    sources: list[str]  # the adapters whose copy went in
+    weights: list[float]  # their share (sums to 1)
+
+
+def carry_saved_modules(
+    adapters: Sequence[Adapter], recipe: Recipe
+) -> tuple[dict[str, torch.Tensor], dict[str, CarriedReport], list[str]]:
+    """The merged copy of each non-head saved tensor by the recipe's `modules_to_save` rule.
+
+    Returns (tensors, a report per tensor, notes). Shapes must agree across adapters (else an
+    AdapterError names the tensor); the result keeps the first copy's dtype, computed in float32.
+    """
+    rule = recipe.modules_to_save
+    keys = list(dict.fromkeys(k for a in adapters for k in a.saved_modules if not is_head_tensor(k)))
+    tensors: dict[str, torch.Tensor] = {}
+    reports: dict[str, CarriedReport] = {}
+    notes: list[str] = []
+    for key in keys:
+        weights = recipe.weights_for(key.rsplit(".", 1)[0])
+        holders = [(i, a) for i, a in enumerate(adapters) if key in a.saved_modules]
+        first = holders[0][1].saved_modules[key]
+        for _, adapter in holders[1:]:
+            if tuple(adapter.saved_modules[key].shape) != tuple(first.shape):
+                raise AdapterError(
+                    f"saved tensor {key} has shape {tuple(first.shape)} in {holders[0][1].name} but "
+                    f"{tuple(adapter.saved_modules[key].shape)} in {adapter.name}: adapters of different base models?"
+                )
+        if rule == "first" or len(holders) == 1:
+            shares = [1.0] + [0.0] * (len(holders) - 1)
+        else:
+            raw = [abs(float(weights[i])) for i, _ in holders]
+            total = sum(raw)
+            if total == 0:
+                shares = [1.0 / len(holders)] * len(holders)
+                notes.append(f"{key}: every weight is 0, so its copies are averaged equally")
+            else:
+                shares = [w / total for w in raw]
+        merged = sum(
+            share * a.saved_modules[key].to(torch.float32) for share, (_, a) in zip(shares, holders) if share
+        )
+        tensors[key] = merged.to(first.dtype).contiguous()
+        used = [(a.name, share) for share, (_, a) in zip(shares, holders) if share]
+        reports[key] = CarriedReport(rule, [n for n, _ in used], [w for _, w in used])
+        lacking = [a.name for a in adapters if key not in a.saved_modules]
+        if lacking and rule == "average":
+            notes.append(f"{key}: {', '.join(lacking)} carry no copy; averaged over the others")
+    return tensors, reports, notes
+
+
 def merge_adapters(
     adapters: Sequence[Adapter],
     recipe: Recipe,
@@ -230,16 +307,24 @@ def merge_adapters(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    carried, carried_reports, carried_notes = carry_saved_modules(adapters, recipe)
     merged = Adapter(
         name="merged",
         modules=merged_modules,
+        saved_modules=carried,
         base_model=next((a.base_model for a in adapters if a.base_model), None),
         config=dict(adapters[0].config),
         meta={"merged_from": [a.name for a in adapters], "recipe": recipe.to_dict()},
     )
     return MergedAdapter(
         adapter=merged,
-        heads={a.name: dict(a.saved_modules) for a in adapters if a.saved_modules},
+        heads={
+            a.name: {k: t for k, t in a.saved_modules.items() if is_head_tensor(k)}
+            for a in adapters
+            if any(is_head_tensor(k) for k in a.saved_modules)
+        },
+        carried=carried_reports,
+        carried_notes=carried_notes,
         reports=reports,
         compatibility=compatibility,
         recipe=recipe,
@@ -257,16 +342,26 @@ def run_recipe(recipe: Recipe, progress: Progress | None = None) -> MergedAdapte
     return merge_adapters(load_recipe_adapters(recipe), recipe, progress)
 
 
+def factor_dtype(name: str) -> torch.dtype:
+    """The dtype the merged factors are written in: the recipe's dtype when it names a half type,
+    else float32 (`auto` too: factors are small, and float32 loses nothing)."""
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
 def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = False) -> Path:
     """Write the merged adapter as a PEFT folder; the source adapters' heads go to a side file.
 
-    The adapter_config.json has no modules_to_save: a merged body serves every task, and each task
-    is scored with its own head, which lives in mergescope_heads.safetensors under
-    ``<adapter name>/<tensor name>``.
+    Its modules_to_save are the carried tensors (embed_tokens, lm_head: merged by the recipe's
+    rule), never a classification head: a merged body serves every task, and each task is scored
+    with its own head, which lives in mergescope_heads.safetensors under ``<adapter name>/<tensor
+    name>``. Factors are written in `factor_dtype(recipe.dtype)`.
     """
     extra = {}
     if merged.heads:
         flat = {f"{name}/{key}": t.contiguous() for name, heads in merged.heads.items() for key, t in heads.items()}
         extra[HEADS_FILE] = safetensors_bytes(flat)
     template = {k: v for k, v in merged.adapter.config.items() if k not in ("modules_to_save",)}
-    return save_adapter(merged.adapter, folder, template_config=template, extra_files=extra, overwrite=overwrite)
+    return save_adapter(
+        merged.adapter, folder, template_config=template, extra_files=extra, overwrite=overwrite,
+        dtype=factor_dtype(merged.recipe.dtype),
+    )

@@ -519,3 +519,17 @@ def save_model_folder(model: nn.Module, tokenizer, folder: str | os.PathLike, ma
     model.save_pretrained(str(folder), **kwargs)
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def peak_memory(device: torch.device | str | None = None) -> dict[str, int | None]:
+    """This process's peak resident memory so far (bytes, from getrusage) and, on CUDA, the peak
+    memory torch allocated on the GPU — what a merge, an evaluation or an export needed."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+    cuda = None
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        cuda = int(torch.cuda.max_memory_allocated())
+    return {"peak_rss_bytes": rss_bytes, "peak_cuda_bytes": cuda}

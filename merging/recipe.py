@@ -9,6 +9,7 @@ Recipe lacks, the Recipe gains a field here, with validation and a round-trip te
                    "parameters": {"density": 0.3}, "eval": "data/spam.csv", "task": "spam"}],
      "method": "ties", "parameters": {"density": 0.5, "sign": "total"},
      "rank": null, "seed": 0, "device": "auto", "osrm": "off", "base_model": null, "dtype": "auto",
+     "modules_to_save": "average",
      "do_merging": {"decouple": false, "orthogonalize": false, "magnitude": "mean",
                     "steps": 50, "lr": 0.01, "mu": 1.0},
      "overrides": [{"match": "layer\\\\.0\\\\.", "weights": [0.5, 1.0]}]}
@@ -27,6 +28,12 @@ file's stem); without them the adapter's own task (mergescope.json) is scored, a
   twins    each adapter swapped for its OSRM-trained twin (same task, init "osrm", same folder of
            adapters); one without a twin is projected post-hoc, as the dashboard always did;
   posthoc  each adapter projected onto OSRM's subspace before merging.
+
+`modules_to_save` is the rule for whole tensors adapters train besides LoRA (PEFT's
+modules_to_save: embed_tokens, lm_head, ...) carried into the merged output: `average`, the
+λ-weighted average Σ λᵢ·Tᵢ / Σ λᵢ of the copies of the adapters that carry it, or `first`, the copy
+of the first listed adapter that carries it. Classification heads are not merged by it: each task
+keeps its own head (merging.merge).
 
 Old files and stored runs keep working: the flat keys of the previous form (`density`, `sign`,
 `knots_inner`, `osrm_posthoc`, and the old share links' boolean `osrm`) are accepted by `from_dict`
@@ -57,6 +64,7 @@ from merging.methods import REGISTRY, MethodError, get_method
 DEVICES = ("auto", "cpu", "cuda")
 OSRM_MODES = ("off", "twins", "posthoc")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MODULES_TO_SAVE_RULES = ("average", "first")
 DO_STEPS_MAX = 10_000
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -152,6 +160,7 @@ class Recipe:
     osrm: str = "off"
     base_model: str | None = None
     dtype: str = "auto"
+    modules_to_save: str = "average"  # how carried whole tensors (embed_tokens, lm_head) are merged
     do_merging: DoMergingOptions = field(default_factory=DoMergingOptions)
     overrides: tuple[WeightOverride, ...] = ()
 
@@ -191,6 +200,7 @@ class Recipe:
             "osrm": self.osrm,
             "base_model": self.base_model,
             "dtype": self.dtype,
+            "modules_to_save": self.modules_to_save,
             "do_merging": {
                 "decouple": self.do_merging.decouple,
                 "orthogonalize": self.do_merging.orthogonalize,
@@ -436,8 +446,8 @@ def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
 
 
 RECIPE_FIELDS = (
-    "adapters", "method", "parameters", "rank", "seed", "device", "osrm", "base_model", "dtype", "do_merging",
-    "overrides",
+    "adapters", "method", "parameters", "rank", "seed", "device", "osrm", "base_model", "dtype", "modules_to_save",
+    "do_merging", "overrides",
 )
 # The previous flat form, still read (old recipe files, stored runs, old share links).
 LEGACY_PARAMETER_FIELDS = {"density": "density", "sign": "sign", "knots_inner": "inner"}
@@ -524,6 +534,7 @@ def recipe_from_dict(data: Any, base_dir: Path | None = None, path_of: Callable[
         osrm=_osrm(data),
         base_model=base_model,
         dtype=_choice(data, "dtype", "auto", DTYPES),
+        modules_to_save=_choice(data, "modules_to_save", "average", MODULES_TO_SAVE_RULES),
         do_merging=_do_merging(data.get("do_merging")),
         overrides=_overrides(data.get("overrides"), len(adapters)),
     )

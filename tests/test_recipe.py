@@ -21,6 +21,7 @@ from merging.methods import REGISTRY, Param
 from merging.recipe import (
     DEVICES,
     DTYPES,
+    MODULES_TO_SAVE_RULES,
     OSRM_MODES,
     AdapterRef,
     Recipe,
@@ -49,9 +50,10 @@ def test_the_documented_fields_parse_and_every_parameter_is_written():
     assert recipe.weights == [1.0, 0.5] and recipe.rank is None and recipe.osrm == "off"
     data = recipe.to_dict()
     assert list(data) == [
-        "adapters", "method", "parameters", "rank", "seed", "device", "osrm", "base_model", "dtype", "do_merging",
-        "overrides",
+        "adapters", "method", "parameters", "rank", "seed", "device", "osrm", "base_model", "dtype",
+        "modules_to_save", "do_merging", "overrides",
     ]
+    assert recipe.modules_to_save == "average"  # the default rule for carried embed_tokens / lm_head
     assert recipe_from_dict(json.loads(recipe.to_json())) == recipe
 
 
@@ -82,6 +84,7 @@ def test_missing_parameters_take_the_schema_default_and_to_dict_writes_them():
         ({"osrm": "twin"}, r"field 'osrm'.*allowed: off, twins, posthoc.*did you mean 'twins'"),
         ({"osrm": "twins", "osrm_posthoc": True}, r"field 'osrm_posthoc'.*contradicts"),
         ({"dtype": "fp16"}, r"field 'dtype'.*allowed: auto, float32, bfloat16, float16"),
+        ({"modules_to_save": "mean"}, r"field 'modules_to_save'.*'mean'.*allowed: average, first"),
         ({"base_model": 3}, r"field 'base_model'"),
         ({"base_model": ""}, r"field 'base_model'"),
         ({"adapters": []}, r"field 'adapters'"),
@@ -344,6 +347,7 @@ def recipes(draw) -> Recipe:
         osrm=draw(st.sampled_from(OSRM_MODES)),
         base_model=draw(st.one_of(st.none(), _text.filter(str.strip))),
         dtype=draw(st.sampled_from(DTYPES)),
+        modules_to_save=draw(st.sampled_from(MODULES_TO_SAVE_RULES)),
         do_merging=DoMergingOptions(
             decouple=draw(st.booleans()),
             orthogonalize=draw(st.booleans()),

@@ -1,0 +1,469 @@
+"""Full-model export: the base model with a merged update folded in, as a Hugging Face folder.
+
+`python -m merging merge RECIPE --out DIR --full-model` writes what `from_pretrained(DIR)` loads
+(AutoModelForCausalLM, or AutoModelForSequenceClassification for a classification base): the
+config, safetensors shards with their index, the tokenizer and generation config files, and
+`mergescope_export.json` (the recipe and what was folded in). The PEFT folder stays the default
+output; this is the "merge_and_unload, then convert" step users otherwise do by hand.
+
+Streaming, so peak memory stays about one copy of the base (in practice far less): the base's
+tensors are read one at a time from its safetensors files (memory-mapped, never the whole model),
+each target module's weight gets W + ΔW with ΔW = B·A rebuilt from the merged factors for that one
+module (transposed for GPT-2's Conv1D, whose weight is stored (d_in, d_out)), and the results are
+written shard by shard (`max_shard_size`). Nothing but a meta-device skeleton of the model (no
+memory) is built to learn the layout: which names are Conv1D, which tensors are tied, the names the
+model class expects. The folder is staged beside `out` and swapped in when complete
+(merging.staging), so a failure never leaves a folder that looks like a model.
+
+Precision: W + ΔW is summed in float32 and rounded once to the output dtype. `dtype="auto"` keeps
+each tensor's stored dtype (a bfloat16 checkpoint stays bfloat16); float32 / bfloat16 / float16
+cast every floating tensor.
+
+Carried tensors (modules_to_save such as embed_tokens / lm_head, merged by the recipe's rule) replace
+the base's. A tied embedding (embed_tokens ≡ lm_head, e.g. GPT-2, tie_word_embeddings=true) stays
+one tensor: a carried copy of either name is written to the one stored tensor (`tie_carried`).
+A classification export takes one task's head (the first adapter's that has one, or `head`): an
+exported model has one head, while a merged PEFT folder keeps every task's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from merging.lora import AdapterError, LoraModule
+from merging.models import KINDS, check_model_dir, model_kind, weight_files
+from merging.staging import ADAPTER_MARKER, StagingError, staged_folder
+
+EXPORT_MARKER = "mergescope_export.json"
+# An export may replace an earlier export or a merged PEFT folder, nothing else.
+EXPORT_MARKERS = (EXPORT_MARKER, ADAPTER_MARKER)
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+# Weight files of the base are rewritten, never copied (pickles are never read at all).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf", ".onnx")
+_SKIPPED_FILES = {"model.safetensors.index.json", "pytorch_model.bin.index.json", EXPORT_MARKER}
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class ExportError(ValueError):
+    """An export that cannot be written, with a message fit for the user."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The model's layout, from a meta-device skeleton
+
+
+@dataclass
+class Layout:
+    """What the model class expects, learnt without allocating any weights."""
+
+    kind: str
+    names: set[str]  # state-dict names of the model class
+    prefix: str  # base_model_prefix (bert, model, transformer)
+    conv1d: set[str]  # module names whose weight is stored (d_in, d_out)
+    tied: list[set[str]]  # groups of parameter names that share one tensor
+    architecture: str
+
+    def tied_with(self, name: str) -> set[str]:
+        return next((group for group in self.tied if name in group), {name})
+
+
+def model_layout(folder: Path, kind: str, num_labels: int | None = None) -> Layout:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.pytorch_utils import Conv1D
+
+    from merging.models import _quiet_transformers
+
+    with _quiet_transformers():
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        if num_labels is not None:
+            config.num_labels = num_labels
+        auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+        try:
+            with torch.device("meta"):
+                skeleton = auto.from_config(config)
+        except (ValueError, KeyError) as err:
+            raise ExportError(f"{folder}: {config.model_type} has no {kind} model class ({err})") from None
+    by_tensor: dict[int, set[str]] = {}
+    for name, parameter in skeleton.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(parameter), set()).add(name)
+    return Layout(
+        kind=kind,
+        names=set(skeleton.state_dict().keys()) | {n for group in by_tensor.values() for n in group},
+        prefix=getattr(skeleton, "base_model_prefix", "") or "",
+        conv1d={name for name, module in skeleton.named_modules() if isinstance(module, Conv1D)},
+        tied=[group for group in by_tensor.values() if len(group) > 1],
+        architecture=type(skeleton).__name__,
+    )
+
+
+def model_name(key: str, layout: Layout) -> str:
+    """A checkpoint key under the model class's name: a bare encoder's checkpoint (BertModel:
+    `encoder.layer.0…`) gains the head model's prefix (`bert.encoder.layer.0…`)."""
+    if key in layout.names or not layout.prefix:
+        return key
+    if f"{layout.prefix}.{key}" in layout.names:
+        return f"{layout.prefix}.{key}"
+    return key
+
+
+def tie_carried(carried: Mapping[str, torch.Tensor], tied: Sequence[set[str]]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Carried tensors with each tied group reduced to one value, so tied weights stay tied.
+
+    When adapters carry copies under two names of one tied group (embed_tokens and lm_head) that
+    differ, the input embedding's copy is kept (it is the stored tensor) and a note says so.
+    """
+    result = dict(carried)
+    notes = []
+    for group in tied:
+        present = sorted((k for k in group if k in result), key=lambda k: ("embed" not in k, k))
+        if len(present) < 2:
+            continue
+        kept = present[0]
+        for other in present[1:]:
+            if not torch.equal(result[other], result[kept]):
+                notes.append(f"{other} and {kept} are tied in this model: the carried {kept} serves both")
+            del result[other]
+    return result, notes
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan: which output tensor comes from where, and what is added to it
+
+
+@dataclass
+class Source:
+    file: Path | None  # None: a tensor that is not in the base (a classification head)
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    update: str | None = None  # merged module whose ΔW is added
+    transposed: bool = False  # Conv1D: ΔWᵀ
+    replacement: torch.Tensor | None = None  # a carried tensor or a head
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    kind: str
+    architecture: str
+    shards: int
+    bytes: int
+    dtype: str
+    updated: list[str]
+    carried: list[str]
+    head_from: str | None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "out": str(self.out), "kind": self.kind, "architecture": self.architecture, "shards": self.shards,
+            "bytes": self.bytes, "dtype": self.dtype, "updated_modules": len(self.updated),
+            "carried": self.carried, "head_from": self.head_from, "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+_SAFE_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def base_tensors(folder: Path) -> dict[str, Source]:
+    """Every tensor of the base's safetensors files: where it is, its shape and dtype (headers only)."""
+    sources: dict[str, Source] = {}
+    for path in weight_files(folder):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    piece = handle.get_slice(key)
+                    dtype = _SAFE_DTYPES.get(piece.get_dtype())
+                    if dtype is None:
+                        raise ExportError(f"{path}: tensor {key} has dtype {piece.get_dtype()}, which is not supported")
+                    sources[key] = Source(path, key, tuple(piece.get_shape()), dtype)
+        except (OSError, RuntimeError, ValueError) as err:
+            if isinstance(err, ExportError):
+                raise
+            raise ExportError(f"{path}: unreadable safetensors file ({str(err)[:200]})") from None
+    return sources
+
+
+def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def plan_export(
+    folder: Path,
+    modules: Mapping[str, LoraModule],
+    carried: Mapping[str, torch.Tensor],
+    layout: Layout,
+    head: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, Source], list[str]]:
+    """Output name → Source, checked: every merged module and carried tensor finds its base tensor
+    with the right shape (else an ExportError naming it)."""
+    plan: dict[str, Source] = {}
+    for key, source in base_tensors(folder).items():
+        name = model_name(key, layout)
+        if name in plan:
+            raise ExportError(f"{folder}: tensors {plan[name].key} and {key} both give {name}")
+        plan[name] = source
+    notes: list[str] = []
+
+    def stored(name: str, what: str) -> str:
+        if name in plan:
+            return name
+        partner = next((n for n in layout.tied_with(name) if n in plan), None)
+        if partner is None:
+            raise ExportError(f"{what}: the base model has no tensor {name}; adapter of another base model?")
+        return partner
+
+    for module_name, module in modules.items():
+        target = stored(f"{module_name}.weight", f"module {module_name}")
+        transposed = module_name in layout.conv1d
+        expected = tuple(reversed(module.shape)) if transposed else tuple(module.shape)
+        if plan[target].shape != expected:
+            raise ExportError(
+                f"module {module_name}: update of shape {module.shape} does not fit the base weight "
+                f"{plan[target].shape}; adapter of another base model?"
+            )
+        if plan[target].update is not None:
+            raise ExportError(f"module {module_name}: its weight {target} is tied to another updated module")
+        plan[target].update, plan[target].transposed = module_name, transposed
+    tied_carried, tie_notes = tie_carried(carried, layout.tied)
+    notes += tie_notes
+    for key, tensor in tied_carried.items():
+        target = stored(key, f"carried tensor {key}")
+        if plan[target].shape != tuple(tensor.shape):
+            raise ExportError(f"carried tensor {key} {tuple(tensor.shape)} does not fit the base's {plan[target].shape}")
+        if plan[target].update is not None:
+            notes.append(f"{key}: carried whole, and the LoRA update of {plan[target].update} is added to it")
+        plan[target].replacement = tensor
+    for key, tensor in (head or {}).items():
+        if key in plan and plan[key].shape != tuple(tensor.shape):
+            notes.append(f"{key}: the base's {plan[key].shape} head is replaced by the task's {tuple(tensor.shape)}")
+        plan[key] = Source(None, key, tuple(tensor.shape), tensor.dtype, replacement=tensor)
+    return plan, notes
+
+
+def _output_dtype(source: Source, dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is None or not source.dtype.is_floating_point:
+        return source.dtype
+    return dtype
+
+
+def built_tensor(source: Source, modules: Mapping[str, LoraModule], dtype: torch.dtype | None, handle) -> torch.Tensor:
+    """One output tensor: the base's (or its replacement), plus ΔW, rounded once to the output dtype."""
+    out_dtype = _output_dtype(source, dtype)
+    tensor = source.replacement if source.replacement is not None else handle.get_tensor(source.key)
+    if source.update is not None:
+        delta = modules[source.update].delta("cpu")
+        summed = tensor.to(torch.float32) + (delta.T if source.transposed else delta)
+        if not bool(torch.isfinite(summed).all()):
+            raise ExportError(f"module {source.update}: W + ΔW is not finite; refusing to write it")
+        return summed.to(out_dtype).contiguous()
+    return tensor.to(out_dtype).contiguous()
+
+
+def _shards(plan: Mapping[str, Source], dtype: torch.dtype | None, max_bytes: int) -> list[list[str]]:
+    """Names grouped into shards of at most `max_bytes` (a larger tensor gets a shard of its own),
+    in the base's file order so each base file is read once, front to back."""
+    order = sorted(plan, key=lambda n: (plan[n].file is None, str(plan[n].file), n))
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in order:
+        nbytes = _nbytes(plan[name].shape, _output_dtype(plan[name], dtype))
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def parse_size(value: int | str) -> int:
+    """`max_shard_size` as bytes: an int, or "500MB", "2GB", "64KB"."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().upper()
+    for unit, factor in (("GIB", 1024**3), ("MIB", 1024**2), ("KIB", 1024), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _copy_side_files(base: Path, staging: Path) -> None:
+    """Tokenizer, generation config and other small files of the base (weights are rewritten)."""
+    for path in sorted(base.iterdir()):
+        if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES) and path.name not in _SKIPPED_FILES:
+            if path.name.startswith("."):
+                continue
+            shutil.copyfile(path, staging / path.name)
+
+
+def _write_config(base: Path, staging: Path, layout: Layout, dtype: torch.dtype | None, head: Mapping | None,
+                  labels: Sequence[str] | None) -> None:
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    config["architectures"] = [layout.architecture]
+    if dtype is not None:
+        config["dtype"] = _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+        config.pop("torch_dtype", None)
+    if head:
+        weight = next((t for k, t in head.items() if k.endswith("weight")), None)
+        if weight is not None:
+            count = int(weight.shape[0])
+            names = list(labels) if labels and len(labels) == count else [f"LABEL_{i}" for i in range(count)]
+            config["id2label"] = {str(i): name for i, name in enumerate(names)}
+            config["label2id"] = {name: i for i, name in enumerate(names)}
+            config["num_labels"] = count
+    (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def export_full_model(
+    base_dir: str | os.PathLike,
+    modules: Mapping[str, LoraModule],
+    out: str | os.PathLike,
+    *,
+    carried: Mapping[str, torch.Tensor] | None = None,
+    head: Mapping[str, torch.Tensor] | None = None,
+    labels: Sequence[str] | None = None,
+    kind: str | None = None,
+    dtype: str = "auto",
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+    provenance: Mapping | None = None,
+    progress=None,
+) -> ExportReport:
+    """Write base + Σ ΔW (the merged `modules`, scale folded in) as a Hugging Face model folder.
+
+    `carried`: whole tensors that replace the base's (state-dict names); `head`: a classification
+    head's tensors (`classifier.weight`, …); `dtype`: auto (as stored), float32, bfloat16, float16.
+    """
+    import time
+
+    start = time.perf_counter()
+    base = check_model_dir(base_dir)
+    kind = kind or model_kind(base)
+    if kind not in KINDS:
+        raise ExportError(f"model kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if dtype not in ("auto", *(_DTYPE_NAMES.values())):
+        raise ExportError(f"dtype must be one of auto, float32, bfloat16, float16, got {dtype!r}")
+    out_dtype = None if dtype == "auto" else getattr(torch, dtype)
+    num_labels = None
+    if kind == "classification":
+        if not head:
+            raise ExportError("a classification export needs a task head; none of the adapters carries one")
+        num_labels = int(next(t for k, t in head.items() if k.endswith("weight")).shape[0])
+    head = dict(head or {}) if kind == "classification" else {}
+    layout = model_layout(base, kind, num_labels)
+    plan, notes = plan_export(base, modules, dict(carried or {}), layout, head)
+    max_bytes = parse_size(max_shard_size)
+    if max_bytes < 1:
+        raise ExportError(f"max_shard_size must be positive, got {max_shard_size!r}")
+    shards = _shards(plan, out_dtype, max_bytes)
+    names = (
+        ["model.safetensors"] if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    total = 0
+    weight_map: dict[str, str] = {}
+    handles: dict[Path, object] = {}
+    try:
+        with staged_folder(out, overwrite=overwrite, markers=EXPORT_MARKERS) as staging:
+            for index, (shard, file_name) in enumerate(zip(shards, names)):
+                if progress:
+                    progress(index, len(shards), file_name)
+                tensors = {}
+                for name in shard:
+                    source = plan[name]
+                    handle = None
+                    if source.file is not None:
+                        if source.file not in handles:
+                            handles.clear()  # files are read in order: one open at a time
+                            handles[source.file] = safe_open(str(source.file), framework="pt")
+                        handle = handles[source.file]
+                    tensors[name] = built_tensor(source, modules, out_dtype, handle)
+                    total += tensors[name].numel() * tensors[name].element_size()
+                    weight_map[name] = file_name
+                save_file(tensors, str(staging / file_name), metadata={"format": "pt"})
+                del tensors
+            handles.clear()
+            if len(shards) > 1:
+                index_data = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+                (staging / "model.safetensors.index.json").write_text(json.dumps(index_data, indent=2), encoding="utf-8")
+            _copy_side_files(base, staging)
+            _write_config(base, staging, layout, out_dtype, head, labels)
+            report = ExportReport(
+                out=Path(out), kind=kind, architecture=layout.architecture, shards=len(shards), bytes=total,
+                dtype=dtype, updated=sorted(modules), carried=sorted(carried or {}),
+                head_from=(provenance or {}).get("head_from"), notes=notes,
+            )
+            marker = {"base_model": str(base), **(provenance or {}), **report.to_dict()}
+            (staging / EXPORT_MARKER).write_text(json.dumps(marker, indent=2, default=str), encoding="utf-8")
+    except StagingError as err:
+        raise ExportError(str(err)) from None
+    except AdapterError:
+        raise
+    if progress:
+        progress(len(shards), len(shards), "done")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def export_merged(
+    merged,
+    base_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    head_from: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+    progress=None,
+) -> ExportReport:
+    """Export a MergedAdapter (merging.merge) onto its base: its modules, its carried tensors and,
+    for a classification base, the head of `head_from` (default: the first listed adapter that
+    carries one). `dtype` defaults to the recipe's."""
+    kind = model_kind(check_model_dir(base_dir))
+    head, labels, chosen = None, None, None
+    if kind == "classification":
+        order = [ref.display_name for ref in merged.recipe.adapters]
+        candidates = [name for name in order if name in merged.heads] + [n for n in merged.heads if n not in order]
+        if head_from is not None:
+            if head_from not in merged.heads:
+                raise ExportError(f"adapter {head_from!r} carries no head (heads: {', '.join(merged.heads) or 'none'})")
+            candidates = [head_from]
+        if not candidates:
+            raise ExportError("a classification export needs a task head; none of the adapters carries one")
+        chosen = candidates[0]
+        head = merged.heads[chosen]
+        labels = (merged.source_meta.get(chosen) or {}).get("labels")
+    recipe_dtype = dtype or merged.recipe.dtype
+    provenance = {
+        "recipe": merged.recipe.to_dict(),
+        "head_from": chosen,
+        "carried_rule": merged.recipe.modules_to_save,
+    }
+    report = export_full_model(
+        base_dir, merged.adapter.modules, out, carried=merged.adapter.saved_modules, head=head, labels=labels,
+        kind=kind, dtype=recipe_dtype, max_shard_size=max_shard_size, overwrite=overwrite, provenance=provenance,
+        progress=progress,
+    )
+    if chosen is not None:
+        report.notes.append(f"classification head of {chosen}: an exported model has one head, one task")
+    return report
