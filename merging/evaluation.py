@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -36,6 +37,33 @@ def preview_indices(targets: Sequence[int], every: int = PREVIEW_EVERY) -> list[
             chosen.append(index)
         seen[target] = seen.get(target, 0) + 1
     return chosen
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What scoring part of a task counts; tallies of disjoint parts add up to the whole task's.
+
+    `correct` of `scored` examples gives the primary metric (accuracy for classification, exact
+    match for a causal task); `nll` over `tokens` completion tokens gives a causal task's loss.
+    """
+
+    correct: int = 0
+    scored: int = 0
+    nll: float = 0.0
+    tokens: int = 0
+
+    def __add__(self, other: "Tally") -> "Tally":
+        return Tally(self.correct + other.correct, self.scored + other.scored, self.nll + other.nll, self.tokens + other.tokens)
+
+    @property
+    def primary(self) -> float | None:
+        # an exact fraction of ints, so a recorded score compares equal when reproduced
+        return self.correct / self.scored if self.scored else None
+
+    @property
+    def loss(self) -> float | None:
+        """Mean negative log-likelihood per completion token, in nats (None: nothing was scored)."""
+        return self.nll / self.tokens if self.tokens else None
 
 
 @dataclass(frozen=True)
@@ -289,17 +317,89 @@ class Evaluator:
         return self._base_cache[key]
 
 
+    # -- the scorer interface evaluate_merge uses (merging.causal_eval.CausalEvaluator has it too) ---
+
+    kind = "classification"
+    metric = "accuracy"
+
+    def data_key(self, task: str) -> str:
+        """Identifies the task's scored examples: caches keyed by it never mix two versions of a file."""
+        keys = self.__dict__.setdefault("_data_keys", {})
+        eval_set = self.eval_sets[task]
+        if task not in keys or keys[task][0] is not eval_set:
+            digest = hashlib.blake2b(repr((eval_set.labels, eval_set.texts, eval_set.targets)).encode(), digest_size=8)
+            keys[task] = (eval_set, f"{task}@{digest.hexdigest()}")
+        return keys[task][1]
+
+    def baseline(self, task: str) -> float:
+        """Always answering the most frequent class."""
+        return self.eval_sets[task].majority_baseline
+
+    def truncated(self, task: str) -> None:  # texts are cut to max_length by design (see add_eval_set)
+        return None
+
+    def tally(
+        self,
+        task: str,
+        owner: Adapter | None,
+        modules: Mapping[str, LoraModule] | None,
+        carried: Mapping[str, torch.Tensor] | None = None,
+        parts: Sequence[str] = PARTS,
+    ) -> Tally:
+        """Correct answers on `parts` of `task` for the base + `modules`, with the head of `owner`
+        (the adapter trained on the task). The head is the task's own, so `carried` is not used."""
+        if owner is None:
+            raise EvaluationError(f"task {task}: a classification task is scored with its adapter's head")
+        correct, scored = self.correct(task, head_of(owner, self.head_name), modules, parts)
+        return Tally(correct, scored)
+
+    def base_tally(self, task: str, owner: Adapter, head_key: str | None) -> Tally:
+        """The base body with `owner`'s head; cached under `head_key` (None: not cached)."""
+        if head_key is None:
+            return self.tally(task, owner, None)
+        cache = self.__dict__.setdefault("_base_tallies", {})
+        key = (task, self.data_key(task), head_key)
+        if key not in cache:
+            cache[key] = self.tally(task, owner, None)
+        return cache[key]
+
+    def add_task_file(self, path: str, name: str, owner: Adapter | None = None) -> EvalSet:
+        """Every row of a user's text,label file as the task's evaluation set. Label indices follow
+        the adapter's own label order (its head's outputs) when it records one."""
+        from merging.tasks import TaskError, read_task_file
+        from merging.tasks.files import _label_order
+        from merging.tasks.split import clean_text
+
+        rows = read_task_file(path)
+        labels = list(owner.labels) if owner is not None and owner.labels else _label_order(label for _, label in rows)
+        unknown = sorted({label for _, label in rows} - set(labels))
+        if unknown:
+            raise TaskError(
+                f"{Path(path).name}: label {unknown[0]!r} is not one the adapter {owner.name if owner else ''} "
+                f"was trained on ({', '.join(labels)})"
+            )
+        eval_set = EvalSet(name, labels, [clean_text(text) for text, _ in rows], [labels.index(label) for _, label in rows])
+        self.add_eval_set(eval_set)
+        return eval_set
+
+
 # ----------------------------------------------------------------------------------------------
 # A merge's scores
 
 
 @dataclass
 class TaskScores:
+    """One task's scores: the primary metric (`metric`: accuracy or exact_match) of the base model,
+    the task's own adapter and the merge; a causal task adds its completion loss for each."""
+
     base: float
     single: float
     merged: float | None
-    majority: float
-    examples: int = 0  # evaluation-set size: accuracies are exact fractions of it (0: unknown, no interval)
+    majority: float | None
+    metric: str = "accuracy"
+    loss: dict[str, float | None] | None = None  # {"base", "single", "merged"}: causal tasks only
+    truncated: int | None = None  # prompts cut from the left to fit max_length (causal tasks)
+    examples: int = 0  # evaluation-set size: scores are exact fractions of it (0: unknown, no interval)
 
     def intervals(self) -> dict[str, list[float] | None]:
         """95 % bootstrap interval over the evaluation set of each accuracy (merging.intervals)."""
@@ -319,14 +419,30 @@ class TaskScores:
             return None
         return self.merged / self.single
 
+    def to_dict(self, interval: bool = True) -> dict:
+        data = {
+            "base": self.base,
+            "single": self.single,
+            "merged": self.merged,
+            "normalized": self.normalized,
+            "majority": self.majority,
+            "metric": self.metric,
+            "interval": self.intervals() if interval else None,
+        }
+        if self.loss is not None:
+            data["loss"] = dict(self.loss)
+        if self.truncated is not None:
+            data["truncated"] = self.truncated
+        return data
+
 
 @dataclass
 class EvaluationResult:
     tasks: dict[str, TaskScores]
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-    preview: bool = False  # merged accuracies from the preview part only (a first look, not the result)
-    cached: bool = False  # every merged accuracy came from the cache: this body was scored before
+    preview: bool = False  # merged scores from the preview part only (a first look, not the result)
+    cached: bool = False  # every merged score came from the cache: this body was scored before
 
     def average(self) -> dict[str, float | None]:
         def mean(values):
@@ -356,18 +472,8 @@ class EvaluationResult:
 
     def to_dict(self) -> dict:
         return {
-            "tasks": {
-                name: {
-                    "base": s.base,
-                    "single": s.single,
-                    "merged": s.merged,
-                    "normalized": s.normalized,
-                    "majority": s.majority,
-                    # the preview's merged accuracy counts a third of the examples: no interval for it
-                    "interval": s.intervals() if not self.preview else None,
-                }
-                for name, s in self.tasks.items()
-            },
+            # the preview's merged score counts a third of the examples: no interval for it
+            "tasks": {name: s.to_dict(interval=not self.preview) for name, s in self.tasks.items()},
             "average": self.average(),
             "average_interval": self.average_interval() if not self.preview else None,
             "seconds": round(self.seconds, 3),
@@ -383,7 +489,8 @@ def adapters_by_task(adapters: Sequence[Adapter]) -> dict[str, Adapter]:
     for adapter in adapters:
         if not adapter.task:
             raise EvaluationError(
-                f"adapter {adapter.name} does not say which task it was trained on (no 'task' in mergescope.json)"
+                f"adapter {adapter.name} does not say which task it was trained on (no 'task' in mergescope.json); "
+                "give its evaluation file in the recipe: {\"path\": ..., \"eval\": \"data/task.jsonl\"}"
             )
         result.setdefault(adapter.task, adapter)
     return result
@@ -401,17 +508,25 @@ def _adapter_key(adapter: Adapter) -> str | None:
     return f"{adapter.path}@{modified}"
 
 
-def modules_fingerprint(modules: Mapping[str, LoraModule]) -> str:
-    """A digest of a set of LoRA updates (names, factors, scales): equal digests, equal bodies."""
+def _digest_tensor(digest, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().to("cpu").contiguous()
+    digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
+    digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+
+
+def modules_fingerprint(modules: Mapping[str, LoraModule], carried: Mapping[str, torch.Tensor] | None = None) -> str:
+    """A digest of a body: LoRA updates (names, factors, scales) and any carried whole tensors
+    (e.g. a merged lm_head). Equal digests, equal bodies."""
     digest = hashlib.blake2b(digest_size=16)
     for name in sorted(modules):
         module = modules[name]
         digest.update(name.encode())
         digest.update(repr(float(module.scale)).encode())
         for factor in (module.A, module.B):
-            tensor = factor.detach().to("cpu").contiguous()
-            digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
-            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+            _digest_tensor(digest, factor)
+    for name in sorted(carried or {}):
+        digest.update(b"carried:" + name.encode())
+        _digest_tensor(digest, carried[name])
     return digest.hexdigest()
 
 
@@ -420,23 +535,37 @@ def _is_zero(modules: Mapping[str, LoraModule]) -> bool:
     return all(not bool(m.B.any()) or not bool(m.A.any()) or m.scale == 0 for m in modules.values())
 
 
+def _carried_of(adapter: Adapter, evaluator) -> dict[str, torch.Tensor] | None:
+    """The whole tensors an adapter's body carries (modules_to_save) for scorers that apply them:
+    a causal LM's trained embed_tokens / lm_head. A classification head is the task's own, applied
+    by the scorer from the task's adapter, so a classification body carries nothing."""
+    if evaluator.kind == "classification":
+        return None
+    return dict(adapter.saved_modules) or None
+
+
 def evaluate_merge(
-    evaluator: Evaluator,
+    evaluator,
     adapters: Sequence[Adapter],
     merged_modules: Mapping[str, LoraModule] | None,
     single_cache: dict | None = None,
     progress: Progress | None = None,
     on_preview: Callable[[EvaluationResult], None] | None = None,
     merged_cache: dict | None = None,
+    merged_carried: Mapping[str, torch.Tensor] | None = None,
 ) -> EvaluationResult:
-    """Base, single-adapter and merged accuracy for every task the adapters were trained on.
+    """Base, single-adapter and merged scores for every task the adapters were trained on.
 
-    `single_cache` (keyed by adapter path or name and task) lets a sweep score each single adapter once.
-    `on_preview`, if given, receives a first result whose merged accuracies come from the preview
-    part of each task (1 in PREVIEW_EVERY examples per class) before the rest is scored; the final
-    accuracies count both parts, so the preview costs nothing extra. `merged_cache` keeps merged
-    accuracies by the updates' fingerprint, so an identical body is never scored twice; an all-zero
-    update is the base model and reuses its cached scores.
+    `evaluator` is the scorer of the model's kind: an Evaluator (classification: accuracy, each task
+    with its own head) or a merging.causal_eval.CausalEvaluator (exact match, and completion loss);
+    both count Tallies, so everything below is the same for both.
+    `single_cache` (keyed by adapter path or name, task and task data) lets a sweep score each single
+    adapter once. `on_preview`, if given, receives a first result whose merged scores come from the
+    preview part of each task (1 in PREVIEW_EVERY examples, per class for classification) before
+    the rest is scored; the final scores count both parts, so the preview costs nothing extra.
+    `merged_cache` keeps merged tallies by the body's fingerprint, so an identical body is never
+    scored twice; an all-zero update (with nothing carried) is the base model and reuses its scores.
+    `merged_carried`: whole tensors the merged body carries (a causal LM's merged lm_head...).
     """
     start = time.perf_counter()
     by_task = adapters_by_task(adapters)
@@ -452,73 +581,86 @@ def evaluate_merge(
         if progress:
             progress(done, steps, what)
 
-    heads = {task: head_of(adapter, evaluator.head_name) for task, adapter in by_task.items()}
     keys = {task: _adapter_key(adapter) for task, adapter in by_task.items()}
-    base, single = {}, {}
+    data = {task: evaluator.data_key(task) for task in by_task}
+    base: dict[str, Tally] = {}
+    single: dict[str, Tally] = {}
     for task, adapter in by_task.items():
-        head, adapter_key = heads[task], keys[task]
+        adapter_key = keys[task]
         cacheable = single_cache is not None and adapter_key is not None
-        if cacheable and (adapter_key, task) in single_cache:
-            single[task] = single_cache[(adapter_key, task)]
+        cache_key = (adapter_key, task, data[task])
+        if cacheable and cache_key in single_cache:
+            single[task] = single_cache[cache_key]
         else:
-            single[task] = evaluator.accuracy(task, head, adapter.modules)
+            single[task] = evaluator.tally(task, adapter, adapter.modules, _carried_of(adapter, evaluator))
             if cacheable:
-                single_cache[(adapter_key, task)] = single[task]
-        base[task] = (
-            evaluator.base_accuracy(task, head, adapter_key) if adapter_key is not None else evaluator.accuracy(task, head, None)
-        )
+                single_cache[cache_key] = single[task]
+        base[task] = evaluator.base_tally(task, adapter, adapter_key)
         step(f"single {task}")
 
-    def result(merged: dict[str, float | None], preview: bool = False, cached: bool = False) -> EvaluationResult:
-        scores = {
-            task: TaskScores(base[task], single[task], merged[task], evaluator.eval_sets[task].majority_baseline,
-                             len(evaluator.eval_sets[task].targets))
-            for task in by_task
-        }
-        notes = [f"preview: merged accuracy on 1 in {PREVIEW_EVERY} examples of each class"] if preview else []
+    def result(merged: dict[str, Tally | None], preview: bool = False, cached: bool = False) -> EvaluationResult:
+        scores = {}
+        for task in by_task:
+            tally = merged[task]
+            loss = None
+            if single[task].tokens:  # a causal task: its loss beside the primary metric
+                loss = {"base": base[task].loss, "single": single[task].loss, "merged": tally.loss if tally else None}
+            scores[task] = TaskScores(
+                base[task].primary, single[task].primary, tally.primary if tally else None,
+                evaluator.baseline(task), evaluator.metric, loss, evaluator.truncated(task),
+                examples=single[task].scored,
+            )
+        notes = []
+        if preview:
+            notes.append(f"preview: merged scores on 1 in {PREVIEW_EVERY} examples" +
+                         (" of each class" if evaluator.kind == "classification" else ""))
+        for task in by_task:
+            cut = evaluator.truncated(task)
+            if cut:
+                notes.append(f"{task}: {cut} prompt(s) cut from the left to fit max_length {evaluator.max_length}")
         return EvaluationResult(scores, seconds=time.perf_counter() - start, notes=notes, preview=preview, cached=cached)
 
     if merged_modules is None:
         return result(dict.fromkeys(by_task))
-    if _is_zero(merged_modules):
+    if _is_zero(merged_modules) and not merged_carried:
         if progress:
             progress(steps, steps, "merged body = base model (every update is zero)")
         return result(dict(base))
 
-    fingerprint = modules_fingerprint(merged_modules) if merged_cache is not None else None
-    merged: dict[str, float | None] = {}
+    fingerprint = modules_fingerprint(merged_modules, merged_carried) if merged_cache is not None else None
+    merged: dict[str, Tally | None] = {}
     pending = []
     for task in by_task:
-        cache_key = (fingerprint, task, keys[task])
+        cache_key = (fingerprint, task, keys[task], data[task])
         if fingerprint is not None and keys[task] is not None and cache_key in merged_cache:
             merged[task] = merged_cache[cache_key]
             step(f"merged {task} (cached)")
             step(f"merged {task} (cached)")
         else:
             pending.append(task)
-    counts: dict[str, tuple[int, int]] = {}
+    previews: dict[str, Tally] = {}
     for task in pending:
-        counts[task] = evaluator.correct(task, heads[task], merged_modules, ("preview",))
+        previews[task] = evaluator.tally(task, by_task[task], merged_modules, merged_carried, ("preview",))
         step(f"merged {task}, preview")
     if pending and on_preview is not None:
-        on_preview(result({**merged, **{t: c / n if n else None for t, (c, n) in counts.items()}}, preview=True))
+        on_preview(result({**merged, **previews}, preview=True))
     for task in pending:
-        correct, scored = evaluator.correct(task, heads[task], merged_modules, ("rest",))
-        merged[task] = (counts[task][0] + correct) / (counts[task][1] + scored)
+        merged[task] = previews[task] + evaluator.tally(task, by_task[task], merged_modules, merged_carried, ("rest",))
         if fingerprint is not None and keys[task] is not None:
-            merged_cache[(fingerprint, task, keys[task])] = merged[task]
+            merged_cache[(fingerprint, task, keys[task], data[task])] = merged[task]
         step(f"merged {task}")
     return result(merged, cached=not pending)
 
 
-def cross_task_matrix(evaluator: Evaluator, adapters: Sequence[Adapter]) -> dict:
-    """Accuracy of adapter i's body on task j (scored with task j's head): interference at a glance."""
+def cross_task_matrix(evaluator, adapters: Sequence[Adapter]) -> dict:
+    """Adapter i's body on task j (the task's primary metric; task j's head for classification):
+    interference at a glance."""
     by_task = adapters_by_task(adapters)
     tasks = list(by_task)
     matrix = []
     for adapter in adapters:
         row = []
         for task in tasks:
-            row.append(evaluator.accuracy(task, head_of(by_task[task], evaluator.head_name), adapter.modules))
+            row.append(evaluator.tally(task, by_task[task], adapter.modules, _carried_of(adapter, evaluator)).primary)
         matrix.append(row)
-    return {"adapters": [a.name for a in adapters], "tasks": tasks, "accuracy": matrix}
+    return {"adapters": [a.name for a in adapters], "tasks": tasks, "accuracy": matrix, "metric": evaluator.metric}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -67,33 +68,122 @@ class MergeRun:
         }
 
 
+def make_scorer(kind: str, model, tokenizer, device, max_length: int | None):
+    """The scorer of a model kind: the one place that knows which class scores which kind."""
+    from merging.causal_eval import CausalEvaluator
+
+    scorers = {
+        "classification": lambda: Evaluator(model, tokenizer, [], device=device, max_length=max_length or 48),
+        "causal": lambda: CausalEvaluator(model, tokenizer, [], device=device, max_length=max_length),
+    }
+    if kind not in scorers:
+        raise ValueError(f"no scorer for models of kind {kind!r} (known: {', '.join(scorers)})")
+    return scorers[kind]()
+
+
+def tasked(adapters: Sequence[Adapter], recipe: Recipe | None) -> list[Adapter]:
+    """The adapters, each named with the task the recipe scores it on (`adapters[i].eval`/`task`);
+    an adapter the recipe gives no evaluation file keeps its own task (mergescope.json)."""
+    if recipe is None:
+        return list(adapters)
+    result = []
+    for adapter, ref in zip(adapters, recipe.adapters):
+        if ref.eval is None or adapter.task == ref.task_name:
+            result.append(adapter)
+        else:  # a shallow copy: the same tensors, another task name
+            result.append(replace(adapter, meta={**adapter.meta, "task": ref.task_name}))
+    return result
+
+
 class Lab:
-    def __init__(self, base_model: str, device: str = "auto", max_length: int = 48, dtype: str = "float32"):
+    def __init__(
+        self, base_model: str, device: str = "auto", max_length: int | None = None, dtype: str = "float32"
+    ):
         from merging.models import load_base_model, model_kind
 
-        self.base_model = base_model
-        self.device = resolve_device(device)
+        device = resolve_device(device)
         # a folder, the demo's name or a Hub id in the local cache (merging.models.resolve_model_source)
-        self.model, self.tokenizer = load_base_model(base_model, num_labels=2, device=self.device, dtype=dtype)
-        self.kind = model_kind(self.model.config)  # "classification" or "causal"
-        self.max_length = max_length
-        self.evaluator = Evaluator(self.model, self.tokenizer, [], device=self.device, max_length=max_length)
+        model, tokenizer = load_base_model(base_model, num_labels=2, device=device, dtype=dtype)
+        self._setup(base_model, model, tokenizer, model_kind(model.config), device, max_length)
+
+    @classmethod
+    def with_model(cls, model, tokenizer, kind: str, device: str = "cpu", max_length: int | None = None, name: str = "") -> "Lab":
+        """A lab around a model already in memory (tests, benchmarks)."""
+        lab = cls.__new__(cls)
+        lab._setup(name or getattr(model, "name_or_path", ""), model, tokenizer, kind, resolve_device(device), max_length)
+        return lab
+
+    def _setup(self, base_model, model, tokenizer, kind: str, device, max_length: int | None) -> None:
+        self.base_model = base_model
+        self.device = device
+        self.model, self.tokenizer = model, tokenizer
+        self.kind = kind  # "classification" or "causal"
+        # the scorer of this kind: Evaluator (accuracy) or CausalEvaluator (exact match + loss)
+        self.evaluator = make_scorer(kind, model, tokenizer, device, max_length)
+        self.max_length = self.evaluator.max_length
         self.single_cache: dict = {}
-        self.merged_cache: dict = {}  # merged accuracy by (updates' fingerprint, task, head key)
+        self.merged_cache: dict = {}  # merged tallies by (body fingerprint, task, head key, task data)
+        self._task_files: dict[str, tuple[str, int]] = {}  # task -> (file, mtime) it was read from
         self.lock = threading.RLock()
 
-    def prepare(self, adapters: Sequence[Adapter]) -> None:
-        """Load and tokenise the evaluation sets of the adapters' tasks (once per task)."""
-        for adapter in adapters:
-            if adapter.task and adapter.task not in self.evaluator.eval_sets:
-                self.evaluator.add_eval_set(eval_set_for(adapter))
+    def _add_task_file(self, path: str, task: str, owner: Adapter) -> None:
+        """Read a user's evaluation file as `task` (again if the file changed since)."""
+        from merging.tasks import TaskError
+        from merging.tasks.completions import file_format
 
-    def warm_up(self, adapters: Sequence[Adapter]) -> None:
+        file = Path(path)
+        try:
+            version = (str(file.resolve()), file.stat().st_mtime_ns)
+        except OSError as err:
+            raise TaskError(f"cannot read the evaluation file {path}: {err.strerror or err}") from None
+        if self._task_files.get(task) == version and task in self.evaluator.eval_sets:
+            return
+        found = file_format(file)
+        wanted = ("classification",) if self.kind == "classification" else ("completion", "chat")
+        if found not in wanted:
+            raise TaskError(
+                f"{file.name}: a {found} file, but the base model {self.base_model} is a {self.kind} model "
+                f"(it takes {' or '.join(wanted)} files)"
+            )
+        self.evaluator.add_task_file(str(file), task, owner)
+        self._task_files[task] = version
+
+    def prepare(self, adapters: Sequence[Adapter], recipe: Recipe | None = None) -> list[Adapter]:
+        """Load and tokenise the evaluation sets of the adapters' tasks (once per task and file
+        version); returns the adapters named with the tasks they are scored on (see `tasked`)."""
+        from merging.evaluation import EvaluationError
+
+        named = tasked(adapters, recipe)
+        files: dict[str, str] = {}
+        for index, adapter in enumerate(named):
+            ref = recipe.adapters[index] if recipe is not None else None
+            if ref is not None and ref.eval is not None:
+                task = ref.task_name
+                if files.setdefault(task, ref.eval) != ref.eval:
+                    raise EvaluationError(
+                        f"field 'adapters[{index}].eval': task {task!r} is already read from {files[task]}; "
+                        "give this adapter another 'task' name"
+                    )
+                self._add_task_file(ref.eval, task, adapter)
+            elif adapter.task and adapter.task not in self.evaluator.eval_sets:
+                if self.kind == "classification":
+                    self.evaluator.add_eval_set(eval_set_for(adapter))
+                elif adapter.meta.get("task_file"):
+                    self._add_task_file(adapter.meta["task_file"], adapter.task, adapter)
+                else:
+                    raise EvaluationError(
+                        f"adapter {adapter.name}: no evaluation file for task {adapter.task!r}; "
+                        "give one in the recipe: {\"path\": ..., \"eval\": \"data/task.jsonl\"}"
+                    )
+        return named
+
+    def warm_up(self, adapters: Sequence[Adapter], recipe: Recipe | None = None) -> None:
         """Load the tasks' evaluation sets and score each single adapter and the base model once,
         so the first merge a user runs costs only the merge and its own evaluation."""
-        for adapter in adapters:
+        with self.lock:
+            named = self.prepare(adapters, recipe)
+        for adapter in named:
             with self.lock:  # one adapter at a time: a user's merge can slip in between
-                self.prepare([adapter])
                 evaluate_merge(self.evaluator, [adapter], None, self.single_cache)
 
     def merge_and_evaluate(
@@ -106,17 +196,21 @@ class Lab:
         """Merge, then score every task; `on_preview` gets a first look (see evaluate_merge)."""
         with self.lock:
             start = time.perf_counter()  # after the lock: waiting for the warm-up is not this merge's time
-            self.prepare(adapters)
+            adapters = self.prepare(adapters, recipe)
             recipe = on_device(recipe, self.device)
             merged = merge_adapters(adapters, recipe, progress=_phase(progress, 0, 2))
-            evaluation = self._evaluate(adapters, merged.adapter.modules, _phase(progress, 1, 2), on_preview)
+            evaluation = self._evaluate(adapters, merged, _phase(progress, 1, 2), on_preview)
         return MergeRun(recipe, merged, evaluation, time.perf_counter() - start)
 
-    def _evaluate(self, adapters, modules, progress=None, on_preview=None) -> EvaluationResult:
+    def _evaluate(self, adapters, merged: MergedAdapter, progress=None, on_preview=None) -> EvaluationResult:
         if len(self.merged_cache) > 20_000:  # a long session's cache stays small
             self.merged_cache.clear()
+        # whole tensors the merged body carries (a causal LM's merged embed_tokens / lm_head); a
+        # classification body carries none: each task is scored with its own head
+        carried = dict(merged.adapter.saved_modules) if self.kind != "classification" else {}
         return evaluate_merge(
-            self.evaluator, adapters, modules, self.single_cache, progress, on_preview, self.merged_cache
+            self.evaluator, adapters, merged.adapter.modules, self.single_cache, progress, on_preview,
+            self.merged_cache, carried or None,
         )
 
     def sweep(
@@ -129,13 +223,13 @@ class Lab:
         """Merge and evaluate once per weight vector of the grid (e.g. λ·[1, …, 1] for λ in a range)."""
         results = []
         with self.lock:
-            self.prepare(adapters)
+            adapters = self.prepare(adapters, recipe)
             for index, weights in enumerate(weight_grid):
                 if progress:
                     progress(index, len(weight_grid), f"λ = {', '.join(f'{w:g}' for w in weights)}")
                 point = on_device(recipe.with_weights(list(weights)), self.device)
                 merged = merge_adapters(adapters, point)
-                results.append((list(weights), self._evaluate(adapters, merged.adapter.modules)))
+                results.append((list(weights), self._evaluate(adapters, merged)))
             if progress:
                 progress(len(weight_grid), len(weight_grid), "done")
         return results
