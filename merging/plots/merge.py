@@ -99,7 +99,9 @@ def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentati
             )
         if role == "merged":
             normalized = column("normalized")
-            bar.text = [f"{n:.0%} of single" if n is not None else "" for n in normalized]
+            # on stage the label is the number alone, so it fits above a bar at ≥ 18 px
+            label = "{:.0%}" if presentation else "{:.0%} of single"
+            bar.text = [label.format(n) if n is not None else "" for n in normalized]
             bar.textposition = "outside"
             bounds = _interval_bounds(values, whiskers) if whiskers else [(None, None)] * len(values)
             bar.customdata = [[n, lo, hi] for n, (lo, hi) in zip(normalized, bounds)]
