@@ -91,6 +91,15 @@ def base_model_status(base_model: str) -> tuple[str | None, str]:
     return kind, str(folder)
 
 
+def recipe_for_run(recipe, entries: list[Entry]):
+    """The recipe as the dashboard runs and stores it: the sidebar's base model (when not the
+    default) and each adapter's attached evaluation file written in (merging.catalog), so the
+    stored recipe scores the same way from the CLI."""
+    from merging.catalog import with_base_model, with_eval_files
+
+    return with_eval_files(with_base_model(recipe, chosen_base_model(), zoo_base_model(zoo())), entries)
+
+
 def chosen_base_model() -> str:
     """The sidebar's base model: a listed one, or the folder / Hub id typed in under "another"."""
     state = st.session_state

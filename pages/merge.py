@@ -165,7 +165,7 @@ if "merge_baseline" not in st.session_state:
     st.session_state["merge_baseline"] = pinned
 
 built_in = _ui.zoo()
-if built_in and not st.session_state.get("merge_last"):
+if built_in and ui_settings.on_zoo_base and not st.session_state.get("merge_last"):
     # Load the model now and score the zoo's single adapters in the background, so the first Run
     # only pays for its own merge.
     ordered = sorted(built_in.adapters, key=lambda a: a.init != "standard")
@@ -177,7 +177,8 @@ if run_clicked:
     try:
         recipe = codec.recipe_from_widgets(PREFIX, entries, ui_settings.device)  # validated before anything starts
         st.query_params["recipe"] = recipe.to_url()
-        inputs = catalog.resolve_inputs(recipe, _ui.load_adapter_as, catalog.default_base_model(built_in))
+        recipe = _ui.recipe_for_run(recipe, entries)  # the sidebar's base model, the attached evaluation files
+        inputs = catalog.resolve_inputs(recipe, _ui.load_adapter_as, ui_settings.base_model)
         lab = _ui.lab_for(inputs.base_model, ui_settings.device)  # cached; loads in the page's thread
         job = _ui.Job("Merging and evaluating")
         _ui.start_job(JOB, job.label, _merge_work(inputs, recipe, lab, job, store), job=job)
@@ -188,14 +189,15 @@ def _show_preview(preview: dict) -> None:
     """The first look while the rest of the evaluation runs, labelled as such."""
     tasks = preview["tasks"]
     average = preview["average"]["merged"]
+    per_class = "" if plots.has_loss(preview) else " of each class"
     st.metric(
-        "Preview: average merged accuracy",
+        f"Preview: average merged {plots.metric_name(preview)}",
         f"{100 * average:.1f}%",
-        help=f"Scored on 1 in {PREVIEW_EVERY} examples of each class; the full evaluation is still running "
+        help=f"Scored on 1 in {PREVIEW_EVERY} examples{per_class}; the full evaluation is still running "
         "and will replace this.",
     )
     st.caption(
-        f"Preview on 1 in {PREVIEW_EVERY} evaluation examples per class: "
+        f"Preview on 1 in {PREVIEW_EVERY} evaluation examples{per_class}: "
         + ", ".join(f"{task} {100 * s['merged']:.0f}%" for task, s in tasks.items() if s["merged"] is not None)
         + ". A third of the data: expect a few points of difference from the full result."
     )
@@ -250,13 +252,14 @@ if last:
         return f"{100 * (average[key] - compared_average[key]):+.1f} pp"
 
     interval = (results.get("average_interval") or {}).get("merged")
+    metric = plots.metric_name(results)  # accuracy, or exact match for causal-LM tasks
     metric_columns[0].metric(
-        "Average merged accuracy", f"{100 * average['merged']:.1f}%", delta("merged"),
+        f"Average merged {metric}", f"{100 * average['merged']:.1f}%", delta("merged"),
         help=(f"95% interval {100 * interval[0]:.1f}–{100 * interval[1]:.1f}% (bootstrap over the evaluation sets)"
               if interval else None) if not compared_name else f"change vs {compared_name}",
     )
     metric_columns[1].metric("Normalised (merged / single)", f"{100 * average['normalized']:.1f}%", delta("normalized"))
-    metric_columns[2].metric("Average single-adapter accuracy", f"{100 * average['single']:.1f}%")
+    metric_columns[2].metric(f"Average single-adapter {metric}", f"{100 * average['single']:.1f}%")
     if results.get("cached"):
         # Scored before (e.g. by the server's warm-up): the seconds would only time a cache look-up.
         metric_columns[3].metric("Merge + evaluation time", "cached",
@@ -265,18 +268,37 @@ if last:
     else:
         metric_columns[3].metric("Merge + evaluation time", f"{last['seconds']:.2f} s",
                                  help=f"device: {results['merge']['device']}; waiting for the warm-up not counted")
-    st.caption(
-        "Each task is scored with the merged body and that task's own classification head. "
-        "\"Base\" = the base body with each adapter's own head, so it moves when the adapters (or OSRM's twins) "
-        "change. Whiskers: 95% bootstrap intervals over the evaluation set; the black dash is the majority class."
-    )
+    if plots.has_loss(results):
+        st.caption(
+            "Each task is its evaluation file's prompts: exact match = the greedy continuation equals the completion "
+            "(whitespace aside); loss = mean negative log-likelihood of the completion tokens, in nats (lower is "
+            "better). Whiskers: 95% bootstrap intervals over the evaluation set."
+        )
+    else:
+        st.caption(
+            "Each task is scored with the merged body and that task's own classification head. "
+            "\"Base\" = the base body with each adapter's own head, so it moves when the adapters (or OSRM's twins) "
+            "change. Whiskers: 95% bootstrap intervals over the evaluation set; the black dash is the majority class."
+        )
     osrm = results.get("osrm") or {}
     if osrm.get("twins"):
         st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
                 + " — their heads score the tasks, so the base bars use those heads too.")
     if osrm.get("posthoc"):
         st.info("Projected post-hoc onto OSRM's subspace: " + ", ".join(osrm["posthoc"]) + ".")
-    _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars", "merge_accuracy")
+    if plots.has_loss(results):  # causal tasks: the metric and, beside it, the completion loss
+        metric_chart, loss_chart = st.columns(2)
+        with metric_chart:
+            _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars",
+                            "merge_accuracy", how_to_read="Per task, grey = base model, blue = each task's own adapter, "
+                            "orange = the merge (label: merged ÷ single); whiskers: 95% bootstrap intervals.")
+        with loss_chart:
+            _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation, score="loss"),
+                            "accuracy_bars", "merge_loss", how_to_read="Completion loss per task, nats per token: "
+                            "lower is better; the merge between base and single shows how much each task kept.")
+    else:
+        _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars",
+                        "merge_accuracy")
     if compared:
         _ui.show_figure(
             plots.accuracy_delta(results, compared["results"], title=f"Change in merged accuracy vs {compared_name}",
@@ -305,15 +327,7 @@ if last:
             st.query_params.pop("baseline_name", None)
             st.rerun()
 
-    frame = pd.DataFrame(
-        [
-            {"task": task, **{k: (None if v is None else round(v, 4)) for k, v in scores.items()
-                              if k != "interval"},
-             **{f"{role} 95% interval": (None if not bounds else f"{bounds[0]:.3f}–{bounds[1]:.3f}")
-                for role, bounds in (scores.get("interval") or {}).items()}}
-            for task, scores in results["tasks"].items()
-        ]
-    )
+    frame = pd.DataFrame(plots.results_rows(results))
     if ui_settings.presentation:
         with st.expander("Numbers"):
             _ui.show_table(frame, "merge_results")

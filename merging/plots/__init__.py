@@ -48,6 +48,7 @@ from merging.plots.interference import (
 )
 from merging.plots.merge import accuracy_bars, accuracy_delta, cosine_before_after, energy_kept, orthogonalize_loss
 from merging.plots.runs import runs_comparison
+from merging.plots.values import has_loss, metric_name, results_rows
 from merging.plots.style import (
     DIVERGING,
     FONT_SIZE,
@@ -87,4 +88,7 @@ __all__ = [
     "layer_norms",
     "runs_comparison",
     "figure_to_html",
+    "metric_name",
+    "has_loss",
+    "results_rows",
 ]

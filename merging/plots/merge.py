@@ -21,6 +21,8 @@ from merging.plots.style import (
     explained,
 )
 from merging.plots.values import (
+    has_loss,
+    metric_name,
     _finite,
     _layer_label,
     _layer_order,
@@ -60,14 +62,25 @@ def _interval_bounds(values: Sequence[float | None], whiskers: Mapping) -> list[
     "adapters or OSRM change), blue = each task's own adapter, orange = the merged model (label: merged ÷ single); "
     "whiskers are 95% bootstrap intervals over the evaluation set; the black dash is the majority-class baseline."
 )
-def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentation: bool = False) -> go.Figure:
+def accuracy_bars(
+    results: Mapping, title: str | None = None, presentation: bool = False, score: str = "metric"
+) -> go.Figure:
     """Grouped bars base / single / merged per task plus an 'average' group, from ``EvaluationResult.to_dict()``.
 
-    The merged bars carry the normalised accuracy (merged ÷ single) as text, and a black dash per
-    group marks the majority-class baseline: an accuracy near it means the model learned nothing.
+    `score="metric"` draws each task's primary metric (accuracy, or exact match for causal-LM
+    tasks; the title and axis say which). The merged bars carry the normalised score (merged ÷
+    single) as text, and a black dash per group marks the majority-class baseline (classification
+    only): an accuracy near it means the model learned nothing. `score="loss"` draws causal tasks'
+    completion loss (nats per token, lower is better) per task, without intervals or an average.
     The merged series is left out when no task has a merged score (an evaluation of singles only).
     """
+    if score not in ("metric", "loss"):
+        raise ValueError(f"score must be 'metric' or 'loss', got {score!r}")
     tasks = _results_tasks(results)
+    if score == "loss":
+        return _loss_bars(tasks, title or "Completion loss per task", presentation)
+    name = metric_name(results)
+    title = title or f"{name.capitalize()} per task"
     average = dict(results.get("average") or {})
     groups = list(tasks) + ["average"]
     rows = [tasks[t] for t in tasks] + [average]
@@ -77,7 +90,8 @@ def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentati
         return [_finite(row.get(key)) for row in rows]
 
     fig = go.Figure()
-    labels = {"base": "base body + task head", "single": "single adapter", "merged": "merged"}
+    causal = has_loss(results)  # causal tasks: no heads, no majority class
+    labels = {"base": "base model" if causal else "base body + task head", "single": "single adapter", "merged": "merged"}
     for role in ("base", "single", "merged"):
         values = column(role)
         if role == "merged" and all(v is None for v in values[:-1]):
@@ -111,21 +125,45 @@ def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentati
                 + "<extra></extra>"
             )
         fig.add_trace(bar)
-    fig.add_trace(
-        go.Scatter(
-            name="majority-class baseline",
-            x=groups,
-            y=column("majority"),
-            mode="markers",
-            # A wide horizontal dash spans the bar group, reading as a threshold line per task.
-            marker={"symbol": "line-ew", "size": 44, "color": ROLE_COLOURS["majority"],
-                    "line": {"width": 3, "color": ROLE_COLOURS["majority"]}},
-            hovertemplate="%{x}<br>majority class: %{y:.2%}<extra></extra>",
-        )
-    )
+    if not causal:
+        fig.add_trace(_majority_dashes(groups, column("majority")))
     fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", "y": -0.18})
     _accuracy_axis(fig)
-    return _style(fig, title, presentation, x_title="Task", y_title="Accuracy (%)")
+    return _style(fig, title, presentation, x_title="Task", y_title=f"{name.capitalize()} (%)")
+
+
+def _majority_dashes(groups: list[str], majority: list[float | None]) -> go.Scatter:
+    return go.Scatter(
+        name="majority-class baseline",
+        x=groups,
+        y=majority,
+        mode="markers",
+        # A wide horizontal dash spans the bar group, reading as a threshold line per task.
+        marker={"symbol": "line-ew", "size": 44, "color": ROLE_COLOURS["majority"],
+                "line": {"width": 3, "color": ROLE_COLOURS["majority"]}},
+        hovertemplate="%{x}<br>majority class: %{y:.2%}<extra></extra>",
+    )
+
+
+def _loss_bars(tasks: Mapping[str, Mapping], title: str, presentation: bool) -> go.Figure:
+    """Base / single / merged completion loss of each causal task (tasks without a loss are left out)."""
+    losses = {t: s["loss"] for t, s in tasks.items() if isinstance(s, Mapping) and isinstance(s.get("loss"), Mapping)}
+    if not losses:
+        return _no_data(go.Figure(), "No task has a completion loss (classification tasks have none).")
+    fig = go.Figure()
+    labels = {"base": "base model", "single": "single adapter", "merged": "merged"}
+    for role in ("base", "single", "merged"):
+        values = [_finite(loss.get(role)) for loss in losses.values()]
+        if role == "merged" and all(v is None for v in values):
+            continue
+        fig.add_trace(go.Bar(
+            name=labels[role], x=list(losses), y=values, marker={"color": ROLE_COLOURS[role]},
+            text=[f"{v:.3f}" if v is not None else "" for v in values], textposition="outside",
+            hovertemplate=f"%{{x}}<br>{labels[role]}: %{{y:.4f}} nats per token<extra></extra>",
+        ))
+    fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", "y": -0.18})
+    fig.update_yaxes(rangemode="tozero")
+    return _style(fig, title, presentation, x_title="Task", y_title="Loss (nats per completion token, lower is better)")
 
 
 @explained(
