@@ -29,10 +29,9 @@ of a forward's memory. Batches group examples of similar length, right-padded.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -192,6 +191,12 @@ class CausalEvaluator:
         self.add_eval_set(eval_set)
         return eval_set
 
+    def add_task_file(self, path: str, name: str, owner: Adapter | None = None) -> CausalEvalSet:
+        """Every row of a user's prompt/completion or chat JSONL file as the task `name`."""
+        from merging.tasks.completions import read_causal_task
+
+        return self.add_task(read_causal_task(path, name))
+
     def data_key(self, task: str) -> str:
         """Identifies the task's scored examples: caches keyed by it never mix two versions of a file."""
         return self._data_keys[task]
@@ -291,7 +296,3 @@ class CausalEvaluator:
             past = out.past_key_values
         return same_text(self.tokenizer, produced, example.completion)
 
-
-@contextlib.contextmanager
-def _nothing():
-    yield

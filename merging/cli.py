@@ -321,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--json", action="store_true", help="print JSON (the only format for now)")
     metrics.set_defaults(run=cmd_metrics)
 
-    evaluate = commands.add_parser("evaluate", help="merge, then per-task accuracy: base, single, merged")
+    evaluate = commands.add_parser(
+        "evaluate", help="merge, then per-task scores (accuracy; exact match and loss for causal LMs): base, single, merged"
+    )
     evaluate.add_argument("recipe", help="recipe file (JSON or YAML)")
     evaluate.add_argument("--json", action="store_true", help="print JSON (the only format for now)")
     evaluate.add_argument("--dtype", choices=DTYPE_CHOICES, help="overrides the recipe's dtype (auto: bfloat16 on "

@@ -28,6 +28,7 @@ exported model has one head, while a merged PEFT folder keeps every task's.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -395,6 +396,7 @@ def export_full_model(
                     if source.file is not None:
                         if source.file not in handles:
                             handles.clear()  # files are read in order: one open at a time
+                            gc.collect()  # safe_open handles unmap when collected
                             handles[source.file] = safe_open(str(source.file), framework="pt")
                         handle = handles[source.file]
                     tensors[name] = built_tensor(source, modules, out_dtype, handle)
@@ -402,6 +404,8 @@ def export_full_model(
                     weight_map[name] = file_name
                 save_file(tensors, str(staging / file_name), metadata={"format": "pt"})
                 del tensors
+                # unmap what was read: pages of a memory-mapped file count as resident until then
+                handles.clear()
             handles.clear()
             if len(shards) > 1:
                 index_data = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
