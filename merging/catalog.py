@@ -334,6 +334,17 @@ def as_scored(adapter: Adapter, entry: Entry) -> Adapter:
     return replace(adapter, meta={**adapter.meta, "task": task})
 
 
+def eval_file_texts(path: str | Path, tokenizer: Any = None) -> list[str]:
+    """The inputs of an evaluation file: a causal task's prompts (chat rows rendered with
+    `tokenizer`'s template, as the scorer renders them), or a classification file's texts."""
+    from merging.tasks import read_task_file
+    from merging.tasks.completions import file_format, read_causal_task
+
+    if file_format(path) == "classification":
+        return [text for text, _ in read_task_file(path)]
+    return [example.prompt for example in read_causal_task(path).rendered(tokenizer)]
+
+
 def task_texts(adapter: Adapter, entry: Entry, split: str = "eval", tokenizer: Any = None) -> list[str]:
     """The texts the base model reads for the task an adapter is scored on — what OSRM's
     data-parameter interference runs through it. An attached causal-LM file gives its prompts (chat
@@ -341,12 +352,7 @@ def task_texts(adapter: Adapter, entry: Entry, split: str = "eval", tokenizer: A
     its texts; both are evaluation files, so the split does not apply. Otherwise the adapter's own
     task, split exactly as when it was trained (`split` is "eval" or "train")."""
     if entry.eval_file is not None:
-        from merging.tasks import read_task_file
-        from merging.tasks.completions import file_format, read_causal_task
-
-        if file_format(entry.eval_file) == "classification":
-            return [text for text, _ in read_task_file(entry.eval_file)]
-        return [example.prompt for example in read_causal_task(entry.eval_file).rendered(tokenizer)]
+        return eval_file_texts(entry.eval_file, tokenizer)
     from merging.lab import task_data_for
 
     data = task_data_for(adapter)
@@ -367,6 +373,7 @@ class MergeInputs:
     posthoc: list[str] = field(default_factory=list)  # names of the adapters projected post-hoc
     pending_posthoc: list[int] = field(default_factory=list)  # indices still to project (resolve_inputs)
     notes: list[str] = field(default_factory=list)
+    eval_files: list[str | None] = field(default_factory=list)  # per adapter: the recipe's `eval`, if any
 
     @property
     def names(self) -> list[str]:
@@ -407,7 +414,7 @@ def resolve_inputs(
         if pending and len(adapters) >= 2:
             raise  # the projection needs the base model
         base_model = None  # a plain merge does not: the factors alone define it
-    inputs = MergeInputs(adapters, base_model, twins)
+    inputs = MergeInputs(adapters, base_model, twins, eval_files=[ref.eval for ref in recipe.adapters])
     if pending and len(adapters) < 2:
         # OSRM's rows avoid the *other* tasks' inputs: with one adapter there is nothing to avoid.
         inputs.notes.append("OSRM post-hoc needs at least two adapters: merged without projection")
@@ -420,7 +427,10 @@ def project_posthoc(inputs: MergeInputs, lab: Lab) -> MergeInputs:
     """The inputs with the pending adapters projected onto OSRM's subspace (lab: the base model)."""
     if not inputs.pending_posthoc:
         return inputs
-    projected = lab.posthoc_osrm(inputs.adapters)
+    # a task with an evaluation file (a causal LM's prompts) is avoided through that file's inputs
+    texts = [eval_file_texts(f, getattr(lab, "tokenizer", None)) if f else None for f in inputs.eval_files]
+    given = {"texts": texts} if any(t is not None for t in texts) else {}
+    projected = lab.posthoc_osrm(inputs.adapters, **given)
     pending = inputs.pending_posthoc
     return MergeInputs(
         adapters=[projected[i] if i in pending else a for i, a in enumerate(inputs.adapters)],
@@ -428,6 +438,7 @@ def project_posthoc(inputs: MergeInputs, lab: Lab) -> MergeInputs:
         twins=dict(inputs.twins),
         posthoc=[inputs.adapters[i].name for i in pending],
         notes=list(inputs.notes),
+        eval_files=list(inputs.eval_files),
     )
 
 

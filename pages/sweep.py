@@ -192,9 +192,10 @@ if (
 recipe, problem = None, None
 if names:
     try:
-        recipe = codec.recipe_from_widgets(
+        widget_recipe = codec.recipe_from_widgets(
             PREFIX, entries, ui_settings.device, with_weights=False, with_merge_settings=False
         )
+        recipe = _ui.recipe_for_run(widget_recipe, entries)  # the sidebar's base model, the attached eval files
     except (RecipeError, MethodError, ValueError) as err:
         problem = _ui.friendly_error(err)
 sweep_mode = "heatmap" if grid_mode else "curves"
@@ -218,8 +219,8 @@ elif not running and not problem:
 
 if run_clicked and recipe is not None:
     try:
-        st.query_params["recipe"] = replace(recipe, osrm=overlay_mode).to_url()
-        fallback = catalog.default_base_model(_ui.zoo())
+        st.query_params["recipe"] = replace(widget_recipe, osrm=overlay_mode).to_url()
+        fallback = ui_settings.base_model
         standard_recipe = replace(recipe, osrm="off")
         sets = [{"init": "standard", "recipe": standard_recipe,
                  "inputs": catalog.resolve_inputs(standard_recipe, _ui.load_adapter_as, fallback)}]
@@ -266,6 +267,9 @@ def _table(result: dict) -> pd.DataFrame:
                 row = {"init": init, "λ": point["weights"][0]}
             for task, task_scores in scores["tasks"].items():
                 row[task] = None if task_scores["merged"] is None else round(task_scores["merged"], 4)
+                loss = (task_scores.get("loss") or {}).get("merged")
+                if loss is not None:
+                    row[f"{task} loss"] = round(loss, 4)
             average = scores["average"]
             row["average merged"] = None if average.get("merged") is None else round(average["merged"], 4)
             row["average normalised"] = None if average.get("normalized") is None else round(average["normalized"], 4)
@@ -289,11 +293,13 @@ if result and not running:
         f"{len(next(iter(sets_done.values()))['points'])} points"
         + (" per initialisation" if len(sets_done) > 1 else "")
     )
+    first_results = next(iter(sets_done.values()))["points"][0]["results"]
+    metric = plots.metric_name(first_results)  # accuracy, or exact match for causal-LM tasks
     metric_columns = st.columns(len(sets_done) + 1)
     for column, (init, data) in zip(metric_columns, sets_done.items()):
         best = _best(data["points"])
         column.metric(
-            f"Best average merged accuracy ({init})",
+            f"Best average merged {metric} ({init})",
             f"{100 * (best['results']['average'].get('merged') or 0):.1f}%",
             help=f"at λ = {', '.join(f'{w:g}' for w in best['weights'])}",
         )
@@ -303,8 +309,10 @@ if result and not running:
     )
     if not hidden:
         st.caption(
-            "Each task is scored with the merged body and that task's own classification head. "
-            f"Stored as run{'s' if len(result['run_ids']) > 1 else ''} "
+            ("Each task is scored on its evaluation file's prompts (exact match; the completion loss is beside it). "
+             if plots.has_loss(first_results) else
+             "Each task is scored with the merged body and that task's own classification head. ")
+            + f"Stored as run{'s' if len(result['run_ids']) > 1 else ''} "
             + ", ".join(f"{run_id} ({init})" for init, run_id in result["run_ids"].items())
             + " on the Runs page."
         )
@@ -321,23 +329,35 @@ if result and not running:
                 _ui.show_figure(
                     plots.lambda_heatmap(
                         axis1, axis2, _heatmap_grid(data["points"], axis1, axis2), names=data["names"],
-                        title=f"Average merged accuracy over (λ₁, λ₂) — {init}",
-                        presentation=ui_settings.presentation,
+                        title=f"Average merged {metric} over (λ₁, λ₂) — {init}",
+                        presentation=ui_settings.presentation, metric=metric,
                     ),
                     "lambda_heatmap",
                     f"sweep_heatmap_{init}",
                 )
     else:
-        points = []
+        points, losses = [], []
         for init, data in sets_done.items():
-            points += plots.sweep_points([(p["weights"], p["results"]) for p in data["points"]], init=init)
-        figure = plots.sweep_curves(points, presentation=ui_settings.presentation)
-        _ui.show_figure(figure, "sweep_curves", "sweep_curves")
+            swept = [(p["weights"], p["results"]) for p in data["points"]]
+            points += plots.sweep_points(swept, init=init)
+            losses += plots.sweep_points(swept, init=init, score="loss")
+        figure = plots.sweep_curves(points, presentation=ui_settings.presentation, metric=metric)
+        if losses:  # causal tasks: the completion loss beside the metric
+            metric_chart, loss_chart = st.columns(2)
+            with metric_chart:
+                _ui.show_figure(figure, "sweep_curves", "sweep_curves")
+            with loss_chart:
+                _ui.show_figure(plots.sweep_curves(losses, presentation=ui_settings.presentation, metric="loss"),
+                                "sweep_curves", "sweep_loss", how_to_read="Merged completion loss per task (nats per "
+                                "token, lower is better) as λ grows; the thick black line is the average over tasks.")
+        else:
+            _ui.show_figure(figure, "sweep_curves", "sweep_curves")
     frame = _table(result)
     if hidden:
         with st.expander("Numbers"):
             _ui.show_table(frame, "sweep_results")
     else:
-        _ui.show_table(frame, "sweep_results", caption="Merged accuracy per task and point (fractions).")
+        _ui.show_table(frame, "sweep_results", caption=f"Merged {metric} per task and point (fractions)"
+                       + ("; loss in nats per completion token." if plots.has_loss(first_results) else "."))
 elif not running and not problem:
     st.info("Choose adapters and a λ range, then press Run sweep.")

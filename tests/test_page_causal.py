@@ -166,3 +166,52 @@ def test_data_parameter_interference_reads_the_attached_prompts(monkeypatch, tmp
     assert set(rows) == {"copy", "reverse"}
     for key, features in cache.items():
         assert {f.means.shape[0] for f in features.values()} == {rows[key[1]]}
+
+
+def test_a_sweep_over_causal_adapters_shows_exact_match_and_loss_as_evaluate_gives_them(
+    monkeypatch, tmp_path, built, workspace
+):
+    from merging.lab import Lab
+    from merging.lora import load_adapter
+    from merging.recipe import recipe_from_dict
+    from merging.workspace import attach_eval_file
+    from tests.conftest import wait_for_job
+
+    stored = {task: attach_eval_file(workspace, f"{task}-lora", built["evals"][task]) for task in ("copy", "reverse")}
+    at = _app(monkeypatch, tmp_path, workspace, base_model=str(built["model"])).switch_page("pages/sweep.py").run()
+    _no_exception(at)
+    assert at.multiselect(key="sweep_adapters").value == ["copy-lora", "reverse-lora"]
+    at.number_input(key="sweep_start").set_value(0.5)
+    at.number_input(key="sweep_stop").set_value(1.0)
+    at.number_input(key="sweep_points").set_value(2)
+    at.button(key="sweep_run").click().run()
+    at = wait_for_job(at, "sweep")
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    labels = [m.label for m in at.metric]
+    assert any(label.startswith("Best average merged exact match") for label in labels), labels
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any("Merged exact match over" in t for t in titles) and any("Merged loss over" in t for t in titles)
+    table = at.dataframe[0].value
+
+    # the same points from the library, on the recipe the page stored: exact match and loss per task
+    recipe = recipe_from_dict({
+        "adapters": [{"path": str(workspace / "adapters" / f"{t}-lora"), "name": f"{t}-lora",
+                      "eval": str(stored[t]), "task": t} for t in ("copy", "reverse")],
+        "base_model": str(built["model"]), "device": "cpu",
+    })
+    lab = Lab(str(built["model"]), device="cpu")
+    adapters = [load_adapter(workspace / "adapters" / f"{t}-lora") for t in ("copy", "reverse")]
+    for lam, result in lab.sweep(adapters, recipe, [[0.5, 0.5], [1.0, 1.0]]):
+        row = table[(table["λ"] == lam[0]) & (table["init"] == "standard")].iloc[0]
+        for task, scores in result.to_dict()["tasks"].items():
+            assert row[task] == round(scores["merged"], 4)
+            assert row[f"{task} loss"] == round(scores["loss"]["merged"], 4)
+    # the stored runs' recipes name the base model and the evaluation files: they re-run from the CLI
+    from merging.runs import RunStore
+
+    stored_runs = RunStore(workspace / "runs.sqlite").list(kind="sweep")
+    assert len(stored_runs) == 2  # standard and its OSRM post-hoc overlay
+    for run in stored_runs:
+        assert run.recipe["base_model"] == str(built["model"])
+        assert [a["eval"] for a in run.recipe["adapters"]] == [str(stored["copy"]), str(stored["reverse"])]

@@ -27,14 +27,25 @@ from merging.plots.values import (
 )
 
 
-def sweep_points(sweep: Iterable[tuple[Sequence[float], Any]], init: str = "standard") -> list[dict]:
+def sweep_points(
+    sweep: Iterable[tuple[Sequence[float], Any]], init: str = "standard", score: str = "metric"
+) -> list[dict]:
     """Long-format rows for ``sweep_curves`` from ``Lab.sweep`` output ``[(weights, EvaluationResult), ...]``.
 
     λ is the first weight (a uniform sweep uses λ·[1, …, 1]). Results may be EvaluationResult objects
     or their ``to_dict()``. Tasks without a merged score are left out. Where the results carry 95%
     intervals (``interval`` per task, ``average_interval``), a point gets ``low``/``high`` and the
     average over tasks comes as its own rows, with its interval (the mean of the tasks' bounds is not one).
+    `score="loss"` takes causal tasks' merged completion loss instead of the primary metric (no
+    intervals; sweep_curves averages it over tasks).
     """
+    if score == "loss":
+        return [
+            {"lambda": float(list(weights)[0]), "init": init, "task": task, "merged": loss}
+            for weights, result in sweep
+            for task, scores in _results_tasks(result.to_dict() if hasattr(result, "to_dict") else result).items()
+            if (loss := _finite((scores.get("loss") or {}).get("merged"))) is not None
+        ]
     points = []
     for weights, result in sweep:
         data = result.to_dict() if hasattr(result, "to_dict") else result
@@ -73,11 +84,15 @@ def _records(points: Any) -> list[dict]:
 )
 def sweep_curves(
     points: Any,
-    title: str = "Merged accuracy over the merge coefficient λ",
+    title: str | None = None,
     x_title: str = "λ (merge coefficient, same for every adapter; unitless)",
     presentation: bool = False,
+    metric: str = "accuracy",
 ) -> go.Figure:
     """Merged accuracy per task over λ, standard vs OSRM overlaid.
+
+    ``metric`` names what ``merged`` holds: a fraction ("accuracy", "exact match": percent axis) or
+    "loss" (a causal task's completion loss in nats: a plain axis, lower is better).
 
     ``points``: a list of dicts or a DataFrame in long format, one row per (λ, init, task), columns
     ``lambda`` (float), ``init`` (``"standard"``, ``"osrm"``, ``"osrm-cov"``, or any label), ``task``
@@ -87,6 +102,9 @@ def sweep_curves(
     Colour = task (the average is thick black), dash and marker = init (solid circle = standard,
     dashed square = OSRM), so both are readable without colour.
     """
+    is_loss = metric == "loss"
+    title = title or f"Merged {metric} over the merge coefficient λ"
+    value_format = "%{y:.4f}" if is_loss else "%{y:.2%}"
     rows = [
         r for r in _records(points)
         if _finite(r.get("merged")) is not None and _finite(r.get("lambda")) is not None
@@ -127,7 +145,7 @@ def sweep_curves(
                 x=lambdas, y=[values[lam] for lam in lambdas], mode="lines+markers",
                 line={"color": colour, "dash": style["dash"], "width": 4 if task == "average" else 2},
                 marker={"color": colour, "symbol": style["symbol"], "size": 7},
-                hovertemplate=f"{task} ({init})<br>λ = %{{x:g}}<br>merged accuracy: %{{y:.2%}}<extra></extra>",
+                hovertemplate=f"{task} ({init})<br>λ = %{{x:g}}<br>merged {metric}: {value_format}<extra></extra>",
             )
             known = bounds.get((task, init), {})
             if known:
@@ -139,12 +157,15 @@ def sweep_curves(
                 }
                 trace.customdata = [[None, None] if b is None else list(b) for b in spans]
                 trace.hovertemplate = (
-                    f"{task} ({init})<br>λ = %{{x:g}}<br>merged accuracy: %{{y:.2%}}"
+                    f"{task} ({init})<br>λ = %{{x:g}}<br>merged {metric}: {value_format}"
                     "<br>95% interval: %{customdata[0]:.1%}–%{customdata[1]:.1%}<extra></extra>"
                 )
             fig.add_trace(trace)
+    if is_loss:
+        fig.update_yaxes(rangemode="tozero")
+        return _style(fig, title, presentation, x_title=x_title, y_title="Merged loss (nats per token, lower is better)")
     _accuracy_axis(fig)
-    return _style(fig, title, presentation, x_title=x_title, y_title="Merged accuracy (%)")
+    return _style(fig, title, presentation, x_title=x_title, y_title=f"Merged {metric} (%)")
 
 
 @explained(
@@ -158,8 +179,9 @@ def lambda_heatmap(
     names: Sequence[str] = ("adapter 1", "adapter 2"),
     title: str = "Average merged accuracy over (λ₁, λ₂)",
     presentation: bool = False,
+    metric: str = "accuracy",
 ) -> go.Figure:
-    """λ₁ × λ₂ heatmap of average merged accuracy: ``grid[i][j]`` is the value at λ₁ = lambdas1[i] (rows)
+    """λ₁ × λ₂ heatmap of average merged accuracy (or `metric`, e.g. "exact match"): ``grid[i][j]`` is the value at λ₁ = lambdas1[i] (rows)
     and λ₂ = lambdas2[j] (columns); ``names`` are the two adapters the coefficients weigh.
 
     The colour range is fitted to the data (differences between λ pairs are often a few points, which a
@@ -183,9 +205,9 @@ def lambda_heatmap(
         go.Heatmap(
             z=z, x=x, y=y, zmin=low, zmax=high, colorscale=SEQUENTIAL,
             text=text, texttemplate="%{text}",
-            colorbar={"title": {"text": "avg accuracy"}, "tickformat": ".0%"},
+            colorbar={"title": {"text": f"avg {metric}"}, "tickformat": ".0%"},
             hovertemplate=f"λ₁ ({names[0]}) = %{{y:g}}<br>λ₂ ({names[1]}) = %{{x:g}}"
-            "<br>average accuracy: %{z:.2%}<extra></extra>",
+            f"<br>average {metric}: %{{z:.2%}}<extra></extra>",
         )
     )
     # On category axes a cell spans index ± 0.5.
