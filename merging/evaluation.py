@@ -145,7 +145,8 @@ def updates_applied(
     the model's own; restore the exact originals on exit, so one loaded model serves every body.
 
     The sum is taken in float32 and cast once, so a bfloat16 base gets W + ΔW rounded once rather
-    than ΔW rounded first. A tied embedding (embed_tokens ≡ lm_head) is one tensor: a carried copy
+    than ΔW rounded first. At any time one module's ΔW is dense; the originals of the updated
+    weights are kept in host memory (on the CPU they are a second copy of those weights). A tied embedding (embed_tokens ≡ lm_head) is one tensor: a carried copy
     written through either name changes both, as tying means.
     """
     layers = updatable_modules(model) if layers is None else layers
@@ -153,7 +154,10 @@ def updates_applied(
     saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by tensor identity: tied ones once
 
     def keep(tensor: torch.Tensor) -> None:
-        saved.setdefault(id(tensor), (tensor, tensor.detach().clone()))
+        # On a GPU the originals wait in host memory: the GPU holds one copy of the base (a 7B
+        # model with every projection adapted would otherwise need its weights twice there).
+        if id(tensor) not in saved:
+            saved[id(tensor)] = (tensor, tensor.detach().to("cpu", copy=True))
 
     try:
         with torch.no_grad():

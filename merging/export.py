@@ -188,7 +188,7 @@ def base_tensors(folder: Path) -> dict[str, Source]:
     for path in weight_files(folder):
         try:
             with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                     piece = handle.get_slice(key)
                     dtype = _SAFE_DTYPES.get(piece.get_dtype())
                     if dtype is None:

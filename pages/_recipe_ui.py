@@ -61,7 +61,7 @@ def adapter_param_key(prefix: str, method: str, adapter: str, name: str) -> str:
 
 
 def carry_key(prefix: str) -> str:
-    """Recipe fields with no widget (overrides, base_model, dtype): kept as they came, and said so."""
+    """Recipe fields with no widget (overrides, base_model, dtype, modules_to_save): kept as they came, and said so."""
     return f"{prefix}_carry"
 
 
@@ -172,6 +172,7 @@ class Carry:
     overrides: tuple[WeightOverride, ...] = ()
     base_model: str | None = None
     dtype: str = "auto"
+    modules_to_save: str = "average"
 
     def describe(self) -> str:
         parts = []
@@ -181,6 +182,8 @@ class Carry:
             parts.append(f"base model `{self.base_model}`")
         if self.dtype != "auto":
             parts.append(f"dtype {self.dtype}")
+        if self.modules_to_save != "average":
+            parts.append(f"carried modules_to_save: {self.modules_to_save}")
         return ", ".join(parts)
 
 
@@ -226,7 +229,7 @@ def recipe_from_widgets(
     recipe = Recipe(
         adapters=tuple(refs), method=method.name, parameters=parameters, device=device,
         osrm=state.get(f"{prefix}_osrm", "off"), base_model=carry.base_model, dtype=carry.dtype,
-        overrides=overrides, **fields,
+        modules_to_save=carry.modules_to_save, overrides=overrides, **fields,
     )
     return Recipe.from_dict(recipe.to_dict())  # the one validation every recipe goes through
 
@@ -283,7 +286,7 @@ def widgets_from_recipe(
     if overrides and len(names) != len(recipe.adapters):
         warnings.append("The recipe's per-module weight overrides were left out: they need every adapter it lists.")
         overrides = ()
-    state[carry_key(prefix)] = Carry(overrides, recipe.base_model, recipe.dtype)
+    state[carry_key(prefix)] = Carry(overrides, recipe.base_model, recipe.dtype, recipe.modules_to_save)
     if with_merge_settings:
         state[f"{prefix}_exact"] = recipe.rank is None
         if recipe.rank is not None:

@@ -193,6 +193,15 @@ def test_a_hub_id_is_found_in_the_cache_that_hf_hub_cache_names(tmp_path, monkey
     assert resolve_model_source("acme/other").parent.parent.name == "models--acme--other"
 
 
+def test_no_spec_and_the_demos_names_give_the_packaged_minilm():
+    from merging.models import DEMO_MODEL_ID, demo_model_dir
+    from merging.zoo import DEMO_BASE_MODEL
+
+    folder = demo_model_dir()
+    assert resolve_model_source(None) == resolve_model_source(DEMO_MODEL_ID) == resolve_model_source(DEMO_BASE_MODEL) == folder
+    assert model_kind(folder) == "classification"
+
+
 def test_a_missing_model_names_the_folder_and_the_cache_searched(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -316,7 +325,7 @@ def test_a_carried_lm_head_of_a_tied_gpt2_serves_both_names_in_place(tmp_path):
     peft_adapter("gpt2", tmp_path / "a", seed=30, modules_to_save=["lm_head"])
     adapter = load_adapter(tmp_path / "a")
     assert set(adapter.saved_modules) == {"lm_head.weight"}
-    base, tokenizer = tiny_gpt2()
+    base, _ = tiny_gpt2()
     embedding = base.transformer.wte.weight
     original = embedding.detach().clone()
     with updates_applied(base, adapter.modules, adapter.saved_modules):
