@@ -28,6 +28,7 @@ BENCHMARKS = {
     "peft_compare": "mergescope vs PEFT (same adapters, same process)",
     "scale": "Scale: Llama-2-7B-shaped adapters, TIES to rank 16",
     "latency": "Interactive latency on the demo zoo",
+    "causal_scoring": "Causal-LM scoring vs a plain forward",
 }
 
 PROBE = r"""

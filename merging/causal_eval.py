@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn

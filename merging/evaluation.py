@@ -5,6 +5,14 @@ updates, and task t is always scored with task t's head (the `modules_to_save` t
 adapter trained on t). Updates are added to the base weights in place and the original weights
 are restored exactly afterwards, so one loaded model serves every evaluation without a deep copy.
 Tokenised evaluation sets and the base model's accuracies are cached.
+
+A scorer is an object per model kind with one interface (`kind`, `metric`, `eval_sets`,
+`data_key`, `tally`, `base_tally`, `baseline`, `truncated`, `add_task_file`): `Evaluator` here
+scores classification (accuracy), `merging.causal_eval.CausalEvaluator` causal LMs (exact match,
+with the completion loss beside it). Both count a `Tally` per part of a task, and tallies add up, so
+`evaluate_merge` — the preview part first, the merged-score cache by the body's fingerprint, λ = 0
+answered from the base model's scores — is one code path for both kinds; the Lab picks the scorer
+(merging.lab.make_scorer) and nothing else asks which kind it holds.
 """
 
 from __future__ import annotations
@@ -12,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -52,7 +60,7 @@ class Tally:
     nll: float = 0.0
     tokens: int = 0
 
-    def __add__(self, other: "Tally") -> "Tally":
+    def __add__(self, other: Tally) -> Tally:
         return Tally(self.correct + other.correct, self.scored + other.scored, self.nll + other.nll, self.tokens + other.tokens)
 
     @property

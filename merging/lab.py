@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -107,7 +107,7 @@ class Lab:
         self._setup(base_model, model, tokenizer, model_kind(model.config), device, max_length)
 
     @classmethod
-    def with_model(cls, model, tokenizer, kind: str, device: str = "cpu", max_length: int | None = None, name: str = "") -> "Lab":
+    def with_model(cls, model, tokenizer, kind: str, device: str = "cpu", max_length: int | None = None, name: str = "") -> Lab:
         """A lab around a model already in memory (tests, benchmarks)."""
         lab = cls.__new__(cls)
         lab._setup(name or getattr(model, "name_or_path", ""), model, tokenizer, kind, resolve_device(device), max_length)

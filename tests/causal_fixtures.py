@@ -60,8 +60,11 @@ def save_base(kind: str, folder: Path) -> Path:
     return save_model_folder(model, tokenizer, folder)
 
 
-def train_adapter(kind: str, base_folder: Path, task: str, out: Path, steps: int = 60, seed: int = 0) -> Path:
-    """Train a rank-4 LoRA on `task` for `steps` full-batch Adam steps; save the PEFT folder."""
+def train_adapter(
+    kind: str, base_folder: Path, task: str, out: Path, steps: int = 60, seed: int = 0, modules_to_save=None
+) -> Path:
+    """Train a rank-4 LoRA on `task` for `steps` full-batch Adam steps (and whole copies of
+    `modules_to_save`, e.g. ["lm_head"]); save the PEFT folder."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base_folder), dtype=torch.float32)
     from transformers import AutoTokenizer
@@ -69,7 +72,7 @@ def train_adapter(kind: str, base_folder: Path, task: str, out: Path, steps: int
     tokenizer = AutoTokenizer.from_pretrained(str(base_folder))
     config = LoraConfig(
         r=4, lora_alpha=8, target_modules=TARGETS[kind], lora_dropout=0.0,
-        fan_in_fan_out=kind == "gpt2", init_lora_weights=True,
+        fan_in_fan_out=kind == "gpt2", init_lora_weights=True, modules_to_save=modules_to_save,
     )
     peft_model = get_peft_model(model, config)
     rows = task_rows(task)
@@ -111,10 +114,23 @@ def lora_updates(folder: Path) -> dict[str, torch.Tensor]:
     return updates
 
 
-def model_with_updates(base_folder: Path, adapters: list[Path], weights: list[float]):
-    """A plain transformers model with W + Σ wᵢ·ΔWᵢ written into its weights."""
+def saved_whole_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The modules_to_save tensors PEFT wrote, by the base model's parameter name."""
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    return {
+        key.removeprefix("base_model.model.").replace(".modules_to_save.default", ""): tensor
+        for key, tensor in tensors.items()
+        if ".lora_" not in key
+    }
+
+
+def model_with_updates(base_folder: Path, adapters: list[Path], weights: list[float], whole: dict | None = None):
+    """A plain transformers model with W + Σ wᵢ·ΔWᵢ written into its weights (and the `whole`
+    tensors, by parameter name, copied over the base's)."""
     model = AutoModelForCausalLM.from_pretrained(str(base_folder), dtype=torch.float32).eval()
     with torch.no_grad():
+        for key, tensor in (whole or {}).items():
+            model.get_parameter(key).copy_(tensor)
         for folder, weight in zip(adapters, weights):
             for name, delta in lora_updates(folder).items():
                 layer = model.get_submodule(name)

@@ -16,9 +16,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from causal_fixtures import (
+    TASKS,
+    hand_loss_and_greedy,
+    model_with_updates,
+    save_base,
+    task_rows,
+    train_adapter,
+    write_jsonl,
+)
 from torch import nn
 
-from causal_fixtures import TASKS, hand_loss_and_greedy, model_with_updates, save_base, task_rows, train_adapter, write_jsonl
 from merging.causal_eval import CausalEvalSet, CausalEvaluator, could_still_match
 from merging.evaluation import EvaluationError, evaluate_merge
 from merging.lab import Lab
@@ -313,3 +321,37 @@ def test_the_scoring_benchmark_runs_and_measures_the_same_scores_as_the_scorer(t
     data = json.loads((tmp_path / "r.json").read_text())["data"]
     assert data["ratio"] > 0 and math.isfinite(data["loss"]) and data["tokens"] <= data["padded_tokens"]
     assert result["targets"][0]["name"] == "scoring cost"
+
+
+def test_an_adapters_trained_lm_head_is_scored_with_it_single_and_merged(tmp_path):
+    from causal_fixtures import saved_whole_tensors
+
+    base = save_base("llama", tmp_path / "base")
+    with_head = train_adapter("llama", base, "next", tmp_path / "next-head", steps=30, modules_to_save=["lm_head"])
+    plain = train_adapter("llama", base, "previous", tmp_path / "previous", steps=30)
+    whole = saved_whole_tensors(with_head)
+    assert set(whole) == {"lm_head.weight"}
+    lab = Lab(str(base), device="cpu")
+    refs = (AdapterRef(path=str(with_head), name="next", eval=str(write_jsonl(tmp_path / "next.jsonl", task_rows("next")))),
+            AdapterRef(path=str(plain), name="previous", eval=str(write_jsonl(tmp_path / "previous.jsonl", task_rows("previous")))))
+    adapters = [load_adapter(with_head, name="next"), load_adapter(plain, name="previous")]
+    run = lab.merge_and_evaluate(adapters, Recipe(adapters=refs, device="cpu"))
+    scores = run.evaluation.tasks["next"]
+    single, _ = hand_loss_and_greedy(model_with_updates(base, [with_head], [1.0], whole), lab.tokenizer, task_rows("next"))
+    # the merged body carries the one copy there is (merging.merge.carry_saved_modules)
+    merged, _ = hand_loss_and_greedy(model_with_updates(base, [with_head, plain], [1.0, 1.0], whole), lab.tokenizer, task_rows("next"))
+    without, _ = hand_loss_and_greedy(model_with_updates(base, [with_head], [1.0]), lab.tokenizer, task_rows("next"))
+    assert scores.loss["single"] == pytest.approx(single, rel=1e-4) and scores.loss["merged"] == pytest.approx(merged, rel=1e-4)
+    assert abs(single - without) > 1e-3  # the trained lm_head matters: leaving it out would be seen
+
+
+def test_rows_of_different_lengths_batched_together_score_as_they_do_one_by_one(setting, tmp_path):
+    rows = [{"prompt": "next " + " ".join("1" * n) + " =", "completion": " " + " ".join("2" * (1 + n % 3))} for n in range(1, 9)]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    refs = (AdapterRef(path=str(setting.adapters["next"]), name="next", eval=str(path)),)
+    run = setting.lab.merge_and_evaluate(_loaded(setting)[:1], Recipe(adapters=refs, device="cpu"))
+    scores = run.evaluation.tasks["mixed"]
+    for body, folders in (("base", []), ("single", [setting.adapters["next"]])):
+        loss, exact = hand_loss_and_greedy(model_with_updates(setting.base, folders, [1.0] * len(folders)), setting.lab.tokenizer, rows)
+        assert scores.loss[body] == pytest.approx(loss, rel=1e-4), body
+        assert getattr(scores, body) == exact, body
