@@ -14,6 +14,7 @@ Interference page keys its own cache.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,9 +38,11 @@ class Readiness:
 
     @property
     def done(self) -> bool:
-        return all(value == "ready" or value.startswith("failed") for value in self.state.values())
+        return all(value in ("ready", "off") or value.startswith("failed") for value in self.state.values())
 
     def line(self) -> str:
+        if all(value == "off" for value in self.state.values()):
+            return "server warm-up off (MERGESCOPE_WARM_UP=0)"
         marks = {"ready": "✓", "waiting": "…", "running": "⏳"}
         return " · ".join(f"{marks.get(v, '✗')} {k}" + ("" if v in marks else f" ({v})") for k, v in self.state.items())
 
@@ -123,6 +126,13 @@ def _warm(readiness: Readiness, lab, base_model: str, entries: list[Entry], adap
         readiness.seconds = time.perf_counter() - readiness.started
 
 
+def enabled() -> bool:
+    """MERGESCOPE_WARM_UP=0 turns the server's warm-up off (tests that want pages as a cold start)."""
+    return os.environ.get("MERGESCOPE_WARM_UP", "1") != "0"
+
+
 def start(device: str) -> Readiness:
     """Start the warm-up once per server (and device); the readiness of the one running."""
+    if not enabled():
+        return Readiness(state=dict.fromkeys(STEPS, "off"), seconds=0.0)
     return _started(str(_ui.zoo_folder()), device)

@@ -20,7 +20,7 @@ import streamlit as st
 from merging import catalog, metrics, plots
 from merging.evaluation import cross_task_matrix
 from merging.lora import Adapter
-from pages import _ui
+from pages import _ui, _warm
 
 FEATURES_JOB = "interference_features"
 CROSS_JOB = "interference_cross"
@@ -112,9 +112,8 @@ if len(names) < 2:
 
 
 def _version(entry: _ui.Entry) -> tuple[str, float]:
-    """(path, weights mtime): the same key `_ui.load_adapter_cached` uses, so edits invalidate caches."""
-    weights = entry.path / "adapter_model.safetensors"
-    return str(entry.path), (weights.stat().st_mtime if weights.exists() else 0.0)
+    """(path, weights mtime): the same key `_ui.load_adapter_cached` (and the warm-up) use."""
+    return _warm.version_of(entry)
 
 
 chosen = [_ui.entry_by_name(entries, n) for n in names]
@@ -272,7 +271,10 @@ for column, view in zip(_columns(), good):
         _heading(view)
         rates = {k: v["sign_conflict_rate"] for k, v in view["metrics"]["layers"].items()}
         title = "Sign conflicts per layer" + (f" (density {density:g})" if density < 1.0 else "")
-        _ui.show_figure(plots.sign_conflicts_by_layer(rates, title=title, presentation=presentation),
+        count = len(view["names"])
+        chance = metrics.chance_sign_conflict_rate(count, float(density))  # for this many adapters, this trim
+        _ui.show_figure(plots.sign_conflicts_by_layer(rates, chance=chance, adapters=count, title=title,
+                                                      presentation=presentation),
                         "sign_conflicts_by_layer", f"interference_signs_{view['key']}")
 
 # ----------------------------------------------------------------------------------------------
@@ -391,17 +393,25 @@ else:
     if state.get("interference_features_error"):
         st.error(state["interference_features_error"])
     if not need:
+        matrices: dict[str, object] = {}
+        for view in good:
+            key = (base_model, split, samples, targets, inputs, view["versions"])
+            try:
+                if key not in dpi_cache:
+                    features = {a.task: _cached_features(a.task) for a in view["adapters"]}
+                    dpi_cache[key] = metrics.interference_by_layer(view["adapters"], features, inputs)
+                matrices[view["key"]] = dpi_cache[key].get(layer_choice)
+            except Exception as err:
+                matrices[view["key"]] = err
+        # One colour scale for the standard and the OSRM heatmap, so equal colours mean equal ratios.
+        shared = plots.interference_decades(*[m for m in matrices.values() if m is not None
+                                              and not isinstance(m, Exception)])
         for column, view in zip(_columns(), good):
             with column:
                 _heading(view)
-                key = (base_model, split, samples, targets, inputs, view["versions"])
-                try:
-                    if key not in dpi_cache:
-                        features = {a.task: _cached_features(a.task) for a in view["adapters"]}
-                        dpi_cache[key] = metrics.interference_by_layer(view["adapters"], features, inputs)
-                    matrix = dpi_cache[key].get(layer_choice)
-                except Exception as err:
-                    st.error(_ui.friendly_error(err))
+                matrix = matrices[view["key"]]
+                if isinstance(matrix, Exception):
+                    st.error(_ui.friendly_error(matrix))
                     continue
                 if matrix is None:
                     st.info(f"These adapters adapt nothing in layer {layer_choice}.")
@@ -409,7 +419,7 @@ else:
                 where = "mean over all layers" if layer_choice == "all" else f"layer {layer_choice}"
                 figure = plots.interference_heatmap(
                     matrix, _row_labels(view["adapters"]), view["names"],
-                    title=f"Data-parameter interference — {where}", presentation=presentation,
+                    title=f"Data-parameter interference — {where}", presentation=presentation, decades=shared,
                 )
                 _ui.show_figure(figure, "interference_heatmap", f"interference_dpi_{view['key']}")
     elif not running:
@@ -423,6 +433,9 @@ st.subheader("Cross-task accuracy")
 st.caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
            "off-diagonal mean each adapter helps only its own task.")
 cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, versions) → cross_task_matrix
+# The server's warm-up scored the default sets already (pages/_warm.py): every session starts with them.
+for warm_key, warm_matrix in list(_warm.cross_task_results().items() if _warm.enabled() else ()):
+    cross_cache.setdefault(warm_key, warm_matrix)
 
 
 def _cross_work(lab, jobs: list[tuple[tuple, list[Adapter]]]):

@@ -26,7 +26,6 @@ from pages import _ui
 
 JOB = "merge"
 PREFIX = "merge"
-ENERGY_TOLERANCE = 1e-6  # an exact-rank merge's energy_kept is 1 up to float32 rounding
 ui_settings = _ui.settings()
 all_entries = _ui.catalog(ui_settings.workspace, include_broken=True)
 entries = catalog.usable(all_entries)
@@ -334,9 +333,7 @@ if last:
     else:
         _ui.show_table(frame, "merge_results")
     summary = results["merge"]
-    # Exact-rank merges report energy_kept like 1.0000000787 or 0.99999989: float noise, not truncation.
-    truncated = [m for m in summary["modules"].values() if min(float(m["energy_kept"]), 1.0) < 1.0 - ENERGY_TOLERANCE]
-    if truncated:
+    if plots.rank_truncated(summary):  # within float rounding of 1 everywhere: nothing was truncated
         _ui.show_figure(plots.energy_kept(summary, presentation=ui_settings.presentation), "energy_kept", "merge_energy")
     if results.get("orthogonalize"):
         curves = {name: report["loss"] for name, report in results["orthogonalize"].items()}

@@ -22,10 +22,17 @@ st.title("Runs")
 
 try:
     store = _ui.run_store(ui_settings.workspace)
-    records = store.list()
+    listing = store.read()
+    records = listing.records
 except (OSError, sqlite3.Error) as err:
     st.error(f"The run store in {ui_settings.workspace} could not be opened: {err}")
     st.stop()
+if listing.skipped:
+    st.warning(
+        f"{len(listing.skipped)} stored row(s) could not be read back and are not listed: "
+        + "; ".join(f"row {row.id}: {row.reason}" for row in listing.skipped[:10])
+        + (" …" if len(listing.skipped) > 10 else "")
+    )
 
 flash = st.session_state.pop("runs_flash", None)
 if flash:

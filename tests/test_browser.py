@@ -112,7 +112,7 @@ def assert_page_matches_cli(page, cli: dict) -> None:
     assert set(cli["tasks"]) == set(KEPT)
     assert set(table) == set(KEPT)
     for task, scores in cli["tasks"].items():
-        for role, trace in (("base", "base model"), ("single", "single adapter"), ("merged", "merged")):
+        for role, trace in (("base", "base body + task head"), ("single", "single adapter"), ("merged", "merged")):
             assert chart[trace][task] == scores[role], (task, role, chart[trace][task], scores[role])
             assert table[task][role] == round(scores[role], 4), (task, role)
         assert table[task]["normalized"] == round(scores["normalized"], 4), task
@@ -190,7 +190,7 @@ def test_ties_with_one_lowered_lambda_shows_the_cli_numbers_then_osrm_switches_t
             run_and_wait(page, 2)
             body = page.inner_text("body")
             twins = ", ".join(f"{task}-osrm" for task in KEPT)
-            assert f"OSRM: merged the OSRM-initialised twins {twins}." in body
+            assert f"OSRM: merged the OSRM-initialised twins {twins} —" in body
             osrm = cli_result(cli_runs["osrm"])
             assert_page_matches_cli(page, osrm)
             # the switch took: other adapters, other merged accuracies

@@ -164,6 +164,16 @@ def test_evaluation_json_intervals_feed_the_whiskers():
     assert EvaluationResult(evaluation.tasks, preview=True).to_dict()["tasks"]["a"]["interval"] is None
 
 
+def test_energy_kept_is_clamped_and_exact_merges_count_as_not_truncated():
+    from merging.plots import rank_truncated
+
+    exact = {"modules": {"q": {"energy_kept": 1.0000000787}, "v": {"energy_kept": 0.99999989}}}
+    assert not rank_truncated(exact)  # float rounding of an exact-rank merge, not a rank cut
+    assert rank_truncated({"modules": {"q": {"energy_kept": 1.0000000787}, "v": {"energy_kept": 0.97}}})
+    fig = energy_kept(exact)
+    assert list(fig.data[0].y) == [1.0, 0.99999989]  # never drawn above 100%
+
+
 def test_accuracy_delta_in_points_and_coloured_by_sign():
     fig = accuracy_delta(result(0.85, 0.5), result(0.8, 0.6))
     (bar,) = fig.data

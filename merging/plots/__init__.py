@@ -46,7 +46,14 @@ from merging.plots.interference import (
     overlap_heatmap,
     sign_conflicts_by_layer,
 )
-from merging.plots.merge import accuracy_bars, accuracy_delta, cosine_before_after, energy_kept, orthogonalize_loss
+from merging.plots.merge import (
+    accuracy_bars,
+    accuracy_delta,
+    cosine_before_after,
+    energy_kept,
+    orthogonalize_loss,
+    rank_truncated,
+)
 from merging.plots.runs import runs_comparison
 from merging.plots.values import has_loss, metric_name, results_rows
 from merging.plots.style import (
@@ -73,6 +80,7 @@ __all__ = [
     "accuracy_bars",
     "accuracy_delta",
     "energy_kept",
+    "rank_truncated",
     "orthogonalize_loss",
     "cosine_before_after",
     "magnitude_variance_by_layer",

@@ -228,6 +228,22 @@ def accuracy_delta(
     return fig
 
 
+ENERGY_TOLERANCE = 1e-6  # exact-rank merges report energy_kept of 1 ± float32 rounding (1.0000000787, 0.99999989)
+
+
+def rank_truncated(summary: Mapping, tolerance: float = ENERGY_TOLERANCE) -> bool:
+    """Whether any module lost energy to the rank cut (so the energy-kept chart has something to say)."""
+    modules = summary.get("modules", summary) if isinstance(summary, Mapping) else {}
+    kept = [_energy(info.get("energy_kept")) for info in modules.values() if isinstance(info, Mapping)]
+    return any(value is not None and value < 1.0 - tolerance for value in kept)
+
+
+def _energy(value: Any) -> float | None:
+    """A kept-energy fraction, clamped to ≤ 1: exact merges report 1.0000000787 (float rounding)."""
+    number = _finite(value)
+    return None if number is None else min(number, 1.0)
+
+
 @explained(
     "Share of each module's merged update ‖ΔW‖²_F kept after rank truncation: "
     "100% means the rank cut lost nothing, low bars mark modules where the chosen rank is too small."
@@ -255,7 +271,7 @@ def energy_kept(
     y_title = "Energy kept (% of ‖ΔW‖²_F)"
     if by == "module":
         names = list(modules)
-        values = [_finite(modules[n].get("energy_kept")) for n in names]
+        values = [_energy(modules[n].get("energy_kept")) for n in names]
         fig.add_trace(
             go.Bar(
                 name="energy kept",
@@ -272,7 +288,7 @@ def energy_kept(
     else:
         groups: dict[str, list[tuple[float, Any]]] = {}
         for name, info in modules.items():
-            value = _finite(info.get("energy_kept"))
+            value = _energy(info.get("energy_kept"))
             if value is not None:
                 groups.setdefault(_layer_label(layer_of(name)), []).append((value, info.get("rank")))
         layers = sorted(groups, key=_layer_order)
