@@ -215,3 +215,12 @@ def test_a_sweep_over_causal_adapters_shows_exact_match_and_loss_as_evaluate_giv
     for run in stored_runs:
         assert run.recipe["base_model"] == str(built["model"])
         assert [a["eval"] for a in run.recipe["adapters"]] == [str(stored["copy"]), str(stored["reverse"])]
+
+    # the Runs page names the metric and draws the loss beside it, for the comparison and the sweep
+    at.switch_page("pages/runs.py").run()
+    _no_exception(at)
+    assert set(at.dataframe[0].value["metric"]) == {"exact match"}
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any("Merged exact match of the selected runs" in t for t in titles), titles
+    assert any("Merged loss of the selected runs" in t for t in titles), titles
+    assert any("Merged exact match over" in t for t in titles) and any("Merged loss over" in t for t in titles)
