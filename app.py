@@ -17,6 +17,7 @@ from pages import _ui, _warm
 from pages._ui import (
     DEFAULT_WORKSPACE,
     OTHER_BASE_MODEL,
+    apply_pending_base_model,
     base_model_options,
     base_model_status,
     chosen_base_model,
@@ -60,6 +61,7 @@ with st.sidebar:
         key="workspace",
         help="Holds imported and trained adapters and the run store (runs.sqlite).",
     )
+    apply_pending_base_model()  # Reopen in Merge of a run on another base model
     options = base_model_options(Path(st.session_state.get("workspace", str(DEFAULT_WORKSPACE))).expanduser())
     if st.session_state.get("base_model") not in options:  # a new workspace lists other models
         st.session_state["base_model"] = default_base_model()

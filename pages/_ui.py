@@ -100,6 +100,33 @@ def recipe_for_run(recipe, entries: list[Entry]):
     return with_eval_files(with_base_model(recipe, chosen_base_model(), zoo_base_model(zoo())), entries)
 
 
+def choose_base_model_of(recipe) -> None:
+    """Make the sidebar show the base model a recipe runs on (Reopen in Merge of a run made on
+    another model): the recipe's `base_model`, else the one its adapters name."""
+    from merging.catalog import entry_for, same_base_model
+
+    wanted = recipe.base_model
+    if not wanted:
+        every = adapter_catalog(settings().workspace, zoo())
+        found = [entry_for(every, ref.name, ref.path) for ref in recipe.adapters]
+        wanted = next((e.base_model for e in found if e is not None and e.base_model), None)
+    if not wanted or same_base_model(wanted, chosen_base_model()):
+        return
+    options = base_model_options(settings().workspace)
+    listed = next((o for o in options if o != OTHER_BASE_MODEL and same_base_model(o, wanted)), None)
+    # the sidebar's widgets are drawn already in this run: app.py applies the choice on the next one
+    st.session_state["_base_model_pending"] = (listed or OTHER_BASE_MODEL, None if listed else wanted)
+
+
+def apply_pending_base_model() -> None:
+    """Before the sidebar draws its chooser: take a choice made by choose_base_model_of."""
+    pending = st.session_state.pop("_base_model_pending", None)
+    if pending:
+        st.session_state["base_model"] = pending[0]
+        if pending[1] is not None:
+            st.session_state["base_model_other"] = pending[1]
+
+
 def chosen_base_model() -> str:
     """The sidebar's base model: a listed one, or the folder / Hub id typed in under "another"."""
     state = st.session_state

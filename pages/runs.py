@@ -215,7 +215,9 @@ record = by_id[detail_id]
 if st.button("Reopen in Merge", key="runs_reopen", type="primary",
              help="Open the Merge page with this run's recipe (a sweep: its best point); a link to it can be shared."):
     recipe, problem = _recipe(record)
-    known = {e.name for e in _ui.catalog(ui_settings.workspace)}
+    if recipe is not None:
+        _ui.choose_base_model_of(recipe)  # the run's base model in the sidebar, so its adapters are listed
+    known = {e.name for e in _ui.catalog(ui_settings.workspace, every_base_model=True)}
     if recipe is None:
         st.error(f"This run's recipe cannot be read: {problem}")
     elif not any(n in known for n in _names(record)):

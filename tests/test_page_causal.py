@@ -224,3 +224,22 @@ def test_a_sweep_over_causal_adapters_shows_exact_match_and_loss_as_evaluate_giv
     assert any("Merged exact match of the selected runs" in t for t in titles), titles
     assert any("Merged loss of the selected runs" in t for t in titles), titles
     assert any("Merged exact match over" in t for t in titles) and any("Merged loss over" in t for t in titles)
+
+
+def test_reopening_a_causal_run_in_merge_switches_the_sidebar_to_its_base_model(monkeypatch, tmp_path, built, workspace):
+    from merging.runs import RunStore
+    from merging.workspace import attach_eval_file
+
+    stored = attach_eval_file(workspace, "copy-lora", built["evals"]["copy"])
+    recipe = {"adapters": [{"path": str(workspace / "adapters" / "copy-lora"), "name": "copy-lora", "weight": 0.5,
+                            "eval": str(stored), "task": "copy"}], "method": "task_arithmetic", "device": "cpu"}
+    run_id = RunStore(workspace / "runs.sqlite").add(recipe, {"tasks": {}, "average": {}}, {}, "cpu", 0.1)
+    at = _app(monkeypatch, tmp_path, workspace).switch_page("pages/runs.py").run()  # the sidebar on MiniLM
+    _no_exception(at)
+    assert at.selectbox(key="base_model").value == DEMO_BASE_MODEL
+    at.selectbox(key="runs_detail").set_value(run_id).run()
+    at.button(key="runs_reopen").click().run()
+    _no_exception(at)
+    assert at.selectbox(key="base_model").value == str(built["model"])  # named by the adapter's config
+    assert at.multiselect(key="merge_adapters").value == ["copy-lora"]
+    assert at.slider(key="weight:copy-lora").value == 0.5
