@@ -300,7 +300,7 @@ if last:
                         "merge_accuracy")
     if compared:
         _ui.show_figure(
-            plots.accuracy_delta(results, compared["results"], title=f"Change in merged accuracy vs {compared_name}",
+            plots.accuracy_delta(results, compared["results"], title=f"Change in merged {metric} vs {compared_name}",
                                  presentation=ui_settings.presentation),
             "accuracy_delta",
             "merge_delta",
