@@ -151,6 +151,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = run.evaluation.to_dict()
     results["merge_seconds"] = round(run.merged.seconds, 4)
     results["device"] = str(lab.device)
+    from merging.models import peak_memory
+
+    results["dtype"] = str(next(lab.model.parameters()).dtype).removeprefix("torch.")
+    results["memory"] = peak_memory(lab.device)  # one base copy + the work: what this evaluation needed
     _print_json(results)
     return 0
 

@@ -364,7 +364,9 @@ def adapter_from_state(
         elif ".lora_embedding_" in key or ".lora_magnitude_vector" in key:
             raise AdapterError(f"{where}: tensor {key} is not a plain linear LoRA factor")
         else:
-            saved_name = _module_name(key)
+            # PEFT saves a wrapped layer's own tensors (its bias, bias="all") as <module>.base_layer.bias:
+            # keep the base model's name, so the tensor can be written into the base where it belongs
+            saved_name = _module_name(key).replace(".base_layer.", ".")
             if saved_name in saved:
                 raise AdapterError(f"{where}: tensors {saved[saved_name][0]} and {key} name the same module")
             saved[saved_name] = (key, tensor)
@@ -574,6 +576,9 @@ def adapter_state(adapter: Adapter, dtype: torch.dtype = torch.float32) -> dict[
         B = module.B.detach().to("cpu", torch.float32) * module.scale
         state[f"{prefix}.lora_B.weight"] = B.to(dtype).contiguous()
     for key, tensor in adapter.saved_modules.items():
+        owner, leaf = key.rsplit(".", 1) if "." in key else (key, "")
+        if owner in adapter.modules:  # a LoRA layer's own tensor: PEFT's name for it
+            key = f"{owner}.base_layer.{leaf}"
         state[PEFT_PREFIX + key] = tensor.detach().to("cpu").contiguous()
     return state
 
@@ -611,7 +616,10 @@ def peft_config_for(adapter: Adapter, template: Mapping | None = None) -> dict:
             "inference_mode": True,
         }
     )
-    config["modules_to_save"] = sorted({k.rsplit(".", 1)[0] for k in adapter.saved_modules}) or None
+    # A LoRA-targeted module's own saved tensor (its bias, with PEFT's bias="all"/"lora_only") is
+    # loaded by PEFT through `bias`, not modules_to_save, which would wrap the whole layer.
+    owners = {k.rsplit(".", 1)[0] for k in adapter.saved_modules}
+    config["modules_to_save"] = sorted(owners - set(adapter.modules)) or None
     config.setdefault("task_type", None)
     return config
 

@@ -343,3 +343,29 @@ def test_gpt2_merges_keep_fan_in_fan_out_in_the_written_config(tmp_path):
     assert json.loads((out / "adapter_config.json").read_text())["fan_in_fan_out"] is True
     reread = load_adapter(out)
     assert {m.A.dtype for m in reread.modules.values()} == {torch.bfloat16}  # the recipe's dtype
+
+
+def test_trained_biases_of_lora_layers_are_carried_under_the_base_models_names(tmp_path):
+    from peft import PeftModel
+
+    model, tokenizer = tiny_gpt2()
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True,
+                                                  bias="lora_only", lora_dropout=0.0))
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in sorted(peft_model.named_parameters()):
+            if "lora_" in name or name.endswith("c_attn.base_layer.bias"):
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    peft_model.save_pretrained(str(tmp_path / "a"))
+    adapter = load_adapter(tmp_path / "a")
+    # PEFT saves them as ...c_attn.base_layer.bias; the base model calls them ...c_attn.bias
+    assert set(adapter.saved_modules) == {f"transformer.h.{i}.attn.c_attn.bias" for i in range(2)}
+    merged = merge_adapters([adapter], _recipe([tmp_path / "a"], [1.0]))
+    expected = _logits(peft_model.eval(), tokenizer)
+    base, _ = tiny_gpt2()
+    with updates_applied(base, merged.adapter.modules, merged.adapter.saved_modules):
+        assert torch.allclose(_logits(base, tokenizer), expected, atol=1e-5)
+    out = save_merged(merged, tmp_path / "merged")
+    assert json.loads((out / "adapter_config.json").read_text())["modules_to_save"] is None  # PEFT's `bias` loads them
+    reloaded = PeftModel.from_pretrained(tiny_gpt2()[0], str(out)).eval()
+    assert torch.allclose(_logits(reloaded, tokenizer), expected, atol=1e-5)
