@@ -264,11 +264,13 @@ if last:
     else:
         metric_columns[3].metric("Merge + evaluation time", f"{last['seconds']:.2f} s",
                                  help=f"device: {results['merge']['device']}; waiting for the warm-up not counted")
-    st.caption(
+    how_scored = (
         "Each task is scored with the merged body and that task's own classification head. "
         "\"Base\" = the base body with each adapter's own head, so it moves when the adapters (or OSRM's twins) "
         "change. Whiskers: 95% bootstrap intervals over the evaluation set; the black dash is the majority class."
     )
+    if not ui_settings.presentation:  # on stage it goes under the chart, which must fit the window
+        st.caption(how_scored)
     osrm = results.get("osrm") or {}
     if osrm.get("twins"):
         st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
@@ -276,6 +278,8 @@ if last:
     if osrm.get("posthoc"):
         st.info("Projected post-hoc onto OSRM's subspace: " + ", ".join(osrm["posthoc"]) + ".")
     _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars", "merge_accuracy")
+    if ui_settings.presentation:
+        st.caption(how_scored)
     if compared:
         _ui.show_figure(
             plots.accuracy_delta(results, compared["results"], title=f"Change in merged accuracy vs {compared_name}",

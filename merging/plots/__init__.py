@@ -66,6 +66,7 @@ from merging.plots.style import (
     SEQUENTIAL,
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
+from merging.plots.values import shared_suffix_dropped
 
 __all__ = [
     "ROLE_COLOURS",
@@ -95,4 +96,5 @@ __all__ = [
     "layer_norms",
     "runs_comparison",
     "figure_to_html",
+    "shared_suffix_dropped",
 ]

@@ -63,3 +63,16 @@ def _results_tasks(results: Mapping) -> dict[str, Mapping]:
 
 def _percent_text(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def shared_suffix_dropped(names: Sequence[str]) -> list[str]:
+    """Tick labels without a "-suffix" every name shares ("sst2-standard", "trec-standard" → "sst2",
+    "trec"): the column's heading says it once, and the heatmap's cells get the width back."""
+    names = [str(n) for n in names]
+    if len(names) < 2 or not all("-" in n for n in names):
+        return names
+    suffixes = {n.rsplit("-", 1)[1] for n in names}
+    if len(suffixes) != 1:
+        return names
+    short = [n.rsplit("-", 1)[0] for n in names]
+    return short if len(set(short)) == len(short) else names
