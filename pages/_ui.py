@@ -337,7 +337,7 @@ def track_viewport() -> None:
         st.session_state["viewport"] = {"width": int(size["width"]), "height": int(size["height"])}
 
 
-def presentation_height(reserved: int = 240, least: int = 380) -> int | None:
+def presentation_height(reserved: int = 300, least: int = 360) -> int | None:
     """A chart's height on stage: the window's height less what must stay in view above it (a
     header, the metrics); None when the window's size is not known yet (Plotly's default then)."""
     size = st.session_state.get("viewport")
@@ -369,13 +369,16 @@ def poll_until(ready: Callable[[], bool], every: float = 2.0) -> None:
 def show_figure(figure, name: str, key: str, how_to_read: str | None = None) -> None:
     from merging.plots import HOW_TO_READ, figure_to_html
 
-    if settings().presentation:
+    presenting = settings().presentation
+    if presenting:
         height = presentation_height()
         if height is not None:
             figure.update_layout(height=height)
     st.plotly_chart(
         figure,
         key=f"chart:{key}",
+        # On stage the figure's own fonts (≥ 18 px) must win over Streamlit's theme, which sets 12 px ticks.
+        theme=None if presenting else "streamlit",
         config={"toImageButtonOptions": {"format": "png", "filename": key, "scale": 2}, "displaylogo": False},
     )
     caption = how_to_read or HOW_TO_READ.get(name)

@@ -154,7 +154,8 @@ def _load(set_entries: Sequence[_ui.Entry]) -> list[Adapter]:
 views: list[dict] = []  # one per column: key, label, entries, adapters, metrics (None when it failed)
 for key, label, set_entries in sets:
     view = {"key": key, "label": label, "entries": set_entries, "names": [e.name for e in set_entries],
-            "versions": tuple(_version(e) for e in set_entries), "adapters": None, "metrics": None}
+            "versions": tuple(_version(e) for e in set_entries), "adapters": None, "metrics": None,
+            "labels": plots.shared_suffix_dropped([e.name for e in set_entries])}  # heatmap ticks
     try:
         view["adapters"] = _load(set_entries)
         view["metrics"] = _factor_metrics(view["versions"], float(density))
@@ -234,7 +235,7 @@ for column, view in zip(_columns(), good):
         for place, (side, title) in zip(inner, sides):
             with place:
                 _ui.show_figure(
-                    plots.overlap_heatmap(data[f"{side}_overlap"], view["names"], title=f"{title}, layer {layer}",
+                    plots.overlap_heatmap(data[f"{side}_overlap"], view["labels"], title=f"{title}, layer {layer}",
                                           presentation=presentation),
                     "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
                 )
@@ -259,7 +260,7 @@ for column, view in zip(_columns(), good):
                 st.info(f"These adapters adapt nothing in layer {layer}.")
                 continue
             matrix, title = data["cosine"], f"Task-vector cosine — layer {layer}"
-        _ui.show_figure(plots.cosine_heatmap(matrix, view["names"], title=title, presentation=presentation),
+        _ui.show_figure(plots.cosine_heatmap(matrix, view["labels"], title=title, presentation=presentation),
                         "cosine_heatmap", f"interference_cosine_{view['key']}")
 
 # ----------------------------------------------------------------------------------------------
@@ -418,7 +419,7 @@ else:
                     continue
                 where = "mean over all layers" if layer_choice == "all" else f"layer {layer_choice}"
                 figure = plots.interference_heatmap(
-                    matrix, _row_labels(view["adapters"]), view["names"],
+                    matrix, _row_labels(view["adapters"]), view["labels"],
                     title=f"Data-parameter interference — {where}", presentation=presentation, decades=shared,
                 )
                 _ui.show_figure(figure, "interference_heatmap", f"interference_dpi_{view['key']}")

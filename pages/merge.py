@@ -268,17 +268,19 @@ if last:
         metric_columns[3].metric("Merge + evaluation time", f"{last['seconds']:.2f} s",
                                  help=f"device: {results['merge']['device']}; waiting for the warm-up not counted")
     if plots.has_loss(results):
-        st.caption(
+        how_scored = (
             "Each task is its evaluation file's prompts: exact match = the greedy continuation equals the completion "
             "(whitespace aside); loss = mean negative log-likelihood of the completion tokens, in nats (lower is "
             "better). Whiskers: 95% bootstrap intervals over the evaluation set."
         )
     else:
-        st.caption(
+        how_scored = (
             "Each task is scored with the merged body and that task's own classification head. "
             "\"Base\" = the base body with each adapter's own head, so it moves when the adapters (or OSRM's twins) "
             "change. Whiskers: 95% bootstrap intervals over the evaluation set; the black dash is the majority class."
         )
+    if not ui_settings.presentation:  # on stage it goes under the chart, which must fit the window
+        st.caption(how_scored)
     osrm = results.get("osrm") or {}
     if osrm.get("twins"):
         st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
@@ -298,6 +300,8 @@ if last:
     else:
         _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars",
                         "merge_accuracy")
+    if ui_settings.presentation:
+        st.caption(how_scored)
     if compared:
         _ui.show_figure(
             plots.accuracy_delta(results, compared["results"], title=f"Change in merged {metric} vs {compared_name}",

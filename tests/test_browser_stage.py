@@ -76,7 +76,8 @@ def _wait_for_charts(page, count: int = 1) -> None:
 @pytest.mark.parametrize("width, height", [(1280, 720), (1440, 900)])
 def test_presentation_mode_on_stage(tmp_path, width, height):
     (ROOT / "artifacts").mkdir(exist_ok=True)
-    env = {"MERGESCOPE_WORKSPACE": str(tmp_path / "workspace"), "OMP_NUM_THREADS": "2"}
+    # the server warm-up is off here only to keep the test short on a 2-core machine (AppTest covers it)
+    env = {"MERGESCOPE_WORKSPACE": str(tmp_path / "workspace"), "OMP_NUM_THREADS": "2", "MERGESCOPE_WARM_UP": "0"}
     with running_app(env=env, timeout=180) as url, browser_page(width=width, height=height) as page:
         page.goto(f"{url}/?present=1", wait_until="domcontentloaded")
         run = page.get_by_role("button", name="Run merge")

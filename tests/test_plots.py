@@ -553,3 +553,12 @@ def test_figure_to_html_is_self_contained():
     assert "cdn.plot.ly/plotly" not in html
     assert len(html) > 1_000_000  # the library itself is in the file
     assert "Accuracy per task" in html
+
+
+def test_heatmap_ticks_drop_a_suffix_every_adapter_shares_but_never_merge_two_names():
+    from merging.plots import shared_suffix_dropped
+
+    assert shared_suffix_dropped(["sst2-standard", "trec-standard"]) == ["sst2", "trec"]
+    assert shared_suffix_dropped(["sst2-standard", "trec-osrm"]) == ["sst2-standard", "trec-osrm"]
+    assert shared_suffix_dropped(["a-x", "a-x"]) == ["a-x", "a-x"]  # would become two identical labels
+    assert shared_suffix_dropped(["solo-standard"]) == ["solo-standard"]

@@ -67,6 +67,7 @@ from merging.plots.style import (
     SEQUENTIAL,
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
+from merging.plots.values import shared_suffix_dropped
 
 __all__ = [
     "ROLE_COLOURS",
@@ -99,4 +100,5 @@ __all__ = [
     "metric_name",
     "has_loss",
     "results_rows",
+    "shared_suffix_dropped",
 ]

@@ -116,7 +116,11 @@ def accuracy_bars(
             # on stage the label is the number alone, so it fits above a bar at ≥ 18 px
             label = "{:.0%}" if presentation else "{:.0%} of single"
             bar.text = [label.format(n) if n is not None else "" for n in normalized]
-            bar.textposition = "outside"
+            # on stage inside the bar's foot: above it the label would sit on the whisker
+            bar.textposition = "inside" if presentation else "outside"
+            if presentation:
+                bar.insidetextanchor = "start"
+                bar.textfont = {"color": OKABE_ITO["black"]}
             bounds = _interval_bounds(values, whiskers) if whiskers else [(None, None)] * len(values)
             bar.customdata = [[n, lo, hi] for n, (lo, hi) in zip(normalized, bounds)]
             bar.hovertemplate = (

@@ -152,7 +152,7 @@ def _enlarge(trace: Any) -> None:
         if "lines" in mode and (trace.line.width is None or trace.line.width > 0):
             trace.line.width = (trace.line.width or 2) * _LINE_SCALE
     if kind in ("bar", "heatmap", "scatter"):
-        trace.textfont = {"size": FONT_SIZE[True]}
+        trace.textfont.size = FONT_SIZE[True]  # keeps a colour the chart chose
 
 
 def _no_data(fig: go.Figure, message: str) -> go.Figure:

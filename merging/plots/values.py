@@ -102,3 +102,16 @@ def results_rows(results: Mapping, digits: int = 4) -> list[dict]:
             row[f"{role} 95% interval"] = None if not bounds else f"{bounds[0]:.3f}–{bounds[1]:.3f}"
         rows.append(row)
     return rows
+
+
+def shared_suffix_dropped(names: Sequence[str]) -> list[str]:
+    """Tick labels without a "-suffix" every name shares ("sst2-standard", "trec-standard" → "sst2",
+    "trec"): the column's heading says it once, and the heatmap's cells get the width back."""
+    names = [str(n) for n in names]
+    if len(names) < 2 or not all("-" in n for n in names):
+        return names
+    suffixes = {n.rsplit("-", 1)[1] for n in names}
+    if len(suffixes) != 1:
+        return names
+    short = [n.rsplit("-", 1)[0] for n in names]
+    return short if len(set(short)) == len(short) else names
