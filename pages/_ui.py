@@ -20,8 +20,16 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from merging.catalog import Entry, adapter_version, adapters_folder, entry_by_name, twin_of, usable  # noqa: F401 - used by the other pages
-from merging.catalog import base_model_choices, for_base_model
+from merging.catalog import (  # noqa: F401 - used by the other pages
+    Entry,
+    adapter_version,
+    adapters_folder,
+    base_model_choices,
+    entry_by_name,
+    for_base_model,
+    twin_of,
+    usable,
+)
 from merging.catalog import catalog as adapter_catalog
 from merging.catalog import default_base_model as zoo_base_model
 from merging.lab import Lab

@@ -55,7 +55,6 @@ from merging.plots.merge import (
     rank_truncated,
 )
 from merging.plots.runs import runs_comparison
-from merging.plots.values import has_loss, metric_name, results_rows
 from merging.plots.style import (
     DIVERGING,
     FONT_SIZE,
@@ -67,7 +66,7 @@ from merging.plots.style import (
     SEQUENTIAL,
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
-from merging.plots.values import shared_suffix_dropped
+from merging.plots.values import has_loss, metric_name, results_rows, shared_suffix_dropped
 
 __all__ = [
     "ROLE_COLOURS",

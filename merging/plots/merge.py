@@ -21,8 +21,6 @@ from merging.plots.style import (
     explained,
 )
 from merging.plots.values import (
-    has_loss,
-    metric_name,
     _finite,
     _layer_label,
     _layer_order,
@@ -30,6 +28,8 @@ from merging.plots.values import (
     _results_tasks,
     _short_names,
     _values,
+    has_loss,
+    metric_name,
 )
 
 
