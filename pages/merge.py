@@ -25,6 +25,7 @@ from pages import _recipe_ui as codec
 from pages import _ui
 
 JOB = "merge"
+EXPORT_JOB = "merge-export"
 PREFIX = "merge"
 ui_settings = _ui.settings()
 all_entries = _ui.catalog(ui_settings.workspace, include_broken=True)
@@ -128,6 +129,17 @@ def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job, store):
         run_id = store.add(run.recipe.to_dict(), results, run.merged.summary(), str(lab.device), run.seconds)
         return {"run_id": run_id, "results": results, "merged": run.merged, "seconds": run.seconds,
                 "recipe": run.recipe.to_dict()}
+
+    return work
+
+
+def _export_work(merged, base_dir, out: str, overwrite: bool):
+    def work(progress):
+        from merging.export import export_merged
+
+        if not out:
+            raise ValueError("give the folder to write the full model to")
+        return export_merged(merged, base_dir, out, overwrite=overwrite, progress=progress).to_dict()
 
     return work
 
@@ -362,5 +374,30 @@ if last:
                            f"recipe-{stem}.json", "application/json", key="export_recipe")
         e3.download_button("Results (CSV)", frame.to_csv(index=False), f"results-{stem}.csv",
                            "text/csv", key="export_csv")
+        with st.expander("Full model: the base with the merge folded in"):
+            st.caption("A Hugging Face model folder (config, safetensors shards, tokenizer) that "
+                       "`AutoModelForCausalLM.from_pretrained` (or the classification class) loads; written beside "
+                       "the target and swapped in when complete, shard by shard.")
+            out_left, out_right = st.columns([3, 1])
+            out_left.text_input("Folder", key="export_full_dir", placeholder="/path/to/merged-model")
+            out_right.checkbox("Replace an earlier export there", key="export_full_overwrite")
+            if st.button("Write full model", key="export_full", disabled=merged_adapter is None or _ui.job_running(EXPORT_JOB)):
+                try:
+                    base_name = merged_adapter.recipe.base_model or ui_settings.base_model
+                    _ui.start_job(EXPORT_JOB, "Writing the full model", _export_work(
+                        merged_adapter, catalog.base_model_summary(base_name)[1],
+                        (st.session_state.get("export_full_dir") or "").strip(),
+                        bool(st.session_state.get("export_full_overwrite"))))
+                except (ValueError, OSError) as err:
+                    st.error(_ui.friendly_error(err))
+            _ui.show_job_progress(EXPORT_JOB)
+            exported = _ui.take_job_result(EXPORT_JOB)
+            if exported is not None:
+                if exported.error:
+                    st.error(exported.error)
+                else:
+                    report = exported.result
+                    st.success(f"Wrote the full model to `{report['out']}`: {report['shards']} shard(s), "
+                               f"{report['bytes'] / 1024**2:.1f} MiB, {report['updated_modules']} module(s) updated.")
     if st.session_state.pop("merge_scroll", False):
         _ui.scroll_into_view("merge-result")

@@ -243,3 +243,48 @@ def test_reopening_a_causal_run_in_merge_switches_the_sidebar_to_its_base_model(
     assert at.selectbox(key="base_model").value == str(built["model"])  # named by the adapter's config
     assert at.multiselect(key="merge_adapters").value == ["copy-lora"]
     assert at.slider(key="weight:copy-lora").value == 0.5
+
+
+def test_a_causal_merge_on_the_merge_page_is_stored_with_its_recipe_and_exports_a_full_model(
+    monkeypatch, tmp_path, built, workspace
+):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from merging.runs import RunStore
+    from merging.workspace import attach_eval_file
+    from tests.conftest import wait_for_job
+
+    for task in ("copy", "reverse"):
+        attach_eval_file(workspace, f"{task}-lora", built["evals"][task])
+    at = _app(monkeypatch, tmp_path, workspace, base_model=str(built["model"])).switch_page("pages/merge.py").run()
+    _no_exception(at)
+    at.button(key="merge_run").click().run()
+    at = wait_for_job(at, "merge")
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any(m.label == "Average merged exact match" for m in at.metric)
+    table = at.dataframe[0].value
+    assert list(table["task"]) == ["copy", "reverse"] and set(table["metric"]) == {"exact_match"}
+    assert table["loss single"].notna().all() and (table["loss single"] < table["loss base"]).all()
+    (run,) = RunStore(workspace / "runs.sqlite").list()
+    assert run.recipe["base_model"] == str(built["model"])
+    assert [a["task"] for a in run.recipe["adapters"]] == ["copy", "reverse"]
+
+    out = tmp_path / "merged-model"
+    at.text_input(key="export_full_dir").set_value(str(out)).run()
+    at.button(key="export_full").click().run()
+    at = wait_for_job(at, "merge-export")
+    _no_exception(at)
+    assert any("Wrote the full model" in s.value for s in at.success), [e.value for e in at.error]
+    # the folder loads with transformers alone and holds base + ΔW₁ + ΔW₂ (λ = 1 each, plain torch)
+    exported = AutoModelForCausalLM.from_pretrained(str(out))
+    base = AutoModelForCausalLM.from_pretrained(str(built["model"]))
+    from merging.lora import load_adapter
+
+    name = "model.layers.0.self_attn.q_proj"
+    expected = base.get_submodule(name).weight.detach().clone()
+    for task in ("copy", "reverse"):
+        module = load_adapter(built["adapters"][task]).modules[name]
+        expected += module.scale * module.B @ module.A
+    assert torch.allclose(exported.get_submodule(name).weight, expected, atol=1e-5)
