@@ -92,10 +92,14 @@ class CausalEvalSet:
         return None
 
 
-def could_still_match(tokenizer: Any, reference: Sequence[int], agreed: int, guess: int) -> bool:
+def could_still_match(
+    tokenizer: Any, reference: Sequence[int], agreed: int, guess: int, target: str | None = None
+) -> bool:
     """Can greedy output that starts reference[:agreed] + [guess] (guess ≠ reference[agreed])
-    still decode to the reference text, whitespace stripped? False only when it surely cannot."""
-    target = tokenizer.decode(list(reference), skip_special_tokens=True).strip()
+    still decode to the reference text, whitespace stripped? False only when it surely cannot.
+    `target`: the reference's decoded, stripped text, when the caller has it already."""
+    if target is None:
+        target = tokenizer.decode(list(reference), skip_special_tokens=True).strip()
     so_far = tokenizer.decode([*reference[:agreed], guess], skip_special_tokens=True).lstrip()
     if "\ufffd" in so_far and "\ufffd" not in target:
         return True  # a byte-level token cut a character in two: the next token may complete it
@@ -147,6 +151,7 @@ class CausalEvaluator:
         self._parts: dict[str, dict[str, list[list[int]]]] = {}
         self._data_keys: dict[str, str] = {}
         self._base_cache: dict[tuple[str, str], Tally] = {}
+        self._texts: dict[tuple[int, ...], str] = {}
         self._logits_to_keep = _takes_logits_to_keep(model)
         self.generated = 0  # examples that needed a real greedy generation (see the module doc)
         for eval_set in eval_sets:
@@ -277,9 +282,15 @@ class CausalEvaluator:
             agreed = next((k for k, (g, r) in enumerate(zip(mine, example.completion)) if g != r), length)
             if agreed == length:
                 correct += 1
-            elif could_still_match(self.tokenizer, example.completion, agreed, mine[agreed]):
+            elif could_still_match(self.tokenizer, example.completion, agreed, mine[agreed], self._text(example)):
                 correct += int(self._generate_matches(example, agreed, mine[agreed]))
         return Tally(correct, len(examples), float(nll.sum().double()), int(picked.sum()))
+
+    def _text(self, example: EncodedExample) -> str:
+        """The reference completion's decoded text, stripped (decoded once per example)."""
+        if example.completion not in self._texts:
+            self._texts[example.completion] = self.tokenizer.decode(list(example.completion), skip_special_tokens=True).strip()
+        return self._texts[example.completion]
 
     def _generate_matches(self, example: EncodedExample, agreed: int, guess: int) -> bool:
         """Greedy generation from reference[:agreed] + [guess] to the completion's length; compare."""
