@@ -27,14 +27,24 @@ from pages._ui import (
 
 st.set_page_config(page_title="mergescope", page_icon=":material/merge_type:", layout="wide")
 
-# Presentation mode lives in the URL as well as in the session: a reload or a link keeps it.
+# Presentation mode lives in the URL as well as in the session: a reload or a link keeps it. A
+# shadow copy brings the toggle's value back if Streamlit forgets it (the toggle moves between the
+# sidebar and the page).
 if "presentation" not in st.session_state:
-    st.session_state["presentation"] = st.query_params.get("present") == "1"
+    st.session_state["presentation"] = st.session_state.get(
+        "_keep:presentation", st.query_params.get("present") == "1"
+    )
 presenting = bool(st.session_state["presentation"])
+st.session_state["_keep:presentation"] = presenting
+if presenting:
+    st.query_params["present"] = "1"
+else:
+    st.query_params.pop("present", None)
 
 
 def _sync_presentation_link() -> None:
-    if st.session_state.get("presentation"):
+    st.session_state["_keep:presentation"] = bool(st.session_state.get("presentation"))
+    if st.session_state["_keep:presentation"]:
         st.query_params["present"] = "1"
     else:
         st.query_params.pop("present", None)
@@ -95,19 +105,23 @@ with st.sidebar:
         st.warning("No built-in zoo found: build it with `python -m merging zoo build`.")
     st.caption(("Ready: " if readiness.done else "Warming up: ") + readiness.line())
     if not presenting:
-        st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link,
+        st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link, persist_state="session",
                   help="Hide the sidebar and controls and size charts to the window for a talk (kept in the link).")
 
 if presenting:
     # No sidebar on stage (nor its toggle); the exit switch sits at the top of the page instead.
     st.markdown(
         "<style>[data-testid='stSidebar'], [data-testid='stSidebarCollapsedControl'],"
-        " [data-testid='stExpandSidebarButton'] {display: none !important;}</style>",
+        " [data-testid='stExpandSidebarButton'] {display: none !important;}"
+        # the window-size reporter and this style sheet take no room on stage
+        " .st-key-viewport_component, [data-testid='stElementContainer']:has(> [data-testid='stMarkdown'] style)"
+        " {display: none !important;}"
+        " [data-testid='stMainBlockContainer'] {padding-top: 3.5rem !important;}</style>",
         unsafe_allow_html=True,
     )
     left, right = st.columns([5, 1])
     with right:
-        st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link,
+        st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link, persist_state="session",
                   help="Off: show the sidebar and every control again.")
     if not readiness.done:
         left.caption("Warming up: " + readiness.line())
