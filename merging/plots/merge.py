@@ -106,6 +106,7 @@ def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentati
             bar.textposition = "inside" if presentation else "outside"
             if presentation:
                 bar.insidetextanchor = "start"
+                bar.textangle = 0
                 bar.textfont = {"color": OKABE_ITO["black"]}
             bounds = _interval_bounds(values, whiskers) if whiskers else [(None, None)] * len(values)
             bar.customdata = [[n, lo, hi] for n, (lo, hi) in zip(normalized, bounds)]
@@ -127,7 +128,9 @@ def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentati
             hovertemplate="%{x}<br>majority class: %{y:.2%}<extra></extra>",
         )
     )
-    fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", "y": -0.18})
+    # on stage the legend sits above the plot, clear of the (larger) task labels
+    legend_y = {"y": 1.0, "yanchor": "bottom", "x": 0.0} if presentation else {"y": -0.18}
+    fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", **legend_y})
     _accuracy_axis(fig)
     return _style(fig, title, presentation, x_title="Task", y_title="Accuracy (%)")
 
