@@ -115,7 +115,8 @@ def overlap_heatmap(
         go.Heatmap(
             z=z, x=names, y=names, zmin=0.0, zmax=1.0, colorscale=SEQUENTIAL,
             texttemplate="%{z:.2f}",
-            colorbar={"title": {"text": "overlap φ"}, "tickvals": [0, 0.25, 0.5, 0.75, 1]},
+            colorbar={"title": {"text": "overlap φ"},
+                      "tickvals": [0, 0.5, 1] if presentation else [0, 0.25, 0.5, 0.75, 1]},
             hovertemplate="%{y} vs %{x}<br>overlap φ: %{z:.4f}<extra></extra>",
         )
     )
@@ -140,8 +141,10 @@ def cosine_heatmap(
         go.Heatmap(
             z=z, x=names, y=names, zmin=-1.0, zmax=1.0, zmid=0.0, colorscale=DIVERGING,
             texttemplate="%{z:.2f}",
-            colorbar={"title": {"text": "cosine"}, "tickvals": [-1, -0.5, 0, 0.5, 1],
-                      "ticktext": ["−1 opposed", "−0.5", "0 orthogonal", "0.5", "1 aligned"]},
+            colorbar={"title": {"text": "cosine"},
+                      **({"tickvals": [-1, 0, 1], "ticktext": ["−1", "0", "1"]} if presentation else
+                         {"tickvals": [-1, -0.5, 0, 0.5, 1],
+                          "ticktext": ["−1 opposed", "−0.5", "0 orthogonal", "0.5", "1 aligned"]})},
             hovertemplate="%{y} vs %{x}<br>cosine: %{z:.4f}<extra></extra>",
         )
     )

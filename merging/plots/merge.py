@@ -120,6 +120,7 @@ def accuracy_bars(
             bar.textposition = "inside" if presentation else "outside"
             if presentation:
                 bar.insidetextanchor = "start"
+                bar.textangle = 0
                 bar.textfont = {"color": OKABE_ITO["black"]}
             bounds = _interval_bounds(values, whiskers) if whiskers else [(None, None)] * len(values)
             bar.customdata = [[n, lo, hi] for n, (lo, hi) in zip(normalized, bounds)]
@@ -131,7 +132,9 @@ def accuracy_bars(
         fig.add_trace(bar)
     if not causal:
         fig.add_trace(_majority_dashes(groups, column("majority")))
-    fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", "y": -0.18})
+    # on stage the legend sits above the plot, clear of the (larger) task labels
+    legend_y = {"y": 1.0, "yanchor": "bottom", "x": 0.0} if presentation else {"y": -0.18}
+    fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", **legend_y})
     _accuracy_axis(fig)
     return _style(fig, title, presentation, x_title="Task", y_title=f"{name.capitalize()} (%)")
 

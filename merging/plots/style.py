@@ -106,7 +106,9 @@ def _style(
     )
     if presentation:
         # "show": bar labels keep their size (they may overflow) instead of shrinking to ~7 px
-        fig.update_layout(uniformtext={"minsize": MIN_PRESENTATION_TEXT, "mode": "show"})
+        fig.update_layout(uniformtext={"minsize": MIN_PRESENTATION_TEXT, "mode": "show"},
+                          margin={"t": 40 + 2 * size + (size + _TITLE_EXTRA) * title.count("<br>")})
+        _wrap_category_ticks(fig)
     if height is not None:
         fig.update_layout(height=int(height * (1.3 if presentation else 1.0)))
     if x_title is not None:
@@ -135,6 +137,32 @@ def wrap_title(title: str, width: int) -> str:
             line = f"{line} {word}" if line else word
     lines.append(line)
     return "<br>".join(lines)
+
+
+def _wrapped_label(label: str) -> str:
+    """"product_sentiment" → "product<br>sentiment": long names stacked, not tilted into the legend."""
+    if len(label) <= 8:
+        return label
+    return label.replace("_", "<br>").replace("-", "<br>").replace(" (", "<br>(")
+
+
+def _wrap_category_ticks(fig: go.Figure) -> None:
+    """On stage, categorical tick labels (task and adapter names) break at _ and - and stay level."""
+    for axis_letter in ("x", "y"):
+        labels: dict[str, list[str]] = {}
+        for trace in fig.data:
+            if trace.type not in ("bar", "heatmap"):
+                continue
+            values = getattr(trace, axis_letter)
+            if values is None or not all(isinstance(v, str) for v in values):
+                continue
+            anchor = getattr(trace, f"{axis_letter}axis", None) or axis_letter
+            axis = f"{axis_letter}axis" + anchor[1:]
+            labels.setdefault(axis, [])
+            labels[axis] += [v for v in values if v not in labels[axis]]
+        for axis, values in labels.items():
+            fig.layout[axis].update(tickmode="array", tickvals=values, ticktext=[_wrapped_label(v) for v in values],
+                                    tickangle=0, automargin=True)
 
 
 def _enlarge(trace: Any) -> None:
