@@ -1,13 +1,54 @@
-"""mergescope's Streamlit entry point: navigation and the sidebar. No logic lives here."""
+"""mergescope's Streamlit entry point: navigation, the sidebar and presentation mode. No logic lives here.
+
+Presentation mode (a talk): the sidebar is hidden and navigation moves to the top, charts take the
+window's height (pages/_viewport reports it) with text ≥ 18 px, and the mode is kept in the URL
+(`?present=1`), so a reload or a shared link opens the same way. The server's warm-up
+(pages/_warm.py) starts with the first session; its readiness is shown until it is done.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 import torch
 
-from pages._ui import DEFAULT_WORKSPACE, zoo
+from pages import _ui, _warm
+from pages._ui import (
+    DEFAULT_WORKSPACE,
+    OTHER_BASE_MODEL,
+    apply_pending_base_model,
+    base_model_options,
+    base_model_status,
+    chosen_base_model,
+    default_base_model,
+    zoo,
+)
 
 st.set_page_config(page_title="mergescope", page_icon=":material/merge_type:", layout="wide")
+
+# Presentation mode lives in the URL as well as in the session: a reload or a link keeps it. A
+# shadow copy brings the toggle's value back if Streamlit forgets it (the toggle moves between the
+# sidebar and the page).
+if "presentation" not in st.session_state:
+    st.session_state["presentation"] = st.session_state.get(
+        "_keep:presentation", st.query_params.get("present") == "1"
+    )
+presenting = bool(st.session_state["presentation"])
+st.session_state["_keep:presentation"] = presenting
+if presenting:
+    st.query_params["present"] = "1"
+else:
+    st.query_params.pop("present", None)
+
+
+def _sync_presentation_link() -> None:
+    st.session_state["_keep:presentation"] = bool(st.session_state.get("presentation"))
+    if st.session_state["_keep:presentation"]:
+        st.query_params["present"] = "1"
+    else:
+        st.query_params.pop("present", None)
+
 
 pages = [
     st.Page("pages/merge.py", title="Merge", icon=":material/merge_type:", default=True),
@@ -17,8 +58,12 @@ pages = [
     st.Page("pages/adapters.py", title="Adapters", icon=":material/extension:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
 ]
-navigation = st.navigation(pages)
+navigation = st.navigation(pages, position="top" if presenting else "sidebar")
+_ui.track_viewport()
+readiness = _warm.start(st.session_state.get("device", "auto"))
 
+# The sidebar's widgets are drawn in presentation mode too (hidden): a widget that is not drawn
+# loses its value, and the workspace and device must survive a talk.
 with st.sidebar:
     st.markdown("### mergescope")
     st.text_input(
@@ -27,6 +72,24 @@ with st.sidebar:
         key="workspace",
         help="Holds imported and trained adapters and the run store (runs.sqlite).",
     )
+    apply_pending_base_model()  # Reopen in Merge of a run on another base model
+    options = base_model_options(Path(st.session_state.get("workspace", str(DEFAULT_WORKSPACE))).expanduser())
+    if st.session_state.get("base_model") not in options:  # a new workspace lists other models
+        st.session_state["base_model"] = default_base_model()
+    st.selectbox(
+        "Base model",
+        options,
+        key="base_model",
+        help="The model the adapters were trained on. Pages list the adapters made for it and score on it. "
+        "A local folder or a Hub id already in the Hugging Face cache; nothing is downloaded.",
+    )
+    if st.session_state["base_model"] == OTHER_BASE_MODEL:
+        st.text_input("Folder or Hub id", key="base_model_other", placeholder="/models/qwen2-0.5b or Qwen/Qwen2-0.5B")
+    kind, where = base_model_status(chosen_base_model())
+    if kind is None:
+        st.error(where)
+    else:
+        st.caption(f"{'Causal LM' if kind == 'causal' else 'Sequence classification'} · `{where}`")
     devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     st.selectbox("Device", devices, key="device", help="auto = CUDA when present, else the CPU.")
     if torch.cuda.is_available():
@@ -41,6 +104,30 @@ with st.sidebar:
         )
     else:
         st.warning("No built-in zoo found: build it with `python -m merging zoo build`.")
-    st.toggle("Presentation mode", key="presentation", help="Hide controls and enlarge charts for a talk.")
+    st.caption(("Ready: " if readiness.done else "Warming up: ") + readiness.line())
+    if not presenting:
+        st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link, persist_state="session",
+                  help="Hide the sidebar and controls and size charts to the window for a talk (kept in the link).")
+
+if presenting:
+    # No sidebar on stage (nor its toggle); the exit switch sits at the top of the page instead.
+    st.markdown(
+        "<style>[data-testid='stSidebar'], [data-testid='stSidebarCollapsedControl'],"
+        " [data-testid='stExpandSidebarButton'] {display: none !important;}"
+        # the window-size reporter and this style sheet take no room on stage
+        " .st-key-viewport_component, [data-testid='stElementContainer']:has(> [data-testid='stMarkdown'] style)"
+        " {display: none !important;}"
+        " [data-testid='stMainBlockContainer'] {padding-top: 3.5rem !important;}</style>",
+        unsafe_allow_html=True,
+    )
+    left, right = st.columns([5, 1])
+    with right:
+        st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link, persist_state="session",
+                  help="Off: show the sidebar and every control again.")
+    if not readiness.done:
+        left.caption("Warming up: " + readiness.line())
+
+if not readiness.done:
+    _ui.poll_until(lambda: readiness.done)
 
 navigation.run()

@@ -12,6 +12,14 @@ the recipe and the folders alone:
 - The catalogue reads only small JSON files, never weights, and never raises for one bad folder: a
   broken adapter (e.g. a `mergescope.json` that is `[1]`) is listed with its error, so a page can
   say what is wrong and offer to remove it instead of failing for every adapter.
+- Each entry says which base model it was trained on (mergescope.json's `base_model`, else PEFT's
+  `base_model_name_or_path`) and, for workspace adapters, which evaluation file the user attached
+  (merging.workspace keeps them). The dashboard works on one base model at a time: the entries
+  shown are those `for_base_model` keeps. Names of one model differ between machines (a Hub id, its
+  snapshot in the HF cache, a local copy of it), so two names are the same model when they are
+  equal, resolve to the same folder, or when one is a Hub id `org/name` and the other a folder
+  called `name` (how people copy a model locally); an adapter that names no base model is kept
+  under every base (nothing says it does not fit) and marked as such.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +52,8 @@ class Entry:
     source: str  # "zoo" or "workspace"
     single_task_accuracy: float | None = None
     error: str | None = None
+    base_model: str | None = None  # what the adapter says it was trained on; None: it does not say
+    eval_file: Path | None = None  # the evaluation file attached on the Adapters page (workspace only)
 
     @property
     def usable(self) -> bool:
@@ -83,7 +93,7 @@ def adapter_entry(path: Path, source: str = "workspace") -> Entry:
     try:
         if not (path / CONFIG_FILE).is_file():
             raise ValueError(f"no {CONFIG_FILE}: not a PEFT adapter folder")
-        _json_object(path / CONFIG_FILE)
+        config = _json_object(path / CONFIG_FILE)
         if not (path / WEIGHTS_FILE).is_file():
             raise ValueError(f"no {WEIGHTS_FILE}")
         meta = _json_object(path / META_FILE) if (path / META_FILE).is_file() else {}
@@ -96,11 +106,15 @@ def adapter_entry(path: Path, source: str = "workspace") -> Entry:
         path,
         source,
         _accuracy_or_none(meta.get("single_task_accuracy")),
+        base_model=_text_or_none(meta.get("base_model")) or _text_or_none(config.get("base_model_name_or_path")),
     )
 
 
 def zoo_entries(zoo: Zoo) -> list[Entry]:
-    return [Entry(a.name, a.task, a.init, a.path, "zoo", a.single_task_accuracy) for a in zoo.adapters]
+    return [
+        Entry(a.name, a.task, a.init, a.path, "zoo", a.single_task_accuracy, base_model=zoo.base_model)
+        for a in zoo.adapters
+    ]
 
 
 def folder_entries(folder: Path, source: str = "workspace") -> list[Entry]:
@@ -123,10 +137,16 @@ def adapters_folder(workspace: Path) -> Path:
 
 
 def catalog(workspace: Path | None, zoo: Zoo | None) -> list[Entry]:
-    """The built-in zoo's adapters, then the workspace's (broken ones included, with their error)."""
+    """The built-in zoo's adapters, then the workspace's (broken ones included, with their error),
+    each workspace adapter with the evaluation file attached to it, if any."""
+    from merging.workspace import attached_eval_files
+
     entries = zoo_entries(zoo) if zoo is not None else []
     if workspace is not None:
-        entries += folder_entries(adapters_folder(workspace), "workspace")
+        attached = attached_eval_files(workspace)
+        entries += [
+            replace(e, eval_file=attached.get(e.name)) for e in folder_entries(adapters_folder(workspace), "workspace")
+        ]
     return entries
 
 
@@ -188,6 +208,97 @@ def default_base_model(zoo: Zoo | None) -> str:
     return zoo.base_model if zoo is not None else DEMO_BASE_MODEL
 
 
+def _model_folder(name: str, look_in_cache: bool = True) -> Path | None:
+    """The local folder a base-model name stands for: a folder, the demo model, or (a Hub id) its
+    snapshot in the local Hugging Face cache; None when there is none."""
+    from merging.models import ModelLoadError, resolve_model_source
+
+    try:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            return path.resolve()
+        if name != DEMO_BASE_MODEL and not look_in_cache:
+            return None
+        return resolve_model_source(name).resolve()
+    except (ModelLoadError, OSError, ValueError):
+        return None
+
+
+def _is_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and _model_folder(name, False) is None
+
+
+def same_base_model(first: str, second: str) -> bool:
+    """Whether two base-model names stand for the same model (see the module docstring)."""
+    first, second = first.strip().rstrip("/"), second.strip().rstrip("/")
+    if first == second:
+        return True
+    folders = _model_folder(first), _model_folder(second)
+    if None not in folders and folders[0] == folders[1]:
+        return True
+    for hub, local in ((first, folders[1]), (second, folders[0])):
+        if local is not None and _is_hub_id(hub) and hub.split("/")[1].lower() == local.name.lower():
+            return True
+    return False
+
+
+def fits_base_model(entry: Entry, base_model: str) -> bool:
+    """An entry belongs under `base_model` when it names that model, or names none."""
+    return entry.base_model is None or same_base_model(entry.base_model, base_model)
+
+
+def for_base_model(entries: Sequence[Entry], base_model: str) -> list[Entry]:
+    """The entries trained on `base_model` (and those that do not say), in their order; broken
+    entries are kept so a page can still say what is wrong with them."""
+    return [e for e in entries if not e.usable or fits_base_model(e, base_model)]
+
+
+def base_model_choices(entries: Sequence[Entry], default: str) -> list[str]:
+    """The base models a user can pick: `default` first, then each other model that a usable
+    adapter names, once (names of one model counted once), in alphabetical order."""
+    choices = [default]
+    for name in sorted({e.base_model for e in entries if e.usable and e.base_model}):
+        if not any(same_base_model(name, known) for known in choices):
+            choices.append(name)
+    return choices
+
+
+def base_model_summary(base_model: str) -> tuple[str, Path]:
+    """(kind, folder) of a base model — "causal" or "classification", and where it was found (a
+    folder, or the local Hugging Face cache; nothing is downloaded). ModelLoadError says which
+    folder and cache were searched."""
+    from merging.models import model_kind, resolve_model_source
+
+    folder = resolve_model_source(base_model)
+    return model_kind(folder), folder
+
+
+def with_base_model(recipe: Recipe, base_model: str, default: str) -> Recipe:
+    """The recipe as the dashboard runs it with `base_model` chosen: a recipe that names its own
+    base model keeps it; otherwise a non-default choice is written into it, so the stored recipe
+    re-runs on the same model from the CLI."""
+    if recipe.base_model or same_base_model(base_model, default):
+        return recipe
+    return replace(recipe, base_model=base_model)
+
+
+def with_eval_files(recipe: Recipe, entries: Sequence[Entry]) -> Recipe:
+    """The recipe with each adapter's attached evaluation file (Adapters page) written in, as
+    `eval` and `task` (the file's name without the content hash the workspace adds), for adapters
+    whose recipe entry names no file of its own. The stored recipe then scores the same files
+    when it is re-run from the CLI."""
+    from merging.workspace import task_display_name
+
+    adapters = []
+    for ref in recipe.adapters:
+        entry = entry_for(entries, ref.name, ref.path)
+        if ref.eval is None and entry is not None and entry.eval_file is not None:
+            ref = replace(ref, eval=str(entry.eval_file), task=task_display_name(entry.eval_file))
+        adapters.append(ref)
+    return replace(recipe, adapters=tuple(adapters))
+
+
 def resolve_base_model(recipe: Recipe, adapters: Sequence[Adapter], fallback: str | None = None) -> str:
     """The recipe's `base_model`, else the adapters' one base model, else `fallback`."""
     if recipe.base_model:
@@ -198,6 +309,54 @@ def resolve_base_model(recipe: Recipe, adapters: Sequence[Adapter], fallback: st
     if fallback:
         return fallback
     raise ValueError("the adapters do not say which base model they belong to; set the recipe's 'base_model'")
+
+
+# ----------------------------------------------------------------------------------------------
+# The task an adapter is scored on, and its texts
+
+
+def scored_task(entry: Entry) -> str | None:
+    """The task an entry is scored on: its attached evaluation file's (named after the file), else
+    the task it was trained on (mergescope.json); None when neither says."""
+    if entry.eval_file is not None:
+        from merging.workspace import task_display_name
+
+        return task_display_name(entry.eval_file)
+    return entry.task
+
+
+def as_scored(adapter: Adapter, entry: Entry) -> Adapter:
+    """The adapter carrying the task it is scored on (metrics and pages group adapters by
+    `adapter.task`): an attached evaluation file's task replaces the one in its metadata."""
+    task = scored_task(entry)
+    if entry.eval_file is None or task is None:
+        return adapter
+    return replace(adapter, meta={**adapter.meta, "task": task})
+
+
+def eval_file_texts(path: str | Path, tokenizer: Any = None) -> list[str]:
+    """The inputs of an evaluation file: a causal task's prompts (chat rows rendered with
+    `tokenizer`'s template, as the scorer renders them), or a classification file's texts."""
+    from merging.tasks import read_task_file
+    from merging.tasks.completions import file_format, read_causal_task
+
+    if file_format(path) == "classification":
+        return [text for text, _ in read_task_file(path)]
+    return [example.prompt for example in read_causal_task(path).rendered(tokenizer)]
+
+
+def task_texts(adapter: Adapter, entry: Entry, split: str = "eval", tokenizer: Any = None) -> list[str]:
+    """The texts the base model reads for the task an adapter is scored on — what OSRM's
+    data-parameter interference runs through it. An attached causal-LM file gives its prompts (chat
+    rows rendered with `tokenizer`'s template, as the scorer renders them), a classification file
+    its texts; both are evaluation files, so the split does not apply. Otherwise the adapter's own
+    task, split exactly as when it was trained (`split` is "eval" or "train")."""
+    if entry.eval_file is not None:
+        return eval_file_texts(entry.eval_file, tokenizer)
+    from merging.lab import task_data_for
+
+    data = task_data_for(adapter)
+    return list(data.eval_texts if split == "eval" else data.train_texts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,6 +373,7 @@ class MergeInputs:
     posthoc: list[str] = field(default_factory=list)  # names of the adapters projected post-hoc
     pending_posthoc: list[int] = field(default_factory=list)  # indices still to project (resolve_inputs)
     notes: list[str] = field(default_factory=list)
+    eval_files: list[str | None] = field(default_factory=list)  # per adapter: the recipe's `eval`, if any
 
     @property
     def names(self) -> list[str]:
@@ -254,7 +414,7 @@ def resolve_inputs(
         if pending and len(adapters) >= 2:
             raise  # the projection needs the base model
         base_model = None  # a plain merge does not: the factors alone define it
-    inputs = MergeInputs(adapters, base_model, twins)
+    inputs = MergeInputs(adapters, base_model, twins, eval_files=[ref.eval for ref in recipe.adapters])
     if pending and len(adapters) < 2:
         # OSRM's rows avoid the *other* tasks' inputs: with one adapter there is nothing to avoid.
         inputs.notes.append("OSRM post-hoc needs at least two adapters: merged without projection")
@@ -267,7 +427,10 @@ def project_posthoc(inputs: MergeInputs, lab: Lab) -> MergeInputs:
     """The inputs with the pending adapters projected onto OSRM's subspace (lab: the base model)."""
     if not inputs.pending_posthoc:
         return inputs
-    projected = lab.posthoc_osrm(inputs.adapters)
+    # a task with an evaluation file (a causal LM's prompts) is avoided through that file's inputs
+    texts = [eval_file_texts(f, getattr(lab, "tokenizer", None)) if f else None for f in inputs.eval_files]
+    given = {"texts": texts} if any(t is not None for t in texts) else {}
+    projected = lab.posthoc_osrm(inputs.adapters, **given)
     pending = inputs.pending_posthoc
     return MergeInputs(
         adapters=[projected[i] if i in pending else a for i, a in enumerate(inputs.adapters)],
@@ -275,6 +438,7 @@ def project_posthoc(inputs: MergeInputs, lab: Lab) -> MergeInputs:
         twins=dict(inputs.twins),
         posthoc=[inputs.adapters[i].name for i in pending],
         notes=list(inputs.notes),
+        eval_files=list(inputs.eval_files),
     )
 
 

@@ -411,6 +411,18 @@ class TaskScores:
     metric: str = "accuracy"
     loss: dict[str, float | None] | None = None  # {"base", "single", "merged"}: causal tasks only
     truncated: int | None = None  # prompts cut from the left to fit max_length (causal tasks)
+    examples: int = 0  # evaluation-set size: scores are exact fractions of it (0: unknown, no interval)
+
+    def intervals(self) -> dict[str, list[float] | None]:
+        """95 % bootstrap interval over the evaluation set of each accuracy (merging.intervals)."""
+        from merging.intervals import accuracy_interval, counts_of
+
+        def interval(accuracy: float | None) -> list[float] | None:
+            if accuracy is None or self.examples <= 0:
+                return None
+            return list(accuracy_interval(counts_of(accuracy, self.examples), self.examples))
+
+        return {"base": interval(self.base), "single": interval(self.single), "merged": interval(self.merged)}
 
     @property
     def normalized(self) -> float | None:
@@ -419,7 +431,7 @@ class TaskScores:
             return None
         return self.merged / self.single
 
-    def to_dict(self) -> dict:
+    def to_dict(self, interval: bool = True) -> dict:
         data = {
             "base": self.base,
             "single": self.single,
@@ -427,6 +439,7 @@ class TaskScores:
             "normalized": self.normalized,
             "majority": self.majority,
             "metric": self.metric,
+            "interval": self.intervals() if interval else None,
         }
         if self.loss is not None:
             data["loss"] = dict(self.loss)
@@ -441,6 +454,7 @@ class EvaluationResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     preview: bool = False  # merged scores from the preview part only (a first look, not the result)
+    cached: bool = False  # every merged score came from the cache: this body was scored before
 
     def average(self) -> dict[str, float | None]:
         def mean(values):
@@ -456,13 +470,28 @@ class EvaluationResult:
             "majority": mean(s.majority for s in scores),
         }
 
+    def average_interval(self) -> dict[str, list[float] | None]:
+        """95 % bootstrap interval of each average over tasks, each task's examples resampled on their own."""
+        from merging.intervals import bootstrap_interval, counts_of
+
+        def interval(role: str) -> list[float] | None:
+            values = {t: (getattr(s, role), s.examples) for t, s in self.tasks.items()}
+            if not values or any(v is None or n <= 0 for v, n in values.values()):
+                return None
+            return list(bootstrap_interval({t: (counts_of(v, n), n) for t, (v, n) in values.items()}))
+
+        return {role: interval(role) for role in ("base", "single", "merged")}
+
     def to_dict(self) -> dict:
         return {
-            "tasks": {name: s.to_dict() for name, s in self.tasks.items()},
+            # the preview's merged score counts a third of the examples: no interval for it
+            "tasks": {name: s.to_dict(interval=not self.preview) for name, s in self.tasks.items()},
             "average": self.average(),
+            "average_interval": self.average_interval() if not self.preview else None,
             "seconds": round(self.seconds, 3),
             "notes": self.notes,
             "preview": self.preview,
+            "cached": self.cached,
         }
 
 
@@ -581,7 +610,7 @@ def evaluate_merge(
         base[task] = evaluator.base_tally(task, adapter, adapter_key)
         step(f"single {task}")
 
-    def result(merged: dict[str, Tally | None], preview: bool = False) -> EvaluationResult:
+    def result(merged: dict[str, Tally | None], preview: bool = False, cached: bool = False) -> EvaluationResult:
         scores = {}
         for task in by_task:
             tally = merged[task]
@@ -591,6 +620,7 @@ def evaluate_merge(
             scores[task] = TaskScores(
                 base[task].primary, single[task].primary, tally.primary if tally else None,
                 evaluator.baseline(task), evaluator.metric, loss, evaluator.truncated(task),
+                examples=single[task].scored,
             )
         notes = []
         if preview:
@@ -600,7 +630,7 @@ def evaluate_merge(
             cut = evaluator.truncated(task)
             if cut:
                 notes.append(f"{task}: {cut} prompt(s) cut from the left to fit max_length {evaluator.max_length}")
-        return EvaluationResult(scores, seconds=time.perf_counter() - start, notes=notes, preview=preview)
+        return EvaluationResult(scores, seconds=time.perf_counter() - start, notes=notes, preview=preview, cached=cached)
 
     if merged_modules is None:
         return result(dict.fromkeys(by_task))
@@ -631,7 +661,7 @@ def evaluate_merge(
         if fingerprint is not None and keys[task] is not None:
             merged_cache[(fingerprint, task, keys[task], data[task])] = merged[task]
         step(f"merged {task}")
-    return result(merged)
+    return result(merged, cached=not pending)
 
 
 def cross_task_matrix(evaluator, adapters: Sequence[Adapter]) -> dict:

@@ -194,8 +194,8 @@ class Lab:
         on_preview: Callable[[EvaluationResult], None] | None = None,
     ) -> MergeRun:
         """Merge, then score every task; `on_preview` gets a first look (see evaluate_merge)."""
-        start = time.perf_counter()
         with self.lock:
+            start = time.perf_counter()  # after the lock: waiting for the warm-up is not this merge's time
             adapters = self.prepare(adapters, recipe)
             recipe = on_device(recipe, self.device)
             merged = merge_adapters(adapters, recipe, progress=_phase(progress, 0, 2))
@@ -250,11 +250,14 @@ class Lab:
                 device=self.device, covariance=covariance, progress=progress,
             )
 
-    def posthoc_osrm(self, adapters: Sequence[Adapter], samples: int = 100) -> list[Adapter]:
+    def posthoc_osrm(
+        self, adapters: Sequence[Adapter], samples: int = 100, texts: Sequence[Sequence[str] | None] | None = None
+    ) -> list[Adapter]:
         """OSRM after the fact: project each trained update onto the OSRM rows of its task.
 
         The rows come from the *base* model's input features of the other adapters' tasks
-        (their training texts), as OSRM's initialisation would have chosen them.
+        (their training texts), as OSRM's initialisation would have chosen them. `texts[i]`, when
+        given, are adapter i's task inputs instead (a causal task's prompts, merging.catalog).
         """
         from merging.osrm import osrm_A_for_task, posthoc_adapter
 
@@ -263,8 +266,10 @@ class Lab:
         with self.lock:
             features = {}
             targets = sorted({m.rsplit(".", 1)[-1] for a in adapters for m in a.modules})
-            for adapter in adapters:
-                features[adapter.name] = self.input_features(task_data_for(adapter).train_texts[:samples], targets)
+            for index, adapter in enumerate(adapters):
+                given = texts[index] if texts is not None else None
+                inputs = list(given) if given is not None else task_data_for(adapter).train_texts
+                features[adapter.name] = self.input_features(inputs[:samples], targets)
             result = []
             for adapter in adapters:
                 rank = max(m.rank for m in adapter.modules.values())

@@ -5,8 +5,15 @@ Layout (the dashboard's sidebar names the folder; the CLI takes it as an argumen
     workspace/
       adapters/<name>/      PEFT LoRA folders (adapter_config.json + adapter_model.safetensors
                             + mergescope.json), one per adapter
-      tasks/<file>          user task files (CSV/JSONL) that trained adapters refer to
+      tasks/<file>          user task files (CSV/JSONL) that trained adapters refer to, and the
+                            evaluation files attached to adapters
+      evals.json            which evaluation file each workspace adapter is scored on:
+                            {"adapter name": "file name in tasks/"} (attach_eval_file)
       runs.sqlite           the run store (merging.runs)
+
+An evaluation file is attached to an adapter by name in the workspace, not written into the
+adapter's folder: the folder stays as the user imported it (an import with "replace" keeps the
+attachment), and removing the adapter drops it.
 
 Everything that writes into ``adapters/`` builds the new folder in a hidden staging folder beside
 it (merging.staging: same file system) and swaps it into place only when it is complete and has
@@ -36,7 +43,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from merging.lora import (
     CONFIG_FILE,
@@ -55,6 +62,7 @@ from merging.staging import StagingError, clean_leftovers, move_into_place, stag
 
 ADAPTERS = "adapters"
 TASKS = "tasks"
+EVALS_FILE = "evals.json"
 INCOMING = ".incoming"  # the staging area of older versions, removed by clean_workspace
 
 MAX_ZIP_BYTES = 200 * 1024**2  # compressed upload (Streamlit's own default upload limit)
@@ -184,6 +192,8 @@ def remove_adapter(workspace: str | os.PathLike, name: str) -> Path:
         raise WorkspaceError(f"no adapter named {name!r} in {folder}")
     with staging_dir(folder, name) as trash:
         os.replace(target, trash / name)  # gone from the listing at once; deleted with the staging folder
+    if name in _read_evals(workspace):
+        detach_eval_file(workspace, name)
     return target
 
 
@@ -469,7 +479,7 @@ def store_task_file(
     file_name: str,
     workspace: str | os.PathLike,
     max_bytes: int = MAX_TASK_FILE_BYTES,
-    validate: bool = True,
+    validate: bool | Callable[[Path], object] = True,
 ) -> Path:
     """Keep an uploaded CSV/JSONL task file in ``workspace/tasks/`` so adapters can refer to it.
 
@@ -477,7 +487,8 @@ def store_task_file(
     file again reuses it, and a different file of the same name never replaces the data that an
     existing adapter was trained and is evaluated on. With `validate`, a file that
     merging.tasks.read_task_file refuses (not UTF-8, missing columns, empty values) is not kept and
-    its TaskError is raised.
+    its TaskError is raised; `validate` may also be the reader to check the file with (evaluation
+    files of causal tasks have other columns).
     """
     from merging.tasks import SUPPORTED_SUFFIXES, read_task_file
 
@@ -505,7 +516,9 @@ def store_task_file(
     with _staging(folder) as staging:
         staged = staging / f"{stem}{suffix}"  # its name is the one error messages show
         staged.write_bytes(data)
-        if validate:
+        if callable(validate):
+            validate(staged)
+        elif validate:
             read_task_file(staged)
         os.replace(staged, target)
     return target
@@ -525,6 +538,99 @@ def list_task_files(workspace: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation files attached to adapters (evals.json)
+
+
+def _read_evals(workspace: str | os.PathLike) -> dict[str, str]:
+    """evals.json as {adapter name: file name}; a missing or damaged file reads as no attachments
+    (the adapters stay usable; the user attaches again), entries of the wrong type are skipped."""
+    path = Path(workspace).expanduser() / EVALS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and _safe_file_name(v)}
+
+
+def _safe_file_name(name: str) -> bool:
+    """A plain file name inside tasks/: no folder part, so evals.json cannot point elsewhere."""
+    return bool(name) and PurePosixPath(name).name == name and "\\" not in name and not name.startswith(".")
+
+
+def _write_evals(workspace: str | os.PathLike, evals: dict[str, str]) -> None:
+    """Replace evals.json atomically: written beside it, then renamed over it."""
+    folder = Path(workspace).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = folder / f".{EVALS_FILE}.{os.getpid()}.tmp"
+    staged.write_text(json.dumps(dict(sorted(evals.items())), indent=2) + "\n", encoding="utf-8")
+    os.replace(staged, folder / EVALS_FILE)
+
+
+def attached_eval_files(workspace: str | os.PathLike) -> dict[str, Path]:
+    """Each workspace adapter's attached evaluation file, when the file is still there."""
+    folder = tasks_dir(workspace)
+    found = {name: folder / file_name for name, file_name in _read_evals(workspace).items()}
+    return {name: path for name, path in found.items() if path.is_file()}
+
+
+def check_eval_file(path: str | os.PathLike) -> object:
+    """Read an evaluation file as the scorer will: a causal task's prompt/completion or chat JSONL
+    (merging.tasks.completions), or a classification task's text,label; TaskError names the line."""
+    from merging.tasks import read_task_file
+
+    try:
+        from merging.tasks.completions import file_format, read_causal_task
+    except ImportError:  # a build without causal tasks reads classification files only
+        return read_task_file(Path(path))
+    if file_format(path) == "classification":
+        return read_task_file(Path(path))
+    return read_causal_task(path)
+
+
+def attach_eval_file(
+    workspace: str | os.PathLike,
+    adapter_name: str,
+    eval_file: str | os.PathLike | bytes | BinaryIO,
+    file_name: str | None = None,
+) -> Path:
+    """Score workspace adapter `adapter_name` on an evaluation file; returns the stored file.
+
+    `eval_file` is a path on this machine or an upload's bytes/file (then `file_name` names it).
+    The file is checked with :func:`check_eval_file` and kept in ``tasks/`` by
+    :func:`store_task_file` (content-named: attaching the same file twice stores it once, and a
+    changed file never replaces the one a stored run was scored on).
+    """
+    name = check_adapter_name(adapter_name)
+    if not (adapters_dir(workspace) / name).is_dir():
+        raise WorkspaceError(f"no adapter named {name!r} in {adapters_dir(workspace)}")
+    if isinstance(eval_file, (str, os.PathLike)):
+        source = Path(str(eval_file).strip()).expanduser()
+        if not str(eval_file).strip():
+            raise WorkspaceError("give the path of an evaluation file")
+        if not source.is_file():
+            raise WorkspaceError(f"{source}: no such file")
+        if source.stat().st_size > MAX_TASK_FILE_BYTES:
+            raise WorkspaceError(f"{source.name} is larger than the limit of {_size(MAX_TASK_FILE_BYTES)}")
+        stored = store_task_file(source.read_bytes(), file_name or source.name, workspace, validate=check_eval_file)
+    else:
+        stored = store_task_file(eval_file, file_name or getattr(eval_file, "name", ""), workspace,
+                                 validate=check_eval_file)
+    evals = _read_evals(workspace)
+    evals[name] = stored.name
+    _write_evals(workspace, evals)
+    return stored
+
+
+def detach_eval_file(workspace: str | os.PathLike, adapter_name: str) -> None:
+    """Forget which evaluation file an adapter is scored on (the file itself stays in tasks/)."""
+    evals = _read_evals(workspace)
+    if evals.pop(adapter_name, None) is not None:
+        _write_evals(workspace, evals)
 
 
 # ----------------------------------------------------------------------------------------------

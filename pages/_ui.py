@@ -20,8 +20,18 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from merging.catalog import Entry, adapter_version, adapters_folder, entry_by_name, twin_of, usable  # noqa: F401 - used by the other pages
+from merging.catalog import (  # noqa: F401 - used by the other pages
+    Entry,
+    adapter_version,
+    adapters_folder,
+    base_model_choices,
+    entry_by_name,
+    for_base_model,
+    twin_of,
+    usable,
+)
 from merging.catalog import catalog as adapter_catalog
+from merging.catalog import default_base_model as zoo_base_model
 from merging.lab import Lab
 from merging.lora import Adapter, AdapterError, load_adapter
 from merging.progress import Cancelled
@@ -31,6 +41,10 @@ from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
 
 # The workspace a new session starts with; MERGESCOPE_WORKSPACE sets another (tests, demos).
 DEFAULT_WORKSPACE = Path(os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
+# The base model a new session starts with: MERGESCOPE_BASE_MODEL (a folder or a cached Hub id),
+# else the built-in zoo's (the demo MiniLM).
+BASE_MODEL_ENV = "MERGESCOPE_BASE_MODEL"
+OTHER_BASE_MODEL = "Another folder or cached Hub id…"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,6 +56,14 @@ class Settings:
     workspace: Path
     device: str
     presentation: bool
+    base_model: str = ""  # the model the pages work on: adapters are listed and scored on it
+
+    @property
+    def on_zoo_base(self) -> bool:
+        """Whether the chosen base model is the built-in zoo's (its demo tasks and training apply)."""
+        from merging.catalog import same_base_model
+
+        return same_base_model(self.base_model, zoo_base_model(zoo()))
 
 
 def settings() -> Settings:
@@ -52,7 +74,74 @@ def settings() -> Settings:
         workspace=workspace,
         device=state.get("device", "auto"),
         presentation=bool(state.get("presentation", False)),
+        base_model=chosen_base_model(),
     )
+
+
+def default_base_model() -> str:
+    return os.environ.get(BASE_MODEL_ENV, "").strip() or zoo_base_model(zoo())
+
+
+def base_model_options(workspace: Path) -> list[str]:
+    """The sidebar's choices: the default, each base model the adapters name, then "another"."""
+    return base_model_choices(adapter_catalog(workspace, zoo()), default_base_model()) + [OTHER_BASE_MODEL]
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def base_model_status(base_model: str) -> tuple[str | None, str]:
+    """(kind, where it was found) or (None, why it cannot be used): the sidebar's line under the chooser."""
+    from merging.catalog import base_model_summary
+
+    try:
+        kind, folder = base_model_summary(base_model)
+    except (ValueError, OSError) as err:
+        return None, str(err)
+    return kind, str(folder)
+
+
+def recipe_for_run(recipe, entries: list[Entry]):
+    """The recipe as the dashboard runs and stores it: the sidebar's base model (when not the
+    default) and each adapter's attached evaluation file written in (merging.catalog), so the
+    stored recipe scores the same way from the CLI."""
+    from merging.catalog import with_base_model, with_eval_files
+
+    return with_eval_files(with_base_model(recipe, chosen_base_model(), zoo_base_model(zoo())), entries)
+
+
+def choose_base_model_of(recipe) -> None:
+    """Make the sidebar show the base model a recipe runs on (Reopen in Merge of a run made on
+    another model): the recipe's `base_model`, else the one its adapters name."""
+    from merging.catalog import entry_for, same_base_model
+
+    wanted = recipe.base_model
+    if not wanted:
+        every = adapter_catalog(settings().workspace, zoo())
+        found = [entry_for(every, ref.name, ref.path) for ref in recipe.adapters]
+        wanted = next((e.base_model for e in found if e is not None and e.base_model), None)
+    if not wanted or same_base_model(wanted, chosen_base_model()):
+        return
+    options = base_model_options(settings().workspace)
+    listed = next((o for o in options if o != OTHER_BASE_MODEL and same_base_model(o, wanted)), None)
+    # the sidebar's widgets are drawn already in this run: app.py applies the choice on the next one
+    st.session_state["_base_model_pending"] = (listed or OTHER_BASE_MODEL, None if listed else wanted)
+
+
+def apply_pending_base_model() -> None:
+    """Before the sidebar draws its chooser: take a choice made by choose_base_model_of."""
+    pending = st.session_state.pop("_base_model_pending", None)
+    if pending:
+        st.session_state["base_model"] = pending[0]
+        if pending[1] is not None:
+            st.session_state["base_model_other"] = pending[1]
+
+
+def chosen_base_model() -> str:
+    """The sidebar's base model: a listed one, or the folder / Hub id typed in under "another"."""
+    state = st.session_state
+    choice = state.get("base_model") or default_base_model()
+    if choice == OTHER_BASE_MODEL:
+        return (state.get("base_model_other") or "").strip() or default_base_model()
+    return choice
 
 
 @st.cache_resource(show_spinner=False)
@@ -123,9 +212,12 @@ def load_adapter_as(path: Path, _name: str) -> Adapter:
 # The adapter catalogue: the built-in zoo plus the workspace's adapters (merging.catalog)
 
 
-def catalog(workspace: Path, include_broken: bool = False) -> list[Entry]:
-    """The zoo's and the workspace's adapters; broken ones (with their error) only when asked."""
+def catalog(workspace: Path, include_broken: bool = False, every_base_model: bool = False) -> list[Entry]:
+    """The zoo's and the workspace's adapters on the sidebar's base model (or on any, when asked);
+    broken ones (with their error) only when asked."""
     entries = adapter_catalog(workspace, zoo())
+    if not every_base_model:
+        entries = for_base_model(entries, chosen_base_model())
     return entries if include_broken else usable(entries)
 
 
@@ -238,12 +330,63 @@ def take_job_result(key: str) -> Job | None:
 # Figures and tables: every one with a line on how to read it and a download
 
 
+_VIEWPORT = None  # the window-size component, declared once (pages/_viewport/index.html)
+
+
+def track_viewport() -> None:
+    """Ask the browser for its window size (app.py, every run); kept in session state as "viewport"."""
+    global _VIEWPORT
+    import streamlit.components.v1 as components
+
+    if _VIEWPORT is None:
+        _VIEWPORT = components.declare_component("viewport", path=str(Path(__file__).parent / "_viewport"))
+    size = _VIEWPORT(key="viewport_component", default=None)
+    if isinstance(size, dict) and size.get("height"):
+        st.session_state["viewport"] = {"width": int(size["width"]), "height": int(size["height"])}
+
+
+def presentation_height(reserved: int = 300, least: int = 360) -> int | None:
+    """A chart's height on stage: the window's height less what must stay in view above it (a
+    header, the metrics); None when the window's size is not known yet (Plotly's default then)."""
+    size = st.session_state.get("viewport")
+    if not size:
+        return None
+    return max(least, int(size["height"]) - reserved)
+
+
+def scroll_into_view(anchor: str) -> None:
+    """Scroll the browser so the element with this id (e.g. a result's header) is at the top."""
+    st.iframe(
+        "<html><body><script>const target = window.parent.document.getElementById(" + repr(anchor) + ");"
+        "if (target) { target.scrollIntoView({block: 'start'}); }</script></body></html>",
+        height=1,
+    )
+
+
+def poll_until(ready: Callable[[], bool], every: float = 2.0) -> None:
+    """Rerun a tiny fragment until `ready()` holds, then the whole app once (e.g. the warm-up's line)."""
+
+    @st.fragment(run_every=every)
+    def poll() -> None:
+        if ready():
+            st.rerun(scope="app")
+
+    poll()
+
+
 def show_figure(figure, name: str, key: str, how_to_read: str | None = None) -> None:
     from merging.plots import HOW_TO_READ, figure_to_html
 
+    presenting = settings().presentation
+    if presenting:
+        height = presentation_height()
+        if height is not None:
+            figure.update_layout(height=height)
     st.plotly_chart(
         figure,
         key=f"chart:{key}",
+        # On stage the figure's own fonts (≥ 18 px) must win over Streamlit's theme, which sets 12 px ticks.
+        theme=None if presenting else "streamlit",
         config={"toImageButtonOptions": {"format": "png", "filename": key, "scale": 2}, "displaylogo": False},
     )
     caption = how_to_read or HOW_TO_READ.get(name)

@@ -1,4 +1,5 @@
-"""Adapters: what is available, look inside one, import one (folder or zip), train a new one."""
+"""Adapters: what is available on the sidebar's base model, look inside one, attach the evaluation
+file it is scored on, import one (folder or zip), train a new one (on the demo base model)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from merging.workspace import (
     MAX_UNZIPPED_BYTES,
     MAX_ZIP_BYTES,
     WorkspaceError,
+    attach_eval_file,
     broken_adapters,
     check_adapter_name,
     describe_adapter_folder,
+    detach_eval_file,
     import_adapter_folder,
     import_adapter_zip,
     list_task_files,
@@ -61,6 +64,7 @@ if finished is not None:
             _ui.lab_for.clear()  # the lab caches scores by adapter path
 
 entries = _ui.catalog(workspace)
+other_bases = len(_ui.catalog(workspace, every_base_model=True)) - len(entries)
 
 
 def _show_flash(key: str) -> None:
@@ -108,7 +112,8 @@ for entry in entries:
             "Rank": info.get("rank"),
             "Target modules": info.get("target_modules"),
             "Single-task accuracy (%)": _percent(entry.single_task_accuracy),
-            "Base model": info.get("base_model"),
+            "Base model": entry.base_model or info.get("base_model"),
+            "Evaluation file": task_display_name(entry.eval_file) if entry.eval_file else "—",
         }
     )
 if rows:
@@ -117,11 +122,16 @@ if rows:
         key="adapters",
         caption="Zoo adapters ship with mergescope; workspace adapters live in "
         f"`{_ui.adapters_folder(workspace)}`. Single-task accuracy is each adapter alone on its own task's "
-        "evaluation split, scored with its own head.",
+        "evaluation split, scored with its own head."
+        + (f" {other_bases} adapter(s) made for other base models are hidden: choose their base model in the "
+           "sidebar to see them." if other_bases else ""),
     )
 else:
     st.info(
-        "No adapters yet: build the zoo (`python -m merging zoo build`), or import or train one below."
+        f"No adapters for `{ui_settings.base_model}` yet: import one below"
+        + (", build the zoo (`python -m merging zoo build`) or train one." if ui_settings.on_zoo_base else ".")
+        + (f" {other_bases} adapter(s) made for other base models are hidden (see the sidebar's base model)."
+           if other_bases else "")
     )
 
 # Broken workspace adapters: say what is wrong with each, and let the user remove it.
@@ -170,6 +180,60 @@ if names:
                       on_click=_remove, args=(chosen,))
 else:
     st.caption("Nothing to inspect yet.")
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation file each workspace adapter is scored on
+
+
+def _attach_eval(name: str) -> None:
+    """Attach the uploaded file, or the one at the typed path, to adapter `name` (a button's callback)."""
+    state = st.session_state
+    upload, path = state.get("adapters_eval_upload"), (state.get("adapters_eval_path") or "").strip()
+    try:
+        if upload is not None:
+            stored = attach_eval_file(_ui.settings().workspace, name, upload, file_name=upload.name)
+        elif path:
+            stored = attach_eval_file(_ui.settings().workspace, name, path)
+        else:
+            raise WorkspaceError("choose a file to upload or type the path of one")
+    except Exception as err:
+        state["adapters_eval_msg"] = ("error", _ui.friendly_error(err))
+        return
+    state["adapters_eval_msg"] = (
+        "success", f"**{name}** is now scored on **{task_display_name(stored)}** (kept as `{stored}`).",
+    )
+
+
+def _detach_eval(name: str) -> None:
+    detach_eval_file(_ui.settings().workspace, name)
+    st.session_state["adapters_eval_msg"] = ("success", f"**{name}** has no evaluation file any more.")
+
+
+workspace_entries = [e for e in entries if e.source == "workspace"]
+if workspace_entries and not ui_settings.presentation:
+    st.subheader("Evaluation files")
+    st.caption(
+        "The file a workspace adapter is scored on, one task per adapter (the task is named after the file). "
+        "Causal LMs: JSONL with `prompt` and `completion`, or chat `messages` (the last assistant turn is the "
+        "completion); scored by exact match and completion loss. Classification: CSV/JSONL with `text` and "
+        "`label`. Merge, Sweep and Interference use these files."
+    )
+    eval_names = [e.name for e in workspace_entries]
+    if st.session_state.get("adapters_eval_adapter") not in eval_names:
+        st.session_state.pop("adapters_eval_adapter", None)
+    eval_for = st.selectbox("Adapter", eval_names, key="adapters_eval_adapter")
+    attached = _ui.entry_by_name(workspace_entries, eval_for).eval_file
+    st.caption(f"Now scored on: `{attached}`" if attached else "No evaluation file attached yet.")
+    upload_tab, path_tab = st.tabs(["Upload a file", "File on this machine"])
+    with upload_tab:
+        st.file_uploader("Evaluation file", type=["jsonl", "csv"], key="adapters_eval_upload")
+    with path_tab:
+        st.text_input("Path of the file", key="adapters_eval_path", placeholder="/path/to/eval.jsonl")
+    left, right = st.columns([1, 1])
+    left.button("Attach", key="adapters_eval_attach", on_click=_attach_eval, args=(eval_for,), type="primary")
+    if attached:
+        right.button("Detach", key="adapters_eval_detach", on_click=_detach_eval, args=(eval_for,))
+    _show_flash("adapters_eval_msg")
 
 # ----------------------------------------------------------------------------------------------
 # Import
@@ -260,7 +324,13 @@ def _train_work(spec: dict):
 
 
 running = _ui.job_running(JOB)
-if not ui_settings.presentation:
+if not ui_settings.presentation and not ui_settings.on_zoo_base:
+    st.subheader("Train a new adapter")
+    st.caption(
+        f"Training here fine-tunes classification adapters on the demo base model `{base_model}`; choose it in the "
+        f"sidebar to train. Adapters for `{ui_settings.base_model}` are trained elsewhere and imported above."
+    )
+elif not ui_settings.presentation:
     st.subheader("Train a new adapter")
     st.caption(
         f"Fine-tunes a LoRA adapter and its classification head on `{base_model}` (the zoo's base model), "

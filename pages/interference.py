@@ -5,6 +5,9 @@ version): magnitude variance, subspace overlap, task-vector cosine, TIES sign co
 need forward passes and run as background jobs, cached for the session: OSRM's data-parameter
 interference (the base model's inputs to each adapted module, per task) and the cross-task accuracy
 matrix. A toggle puts each standard adapter's OSRM twin in a second column.
+
+The base model is the sidebar's; an adapter's task is the evaluation file attached to it on the
+Adapters page when it has one (a causal LM's prompts are then its inputs), else its own task.
 """
 
 from __future__ import annotations
@@ -14,11 +17,10 @@ from typing import Sequence
 
 import streamlit as st
 
-from merging import metrics, plots
+from merging import catalog, metrics, plots
 from merging.evaluation import cross_task_matrix
-from merging.lab import task_data_for
 from merging.lora import Adapter
-from pages import _ui
+from pages import _ui, _warm
 
 FEATURES_JOB = "interference_features"
 CROSS_JOB = "interference_cross"
@@ -110,9 +112,8 @@ if len(names) < 2:
 
 
 def _version(entry: _ui.Entry) -> tuple[str, float]:
-    """(path, weights mtime): the same key `_ui.load_adapter_cached` uses, so edits invalidate caches."""
-    weights = entry.path / "adapter_model.safetensors"
-    return str(entry.path), (weights.stat().st_mtime if weights.exists() else 0.0)
+    """(path, weights mtime): the same key `_ui.load_adapter_cached` (and the warm-up) use."""
+    return _warm.version_of(entry)
 
 
 chosen = [_ui.entry_by_name(entries, n) for n in names]
@@ -146,13 +147,15 @@ def _factor_metrics(versions: tuple[tuple[str, float], ...], density: float) -> 
 
 
 def _load(set_entries: Sequence[_ui.Entry]) -> list[Adapter]:
-    return [_ui.load_adapter_cached(e.path) for e in set_entries]
+    """The adapters, each carrying the task it is scored on (an attached evaluation file's)."""
+    return [catalog.as_scored(_ui.load_adapter_cached(e.path), e) for e in set_entries]
 
 
 views: list[dict] = []  # one per column: key, label, entries, adapters, metrics (None when it failed)
 for key, label, set_entries in sets:
     view = {"key": key, "label": label, "entries": set_entries, "names": [e.name for e in set_entries],
-            "versions": tuple(_version(e) for e in set_entries), "adapters": None, "metrics": None}
+            "versions": tuple(_version(e) for e in set_entries), "adapters": None, "metrics": None,
+            "labels": plots.shared_suffix_dropped([e.name for e in set_entries])}  # heatmap ticks
     try:
         view["adapters"] = _load(set_entries)
         view["metrics"] = _factor_metrics(view["versions"], float(density))
@@ -232,7 +235,7 @@ for column, view in zip(_columns(), good):
         for place, (side, title) in zip(inner, sides):
             with place:
                 _ui.show_figure(
-                    plots.overlap_heatmap(data[f"{side}_overlap"], view["names"], title=f"{title}, layer {layer}",
+                    plots.overlap_heatmap(data[f"{side}_overlap"], view["labels"], title=f"{title}, layer {layer}",
                                           presentation=presentation),
                     "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
                 )
@@ -257,7 +260,7 @@ for column, view in zip(_columns(), good):
                 st.info(f"These adapters adapt nothing in layer {layer}.")
                 continue
             matrix, title = data["cosine"], f"Task-vector cosine — layer {layer}"
-        _ui.show_figure(plots.cosine_heatmap(matrix, view["names"], title=title, presentation=presentation),
+        _ui.show_figure(plots.cosine_heatmap(matrix, view["labels"], title=title, presentation=presentation),
                         "cosine_heatmap", f"interference_cosine_{view['key']}")
 
 # ----------------------------------------------------------------------------------------------
@@ -269,24 +272,14 @@ for column, view in zip(_columns(), good):
         _heading(view)
         rates = {k: v["sign_conflict_rate"] for k, v in view["metrics"]["layers"].items()}
         title = "Sign conflicts per layer" + (f" (density {density:g})" if density < 1.0 else "")
-        _ui.show_figure(plots.sign_conflicts_by_layer(rates, title=title, presentation=presentation),
+        count = len(view["names"])
+        chance = metrics.chance_sign_conflict_rate(count, float(density))  # for this many adapters, this trim
+        _ui.show_figure(plots.sign_conflicts_by_layer(rates, chance=chance, adapters=count, title=title,
+                                                      presentation=presentation),
                         "sign_conflicts_by_layer", f"interference_signs_{view['key']}")
 
 # ----------------------------------------------------------------------------------------------
 # Shared by the two sections that need the base model
-
-
-def _base_model(adapters: Sequence[Adapter]) -> str:
-    """The adapters' one base model (from their metadata), else the zoo's; refuses a mix."""
-    known = {a.meta.get("base_model") or a.base_model for a in adapters} - {None}
-    built_in = _ui.zoo()
-    if len(known) > 1:
-        raise ValueError(f"the adapters come from different base models: {', '.join(sorted(known))}")
-    if known:
-        return known.pop()
-    if built_in:
-        return built_in.base_model
-    raise ValueError("the adapters do not say which base model they belong to, and there is no built-in zoo")
 
 
 def _untasked(adapters: Sequence[Adapter]) -> list[str]:
@@ -300,11 +293,9 @@ def _row_labels(adapters: Sequence[Adapter]) -> list[str]:
 
 
 shown_adapters = [a for v in good for a in v["adapters"]]
-base_problem = None
-try:
-    base_model = _base_model(shown_adapters)
-except ValueError as err:
-    base_model, base_problem = None, str(err)
+entry_of = {e.name: e for v in good for e in v["entries"]}  # an adapter's entry: its evaluation file
+base_model = ui_settings.base_model  # the sidebar's: every adapter listed here was made for it
+base_problem = _ui.base_model_status(base_model)[1] if _ui.base_model_status(base_model)[0] is None else None
 untasked = _untasked(shown_adapters)
 
 # ----------------------------------------------------------------------------------------------
@@ -315,6 +306,8 @@ st.caption(
     "How strongly adapter j's update answers task i's inputs, ‖ΔWⱼXᵢᵀ‖ ÷ ‖ΔWᵢXᵢᵀ‖, with Xᵢ the base model's "
     f"inputs to each adapted module over up to {samples} {SPLITS[split]} of task i (one row per text by default), "
     "averaged over the modules shown."
+    + (" Tasks with an evaluation file (Adapters page) read its prompts; the split does not apply to them."
+       if any(e.eval_file is not None for e in entry_of.values()) else "")
 )
 # (base, task, split, samples, targets, with second moments) → {module: ModuleFeatures}
 features_cache: dict = state.setdefault("interference_features_cache", {})
@@ -349,8 +342,7 @@ def _feature_work(lab, by_task: dict[str, Adapter], split: str, samples: int, ta
         collected = {}
         for index, (task, adapter) in enumerate(by_task.items()):
             progress(index, len(tasks), f"{task}: loading texts")
-            data = task_data_for(adapter)
-            texts = (data.eval_texts if split == "eval" else data.train_texts)[:samples]
+            texts = catalog.task_texts(adapter, entry_of[adapter.name], split, lab.tokenizer)[:samples]
 
             def report(done, total, what, index=index, task=task):
                 progress(index * total + done, len(tasks) * total, f"{task}: {what}")
@@ -376,7 +368,7 @@ if base_problem:
     st.error(f"Cannot run the base model: {base_problem}")
 elif untasked:
     st.error("These adapters do not say which task they were trained on, so they have no inputs: "
-             f"{', '.join(untasked)}.")
+             f"{', '.join(untasked)}. Attach an evaluation file to each on the Adapters page.")
 else:
     by_task: dict[str, Adapter] = {}
     for adapter in shown_adapters:
@@ -402,25 +394,33 @@ else:
     if state.get("interference_features_error"):
         st.error(state["interference_features_error"])
     if not need:
+        matrices: dict[str, object] = {}
+        for view in good:
+            key = (base_model, split, samples, targets, inputs, view["versions"])
+            try:
+                if key not in dpi_cache:
+                    features = {a.task: _cached_features(a.task) for a in view["adapters"]}
+                    dpi_cache[key] = metrics.interference_by_layer(view["adapters"], features, inputs)
+                matrices[view["key"]] = dpi_cache[key].get(layer_choice)
+            except Exception as err:
+                matrices[view["key"]] = err
+        # One colour scale for the standard and the OSRM heatmap, so equal colours mean equal ratios.
+        shared = plots.interference_decades(*[m for m in matrices.values() if m is not None
+                                              and not isinstance(m, Exception)])
         for column, view in zip(_columns(), good):
             with column:
                 _heading(view)
-                key = (base_model, split, samples, targets, inputs, view["versions"])
-                try:
-                    if key not in dpi_cache:
-                        features = {a.task: _cached_features(a.task) for a in view["adapters"]}
-                        dpi_cache[key] = metrics.interference_by_layer(view["adapters"], features, inputs)
-                    matrix = dpi_cache[key].get(layer_choice)
-                except Exception as err:
-                    st.error(_ui.friendly_error(err))
+                matrix = matrices[view["key"]]
+                if isinstance(matrix, Exception):
+                    st.error(_ui.friendly_error(matrix))
                     continue
                 if matrix is None:
                     st.info(f"These adapters adapt nothing in layer {layer_choice}.")
                     continue
                 where = "mean over all layers" if layer_choice == "all" else f"layer {layer_choice}"
                 figure = plots.interference_heatmap(
-                    matrix, _row_labels(view["adapters"]), view["names"],
-                    title=f"Data-parameter interference — {where}", presentation=presentation,
+                    matrix, _row_labels(view["adapters"]), view["labels"],
+                    title=f"Data-parameter interference — {where}", presentation=presentation, decades=shared,
                 )
                 _ui.show_figure(figure, "interference_heatmap", f"interference_dpi_{view['key']}")
     elif not running:
@@ -434,6 +434,9 @@ st.subheader("Cross-task accuracy")
 st.caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
            "off-diagonal mean each adapter helps only its own task.")
 cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, versions) → cross_task_matrix
+# The server's warm-up scored the default sets already (pages/_warm.py): every session starts with them.
+for warm_key, warm_matrix in list(_warm.cross_task_results().items() if _warm.enabled() else ()):
+    cross_cache.setdefault(warm_key, warm_matrix)
 
 
 def _cross_work(lab, jobs: list[tuple[tuple, list[Adapter]]]):
@@ -460,6 +463,9 @@ if finished is not None:
 
 if base_problem:
     st.error(f"Cannot run the base model: {base_problem}")
+elif _ui.base_model_status(base_model)[0] == "causal":
+    st.info("Scored per task on the Merge page for causal LMs (exact match and completion loss of the base, each "
+            "adapter and the merge); this matrix needs each classification task's own head.")
 elif untasked:
     st.error(f"These adapters do not say which task they were trained on: {', '.join(untasked)}.")
 else:

@@ -6,6 +6,7 @@ what is merged — merging.catalog resolves its OSRM mode — so a run re-merges
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,15 +20,19 @@ from merging.evaluation import PREVIEW_EVERY, modules_fingerprint
 from merging.merge import save_merged
 from merging.methods import REGISTRY, MethodError
 from merging.recipe import RecipeError
+from merging.run_labels import describe_recipe, run_label
 from pages import _recipe_ui as codec
 from pages import _ui
 
 JOB = "merge"
+EXPORT_JOB = "merge-export"
 PREFIX = "merge"
 ui_settings = _ui.settings()
 all_entries = _ui.catalog(ui_settings.workspace, include_broken=True)
 entries = catalog.usable(all_entries)
 st.title("Merge")
+# Opened here, in the page's thread, so a store that cannot be used says so before anything runs.
+store = _ui.run_store(ui_settings.workspace)
 _ui.warn_broken(all_entries)
 if not entries:
     st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
@@ -109,7 +114,7 @@ with controls:
 # Run: the Recipe alone says what is merged (catalog.resolve_inputs applies its `osrm` mode)
 
 
-def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job):
+def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job, store):
     def publish_preview(evaluation) -> None:
         job.partial = evaluation.to_dict()
 
@@ -121,9 +126,20 @@ def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job):
         results = run.results()
         results["osrm"] = {"mode": recipe.osrm, "twins": merged_inputs.twins, "posthoc": merged_inputs.posthoc}
         results["fingerprint"] = modules_fingerprint(run.merged.adapter.modules)
-        store = _ui.run_store(ui_settings.workspace)
         run_id = store.add(run.recipe.to_dict(), results, run.merged.summary(), str(lab.device), run.seconds)
-        return {"run_id": run_id, "results": results, "merged": run.merged, "seconds": run.seconds}
+        return {"run_id": run_id, "results": results, "merged": run.merged, "seconds": run.seconds,
+                "recipe": run.recipe.to_dict()}
+
+    return work
+
+
+def _export_work(merged, base_dir, out: str, overwrite: bool):
+    def work(progress):
+        from merging.export import export_merged
+
+        if not out:
+            raise ValueError("give the folder to write the full model to")
+        return export_merged(merged, base_dir, out, overwrite=overwrite, progress=progress).to_dict()
 
     return work
 
@@ -138,8 +154,29 @@ def _zip_of(merged) -> bytes:
     return buffer.getvalue()
 
 
+# The last result and the pinned baseline live in the URL too (run=ID, baseline=ID): a reload or a
+# shared link shows them again, read back from the run store.
+def _stored_run(run_id_text: str | None) -> dict | None:
+    if not run_id_text or not str(run_id_text).isdigit():
+        return None
+    record = store.get(int(run_id_text))
+    if record is None or record.kind != "merge":
+        st.warning(f"Run {run_id_text} from the link is not in this workspace's run store.")
+        return None
+    return {"run_id": record.id, "results": record.results, "merged": None, "seconds": record.seconds,
+            "recipe": record.recipe}
+
+
+if "merge_last" not in st.session_state:
+    st.session_state["merge_last"] = _stored_run(st.query_params.get("run"))
+if "merge_baseline" not in st.session_state:
+    pinned = _stored_run(st.query_params.get("baseline"))
+    if pinned:
+        pinned["name"] = st.query_params.get("baseline_name") or f"run {pinned['run_id']}"
+    st.session_state["merge_baseline"] = pinned
+
 built_in = _ui.zoo()
-if built_in and not st.session_state.get("merge_last"):
+if built_in and ui_settings.on_zoo_base and not st.session_state.get("merge_last"):
     # Load the model now and score the zoo's single adapters in the background, so the first Run
     # only pays for its own merge.
     ordered = sorted(built_in.adapters, key=lambda a: a.init != "standard")
@@ -151,10 +188,11 @@ if run_clicked:
     try:
         recipe = codec.recipe_from_widgets(PREFIX, entries, ui_settings.device)  # validated before anything starts
         st.query_params["recipe"] = recipe.to_url()
-        inputs = catalog.resolve_inputs(recipe, _ui.load_adapter_as, catalog.default_base_model(built_in))
+        recipe = _ui.recipe_for_run(recipe, entries)  # the sidebar's base model, the attached evaluation files
+        inputs = catalog.resolve_inputs(recipe, _ui.load_adapter_as, ui_settings.base_model)
         lab = _ui.lab_for(inputs.base_model, ui_settings.device)  # cached; loads in the page's thread
         job = _ui.Job("Merging and evaluating")
-        _ui.start_job(JOB, job.label, _merge_work(inputs, recipe, lab, job), job=job)
+        _ui.start_job(JOB, job.label, _merge_work(inputs, recipe, lab, job, store), job=job)
     except (RecipeError, MethodError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
 
@@ -162,14 +200,15 @@ def _show_preview(preview: dict) -> None:
     """The first look while the rest of the evaluation runs, labelled as such."""
     tasks = preview["tasks"]
     average = preview["average"]["merged"]
+    per_class = "" if plots.has_loss(preview) else " of each class"
     st.metric(
-        "Preview: average merged accuracy",
+        f"Preview: average merged {plots.metric_name(preview)}",
         f"{100 * average:.1f}%",
-        help=f"Scored on 1 in {PREVIEW_EVERY} examples of each class; the full evaluation is still running "
+        help=f"Scored on 1 in {PREVIEW_EVERY} examples{per_class}; the full evaluation is still running "
         "and will replace this.",
     )
     st.caption(
-        f"Preview on 1 in {PREVIEW_EVERY} evaluation examples per class: "
+        f"Preview on 1 in {PREVIEW_EVERY} evaluation examples{per_class}: "
         + ", ".join(f"{task} {100 * s['merged']:.0f}%" for task, s in tasks.items() if s["merged"] is not None)
         + ". A third of the data: expect a few points of difference from the full result."
     )
@@ -183,6 +222,9 @@ if finished is not None:
     else:
         st.session_state["merge_previous"] = st.session_state.get("merge_last")
         st.session_state["merge_last"] = finished.result
+        st.session_state["merge_scroll"] = True  # bring the new result into view under Run
+        if finished.result["run_id"] is not None:
+            st.query_params["run"] = str(finished.result["run_id"])
         st.session_state.pop("merge_error", None)
 
 if st.session_state.get("merge_error"):
@@ -192,53 +234,122 @@ if st.session_state.get("merge_error"):
 # Results
 
 last = st.session_state.get("merge_last")
+baseline = st.session_state.get("merge_baseline")
 if last:
     results = last["results"]
     average = results["average"]
-    st.subheader(f"Run {last['run_id']}: {results['merge']['method']} of {len(results['merge']['adapters'])} adapters")
+    recipe_text = describe_recipe(last.get("recipe") or {})
+    st.subheader(
+        f"{run_label(last['run_id']).capitalize()}: {results['merge']['method']} of "
+        f"{len(results['merge']['adapters'])} adapters",
+        anchor="merge-result",
+    )
+    st.caption("Recipe: " + recipe_text)
+    if last["run_id"] is None:
+        st.warning("This run was not stored (see the run store's warning above): it is shown, not kept.")
+    # The change is measured against the pinned baseline when there is one, else the previous run.
+    if baseline and baseline["run_id"] != last["run_id"]:
+        compared, compared_name = baseline, f"baseline {run_label(baseline['run_id'], baseline['name'])}"
+    else:
+        previous = st.session_state.get("merge_previous")
+        compared = previous if previous and previous["run_id"] != last["run_id"] else None
+        compared_name = f"the previous run ({run_label(compared['run_id'])})" if compared else ""
+    compared_average = compared["results"]["average"] if compared else None
     metric_columns = st.columns(4)
-    previous = st.session_state.get("merge_previous")
-    previous_average = previous["results"]["average"] if previous else None
 
     def delta(key):
-        if not previous_average or previous_average.get(key) is None or average.get(key) is None:
+        if not compared_average or compared_average.get(key) is None or average.get(key) is None:
             return None
-        return f"{100 * (average[key] - previous_average[key]):+.1f} pp"
+        return f"{100 * (average[key] - compared_average[key]):+.1f} pp"
 
-    metric_columns[0].metric("Average merged accuracy", f"{100 * average['merged']:.1f}%", delta("merged"))
-    metric_columns[1].metric("Normalised (merged / single)", f"{100 * average['normalized']:.1f}%", delta("normalized"))
-    metric_columns[2].metric("Average single-adapter accuracy", f"{100 * average['single']:.1f}%")
-    metric_columns[3].metric("Merge + evaluation time", f"{last['seconds']:.2f} s", help=f"device: {results['merge']['device']}")
-    st.caption(
-        "Each task is scored with the merged body and that task's own classification head; "
-        "the black dash is the majority-class baseline."
+    interval = (results.get("average_interval") or {}).get("merged")
+    metric = plots.metric_name(results)  # accuracy, or exact match for causal-LM tasks
+    metric_columns[0].metric(
+        f"Average merged {metric}", f"{100 * average['merged']:.1f}%", delta("merged"),
+        help=(f"95% interval {100 * interval[0]:.1f}–{100 * interval[1]:.1f}% (bootstrap over the evaluation sets)"
+              if interval else None) if not compared_name else f"change vs {compared_name}",
     )
+    metric_columns[1].metric("Normalised (merged / single)", f"{100 * average['normalized']:.1f}%", delta("normalized"))
+    metric_columns[2].metric(f"Average single-adapter {metric}", f"{100 * average['single']:.1f}%")
+    if results.get("cached"):
+        # Scored before (e.g. by the server's warm-up): the seconds would only time a cache look-up.
+        metric_columns[3].metric("Merge + evaluation time", "cached",
+                                 help=f"this merged body was scored before; merge took {last['seconds']:.2f} s "
+                                 f"on {results['merge']['device']}")
+    else:
+        metric_columns[3].metric("Merge + evaluation time", f"{last['seconds']:.2f} s",
+                                 help=f"device: {results['merge']['device']}; waiting for the warm-up not counted")
+    if plots.has_loss(results):
+        how_scored = (
+            "Each task is its evaluation file's prompts: exact match = the greedy continuation equals the completion "
+            "(whitespace aside); loss = mean negative log-likelihood of the completion tokens, in nats (lower is "
+            "better). Whiskers: 95% bootstrap intervals over the evaluation set."
+        )
+    else:
+        how_scored = (
+            "Each task is scored with the merged body and that task's own classification head. "
+            "\"Base\" = the base body with each adapter's own head, so it moves when the adapters (or OSRM's twins) "
+            "change. Whiskers: 95% bootstrap intervals over the evaluation set; the black dash is the majority class."
+        )
+    if not ui_settings.presentation:  # on stage it goes under the chart, which must fit the window
+        st.caption(how_scored)
     osrm = results.get("osrm") or {}
     if osrm.get("twins"):
-        st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values()) + ".")
+        st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
+                + " — their heads score the tasks, so the base bars use those heads too.")
     if osrm.get("posthoc"):
         st.info("Projected post-hoc onto OSRM's subspace: " + ", ".join(osrm["posthoc"]) + ".")
-    _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars", "merge_accuracy")
-    if previous:
+    if plots.has_loss(results):  # causal tasks: the metric and, beside it, the completion loss
+        metric_chart, loss_chart = st.columns(2)
+        with metric_chart:
+            _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars",
+                            "merge_accuracy", how_to_read="Per task, grey = base model, blue = each task's own adapter, "
+                            "orange = the merge (label: merged ÷ single); whiskers: 95% bootstrap intervals.")
+        with loss_chart:
+            _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation, score="loss"),
+                            "accuracy_bars", "merge_loss", how_to_read="Completion loss per task, nats per token: "
+                            "lower is better; the merge between base and single shows how much each task kept.")
+    else:
+        _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars",
+                        "merge_accuracy")
+    if ui_settings.presentation:
+        st.caption(how_scored)
+    if compared:
         _ui.show_figure(
-            plots.accuracy_delta(results, previous["results"], presentation=ui_settings.presentation),
+            plots.accuracy_delta(results, compared["results"], title=f"Change in merged {metric} vs {compared_name}",
+                                 presentation=ui_settings.presentation),
             "accuracy_delta",
             "merge_delta",
         )
-    frame = pd.DataFrame(
-        [
-            {
-                "task": task,
-                # numbers rounded; "metric" names the score (accuracy / exact_match); a causal task's loss beside
-                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items() if not isinstance(v, dict)},
-                **{f"loss {k}": (None if v is None else round(v, 4)) for k, v in (scores.get("loss") or {}).items()},
-            }
-            for task, scores in results["tasks"].items()
-        ]
-    )
-    _ui.show_table(frame, "merge_results")
+        st.caption(f"Compared with {compared_name}: " + describe_recipe(compared.get("recipe") or {}))
+
+    # Pin a run as the named baseline every later run is compared with (kept in the link).
+    pin_left, pin_middle, pin_right = st.columns([2, 1, 1])
+    if last["run_id"] is not None and (not baseline or baseline["run_id"] != last["run_id"]):
+        name = pin_left.text_input("Baseline name", value=f"run {last['run_id']}", key="merge_baseline_name",
+                                   label_visibility="collapsed")
+        if pin_middle.button("Pin as baseline", key="merge_pin", icon=":material/push_pin:"):
+            st.session_state["merge_baseline"] = {**last, "name": name.strip() or f"run {last['run_id']}"}
+            st.query_params["baseline"] = str(last["run_id"])
+            st.query_params["baseline_name"] = st.session_state["merge_baseline"]["name"]
+            st.rerun()
+    if baseline:
+        pin_left.caption(f"Baseline: {run_label(baseline['run_id'], baseline['name'])} — "
+                         + describe_recipe(baseline.get("recipe") or {}))
+        if pin_right.button("Unpin baseline", key="merge_unpin"):
+            st.session_state["merge_baseline"] = None
+            st.query_params.pop("baseline", None)
+            st.query_params.pop("baseline_name", None)
+            st.rerun()
+
+    frame = pd.DataFrame(plots.results_rows(results))
+    if ui_settings.presentation:
+        with st.expander("Numbers"):
+            _ui.show_table(frame, "merge_results")
+    else:
+        _ui.show_table(frame, "merge_results")
     summary = results["merge"]
-    if any(m["energy_kept"] < 1.0 for m in summary["modules"].values()):
+    if plots.rank_truncated(summary):  # within float rounding of 1 everywhere: nothing was truncated
         _ui.show_figure(plots.energy_kept(summary, presentation=ui_settings.presentation), "energy_kept", "merge_energy")
     if results.get("orthogonalize"):
         curves = {name: report["loss"] for name, report in results["orthogonalize"].items()}
@@ -253,9 +364,40 @@ if last:
         st.markdown("**Export**")
         e1, e2, e3 = st.columns(3)
         merged_adapter = last["merged"]
-        e1.download_button("Merged adapter (PEFT zip)", lambda: _zip_of(merged_adapter), f"merged-run{last['run_id']}.zip",
-                           "application/zip", key="export_zip")
-        e2.download_button("Recipe (JSON)", last["merged"].recipe.to_json(),
-                           f"recipe-run{last['run_id']}.json", "application/json", key="export_recipe")
-        e3.download_button("Results (CSV)", frame.to_csv(index=False), f"results-run{last['run_id']}.csv",
+        stem = f"run{last['run_id']}" if last["run_id"] is not None else "unstored-run"
+        if merged_adapter is not None:
+            e1.download_button("Merged adapter (PEFT zip)", lambda: _zip_of(merged_adapter), f"merged-{stem}.zip",
+                               "application/zip", key="export_zip")
+        else:
+            e1.caption("Reopened from the run store: press Run merge to rebuild the adapter for export.")
+        e2.download_button("Recipe (JSON)", json.dumps(last.get("recipe") or {}, indent=2),
+                           f"recipe-{stem}.json", "application/json", key="export_recipe")
+        e3.download_button("Results (CSV)", frame.to_csv(index=False), f"results-{stem}.csv",
                            "text/csv", key="export_csv")
+        with st.expander("Full model: the base with the merge folded in"):
+            st.caption("A Hugging Face model folder (config, safetensors shards, tokenizer) that "
+                       "`AutoModelForCausalLM.from_pretrained` (or the classification class) loads; written beside "
+                       "the target and swapped in when complete, shard by shard.")
+            out_left, out_right = st.columns([3, 1])
+            out_left.text_input("Folder", key="export_full_dir", placeholder="/path/to/merged-model")
+            out_right.checkbox("Replace an earlier export there", key="export_full_overwrite")
+            if st.button("Write full model", key="export_full", disabled=merged_adapter is None or _ui.job_running(EXPORT_JOB)):
+                try:
+                    base_name = merged_adapter.recipe.base_model or ui_settings.base_model
+                    _ui.start_job(EXPORT_JOB, "Writing the full model", _export_work(
+                        merged_adapter, catalog.base_model_summary(base_name)[1],
+                        (st.session_state.get("export_full_dir") or "").strip(),
+                        bool(st.session_state.get("export_full_overwrite"))))
+                except (ValueError, OSError) as err:
+                    st.error(_ui.friendly_error(err))
+            _ui.show_job_progress(EXPORT_JOB)
+            exported = _ui.take_job_result(EXPORT_JOB)
+            if exported is not None:
+                if exported.error:
+                    st.error(exported.error)
+                else:
+                    report = exported.result
+                    st.success(f"Wrote the full model to `{report['out']}`: {report['shards']} shard(s), "
+                               f"{report['bytes'] / 1024**2:.1f} MiB, {report['updated_modules']} module(s) updated.")
+    if st.session_state.pop("merge_scroll", False):
+        _ui.scroll_into_view("merge-result")

@@ -22,10 +22,17 @@ st.title("Runs")
 
 try:
     store = _ui.run_store(ui_settings.workspace)
-    records = store.list()
+    listing = store.read()
+    records = listing.records
 except (OSError, sqlite3.Error) as err:
     st.error(f"The run store in {ui_settings.workspace} could not be opened: {err}")
     st.stop()
+if listing.skipped:
+    st.warning(
+        f"{len(listing.skipped)} stored row(s) could not be read back and are not listed: "
+        + "; ".join(f"row {row.id}: {row.reason}" for row in listing.skipped[:10])
+        + (" …" if len(listing.skipped) > 10 else "")
+    )
 
 flash = st.session_state.pop("runs_flash", None)
 if flash:
@@ -93,11 +100,20 @@ def _row(record) -> dict:
         "method": record.recipe.get("method", "?"),
         "adapters": ", ".join(_names(record)),
         "λ": ", ".join(f"{w:g}" for w in weights) if weights else "",
+        "metric": _metric(record),
         "average merged %": _percent(average.get("merged")),
         "normalised %": _percent(average.get("normalized")),
         "device": record.device,
         "seconds": round(record.seconds, 2),
     }
+
+
+def _metric(record) -> str:
+    """The run's primary metric in words (accuracy; exact match for causal-LM tasks)."""
+    try:
+        return plots.metric_name(record.results)
+    except (ValueError, TypeError, AttributeError):  # an unreadable row: the table still lists it
+        return "?"
 
 
 def _label(record) -> str:
@@ -131,15 +147,26 @@ compare = st.multiselect(
     [r.id for r in records],
     format_func=lambda i: _label(by_id[i]),
     key="runs_compare",
-    help="Merged accuracy per task, one bar series per run; a sweep contributes its best point.",
+    help="Merged score per task (accuracy, or exact match and loss for causal LMs), one bar series per run; "
+    "a sweep contributes its best point.",
 )
 if compare:
     selected = [by_id[i] for i in compare]
     try:
-        figure = plots.runs_comparison(
-            [{"label": _label(r), "results": r.results} for r in selected], presentation=ui_settings.presentation
-        )
-        _ui.show_figure(figure, "runs_comparison", "runs_comparison")
+        compared = [{"label": _label(r), "results": r.results} for r in selected]
+        metrics = {_metric(r) for r in selected}
+        figure = plots.runs_comparison(compared, presentation=ui_settings.presentation,
+                                       metric=metrics.pop() if len(metrics) == 1 else "score")
+        if any(plots.has_loss(r.results) for r in selected):  # causal tasks: the loss beside the metric
+            metric_chart, loss_chart = st.columns(2)
+            with metric_chart:
+                _ui.show_figure(figure, "runs_comparison", "runs_comparison")
+            with loss_chart:
+                _ui.show_figure(plots.runs_comparison(compared, presentation=ui_settings.presentation, metric="loss"),
+                                "runs_comparison", "runs_comparison_loss",
+                                how_to_read="Merged completion loss per task, one bar series per run: lower is better.")
+        else:
+            _ui.show_figure(figure, "runs_comparison", "runs_comparison")
     except (ValueError, KeyError, TypeError) as err:
         st.error(f"These runs cannot be drawn together: {err}")
     side_by_side = pd.DataFrame(
@@ -155,9 +182,15 @@ if compare:
                 "DO-Merging": ", ".join(
                     k for k in ("decouple", "orthogonalize") if (r.recipe.get("do_merging") or {}).get(k)
                 ) or "off",
+                "metric": _metric(r),
                 **{
                     f"{task} merged %": _percent(scores.get("merged"))
                     for task, scores in (r.results.get("tasks") or {}).items()
+                },
+                **{
+                    f"{task} merged loss": round(scores["loss"]["merged"], 4)
+                    for task, scores in (r.results.get("tasks") or {}).items()
+                    if isinstance(scores.get("loss"), dict) and scores["loss"].get("merged") is not None
                 },
                 "average merged %": _row(r)["average merged %"],
                 "normalised %": _row(r)["normalised %"],
@@ -182,7 +215,9 @@ record = by_id[detail_id]
 if st.button("Reopen in Merge", key="runs_reopen", type="primary",
              help="Open the Merge page with this run's recipe (a sweep: its best point); a link to it can be shared."):
     recipe, problem = _recipe(record)
-    known = {e.name for e in _ui.catalog(ui_settings.workspace)}
+    if recipe is not None:
+        _ui.choose_base_model_of(recipe)  # the run's base model in the sidebar, so its adapters are listed
+    known = {e.name for e in _ui.catalog(ui_settings.workspace, every_base_model=True)}
     if recipe is None:
         st.error(f"This run's recipe cannot be read: {problem}")
     elif not any(n in known for n in _names(record)):
@@ -200,14 +235,24 @@ if record.kind == "sweep" and (record.results.get("sweep") or {}).get("points"):
             figure = plots.lambda_heatmap(
                 axis1, axis2, [[values.get((a, b)) for b in axis2] for a in axis1],
                 names=sweep.get("names") or _names(record), presentation=ui_settings.presentation,
+                title=f"Average merged {_metric(record)} over (λ₁, λ₂)", metric=_metric(record),
             )
             _ui.show_figure(figure, "lambda_heatmap", f"runs_sweep_{record.id}")
         else:
-            rows = plots.sweep_points(
-                [(p["weights"], p["results"]) for p in points], init=sweep.get("init", "standard")
-            )
-            _ui.show_figure(plots.sweep_curves(rows, presentation=ui_settings.presentation), "sweep_curves",
-                            f"runs_sweep_{record.id}")
+            swept = [(p["weights"], p["results"]) for p in points]
+            rows = plots.sweep_points(swept, init=sweep.get("init", "standard"))
+            losses = plots.sweep_points(swept, init=sweep.get("init", "standard"), score="loss")
+            curves = plots.sweep_curves(rows, presentation=ui_settings.presentation, metric=_metric(record))
+            if losses:  # causal tasks: the loss curves beside the metric's
+                metric_chart, loss_chart = st.columns(2)
+                with metric_chart:
+                    _ui.show_figure(curves, "sweep_curves", f"runs_sweep_{record.id}")
+                with loss_chart:
+                    _ui.show_figure(plots.sweep_curves(losses, presentation=ui_settings.presentation, metric="loss"),
+                                    "sweep_curves", f"runs_sweep_loss_{record.id}",
+                                    how_to_read="Merged completion loss per task as λ grows: lower is better.")
+            else:
+                _ui.show_figure(curves, "sweep_curves", f"runs_sweep_{record.id}")
     except (ValueError, KeyError, TypeError) as err:
         st.error(f"This sweep cannot be drawn: {err}")
 if not hidden:

@@ -14,6 +14,7 @@ from merging.evaluation import modules_fingerprint
 from merging.lab import on_device
 from merging.merge import merge_adapters
 from merging.methods import REGISTRY, MethodError
+from merging.progress import Cancelled
 from merging.recipe import RecipeError
 from pages import _recipe_ui as codec
 from pages import _ui
@@ -32,6 +33,7 @@ ui_settings = _ui.settings()
 all_entries = _ui.catalog(ui_settings.workspace, include_broken=True)
 entries = catalog.usable(all_entries)
 st.title("Sweep")
+store = _ui.run_store(ui_settings.workspace)  # in the page's thread: a broken store's warning shows
 _ui.warn_broken(all_entries)
 if not entries:
     st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
@@ -131,26 +133,37 @@ def _best(points: list[dict]) -> dict:
     return max(scored, key=lambda p: p["results"]["average"]["merged"]) if scored else points[0]
 
 
-def _sweep_work(sets: list[dict], lab, mode: str, grid: list, axes):
-    """`sets`: [{"init", "recipe", "inputs" (catalog.resolve_inputs of that recipe)}]."""
-    store = _ui.run_store(ui_settings.workspace)
+def _sweep_work(sets: list[dict], lab, mode: str, grid: list, axes, store, partial: dict):
+    """`sets`: [{"init", "recipe", "inputs" (catalog.resolve_inputs of that recipe)}].
+
+    One Lab.sweep call per point, so a Cancel keeps every point scored so far: they are stored as a
+    run marked cancelled and left in `partial` (the page shows them)."""
 
     def work(progress):
         if any(item["inputs"].pending_posthoc for item in sets):
             progress(0, 1, "projecting onto OSRM's subspace")
         per_set = len(grid)
         total = per_set * len(sets)
-        output = {"mode": mode, "axes": axes, "sets": {}, "run_ids": {}, "device": str(lab.device), "seconds": 0.0}
+        output = partial
+        output.update({"mode": mode, "axes": axes, "sets": {}, "run_ids": {}, "device": str(lab.device),
+                       "seconds": 0.0, "cancelled": False})
         for phase, item in enumerate(sets):
-
-            def report(done: int, _total: int, what: str, phase=phase, init=item["init"]) -> None:
-                progress(phase * per_set + done, total, f"{init}: {what}")
-
             inputs = catalog.project_posthoc(item["inputs"], lab)
             recipe = item["recipe"]
             started = time.perf_counter()
-            swept = lab.sweep(inputs.adapters, recipe, grid, report)
-            points = [{"weights": list(w), "results": r.to_dict()} for w, r in swept]
+            points: list[dict] = []
+            output["sets"][item["init"]] = {"names": inputs.names, "points": points, "posthoc": inputs.posthoc}
+            try:
+                for index, weights in enumerate(grid):
+                    progress(phase * per_set + index, total,
+                             f"{item['init']}: λ = {', '.join(f'{w:g}' for w in weights)}")
+                    (swept,) = lab.sweep(inputs.adapters, recipe, [weights])
+                    points.append({"weights": list(swept[0]), "results": swept[1].to_dict()})
+            except Cancelled:
+                output["cancelled"] = True
+                if not points:
+                    output["sets"].pop(item["init"])
+                    raise
             best = _best(points)
             best_recipe = on_device(recipe.with_weights(best["weights"]), lab.device)
             body = merge_adapters(inputs.adapters, best_recipe).adapter.modules  # the stored run's own body
@@ -170,11 +183,14 @@ def _sweep_work(sets: list[dict], lab, mode: str, grid: list, axes):
                 "points": len(points),
                 "posthoc": inputs.posthoc,
             }
+            if output["cancelled"]:
+                summary["cancelled"] = f"after {len(points)} of {per_set} points"
             output["run_ids"][item["init"]] = store.add(
                 best_recipe.to_dict(), results, summary, str(lab.device), seconds, kind="sweep"
             )
-            output["sets"][item["init"]] = {"names": inputs.names, "points": points, "posthoc": inputs.posthoc}
             output["seconds"] += seconds
+            if output["cancelled"]:
+                raise Cancelled()
         return output
 
     return work
@@ -192,9 +208,10 @@ if (
 recipe, problem = None, None
 if names:
     try:
-        recipe = codec.recipe_from_widgets(
+        widget_recipe = codec.recipe_from_widgets(
             PREFIX, entries, ui_settings.device, with_weights=False, with_merge_settings=False
         )
+        recipe = _ui.recipe_for_run(widget_recipe, entries)  # the sidebar's base model, the attached eval files
     except (RecipeError, MethodError, ValueError) as err:
         problem = _ui.friendly_error(err)
 sweep_mode = "heatmap" if grid_mode else "curves"
@@ -218,8 +235,8 @@ elif not running and not problem:
 
 if run_clicked and recipe is not None:
     try:
-        st.query_params["recipe"] = replace(recipe, osrm=overlay_mode).to_url()
-        fallback = catalog.default_base_model(_ui.zoo())
+        st.query_params["recipe"] = replace(widget_recipe, osrm=overlay_mode).to_url()
+        fallback = ui_settings.base_model
         standard_recipe = replace(recipe, osrm="off")
         sets = [{"init": "standard", "recipe": standard_recipe,
                  "inputs": catalog.resolve_inputs(standard_recipe, _ui.load_adapter_as, fallback)}]
@@ -230,7 +247,9 @@ if run_clicked and recipe is not None:
         lab = _ui.lab_for(sets[0]["inputs"].base_model, ui_settings.device)  # cached; loads in the page's thread
         axes = [lambdas, lambdas] if grid_mode else [lambdas]
         st.session_state["sweep_pending_key"] = key
-        _ui.start_job(JOB, "Sweeping λ", _sweep_work(sets, lab, sweep_mode, weight_grid, axes))
+        partial: dict = {}  # what is scored so far: kept when the sweep is cancelled
+        st.session_state["sweep_partial"] = partial
+        _ui.start_job(JOB, "Sweeping λ", _sweep_work(sets, lab, sweep_mode, weight_grid, axes, store, partial))
         running = True
     except (RecipeError, MethodError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
@@ -238,9 +257,24 @@ if run_clicked and recipe is not None:
 _ui.show_job_progress(JOB)
 finished = _ui.take_job_result(JOB)
 if finished is not None:
-    if finished.error:
+    partial = st.session_state.pop("sweep_partial", None) or {}
+    partial["sets"] = {init: data for init, data in (partial.get("sets") or {}).items() if data["points"]}
+    if finished.error and partial.get("cancelled") and partial["sets"]:
+        # Cancelled part-way: the points scored so far are shown and were stored.
+        done = sum(len(data["points"]) for data in partial["sets"].values())
+        partial_key = f"partial:{st.session_state.get('sweep_pending_key')}"
+        cache[partial_key] = {**partial, "wall_seconds": finished.seconds}
+        st.session_state["sweep_last_key"] = partial_key
+        st.session_state["sweep_notice"] = (
+            f"{finished.error} The {done} point{'s' if done != 1 else ''} scored before it stopped are shown "
+            "below and stored on the Runs page."
+        )
+        st.session_state.pop("sweep_error", None)
+    elif finished.error:
         st.session_state["sweep_error"] = finished.error
+        st.session_state.pop("sweep_notice", None)
     else:
+        st.session_state.pop("sweep_notice", None)
         done_key = st.session_state.get("sweep_pending_key")
         cache[done_key] = {**finished.result, "wall_seconds": finished.seconds}
         while len(cache) > CACHE_SIZE:
@@ -250,6 +284,8 @@ if finished is not None:
 
 if st.session_state.get("sweep_error"):
     st.error(st.session_state["sweep_error"])
+if st.session_state.get("sweep_notice"):
+    st.warning(st.session_state["sweep_notice"])
 
 # ----------------------------------------------------------------------------------------------
 # Results
@@ -266,6 +302,9 @@ def _table(result: dict) -> pd.DataFrame:
                 row = {"init": init, "λ": point["weights"][0]}
             for task, task_scores in scores["tasks"].items():
                 row[task] = None if task_scores["merged"] is None else round(task_scores["merged"], 4)
+                loss = (task_scores.get("loss") or {}).get("merged")
+                if loss is not None:
+                    row[f"{task} loss"] = round(loss, 4)
             average = scores["average"]
             row["average merged"] = None if average.get("merged") is None else round(average["merged"], 4)
             row["average normalised"] = None if average.get("normalized") is None else round(average["normalized"], 4)
@@ -281,7 +320,9 @@ def _heatmap_grid(points: list[dict], axis1: list[float], axis2: list[float]) ->
 shown_key = key if key in cache else st.session_state.get("sweep_last_key")
 result = cache.get(shown_key) if shown_key else None
 if result and not running:
-    if shown_key != key:
+    if result.get("cancelled"):
+        st.caption("A cancelled sweep: only the points scored before Cancel are shown.")
+    elif shown_key != key:
         st.caption("Showing the last sweep; the settings above have changed since. Press Run sweep to update.")
     sets_done = result["sets"]
     st.subheader(
@@ -289,11 +330,13 @@ if result and not running:
         f"{len(next(iter(sets_done.values()))['points'])} points"
         + (" per initialisation" if len(sets_done) > 1 else "")
     )
+    first_results = next(iter(sets_done.values()))["points"][0]["results"]
+    metric = plots.metric_name(first_results)  # accuracy, or exact match for causal-LM tasks
     metric_columns = st.columns(len(sets_done) + 1)
     for column, (init, data) in zip(metric_columns, sets_done.items()):
         best = _best(data["points"])
         column.metric(
-            f"Best average merged accuracy ({init})",
+            f"Best average merged {metric} ({init})",
             f"{100 * (best['results']['average'].get('merged') or 0):.1f}%",
             help=f"at λ = {', '.join(f'{w:g}' for w in best['weights'])}",
         )
@@ -303,8 +346,10 @@ if result and not running:
     )
     if not hidden:
         st.caption(
-            "Each task is scored with the merged body and that task's own classification head. "
-            f"Stored as run{'s' if len(result['run_ids']) > 1 else ''} "
+            ("Each task is scored on its evaluation file's prompts (exact match; the completion loss is beside it). "
+             if plots.has_loss(first_results) else
+             "Each task is scored with the merged body and that task's own classification head. ")
+            + f"Stored as run{'s' if len(result['run_ids']) > 1 else ''} "
             + ", ".join(f"{run_id} ({init})" for init, run_id in result["run_ids"].items())
             + " on the Runs page."
         )
@@ -321,23 +366,35 @@ if result and not running:
                 _ui.show_figure(
                     plots.lambda_heatmap(
                         axis1, axis2, _heatmap_grid(data["points"], axis1, axis2), names=data["names"],
-                        title=f"Average merged accuracy over (λ₁, λ₂) — {init}",
-                        presentation=ui_settings.presentation,
+                        title=f"Average merged {metric} over (λ₁, λ₂) — {init}",
+                        presentation=ui_settings.presentation, metric=metric,
                     ),
                     "lambda_heatmap",
                     f"sweep_heatmap_{init}",
                 )
     else:
-        points = []
+        points, losses = [], []
         for init, data in sets_done.items():
-            points += plots.sweep_points([(p["weights"], p["results"]) for p in data["points"]], init=init)
-        figure = plots.sweep_curves(points, presentation=ui_settings.presentation)
-        _ui.show_figure(figure, "sweep_curves", "sweep_curves")
+            swept = [(p["weights"], p["results"]) for p in data["points"]]
+            points += plots.sweep_points(swept, init=init)
+            losses += plots.sweep_points(swept, init=init, score="loss")
+        figure = plots.sweep_curves(points, presentation=ui_settings.presentation, metric=metric)
+        if losses:  # causal tasks: the completion loss beside the metric
+            metric_chart, loss_chart = st.columns(2)
+            with metric_chart:
+                _ui.show_figure(figure, "sweep_curves", "sweep_curves")
+            with loss_chart:
+                _ui.show_figure(plots.sweep_curves(losses, presentation=ui_settings.presentation, metric="loss"),
+                                "sweep_curves", "sweep_loss", how_to_read="Merged completion loss per task (nats per "
+                                "token, lower is better) as λ grows; the thick black line is the average over tasks.")
+        else:
+            _ui.show_figure(figure, "sweep_curves", "sweep_curves")
     frame = _table(result)
     if hidden:
         with st.expander("Numbers"):
             _ui.show_table(frame, "sweep_results")
     else:
-        _ui.show_table(frame, "sweep_results", caption="Merged accuracy per task and point (fractions).")
+        _ui.show_table(frame, "sweep_results", caption=f"Merged {metric} per task and point (fractions)"
+                       + ("; loss in nats per completion token." if plots.has_loss(first_results) else "."))
 elif not running and not problem:
     st.info("Choose adapters and a λ range, then press Run sweep.")

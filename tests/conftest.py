@@ -91,6 +91,7 @@ def app_test(tiny_zoo, tmp_path, monkeypatch):
     from pages import _ui
 
     monkeypatch.setenv("MERGESCOPE_ZOO", str(tiny_zoo))
+    monkeypatch.setenv("MERGESCOPE_WARM_UP", "0")  # cold pages; tests of the warm-up turn it on
     _run_app_py_on_every_rerun(monkeypatch)
     _ui._zoo.clear()
     _ui.lab_for.clear()

@@ -115,7 +115,7 @@ def test_merge_page_runs_a_merge_and_shows_per_task_accuracy(app_test, tmp_path)
     assert any(m.label == "Average merged accuracy" for m in at.metric)
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     bar_names = {trace.get("name") for chart in charts for trace in chart["data"]}
-    assert {"base model", "single adapter", "merged"} <= {str(n).lower() for n in bar_names if n}
+    assert {"base body + task head", "single adapter", "merged"} <= {str(n).lower() for n in bar_names if n}
     # the run was stored before it was shown, with the recipe that produced it
     runs = RunStore(tmp_path / "workspace" / "runs.sqlite").list()
     assert len(runs) == 1 and runs[0].recipe["method"] == "ties"
@@ -317,3 +317,75 @@ def test_each_methods_controls_are_drawn_from_its_schema(app_test, method):
             widget = at.number_input(key=key)
         assert widget.value == param.start_value, key
         assert widget.help == (param.help or None) or param.help in (widget.help or "")
+
+
+# ----------------------------------------------------------------------------------------------
+# The server's warm-up
+
+
+def test_the_server_warm_up_makes_the_first_merge_cached_and_the_cross_task_matrix_ready(
+    app_test, tiny_zoo, monkeypatch
+):
+    import time
+
+    from pages import _warm
+
+    monkeypatch.setenv("MERGESCOPE_WARM_UP", "1")
+    _warm._started.clear()
+    _warm.cross_task_results.clear()
+    try:
+        at = app_test.run()
+        readiness = _warm.start("cpu")
+        deadline = time.monotonic() + 120
+        while not readiness.done:
+            assert time.monotonic() < deadline, readiness.line()
+            time.sleep(0.2)
+        assert set(readiness.state.values()) == {"ready"}, readiness.line()
+        at = wait_for_job(_click_run(at.run()), "merge")
+        _no_errors(at)
+        # the page's defaults are what the warm-up merged: the evaluation is a cache hit, and says so
+        timing = next(m for m in at.metric if m.label == "Merge + evaluation time")
+        assert timing.value == "cached"
+        at = at.switch_page("pages/interference.py").run()
+        assert not at.exception
+        titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+        assert "Each adapter on every task" in titles  # shown at once, from the warm-up
+        assert not [b for b in at.button if b.key == "interference_cross_run"]
+    finally:
+        _warm._started.clear()
+        _warm.cross_task_results.clear()
+
+
+def test_presentation_mode_and_the_last_result_survive_a_reload(app_test, tmp_path):
+    at = wait_for_job(_click_run(app_test.run()), "merge")
+    at.toggle(key="presentation").set_value(True).run()
+    assert at.query_params["present"] in ("1", ["1"])
+    run_id = RunStore(tmp_path / "workspace" / "runs.sqlite").list()[0].id
+    assert at.query_params["run"] in (str(run_id), [str(run_id)])
+    # a reload: a new session with the same URL
+    fresh = _fresh_session(tmp_path / "workspace")
+    fresh.query_params["present"] = "1"
+    fresh.query_params["run"] = str(run_id)
+    fresh = fresh.run()
+    _no_errors(fresh)
+    assert fresh.session_state["presentation"] is True
+    assert fresh.subheader[0].value.startswith(f"Run {run_id}: ")
+    assert any(c.value.startswith("Recipe: ") for c in fresh.caption)
+    assert any(m.label == "Average merged accuracy" for m in fresh.metric)
+
+
+def test_a_pinned_named_baseline_is_what_the_change_chart_compares_with(app_test, tmp_path):
+    at = wait_for_job(_click_run(app_test.run()), "merge")
+    first = RunStore(tmp_path / "workspace" / "runs.sqlite").list()[0].id
+    at.text_input(key="merge_baseline_name").set_value("plain TA")
+    at.button(key="merge_pin").click().run()
+    assert at.query_params["baseline"] in (str(first), [str(first)])
+    at.selectbox(key="merge_method").set_value("ties").run()
+    at = wait_for_job(_click_run(at), "merge")
+    at = wait_for_job(_click_run(at), "merge")  # a third run: still compared with the pinned one
+    _no_errors(at)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [chart["layout"]["title"]["text"] for chart in charts]
+    assert any(f"vs baseline 'plain TA' (run {first})" in t for t in titles), titles
+    assert any(c.value.startswith(f"Compared with baseline 'plain TA' (run {first}): task_arithmetic")
+               for c in at.caption)

@@ -249,3 +249,48 @@ def test_a_sweep_link_sets_the_method_its_parameters_and_the_overlay(app: AppTes
     assert at.selectbox(key="sweep_method").value == "dare_linear"
     assert at.slider(key="sweep_param:dare_linear:density").value == pytest.approx(0.35)
     assert at.radio(key="sweep_osrm").value == "posthoc"
+
+
+def test_a_cancelled_sweep_keeps_and_stores_the_points_scored_before_cancel(app: AppTest, monkeypatch):
+    from merging.lab import Lab
+
+    real_sweep = Lab.sweep
+    calls = []
+
+    def sweep_then_cancel(self, adapters, recipe, grid, progress=None):
+        result = real_sweep(self, adapters, recipe, grid, progress)
+        calls.append(grid)
+        if len(calls) == 2:  # the user presses Cancel while the second point is scored
+            app.session_state["job:sweep"].cancel_event.set()
+        return result
+
+    monkeypatch.setattr(Lab, "sweep", sweep_then_cancel)
+    at = app.switch_page(SWEEP).run()
+    at.radio(key="sweep_osrm").set_value("off")
+    at.number_input(key="sweep_points").set_value(4)
+    at.button(key="sweep_run").click().run()
+    at = wait_for_job(at, "sweep", timeout=60)
+    assert not at.exception
+    assert any("2 points scored before it stopped" in w.value for w in at.warning)
+    table = at.dataframe[0].value
+    assert len(table) == 2  # the two scored points, not none
+    assert at.get("plotly_chart")
+    (run,) = RunStore(Path(at.session_state["workspace"]) / "runs.sqlite").list()
+    assert run.summary["cancelled"] == "after 2 of 4 points" and len(run.results["sweep"]["points"]) == 2
+
+
+def test_the_runs_page_names_the_rows_it_could_not_read(app: AppTest, tiny_zoo):
+    import sqlite3
+
+    path = Path(app.session_state["workspace"]) / "runs.sqlite"
+    store = RunStore(path)
+    good = store.add({"method": "task_arithmetic", "adapters": []}, {"tasks": {}, "average": {}}, {}, "cpu", 1.0)
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO runs (created, kind, recipe, results, summary, device, seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (1.0, "merge", "{}", "not json", "{}", "cpu", 1.0),
+        )
+    at = app.switch_page(RUNS).run()
+    assert not at.exception
+    (warning,) = [w.value for w in at.warning if "could not be read back" in w.value]
+    assert f"row {good + 1}: column 'results' is not valid JSON" in warning

@@ -41,12 +41,20 @@ from merging.plots.download import figure_to_html
 from merging.plots.interference import (
     cosine_heatmap,
     cross_task_heatmap,
+    interference_decades,
     interference_heatmap,
     magnitude_variance_by_layer,
     overlap_heatmap,
     sign_conflicts_by_layer,
 )
-from merging.plots.merge import accuracy_bars, accuracy_delta, cosine_before_after, energy_kept, orthogonalize_loss
+from merging.plots.merge import (
+    accuracy_bars,
+    accuracy_delta,
+    cosine_before_after,
+    energy_kept,
+    orthogonalize_loss,
+    rank_truncated,
+)
 from merging.plots.runs import runs_comparison
 from merging.plots.search import optimization_history, parallel_coordinates
 from merging.plots.style import (
@@ -60,6 +68,7 @@ from merging.plots.style import (
     SEQUENTIAL,
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
+from merging.plots.values import has_loss, metric_name, results_rows, shared_suffix_dropped
 
 __all__ = [
     "ROLE_COLOURS",
@@ -73,6 +82,7 @@ __all__ = [
     "accuracy_bars",
     "accuracy_delta",
     "energy_kept",
+    "rank_truncated",
     "orthogonalize_loss",
     "cosine_before_after",
     "magnitude_variance_by_layer",
@@ -80,6 +90,7 @@ __all__ = [
     "cosine_heatmap",
     "sign_conflicts_by_layer",
     "interference_heatmap",
+    "interference_decades",
     "cross_task_heatmap",
     "sweep_points",
     "sweep_curves",
@@ -89,4 +100,8 @@ __all__ = [
     "optimization_history",
     "parallel_coordinates",
     "figure_to_html",
+    "metric_name",
+    "has_loss",
+    "results_rows",
+    "shared_suffix_dropped",
 ]

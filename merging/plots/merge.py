@@ -28,34 +28,75 @@ from merging.plots.values import (
     _results_tasks,
     _short_names,
     _values,
+    has_loss,
+    metric_name,
 )
+
+
+def _whiskers(values: Sequence[float | None], intervals: Sequence[Any]) -> dict | None:
+    """Plotly asymmetric error bars from [low, high] per bar; None when no bar has an interval."""
+    plus, minus, any_interval = [], [], False
+    for value, interval in zip(values, intervals):
+        bounds = [_finite(v) for v in interval] if isinstance(interval, (list, tuple)) and len(interval) == 2 else None
+        if value is None or bounds is None or None in bounds:
+            plus.append(None), minus.append(None)
+            continue
+        any_interval = True
+        plus.append(max(bounds[1] - value, 0.0))
+        minus.append(max(value - bounds[0], 0.0))
+    if not any_interval:
+        return None
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
+            "color": OKABE_ITO["black"], "thickness": 1.5, "width": 4}
+
+
+def _interval_bounds(values: Sequence[float | None], whiskers: Mapping) -> list[tuple[float | None, float | None]]:
+    return [
+        (None, None) if v is None or up is None else (v - down, v + up)
+        for v, up, down in zip(values, whiskers["array"], whiskers["arrayminus"])
+    ]
 
 
 @explained(
-    "Per task, grey = base model, blue = each task's own adapter, orange = the merged model "
-    "(label: merged ÷ single); the black dash is the majority-class baseline, so bars near it learned nothing."
+    "Per task, grey = base model (the base body with that task's own trained head, so it moves when the "
+    "adapters or OSRM change), blue = each task's own adapter, orange = the merged model (label: merged ÷ single); "
+    "whiskers are 95% bootstrap intervals over the evaluation set; the black dash is the majority-class baseline."
 )
-def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentation: bool = False) -> go.Figure:
+def accuracy_bars(
+    results: Mapping, title: str | None = None, presentation: bool = False, score: str = "metric"
+) -> go.Figure:
     """Grouped bars base / single / merged per task plus an 'average' group, from ``EvaluationResult.to_dict()``.
 
-    The merged bars carry the normalised accuracy (merged ÷ single) as text, and a black dash per
-    group marks the majority-class baseline: an accuracy near it means the model learned nothing.
+    `score="metric"` draws each task's primary metric (accuracy, or exact match for causal-LM
+    tasks; the title and axis say which). The merged bars carry the normalised score (merged ÷
+    single) as text, and a black dash per group marks the majority-class baseline (classification
+    only): an accuracy near it means the model learned nothing. `score="loss"` draws causal tasks'
+    completion loss (nats per token, lower is better) per task, without intervals or an average.
     The merged series is left out when no task has a merged score (an evaluation of singles only).
     """
+    if score not in ("metric", "loss"):
+        raise ValueError(f"score must be 'metric' or 'loss', got {score!r}")
     tasks = _results_tasks(results)
+    if score == "loss":
+        return _loss_bars(tasks, title or "Completion loss per task", presentation)
+    name = metric_name(results)
+    title = title or f"{name.capitalize()} per task"
     average = dict(results.get("average") or {})
     groups = list(tasks) + ["average"]
     rows = [tasks[t] for t in tasks] + [average]
+    intervals = [tasks[t].get("interval") for t in tasks] + [results.get("average_interval")]
 
     def column(key: str) -> list[float | None]:
         return [_finite(row.get(key)) for row in rows]
 
     fig = go.Figure()
-    labels = {"base": "base model", "single": "single adapter", "merged": "merged"}
+    causal = has_loss(results)  # causal tasks: no heads, no majority class
+    labels = {"base": "base model" if causal else "base body + task head", "single": "single adapter", "merged": "merged"}
     for role in ("base", "single", "merged"):
         values = column(role)
         if role == "merged" and all(v is None for v in values[:-1]):
             continue
+        whiskers = _whiskers(values, [(i or {}).get(role) if isinstance(i, Mapping) else None for i in intervals])
         bar = go.Bar(
             name=labels[role],
             x=groups,
@@ -63,30 +104,73 @@ def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentati
             marker={"color": ROLE_COLOURS[role]},
             hovertemplate=f"%{{x}}<br>{labels[role]}: %{{y:.2%}}<extra></extra>",
         )
+        if whiskers:
+            bar.error_y = whiskers
+            bar.customdata = [[lo, hi] for lo, hi in _interval_bounds(values, whiskers)]
+            bar.hovertemplate = (
+                f"%{{x}}<br>{labels[role]}: %{{y:.2%}}<br>95% interval: %{{customdata[0]:.1%}}–%{{customdata[1]:.1%}}"
+                "<extra></extra>"
+            )
         if role == "merged":
             normalized = column("normalized")
-            bar.text = [f"{n:.0%} of single" if n is not None else "" for n in normalized]
-            bar.textposition = "outside"
-            bar.customdata = [[n] for n in normalized]
+            # on stage the label is the number alone, so it fits above a bar at ≥ 18 px
+            label = "{:.0%}" if presentation else "{:.0%} of single"
+            bar.text = [label.format(n) if n is not None else "" for n in normalized]
+            # on stage inside the bar's foot: above it the label would sit on the whisker
+            bar.textposition = "inside" if presentation else "outside"
+            if presentation:
+                bar.insidetextanchor = "start"
+                bar.textangle = 0
+                bar.textfont = {"color": OKABE_ITO["black"]}
+            bounds = _interval_bounds(values, whiskers) if whiskers else [(None, None)] * len(values)
+            bar.customdata = [[n, lo, hi] for n, (lo, hi) in zip(normalized, bounds)]
             bar.hovertemplate = (
-                "%{x}<br>merged: %{y:.2%}<br>normalised (merged ÷ single): %{customdata[0]:.2%}<extra></extra>"
+                "%{x}<br>merged: %{y:.2%}<br>normalised (merged ÷ single): %{customdata[0]:.2%}"
+                + ("<br>95% interval: %{customdata[1]:.1%}–%{customdata[2]:.1%}" if whiskers else "")
+                + "<extra></extra>"
             )
         fig.add_trace(bar)
-    fig.add_trace(
-        go.Scatter(
-            name="majority-class baseline",
-            x=groups,
-            y=column("majority"),
-            mode="markers",
-            # A wide horizontal dash spans the bar group, reading as a threshold line per task.
-            marker={"symbol": "line-ew", "size": 44, "color": ROLE_COLOURS["majority"],
-                    "line": {"width": 3, "color": ROLE_COLOURS["majority"]}},
-            hovertemplate="%{x}<br>majority class: %{y:.2%}<extra></extra>",
-        )
-    )
-    fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", "y": -0.18})
+    if not causal:
+        fig.add_trace(_majority_dashes(groups, column("majority")))
+    # on stage the legend sits above the plot, clear of the (larger) task labels
+    legend_y = {"y": 1.0, "yanchor": "bottom", "x": 0.0} if presentation else {"y": -0.18}
+    fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", **legend_y})
     _accuracy_axis(fig)
-    return _style(fig, title, presentation, x_title="Task", y_title="Accuracy (%)")
+    return _style(fig, title, presentation, x_title="Task", y_title=f"{name.capitalize()} (%)")
+
+
+def _majority_dashes(groups: list[str], majority: list[float | None]) -> go.Scatter:
+    return go.Scatter(
+        name="majority-class baseline",
+        x=groups,
+        y=majority,
+        mode="markers",
+        # A wide horizontal dash spans the bar group, reading as a threshold line per task.
+        marker={"symbol": "line-ew", "size": 44, "color": ROLE_COLOURS["majority"],
+                "line": {"width": 3, "color": ROLE_COLOURS["majority"]}},
+        hovertemplate="%{x}<br>majority class: %{y:.2%}<extra></extra>",
+    )
+
+
+def _loss_bars(tasks: Mapping[str, Mapping], title: str, presentation: bool) -> go.Figure:
+    """Base / single / merged completion loss of each causal task (tasks without a loss are left out)."""
+    losses = {t: s["loss"] for t, s in tasks.items() if isinstance(s, Mapping) and isinstance(s.get("loss"), Mapping)}
+    if not losses:
+        return _no_data(go.Figure(), "No task has a completion loss (classification tasks have none).")
+    fig = go.Figure()
+    labels = {"base": "base model", "single": "single adapter", "merged": "merged"}
+    for role in ("base", "single", "merged"):
+        values = [_finite(loss.get(role)) for loss in losses.values()]
+        if role == "merged" and all(v is None for v in values):
+            continue
+        fig.add_trace(go.Bar(
+            name=labels[role], x=list(losses), y=values, marker={"color": ROLE_COLOURS[role]},
+            text=[f"{v:.3f}" if v is not None else "" for v in values], textposition="outside",
+            hovertemplate=f"%{{x}}<br>{labels[role]}: %{{y:.4f}} nats per token<extra></extra>",
+        ))
+    fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", "y": -0.18})
+    fig.update_yaxes(rangemode="tozero")
+    return _style(fig, title, presentation, x_title="Task", y_title="Loss (nats per completion token, lower is better)")
 
 
 @explained(
@@ -151,6 +235,22 @@ def accuracy_delta(
     return fig
 
 
+ENERGY_TOLERANCE = 1e-6  # exact-rank merges report energy_kept of 1 ± float32 rounding (1.0000000787, 0.99999989)
+
+
+def rank_truncated(summary: Mapping, tolerance: float = ENERGY_TOLERANCE) -> bool:
+    """Whether any module lost energy to the rank cut (so the energy-kept chart has something to say)."""
+    modules = summary.get("modules", summary) if isinstance(summary, Mapping) else {}
+    kept = [_energy(info.get("energy_kept")) for info in modules.values() if isinstance(info, Mapping)]
+    return any(value is not None and value < 1.0 - tolerance for value in kept)
+
+
+def _energy(value: Any) -> float | None:
+    """A kept-energy fraction, clamped to ≤ 1: exact merges report 1.0000000787 (float rounding)."""
+    number = _finite(value)
+    return None if number is None else min(number, 1.0)
+
+
 @explained(
     "Share of each module's merged update ‖ΔW‖²_F kept after rank truncation: "
     "100% means the rank cut lost nothing, low bars mark modules where the chosen rank is too small."
@@ -178,7 +278,7 @@ def energy_kept(
     y_title = "Energy kept (% of ‖ΔW‖²_F)"
     if by == "module":
         names = list(modules)
-        values = [_finite(modules[n].get("energy_kept")) for n in names]
+        values = [_energy(modules[n].get("energy_kept")) for n in names]
         fig.add_trace(
             go.Bar(
                 name="energy kept",
@@ -195,7 +295,7 @@ def energy_kept(
     else:
         groups: dict[str, list[tuple[float, Any]]] = {}
         for name, info in modules.items():
-            value = _finite(info.get("energy_kept"))
+            value = _energy(info.get("energy_kept"))
             if value is not None:
                 groups.setdefault(_layer_label(layer_of(name)), []).append((value, info.get("rank")))
         layers = sorted(groups, key=_layer_order)

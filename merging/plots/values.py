@@ -63,3 +63,55 @@ def _results_tasks(results: Mapping) -> dict[str, Mapping]:
 
 def _percent_text(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value * 100:.{digits}f}%"
+
+
+# The primary metric of a task, as the charts name it (EvaluationResult.to_dict()'s "metric").
+METRIC_NAMES = {"accuracy": "accuracy", "exact_match": "exact match"}
+
+
+def metric_name(results: Mapping) -> str:
+    """The primary metric the results' tasks share, in words: "accuracy" for classification,
+    "exact match" for causal-LM tasks ("score" if they mix). Results from before the "metric"
+    field are classification results."""
+    found = {str(s.get("metric") or "accuracy") for s in _results_tasks(results).values() if isinstance(s, Mapping)}
+    if len(found) > 1:
+        return "score"
+    metric = found.pop() if found else "accuracy"
+    return METRIC_NAMES.get(metric, metric.replace("_", " "))
+
+
+def has_loss(results: Mapping) -> bool:
+    """Whether any task carries a completion loss (causal-LM tasks do)."""
+    return any(isinstance(s, Mapping) and isinstance(s.get("loss"), Mapping) for s in _results_tasks(results).values())
+
+
+def results_rows(results: Mapping, digits: int = 4) -> list[dict]:
+    """One table row per task of ``EvaluationResult.to_dict()``: its metric, base / single / merged /
+    normalised / majority scores, the completion loss of causal tasks ("loss base", ...), and each
+    score's 95% interval as text; numbers rounded to `digits`, missing ones None."""
+    rows = []
+    for task, scores in _results_tasks(results).items():
+        row: dict[str, Any] = {"task": task, "metric": str(scores.get("metric") or "accuracy")}
+        for key in ("base", "single", "merged", "normalized", "majority"):
+            value = _finite(scores.get(key))
+            row[key] = None if value is None else round(value, digits)
+        for role, value in (scores.get("loss") or {}).items():
+            value = _finite(value)
+            row[f"loss {role}"] = None if value is None else round(value, digits)
+        for role, bounds in (scores.get("interval") or {}).items():
+            row[f"{role} 95% interval"] = None if not bounds else f"{bounds[0]:.3f}–{bounds[1]:.3f}"
+        rows.append(row)
+    return rows
+
+
+def shared_suffix_dropped(names: Sequence[str]) -> list[str]:
+    """Tick labels without a "-suffix" every name shares ("sst2-standard", "trec-standard" → "sst2",
+    "trec"): the column's heading says it once, and the heatmap's cells get the width back."""
+    names = [str(n) for n in names]
+    if len(names) < 2 or not all("-" in n for n in names):
+        return names
+    suffixes = {n.rsplit("-", 1)[1] for n in names}
+    if len(suffixes) != 1:
+        return names
+    short = [n.rsplit("-", 1)[0] for n in names]
+    return short if len(set(short)) == len(short) else names

@@ -1,0 +1,123 @@
+"""Stage-ready, measured in a real browser: presentation mode at 1280 × 720 (and 1440 × 900) as a
+speaker would use it, on the shipped demo zoo.
+
+Opens the dashboard with `?present=1` (the link a speaker shares), checks the sidebar is hidden,
+presses Run merge and then checks, in the browser's own layout:
+- the result is in view under Run: its header inside the window and the accuracy chart starting in it;
+- every piece of text Plotly drew in every chart (ticks, titles, legends, bar labels, annotations) is
+  at least 18 px;
+- charts are sized to the window (no taller than it);
+- after a reload, presentation mode and the result are still there.
+Then the Interference page with standard vs OSRM side by side: heatmap cell numbers at ≥ 18 px that
+do not overlap their neighbours, and titles that fit their chart.
+
+Screenshots (viewed when the tests were written): artifacts/stage-merge-1280x720.png,
+artifacts/stage-interference-1280x720.png and the same at 1440x900.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser_support import ROOT, browser_page, running_app
+
+pytestmark = pytest.mark.browser
+
+MIN_PX = 18
+
+# Every <text> Plotly drew in the charts on screen: its font size, its box, its chart's box.
+TEXTS = """() => {
+  const out = [];
+  document.querySelectorAll('[data-testid="stPlotlyChart"]').forEach((chart, index) => {
+    const box = chart.getBoundingClientRect();
+    chart.querySelectorAll('svg text').forEach(t => {
+      const text = (t.textContent || '').trim();
+      if (!text) return;
+      const r = t.getBoundingClientRect();
+      if (r.width === 0 && r.height === 0) return;  // hidden (e.g. a hover label's template)
+      out.push({chart: index, text: text, size: parseFloat(getComputedStyle(t).fontSize),
+                cls: t.getAttribute('class') || '', x0: r.left, x1: r.right, y0: r.top, y1: r.bottom,
+                cx0: box.left, cx1: box.right, cy0: box.top, cy1: box.bottom});
+    });
+  });
+  return out;
+}"""
+
+
+def _small(texts: list[dict]) -> list[tuple[str, float]]:
+    return [(t["text"], t["size"]) for t in texts if t["size"] < MIN_PX]
+
+
+def _overlapping_cells(texts: list[dict]) -> list[tuple[str, str]]:
+    """Pieces of text with a number in them (cell values, ticks) whose boxes overlap another's in the
+    same chart: run-together numbers."""
+    cells = [t for t in texts if any(ch.isdigit() for ch in t["text"])]
+    clashes = []
+    for i, a in enumerate(cells):
+        for b in cells[i + 1:]:
+            if a["chart"] != b["chart"]:
+                continue
+            if min(a["x1"], b["x1"]) - max(a["x0"], b["x0"]) > 2 and min(a["y1"], b["y1"]) - max(a["y0"], b["y0"]) > 2:
+                clashes.append((a["text"], b["text"]))
+    return clashes
+
+
+def _cut_titles(texts: list[dict]) -> list[str]:
+    return [t["text"] for t in texts if "gtitle" in t["cls"] and (t["x1"] > t["cx1"] + 1 or t["x0"] < t["cx0"] - 1)]
+
+
+def _wait_for_charts(page, count: int = 1) -> None:
+    page.wait_for_function(
+        f"document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= {count}", timeout=120_000
+    )
+    page.wait_for_timeout(1500)  # Plotly's relayout to the window's height
+
+
+@pytest.mark.parametrize("width, height", [(1280, 720), (1440, 900)])
+def test_presentation_mode_on_stage(tmp_path, width, height):
+    (ROOT / "artifacts").mkdir(exist_ok=True)
+    # the server warm-up is off here only to keep the test short on a 2-core machine (AppTest covers it)
+    env = {"MERGESCOPE_WORKSPACE": str(tmp_path / "workspace"), "OMP_NUM_THREADS": "2", "MERGESCOPE_WARM_UP": "0"}
+    with running_app(env=env, timeout=180) as url, browser_page(width=width, height=height) as page:
+        page.goto(f"{url}/?present=1", wait_until="domcontentloaded")
+        run = page.get_by_role("button", name="Run merge")
+        run.wait_for(state="visible", timeout=180_000)
+        assert not page.get_by_test_id("stSidebar").is_visible()
+
+        run.click()
+        header = page.locator("#merge-result")
+        header.wait_for(timeout=600_000)
+        _wait_for_charts(page)
+        body = page.inner_text("body")
+        assert "Traceback" not in body, body[:3000]
+        page.wait_for_timeout(1000)
+        # in view under Run: the header inside the window, the accuracy chart starting in it
+        top = header.evaluate("e => e.getBoundingClientRect().top")
+        assert 0 <= top < height / 3, top
+        chart = page.get_by_test_id("stPlotlyChart").first
+        chart_box = chart.bounding_box()
+        assert chart_box["y"] < height * 0.6, chart_box
+        assert chart_box["height"] <= height, chart_box  # sized to the window, not taller than it
+        page.screenshot(path=str(ROOT / "artifacts" / f"stage-merge-{width}x{height}.png"))
+        texts = page.evaluate(TEXTS)
+        assert len(texts) > 20, texts
+        assert not _small(texts), _small(texts)
+        assert not _cut_titles(texts), _cut_titles(texts)
+
+        # a reload keeps presentation mode and the result (both are in the URL)
+        assert "present=1" in page.url and "run=" in page.url
+        page.reload(wait_until="domcontentloaded")
+        page.locator("#merge-result").wait_for(timeout=120_000)
+        assert not page.get_by_test_id("stSidebar").is_visible()
+
+        # Interference, standard vs OSRM side by side
+        page.get_by_role("link", name="Interference").click()
+        page.get_by_text("Side by side: standard LoRA vs OSRM").click()
+        _wait_for_charts(page, 6)
+        page.get_by_text("Subspace overlap", exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ROOT / "artifacts" / f"stage-interference-{width}x{height}.png"))
+        texts = page.evaluate(TEXTS)
+        assert not _small(texts), _small(texts)
+        assert not _overlapping_cells(texts), _overlapping_cells(texts)[:10]
+        assert not _cut_titles(texts), _cut_titles(texts)
