@@ -49,9 +49,9 @@ def _small(texts: list[dict]) -> list[tuple[str, float]]:
 
 
 def _overlapping_cells(texts: list[dict]) -> list[tuple[str, str]]:
-    """Pieces of text with a number in them (cell values, ticks) whose boxes overlap another's in the
-    same chart: run-together numbers."""
-    cells = [t for t in texts if any(ch.isdigit() for ch in t["text"])]
+    """Pieces of text (cell values, tick labels, titles) whose boxes overlap another's in the same
+    chart: run-together numbers or names."""
+    cells = texts
     clashes = []
     for i, a in enumerate(cells):
         for b in cells[i + 1:]:
