@@ -379,7 +379,8 @@ def show_figure(figure, name: str, key: str, how_to_read: str | None = None) -> 
 
     presenting = settings().presentation
     if presenting:
-        height = presentation_height()
+        # a heatmap has no metrics above it to keep in view: it takes more of the window's height
+        height = presentation_height(reserved=170 if "heatmap" in name else 300)
         if height is not None:
             figure.update_layout(height=height)
     st.plotly_chart(

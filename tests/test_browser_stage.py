@@ -49,9 +49,12 @@ def _small(texts: list[dict]) -> list[tuple[str, float]]:
 
 
 def _overlapping_cells(texts: list[dict]) -> list[tuple[str, str]]:
-    """Pieces of text with a number in them (cell values, ticks) whose boxes overlap another's in the
-    same chart: run-together numbers."""
-    cells = [t for t in texts if any(ch.isdigit() for ch in t["text"])]
+    """In the subspace-overlap heatmaps and the magnitude-variance charts above them, pieces of text
+    (cell values, tick labels, titles, legends) whose boxes overlap another's in the same chart:
+    run-together numbers or names."""
+    heatmaps = {t["chart"] for t in texts if t["text"] in ("overlap φ", "CV of column norms")}
+    cells = [t for t in texts if t["chart"] in heatmaps]
+    assert heatmaps, "no subspace-overlap heatmap on screen"
     clashes = []
     for i, a in enumerate(cells):
         for b in cells[i + 1:]:

@@ -54,8 +54,12 @@ def magnitude_variance_by_layer(
         adapters = adapters if adapters is not None else per_layer.get("adapters")
         per_layer = per_layer["layers"]
     layers = sorted(((_layer_label(k), v) for k, v in per_layer.items()), key=lambda kv: _layer_order(kv[0]))
+    # On stage the two views stack: side by side at 20 px their axis titles run into each other.
+    shape = {"rows": 2, "cols": 1, "vertical_spacing": 0.22} if presentation else {"rows": 1, "cols": 2,
+                                                                                 "horizontal_spacing": 0.12}
+    second = (2, 1) if presentation else (1, 2)
     fig = make_subplots(
-        rows=1, cols=2, horizontal_spacing=0.12,
+        **shape,
         subplot_titles=("Within each adapter: spread over input features",
                         "Across adapters: spread of update sizes"),
     )
@@ -85,12 +89,16 @@ def magnitude_variance_by_layer(
             marker={"color": OKABE_ITO["grey"]},
             hovertemplate="layer %{x}<br>variance across adapters: %{y:.6g}<extra></extra>",
         ),
-        row=1, col=2,
+        row=second[0], col=second[1],
     )
     fig.update_xaxes(type="category", title_text="Transformer block (layer index)")
-    fig.update_yaxes(title_text="CV of column norms (std ÷ mean, unitless)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="Variance of ‖ΔW‖_F (squared weight units)", rangemode="tozero", row=1, col=2)
-    fig.update_layout(legend={"orientation": "h", "y": -0.25})
+    fig.update_yaxes(title_text="CV of column norms" if presentation else "CV of column norms (std ÷ mean, unitless)",
+                     rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="Variance of ‖ΔW‖_F" if presentation else "Variance of ‖ΔW‖_F (squared weight units)",
+                     rangemode="tozero", row=second[0], col=second[1])
+    # on stage the legend goes to the right of the stacked plots, clear of every axis title
+    legend = {"orientation": "v", "x": 1.02, "y": 1.0} if presentation else {"orientation": "h", "y": -0.25}
+    fig.update_layout(legend=legend)
     return _style(fig, title, presentation)
 
 
@@ -115,7 +123,7 @@ def overlap_heatmap(
         go.Heatmap(
             z=z, x=names, y=names, zmin=0.0, zmax=1.0, colorscale=SEQUENTIAL,
             texttemplate="%{z:.2f}",
-            colorbar={"title": {"text": "overlap φ"},
+            colorbar={"title": {"text": "overlap φ", "side": "right" if presentation else "top"},
                       "tickvals": [0, 0.5, 1] if presentation else [0, 0.25, 0.5, 0.75, 1]},
             hovertemplate="%{y} vs %{x}<br>overlap φ: %{z:.4f}<extra></extra>",
         )
@@ -141,7 +149,7 @@ def cosine_heatmap(
         go.Heatmap(
             z=z, x=names, y=names, zmin=-1.0, zmax=1.0, zmid=0.0, colorscale=DIVERGING,
             texttemplate="%{z:.2f}",
-            colorbar={"title": {"text": "cosine"},
+            colorbar={"title": {"text": "cosine", "side": "right" if presentation else "top"},
                       **({"tickvals": [-1, 0, 1], "ticktext": ["−1", "0", "1"]} if presentation else
                          {"tickvals": [-1, -0.5, 0, 0.5, 1],
                           "ticktext": ["−1 opposed", "−0.5", "0 orthogonal", "0.5", "1 aligned"]})},
