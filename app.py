@@ -15,6 +15,7 @@ pages = [
     st.Page("pages/sweep.py", title="Sweep", icon=":material/show_chart:"),
     st.Page("pages/adapters.py", title="Adapters", icon=":material/extension:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+    st.Page("pages/tour.py", title="Tour", icon=":material/slideshow:"),
 ]
 navigation = st.navigation(pages)
 

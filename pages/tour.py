@@ -1,0 +1,121 @@
+"""Tour: the story of merging LoRA adapters for a talk, one click per step, told by the zoo's numbers.
+
+The steps, their measurements, charts and sentences are merging/tour.py; this page only walks them:
+Back / Next, step n of N, the step's chart and takeaway, and its recipe as a link that opens it in
+Merge. A step's measurements run as a background job with progress the first time they are needed
+and are kept for the server (keyed by recipe and adapter versions), so going Back is instant and a
+tour prepared in one tab is ready in another. While a step is shown, the next one is prepared.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote
+
+import streamlit as st
+
+from merging import tour as story
+from merging.lab import Lab
+from pages import _ui
+
+JOB = "tour"
+# A quick walk (tests, a rehearsal): score each task on its first N evaluation examples only.
+EVAL_LIMIT = int(os.environ.get("MERGESCOPE_TOUR_EVAL_LIMIT", "0")) or None
+ui_settings = _ui.settings()
+state = st.session_state
+
+st.title("Tour")
+built_in = _ui.zoo()
+if built_in is None:
+    st.error("No built-in zoo: build it with `python -m merging zoo build` to take the tour.")
+    st.stop()
+try:
+    tour = story.tour_steps(built_in)
+except ValueError as err:
+    st.error(str(err))
+    st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def _measured() -> dict:
+    """Measurements by cache key, shared by every tab of this server."""
+    return {}
+
+
+@st.cache_resource(show_spinner="Loading the base model…")
+def _limited_lab(base_model: str, device: str, eval_limit: int) -> Lab:
+    """A lab of the tour's own for a quick walk, so the shared lab keeps its full evaluation sets."""
+    return Lab(base_model, device=device)
+
+
+def _lab() -> Lab:
+    if EVAL_LIMIT:
+        return _limited_lab(built_in.base_model, ui_settings.device, EVAL_LIMIT)
+    return _ui.lab_for(built_in.base_model, ui_settings.device)
+
+
+measured_store = _measured()
+
+
+def _missing(index: int) -> list[story.Measurement]:
+    return [m for m in tour.needs(index) if story.cache_key(m, EVAL_LIMIT) not in measured_store]
+
+
+def _start(index: int, label: str) -> None:
+    todo = _missing(index)
+    lab = _lab()  # loaded in the page's thread (cached)
+
+    def work(progress):
+        for number, measurement in enumerate(todo):
+            def report(done, total, what, number=number, measurement=measurement):
+                share = (number + (done / total if total else 1.0)) / len(todo)
+                progress(int(1000 * share), 1000, f"{measurement.label}: {what}")
+
+            value = story.measure(measurement, lab, _ui.load_adapter_as, report, EVAL_LIMIT)
+            measured_store[story.cache_key(measurement, EVAL_LIMIT)] = value
+        return index
+
+    _ui.start_job(JOB, label, work)
+
+
+count = len(tour.steps)
+index = min(max(int(state.get("tour_step", 0)), 0), count - 1)
+state["tour_step"] = index
+
+
+def _go(to: int) -> None:
+    state["tour_step"] = min(max(to, 0), count - 1)
+
+
+back, where, forward = st.columns([1, 3, 1])
+back.button("← Back", key="tour_back", on_click=_go, args=(index - 1,), disabled=index == 0, width="stretch")
+forward.button("Next →", key="tour_next", on_click=_go, args=(index + 1,), disabled=index == count - 1,
+               type="primary", width="stretch")
+step = tour.steps[index]
+where.markdown(f"**Step {index + 1} of {count}** — {step.title.split(' · ', 1)[-1]}")
+if EVAL_LIMIT:
+    st.caption(f"Quick walk: each task is scored on its first {EVAL_LIMIT} evaluation examples only "
+               "(MERGESCOPE_TOUR_EVAL_LIMIT); the intervals are wide accordingly.")
+
+finished = _ui.take_job_result(JOB)
+if finished is not None and finished.error:
+    st.error(f"Measuring this step failed: {finished.error}")
+    state["tour_failed"] = index
+if not _ui.job_running(JOB) and state.get("tour_failed") != index:
+    if _missing(index):
+        _start(index, f"Measuring step {index + 1}")
+    elif index + 1 < count and _missing(index + 1):
+        _start(index + 1, f"Preparing step {index + 2}")
+_ui.show_job_progress(JOB)
+
+if not _missing(index):
+    state.pop("tour_failed", None)
+    measured = {m.key: measured_store[story.cache_key(m, EVAL_LIMIT)] for m in tour.needs(index)}
+    st.subheader(step.title)
+    st.markdown(f"#### {story.takeaway(step, measured, tour)}")
+    figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
+    _ui.show_figure(figure, name, f"tour_{step.key}")
+    st.link_button("Open this step's recipe in Merge", "./?recipe=" + quote(step.recipe.to_url()),
+                   icon=":material/open_in_new:")
+elif state.get("tour_failed") == index:
+    st.button("Try again", key="tour_retry", on_click=lambda: state.pop("tour_failed", None))
