@@ -1,0 +1,147 @@
+"""The talk tour: its steps as data over the shipped zoo (every fix compared with the naive merge,
+every recipe a valid share link), and the Tour page walked step by step in AppTest, forward and back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from merging import tour as story
+from merging.recipe import Recipe
+from merging.zoo import REPO_ZOO, Zoo, ZooAdapter, load_zoo
+from tests.conftest import _run_app_py_on_every_rerun
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+EVAL_LIMIT = 8  # examples per task in the AppTest walk: the full walk would take minutes on 2 cores
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Zoo:
+    return load_zoo(REPO_ZOO)
+
+
+def test_the_tour_tells_the_story_in_order(shipped):
+    tour = story.tour_steps(shipped)
+    keys = [s.key for s in tour.steps]
+    assert keys[:4] == ["singles", "naive", "overlap", "signs"]
+    assert keys[4:8] == ["ties", "dare_ties", "decouple", "orthogonalize"]
+    variants = [i for i in shipped.inits if i != "standard"]
+    assert keys[8:8 + len(variants)] == variants  # one step per OSRM variant the zoo holds
+    assert keys[-2:] == ["posthoc", "summary"]
+    assert [s.title.split(" · ")[0] for s in tour.steps] == [str(n) for n in range(1, len(keys) + 1)]
+
+
+def test_every_fix_is_measured_against_the_naive_merge_on_the_same_tasks(shipped):
+    tour = story.tour_steps(shipped)
+    naive = tour.measurements[story.NAIVE].recipe
+    tasks = [shipped.adapter(a.name).task for a in naive.adapters]
+    assert naive.method == "task_arithmetic" and naive.weights == [1.0] * len(tasks)
+    for step in tour.steps[4:-1]:
+        assert step.reference == story.NAIVE and step.needs[1] == story.NAIVE
+        own = tour.measurements[step.needs[0]].recipe
+        assert [shipped.adapter(a.name).task for a in own.adapters] == tasks
+    fixes = {s.key: tour.measurements[s.needs[0]].recipe for s in tour.steps}
+    assert fixes["ties"].method == "ties" and fixes["ties"].parameters["density"] == 0.5
+    assert fixes["decouple"].do_merging.decouple and not fixes["decouple"].do_merging.orthogonalize
+    assert fixes["orthogonalize"].do_merging.orthogonalize and not fixes["orthogonalize"].do_merging.decouple
+    assert fixes["posthoc"].osrm == "posthoc"
+    for init in [i for i in shipped.inits if i != "standard"]:
+        assert {shipped.adapter(a.name).init for a in fixes[init].adapters} == {init}
+    summary = tour.steps[-1]
+    assert set(summary.needs) == {k for k, m in tour.measurements.items() if m.kind == "merge"}
+
+
+def test_every_steps_recipe_is_a_share_link_that_reads_back(shipped):
+    for step in story.tour_steps(shipped).steps:
+        assert Recipe.from_url(step.recipe.to_url()) == step.recipe
+
+
+def _adapter(name: str, task: str, init: str) -> ZooAdapter:
+    return ZooAdapter(name, task, init, Path("/nowhere") / name, None, None)
+
+
+def test_a_variant_missing_a_task_gets_no_step_and_one_adapter_is_no_tour():
+    zoo = Zoo(Path("/nowhere"), "base", [], [
+        _adapter("a-standard", "a", "standard"), _adapter("b-standard", "b", "standard"),
+        _adapter("a-osrm", "a", "osrm"), _adapter("a-osrm-cov", "a", "osrm-cov"), _adapter("b-osrm-cov", "b", "osrm-cov"),
+    ])
+    keys = [s.key for s in story.tour_steps(zoo).steps]
+    assert "osrm-cov" in keys and "osrm" not in keys
+    with pytest.raises(ValueError, match="fewer than two standard adapters"):
+        story.tour_steps(Zoo(Path("/nowhere"), "base", [], [_adapter("a-standard", "a", "standard")]))
+
+
+def test_variant_labels_name_the_osrm_variant():
+    assert story.variant_label("osrm") == "OSRM"
+    assert story.variant_label("osrm-samples") == "OSRM (samples)"
+    assert story.variant_label("osrm-cov") == "OSRM (cov)"
+
+
+# ----------------------------------------------------------------------------------------------
+# The page, walked
+
+
+def _wait(at: AppTest, timeout: float = 300) -> AppTest:
+    deadline = time.monotonic() + timeout
+    while "job:tour" in at.session_state and not at.session_state["job:tour"].finished:
+        assert time.monotonic() < deadline, "the tour's background job did not finish"
+        time.sleep(0.2)
+    return at.run()
+
+
+def _shown(at: AppTest) -> tuple[str | None, str | None]:
+    subheaders = [s.value for s in at.subheader]
+    takeaways = [m.value for m in at.markdown if m.value.startswith("#### ")]
+    return (subheaders[0] if subheaders else None), (takeaways[0][5:] if takeaways else None)
+
+
+def _link_recipe(at: AppTest) -> Recipe:
+    buttons = [e for e in at.get("link_button")]
+    assert len(buttons) == 1
+    url = buttons[0].proto.url
+    return Recipe.from_url(parse_qs(urlparse(url).query)["recipe"][0])
+
+
+def _no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_the_tour_page_walks_every_step_forward_and_back(shipped, tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("MERGESCOPE_TOUR_EVAL_LIMIT", str(EVAL_LIMIT))
+    monkeypatch.delenv("MERGESCOPE_ZOO", raising=False)
+    _run_app_py_on_every_rerun(monkeypatch)
+    tour = story.tour_steps(shipped)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["workspace"] = str(tmp_path / "workspace")
+    at.session_state["device"] = "cpu"
+    at.switch_page("pages/tour.py").run()
+    seen = []
+    for index, step in enumerate(tour.steps):
+        at = _wait(at)
+        _no_errors(at)
+        title, takeaway = _shown(at)
+        assert title == step.title, (index, title)
+        assert f"Step {index + 1} of {len(tour.steps)}" in " ".join(m.value for m in at.markdown)
+        assert takeaway and "not measured" not in takeaway and "No " not in takeaway[:3]
+        assert any(ch.isdigit() for ch in takeaway)  # a sentence of measured numbers
+        assert _link_recipe(at) == step.recipe
+        assert len(at.get("plotly_chart")) == 1
+        seen.append(takeaway)
+        if index + 1 < len(tour.steps):
+            next(b for b in at.button if b.key == "tour_next").click()
+            at = at.run()
+    assert next(b for b in at.button if b.key == "tour_next").disabled  # the last step
+    assert len(set(seen)) == len(seen)  # each step says its own thing
+    # Back is instant: the step was measured already, so it shows in the very next run, same words.
+    next(b for b in at.button if b.key == "tour_back").click()
+    at = at.run()
+    _no_errors(at)
+    assert _shown(at) == (tour.steps[-2].title, seen[-2])
+    job = at.session_state["job:tour"] if "job:tour" in at.session_state else None
+    assert job is None or job.finished
+    assert any("Quick walk" in c.value for c in at.caption)  # a shortened evaluation says so
