@@ -1,13 +1,33 @@
-"""mergescope's Streamlit entry point: navigation and the sidebar. No logic lives here."""
+"""mergescope's Streamlit entry point: navigation, the sidebar and presentation mode. No logic lives here.
+
+Presentation mode (a talk): the sidebar is hidden and navigation moves to the top, charts take the
+window's height (pages/_viewport reports it) with text ≥ 18 px, and the mode is kept in the URL
+(`?present=1`), so a reload or a shared link opens the same way. The server's warm-up
+(pages/_warm.py) starts with the first session; its readiness is shown until it is done.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 import torch
 
+from pages import _ui, _warm
 from pages._ui import DEFAULT_WORKSPACE, zoo
 
 st.set_page_config(page_title="mergescope", page_icon=":material/merge_type:", layout="wide")
+
+# Presentation mode lives in the URL as well as in the session: a reload or a link keeps it.
+if "presentation" not in st.session_state:
+    st.session_state["presentation"] = st.query_params.get("present") == "1"
+presenting = bool(st.session_state["presentation"])
+
+
+def _sync_presentation_link() -> None:
+    if st.session_state.get("presentation"):
+        st.query_params["present"] = "1"
+    else:
+        st.query_params.pop("present", None)
+
 
 pages = [
     st.Page("pages/merge.py", title="Merge", icon=":material/merge_type:", default=True),
@@ -17,8 +37,12 @@ pages = [
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
     st.Page("pages/tour.py", title="Tour", icon=":material/slideshow:"),
 ]
-navigation = st.navigation(pages)
+navigation = st.navigation(pages, position="top" if presenting else "sidebar")
+_ui.track_viewport()
+readiness = _warm.start(st.session_state.get("device", "auto"))
 
+# The sidebar's widgets are drawn in presentation mode too (hidden): a widget that is not drawn
+# loses its value, and the workspace and device must survive a talk.
 with st.sidebar:
     st.markdown("### mergescope")
     st.text_input(
@@ -41,6 +65,26 @@ with st.sidebar:
         )
     else:
         st.warning("No built-in zoo found: build it with `python -m merging zoo build`.")
-    st.toggle("Presentation mode", key="presentation", help="Hide controls and enlarge charts for a talk.")
+    st.caption(("Ready: " if readiness.done else "Warming up: ") + readiness.line())
+    if not presenting:
+        st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link,
+                  help="Hide the sidebar and controls and size charts to the window for a talk (kept in the link).")
+
+if presenting:
+    # No sidebar on stage (nor its toggle); the exit switch sits at the top of the page instead.
+    st.markdown(
+        "<style>[data-testid='stSidebar'], [data-testid='stSidebarCollapsedControl'],"
+        " [data-testid='stExpandSidebarButton'] {display: none !important;}</style>",
+        unsafe_allow_html=True,
+    )
+    left, right = st.columns([5, 1])
+    with right:
+        st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link,
+                  help="Off: show the sidebar and every control again.")
+    if not readiness.done:
+        left.caption("Warming up: " + readiness.line())
+
+if not readiness.done:
+    _ui.poll_until(lambda: readiness.done)
 
 navigation.run()

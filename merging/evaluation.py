@@ -228,6 +228,18 @@ class TaskScores:
     single: float
     merged: float | None
     majority: float
+    examples: int = 0  # evaluation-set size: accuracies are exact fractions of it (0: unknown, no interval)
+
+    def intervals(self) -> dict[str, list[float] | None]:
+        """95 % bootstrap interval over the evaluation set of each accuracy (merging.intervals)."""
+        from merging.intervals import accuracy_interval, counts_of
+
+        def interval(accuracy: float | None) -> list[float] | None:
+            if accuracy is None or self.examples <= 0:
+                return None
+            return list(accuracy_interval(counts_of(accuracy, self.examples), self.examples))
+
+        return {"base": interval(self.base), "single": interval(self.single), "merged": interval(self.merged)}
 
     @property
     def normalized(self) -> float | None:
@@ -243,6 +255,7 @@ class EvaluationResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     preview: bool = False  # merged accuracies from the preview part only (a first look, not the result)
+    cached: bool = False  # every merged accuracy came from the cache: this body was scored before
 
     def average(self) -> dict[str, float | None]:
         def mean(values):
@@ -258,6 +271,18 @@ class EvaluationResult:
             "majority": mean(s.majority for s in scores),
         }
 
+    def average_interval(self) -> dict[str, list[float] | None]:
+        """95 % bootstrap interval of each average over tasks, each task's examples resampled on their own."""
+        from merging.intervals import bootstrap_interval, counts_of
+
+        def interval(role: str) -> list[float] | None:
+            values = {t: (getattr(s, role), s.examples) for t, s in self.tasks.items()}
+            if not values or any(v is None or n <= 0 for v, n in values.values()):
+                return None
+            return list(bootstrap_interval({t: (counts_of(v, n), n) for t, (v, n) in values.items()}))
+
+        return {role: interval(role) for role in ("base", "single", "merged")}
+
     def to_dict(self) -> dict:
         return {
             "tasks": {
@@ -267,13 +292,17 @@ class EvaluationResult:
                     "merged": s.merged,
                     "normalized": s.normalized,
                     "majority": s.majority,
+                    # the preview's merged accuracy counts a third of the examples: no interval for it
+                    "interval": s.intervals() if not self.preview else None,
                 }
                 for name, s in self.tasks.items()
             },
             "average": self.average(),
+            "average_interval": self.average_interval() if not self.preview else None,
             "seconds": round(self.seconds, 3),
             "notes": self.notes,
             "preview": self.preview,
+            "cached": self.cached,
         }
 
 
@@ -369,13 +398,14 @@ def evaluate_merge(
         )
         step(f"single {task}")
 
-    def result(merged: dict[str, float | None], preview: bool = False) -> EvaluationResult:
+    def result(merged: dict[str, float | None], preview: bool = False, cached: bool = False) -> EvaluationResult:
         scores = {
-            task: TaskScores(base[task], single[task], merged[task], evaluator.eval_sets[task].majority_baseline)
+            task: TaskScores(base[task], single[task], merged[task], evaluator.eval_sets[task].majority_baseline,
+                             len(evaluator.eval_sets[task].targets))
             for task in by_task
         }
         notes = [f"preview: merged accuracy on 1 in {PREVIEW_EVERY} examples of each class"] if preview else []
-        return EvaluationResult(scores, seconds=time.perf_counter() - start, notes=notes, preview=preview)
+        return EvaluationResult(scores, seconds=time.perf_counter() - start, notes=notes, preview=preview, cached=cached)
 
     if merged_modules is None:
         return result(dict.fromkeys(by_task))
@@ -407,7 +437,7 @@ def evaluate_merge(
         if fingerprint is not None and keys[task] is not None:
             merged_cache[(fingerprint, task, keys[task])] = merged[task]
         step(f"merged {task}")
-    return result(merged)
+    return result(merged, cached=not pending)
 
 
 def cross_task_matrix(evaluator: Evaluator, adapters: Sequence[Adapter]) -> dict:

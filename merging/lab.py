@@ -103,8 +103,8 @@ class Lab:
         on_preview: Callable[[EvaluationResult], None] | None = None,
     ) -> MergeRun:
         """Merge, then score every task; `on_preview` gets a first look (see evaluate_merge)."""
-        start = time.perf_counter()
         with self.lock:
+            start = time.perf_counter()  # after the lock: waiting for the warm-up is not this merge's time
             self.prepare(adapters)
             recipe = on_device(recipe, self.device)
             merged = merge_adapters(adapters, recipe, progress=_phase(progress, 0, 2))

@@ -238,9 +238,57 @@ def take_job_result(key: str) -> Job | None:
 # Figures and tables: every one with a line on how to read it and a download
 
 
+_VIEWPORT = None  # the window-size component, declared once (pages/_viewport/index.html)
+
+
+def track_viewport() -> None:
+    """Ask the browser for its window size (app.py, every run); kept in session state as "viewport"."""
+    global _VIEWPORT
+    import streamlit.components.v1 as components
+
+    if _VIEWPORT is None:
+        _VIEWPORT = components.declare_component("viewport", path=str(Path(__file__).parent / "_viewport"))
+    size = _VIEWPORT(key="viewport_component", default=None)
+    if isinstance(size, dict) and size.get("height"):
+        st.session_state["viewport"] = {"width": int(size["width"]), "height": int(size["height"])}
+
+
+def presentation_height(reserved: int = 240, least: int = 380) -> int | None:
+    """A chart's height on stage: the window's height less what must stay in view above it (a
+    header, the metrics); None when the window's size is not known yet (Plotly's default then)."""
+    size = st.session_state.get("viewport")
+    if not size:
+        return None
+    return max(least, int(size["height"]) - reserved)
+
+
+def scroll_into_view(anchor: str) -> None:
+    """Scroll the browser so the element with this id (e.g. a result's header) is at the top."""
+    st.iframe(
+        "<html><body><script>const target = window.parent.document.getElementById(" + repr(anchor) + ");"
+        "if (target) { target.scrollIntoView({block: 'start'}); }</script></body></html>",
+        height=1,
+    )
+
+
+def poll_until(ready: Callable[[], bool], every: float = 2.0) -> None:
+    """Rerun a tiny fragment until `ready()` holds, then the whole app once (e.g. the warm-up's line)."""
+
+    @st.fragment(run_every=every)
+    def poll() -> None:
+        if ready():
+            st.rerun(scope="app")
+
+    poll()
+
+
 def show_figure(figure, name: str, key: str, how_to_read: str | None = None) -> None:
     from merging.plots import HOW_TO_READ, figure_to_html
 
+    if settings().presentation:
+        height = presentation_height()
+        if height is not None:
+            figure.update_layout(height=height)
     st.plotly_chart(
         figure,
         key=f"chart:{key}",

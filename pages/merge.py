@@ -6,6 +6,7 @@ what is merged — merging.catalog resolves its OSRM mode — so a run re-merges
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,15 +20,19 @@ from merging.evaluation import PREVIEW_EVERY, modules_fingerprint
 from merging.merge import save_merged
 from merging.methods import REGISTRY, MethodError
 from merging.recipe import RecipeError
+from merging.run_labels import describe_recipe, run_label
 from pages import _recipe_ui as codec
 from pages import _ui
 
 JOB = "merge"
 PREFIX = "merge"
+ENERGY_TOLERANCE = 1e-6  # an exact-rank merge's energy_kept is 1 up to float32 rounding
 ui_settings = _ui.settings()
 all_entries = _ui.catalog(ui_settings.workspace, include_broken=True)
 entries = catalog.usable(all_entries)
 st.title("Merge")
+# Opened here, in the page's thread, so a store that cannot be used says so before anything runs.
+store = _ui.run_store(ui_settings.workspace)
 _ui.warn_broken(all_entries)
 if not entries:
     st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
@@ -109,7 +114,7 @@ with controls:
 # Run: the Recipe alone says what is merged (catalog.resolve_inputs applies its `osrm` mode)
 
 
-def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job):
+def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job, store):
     def publish_preview(evaluation) -> None:
         job.partial = evaluation.to_dict()
 
@@ -121,9 +126,9 @@ def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job):
         results = run.results()
         results["osrm"] = {"mode": recipe.osrm, "twins": merged_inputs.twins, "posthoc": merged_inputs.posthoc}
         results["fingerprint"] = modules_fingerprint(run.merged.adapter.modules)
-        store = _ui.run_store(ui_settings.workspace)
         run_id = store.add(run.recipe.to_dict(), results, run.merged.summary(), str(lab.device), run.seconds)
-        return {"run_id": run_id, "results": results, "merged": run.merged, "seconds": run.seconds}
+        return {"run_id": run_id, "results": results, "merged": run.merged, "seconds": run.seconds,
+                "recipe": run.recipe.to_dict()}
 
     return work
 
@@ -137,6 +142,27 @@ def _zip_of(merged) -> bytes:
                 archive.write(file, f"merged/{file.name}")
     return buffer.getvalue()
 
+
+# The last result and the pinned baseline live in the URL too (run=ID, baseline=ID): a reload or a
+# shared link shows them again, read back from the run store.
+def _stored_run(run_id_text: str | None) -> dict | None:
+    if not run_id_text or not str(run_id_text).isdigit():
+        return None
+    record = store.get(int(run_id_text))
+    if record is None or record.kind != "merge":
+        st.warning(f"Run {run_id_text} from the link is not in this workspace's run store.")
+        return None
+    return {"run_id": record.id, "results": record.results, "merged": None, "seconds": record.seconds,
+            "recipe": record.recipe}
+
+
+if "merge_last" not in st.session_state:
+    st.session_state["merge_last"] = _stored_run(st.query_params.get("run"))
+if "merge_baseline" not in st.session_state:
+    pinned = _stored_run(st.query_params.get("baseline"))
+    if pinned:
+        pinned["name"] = st.query_params.get("baseline_name") or f"run {pinned['run_id']}"
+    st.session_state["merge_baseline"] = pinned
 
 built_in = _ui.zoo()
 if built_in and not st.session_state.get("merge_last"):
@@ -154,7 +180,7 @@ if run_clicked:
         inputs = catalog.resolve_inputs(recipe, _ui.load_adapter_as, catalog.default_base_model(built_in))
         lab = _ui.lab_for(inputs.base_model, ui_settings.device)  # cached; loads in the page's thread
         job = _ui.Job("Merging and evaluating")
-        _ui.start_job(JOB, job.label, _merge_work(inputs, recipe, lab, job), job=job)
+        _ui.start_job(JOB, job.label, _merge_work(inputs, recipe, lab, job, store), job=job)
     except (RecipeError, MethodError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
 
@@ -183,6 +209,9 @@ if finished is not None:
     else:
         st.session_state["merge_previous"] = st.session_state.get("merge_last")
         st.session_state["merge_last"] = finished.result
+        st.session_state["merge_scroll"] = True  # bring the new result into view under Run
+        if finished.result["run_id"] is not None:
+            st.query_params["run"] = str(finished.result["run_id"])
         st.session_state.pop("merge_error", None)
 
 if st.session_state.get("merge_error"):
@@ -192,48 +221,108 @@ if st.session_state.get("merge_error"):
 # Results
 
 last = st.session_state.get("merge_last")
+baseline = st.session_state.get("merge_baseline")
 if last:
     results = last["results"]
     average = results["average"]
-    st.subheader(f"Run {last['run_id']}: {results['merge']['method']} of {len(results['merge']['adapters'])} adapters")
+    recipe_text = describe_recipe(last.get("recipe") or {})
+    st.subheader(
+        f"{run_label(last['run_id']).capitalize()}: {results['merge']['method']} of "
+        f"{len(results['merge']['adapters'])} adapters",
+        anchor="merge-result",
+    )
+    st.caption("Recipe: " + recipe_text)
+    if last["run_id"] is None:
+        st.warning("This run was not stored (see the run store's warning above): it is shown, not kept.")
+    # The change is measured against the pinned baseline when there is one, else the previous run.
+    if baseline and baseline["run_id"] != last["run_id"]:
+        compared, compared_name = baseline, f"baseline {run_label(baseline['run_id'], baseline['name'])}"
+    else:
+        previous = st.session_state.get("merge_previous")
+        compared = previous if previous and previous["run_id"] != last["run_id"] else None
+        compared_name = f"the previous run ({run_label(compared['run_id'])})" if compared else ""
+    compared_average = compared["results"]["average"] if compared else None
     metric_columns = st.columns(4)
-    previous = st.session_state.get("merge_previous")
-    previous_average = previous["results"]["average"] if previous else None
 
     def delta(key):
-        if not previous_average or previous_average.get(key) is None or average.get(key) is None:
+        if not compared_average or compared_average.get(key) is None or average.get(key) is None:
             return None
-        return f"{100 * (average[key] - previous_average[key]):+.1f} pp"
+        return f"{100 * (average[key] - compared_average[key]):+.1f} pp"
 
-    metric_columns[0].metric("Average merged accuracy", f"{100 * average['merged']:.1f}%", delta("merged"))
+    interval = (results.get("average_interval") or {}).get("merged")
+    metric_columns[0].metric(
+        "Average merged accuracy", f"{100 * average['merged']:.1f}%", delta("merged"),
+        help=(f"95% interval {100 * interval[0]:.1f}–{100 * interval[1]:.1f}% (bootstrap over the evaluation sets)"
+              if interval else None) if not compared_name else f"change vs {compared_name}",
+    )
     metric_columns[1].metric("Normalised (merged / single)", f"{100 * average['normalized']:.1f}%", delta("normalized"))
     metric_columns[2].metric("Average single-adapter accuracy", f"{100 * average['single']:.1f}%")
-    metric_columns[3].metric("Merge + evaluation time", f"{last['seconds']:.2f} s", help=f"device: {results['merge']['device']}")
+    if results.get("cached"):
+        # Scored before (e.g. by the server's warm-up): the seconds would only time a cache look-up.
+        metric_columns[3].metric("Merge + evaluation time", "cached",
+                                 help=f"this merged body was scored before; merge took {last['seconds']:.2f} s "
+                                 f"on {results['merge']['device']}")
+    else:
+        metric_columns[3].metric("Merge + evaluation time", f"{last['seconds']:.2f} s",
+                                 help=f"device: {results['merge']['device']}; waiting for the warm-up not counted")
     st.caption(
-        "Each task is scored with the merged body and that task's own classification head; "
-        "the black dash is the majority-class baseline."
+        "Each task is scored with the merged body and that task's own classification head. "
+        "\"Base\" = the base body with each adapter's own head, so it moves when the adapters (or OSRM's twins) "
+        "change. Whiskers: 95% bootstrap intervals over the evaluation set; the black dash is the majority class."
     )
     osrm = results.get("osrm") or {}
     if osrm.get("twins"):
-        st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values()) + ".")
+        st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
+                + " — their heads score the tasks, so the base bars use those heads too.")
     if osrm.get("posthoc"):
         st.info("Projected post-hoc onto OSRM's subspace: " + ", ".join(osrm["posthoc"]) + ".")
     _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars", "merge_accuracy")
-    if previous:
+    if compared:
         _ui.show_figure(
-            plots.accuracy_delta(results, previous["results"], presentation=ui_settings.presentation),
+            plots.accuracy_delta(results, compared["results"], title=f"Change in merged accuracy vs {compared_name}",
+                                 presentation=ui_settings.presentation),
             "accuracy_delta",
             "merge_delta",
         )
+        st.caption(f"Compared with {compared_name}: " + describe_recipe(compared.get("recipe") or {}))
+
+    # Pin a run as the named baseline every later run is compared with (kept in the link).
+    pin_left, pin_middle, pin_right = st.columns([2, 1, 1])
+    if last["run_id"] is not None and (not baseline or baseline["run_id"] != last["run_id"]):
+        name = pin_left.text_input("Baseline name", value=f"run {last['run_id']}", key="merge_baseline_name",
+                                   label_visibility="collapsed")
+        if pin_middle.button("Pin as baseline", key="merge_pin", icon=":material/push_pin:"):
+            st.session_state["merge_baseline"] = {**last, "name": name.strip() or f"run {last['run_id']}"}
+            st.query_params["baseline"] = str(last["run_id"])
+            st.query_params["baseline_name"] = st.session_state["merge_baseline"]["name"]
+            st.rerun()
+    if baseline:
+        pin_left.caption(f"Baseline: {run_label(baseline['run_id'], baseline['name'])} — "
+                         + describe_recipe(baseline.get("recipe") or {}))
+        if pin_right.button("Unpin baseline", key="merge_unpin"):
+            st.session_state["merge_baseline"] = None
+            st.query_params.pop("baseline", None)
+            st.query_params.pop("baseline_name", None)
+            st.rerun()
+
     frame = pd.DataFrame(
         [
-            {"task": task, **{k: (None if v is None else round(v, 4)) for k, v in scores.items()}}
+            {"task": task, **{k: (None if v is None else round(v, 4)) for k, v in scores.items()
+                              if k != "interval"},
+             **{f"{role} 95% interval": (None if not bounds else f"{bounds[0]:.3f}–{bounds[1]:.3f}")
+                for role, bounds in (scores.get("interval") or {}).items()}}
             for task, scores in results["tasks"].items()
         ]
     )
-    _ui.show_table(frame, "merge_results")
+    if ui_settings.presentation:
+        with st.expander("Numbers"):
+            _ui.show_table(frame, "merge_results")
+    else:
+        _ui.show_table(frame, "merge_results")
     summary = results["merge"]
-    if any(m["energy_kept"] < 1.0 for m in summary["modules"].values()):
+    # Exact-rank merges report energy_kept like 1.0000000787 or 0.99999989: float noise, not truncation.
+    truncated = [m for m in summary["modules"].values() if min(float(m["energy_kept"]), 1.0) < 1.0 - ENERGY_TOLERANCE]
+    if truncated:
         _ui.show_figure(plots.energy_kept(summary, presentation=ui_settings.presentation), "energy_kept", "merge_energy")
     if results.get("orthogonalize"):
         curves = {name: report["loss"] for name, report in results["orthogonalize"].items()}
@@ -248,9 +337,15 @@ if last:
         st.markdown("**Export**")
         e1, e2, e3 = st.columns(3)
         merged_adapter = last["merged"]
-        e1.download_button("Merged adapter (PEFT zip)", lambda: _zip_of(merged_adapter), f"merged-run{last['run_id']}.zip",
-                           "application/zip", key="export_zip")
-        e2.download_button("Recipe (JSON)", last["merged"].recipe.to_json(),
-                           f"recipe-run{last['run_id']}.json", "application/json", key="export_recipe")
-        e3.download_button("Results (CSV)", frame.to_csv(index=False), f"results-run{last['run_id']}.csv",
+        stem = f"run{last['run_id']}" if last["run_id"] is not None else "unstored-run"
+        if merged_adapter is not None:
+            e1.download_button("Merged adapter (PEFT zip)", lambda: _zip_of(merged_adapter), f"merged-{stem}.zip",
+                               "application/zip", key="export_zip")
+        else:
+            e1.caption("Reopened from the run store: press Run merge to rebuild the adapter for export.")
+        e2.download_button("Recipe (JSON)", json.dumps(last.get("recipe") or {}, indent=2),
+                           f"recipe-{stem}.json", "application/json", key="export_recipe")
+        e3.download_button("Results (CSV)", frame.to_csv(index=False), f"results-{stem}.csv",
                            "text/csv", key="export_csv")
+    if st.session_state.pop("merge_scroll", False):
+        _ui.scroll_into_view("merge-result")

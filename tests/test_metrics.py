@@ -287,6 +287,40 @@ def test_sign_conflict_after_trimming():
         M.sign_conflict_rate([m1, m2], density=0.0)
 
 
+def test_chance_sign_conflicts_by_hand_for_two_three_and_five_adapters():
+    # density 1: an entry is undisputed only when all n signs agree, 2 of the 2ⁿ sign patterns
+    assert M.chance_sign_conflict_rate(2) == pytest.approx(0.5)
+    assert M.chance_sign_conflict_rate(3) == pytest.approx(0.75)
+    assert M.chance_sign_conflict_rate(5) == pytest.approx(1 - 1 / 16)  # ≈ 94 %, not the 50 % of two
+    assert M.chance_sign_conflict_rate(1) == 0.0
+    # two adapters at density ½: P(both touch) = ¼, then half disagree → ⅛ of all entries;
+    # touched = 1 − ¼ = ¾ → ⅛ ÷ ¾ = ⅙
+    assert M.chance_sign_conflict_rate(2, 0.5, over="all") == pytest.approx(1 / 8)
+    assert M.chance_sign_conflict_rate(2, 0.5) == pytest.approx(1 / 6)
+    with pytest.raises(ValueError, match="adapters"):
+        M.chance_sign_conflict_rate(0)
+
+
+@pytest.mark.parametrize("n, density", [(2, 1.0), (5, 1.0), (5, 0.2), (3, 0.5)])
+def test_chance_sign_conflicts_match_the_metric_on_independent_random_adapters(n, density):
+    # an independent oracle: the metric itself, measured on random LoRA updates
+    gen = torch.Generator().manual_seed(11)
+    rates = [M.sign_conflict_rate([random_module(gen, 48, 40, 4) for _ in range(n)], density=density)
+             for _ in range(6)]
+    assert sum(rates) / len(rates) == pytest.approx(M.chance_sign_conflict_rate(n, density), abs=0.02)
+
+
+def test_sign_conflicts_trim_with_the_methods_own_keep_top_magnitude():
+    from merging.methods.sparsify import keep_top_magnitude
+
+    # ties at the cut: 1, 1, 1 and 2 at density ½ keep 2 and the first 1 (row-major), as TIES would
+    m1 = dense_as_module([[1.0, 1.0], [1.0, 2.0]])
+    m2 = dense_as_module([[-1.0, 0.0], [0.0, 0.0]])
+    kept = keep_top_magnitude(m1.delta(), 0.5)
+    assert kept.tolist() == [[1.0, 0.0], [0.0, 2.0]]
+    assert M.sign_conflict_rate([m1, m2], density=0.5) == pytest.approx(1 / 2)  # (0,0) disputed of (0,0), (1,1)
+
+
 @FAST
 @given(shapes, st.integers(2, 4), st.sampled_from([1.0, 0.5, 0.2]))
 def test_sign_conflict_matches_dense_reference(shape, n, density):

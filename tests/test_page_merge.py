@@ -115,7 +115,7 @@ def test_merge_page_runs_a_merge_and_shows_per_task_accuracy(app_test, tmp_path)
     assert any(m.label == "Average merged accuracy" for m in at.metric)
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     bar_names = {trace.get("name") for chart in charts for trace in chart["data"]}
-    assert {"base model", "single adapter", "merged"} <= {str(n).lower() for n in bar_names if n}
+    assert {"base body + task head", "single adapter", "merged"} <= {str(n).lower() for n in bar_names if n}
     # the run was stored before it was shown, with the recipe that produced it
     runs = RunStore(tmp_path / "workspace" / "runs.sqlite").list()
     assert len(runs) == 1 and runs[0].recipe["method"] == "ties"

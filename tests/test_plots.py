@@ -106,7 +106,7 @@ def test_accuracy_bars_groups_values_and_normalised_text():
     fig = accuracy_bars(result())
     assert [t.type for t in fig.data] == ["bar", "bar", "bar", "scatter"]
     assert fig.layout.barmode == "group"
-    base, single, merged = (by_name(fig, n) for n in ("base model", "single adapter", "merged"))
+    base, single, merged = (by_name(fig, n) for n in ("base body + task head", "single adapter", "merged"))
     assert list(base.x) == ["a", "b", "average"]
     assert list(base.y) == [0.5, 0.4, 0.45]
     assert list(single.y) == [0.9, 0.8, 0.85]
@@ -129,7 +129,39 @@ def test_accuracy_bars_groups_values_and_normalised_text():
 
 def test_accuracy_bars_without_merge_has_no_merged_series():
     fig = accuracy_bars(result(None, None))
-    assert [t.name for t in fig.data] == ["base model", "single adapter", "majority-class baseline"]
+    assert [t.name for t in fig.data] == ["base body + task head", "single adapter", "majority-class baseline"]
+
+
+def test_accuracy_bars_draw_the_evaluation_intervals_as_whiskers():
+    data = result()
+    data["tasks"]["a"]["interval"] = {"base": [0.4, 0.6], "single": [0.85, 0.95], "merged": [0.7, 0.85]}
+    data["tasks"]["b"]["interval"] = None  # e.g. a stored run from before intervals: no whisker, no error
+    data["average_interval"] = {"base": None, "single": [0.8, 0.9], "merged": [0.66, 0.74]}
+    fig = accuracy_bars(data)
+    merged = by_name(fig, "merged")
+    # asymmetric: up to the high bound, down to the low bound, from the bar's own value
+    assert merged.error_y.array[0] == pytest.approx(0.05) and merged.error_y.array[1] is None
+    assert merged.error_y.array[2] == pytest.approx(0.04)
+    assert merged.error_y.arrayminus[0] == pytest.approx(0.1)
+    assert merged.error_y.arrayminus[2] == pytest.approx(0.04)
+    assert "95% interval" in merged.hovertemplate
+    base = by_name(fig, "base body + task head")
+    assert base.error_y.array[0] == pytest.approx(0.1) and base.error_y.array[2] is None
+    # no intervals at all: no whiskers
+    assert by_name(accuracy_bars(result()), "merged").error_y.array is None
+
+
+def test_evaluation_json_intervals_feed_the_whiskers():
+    from merging.evaluation import EvaluationResult, TaskScores
+
+    evaluation = EvaluationResult({"a": TaskScores(0.5, 0.9, 0.7, 0.5, examples=200)})
+    data = evaluation.to_dict()
+    low, high = data["tasks"]["a"]["interval"]["merged"]
+    assert low < 0.7 < high and high - low == pytest.approx(2 * 1.96 * (0.21 / 200) ** 0.5, abs=0.02)
+    merged = by_name(accuracy_bars(data), "merged")
+    assert merged.error_y.array[0] == pytest.approx(high - 0.7)
+    # a preview has no interval: its merged accuracy counts a third of the examples
+    assert EvaluationResult(evaluation.tasks, preview=True).to_dict()["tasks"]["a"]["interval"] is None
 
 
 def test_accuracy_delta_in_points_and_coloured_by_sign():
@@ -258,12 +290,18 @@ def test_cosine_heatmap_diverging_centred_at_zero():
     assert colours[0] != colours[-1]  # diverging, not one hue
 
 
-def test_sign_conflicts_by_layer_sorted_with_random_reference():
-    fig = sign_conflicts_by_layer({None: 0.2, 1: 0.4, 0: 0.6})
+def test_sign_conflicts_by_layer_sorted_with_the_chance_line_for_the_adapters_chosen():
+    from merging.metrics import chance_sign_conflict_rate
+
+    fig = sign_conflicts_by_layer({None: 0.2, 1: 0.4, 0: 0.6}, chance=chance_sign_conflict_rate(5), adapters=5)
     (bar,) = fig.data
     assert list(bar.x) == ["0", "1", "other"]
     assert list(bar.y) == [0.6, 0.4, 0.2]
-    assert any(shape.y0 == 0.5 and shape.line.dash == "dash" for shape in fig.layout.shapes)
+    # five adapters: the line sits at 1 − 2⁻⁴ = 93.75 %, not at two adapters' 50 %
+    assert any(shape.y0 == pytest.approx(0.9375) and shape.line.dash == "dash" for shape in fig.layout.shapes)
+    assert "5 random updates ≈ 94%" in fig.layout.annotations[0].text
+    # without a chance level there is no line that could mislead
+    assert not sign_conflicts_by_layer({0: 0.6}).layout.shapes
     # the adapter_metrics layout works the same way
     from_metrics = sign_conflicts_by_layer({k: v["sign_conflict_rate"] for k, v in METRIC_LAYERS.items()})
     assert list(from_metrics.data[0].y) == [0.5, 0.45, 0.3]
@@ -322,14 +360,33 @@ def test_sweep_points_from_lab_sweep_output():
     assert len(sweep_curves(points).data) == 3  # a, b, average
 
 
+def test_sweep_points_and_curves_carry_the_intervals():
+    with_intervals = result(0.7, 0.5)
+    with_intervals["tasks"]["a"]["interval"] = {"merged": [0.6, 0.75]}
+    with_intervals["average_interval"] = {"merged": [0.55, 0.65]}
+    points = sweep_points([([0.5, 0.5], with_intervals)])
+    assert points[0] == {"lambda": 0.5, "init": "standard", "task": "a", "merged": 0.7, "low": 0.6, "high": 0.75}
+    assert "low" not in points[1]
+    assert points[2] == {"lambda": 0.5, "init": "standard", "task": "average", "merged": 0.6, "low": 0.55, "high": 0.65}
+    fig = sweep_curves(points)
+    a = by_name(fig, "a · standard")
+    assert a.error_y.array[0] == pytest.approx(0.05) and a.error_y.arrayminus[0] == pytest.approx(0.1)
+    assert by_name(fig, "b · standard").error_y.array is None
+    assert by_name(fig, "average · standard").error_y.arrayminus[0] == pytest.approx(0.05)
+
+
 def test_lambda_heatmap_grid_axes_and_best_star():
     grid = [[0.5, 0.6, 0.55], [0.7, 0.65, 0.6]]
     fig = lambda_heatmap([0.5, 1.0], [0.0, 0.5, 1.0], grid, names=["sst2", "spam"])
-    heat, star = fig.data
+    (heat,) = fig.data
     assert [list(r) for r in heat.z] == grid
     assert list(heat.y) == [0.5, 1.0] and list(heat.x) == [0.0, 0.5, 1.0]
     assert (heat.zmin, heat.zmax) == (0.5, 0.7)
-    assert (star.x[0], star.y[0]) == (0.0, 1.0)  # best 0.7 at λ₁ = 1.0, λ₂ = 0.0
+    # best 0.7 at λ₁ = 1.0 (row 1), λ₂ = 0.0 (column 0): outlined, and its value is still written
+    (box,) = fig.layout.shapes
+    assert (box.x0, box.x1, box.y0, box.y1) == (-0.5, 0.5, 0.5, 1.5)
+    assert heat.text[1][0] == "★ 70.0%" and heat.text[0][1] == "60.0%"
+    assert "λ₁ = 1, λ₂ = 0 → 70.0%" in fig.layout.title.subtitle.text
     assert "sst2" in fig.layout.yaxis.title.text and "spam" in fig.layout.xaxis.title.text
 
 

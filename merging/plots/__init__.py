@@ -40,6 +40,7 @@ from merging.plots.download import figure_to_html
 from merging.plots.interference import (
     cosine_heatmap,
     cross_task_heatmap,
+    interference_decades,
     interference_heatmap,
     magnitude_variance_by_layer,
     overlap_heatmap,
@@ -78,6 +79,7 @@ __all__ = [
     "cosine_heatmap",
     "sign_conflicts_by_layer",
     "interference_heatmap",
+    "interference_decades",
     "cross_task_heatmap",
     "sweep_points",
     "sweep_curves",

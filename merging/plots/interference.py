@@ -151,17 +151,21 @@ def cosine_heatmap(
 
 @explained(
     "Share of weight entries per layer where the adapters push in opposite directions; "
-    "the dashed line is what two unrelated random updates give (50%)."
+    "the dashed line is what as many independent random updates would give (derived for the adapters chosen)."
 )
 def sign_conflicts_by_layer(
     per_layer: Mapping[Any, float | None],
+    chance: float | None = None,
+    adapters: int | None = None,
     title: str = "Sign conflicts per layer",
     presentation: bool = False,
 ) -> go.Figure:
     """Share of disputed weight entries per block: ``{layer: rate}`` (keys int, "0", None or "other").
 
     For ``adapter_metrics`` output pass ``{k: v["sign_conflict_rate"] for k, v in metrics["layers"].items()}``.
-    A dashed line at 50% marks what two independent random updates give, the natural reference.
+    ``chance`` is the rate for ``adapters`` independent random updates at the same density
+    (``metrics.chance_sign_conflict_rate``): 50% for two adapters but ≈ 94% for five, so the line is
+    drawn for the adapters chosen, never a fixed 50%. Without it no reference line is drawn.
     """
     items = sorted(((_layer_label(k), _finite(v)) for k, v in per_layer.items()), key=lambda kv: _layer_order(kv[0]))
     fig = go.Figure()
@@ -174,12 +178,16 @@ def sign_conflicts_by_layer(
             hovertemplate="layer %{x}<br>conflicting entries: %{y:.4%}<extra></extra>",
         )
     )
-    fig.add_hline(y=0.5, line={"dash": "dash", "color": OKABE_ITO["black"], "width": 1.5},
-                  annotation_text="two random updates ≈ 50%", annotation_position="top left")
+    chance = _finite(chance)
+    if chance is not None:
+        who = f"{adapters} random updates" if adapters else "random updates"
+        fig.add_hline(y=chance, line={"dash": "dash", "color": OKABE_ITO["black"], "width": 1.5},
+                      annotation_text=f"{who} ≈ {chance:.0%}", annotation_position="bottom left",
+                      annotation_bgcolor="rgba(255,255,255,0.85)")
     fig.update_xaxes(type="category")
     fig.update_yaxes(tickformat=".0%", range=[0, 1.0])
     return _style(fig, title, presentation, x_title="Transformer block (layer index)",
-                  y_title="Entries with opposite signs (% of touched entries)")
+                  y_title="Opposite signs (% of touched entries)")
 
 
 def _interference_cell(value: Any) -> tuple[float | None, str]:
@@ -194,6 +202,17 @@ def _interference_cell(value: Any) -> tuple[float | None, str]:
     return number, f"{number:.3g}"
 
 
+def interference_decades(*matrices: Any) -> int:
+    """The symmetric log range (decades around 1, at least one) that holds every finite ratio of the
+    matrices: one colour scale for heatmaps shown side by side (standard LoRA vs OSRM)."""
+    positives = [
+        value for matrix in matrices for row in _values(matrix) for value in
+        (_interference_cell(v)[0] for v in _values(row)) if value is not None and value > 0
+    ]
+    # (the small tolerance keeps a float32 0.01, i.e. 10^-2.0000001, inside two decades)
+    return max([1] + [math.ceil(abs(math.log10(v)) - 1e-6) for v in positives])
+
+
 @explained(
     "Row = task's inputs, column = adapter: how loudly the adapter answers that task "
     "relative to the task's own adapter (diagonal = 1); blue ≪ 1 is harmless, red ≥ 1 disturbs the task."
@@ -205,6 +224,7 @@ def interference_heatmap(
     log: bool = True,
     title: str = "Data-parameter interference ‖ΔWⱼXᵢᵀ‖ ÷ ‖ΔWᵢXᵢᵀ‖",
     presentation: bool = False,
+    decades: float | None = None,
 ) -> go.Figure:
     """Task × adapter interference ratio (``metrics.interference_matrix``): row i = task i's inputs.
 
@@ -212,7 +232,8 @@ def interference_heatmap(
     by default the colour is log₁₀ of it on a diverging scale centred at 1 (= log 0), with the colour
     bar labelled in the ratio itself. Cells keep the exact ratio as text and in the hover. A 0 ratio is
     coloured at the bottom of the range; inf and NaN (task's own response 0) are left uncoloured and
-    written as ∞ / n/a.
+    written as ∞ / n/a. ``decades`` fixes the colour range (log: ±decades around 1; linear: 0..decades)
+    so two heatmaps side by side share one scale: pass ``interference_decades(m1, m2)``.
     """
     rows = [[_interference_cell(v) for v in _values(row)] for row in _values(matrix)]
     raw = [[v for v, _ in row] for row in rows]
@@ -220,9 +241,7 @@ def interference_heatmap(
     positives = [v for row in raw for v in row if v is not None and v > 0]
     fig = go.Figure()
     if log:
-        # Symmetric decades around 1, at least 0.1..10, so the centre colour always means "as loud as its own".
-        # (the small tolerance keeps a float32 0.01, i.e. 10^-2.0000001, inside two decades)
-        top = max([1] + [math.ceil(abs(math.log10(v)) - 1e-6) for v in positives])
+        top = decades if decades is not None else interference_decades(matrix)
         z = [[(max(math.log10(v), -top) if v > 0 else -top) if v is not None else None for v in row] for row in raw]
         ticks = list(range(-top, top + 1))
         colorbar = {"title": {"text": "ratio (log scale)"}, "tickvals": ticks,
@@ -230,7 +249,7 @@ def interference_heatmap(
         zmin, zmax, zmid = -top, top, 0.0
     else:
         z = raw
-        top = max([2.0] + positives)
+        top = float(decades) if decades is not None else max([2.0] + positives)
         colorbar = {"title": {"text": "ratio"}}
         zmin, zmax, zmid = 0.0, top, 1.0
     fig.add_trace(

@@ -31,9 +31,34 @@ from merging.plots.values import (
 )
 
 
+def _whiskers(values: Sequence[float | None], intervals: Sequence[Any]) -> dict | None:
+    """Plotly asymmetric error bars from [low, high] per bar; None when no bar has an interval."""
+    plus, minus, any_interval = [], [], False
+    for value, interval in zip(values, intervals):
+        bounds = [_finite(v) for v in interval] if isinstance(interval, (list, tuple)) and len(interval) == 2 else None
+        if value is None or bounds is None or None in bounds:
+            plus.append(None), minus.append(None)
+            continue
+        any_interval = True
+        plus.append(max(bounds[1] - value, 0.0))
+        minus.append(max(value - bounds[0], 0.0))
+    if not any_interval:
+        return None
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
+            "color": OKABE_ITO["black"], "thickness": 1.5, "width": 4}
+
+
+def _interval_bounds(values: Sequence[float | None], whiskers: Mapping) -> list[tuple[float | None, float | None]]:
+    return [
+        (None, None) if v is None or up is None else (v - down, v + up)
+        for v, up, down in zip(values, whiskers["array"], whiskers["arrayminus"])
+    ]
+
+
 @explained(
-    "Per task, grey = base model, blue = each task's own adapter, orange = the merged model "
-    "(label: merged ÷ single); the black dash is the majority-class baseline, so bars near it learned nothing."
+    "Per task, grey = base model (the base body with that task's own trained head, so it moves when the "
+    "adapters or OSRM change), blue = each task's own adapter, orange = the merged model (label: merged ÷ single); "
+    "whiskers are 95% bootstrap intervals over the evaluation set; the black dash is the majority-class baseline."
 )
 def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentation: bool = False) -> go.Figure:
     """Grouped bars base / single / merged per task plus an 'average' group, from ``EvaluationResult.to_dict()``.
@@ -46,16 +71,18 @@ def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentati
     average = dict(results.get("average") or {})
     groups = list(tasks) + ["average"]
     rows = [tasks[t] for t in tasks] + [average]
+    intervals = [tasks[t].get("interval") for t in tasks] + [results.get("average_interval")]
 
     def column(key: str) -> list[float | None]:
         return [_finite(row.get(key)) for row in rows]
 
     fig = go.Figure()
-    labels = {"base": "base model", "single": "single adapter", "merged": "merged"}
+    labels = {"base": "base body + task head", "single": "single adapter", "merged": "merged"}
     for role in ("base", "single", "merged"):
         values = column(role)
         if role == "merged" and all(v is None for v in values[:-1]):
             continue
+        whiskers = _whiskers(values, [(i or {}).get(role) if isinstance(i, Mapping) else None for i in intervals])
         bar = go.Bar(
             name=labels[role],
             x=groups,
@@ -63,13 +90,25 @@ def accuracy_bars(results: Mapping, title: str = "Accuracy per task", presentati
             marker={"color": ROLE_COLOURS[role]},
             hovertemplate=f"%{{x}}<br>{labels[role]}: %{{y:.2%}}<extra></extra>",
         )
+        if whiskers:
+            bar.error_y = whiskers
+            bar.customdata = [[lo, hi] for lo, hi in _interval_bounds(values, whiskers)]
+            bar.hovertemplate = (
+                f"%{{x}}<br>{labels[role]}: %{{y:.2%}}<br>95% interval: %{{customdata[0]:.1%}}–%{{customdata[1]:.1%}}"
+                "<extra></extra>"
+            )
         if role == "merged":
             normalized = column("normalized")
-            bar.text = [f"{n:.0%} of single" if n is not None else "" for n in normalized]
+            # on stage the label is the number alone, so it fits above a bar at ≥ 18 px
+            label = "{:.0%}" if presentation else "{:.0%} of single"
+            bar.text = [label.format(n) if n is not None else "" for n in normalized]
             bar.textposition = "outside"
-            bar.customdata = [[n] for n in normalized]
+            bounds = _interval_bounds(values, whiskers) if whiskers else [(None, None)] * len(values)
+            bar.customdata = [[n, lo, hi] for n, (lo, hi) in zip(normalized, bounds)]
             bar.hovertemplate = (
-                "%{x}<br>merged: %{y:.2%}<br>normalised (merged ÷ single): %{customdata[0]:.2%}<extra></extra>"
+                "%{x}<br>merged: %{y:.2%}<br>normalised (merged ÷ single): %{customdata[0]:.2%}"
+                + ("<br>95% interval: %{customdata[1]:.1%}–%{customdata[2]:.1%}" if whiskers else "")
+                + "<extra></extra>"
             )
         fig.add_trace(bar)
     fig.add_trace(

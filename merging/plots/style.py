@@ -69,7 +69,12 @@ SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu"
 
 FONT_SIZE = {False: 13, True: 20}
+# On stage no text may shrink below this (Plotly shrinks bar labels to fit a bar unless told not to).
+MIN_PRESENTATION_TEXT = 18
 _TITLE_EXTRA = 5
+# A title wraps at a word after this many characters in presentation mode, so a chart at half the
+# window's width (two heatmaps side by side at 1280 px) shows its whole title.
+_TITLE_WRAP = 34
 _MARKER_SCALE = 1.7
 _LINE_SCALE = 1.8
 
@@ -88,14 +93,20 @@ def _style(
     applied last, after the traces exist, so each chart only states its normal sizes.
     """
     size = FONT_SIZE[bool(presentation)]
+    if presentation:
+        title = wrap_title(title, _TITLE_WRAP)
     fig.update_layout(
         template="plotly_white",
-        title={"text": title, "font": {"size": size + _TITLE_EXTRA}, "x": 0.0, "xanchor": "left"},
+        title={"text": title, "font": {"size": size + _TITLE_EXTRA}, "x": 0.0, "xanchor": "left",
+               "subtitle": {"font": {"size": size}}},
         font={"size": size},
         hoverlabel={"font": {"size": size}},
         legend={"font": {"size": size}},
-        margin={"t": 60 + 3 * size},
+        margin={"t": 60 + 3 * size + (size + _TITLE_EXTRA) * title.count("<br>")},
     )
+    if presentation:
+        # "show": bar labels keep their size (they may overflow) instead of shrinking to ~7 px
+        fig.update_layout(uniformtext={"minsize": MIN_PRESENTATION_TEXT, "mode": "show"})
     if height is not None:
         fig.update_layout(height=int(height * (1.3 if presentation else 1.0)))
     if x_title is not None:
@@ -109,6 +120,21 @@ def _style(
         for trace in fig.data:
             _enlarge(trace)
     return fig
+
+
+def wrap_title(title: str, width: int) -> str:
+    """Break a plain title into lines of at most ~width characters at spaces (Plotly never wraps)."""
+    if "<br>" in title or len(title) <= width:
+        return title
+    lines, line = [], ""
+    for word in title.split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "<br>".join(lines)
 
 
 def _enlarge(trace: Any) -> None:

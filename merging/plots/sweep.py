@@ -9,6 +9,7 @@ from typing import Any, Iterable, Sequence
 import plotly.graph_objects as go
 
 from merging.plots.style import (
+    OKABE_ITO,
     PALETTE,
     ROLE_COLOURS,
     SEQUENTIAL,
@@ -30,7 +31,9 @@ def sweep_points(sweep: Iterable[tuple[Sequence[float], Any]], init: str = "stan
     """Long-format rows for ``sweep_curves`` from ``Lab.sweep`` output ``[(weights, EvaluationResult), ...]``.
 
     λ is the first weight (a uniform sweep uses λ·[1, …, 1]). Results may be EvaluationResult objects
-    or their ``to_dict()``. Tasks without a merged score are left out.
+    or their ``to_dict()``. Tasks without a merged score are left out. Where the results carry 95%
+    intervals (``interval`` per task, ``average_interval``), a point gets ``low``/``high`` and the
+    average over tasks comes as its own rows, with its interval (the mean of the tasks' bounds is not one).
     """
     points = []
     for weights, result in sweep:
@@ -39,8 +42,21 @@ def sweep_points(sweep: Iterable[tuple[Sequence[float], Any]], init: str = "stan
         for task, scores in _results_tasks(data).items():
             merged = _finite(scores.get("merged"))
             if merged is not None:
-                points.append({"lambda": lam, "init": init, "task": task, "merged": merged})
+                points.append({"lambda": lam, "init": init, "task": task, "merged": merged,
+                               **_bounds((scores.get("interval") or {}).get("merged"))})
+        average = _finite((data.get("average") or {}).get("merged"))
+        average_bounds = _bounds((data.get("average_interval") or {}).get("merged"))
+        if average is not None and average_bounds:
+            points.append({"lambda": lam, "init": init, "task": "average", "merged": average, **average_bounds})
     return points
+
+
+def _bounds(interval: Any) -> dict[str, float]:
+    """{"low", "high"} from a [low, high] interval, or {} when there is none."""
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        return {}
+    low, high = _finite(interval[0]), _finite(interval[1])
+    return {} if low is None or high is None else {"low": low, "high": high}
 
 
 def _records(points: Any) -> list[dict]:
@@ -52,7 +68,8 @@ def _records(points: Any) -> list[dict]:
 
 @explained(
     "Merged accuracy per task (colour) as the merge coefficient λ grows; solid = standard LoRA, "
-    "dashed = OSRM initialisation; the thick black line is the average over tasks."
+    "dashed = OSRM initialisation; the thick black line is the average over tasks; "
+    "whiskers are 95% bootstrap intervals over the evaluation set."
 )
 def sweep_curves(
     points: Any,
@@ -80,8 +97,13 @@ def sweep_curves(
     inits = list(dict.fromkeys(str(r.get("init", "standard")) for r in rows))
     tasks = list(dict.fromkeys(str(r["task"]) for r in rows if str(r["task"]) != "average"))
     series: dict[tuple[str, str], dict[float, float]] = {}
+    bounds: dict[tuple[str, str], dict[float, tuple[float, float]]] = {}  # 95% intervals where given
     for r in rows:
-        series.setdefault((str(r["task"]), str(r.get("init", "standard"))), {})[float(r["lambda"])] = float(r["merged"])
+        line = (str(r["task"]), str(r.get("init", "standard")))
+        series.setdefault(line, {})[float(r["lambda"])] = float(r["merged"])
+        low, high = _finite(r.get("low")), _finite(r.get("high"))
+        if low is not None and high is not None:
+            bounds.setdefault(line, {})[float(r["lambda"])] = (low, high)
     for init in inits:
         if ("average", init) in series:
             continue
@@ -100,22 +122,34 @@ def sweep_curves(
                 continue
             style = _init_style(init, i_index)
             lambdas = sorted(values)
-            fig.add_trace(
-                go.Scatter(
-                    name=f"{task} · {init}", legendgroup=task,
-                    x=lambdas, y=[values[lam] for lam in lambdas], mode="lines+markers",
-                    line={"color": colour, "dash": style["dash"], "width": 4 if task == "average" else 2},
-                    marker={"color": colour, "symbol": style["symbol"], "size": 7},
-                    hovertemplate=f"{task} ({init})<br>λ = %{{x:g}}<br>merged accuracy: %{{y:.2%}}<extra></extra>",
-                )
+            trace = go.Scatter(
+                name=f"{task} · {init}", legendgroup=task,
+                x=lambdas, y=[values[lam] for lam in lambdas], mode="lines+markers",
+                line={"color": colour, "dash": style["dash"], "width": 4 if task == "average" else 2},
+                marker={"color": colour, "symbol": style["symbol"], "size": 7},
+                hovertemplate=f"{task} ({init})<br>λ = %{{x:g}}<br>merged accuracy: %{{y:.2%}}<extra></extra>",
             )
+            known = bounds.get((task, init), {})
+            if known:
+                spans = [known.get(lam) for lam in lambdas]
+                trace.error_y = {
+                    "type": "data", "symmetric": False, "color": colour, "thickness": 1.5, "width": 3,
+                    "array": [None if b is None else max(b[1] - values[lam], 0.0) for b, lam in zip(spans, lambdas)],
+                    "arrayminus": [None if b is None else max(values[lam] - b[0], 0.0) for b, lam in zip(spans, lambdas)],
+                }
+                trace.customdata = [[None, None] if b is None else list(b) for b in spans]
+                trace.hovertemplate = (
+                    f"{task} ({init})<br>λ = %{{x:g}}<br>merged accuracy: %{{y:.2%}}"
+                    "<br>95% interval: %{customdata[0]:.1%}–%{customdata[1]:.1%}<extra></extra>"
+                )
+            fig.add_trace(trace)
     _accuracy_axis(fig)
     return _style(fig, title, presentation, x_title=x_title, y_title="Merged accuracy (%)")
 
 
 @explained(
     "Average merged accuracy for each pair of coefficients (λ₁ rows, λ₂ columns); "
-    "brighter is better and the star marks the best pair."
+    "brighter is better; the best pair is outlined and starred, its value still written in the cell."
 )
 def lambda_heatmap(
     lambdas1: Sequence[float],
@@ -141,24 +175,23 @@ def lambda_heatmap(
     low, high = min(v for v, _, _ in finite), max(v for v, _, _ in finite)
     if high - low < 1e-9:  # a flat grid still needs a non-empty colour range
         low, high = low - 0.01, high + 0.01
+    best, bi, bj = max(finite)
+    # The best cell keeps its value: it is outlined and its text starts with a star, nothing covers it.
+    text = [["" if v is None else ("★ " if (i, j) == (bi, bj) else "") + f"{v:.1%}" for j, v in enumerate(row)]
+            for i, row in enumerate(z)]
     fig.add_trace(
         go.Heatmap(
             z=z, x=x, y=y, zmin=low, zmax=high, colorscale=SEQUENTIAL,
-            texttemplate="%{z:.1%}",
+            text=text, texttemplate="%{text}",
             colorbar={"title": {"text": "avg accuracy"}, "tickformat": ".0%"},
             hovertemplate=f"λ₁ ({names[0]}) = %{{y:g}}<br>λ₂ ({names[1]}) = %{{x:g}}"
             "<br>average accuracy: %{z:.2%}<extra></extra>",
         )
     )
-    best, bi, bj = max(finite)
-    fig.add_trace(
-        go.Scatter(
-            name="best", x=[x[bj]], y=[y[bi]], mode="markers",
-            marker={"symbol": "star", "size": 18, "color": "white", "line": {"color": "black", "width": 1.5}},
-            hovertemplate=f"best: %{{y:g}}, %{{x:g}} → {best:.2%}<extra></extra>",
-            showlegend=False,
-        )
-    )
+    # On category axes a cell spans index ± 0.5.
+    fig.add_shape(type="rect", x0=bj - 0.5, x1=bj + 0.5, y0=bi - 0.5, y1=bi + 0.5, xref="x", yref="y",
+                  line={"color": OKABE_ITO["vermillion"], "width": 4}, fillcolor="rgba(0,0,0,0)", name="best")
+    fig.update_layout(title_subtitle_text=f"best (outlined, ★): λ₁ = {y[bi]:g}, λ₂ = {x[bj]:g} → {best:.1%}")
     # Categorical axes: every tested λ gets its own equal-width cell even when the grid is uneven.
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")

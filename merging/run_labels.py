@@ -1,0 +1,49 @@
+"""One line that states a run's whole recipe, for the header above its results and for the change
+chart's "compared with" label: a speaker (or a screenshot) must say exactly what was merged.
+
+Pure text from ``Recipe.to_dict()`` (what the run store keeps), so a stored run and a fresh one read
+alike. Defaults that change nothing are left out (DO-Merging off, no overrides, exact rank).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def describe_recipe(recipe: Mapping[str, Any]) -> str:
+    """e.g. "ties (density 0.5, sign sum) of sst2 ×1, spam ×0.6 · OSRM twins · rank exact · seed 0"."""
+    method = str(recipe.get("method", "?"))
+    parameters = recipe.get("parameters") or {}
+    head = method + (f" ({', '.join(f'{k} {_number(v)}' for k, v in parameters.items())})" if parameters else "")
+    adapters = []
+    for adapter in recipe.get("adapters") or []:
+        name = adapter.get("name") or str(adapter.get("path", "?")).rstrip("/").rsplit("/", 1)[-1]
+        own = adapter.get("parameters") or {}
+        extra = f" [{', '.join(f'{k} {_number(v)}' for k, v in own.items())}]" if own else ""
+        adapters.append(f"{name} ×{_number(adapter.get('weight', 1.0))}{extra}")
+    parts = [f"{head} of {', '.join(adapters) if adapters else 'no adapters'}"]
+    osrm = recipe.get("osrm") or "off"
+    parts.append({"off": "no OSRM", "twins": "OSRM twins", "posthoc": "OSRM post-hoc"}.get(osrm, f"OSRM {osrm}"))
+    rank = recipe.get("rank")
+    parts.append("exact rank" if rank is None else f"rank {rank}")
+    do = recipe.get("do_merging") or {}
+    if do.get("decouple"):
+        parts.append(f"DO decouple ({do.get('magnitude', 'mean')})")
+    if do.get("orthogonalize"):
+        parts.append(f"DO orthogonalize ({do.get('steps')} steps, lr {_number(do.get('lr'))}, μ {_number(do.get('mu'))})")
+    if recipe.get("overrides"):
+        parts.append(f"{len(recipe['overrides'])} weight override(s)")
+    parts.append(f"seed {recipe.get('seed', 0)}")
+    if recipe.get("base_model"):
+        parts.append(f"base {recipe['base_model']}")
+    return " · ".join(parts)
+
+
+def run_label(run_id: int | None, name: str | None = None) -> str:
+    """How a run is named in headers and legends: "baseline 'TA' (run 12)", "run 12", "unstored run"."""
+    stored = f"run {run_id}" if run_id is not None else "unstored run"
+    return f"'{name}' ({stored})" if name else stored
