@@ -6,97 +6,69 @@ sentence that claims a difference of two points on ~200 examples per task claims
 sentence here is a pure function of result dicts, and every difference it states carries its
 evidence:
 
-- an accuracy measured on n examples gets a 95 % bootstrap interval. For 0/1 outcomes the
-  nonparametric bootstrap needs no resampling loop: drawing n outcomes with replacement from k
-  correct and n − k wrong ones gives Binomial(n, k/n) correct ones, so the percentile interval of
-  one task is the 2.5 % and 97.5 % quantiles of Binomial(n, k/n) / n, computed exactly. The mean
-  over tasks resamples each task independently (its own evaluation set), drawn by Monte Carlo with
-  a fixed seed, so the same numbers always give the same sentence;
+- an accuracy measured on n examples gets a 95 % bootstrap interval over its evaluation set, and an
+  average over tasks resamples each task's set on its own (merging/intervals.py, seeded: the same
+  numbers always give the same sentence);
 - a difference between two results is called "within noise" when their 95 % intervals overlap, and
   said with its size and both intervals otherwise. (Overlap is the conservative reading: two
   intervals can overlap while a paired test would still find a difference; the sentence never
   claims more than the intervals show.)
 - the sign is said in words: a "fix" that lowers accuracy *costs*, whatever it is called.
 
-Inputs are ``EvaluationResult.to_dict()`` results whose task rows also carry ``n`` (how many
-evaluation examples the accuracy was measured on; merging.tour adds it).
+Inputs are ``EvaluationResult.to_dict()`` results. Their stored intervals (``interval`` per task,
+``average_interval``) are used when present; otherwise a task row's ``n`` (how many evaluation
+examples it was measured on; merging.tour adds it) gives them. A result with neither is never said
+to differ from another.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
-import numpy as np
+from merging import intervals
+from merging.metrics import chance_sign_conflict_rate
 
-LEVEL = 0.95
-DRAWS = 20_000
 MINUS = "\u2212"
 
 Interval = tuple[float, float]
 
 
 # ----------------------------------------------------------------------------------------------
-# Intervals
+# Intervals (merging.intervals) of the accuracies a result holds
 
 
-@lru_cache(maxsize=4096)
-def _binomial_quantiles(correct: int, n: int, level: float) -> Interval:
-    """Exact percentile bootstrap interval of correct/n (see the module docstring)."""
-    p = correct / n
-    tail = (1.0 - level) / 2.0
-    low = high = None
-    cumulative = 0.0
-    for k in range(n + 1):
-        cumulative += math.comb(n, k) * p**k * (1.0 - p) ** (n - k)
-        if low is None and cumulative >= tail - 1e-12:
-            low = k
-        if cumulative >= 1.0 - tail - 1e-12:
-            high = k
-            break
-    return (low if low is not None else n) / n, (high if high is not None else n) / n
-
-
-def accuracy_interval(accuracy: float, n: int, level: float = LEVEL) -> Interval:
-    """95 % (by default) bootstrap interval of an accuracy measured on `n` examples."""
+def accuracy_interval(accuracy: float, n: int) -> Interval:
+    """95 % bootstrap interval of an accuracy measured on `n` examples (an exact fraction of n)."""
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     if not 0.0 <= accuracy <= 1.0:
         raise ValueError(f"accuracy must be in [0, 1], got {accuracy}")
-    return _binomial_quantiles(round(accuracy * n), int(n), level)
+    return intervals.accuracy_interval(intervals.counts_of(accuracy, n), n)
 
 
-def mean_accuracy_interval(
-    measured: Sequence[tuple[float, int]], level: float = LEVEL, draws: int = DRAWS, seed: int = 0
-) -> Interval:
-    """Bootstrap interval of the mean of per-task accuracies [(accuracy, n), ...], each task's
-    evaluation set resampled on its own."""
+def mean_accuracy_interval(measured: Sequence[tuple[float, int]]) -> Interval:
+    """95 % bootstrap interval of the mean of per-task accuracies [(accuracy, n), ...]."""
     if not measured:
         raise ValueError("no accuracies to average")
-    if len(measured) == 1:
-        return accuracy_interval(*measured[0], level=level)
-    rng = np.random.default_rng(seed)
-    total = np.zeros(draws)
-    for accuracy, n in measured:
-        correct = round(accuracy * n)
-        total += rng.binomial(int(n), correct / n, size=draws) / n
-    mean = total / len(measured)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(mean, [tail, 1.0 - tail])
-    return float(low), float(high)
+    counts = {str(i): (intervals.counts_of(a, n), n) for i, (a, n) in enumerate(measured)}
+    return intervals.bootstrap_interval(counts)
 
 
-def overlap(a: Interval, b: Interval) -> bool:
+def overlap(a: Interval | None, b: Interval | None) -> bool:
+    """True when the intervals overlap, or when either is unknown (no difference can be claimed)."""
+    if a is None or b is None:
+        return True
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-def _rows(results: Mapping, key: str) -> list[tuple[str, float, int]]:
+def _rows(results: Mapping, key: str) -> list[tuple[str, float, int | None]]:
+    """(task, value, n) for each task with a value of `key`; n is None when the row does not say."""
     rows = []
     for task, scores in (results.get("tasks") or {}).items():
-        value, n = scores.get(key), scores.get("n")
-        if value is not None and n:
-            rows.append((task, float(value), int(n)))
+        value = scores.get(key)
+        if value is not None:
+            rows.append((task, float(value), int(scores["n"]) if scores.get("n") else None))
     return rows
 
 
@@ -105,17 +77,29 @@ def average(results: Mapping, key: str) -> float | None:
     return sum(v for _, v, _ in rows) / len(rows) if rows else None
 
 
-def average_interval(results: Mapping, key: str, level: float = LEVEL) -> Interval | None:
-    """Interval of the average over tasks of `key` ("single", "merged", "base")."""
+def _stored(interval) -> Interval | None:
+    return (float(interval[0]), float(interval[1])) if isinstance(interval, (list, tuple)) and len(interval) == 2 else None
+
+
+def average_interval(results: Mapping, key: str) -> Interval | None:
+    """Interval of the average over tasks of `key` ("single", "merged", "base"): the one the result
+    stores (evaluation JSON's `average_interval`), else computed from each task's n; None when
+    neither is known (e.g. a run stored before intervals existed)."""
+    stored = _stored((results.get("average_interval") or {}).get(key))
+    if stored:
+        return stored
     rows = _rows(results, key)
-    return mean_accuracy_interval([(v, n) for _, v, n in rows], level) if rows else None
-
-
-def task_interval(results: Mapping, task: str, key: str, level: float = LEVEL) -> Interval | None:
-    scores = (results.get("tasks") or {}).get(task) or {}
-    if scores.get(key) is None or not scores.get("n"):
+    if not rows or any(n is None for _, _, n in rows):
         return None
-    return accuracy_interval(float(scores[key]), int(scores["n"]), level)
+    return mean_accuracy_interval([(v, n) for _, v, n in rows])
+
+
+def task_interval(results: Mapping, task: str, key: str) -> Interval | None:
+    scores = (results.get("tasks") or {}).get(task) or {}
+    stored = _stored((scores.get("interval") or {}).get(key))
+    if stored or scores.get(key) is None or not scores.get("n"):
+        return stored
+    return accuracy_interval(float(scores[key]), int(scores["n"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,14 +124,16 @@ def span(interval: Interval) -> str:
     return f"{100 * interval[0]:.1f}–{100 * interval[1]:.1f} %"
 
 
-def evidence(before: Interval, after: Interval) -> str:
+def evidence(before: Interval | None, after: Interval | None) -> str:
     """Why a difference is or is not claimed, in a few words."""
+    if before is None or after is None:
+        return "no interval known, so not a claimed difference"
     if overlap(before, after):
         return f"within noise: 95 % intervals {span(before)} and {span(after)} overlap"
     return f"beyond noise: 95 % intervals {span(before)} and {span(after)} do not overlap"
 
 
-def change_clause(before: float, after: float, before_interval: Interval, after_interval: Interval) -> str:
+def change_clause(before: float, after: float, before_interval: Interval | None, after_interval: Interval | None) -> str:
     """"from 65.9 % to 71.1 % (+5.2 pp, beyond noise: …)" — the sign is in the number."""
     return f"from {percent(before)} to {percent(after)} ({points(after - before)}, {evidence(before_interval, after_interval)})"
 
@@ -229,19 +215,15 @@ def takeaway_overlap(matrix: Sequence[Sequence[float | None]], names: Sequence[s
     )
 
 
-def random_sign_conflict_rate(adapters: int) -> float:
-    """Share of touched entries where independent random updates disagree, at density 1: an entry
-    is undisputed only when all n signs agree, 2 · 2⁻ⁿ of the time."""
-    return 0.0 if adapters < 2 else 1.0 - 2.0 ** (1 - adapters)
-
-
-def takeaway_sign_conflicts(per_layer: Mapping[str, float | None], adapters: int) -> str:
+def takeaway_sign_conflicts(per_layer: Mapping[str, float | None], adapters: int, density: float = 1.0) -> str:
+    """The measured share of disputed entries against what as many random updates would give
+    (metrics.chance_sign_conflict_rate, at the same density)."""
     rates = [(layer, rate) for layer, rate in per_layer.items() if rate is not None]
     if not rates:
         return "No sign conflicts were measured."
     mean = sum(r for _, r in rates) / len(rates)
     top = max(rates, key=lambda r: r[1])
-    chance = random_sign_conflict_rate(adapters)
+    chance = chance_sign_conflict_rate(adapters, density)
     comparison = "fewer than" if mean < chance - 0.01 else ("more than" if mean > chance + 0.01 else "as many as")
     return (
         f"On {percent(mean, 0)} of the weight entries the {adapters} adapters change, they push in opposite directions "
@@ -327,7 +309,8 @@ def takeaway_summary(rows: Sequence[tuple[str, Mapping]]) -> str:
         return "No merge was measured."
     best = max(measured, key=lambda m: m[1])
     tied = [m[0] for m in measured if m is not best and overlap(m[2], best[2])]
-    sentence = f"Best here: {best[0]} at {percent(best[1])} average merged accuracy (95 % interval {span(best[2])})"
+    known = f"95 % interval {span(best[2])}" if best[2] else "no interval known"
+    sentence = f"Best here: {best[0]} at {percent(best[1])} average merged accuracy ({known})"
     if tied:
         return sentence + f"; within its noise: {', '.join(tied)}."
     return sentence + "; every other merge is below its 95 % interval."

@@ -93,17 +93,30 @@ FIXES: tuple[tuple[str, str, str, dict, DoMergingOptions], ...] = (
 )
 
 
+VARIANT_LABELS = {
+    "osrm": "OSRM",
+    "osrm-samples": "OSRM (per-sample rows)",
+    "osrm-cov": "OSRM (covariance)",
+    "osrm-frozen": "OSRM (A frozen)",
+}
+
+
 def variant_label(init: str) -> str:
-    """How the tour names an initialisation of the zoo ("osrm-cov" → "OSRM (cov)")."""
-    if init.startswith("osrm"):
-        rest = init[len("osrm"):].strip("-_")
-        return f"OSRM ({rest.replace('-', ' ')})" if rest else "OSRM"
-    return init
+    """How the tour names an OSRM variant of the zoo (an unknown "osrm-x" → "OSRM (x)")."""
+    if init in VARIANT_LABELS:
+        return VARIANT_LABELS[init]
+    rest = init[len("osrm"):].strip("-_") if init.startswith("osrm") else init
+    return f"OSRM ({rest.replace('-', ' ')})"
+
+
+def is_osrm_variant(init: str) -> bool:
+    """The zoo's OSRM kinds are fixes of the tour; other kinds (e.g. the labelled shared-seed pair) are not."""
+    return init.startswith("osrm")
 
 
 def tour_steps(zoo: Zoo) -> Tour:
-    """The tour over a zoo: its standard adapters, one per task, and each other initialisation that
-    covers every one of their tasks (an OSRM variant) as a step of its own."""
+    """The tour over a zoo: its standard adapters, one per task, and each OSRM variant that covers
+    every one of their tasks as a step of its own."""
     standard = [a for a in zoo.adapters if a.init == STANDARD]
     if len({a.task for a in standard}) < 2:
         raise ValueError(f"the zoo in {zoo.folder} has fewer than two standard adapters: there is nothing to merge")
@@ -129,7 +142,7 @@ def tour_steps(zoo: Zoo) -> Tour:
         measure(f"merge:{key}", "merge", recipe, label)
         steps.append(Step(key, f"{len(steps) + 1} · Fix: {label}", "change", "fix", (f"merge:{key}", NAIVE), recipe,
                           label=label, reference=NAIVE))
-    for init in [i for i in zoo.inits if i != STANDARD]:
+    for init in [i for i in zoo.inits if is_osrm_variant(i)]:
         variant = [zoo.twin(a, init) for a in standard]
         if any(v is None for v in variant):
             continue  # a variant that lacks some task cannot be compared task by task
@@ -265,7 +278,7 @@ def takeaway(step: Step, measured: Mapping[str, dict], tour: Tour) -> str:
         names = [short_name(n) for n in own["adapters"]]
         return narrative.takeaway_overlap(overlap_of(own), names, "Averaged over the layers", own["rank"], own["dimension"])
     if step.takeaway == "signs":
-        return narrative.takeaway_sign_conflicts(sign_conflicts_of(own), len(own["adapters"]))
+        return narrative.takeaway_sign_conflicts(sign_conflicts_of(own), len(own["adapters"]), own.get("density", 1.0))
     reference = measured[step.reference] if step.reference else None
     if step.takeaway == "fix":
         return narrative.takeaway_fix(step.label, "plain task arithmetic", reference, own,
@@ -309,8 +322,13 @@ def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: b
         return plots.overlap_heatmap(overlap_of(own), names, title="Input-subspace overlap, mean over layers",
                                      presentation=presentation), "overlap_heatmap"
     if step.chart == "signs":
-        return plots.sign_conflicts_by_layer(sign_conflicts_of(own), title="Sign conflicts per layer",
-                                             presentation=presentation), "sign_conflicts_by_layer"
+        from merging.metrics import chance_sign_conflict_rate
+
+        count = len(own["adapters"])
+        chance = chance_sign_conflict_rate(count, own.get("density", 1.0))
+        return plots.sign_conflicts_by_layer(sign_conflicts_of(own), chance=chance, adapters=count,
+                                             title="Sign conflicts per layer", presentation=presentation), \
+            "sign_conflicts_by_layer"
     reference = measured[step.reference] if step.reference else None
     if step.chart == "change":
         return plots.accuracy_delta(own, reference, title=f"{step.label} vs plain task arithmetic",

@@ -115,7 +115,7 @@ if not _missing(index):
     st.markdown(f"#### {story.takeaway(step, measured, tour)}")
     figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
     _ui.show_figure(figure, name, f"tour_{step.key}")
-    st.link_button("Open this step's recipe in Merge", "./?recipe=" + quote(step.recipe.to_url()),
-                   icon=":material/open_in_new:")
+    link = "./?recipe=" + quote(step.recipe.to_url()) + ("&present=1" if ui_settings.presentation else "")
+    st.link_button("Open this step's recipe in Merge", link, icon=":material/open_in_new:")
 elif state.get("tour_failed") == index:
     st.button("Try again", key="tour_retry", on_click=lambda: state.pop("tour_failed", None))

@@ -43,8 +43,8 @@ def test_interval_matches_a_resampling_bootstrap_of_the_outcomes():
     draws = rng.choice(outcomes, size=(20_000, outcomes.size), replace=True).mean(axis=1)
     oracle = np.quantile(draws, [0.025, 0.975])
     low, high = nv.accuracy_interval(0.75, 200)
-    assert abs(low - oracle[0]) <= 1 / 200 + 1e-9
-    assert abs(high - oracle[1]) <= 1 / 200 + 1e-9
+    assert abs(low - oracle[0]) <= 2 / 200 + 1e-9  # both are Monte Carlo: a step or two apart at most
+    assert abs(high - oracle[1]) <= 2 / 200 + 1e-9
 
 
 def test_mean_interval_matches_resampling_each_task_on_its_own():
@@ -148,19 +148,13 @@ def test_a_variant_that_loses_on_both_counts_says_lowers_and_costs():
     assert "OSRM (samples) lowers merged accuracy" in text and "costs single-task accuracy" in text
 
 
-def test_random_sign_conflicts_follow_from_the_metrics_definition():
-    assert nv.random_sign_conflict_rate(2) == 0.5
-    assert nv.random_sign_conflict_rate(5) == pytest.approx(0.9375)
-    # oracle: n random signs per entry, disputed unless all agree
-    signs = np.random.default_rng(3).choice([-1, 1], size=(200_000, 5))
-    disputed = (signs.max(axis=1) != signs.min(axis=1)).mean()
-    assert disputed == pytest.approx(0.9375, abs=0.005)
-
-
 def test_sign_conflict_sentence_compares_with_chance_for_that_many_adapters():
     text = nv.takeaway_sign_conflicts({"0": 0.80, "1": 0.70}, adapters=5)
     assert text.startswith("On 75 % of the weight entries the 5 adapters change")
+    # five random signs agree on an entry 2 · 2⁻⁵ of the time: 93.75 % disputed
     assert "layer 0 most: 80 %" in text and "fewer than 5 independent random updates would (94 %)" in text
+    two = nv.takeaway_sign_conflicts({"0": 0.80}, adapters=2)
+    assert "more than 2 independent random updates would (50 %)" in two
 
 
 def test_overlap_sentence_uses_the_off_diagonal_and_independent_subspaces():
@@ -180,3 +174,21 @@ def test_summary_names_the_best_merge_and_those_within_its_noise():
     text = nv.takeaway_summary(rows)
     assert text.startswith("Best here: TIES at 75.0 %")
     assert text.endswith("within its noise: DARE.")
+
+
+def test_stored_intervals_are_used_when_the_result_has_them():
+    # The evaluation JSON's own intervals (merging.evaluation), no n: the sentence quotes them.
+    before = {"tasks": {"a": {"merged": 0.70, "interval": {"merged": [0.60, 0.80]}}},
+              "average_interval": {"merged": [0.60, 0.80]}}
+    after = {"tasks": {"a": {"merged": 0.72, "interval": {"merged": [0.62, 0.82]}}},
+             "average_interval": {"merged": [0.62, 0.82]}}
+    text = nv.takeaway_fix("This run", "the previous run", before, after)
+    assert "within noise: 95 % intervals 60.0–80.0 % and 62.0–82.0 % overlap" in text
+
+
+def test_results_without_intervals_or_sizes_claim_no_difference():
+    before = {"tasks": {"a": {"merged": 0.50}}}
+    after = {"tasks": {"a": {"merged": 0.90}}}
+    text = nv.takeaway_fix("This run", "run 1", before, after)
+    assert "+40.0 pp, no interval known, so not a claimed difference" in text
+    assert "beyond noise" not in text
