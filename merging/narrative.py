@@ -176,8 +176,11 @@ def takeaway_naive_merge(results: Mapping, label: str = "Task arithmetic") -> st
     merged_of = {task: value for task, value, _ in _rows(results, "merged")}
     losses = [(task, value - merged_of[task]) for task, value, _ in _rows(results, "single") if task in merged_of]
     worst = max(losses, key=lambda l: l[1])
+    # The mean of merged ÷ single per task: the Merge page's "normalised" number
+    kept = average(results, "normalized")
+    kept = merged / single if kept is None else kept
     sentence = (
-        f"{label} keeps {100 * merged / single:.0f} % of single-task accuracy on average "
+        f"{label} keeps {100 * kept:.0f} % of single-task accuracy on average "
         f"({percent(single)} alone → {percent(merged)} merged, {evidence(average_interval(results, 'single'), average_interval(results, 'merged'))}); "
     )
     if worst[1] <= 0:
@@ -292,8 +295,8 @@ def takeaway_variant(label: str, standard: Mapping, variant: Mapping, method_lab
         second = f"and costs single-task accuracy {single_clause}"
     else:
         second = f"and raises single-task accuracy {single_clause}"
-    retention_before = s_merged / s_single if s_single else None
-    retention_after = v_merged / v_single if v_single else None
+    retention_before = average(standard, "normalized") or (s_merged / s_single if s_single else None)
+    retention_after = average(variant, "normalized") or (v_merged / v_single if v_single else None)
     retention = (
         f"; it keeps {100 * retention_after:.0f} % of its own single-task accuracy (standard: {100 * retention_before:.0f} %)"
         if retention_before is not None and retention_after is not None else ""

@@ -313,13 +313,13 @@ def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: b
 
     own = measured[step.needs[0]]
     if step.chart == "singles":
-        return plots.accuracy_bars(singles_only(own), title="Each adapter alone vs the base body with its head",
+        return plots.accuracy_bars(singles_only(own), title="Alone vs base body + head",
                                    presentation=presentation), "accuracy_bars"
     if step.chart == "accuracy":
-        return plots.accuracy_bars(own, title=f"{step.label}: merged vs alone", presentation=presentation), "accuracy_bars"
+        return plots.accuracy_bars(own, title="Merged vs alone", presentation=presentation), "accuracy_bars"
     if step.chart == "overlap":
         names = [short_name(n) for n in own["adapters"]]
-        return plots.overlap_heatmap(overlap_of(own), names, title="Input-subspace overlap, mean over layers",
+        return plots.overlap_heatmap(overlap_of(own), names, title="Input overlap (layer mean)",
                                      presentation=presentation), "overlap_heatmap"
     if step.chart == "signs":
         from merging.metrics import chance_sign_conflict_rate
@@ -331,7 +331,7 @@ def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: b
             "sign_conflicts_by_layer"
     reference = measured[step.reference] if step.reference else None
     if step.chart == "change":
-        return plots.accuracy_delta(own, reference, title=f"{step.label} vs plain task arithmetic",
+        return plots.accuracy_delta(own, reference, title=f"{step.label.split(' (')[0]} − task arithmetic",
                                     presentation=presentation), "accuracy_delta"
     if step.chart == "variant":
         return gain_and_cost(own, reference, title=f"{step.label.split(' (')[0]} vs the standard adapters",

@@ -282,11 +282,11 @@ def poll_until(ready: Callable[[], bool], every: float = 2.0) -> None:
     poll()
 
 
-def show_figure(figure, name: str, key: str, how_to_read: str | None = None) -> None:
+def show_figure(figure, name: str, key: str, how_to_read: str | None = None, reserved: int = 240) -> None:
     from merging.plots import HOW_TO_READ, figure_to_html
 
     if settings().presentation:
-        height = presentation_height()
+        height = presentation_height(reserved)  # `reserved`: what stays in view above the chart
         if height is not None:
             figure.update_layout(height=height)
     st.plotly_chart(

@@ -19,12 +19,15 @@ from merging.lab import Lab
 from pages import _ui
 
 JOB = "tour"
+# On stage the chart is sized to the window less what is above it (top navigation, Back/Next row).
+ABOVE_CHART_PX = 300
 # A quick walk (tests, a rehearsal): score each task on its first N evaluation examples only.
 EVAL_LIMIT = int(os.environ.get("MERGESCOPE_TOUR_EVAL_LIMIT", "0")) or None
 ui_settings = _ui.settings()
 state = st.session_state
 
-st.title("Tour")
+if not ui_settings.presentation:
+    st.title("Tour")
 built_in = _ui.zoo()
 if built_in is None:
     st.error("No built-in zoo: build it with `python -m merging zoo build` to take the tour.")
@@ -92,7 +95,7 @@ back.button("← Back", key="tour_back", on_click=_go, args=(index - 1,), disabl
 forward.button("Next →", key="tour_next", on_click=_go, args=(index + 1,), disabled=index == count - 1,
                type="primary", width="stretch")
 step = tour.steps[index]
-where.markdown(f"**Step {index + 1} of {count}** — {step.title.split(' · ', 1)[-1]}")
+where.markdown(f"**Step {index + 1} of {count}** · {step.title.split(' · ', 1)[-1]}", text_alignment="center")
 if EVAL_LIMIT:
     st.caption(f"Quick walk: each task is scored on its first {EVAL_LIMIT} evaluation examples only "
                "(MERGESCOPE_TOUR_EVAL_LIMIT); the intervals are wide accordingly.")
@@ -111,11 +114,14 @@ _ui.show_job_progress(JOB)
 if not _missing(index):
     state.pop("tour_failed", None)
     measured = {m.key: measured_store[story.cache_key(m, EVAL_LIMIT)] for m in tour.needs(index)}
-    st.subheader(step.title)
-    st.markdown(f"#### {story.takeaway(step, measured, tour)}")
-    figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
-    _ui.show_figure(figure, name, f"tour_{step.key}")
-    link = "./?recipe=" + quote(step.recipe.to_url()) + ("&present=1" if ui_settings.presentation else "")
-    st.link_button("Open this step's recipe in Merge", link, icon=":material/open_in_new:")
+    # Chart and sentence side by side: both stay in view on a 1280 × 720 projector.
+    chart, words = st.columns([2, 1], gap="medium")
+    with words:
+        st.markdown(f"#### {story.takeaway(step, measured, tour)}")
+        link = "./?recipe=" + quote(step.recipe.to_url()) + ("&present=1" if ui_settings.presentation else "")
+        st.link_button("Open this step's recipe in Merge", link, icon=":material/open_in_new:")
+    with chart:
+        figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
+        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX)
 elif state.get("tour_failed") == index:
     st.button("Try again", key="tour_retry", on_click=lambda: state.pop("tour_failed", None))

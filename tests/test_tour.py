@@ -96,9 +96,10 @@ def _wait(at: AppTest, timeout: float = 300) -> AppTest:
 
 
 def _shown(at: AppTest) -> tuple[str | None, str | None]:
-    subheaders = [s.value for s in at.subheader]
+    """(the "Step n of N · title" line, the takeaway sentence)."""
+    where = [m.value for m in at.markdown if m.value.startswith("**Step ")]
     takeaways = [m.value for m in at.markdown if m.value.startswith("#### ")]
-    return (subheaders[0] if subheaders else None), (takeaways[0][5:] if takeaways else None)
+    return (where[0] if where else None), (takeaways[0][5:] if takeaways else None)
 
 
 def _link_recipe(at: AppTest) -> Recipe:
@@ -131,9 +132,8 @@ def test_the_tour_page_walks_every_step_forward_and_back(shipped, tmp_path, monk
     for index, step in enumerate(tour.steps):
         at = _wait(at)
         _no_errors(at)
-        title, takeaway = _shown(at)
-        assert title == step.title, (index, title)
-        assert f"Step {index + 1} of {len(tour.steps)}" in " ".join(m.value for m in at.markdown)
+        where, takeaway = _shown(at)
+        assert where == f"**Step {index + 1} of {len(tour.steps)}** · {step.title.split(' · ', 1)[1]}", (index, where)
         assert takeaway and "not measured" not in takeaway and "No " not in takeaway[:3]
         assert any(ch.isdigit() for ch in takeaway)  # a sentence of measured numbers
         assert _link_recipe(at) == step.recipe
@@ -148,7 +148,8 @@ def test_the_tour_page_walks_every_step_forward_and_back(shipped, tmp_path, monk
     next(b for b in at.button if b.key == "tour_back").click()
     at = at.run()
     _no_errors(at)
-    assert _shown(at) == (tour.steps[-2].title, seen[-2])
+    assert _shown(at)[1] == seen[-2]
+    assert _shown(at)[0].startswith(f"**Step {len(tour.steps) - 1} of")
     job = at.session_state["job:tour"] if "job:tour" in at.session_state else None
     assert job is None or job.finished
     assert any("Quick walk" in c.value for c in at.caption)  # a shortened evaluation says so
