@@ -153,3 +153,41 @@ def test_the_tour_page_walks_every_step_forward_and_back(shipped, tmp_path, monk
     job = at.session_state["job:tour"] if "job:tour" in at.session_state else None
     assert job is None or job.finished
     assert any("Quick walk" in c.value for c in at.caption)  # a shortened evaluation says so
+
+
+# ----------------------------------------------------------------------------------------------
+# The tour's own figures
+
+
+def _result(single: dict, merged: dict) -> dict:
+    tasks = {t: {"base": 0.5, "single": single[t], "merged": merged[t], "n": 200} for t in single}
+    mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
+    return {"tasks": tasks, "average": {"single": mean(single), "merged": mean(merged)}}
+
+
+def test_gain_and_cost_bars_are_the_changes_in_points():
+    from merging.plots import gain_and_cost
+
+    standard = _result({"a": 0.9, "b": 0.8}, {"a": 0.6, "b": 0.6})
+    variant = _result({"a": 0.8, "b": 0.8}, {"a": 0.7, "b": 0.65})
+    figure = gain_and_cost(variant, standard)
+    alone, merged = figure.data
+    assert list(alone.x) == ["a", "b", "average"]
+    assert [round(v, 6) for v in alone.y] == [-10.0, 0.0, -5.0]
+    assert [round(v, 6) for v in merged.y] == [10.0, 5.0, 7.5]
+
+
+def test_the_summary_whiskers_are_each_merges_95_percent_interval(shipped):
+    from merging import narrative
+    from merging.plots import merge_summary
+
+    tour = story.tour_steps(shipped)
+    summary = tour.steps[-1]
+    measured = {key: _result({"a": 0.9, "b": 0.8}, {"a": 0.5 + i / 20, "b": 0.6}) for i, key in enumerate(summary.needs)}
+    rows = story.summary_rows(summary, measured, tour)
+    figure = merge_summary(rows)
+    bars = figure.data[0]
+    for row, x, minus, plus in zip(rows, bars.x, bars.error_x.arrayminus, bars.error_x.array):
+        low, high = narrative.average_interval(measured[next(k for k in summary.needs if tour.measurements[k].label == row["label"])], "merged")
+        assert x - minus == pytest.approx(low) and x + plus == pytest.approx(high)
+    assert list(bars.y) == [tour.measurements[k].label for k in summary.needs]

@@ -28,6 +28,7 @@ line, which the UI shows under the chart:
 - :mod:`~merging.plots.sweep`: λ sweeps as curves or a heatmap;
 - :mod:`~merging.plots.adapters`: one adapter's update per layer;
 - :mod:`~merging.plots.runs`: stored runs side by side;
+- :mod:`~merging.plots.tour`: a fix's gain and cost per task, every merge of the tour with its interval;
 - :mod:`~merging.plots.style` (palette, sizes, presentation mode), :mod:`~merging.plots.values` (numbers
   in, plottable values out) and :mod:`~merging.plots.download` (a chart as an HTML file) are shared.
 
@@ -59,6 +60,7 @@ from merging.plots.style import (
     SEQUENTIAL,
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
+from merging.plots.tour import gain_and_cost, merge_summary
 
 __all__ = [
     "ROLE_COLOURS",
@@ -87,4 +89,6 @@ __all__ = [
     "layer_norms",
     "runs_comparison",
     "figure_to_html",
+    "gain_and_cost",
+    "merge_summary",
 ]
