@@ -78,12 +78,17 @@ def _start(index: int, label: str) -> None:
             measured_store[story.cache_key(measurement, EVAL_LIMIT)] = value
         return index
 
+    state["tour_job_step"] = index
     _ui.start_job(JOB, label, work)
 
 
 count = len(tour.steps)
+if "tour_step" not in state:  # the step is in the link too (?step=n): a reload stays on it
+    step_in_link = st.query_params.get("step", "1")
+    state["tour_step"] = int(step_in_link) - 1 if step_in_link.isdigit() else 0
 index = min(max(int(state.get("tour_step", 0)), 0), count - 1)
 state["tour_step"] = index
+st.query_params["step"] = str(index + 1)
 
 
 def _go(to: int) -> None:
@@ -102,17 +107,21 @@ if EVAL_LIMIT:
 
 finished = _ui.take_job_result(JOB)
 if finished is not None and finished.error:
-    st.error(f"Measuring this step failed: {finished.error}")
-    state["tour_failed"] = index
-if not _ui.job_running(JOB) and state.get("tour_failed") != index:
-    if _missing(index):
+    state["tour_failed"] = state.get("tour_job_step", index)
+    state["tour_error"] = f"{finished.label} failed: {finished.error}"
+if state.get("tour_failed") is not None and not _missing(state["tour_failed"]):
+    state.pop("tour_failed")  # measured since (e.g. by another tab)
+if state.get("tour_failed") == index:
+    st.error(state.get("tour_error", "Measuring this step failed."))
+failed = state.get("tour_failed")
+if not _ui.job_running(JOB):
+    if _missing(index) and failed != index:
         _start(index, f"Measuring step {index + 1}")
-    elif index + 1 < count and _missing(index + 1):
+    elif not _missing(index) and index + 1 < count and _missing(index + 1) and failed != index + 1:
         _start(index + 1, f"Preparing step {index + 2}")
 _ui.show_job_progress(JOB)
 
 if not _missing(index):
-    state.pop("tour_failed", None)
     measured = {m.key: measured_store[story.cache_key(m, EVAL_LIMIT)] for m in tour.needs(index)}
     # Chart and sentence side by side: both stay in view on a 1280 × 720 projector.
     chart, words = st.columns([2, 1], gap="medium")

@@ -155,6 +155,36 @@ def test_the_tour_page_walks_every_step_forward_and_back(shipped, tmp_path, monk
     assert any("Quick walk" in c.value for c in at.caption)  # a shortened evaluation says so
 
 
+def test_a_step_that_fails_to_measure_says_why_and_can_be_tried_again(shipped, tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_TOUR_EVAL_LIMIT", "3")  # its own cache keys: nothing measured yet
+    monkeypatch.delenv("MERGESCOPE_ZOO", raising=False)
+    _run_app_py_on_every_rerun(monkeypatch)
+    from pages import _warm
+
+    monkeypatch.setattr(_warm, "start", lambda device: _warm.Readiness(state=dict.fromkeys(_warm.STEPS, "ready")))
+    calls = []
+
+    def broken(measurement, *args, **kwargs):
+        calls.append(measurement.key)
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(story, "measure", broken)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["workspace"] = str(tmp_path / "workspace")
+    at.session_state["device"] = "cpu"
+    at.switch_page("pages/tour.py").run()
+    at = _wait(at)
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Measuring step 1 failed: RuntimeError: the disk is full"]
+    assert _shown(at)[1] is None  # no sentence without its numbers
+    at = at.run()
+    assert calls == [story.NAIVE]  # not retried behind the user's back
+    next(b for b in at.button if b.key == "tour_retry").click()
+    at = _wait(at.run())
+    assert calls == [story.NAIVE, story.NAIVE]
+    assert at.query_params["step"] in (["1"], "1")
+
+
 # ----------------------------------------------------------------------------------------------
 # The tour's own figures
 
