@@ -316,4 +316,4 @@ def takeaway_summary(rows: Sequence[tuple[str, Mapping]]) -> str:
     sentence = f"Best here: {best[0]} at {percent(best[1])} average merged accuracy ({known})"
     if tied:
         return sentence + f"; within its noise: {', '.join(tied)}."
-    return sentence + "; every other merge is below its 95 % interval."
+    return sentence + "; every other merge's 95 % interval lies below it."
