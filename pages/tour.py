@@ -119,7 +119,10 @@ if not _ui.job_running(JOB):
         _start(index, f"Measuring step {index + 1}")
     elif not _missing(index) and index + 1 < count and _missing(index + 1) and failed != index + 1:
         _start(index + 1, f"Preparing step {index + 2}")
-_ui.show_job_progress(JOB)
+if state.get("tour_job_step") == index:  # preparing the next step stays out of the way of this one
+    _ui.show_job_progress(JOB)
+elif _ui.job_running(JOB):
+    st.caption(f"Preparing step {state['tour_job_step'] + 1} in the background…")
 
 if not _missing(index):
     measured = {m.key: measured_store[story.cache_key(m, EVAL_LIMIT)] for m in tour.needs(index)}
