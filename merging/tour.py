@@ -150,7 +150,7 @@ def tour_steps(zoo: Zoo) -> Tour:
         recipe = _recipe(variant, base_model=base)
         measure(f"merge:{init}", "merge", recipe, f"{label} adapters + task arithmetic")
         steps.append(Step(init, f"{len(steps) + 1} · Fix: {label} adapters", "variant", "variant",
-                          (f"merge:{init}", NAIVE), recipe, label=f"{label} (trained with its initialisation)",
+                          (f"merge:{init}", NAIVE), recipe, label=f"{label} training",
                           reference=NAIVE))
     posthoc = _recipe(standard, osrm="posthoc", base_model=base)
     measure("merge:posthoc", "merge", posthoc, "OSRM post-hoc projection + task arithmetic")
@@ -334,7 +334,7 @@ def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: b
         return plots.accuracy_delta(own, reference, title=f"{step.label.split(' (')[0]} − task arithmetic",
                                     presentation=presentation), "accuracy_delta"
     if step.chart == "variant":
-        return gain_and_cost(own, reference, title=f"{step.label.split(' (')[0]} vs the standard adapters",
+        return gain_and_cost(own, reference, title=f"{tour.measurements[step.needs[0]].label.split(' + ')[0]} vs standard",
                              presentation=presentation), "gain_and_cost"
     if step.chart == "summary":
         return merge_summary(summary_rows(step, measured, tour), presentation=presentation), "merge_summary"
