@@ -57,6 +57,7 @@ pages = [
     st.Page("pages/search.py", title="Search", icon=":material/travel_explore:"),
     st.Page("pages/adapters.py", title="Adapters", icon=":material/extension:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+    st.Page("pages/tour.py", title="Tour", icon=":material/slideshow:"),
 ]
 navigation = st.navigation(pages, position="top" if presenting else "sidebar")
 _ui.track_viewport()

@@ -40,7 +40,7 @@ base_model = built_in.base_model if built_in else DEMO_BASE_MODEL
 INIT_HELP = {
     "standard": "PEFT's default: random A, B = 0.",
     "osrm": "OSRM: A's rows are the directions the other tasks' inputs use least (per-sample means), "
-    "so this adapter barely responds to them and merges with less interference.",
+    "so this adapter barely responds to them; what that changes in a merge is measured on the Tour page.",
     "osrm-cov": "OSRM with the other tasks' token covariance instead of per-sample means.",
 }
 

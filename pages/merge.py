@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from merging import catalog, plots
+from merging import catalog, narrative, plots
 from merging.do_merging import MAGNITUDE_RULES
 from merging.evaluation import PREVIEW_EVERY, modules_fingerprint
 from merging.merge import save_merged
@@ -322,6 +322,7 @@ if last:
             "merge_delta",
         )
         st.caption(f"Compared with {compared_name}: " + describe_recipe(compared.get("recipe") or {}))
+        st.markdown(narrative.takeaway_fix("This run", compared_name, compared["results"], results))  # measured, with its noise
 
     # Pin a run as the named baseline every later run is compared with (kept in the link).
     pin_left, pin_middle, pin_right = st.columns([2, 1, 1])

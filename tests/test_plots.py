@@ -477,6 +477,9 @@ BUILDERS = {
     "runs_comparison": lambda p: runs_comparison([{"label": "r", "results": result()}], presentation=p),
     "optimization_history": lambda p: plots.optimization_history(SEARCH_TRIALS, presentation=p),
     "parallel_coordinates": lambda p: plots.parallel_coordinates(SEARCH_TRIALS, presentation=p),
+    "gain_and_cost": lambda p: plots.gain_and_cost(result(0.9, 0.5), result(), presentation=p),
+    "merge_summary": lambda p: plots.merge_summary(
+        [{"label": "TA", "merged": 0.6, "merged_interval": (0.55, 0.65), "single": 0.8}], presentation=p),
 }
 
 
@@ -501,7 +504,7 @@ def test_every_figure_function_is_explained_and_exercised():
 
 
 def test_each_figure_lives_in_its_page_module_with_its_caption_beside_it():
-    pages = {"merge", "interference", "sweep", "adapters", "runs", "search"}
+    pages = {"merge", "interference", "sweep", "adapters", "runs", "search", "tour"}
     for name in figure_functions():
         function = getattr(plots, name)
         assert function.__module__.rsplit(".", 1)[-1] in pages, (name, function.__module__)

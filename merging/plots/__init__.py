@@ -29,6 +29,7 @@ line, which the UI shows under the chart:
 - :mod:`~merging.plots.adapters`: one adapter's update per layer;
 - :mod:`~merging.plots.runs`: stored runs side by side;
 - :mod:`~merging.plots.search`: a λ search's history and parallel coordinates;
+- :mod:`~merging.plots.tour`: a fix's gain and cost per task, every merge of the tour with its interval;
 - :mod:`~merging.plots.style` (palette, sizes, presentation mode), :mod:`~merging.plots.values` (numbers
   in, plottable values out) and :mod:`~merging.plots.download` (a chart as an HTML file) are shared.
 
@@ -69,6 +70,7 @@ from merging.plots.style import (
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
 from merging.plots.values import has_loss, metric_name, results_rows, shared_suffix_dropped
+from merging.plots.tour import gain_and_cost, merge_summary
 
 __all__ = [
     "ROLE_COLOURS",
@@ -104,4 +106,6 @@ __all__ = [
     "has_loss",
     "results_rows",
     "shared_suffix_dropped",
+    "gain_and_cost",
+    "merge_summary",
 ]

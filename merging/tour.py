@@ -1,0 +1,341 @@
+"""The talk tour as data: the story of merging LoRA adapters, one step per click, told by the zoo.
+
+single adapters → a naive merge (what is lost, where) → the interference that explains it
+(subspace overlap, sign conflicts) → each fix (TIES, DARE-TIES, DO-Merging's two switches, each OSRM
+variant the zoo holds, OSRM post-hoc), each with its gain *and* its cost → all merges side by side.
+
+A step is data: a title, the Recipe it shows (its share link opens it in Merge), the measurements
+it needs, which chart draws it and which narrative function (merging/narrative.py) writes its
+takeaway. Measurements are keyed and shared between steps — the naive merge is measured once and is
+the reference of every fix — and each is either a merge + evaluation through the Lab
+(merging/lab.py) or the factor metrics of a set of adapters (merging/metrics.py). Nothing in a
+step's sentence is typed by hand: rebuild the zoo and the tour says what the new zoo shows.
+
+`eval_limit` scores each task on its first N evaluation examples only (a quick walk in tests, on a
+Lab of its own so the shared one keeps its full sets); the intervals widen to say so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from merging import narrative
+from merging.catalog import merge_inputs
+from merging.do_merging import DoMergingOptions
+from merging.evaluation import EvalSet
+from merging.lora import Adapter, load_adapter
+from merging.progress import Progress
+from merging.recipe import AdapterRef, Recipe
+from merging.zoo import Zoo, ZooAdapter
+
+STANDARD = "standard"
+NAIVE = "merge:task_arithmetic"
+FACTORS = "metrics:standard"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One thing to measure: a merge + evaluation of `recipe`, or the factor metrics of its adapters."""
+
+    key: str
+    kind: str  # "merge" or "metrics"
+    recipe: Recipe
+    label: str
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str
+    title: str
+    chart: str  # which figure draws it (figure_for)
+    takeaway: str  # which sentence tells it (takeaway_for)
+    needs: tuple[str, ...]  # measurement keys, the step's own first
+    recipe: Recipe  # what "Open in Merge" opens
+    label: str = ""  # how the sentence names the step's merge
+    reference: str | None = None  # measurement key it is compared with
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Tour:
+    steps: tuple[Step, ...]
+    measurements: dict[str, Measurement] = field(hash=False)
+
+    def needs(self, index: int) -> list[Measurement]:
+        return [self.measurements[key] for key in self.steps[index].needs]
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps
+
+
+def _recipe(adapters: Sequence[ZooAdapter], method: str = "task_arithmetic", parameters: Mapping | None = None,
+            osrm: str = "off", do: DoMergingOptions | None = None, base_model: str | None = None) -> Recipe:
+    return Recipe(
+        adapters=tuple(AdapterRef(path=str(a.path), weight=1.0, name=a.name) for a in adapters),
+        method=method,
+        parameters=dict(parameters or {}),
+        osrm=osrm,
+        base_model=base_model,
+        do_merging=do or DoMergingOptions(),
+    )
+
+
+# (key, label, method, parameters, DO-Merging options): the fixes measured on the standard adapters
+FIXES: tuple[tuple[str, str, str, dict, DoMergingOptions], ...] = (
+    ("ties", "TIES (density 0.5)", "ties", {"density": 0.5}, DoMergingOptions()),
+    ("dare_ties", "DARE-TIES (density 0.5)", "dare_ties", {"density": 0.5}, DoMergingOptions()),
+    ("decouple", "DO-Merging's decouple switch", "task_arithmetic", {}, DoMergingOptions(decouple=True)),
+    ("orthogonalize", "DO-Merging's orthogonalize switch", "task_arithmetic", {}, DoMergingOptions(orthogonalize=True)),
+)
+
+
+VARIANT_LABELS = {
+    "osrm": "OSRM",
+    "osrm-samples": "OSRM (per-sample rows)",
+    "osrm-cov": "OSRM (covariance)",
+    "osrm-frozen": "OSRM (A frozen)",
+}
+
+
+def variant_label(init: str) -> str:
+    """How the tour names an OSRM variant of the zoo (an unknown "osrm-x" → "OSRM (x)")."""
+    if init in VARIANT_LABELS:
+        return VARIANT_LABELS[init]
+    rest = init[len("osrm"):].strip("-_") if init.startswith("osrm") else init
+    return f"OSRM ({rest.replace('-', ' ')})"
+
+
+def is_osrm_variant(init: str) -> bool:
+    """The zoo's OSRM kinds are fixes of the tour; other kinds (e.g. the labelled shared-seed pair) are not."""
+    return init.startswith("osrm")
+
+
+def tour_steps(zoo: Zoo) -> Tour:
+    """The tour over a zoo: its standard adapters, one per task, and each OSRM variant that covers
+    every one of their tasks as a step of its own."""
+    standard = [a for a in zoo.adapters if a.init == STANDARD]
+    if len({a.task for a in standard}) < 2:
+        raise ValueError(f"the zoo in {zoo.folder} has fewer than two standard adapters: there is nothing to merge")
+    base = zoo.base_model
+    measurements: dict[str, Measurement] = {}
+
+    def measure(key: str, kind: str, recipe: Recipe, label: str) -> str:
+        measurements[key] = Measurement(key, kind, recipe, label)
+        return key
+
+    naive_recipe = _recipe(standard, base_model=base)
+    measure(NAIVE, "merge", naive_recipe, "Task arithmetic (λ = 1)")
+    measure(FACTORS, "metrics", naive_recipe, "standard adapters' factors")
+    steps = [
+        Step("singles", "1 · Each adapter alone", "singles", "singles", (NAIVE,), naive_recipe),
+        Step("naive", "2 · Merge them: task arithmetic", "accuracy", "naive", (NAIVE,), naive_recipe,
+             label="Task arithmetic (λ = 1)"),
+        Step("overlap", "3 · Why: they read the same input directions", "overlap", "overlap", (FACTORS,), naive_recipe),
+        Step("signs", "4 · Why: they push weights in opposite directions", "signs", "signs", (FACTORS,), naive_recipe),
+    ]
+    for key, label, method, parameters, do in FIXES:
+        recipe = _recipe(standard, method, parameters, do=do, base_model=base)
+        measure(f"merge:{key}", "merge", recipe, label)
+        steps.append(Step(key, f"{len(steps) + 1} · Fix: {label}", "change", "fix", (f"merge:{key}", NAIVE), recipe,
+                          label=label, reference=NAIVE))
+    for init in [i for i in zoo.inits if is_osrm_variant(i)]:
+        variant = [zoo.twin(a, init) for a in standard]
+        if any(v is None for v in variant):
+            continue  # a variant that lacks some task cannot be compared task by task
+        label = variant_label(init)
+        recipe = _recipe(variant, base_model=base)
+        measure(f"merge:{init}", "merge", recipe, f"{label} adapters + task arithmetic")
+        steps.append(Step(init, f"{len(steps) + 1} · Fix: {label} adapters", "variant", "variant",
+                          (f"merge:{init}", NAIVE), recipe, label=f"{label} training",
+                          reference=NAIVE))
+    posthoc = _recipe(standard, osrm="posthoc", base_model=base)
+    measure("merge:posthoc", "merge", posthoc, "OSRM post-hoc projection + task arithmetic")
+    steps.append(Step("posthoc", f"{len(steps) + 1} · Fix: OSRM after training (post-hoc projection)", "variant",
+                      "variant", ("merge:posthoc", NAIVE), posthoc,
+                      label="Projecting the trained adapters onto OSRM's subspace", reference=NAIVE))
+    merges = tuple(k for k, m in measurements.items() if m.kind == "merge")
+    steps.append(Step("summary", f"{len(steps) + 1} · All merges side by side", "summary", "summary", merges,
+                      naive_recipe))
+    return Tour(tuple(steps), measurements)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring
+
+
+def limit_eval_sets(lab, adapters: Sequence[Adapter], eval_limit: int | None) -> None:
+    """Give the lab each task's first `eval_limit` evaluation examples (before Lab.prepare adds the full set)."""
+    if eval_limit is None:
+        return
+    from merging.lab import eval_set_for
+
+    for adapter in adapters:
+        if adapter.task and adapter.task not in lab.evaluator.eval_sets:
+            full = eval_set_for(adapter)
+            lab.evaluator.add_eval_set(EvalSet(full.name, full.labels, full.texts[:eval_limit], full.targets[:eval_limit]))
+
+
+def _with_sizes(results: dict, lab) -> dict:
+    """Each task row gains `n`, the number of examples its accuracies were measured on."""
+    for task, scores in results["tasks"].items():
+        scores["n"] = len(lab.evaluator.eval_sets[task].targets)
+    return results
+
+
+def measure_merge(recipe: Recipe, lab, load: Callable[[Any, str], Adapter] | None = None,
+                  progress: Progress | None = None, eval_limit: int | None = None) -> dict:
+    """Merge and evaluate one recipe: the evaluation JSON (task rows with `n`), the merge summary
+    and the seconds the merge itself took."""
+    inputs = merge_inputs(recipe, lambda _base: lab, load or (lambda path, name: load_adapter(path, name=name)))
+    limit_eval_sets(lab, inputs.adapters, eval_limit)
+    run = lab.merge_and_evaluate(inputs.adapters, recipe, progress)
+    results = _with_sizes(run.results(), lab)
+    results["osrm"] = {"mode": recipe.osrm, "twins": inputs.twins, "posthoc": inputs.posthoc}
+    return results
+
+
+def measure_factors(recipe: Recipe, load: Callable[[Any, str], Adapter] | None = None,
+                    progress: Progress | None = None) -> dict:
+    """adapter_metrics of the recipe's adapters, with their rank and input dimension (for the
+    overlap of independent subspaces)."""
+    from merging.metrics import adapter_metrics
+
+    loader = load or (lambda path, name: load_adapter(path, name=name))
+    adapters = [loader(ref.path, ref.display_name) for ref in recipe.adapters]
+    result = adapter_metrics(adapters, device="cpu", progress=progress)
+    first = next(iter(adapters[0].modules.values()))
+    result["rank"] = int(first.A.shape[0])
+    result["dimension"] = int(first.A.shape[1])
+    return result
+
+
+def measure(measurement: Measurement, lab, load=None, progress: Progress | None = None,
+            eval_limit: int | None = None) -> dict:
+    start = time.perf_counter()
+    if measurement.kind == "merge":
+        value = measure_merge(measurement.recipe, lab, load, progress, eval_limit)
+    else:
+        value = measure_factors(measurement.recipe, load, progress)
+    value["measured_seconds"] = round(time.perf_counter() - start, 3)
+    return value
+
+
+def cache_key(measurement: Measurement, eval_limit: int | None) -> str:
+    from merging.catalog import results_key
+
+    return results_key(measurement.recipe, kind=measurement.kind, eval_limit=eval_limit)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a step shows: its chart's data and its sentence
+
+
+def singles_only(results: Mapping) -> dict:
+    """The results with the merged scores blanked: the singles step shows base and single only."""
+    tasks = {t: {**s, "merged": None, "normalized": None} for t, s in results["tasks"].items()}
+    return {**results, "tasks": tasks, "average": {**results["average"], "merged": None, "normalized": None}}
+
+
+def mean_matrix(matrices: Sequence[Sequence[Sequence[float | None]]]) -> list[list[float | None]]:
+    """Entry-wise mean of equally sized matrices (None entries left out)."""
+    size = len(matrices[0])
+    mean = []
+    for i in range(size):
+        row = []
+        for j in range(size):
+            values = [m[i][j] for m in matrices if m[i][j] is not None]
+            row.append(sum(values) / len(values) if values else None)
+        mean.append(row)
+    return mean
+
+
+def overlap_of(factors: Mapping) -> list[list[float | None]]:
+    """Input-subspace overlap averaged over the transformer blocks."""
+    return mean_matrix([layer["input_overlap"] for layer in factors["layers"].values()])
+
+
+def sign_conflicts_of(factors: Mapping) -> dict[str, float | None]:
+    return {layer: values["sign_conflict_rate"] for layer, values in factors["layers"].items()}
+
+
+def short_name(name: str) -> str:
+    """A zoo adapter's task for chart labels ("sms_spam-standard" → "sms_spam")."""
+    return name.rsplit("-", 1)[0] if "-" in name else name
+
+
+def takeaway(step: Step, measured: Mapping[str, dict], tour: Tour) -> str:
+    """The step's one-sentence takeaway, from the measured numbers alone."""
+    own = measured[step.needs[0]]
+    if step.takeaway == "singles":
+        return narrative.takeaway_singles(own)
+    if step.takeaway == "naive":
+        return narrative.takeaway_naive_merge(own, step.label)
+    if step.takeaway == "overlap":
+        names = [short_name(n) for n in own["adapters"]]
+        return narrative.takeaway_overlap(overlap_of(own), names, "Averaged over the layers", own["rank"], own["dimension"])
+    if step.takeaway == "signs":
+        return narrative.takeaway_sign_conflicts(sign_conflicts_of(own), len(own["adapters"]), own.get("density", 1.0))
+    reference = measured[step.reference] if step.reference else None
+    if step.takeaway == "fix":
+        return narrative.takeaway_fix(step.label, "plain task arithmetic", reference, own,
+                                      reference["merge"]["seconds"], own["merge"]["seconds"])
+    if step.takeaway == "variant":
+        return narrative.takeaway_variant(step.label, reference, own)
+    if step.takeaway == "summary":
+        return narrative.takeaway_summary([(tour.measurements[k].label, measured[k]) for k in step.needs])
+    raise ValueError(f"step {step.key}: unknown takeaway '{step.takeaway}'")
+
+
+def summary_rows(step: Step, measured: Mapping[str, dict], tour: Tour) -> list[dict]:
+    """One row per merge: its label, average merged and single accuracy with 95 % intervals."""
+    rows = []
+    for key in step.needs:
+        results = measured[key]
+        rows.append({
+            "label": tour.measurements[key].label,
+            "merged": narrative.average(results, "merged"),
+            "merged_interval": narrative.average_interval(results, "merged"),
+            "single": narrative.average(results, "single"),
+            "single_interval": narrative.average_interval(results, "single"),
+        })
+    return rows
+
+
+
+def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: bool = False):
+    """The step's chart (merging.plots) and the figure name whose how-to-read line captions it."""
+    from merging import plots
+    from merging.plots.tour import gain_and_cost, merge_summary
+
+    own = measured[step.needs[0]]
+    if step.chart == "singles":
+        return plots.accuracy_bars(singles_only(own), title="Alone vs base body + head",
+                                   presentation=presentation), "accuracy_bars"
+    if step.chart == "accuracy":
+        return plots.accuracy_bars(own, title="Merged vs alone", presentation=presentation), "accuracy_bars"
+    if step.chart == "overlap":
+        names = [short_name(n) for n in own["adapters"]]
+        return plots.overlap_heatmap(overlap_of(own), names, title="Input overlap (layer mean)",
+                                     presentation=presentation), "overlap_heatmap"
+    if step.chart == "signs":
+        from merging.metrics import chance_sign_conflict_rate
+
+        count = len(own["adapters"])
+        chance = chance_sign_conflict_rate(count, own.get("density", 1.0))
+        return plots.sign_conflicts_by_layer(sign_conflicts_of(own), chance=chance, adapters=count,
+                                             title="Sign conflicts per layer", presentation=presentation), \
+            "sign_conflicts_by_layer"
+    reference = measured[step.reference] if step.reference else None
+    if step.chart == "change":
+        return plots.accuracy_delta(own, reference, title=f"{step.label.split(' (')[0]} − task arithmetic",
+                                    presentation=presentation), "accuracy_delta"
+    if step.chart == "variant":
+        return gain_and_cost(own, reference, title=f"{tour.measurements[step.needs[0]].label.split(' + ')[0]} vs standard",
+                             presentation=presentation), "gain_and_cost"
+    if step.chart == "summary":
+        return merge_summary(summary_rows(step, measured, tour), presentation=presentation), "merge_summary"
+    raise ValueError(f"step {step.key}: unknown chart '{step.chart}'")

@@ -1,0 +1,139 @@
+"""Tour: the story of merging LoRA adapters for a talk, one click per step, told by the zoo's numbers.
+
+The steps, their measurements, charts and sentences are merging/tour.py; this page only walks them:
+Back / Next, step n of N, the step's chart and takeaway, and its recipe as a link that opens it in
+Merge. A step's measurements run as a background job with progress the first time they are needed
+and are kept for the server (keyed by recipe and adapter versions), so going Back is instant and a
+tour prepared in one tab is ready in another. While a step is shown, the next one is prepared.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote
+
+import streamlit as st
+
+from merging import tour as story
+from merging.lab import Lab
+from pages import _ui
+
+JOB = "tour"
+# On stage the chart is sized to the window less what is above it (top navigation, Back/Next row).
+ABOVE_CHART_PX = 300
+# A quick walk (tests, a rehearsal): score each task on its first N evaluation examples only.
+EVAL_LIMIT = int(os.environ.get("MERGESCOPE_TOUR_EVAL_LIMIT", "0")) or None
+ui_settings = _ui.settings()
+state = st.session_state
+
+if not ui_settings.presentation:
+    st.title("Tour")
+built_in = _ui.zoo()
+if built_in is None:
+    st.error("No built-in zoo: build it with `python -m merging zoo build` to take the tour.")
+    st.stop()
+try:
+    tour = story.tour_steps(built_in)
+except ValueError as err:
+    st.error(str(err))
+    st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def _measured() -> dict:
+    """Measurements by cache key, shared by every tab of this server."""
+    return {}
+
+
+@st.cache_resource(show_spinner="Loading the base model…")
+def _limited_lab(base_model: str, device: str, eval_limit: int) -> Lab:
+    """A lab of the tour's own for a quick walk, so the shared lab keeps its full evaluation sets."""
+    return Lab(base_model, device=device)
+
+
+def _lab() -> Lab:
+    if EVAL_LIMIT:
+        return _limited_lab(built_in.base_model, ui_settings.device, EVAL_LIMIT)
+    return _ui.lab_for(built_in.base_model, ui_settings.device)
+
+
+measured_store = _measured()
+
+
+def _missing(index: int) -> list[story.Measurement]:
+    return [m for m in tour.needs(index) if story.cache_key(m, EVAL_LIMIT) not in measured_store]
+
+
+def _start(index: int, label: str) -> None:
+    todo = _missing(index)
+    lab = _lab()  # loaded in the page's thread (cached)
+
+    def work(progress):
+        for number, measurement in enumerate(todo):
+            def report(done, total, what, number=number, measurement=measurement):
+                share = (number + (done / total if total else 1.0)) / len(todo)
+                progress(int(1000 * share), 1000, f"{measurement.label}: {what}")
+
+            value = story.measure(measurement, lab, _ui.load_adapter_as, report, EVAL_LIMIT)
+            measured_store[story.cache_key(measurement, EVAL_LIMIT)] = value
+        return index
+
+    state["tour_job_step"] = index
+    _ui.start_job(JOB, label, work)
+
+
+count = len(tour.steps)
+if "tour_step" not in state:  # the step is in the link too (?step=n): a reload stays on it
+    step_in_link = st.query_params.get("step", "1")
+    state["tour_step"] = int(step_in_link) - 1 if step_in_link.isdigit() else 0
+index = min(max(int(state.get("tour_step", 0)), 0), count - 1)
+state["tour_step"] = index
+st.query_params["step"] = str(index + 1)
+
+
+def _go(to: int) -> None:
+    state["tour_step"] = min(max(to, 0), count - 1)
+
+
+back, where, forward = st.columns([1, 3, 1])
+back.button("← Back", key="tour_back", on_click=_go, args=(index - 1,), disabled=index == 0, width="stretch")
+forward.button("Next →", key="tour_next", on_click=_go, args=(index + 1,), disabled=index == count - 1,
+               type="primary", width="stretch")
+step = tour.steps[index]
+where.markdown(f"**Step {index + 1} of {count}** · {step.title.split(' · ', 1)[-1]}", text_alignment="center")
+if EVAL_LIMIT:
+    st.caption(f"Quick walk: each task is scored on its first {EVAL_LIMIT} evaluation examples only "
+               "(MERGESCOPE_TOUR_EVAL_LIMIT); the intervals are wide accordingly.")
+
+finished = _ui.take_job_result(JOB)
+if finished is not None and finished.error:
+    state["tour_failed"] = state.get("tour_job_step", index)
+    state["tour_error"] = f"{finished.label} failed: {finished.error}"
+if state.get("tour_failed") is not None and not _missing(state["tour_failed"]):
+    state.pop("tour_failed")  # measured since (e.g. by another tab)
+if state.get("tour_failed") == index:
+    st.error(state.get("tour_error", "Measuring this step failed."))
+failed = state.get("tour_failed")
+if not _ui.job_running(JOB):
+    if _missing(index) and failed != index:
+        _start(index, f"Measuring step {index + 1}")
+    elif not _missing(index) and index + 1 < count and _missing(index + 1) and failed != index + 1:
+        _start(index + 1, f"Preparing step {index + 2}")
+if state.get("tour_job_step") == index:  # preparing the next step stays out of the way of this one
+    _ui.show_job_progress(JOB)
+elif _ui.job_running(JOB):
+    st.caption(f"Preparing step {state['tour_job_step'] + 1} in the background…")
+
+if not _missing(index):
+    measured = {m.key: measured_store[story.cache_key(m, EVAL_LIMIT)] for m in tour.needs(index)}
+    # Chart and sentence side by side: both stay in view on a 1280 × 720 projector.
+    chart, words = st.columns([2, 1], gap="medium")
+    with words:
+        st.markdown(f"#### {story.takeaway(step, measured, tour)}")
+        link = "./?recipe=" + quote(step.recipe.to_url()) + ("&present=1" if ui_settings.presentation else "")
+        st.link_button("Open this step's recipe in Merge", link, icon=":material/open_in_new:")
+    with chart:
+        figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
+        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX)
+elif state.get("tour_failed") == index:
+    st.button("Try again", key="tour_retry", on_click=lambda: state.pop("tour_failed", None))
