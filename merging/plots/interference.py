@@ -54,12 +54,8 @@ def magnitude_variance_by_layer(
         adapters = adapters if adapters is not None else per_layer.get("adapters")
         per_layer = per_layer["layers"]
     layers = sorted(((_layer_label(k), v) for k, v in per_layer.items()), key=lambda kv: _layer_order(kv[0]))
-    # On stage the two views stack: side by side at 20 px their axis titles run into each other.
-    shape = {"rows": 2, "cols": 1, "vertical_spacing": 0.22} if presentation else {"rows": 1, "cols": 2,
-                                                                                 "horizontal_spacing": 0.12}
-    second = (2, 1) if presentation else (1, 2)
     fig = make_subplots(
-        **shape,
+        rows=1, cols=2, horizontal_spacing=0.12,
         subplot_titles=("Within each adapter: spread over input features",
                         "Across adapters: spread of update sizes"),
     )
@@ -89,16 +85,12 @@ def magnitude_variance_by_layer(
             marker={"color": OKABE_ITO["grey"]},
             hovertemplate="layer %{x}<br>variance across adapters: %{y:.6g}<extra></extra>",
         ),
-        row=second[0], col=second[1],
+        row=1, col=2,
     )
     fig.update_xaxes(type="category", title_text="Transformer block (layer index)")
-    fig.update_yaxes(title_text="CV of column norms" if presentation else "CV of column norms (std ÷ mean, unitless)",
-                     rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="Variance of ‖ΔW‖_F" if presentation else "Variance of ‖ΔW‖_F (squared weight units)",
-                     rangemode="tozero", row=second[0], col=second[1])
-    # on stage the legend goes to the right of the stacked plots, clear of every axis title
-    legend = {"orientation": "v", "x": 1.02, "y": 1.0} if presentation else {"orientation": "h", "y": -0.25}
-    fig.update_layout(legend=legend)
+    fig.update_yaxes(title_text="CV of column norms (std ÷ mean, unitless)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="Variance of ‖ΔW‖_F (squared weight units)", rangemode="tozero", row=1, col=2)
+    fig.update_layout(legend={"orientation": "h", "y": -0.25})
     return _style(fig, title, presentation)
 
 
