@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 from merging.evaluation import EvalSet, EvaluationResult, Evaluator, adapters_by_task
-from merging.lab import Lab, task_data_for
+from merging.lab import Lab, task_data_for, tasked
 from merging.lora import Adapter
 from merging.recipe import Recipe
 
@@ -292,19 +292,17 @@ class DevLab(Lab):
     """
 
     def __init__(self, lab: Lab, dev_sets: Sequence[EvalSet]):  # no super().__init__(): it would load another model
-        self.base_model = lab.base_model
-        self.device = lab.device
-        self.model, self.tokenizer = lab.model, lab.tokenizer
-        self.max_length = lab.max_length
-        self.evaluator = Evaluator(lab.model, lab.tokenizer, dev_sets, device=lab.device, max_length=lab.max_length)
-        self.single_cache: dict = {}
-        self.merged_cache: dict = {}
-        self.lock = lab.lock
+        self._setup(lab.base_model, lab.model, lab.tokenizer, lab.kind, lab.device, lab.max_length)
+        for dev_set in dev_sets:
+            self.evaluator.add_eval_set(dev_set)
+        self.lock = lab.lock  # one model in memory: its users take turns
 
-    def prepare(self, adapters: Sequence[Adapter]) -> None:
-        missing = sorted({a.task for a in adapters} - set(self.evaluator.eval_sets))
+    def prepare(self, adapters: Sequence[Adapter], recipe: Recipe | None = None) -> list[Adapter]:
+        named = tasked(adapters, recipe)
+        missing = sorted({a.task for a in named} - set(self.evaluator.eval_sets))
         if missing:
             raise SearchError(f"no dev set for task(s) {', '.join(map(str, missing))}")
+        return named
 
 
 @dataclass(frozen=True)
