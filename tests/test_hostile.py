@@ -619,9 +619,11 @@ def test_every_page_stays_usable_with_a_broken_adapter_and_a_corrupt_run_store(a
         "meta-bad-fields": lambda folder: (folder / META_FILE).write_text('{"task": 5, "single_task_accuracy": "x"}'),
         "rank-zero": lambda folder: edit_tensors(folder, _rank(0)),
     }
+    # an adapter of the app's own (tiny) zoo: the pages list the adapters of the chosen base model only
+    source = Path(os.environ["MERGESCOPE_ZOO"]) / "sms_spam-standard"
     for name, damage in damages.items():
         folder = adapters_dir(workspace) / name
-        shutil.copytree(ZOO_ADAPTER, folder)
+        shutil.copytree(source, folder)
         damage(folder)
     (workspace / "runs.sqlite").write_bytes(b"garbage" * 200)
     for page in ("pages/merge.py", "pages/interference.py", "pages/sweep.py", "pages/adapters.py", "pages/runs.py"):
