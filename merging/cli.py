@@ -132,6 +132,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         replicate=args.replicate,
         shared_seed_tasks=tuple(args.shared_seed_tasks if args.shared_seed_tasks is not None else BuildSettings.shared_seed_tasks),
+        train_only=tuple(args.train_only) if args.train_only else None,
     )
     zoo = build_zoo(args.out, settings, device=resolve_device(args.device), progress=_Bar("training"), overwrite=args.overwrite)
     _print_json(
@@ -143,6 +144,16 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
             ],
         }
     )
+    return 0
+
+
+def cmd_zoo_combine(args: argparse.Namespace) -> int:
+    from merging.zoo import MANIFEST, combine_zoos
+
+    if args.overwrite:
+        check_replaceable(Path(args.out), markers=(MANIFEST,))
+    zoo = combine_zoos(args.parts, args.out, overwrite=args.overwrite)
+    _print_json({"out": str(zoo.folder), "adapters": [a.name for a in zoo.adapters]})
     return 0
 
 
@@ -303,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = zoo_commands.add_parser("build", help="train every demo task × init and write a manifest")
     build.add_argument("--out", default="zoo", help="zoo folder (default: zoo)")
     build.add_argument("--tasks", nargs="*", help="demo tasks (default: the five demo tasks)")
-    build.add_argument("--inits", nargs="+", help="kinds to train (default: all but shared-seed)",
+    build.add_argument("--inits", nargs="+", help="kinds to train (default: standard osrm)",
                        choices=["standard", "osrm", "osrm-samples", "osrm-cov", "osrm-frozen"])
     build.add_argument("--shared-seed-tasks", nargs="*", help="tasks trained again from one shared seed (default: the zoo's pair)")
     build.add_argument("--train-size", type=int, default=1000)
@@ -311,9 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--epochs", type=int, default=None, help="default: the zoo's budget (merging.zoo.ZOO_TRAINING)")
     build.add_argument("--seed", type=int, default=0, help="the data split")
     build.add_argument("--replicate", type=int, default=0, help="which training run: seeds are derived from task, kind and this")
+    build.add_argument("--train-only", nargs="+", help="train only these tasks' adapters (a part; see `zoo combine`)")
     build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     build.add_argument("--overwrite", action="store_true")
     build.set_defaults(run=cmd_zoo_build)
+    combine = zoo_commands.add_parser("combine", help="one zoo from parts built with --train-only (e.g. in parallel)")
+    combine.add_argument("parts", nargs="+", help="zoo folders built with the same settings")
+    combine.add_argument("--out", default="zoo", help="zoo folder (default: zoo)")
+    combine.add_argument("--overwrite", action="store_true")
+    combine.set_defaults(run=cmd_zoo_combine)
     rescore = zoo_commands.add_parser("rescore", help="measure the zoo's single-task accuracies again")
     rescore.add_argument("--zoo", default="zoo", help="zoo folder (default: zoo)")
     rescore.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")

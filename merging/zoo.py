@@ -194,7 +194,7 @@ def zoo_eval_sets(zoo: Zoo) -> list[EvalSet]:
 
 # The zoo's training budget, chosen by measurement (docs/RESULTS.md, "Training budget"): every
 # standard adapter must beat the base model with its own trained head by ≥ 10 pp.
-ZOO_TRAINING = TrainSettings(rank=8, alpha=16, epochs=2, lr=1e-3, batch_size=16, max_length=48,
+ZOO_TRAINING = TrainSettings(rank=8, alpha=16, epochs=3, lr=4e-3, batch_size=16, max_length=48,
                              target_modules=("query", "value"), osrm_samples=100)  # fmt: skip
 OSRM_KINDS = ("osrm", "osrm-samples", "osrm-cov", "osrm-frozen")
 KINDS = ("standard", *OSRM_KINDS, "shared-seed")
@@ -223,13 +223,14 @@ class BuildSettings:
     """
 
     tasks: tuple[str, ...]
-    inits: tuple[str, ...] = ("standard", "osrm", "osrm-samples", "osrm-cov", "osrm-frozen")
+    inits: tuple[str, ...] = ("standard", "osrm")
     train_size: int = 1000
     eval_size: int = 200
     seed: int = 0  # the data split
     training: TrainSettings = ZOO_TRAINING
     replicate: int = 0
-    shared_seed_tasks: tuple[str, ...] = ()
+    shared_seed_tasks: tuple[str, ...] = ("sms_spam", "question_type")  # unrelated tasks: overlap from the seed alone
+    train_only: tuple[str, ...] | None = None  # train only these tasks' adapters (a part of a zoo: combine_zoos)
 
 
 def _adapter_plan(settings: BuildSettings) -> list[tuple[str, str, str, bool, int]]:
@@ -249,6 +250,11 @@ def _adapter_plan(settings: BuildSettings) -> list[tuple[str, str, str, bool, in
         if task not in settings.tasks:
             raise ZooError(f"shared-seed task {task!r} is not one of the zoo's tasks {list(settings.tasks)}")
         plan.append((f"{task}-shared-seed", task, "shared-seed", False, shared))
+    if settings.train_only is not None:
+        unknown = sorted(set(settings.train_only) - set(settings.tasks))
+        if unknown:
+            raise ZooError(f"train_only tasks {unknown} are not among the zoo's tasks {list(settings.tasks)}")
+        plan = [step for step in plan if step[1] in settings.train_only]
     return plan
 
 
@@ -350,6 +356,48 @@ def build_zoo(
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     if progress:
         progress(len(plan), len(plan), "done")
+    return load_zoo(out)
+
+
+def combine_zoos(parts: Sequence[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> Zoo:
+    """One zoo from parts built with the same settings, each training some of the tasks
+    (``BuildSettings.train_only``: OSRM still read every task), e.g. in parallel processes.
+
+    The parts must agree on the base model, tasks, data split and training settings; an adapter
+    name may appear in one part only. The parts are copied, not moved; `out` appears complete.
+    """
+    import shutil
+
+    zoos = [json.loads((Path(p) / MANIFEST).read_text(encoding="utf-8")) for p in parts]
+    if not zoos:
+        raise ZooError("combine_zoos needs at least one part")
+    first = zoos[0]
+    for part, manifest in zip(parts, zoos):
+        for key in ("base_model", "tasks", "data"):
+            if manifest.get(key) != first.get(key):
+                raise ZooError(f"{part}: its '{key}' differs from {parts[0]}'s; parts must come from one build setting")
+        if manifest.get("training") != first.get("training"):
+            raise ZooError(f"{part}: its 'training' differs from {parts[0]}'s")
+    names = [a["name"] for m in zoos for a in m["adapters"]]
+    if len(set(names)) != len(names):
+        raise ZooError(f"an adapter appears in two parts: {sorted({n for n in names if names.count(n) > 1})}")
+    with staged_folder(Path(out), overwrite=overwrite, markers=(MANIFEST,)) as staging:
+        entries = []
+        for part, manifest in zip(parts, zoos):
+            for entry in manifest["adapters"]:
+                shutil.copytree(Path(part) / entry["path"], staging / entry["path"])
+                entries.append(entry)
+        order = {name: i for i, name in enumerate(t["name"] for t in first["tasks"])}
+        entries.sort(key=lambda e: (e["init"] == "shared-seed", order.get(e["task"], 0)))
+        combined = {
+            **first,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": max(m.get("build_seconds", 0) for m in zoos),
+            "build_parts": len(zoos),
+            "train_seconds_total": round(sum(e.get("train_seconds") or 0 for e in entries), 1),
+            "adapters": entries,
+        }
+        (staging / MANIFEST).write_text(json.dumps(combined, indent=2), encoding="utf-8")
     return load_zoo(out)
 
 

