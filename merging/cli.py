@@ -125,9 +125,9 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
         check_replaceable(Path(args.out), markers=(MANIFEST,))  # only a zoo is replaced, and not after training
     settings = BuildSettings(
         tasks=tuple(args.tasks or DEFAULT_DEMO_TASKS),
-        inits=tuple(args.inits or BuildSettings.inits),
-        train_size=args.train_size,
-        eval_size=args.eval_size,
+        inits=BuildSettings.inits if args.inits is None else tuple(args.inits),
+        train_size=BuildSettings.train_size if args.train_size is None else args.train_size,
+        eval_size=BuildSettings.eval_size if args.eval_size is None else args.eval_size,
         training=ZOO_TRAINING if args.epochs is None else replace(ZOO_TRAINING, epochs=args.epochs),
         seed=args.seed,
         replicate=args.replicate,
@@ -314,11 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     build = zoo_commands.add_parser("build", help="train every demo task × init and write a manifest")
     build.add_argument("--out", default="zoo", help="zoo folder (default: zoo)")
     build.add_argument("--tasks", nargs="*", help="demo tasks (default: the five demo tasks)")
-    build.add_argument("--inits", nargs="+", help="kinds to train (default: standard osrm)",
+    build.add_argument("--inits", nargs="*", help="kinds to train (default: standard osrm; none: only the shared-seed adapters)",
                        choices=["standard", "osrm", "osrm-samples", "osrm-cov", "osrm-frozen"])
     build.add_argument("--shared-seed-tasks", nargs="*", help="tasks trained again from one shared seed (default: the zoo's pair)")
-    build.add_argument("--train-size", type=int, default=1000)
-    build.add_argument("--eval-size", type=int, default=200)
+    build.add_argument("--train-size", type=int, help="training examples per task (default: the zoo's, 800)")
+    build.add_argument("--eval-size", type=int, help="evaluation examples per task (default: the zoo's, 200)")
     build.add_argument("--epochs", type=int, default=None, help="default: the zoo's budget (merging.zoo.ZOO_TRAINING)")
     build.add_argument("--seed", type=int, default=0, help="the data split")
     build.add_argument("--replicate", type=int, default=0, help="which training run: seeds are derived from task, kind and this")

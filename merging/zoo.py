@@ -194,7 +194,7 @@ def zoo_eval_sets(zoo: Zoo) -> list[EvalSet]:
 
 # The zoo's training budget, chosen by measurement (docs/RESULTS.md, "Training budget"): every
 # standard adapter must beat the base model with its own trained head by ≥ 10 pp.
-ZOO_TRAINING = TrainSettings(rank=8, alpha=16, epochs=3, lr=4e-3, batch_size=16, max_length=48,
+ZOO_TRAINING = TrainSettings(rank=8, alpha=16, epochs=2, lr=5e-3, batch_size=16, max_length=32,
                              target_modules=("query", "value"), osrm_samples=100)  # fmt: skip
 OSRM_KINDS = ("osrm", "osrm-samples", "osrm-cov", "osrm-frozen")
 KINDS = ("standard", *OSRM_KINDS, "shared-seed")
@@ -224,7 +224,7 @@ class BuildSettings:
 
     tasks: tuple[str, ...]
     inits: tuple[str, ...] = ("standard", "osrm")
-    train_size: int = 1000
+    train_size: int = 800
     eval_size: int = 200
     seed: int = 0  # the data split
     training: TrainSettings = ZOO_TRAINING
