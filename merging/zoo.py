@@ -196,6 +196,7 @@ def zoo_eval_sets(zoo: Zoo) -> list[EvalSet]:
 # standard adapter must beat the base model with its own trained head by ≥ 10 pp.
 ZOO_TRAINING = TrainSettings(rank=8, alpha=16, epochs=2, lr=5e-3, batch_size=16, max_length=32,
                              target_modules=("query", "value"), osrm_samples=100)  # fmt: skip
+EVAL_MAX_LENGTH = 48  # tokens per evaluation text: merging.lab.Lab's default, so the app reproduces the manifest
 OSRM_KINDS = ("osrm", "osrm-samples", "osrm-cov", "osrm-frozen")
 KINDS = ("standard", *OSRM_KINDS, "shared-seed")
 SHARED_SEED_REPLICATE = 1000  # the shared-seed pair's seed is adapter_seed("shared-seed", "standard", this)
@@ -292,12 +293,13 @@ def build_zoo(
             covariance="osrm-cov" in settings.inits, device=device,
         )  # fmt: skip
     eval_sets = [EvalSet(n, list(t.labels), list(t.eval_texts), list(t.eval_labels)) for n, t in data.items()]
-    evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=training.max_length)
+    # scored as the app scores (merging.lab.Lab), whatever length training truncated to
+    evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=EVAL_MAX_LENGTH)
     split = {
         "train_size": settings.train_size,
         "eval_size": settings.eval_size,
         "seed": settings.seed,
-        "max_length": training.max_length,
+        "max_length": EVAL_MAX_LENGTH,
     }
 
     entries = []
