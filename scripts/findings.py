@@ -193,11 +193,16 @@ def main() -> int:
         "",
     ]
     gaps = {t: s.single - s.base for t, s in standard.tasks.items()}
+    single_average = standard.average()["single"]
     lines.append(
         "Standard adapters over base + head: "
         + ", ".join(f"{t} {100 * g:+.1f} pp" for t, g in gaps.items())
-        + f" (smallest {100 * min(gaps.values()):+.1f} pp)."
+        + f" (smallest {100 * min(gaps.values()):+.1f} pp). Budget check (every standard adapter ≥ 10 pp "
+        f"over base + head, singles average ≥ 82 %): {'met' if min(gaps.values()) >= 0.10 else 'NOT met'}; "
+        f"{'met' if single_average >= 0.82 else 'NOT met'} ({pct(single_average)} %)."
     )
+    results["budget"] = {"gaps": gaps, "single_average": single_average,
+                         "gap_met": min(gaps.values()) >= 0.10, "average_met": single_average >= 0.82}  # fmt: skip
     lines.append("")
     results["singles"] = {
         kind: {t: {"single": s.single, "base": s.base, "majority": s.majority} for t, s in singles[kind].tasks.items()}

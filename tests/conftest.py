@@ -78,6 +78,7 @@ def tiny_zoo(tmp_path_factory):
         train_size=40,
         eval_size=24,
         training=TrainSettings(epochs=1, osrm_samples=20),
+        shared_seed_tasks=(),
     )
     build_zoo(root / "zoo", settings, base_model=str(root / "tiny-bert"))
     return root / "zoo"
