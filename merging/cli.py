@@ -123,15 +123,19 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 
     if args.overwrite:
         check_replaceable(Path(args.out), markers=(MANIFEST,))  # only a zoo is replaced, and not after training
+    tasks = tuple(args.tasks or DEFAULT_DEMO_TASKS)
+    # the default shared-seed pair, when both of its tasks are built
+    default_shared = tuple(t for t in BuildSettings.shared_seed_tasks if t in tasks)
+    default_shared = default_shared if len(default_shared) > 1 else ()
     settings = BuildSettings(
-        tasks=tuple(args.tasks or DEFAULT_DEMO_TASKS),
+        tasks=tasks,
         inits=BuildSettings.inits if args.inits is None else tuple(args.inits),
         train_size=BuildSettings.train_size if args.train_size is None else args.train_size,
         eval_size=BuildSettings.eval_size if args.eval_size is None else args.eval_size,
         training=ZOO_TRAINING if args.epochs is None else replace(ZOO_TRAINING, epochs=args.epochs),
         seed=args.seed,
         replicate=args.replicate,
-        shared_seed_tasks=tuple(args.shared_seed_tasks if args.shared_seed_tasks is not None else BuildSettings.shared_seed_tasks),
+        shared_seed_tasks=tuple(args.shared_seed_tasks) if args.shared_seed_tasks is not None else default_shared,
         train_only=tuple(args.train_only) if args.train_only else None,
     )
     zoo = build_zoo(args.out, settings, device=resolve_device(args.device), progress=_Bar("training"), overwrite=args.overwrite)
