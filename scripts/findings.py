@@ -242,6 +242,9 @@ def main() -> int:
                 if kind == "standard":
                     continue
                 other = merged[(label, kind)][1]
+                if set(other["per_task"]) != set(base["per_task"]):  # e.g. the shared-seed pair: other tasks
+                    cells.append("–")
+                    continue
                 delta = other["merged"] - base["merged"]
                 noise = math.sqrt(base["half_width"] ** 2 + other["half_width"] ** 2)
                 cells.append(f"{100 * delta:+.1f}{' *' if abs(delta) > noise else ''}")
@@ -256,7 +259,8 @@ def main() -> int:
         "|---|---|" + "---|" * len(tasks),
     ]
     for label, kind, evaluation in per_task_rows:
-        lines.append(f"| {label} | {kind} | " + " | ".join(pct(evaluation.tasks[t].merged) for t in tasks) + " |")
+        cells = [pct(evaluation.tasks[t].merged) if t in evaluation.tasks else "–" for t in tasks]
+        lines.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
     lines.append("")
 
     if not args.quick:
