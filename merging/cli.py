@@ -162,17 +162,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_zoo_build(args: argparse.Namespace) -> int:
     from merging.merge import resolve_device
     from merging.tasks import DEFAULT_DEMO_TASKS
-    from merging.zoo import MANIFEST, BuildSettings, build_zoo
+    from dataclasses import replace
+
+    from merging.zoo import MANIFEST, ZOO_TRAINING, BuildSettings, build_zoo
 
     if args.overwrite:
         check_replaceable(Path(args.out), markers=(MANIFEST,))  # only a zoo is replaced, and not after training
+    tasks = tuple(args.tasks or DEFAULT_DEMO_TASKS)
+    # the default shared-seed pair, when both of its tasks are built
+    default_shared = tuple(t for t in BuildSettings.shared_seed_tasks if t in tasks)
+    default_shared = default_shared if len(default_shared) > 1 else ()
     settings = BuildSettings(
-        tasks=tuple(args.tasks or DEFAULT_DEMO_TASKS),
-        inits=tuple(args.inits),
-        train_size=args.train_size,
-        eval_size=args.eval_size,
-        epochs=args.epochs,
+        tasks=tasks,
+        inits=BuildSettings.inits if args.inits is None else tuple(args.inits),
+        train_size=BuildSettings.train_size if args.train_size is None else args.train_size,
+        eval_size=BuildSettings.eval_size if args.eval_size is None else args.eval_size,
+        training=ZOO_TRAINING if args.epochs is None else replace(ZOO_TRAINING, epochs=args.epochs),
         seed=args.seed,
+        replicate=args.replicate,
+        shared_seed_tasks=tuple(args.shared_seed_tasks) if args.shared_seed_tasks is not None else default_shared,
+        train_only=tuple(args.train_only) if args.train_only else None,
     )
     zoo = build_zoo(args.out, settings, device=resolve_device(args.device), progress=_Bar("training"), overwrite=args.overwrite)
     _print_json(
@@ -184,6 +193,16 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
             ],
         }
     )
+    return 0
+
+
+def cmd_zoo_combine(args: argparse.Namespace) -> int:
+    from merging.zoo import MANIFEST, combine_zoos
+
+    if args.overwrite:
+        check_replaceable(Path(args.out), markers=(MANIFEST,))
+    zoo = combine_zoos(args.parts, args.out, overwrite=args.overwrite)
+    _print_json({"out": str(zoo.folder), "adapters": [a.name for a in zoo.adapters]})
     return 0
 
 
@@ -403,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one LoRA adapter on one task")
     train.add_argument("task", help="a demo task name, or a CSV/JSONL file with text,label columns")
     train.add_argument("--out", required=True, help="output adapter folder")
-    train.add_argument("--init", choices=["standard", "osrm", "osrm-cov"], default="standard")
+    train.add_argument("--init", choices=["standard", "osrm", "osrm-samples", "osrm-cov"], default="standard",
+                       help="osrm: the authors' OSRM (one mean row per other task)")
     train.add_argument("--other-tasks", nargs="*", default=[], help="tasks OSRM keeps this adapter away from (default: the other demo tasks)")
     train.add_argument("--freeze-a", action="store_true", help="keep OSRM's A fixed while training")
     train.add_argument("--base-model", help="local Hugging Face model folder (default: the packaged MiniLM)")
@@ -423,14 +443,23 @@ def build_parser() -> argparse.ArgumentParser:
     build = zoo_commands.add_parser("build", help="train every demo task × init and write a manifest")
     build.add_argument("--out", default="zoo", help="zoo folder (default: zoo)")
     build.add_argument("--tasks", nargs="*", help="demo tasks (default: the five demo tasks)")
-    build.add_argument("--inits", nargs="+", default=["standard", "osrm"], choices=["standard", "osrm", "osrm-cov"])
-    build.add_argument("--train-size", type=int, default=1000)
-    build.add_argument("--eval-size", type=int, default=200)
-    build.add_argument("--epochs", type=int, default=2)
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--inits", nargs="*", help="kinds to train (default: standard osrm; none: only the shared-seed adapters)",
+                       choices=["standard", "osrm", "osrm-samples", "osrm-cov", "osrm-frozen"])
+    build.add_argument("--shared-seed-tasks", nargs="*", help="tasks trained again from one shared seed (default: the zoo's pair)")
+    build.add_argument("--train-size", type=int, help="training examples per task (default: the zoo's, 800)")
+    build.add_argument("--eval-size", type=int, help="evaluation examples per task (default: the zoo's, 200)")
+    build.add_argument("--epochs", type=int, default=None, help="default: the zoo's budget (merging.zoo.ZOO_TRAINING)")
+    build.add_argument("--seed", type=int, default=0, help="the data split")
+    build.add_argument("--replicate", type=int, default=0, help="which training run: seeds are derived from task, kind and this")
+    build.add_argument("--train-only", nargs="+", help="train only these tasks' adapters (a part; see `zoo combine`)")
     build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     build.add_argument("--overwrite", action="store_true")
     build.set_defaults(run=cmd_zoo_build)
+    combine = zoo_commands.add_parser("combine", help="one zoo from parts built with --train-only (e.g. in parallel)")
+    combine.add_argument("parts", nargs="+", help="zoo folders built with the same settings")
+    combine.add_argument("--out", default="zoo", help="zoo folder (default: zoo)")
+    combine.add_argument("--overwrite", action="store_true")
+    combine.set_defaults(run=cmd_zoo_combine)
     rescore = zoo_commands.add_parser("rescore", help="measure the zoo's single-task accuracies again")
     rescore.add_argument("--zoo", default="zoo", help="zoo folder (default: zoo)")
     rescore.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")

@@ -5,15 +5,32 @@ the merged model sees ΔW_s·x for every x of task t. OSRM chooses each task's L
 tuning so that A_s·x ≈ 0 for the other tasks' inputs x: with A fixed (or only lightly trained), the
 update ΔW_s = B_s·A_s then barely moves the other tasks' hidden states.
 
-Per target module, with X the other tasks' input features (one row per sample: the mean over its
-non-padding tokens of the module's input), OSRM solves
+Per target module, with X a stack of rows describing the other tasks' inputs to that module, OSRM
+solves
 
     min_A ‖A·Xᵀ‖_F   subject to   A·Aᵀ = I_r
 
-whose solution is the r right-singular vectors of X with the smallest singular values (the null
-space of X when it has one: fewer samples than input dimensions). The ``osrm-cov`` variant uses all
-tokens instead of per-sample means: minimise trace(A·C·Aᵀ) with C = Σ_tokens x·xᵀ, solved by the
-eigenvectors of C with the r smallest eigenvalues.
+whose solution is the r right-singular vectors of X with the smallest singular values: the null
+space of X when it has one (fewer rows than input dimensions). Three readings of "the other tasks'
+inputs" are offered, by name (``VARIANTS``):
+
+- ``osrm`` (the default, the authors' reading): **one row per other task**, the mean over that
+  task's samples of each sample's mean input over its tokens. This is what illidanlab/OSRM does
+  (`utils.get_pretrained_latent_features` averages each batch over tokens and samples and the
+  batches over the task; `utils.peft_analytical_init` stacks one such row per other task and keeps
+  `Vt[-rank:]` of its SVD). With 4 other tasks X has 4 rows, so a rank-8 A lies in X's null space
+  and A·x̄_t = 0 exactly for every other task's mean input. One difference, on purpose: the
+  authors pad every text to the maximum length and their token mean includes the padding
+  positions; here the mean is over *non-padding* tokens only, so a task's row does not depend on
+  how long the padding happened to be.
+- ``osrm-samples``: one row per *sample* of every other task (mergescope's reading before the
+  authors' became the default). With 4 × 100 rows > 384 input dimensions there is no null space,
+  and A becomes the least-variance directions of all other tasks' features.
+- ``osrm-cov``: all tokens instead of per-sample means: minimise trace(A·C·Aᵀ) with
+  C = Σ_tokens x·xᵀ, solved by the eigenvectors of C with the r smallest eigenvalues.
+
+Whether A stays frozen during training is a training switch (merging.training.train_lora's
+``freeze_A``), recorded with every adapter; the authors' default trains it.
 
 The post-hoc variant takes an adapter already trained with standard LoRA and re-factors its update
 onto the OSRM rows: B' = ΔW·A'⁺ so that B'·A' = ΔW·P, P the projector onto the row space of A'.
@@ -33,7 +50,13 @@ from torch import nn
 from merging.lora import PEFT_PREFIX, Adapter, LoraModule
 from merging.progress import Progress
 
-METHODS = ("osrm", "osrm-cov")
+VARIANTS = ("osrm", "osrm-samples", "osrm-cov")
+DEFAULT_VARIANT = "osrm"
+ROWS = {
+    "osrm": "one mean row per other task (mean over its samples of the mean over non-padding tokens)",
+    "osrm-samples": "one row per sample of every other task (mean over its non-padding tokens)",
+    "osrm-cov": "second moment of every non-padding token of every other task",
+}
 
 
 @dataclass
@@ -204,24 +227,63 @@ def osrm_cov_init(covariance: torch.Tensor, rank: int) -> torch.Tensor:
     return vectors[:, :rank].T.to(torch.float32).contiguous()
 
 
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown OSRM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return variant
+
+
+def other_task_rows(per_task: Sequence[ModuleFeatures], variant: str = DEFAULT_VARIANT) -> torch.Tensor:
+    """The stack X whose null space OSRM's A lies in, for one module (not for ``osrm-cov``).
+
+    ``osrm``: one row per other task, the mean of that task's per-sample rows (the authors');
+    ``osrm-samples``: every per-sample row of every other task.
+    """
+    check_variant(variant)
+    if variant == "osrm-cov":
+        raise ValueError("osrm-cov reads second moments, not rows; see osrm_A_for_task")
+    if variant == "osrm":
+        return torch.stack([f.means.mean(dim=0) for f in per_task])
+    return torch.cat([f.means for f in per_task], dim=0)
+
+
+def rows_used(
+    features: Mapping[str, Mapping[str, ModuleFeatures]], task: str, variant: str = DEFAULT_VARIANT
+) -> dict:
+    """What the A of `task` was computed from, JSON-ready: for the manifest and mergescope.json."""
+    check_variant(variant)
+    others = [name for name in features if name != task]
+    first = next(iter(features[others[0]].values())) if others else None
+    samples = {name: int(next(iter(features[name].values())).means.shape[0]) for name in others}
+    count = {
+        "osrm": len(others),
+        "osrm-samples": sum(samples.values()),
+        "osrm-cov": sum(int(next(iter(features[n].values())).tokens) for n in others),
+    }[variant]
+    return {
+        "variant": variant,
+        "rows": ROWS[variant],
+        "row_count": count,
+        "other_tasks": others,
+        "samples_per_task": samples,
+        "d_in": int(first.means.shape[1]) if first is not None else None,
+    }
+
+
 def osrm_A_for_task(
     features: Mapping[str, Mapping[str, ModuleFeatures]],
     task: str,
     rank: int,
-    method: str = "osrm",
-    rows: str = "samples",
+    variant: str = DEFAULT_VARIANT,
 ) -> dict[str, torch.Tensor]:
     """Each module's OSRM A for `task`, from the input features of every *other* task.
 
-    `features` maps task name → collect_input_features(...) of that task's texts. With
-    ``method="osrm"`` the other tasks' per-sample mean features are stacked (``rows="samples"``), or
-    each task contributes the mean of its rows (``rows="tasks"``, as in the authors' code); with
-    ``method="osrm-cov"`` their token second moments are summed.
+    `features` maps task name → collect_input_features(...) of that task's texts. ``osrm`` (the
+    authors' reading) stacks one mean row per other task, ``osrm-samples`` every other task's
+    per-sample rows (both then take the null space, :func:`osrm_init`); ``osrm-cov`` sums their
+    token second moments (:func:`osrm_cov_init`, needs features collected with covariance=True).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown OSRM method {method!r}; choose one of {', '.join(METHODS)}")
-    if rows not in ("samples", "tasks"):
-        raise ValueError(f"rows must be 'samples' or 'tasks', got {rows!r}")
+    check_variant(variant)
     others = [name for name in features if name != task]
     if not others:
         raise ValueError(f"OSRM for {task!r} needs the input features of at least one other task")
@@ -232,17 +294,13 @@ def osrm_A_for_task(
     result = {}
     for module in module_names:
         per_task = [features[name][module] for name in others]
-        if method == "osrm":
-            if rows == "tasks":
-                X = torch.stack([f.means.mean(dim=0) for f in per_task])
-            else:
-                X = torch.cat([f.means for f in per_task], dim=0)
-            result[module] = osrm_init(X, rank)
-        else:
+        if variant == "osrm-cov":
             if any(f.second_moment is None for f in per_task):
                 raise ValueError("osrm-cov needs features collected with covariance=True")
             C = sum(f.second_moment for f in per_task) / max(sum(f.tokens for f in per_task), 1)
             result[module] = osrm_cov_init(C, rank)
+        else:
+            result[module] = osrm_init(other_task_rows(per_task, variant), rank)
     return result
 
 

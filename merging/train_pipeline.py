@@ -28,14 +28,9 @@ from merging.evaluation import Evaluator, head_of
 from merging.lora import META_FILE, Adapter, load_adapter
 from merging.progress import Progress, weighted_phases
 from merging.tasks import TaskData
-from merging.training import TrainResult, save_trained, train_lora
-from merging.workspace import (
-    WorkspaceError,
-    _move_into_place,
-    _staging,
-    check_adapter_name,
-    task_display_name,
-)
+from merging.staging import StagingError, move_into_place, staging_dir
+from merging.training import TrainResult, adapter_seed, save_trained, train_lora
+from merging.workspace import WorkspaceError, check_adapter_name, task_display_name
 
 # ----------------------------------------------------------------------------------------------
 # The shared core: train → save → reload → score
@@ -43,7 +38,8 @@ from merging.workspace import (
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The LoRA and optimiser settings of one training run (train_lora's defaults)."""
+    """The LoRA, optimiser and OSRM settings of one training run: the one place they are held
+    (the zoo's BuildSettings carries one of these; the Adapters page and `train` fill one in)."""
 
     rank: int = 8
     alpha: float = 16
@@ -52,8 +48,17 @@ class TrainSettings:
     batch_size: int = 16
     max_length: int = 48
     target_modules: tuple[str, ...] = ("query", "value")
-    seed: int = 0
-    freeze_A: bool = False
+    seed: int = 0  # the training seed (LoRA A, head, batch order); see merging.training.adapter_seed
+    freeze_A: bool = False  # OSRM inits: keep A fixed, train only B and the head
+    osrm_samples: int = 100  # training texts per task whose inputs OSRM reads
+
+    def to_dict(self) -> dict:
+        return {
+            "rank": self.rank, "alpha": self.alpha, "epochs": self.epochs, "lr": self.lr,
+            "batch_size": self.batch_size, "max_length": self.max_length,
+            "target_modules": list(self.target_modules), "seed": self.seed, "freeze_A": self.freeze_A,
+            "osrm_samples": self.osrm_samples,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -125,15 +130,17 @@ def task_input_features(
     tasks: Sequence[TaskData],
     settings: TrainSettings,
     *,
-    samples: int,
+    samples: int | None = None,
     covariance: bool = False,
     device: torch.device | str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, dict]:
-    """The base model's inputs at the target modules over each task's first `samples` training texts:
-    what OSRM's initialisation (merging.osrm.osrm_A_for_task) reads, by task name."""
+    """The base model's inputs at the target modules over each task's first `samples` training texts
+    (default ``settings.osrm_samples``): what OSRM's initialisation (merging.osrm.osrm_A_for_task)
+    reads, by task name."""
     from merging.osrm import collect_input_features
 
+    samples = settings.osrm_samples if samples is None else samples
     features = {}
     for index, task in enumerate(tasks):
         if progress:
@@ -246,15 +253,18 @@ def train_task_adapter(
     seed: int = 0,
     osrm_samples: int = 100,
     freeze_A: bool = False,
+    train_seed: int | None = None,
     device: str = "auto",
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> TrainedAdapter:
     """Train one LoRA adapter on `task` (a demo task name or a CSV/JSONL file) and save it to `out`.
 
-    ``init="osrm"`` / ``"osrm-cov"`` set A from the base model's input features of `other_tasks`
-    (demo task names or task files; None = the other available demo tasks) so the adapter stays away
-    from those tasks' inputs. The saved adapter is loaded back and scored on the task's evaluation
+    ``init`` one of merging.osrm.VARIANTS (``osrm``: the authors' reading) sets A from the base
+    model's input features of `other_tasks` (demo task names or task files; None = the other
+    available demo tasks) so the adapter stays away from those tasks' inputs. `seed` sets the data
+    split; the training seed is `train_seed`, by default merging.training.adapter_seed(task, init,
+    seed) so that adapters of different tasks never share an initialisation by accident. The saved adapter is loaded back and scored on the task's evaluation
     split; mergescope.json records the task, labels, init, base model, the split (``data``), the task
     file (``task_file``, for user tasks) and ``single_task_accuracy``. The folder appears only when
     complete: a failure or a cancel (an exception from `progress`) leaves nothing behind.
@@ -262,7 +272,7 @@ def train_task_adapter(
     from merging.evaluation import EvalSet
     from merging.merge import resolve_device
     from merging.models import load_base_model
-    from merging.osrm import osrm_A_for_task
+    from merging.osrm import osrm_A_for_task, rows_used
     from merging.training import INITS
     from merging.zoo import DEMO_BASE_MODEL, base_model_dir
 
@@ -293,26 +303,32 @@ def train_task_adapter(
     model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=data.num_labels, device=device)
     settings = TrainSettings(
         rank=rank, alpha=alpha, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
-        target_modules=tuple(target_modules), seed=seed, freeze_A=freeze_A,
+        target_modules=tuple(target_modules), freeze_A=freeze_A, osrm_samples=osrm_samples,
+        seed=adapter_seed(data.name, init, seed) if train_seed is None else int(train_seed),
     )  # fmt: skip
 
     osrm_A = None
+    rows = None
     if others:
         features = task_input_features(
-            model, tokenizer, [data] + [other for other, _ in others], settings, samples=osrm_samples,
+            model, tokenizer, [data] + [other for other, _ in others], settings,
             covariance=init == "osrm-cov", device=device, progress=phase("features"),
         )  # fmt: skip
-        osrm_A = osrm_A_for_task(features, data.name, rank, method=init)
+        osrm_A = osrm_A_for_task(features, data.name, rank, variant=init)
+        rows = rows_used(features, data.name, init)
     eval_set = EvalSet(data.name, list(data.labels), list(data.eval_texts), list(data.eval_labels))
     evaluator = Evaluator(model, tokenizer, [eval_set], device=device, max_length=max_length)
     meta = {"data": {**split, "max_length": max_length}}
     if task_file:
         meta["task_file"] = task_file
+    meta["seed"] = settings.seed
+    meta["freeze_A"] = freeze_A
     if others:
         meta["other_tasks"] = [label for _, label in others]
         meta["osrm_samples"] = osrm_samples
+        meta["osrm_rows"] = rows
     score = phase("score")
-    with _staging(out.parent) as staging:
+    with staging_dir(out.parent, out.name) as staging:
         scored = train_and_score(
             model, tokenizer, data, staging / out.name, evaluator, settings,
             init=init, osrm_A=osrm_A, meta=meta, device=device, base_model=base_model,
@@ -324,7 +340,10 @@ def train_task_adapter(
         saved.meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         (scored.folder / META_FILE).write_text(json.dumps(saved.meta, indent=2), encoding="utf-8")
         score(1, 1, "saving")
-        _move_into_place(scored.folder, out, overwrite)
+        try:
+            move_into_place(scored.folder, out, overwrite)
+        except StagingError as err:
+            raise WorkspaceError(str(err)) from None
     score(1, 1, "done")
     result = scored.training
     return TrainedAdapter(

@@ -2,7 +2,14 @@
 
 The base model is never modified: each run trains a deep copy, so one loaded base model can train
 many adapters in turn. Training is seeded and deterministic on a given machine: the LoRA factors,
-the batch order and dropout all come from `seed`, and the caller's global random state is restored.
+the head, the batch order and dropout all come from `seed`, and the caller's global random state is
+restored.
+
+Independent adapters. Adapters trained by different people do not share an initialisation, so
+each adapter gets its own seed, :func:`adapter_seed` (task, init, replicate), and LoRA's A is drawn
+from a generator of its own, after the head exists: the head's size (how many labels) cannot shift
+the draws, so two tasks with the same number of labels do not start from the same A by accident.
+A shared initialisation is still available on purpose: pass the same seed.
 
 The result is a merging.lora.Adapter built from PEFT's own state dict and config (so names and
 scales are exactly PEFT's), carrying the task's classification head as a saved module.
@@ -15,6 +22,7 @@ import enum
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -23,10 +31,30 @@ import torch
 from torch import nn
 
 from merging.lora import Adapter, adapter_from_state, save_adapter
-from merging.models import head_name, set_num_labels
+from merging.models import head_name, init_head, set_num_labels
 from merging.progress import Progress
 
-INITS = ("standard", "osrm", "osrm-cov")
+INITS = ("standard", "osrm", "osrm-samples", "osrm-cov")  # "standard" and merging.osrm.VARIANTS
+
+
+def adapter_seed(task: str, init: str, replicate: int = 0) -> int:
+    """The training seed of one adapter: a stable function of its task, init and replicate.
+
+    CRC32 (not Python's salted hash) so that the same zoo build draws the same numbers on every
+    machine and in every process; `replicate` numbers extra training runs of the same adapter.
+    """
+    return zlib.crc32(f"{task}\x1f{init}\x1f{int(replicate)}".encode("utf-8")) & 0x7FFFFFFF
+
+
+def standard_lora_A(shapes: Mapping[str, tuple[int, int]], seed: int) -> dict[str, torch.Tensor]:
+    """PEFT's default A (Kaiming-uniform, a = √5), drawn per module in name order from `seed` alone."""
+    generator = torch.Generator().manual_seed(int(seed))
+    result = {}
+    for name in sorted(shapes):
+        A = torch.empty(shapes[name])
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
+        result[name] = A
+    return result
 
 
 @dataclass
@@ -104,8 +132,9 @@ def train_lora(
 ) -> TrainResult:
     """Train a LoRA adapter (plus the classification head) on one task; the base model is untouched.
 
-    ``init="osrm"`` / ``"osrm-cov"`` set each target module's A to ``osrm_A[module]`` (orthonormal
-    rows from merging.osrm) with B = 0; `freeze_A` then keeps A fixed so only B and the head train.
+    ``init`` one of merging.osrm.VARIANTS sets each target module's A to ``osrm_A[module]``
+    (orthonormal rows from merging.osrm) with B = 0; ``init="standard"`` draws A from `seed` alone
+    (:func:`standard_lora_A`). `freeze_A` keeps A fixed so only B and the head train.
     `num_labels` different from the model's head gives the copy a fresh seeded head of that size.
     ``epochs=0`` returns the adapter at initialisation. AdamW with linear warm-up and decay.
     """
@@ -138,6 +167,8 @@ def train_lora(
         work = copy.deepcopy(model)
         if num_labels != work.config.num_labels:
             set_num_labels(work, num_labels, seed)
+        else:
+            init_head(work, seed)  # the head from this adapter's seed too, not the base model's
         head = head_name(work)
         config = LoraConfig(
             r=rank,
@@ -150,8 +181,12 @@ def train_lora(
         )
         peft_model = get_peft_model(work, config)
         lora_A = {key: parameter for key, parameter in peft_model.named_parameters() if ".lora_A." in key}
-        if init != "standard":
-            _set_osrm_A(lora_A, osrm_A, rank)
+        if init == "standard":
+            # PEFT drew A from the global generator after the head: redraw it from the seed alone
+            fresh = standard_lora_A({_module_of(k): tuple(p.shape) for k, p in lora_A.items()}, seed)
+            _set_A(lora_A, fresh, rank)
+        else:
+            _set_A(lora_A, osrm_A, rank)
         if freeze_A:
             for parameter in lora_A.values():
                 parameter.requires_grad_(False)
@@ -222,7 +257,8 @@ def _module_of(parameter_name: str) -> str:
     return name[len(prefix):] if name.startswith(prefix) else name
 
 
-def _set_osrm_A(lora_A: Mapping[str, nn.Parameter], osrm_A: Mapping[str, torch.Tensor], rank: int) -> None:
+def _set_A(lora_A: Mapping[str, nn.Parameter], osrm_A: Mapping[str, torch.Tensor], rank: int) -> None:
+    """Copy one given A per module into PEFT's lora_A parameters (shapes checked)."""
     missing = sorted({_module_of(n) for n in lora_A} - set(osrm_A))
     if missing:
         raise ValueError(f"osrm_A has no entry for modules {missing[:3]}{' ...' if len(missing) > 3 else ''}")

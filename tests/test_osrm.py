@@ -10,8 +10,12 @@ from hypothesis import strategies as st
 from merging.lora import Adapter, LoraModule
 from merging.models import tiny_bert
 from merging.osrm import (
+    VARIANTS,
+    ModuleFeatures,
     collect_input_features,
     osrm_A_for_task,
+    other_task_rows,
+    rows_used,
     osrm_cov_init,
     osrm_init,
     posthoc_adapter,
@@ -229,17 +233,79 @@ def test_osrm_A_for_task_uses_only_the_other_tasks(tiny):
         "sentiment": collect_input_features(model, tokenizer, ["good movie", "bad film"], covariance=True),
         "topic": collect_input_features(model, tokenizer, ["sports game", "science atom cell"], covariance=True),
     }
-    A = osrm_A_for_task(features, "sentiment", rank=4)
-    for name, rows in A.items():
+    samples = osrm_A_for_task(features, "sentiment", rank=4, variant="osrm-samples")
+    for name, rows in samples.items():
         assert rows.shape == (4, model.config.hidden_size)
         # Two "topic" rows in 32 dimensions: A sits in their null space.
         assert float((rows @ features["topic"][name].means.T).abs().max()) < 1e-4
-    by_task = osrm_A_for_task(features, "sentiment", rank=4, rows="tasks")
-    cov = osrm_A_for_task(features, "sentiment", rank=4, method="osrm-cov")
-    name = next(iter(A))
-    assert_orthonormal_rows(by_task[name])
+    authors = osrm_A_for_task(features, "sentiment", rank=4)  # the default: the authors' reading
+    cov = osrm_A_for_task(features, "sentiment", rank=4, variant="osrm-cov")
+    name = next(iter(authors))
+    assert_orthonormal_rows(authors[name])
     assert_orthonormal_rows(cov[name])
     with pytest.raises(ValueError, match="other task"):
         osrm_A_for_task({"only": features["topic"]}, "only", rank=2)
-    with pytest.raises(ValueError, match="unknown OSRM method"):
-        osrm_A_for_task(features, "sentiment", rank=2, method="nope")
+    with pytest.raises(ValueError, match="unknown OSRM variant"):
+        osrm_A_for_task(features, "sentiment", rank=2, variant="nope")
+
+
+# ----------------------------------------------------------------------------------------------
+# The variants: the authors' reading by default
+
+
+def _features_of(rows_by_task: dict[str, torch.Tensor]) -> dict[str, dict[str, ModuleFeatures]]:
+    """Hand-made per-sample rows (one module, "m") for each task."""
+    return {task: {"m": ModuleFeatures(rows, None, rows.shape[0])} for task, rows in rows_by_task.items()}
+
+
+def test_the_authors_rows_are_one_mean_row_per_other_task():
+    # Task b's samples are e1 and e2 (mean (½, ½, 0, 0)); task c's are 2·e3 and 0 (mean e3).
+    e = torch.eye(4)
+    features = _features_of({"a": e[:1], "b": e[[0, 1]], "c": torch.stack([2 * e[2], torch.zeros(4)])})
+    X = other_task_rows([features["b"]["m"], features["c"]["m"]], "osrm")
+    assert torch.equal(X, torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))
+    X_samples = other_task_rows([features["b"]["m"], features["c"]["m"]], "osrm-samples")
+    assert X_samples.shape == (4, 4)
+    # The authors' A for task a: rank 2 in 4 dims minus 2 task rows = exactly the null space,
+    # spanned by e4 and (e1 − e2)/√2; it is orthogonal to every other task's mean row.
+    A = osrm_A_for_task(features, "a", rank=2)["m"]
+    assert_orthonormal_rows(A)
+    assert float((A @ X.T).abs().max()) < 1e-6
+    null_projector = torch.zeros(4, 4)
+    null_projector[3, 3] = 1.0
+    null_projector[:2, :2] = torch.tensor([[0.5, -0.5], [-0.5, 0.5]])
+    assert torch.allclose(A.T @ A, null_projector, atol=1e-6)
+    # Per-sample rows (4 of them in 4 dims) leave no null space: A is the least-variance directions.
+    A_samples = osrm_A_for_task(features, "a", rank=2, variant="osrm-samples")["m"]
+    assert float((A_samples @ X_samples.T).abs().max()) > 1e-3
+
+
+def test_the_authors_A_is_orthogonal_to_every_other_tasks_mean_features_on_a_real_model(tiny):
+    model, tokenizer = tiny
+    texts = {
+        "sentiment": ["good movie", "bad film", "great plot"],
+        "topic": ["sports game", "science atom cell", "the vote"],
+        "spam": ["win a free prize now", "call me later", "free entry"],
+    }
+    features = {task: collect_input_features(model, tokenizer, t) for task, t in texts.items()}
+    A = osrm_A_for_task(features, "sentiment", rank=4)
+    for module, rows in A.items():
+        for other in ("topic", "spam"):
+            mean_row = features[other][module].means.mean(dim=0)
+            assert float((rows @ mean_row).abs().max()) < 1e-4 * float(mean_row.norm())
+    # Another task's A differs: it avoids other rows.
+    B = osrm_A_for_task(features, "topic", rank=4)
+    module = next(iter(A))
+    assert not torch.allclose(A[module].T @ A[module], B[module].T @ B[module], atol=1e-3)
+
+
+def test_rows_used_says_what_A_was_computed_from():
+    features = _features_of({"a": torch.ones(3, 4), "b": torch.ones(5, 4), "c": torch.ones(2, 4)})
+    authors = rows_used(features, "a", "osrm")
+    assert authors["variant"] == "osrm" and authors["row_count"] == 2
+    assert authors["other_tasks"] == ["b", "c"] and authors["samples_per_task"] == {"b": 5, "c": 2}
+    assert rows_used(features, "a", "osrm-samples")["row_count"] == 7
+    assert rows_used(features, "a", "osrm-cov")["row_count"] == 7  # tokens (here one per sample)
+    assert VARIANTS[0] == "osrm"
+    with pytest.raises(ValueError, match="unknown OSRM variant"):
+        rows_used(features, "a", "osrm-tasks")

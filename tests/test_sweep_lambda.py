@@ -4,7 +4,7 @@ with those weights.
 Checked through `Lab.sweep`, the function the Sweep page calls, on the tiny zoo (conftest). The
 references come from a *separate* Lab (its own model and caches), so no cached score of the sweep
 can answer for the reference. A sweep that ignored λ would merge with the recipe's own weights
-(2.0 here) at every point; the score tests first check that this merge scores unlike both the base
+(6.0 here) at every point; the score tests first check that this merge scores unlike both the base
 model and the λ = 1 merge, so they can tell the two apart. Since the tiny zoo's adapters barely
 change accuracies, a second pair of tests checks the merged bodies the sweep evaluates (caught on
 their way into the evaluation): exactly zero at λ = 0, bitwise the plain merge at λ = 1.
@@ -59,7 +59,7 @@ def reference(setting, weights, method: str = "task_arithmetic", **params):
 METHODS = [("task_arithmetic", {}), ("ties", {"density": 0.5})]
 # The recipe's own weights in the sweeps below: a sweep that ignored λ would merge with these. On the
 # tiny zoo they give merged scores unlike both the base model's and the λ = 1 merge's (checked).
-OWN_WEIGHT = 2.0
+OWN_WEIGHT = 6.0
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 from merging.lora import META_FILE, load_adapter
 from merging.models import tiny_bert
 from merging.osrm import collect_input_features, osrm_A_for_task
-from merging.training import save_trained, train_lora
+from merging.training import adapter_seed, save_trained, standard_lora_A, train_lora
 
 POSITIVE = ["good movie", "great film", "happy food", "nice place", "excellent music", "love the plot"]
 NEGATIVE = ["bad movie", "awful film", "sad food", "poor place", "terrible music", "hate the plot"]
@@ -236,3 +236,43 @@ def test_train_and_score_scores_the_adapter_as_saved_and_records_the_task(tiny, 
     assert heard[-1] == ("score", 0, 1, "scoring the saved adapter")
     assert len(scored.training.losses) == 9
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------------------------
+# Independent adapters: one seed per adapter, A independent of the head
+
+
+def test_standard_A_does_not_depend_on_the_number_of_labels(tiny):
+    model, tokenizer = tiny
+    two = train_lora(model, tokenizer, TEXTS, LABELS, **{**FAST, "epochs": 0}, seed=7, num_labels=2)
+    six = train_lora(model, tokenizer, TEXTS, LABELS, **{**FAST, "epochs": 0}, seed=7, num_labels=6)
+    assert two.initial_A.keys() == six.initial_A.keys()
+    for module, A in two.initial_A.items():
+        assert torch.equal(A, six.initial_A[module])
+    # ... and it is PEFT's Kaiming-uniform init drawn from the seed alone.
+    drawn = standard_lora_A({m: tuple(A.shape) for m, A in two.initial_A.items()}, 7)
+    assert all(torch.equal(A, drawn[m]) for m, A in two.initial_A.items())
+    bound = 1 / (model.config.hidden_size**0.5)  # kaiming_uniform(a=√5): U(−1/√fan_in, 1/√fan_in)
+    assert all(float(A.abs().max()) <= bound for A in two.initial_A.values())
+
+
+def test_adapters_of_different_tasks_start_from_different_A(tiny):
+    model, tokenizer = tiny
+    seeds = {task: adapter_seed(task, "standard") for task in ("sms_spam", "movie_sentiment")}
+    assert len(set(seeds.values())) == 2
+    assert adapter_seed("sms_spam", "standard") == seeds["sms_spam"]  # stable, not Python's salted hash
+    assert adapter_seed("sms_spam", "osrm") != seeds["sms_spam"]
+    assert adapter_seed("sms_spam", "standard", replicate=1) != seeds["sms_spam"]
+    runs = {
+        task: train_lora(model, tokenizer, TEXTS, LABELS, **{**FAST, "epochs": 0}, seed=seed)
+        for task, seed in seeds.items()
+    }
+    module = next(iter(runs["sms_spam"].initial_A))
+    A1, A2 = runs["sms_spam"].initial_A[module], runs["movie_sentiment"].initial_A[module]
+    # Independent rank-4 subspaces of 32 dims overlap little; identical ones would give 1.
+    Q1, Q2 = torch.linalg.qr(A1.T.double())[0], torch.linalg.qr(A2.T.double())[0]
+    overlap = float((Q1.T @ Q2).pow(2).sum() / A1.shape[0])
+    assert overlap < 0.6, overlap
+    # A shared seed, on purpose, gives the same start.
+    again = train_lora(model, tokenizer, TEXTS, LABELS, **{**FAST, "epochs": 0}, seed=seeds["sms_spam"], num_labels=6)
+    assert torch.equal(again.initial_A[module], A1)
