@@ -31,7 +31,7 @@ if importlib.util.find_spec("merging") is None:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch
+import torch  # noqa: E402 - after the path and offline settings above, on purpose
 
 
 def loadavg() -> list[float]:

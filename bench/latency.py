@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
             seen = {}
             start = time.perf_counter()
             run = lab.merge_and_evaluate(
-                adapters, recipe.with_weights(weights), on_preview=lambda _: seen.setdefault("at", time.perf_counter())
+                adapters, recipe.with_weights(weights), on_preview=lambda _, seen=seen: seen.setdefault("at", time.perf_counter())
             )
             warm.append(
                 {

@@ -14,8 +14,8 @@ import json
 import os
 import sys
 import tomllib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tqdm import tqdm
 
@@ -160,10 +160,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_build(args: argparse.Namespace) -> int:
-    from merging.merge import resolve_device
-    from merging.tasks import DEFAULT_DEMO_TASKS
     from dataclasses import replace
 
+    from merging.merge import resolve_device
+    from merging.tasks import DEFAULT_DEMO_TASKS
     from merging.zoo import MANIFEST, ZOO_TRAINING, BuildSettings, build_zoo
 
     if args.overwrite:

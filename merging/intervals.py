@@ -16,7 +16,7 @@ away from 0 and 1 the interval is close to the normal approximation p ± 1.96·�
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -19,9 +19,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -75,7 +75,7 @@ class LoraModule:
         B = self.B.to(device=device, dtype=torch.float32)
         return (B * self.scale) @ A
 
-    def to(self, device: torch.device | str) -> "LoraModule":
+    def to(self, device: torch.device | str) -> LoraModule:
         return LoraModule(
             self.A.to(device=device, dtype=torch.float32),
             self.B.to(device=device, dtype=torch.float32),

@@ -24,7 +24,8 @@ cosine 0, no sign. ``adapter_metrics`` lists such modules under ``missing`` so a
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -480,7 +481,7 @@ def layer_means(per_module: Mapping[str, T]) -> dict[int | None, T]:
     groups: dict[int | None, list[T]] = {}
     for name, value in per_module.items():
         groups.setdefault(layer_of(name), []).append(value)
-    order = sorted((k for k in groups if k is not None)) + ([None] if None in groups else [])
+    order = sorted(k for k in groups if k is not None) + ([None] if None in groups else [])
     out: dict[int | None, T] = {}
     for layer in order:
         values = groups[layer]

@@ -175,7 +175,7 @@ def takeaway_naive_merge(results: Mapping, label: str = "Task arithmetic") -> st
         return f"{label}: no merged accuracy was measured."
     merged_of = {task: value for task, value, _ in _rows(results, "merged")}
     losses = [(task, value - merged_of[task]) for task, value, _ in _rows(results, "single") if task in merged_of]
-    worst = max(losses, key=lambda l: l[1])
+    worst = max(losses, key=lambda loss: loss[1])
     # The mean of merged ÷ single per task: the Merge page's "normalised" number
     kept = average(results, "normalized")
     kept = merged / single if kept is None else kept

@@ -10,7 +10,7 @@ function that takes a callback is written so that a cancel leaves nothing half-d
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
 

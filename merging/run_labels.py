@@ -7,7 +7,8 @@ alike. Defaults that change nothing are left out (DO-Merging off, no overrides, 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def _number(value: Any) -> str:

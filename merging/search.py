@@ -41,9 +41,9 @@ from urllib.parse import quote
 from merging.evaluation import EvalSet, EvaluationResult, Evaluator, adapters_by_task
 from merging.lab import Lab, task_data_for, tasked
 from merging.lora import Adapter
+from merging.progress import Progress
 from merging.recipe import Recipe
 
-from merging.progress import Progress
 Scorer = Callable[[dict], "tuple[float, dict | None]"]  # params -> (dev objective, dev evaluation JSON)
 
 OBJECTIVES = ("average", "normalized", "worst_task")

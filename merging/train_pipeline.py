@@ -18,17 +18,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
 from merging.evaluation import Evaluator, head_of
 from merging.lora import META_FILE, Adapter, load_adapter
 from merging.progress import Progress, weighted_phases
-from merging.tasks import TaskData
 from merging.staging import StagingError, move_into_place, staging_dir
+from merging.tasks import TaskData
 from merging.training import TrainResult, adapter_seed, save_trained, train_lora
 from merging.workspace import WorkspaceError, check_adapter_name, task_display_name
 

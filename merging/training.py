@@ -23,9 +23,9 @@ import math
 import os
 import time
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ def adapter_seed(task: str, init: str, replicate: int = 0) -> int:
     CRC32 (not Python's salted hash) so that the same zoo build draws the same numbers on every
     machine and in every process; `replicate` numbers extra training runs of the same adapter.
     """
-    return zlib.crc32(f"{task}\x1f{init}\x1f{int(replicate)}".encode("utf-8")) & 0x7FFFFFFF
+    return zlib.crc32(f"{task}\x1f{init}\x1f{int(replicate)}".encode()) & 0x7FFFFFFF
 
 
 def standard_lora_A(shapes: Mapping[str, tuple[int, int]], seed: int) -> dict[str, torch.Tensor]:

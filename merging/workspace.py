@@ -41,9 +41,10 @@ import shutil
 import stat
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
 
 from merging.lora import (
     CONFIG_FILE,

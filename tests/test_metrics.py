@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from merging.lora import Adapter, LoraModule
 from merging import metrics as M
+from merging.lora import Adapter, LoraModule
 
 FAST = settings(max_examples=25, deadline=None)
 

@@ -14,14 +14,13 @@ from merging.osrm import (
     ModuleFeatures,
     collect_input_features,
     osrm_A_for_task,
-    other_task_rows,
-    rows_used,
     osrm_cov_init,
     osrm_init,
+    other_task_rows,
     posthoc_adapter,
     posthoc_projection,
+    rows_used,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

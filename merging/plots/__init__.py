@@ -69,8 +69,8 @@ from merging.plots.style import (
     SEQUENTIAL,
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
-from merging.plots.values import has_loss, metric_name, results_rows, shared_suffix_dropped
 from merging.plots.tour import gain_and_cost, merge_summary
+from merging.plots.values import has_loss, metric_name, results_rows, shared_suffix_dropped
 
 __all__ = [
     "ROLE_COLOURS",

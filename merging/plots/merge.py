@@ -4,7 +4,8 @@ rank truncation kept, and DO-Merging's optimisation (loss curve, direction cosin
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots

@@ -4,7 +4,8 @@ coefficients Î» grow, per task and on average, and the average over a grid of (Î
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 

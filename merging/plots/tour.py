@@ -6,7 +6,8 @@ Data in (``EvaluationResult.to_dict()`` results, rows from ``merging.tour.summar
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 

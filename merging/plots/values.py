@@ -5,7 +5,8 @@ keys as labels in block order, long module names shortened for tick labels.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def _values(data: Any) -> Any:

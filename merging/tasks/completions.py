@@ -130,7 +130,7 @@ def file_format(path: str | Path) -> str:
             f"{path.name}: unsupported file type {path.suffix or '(no extension)'!r}; use .jsonl "
             "(prompt/completion, chat messages or text/label) or .csv (text,label)"
         )
-    for number, line, row in _jsonl_rows(path):
+    for number, _line, row in _jsonl_rows(path):
         found = _format_of(row)
         if found is None:
             raise TaskError(
