@@ -61,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from merging.recipe import RecipeError, load_recipe
+from merging.recipe import RecipeError, load_recipe, read_recipe_text
 
 # ----------------------------------------------------------------------------------------------
 # mergekit's methods, as far as mergescope can reproduce them
@@ -521,14 +521,7 @@ def load_recipe_file(path: str | Path):
     """A Recipe from a native recipe file (JSON/YAML) or a mergekit config (YAML), told apart by
     mergekit's `merge_method` key. Every problem is a RecipeError naming the file and the key."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise RecipeError(f"{path}: no such recipe file") from err
-    except IsADirectoryError as err:
-        raise RecipeError(f"{path}: is a folder, not a recipe file") from err
-    except UnicodeDecodeError as err:
-        raise RecipeError(f"{path}: not UTF-8 text") from err
+    text = read_recipe_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:

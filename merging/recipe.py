@@ -638,16 +638,21 @@ def parse_recipe_text(
     return recipe_from_dict(data, base_dir)
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
+def read_recipe_text(path: Path) -> str:
+    """A recipe file's text, or one RecipeError naming the file (shared with merging.mergekit_config)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise RecipeError(f"{path}: no such recipe file") from err
     except IsADirectoryError as err:
         raise RecipeError(f"{path}: a folder, not a recipe file") from err
     except UnicodeDecodeError as err:
         raise RecipeError(f"{path}: not UTF-8 text") from err
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    text = read_recipe_text(path)
     try:
         return parse_recipe_text(text, base_dir=path.resolve().parent, source=str(path))
     except RecipeError as err:

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.browser_support import ROOT, browser_page, running_app
 
@@ -127,8 +128,14 @@ def run_and_wait(page, run_number: int) -> None:
     page.get_by_text("Average merged accuracy", exact=True).wait_for(timeout=30_000)
     body = page.inner_text("body")
     assert "Traceback" not in body, body[:3000]
-    # Streamlit draws a chart once it scrolls into view
-    page.get_by_test_id("stPlotlyChart").first.scroll_into_view_if_needed()
+    # Streamlit draws a chart once it scrolls into view; the page's own scroll-to-result and the
+    # job's last reruns can replace the chart element meanwhile, so try again on a detached one
+    for _attempt in range(10):
+        try:
+            page.get_by_test_id("stPlotlyChart").first.scroll_into_view_if_needed(timeout=10_000)
+            break
+        except PlaywrightError:
+            page.wait_for_timeout(1000)
     page.wait_for_timeout(1000)  # let Plotly draw before reading it and taking the screenshot
 
 
