@@ -61,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from merging.recipe import RecipeError, load_recipe, read_recipe_text
+from merging.recipe import Recipe, RecipeError, load_recipe, read_recipe_text
 
 # ----------------------------------------------------------------------------------------------
 # mergekit's methods, as far as mergescope can reproduce them
@@ -189,25 +189,10 @@ def _unknown_parameter(method: str, key: str, where: str) -> RecipeError:
 
 
 def _native_per_adapter(method: str) -> set[str]:
-    """The native method's parameters that may be given per adapter (the registry's schema when it
-    has one; density otherwise, as RECIPE_SPEC says)."""
+    """The native method's parameters that may be given per adapter (its registry schema)."""
     from merging.methods import get_method
 
-    try:
-        spec = get_method(method)
-    except ValueError:  # a method the registry lacks: from_dict names it, with its own message
-        return {"density"}
-    params = getattr(spec, "params", None)  # the schema of the new registry; absent in the old one
-    if params is None:
-        return {"density"}
-    return {p.name for p in params if getattr(p, "per_adapter", False)}
-
-
-def _registry_has(method: str) -> bool:
-    from merging import methods as registry
-
-    names = getattr(registry, "REGISTRY", None) or getattr(registry, "METHODS", {})
-    return method in names
+    return {p.name for p in get_method(method).params if p.per_adapter}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,11 +234,6 @@ def recipe_dict_from_mergekit(data: Mapping, base_dir: Path | None = None) -> di
         raise _refuse("merge_method", f"'{method}' is not supported: {_REFUSED_METHODS[method]}")
     if method not in SUPPORTED_METHODS:
         raise _refuse("merge_method", f"'{method}' is not supported (supported: {', '.join(SUPPORTED_METHODS)})")
-    family = GTA_METHODS.get(method)
-    if family is not None and family.native == "breadcrumbs_ties" and not _registry_has("breadcrumbs_ties"):
-        raise _refuse(
-            "merge_method", "'breadcrumbs_ties' has no mergescope method to map to (breadcrumbs without TIES has)"
-        )
 
     tokenizer_source = data.get("tokenizer_source")
     if tokenizer_source not in (None, "base"):
@@ -324,6 +304,7 @@ def recipe_dict_from_mergekit(data: Mapping, base_dir: Path | None = None) -> di
         weights = _linear_weights(loras, base_entries, base_model, global_parameters, weight_of)
         native_method, native_parameters, per_adapter = "task_arithmetic", {}, [{} for _ in loras]
     else:
+        family = GTA_METHODS[method]
         weights = _gta_weights(method, family, loras, global_parameters, weight_of)
         native_method = family.native
         native_parameters, per_adapter = _sparsify_parameters(method, family, loras, global_parameters)
@@ -508,15 +489,6 @@ def _dtype(data: Mapping) -> str:
 # Files
 
 
-def _recipe_from_native(data: dict[str, Any], base_dir: Path | None):
-    from merging import recipe as recipe_module
-
-    from_dict = getattr(recipe_module.Recipe, "from_dict", None)  # the codec's; recipe_from_dict before it
-    if from_dict is not None:
-        return from_dict(data, base_dir=base_dir)
-    return recipe_module.recipe_from_dict(data, base_dir)
-
-
 def load_recipe_file(path: str | Path):
     """A Recipe from a native recipe file (JSON/YAML) or a mergekit config (YAML), told apart by
     mergekit's `merge_method` key. Every problem is a RecipeError naming the file and the key."""
@@ -530,6 +502,6 @@ def load_recipe_file(path: str | Path):
         return load_recipe(path)
     base_dir = path.resolve().parent
     try:
-        return _recipe_from_native(recipe_dict_from_mergekit(data, base_dir), base_dir)
+        return Recipe.from_dict(recipe_dict_from_mergekit(data, base_dir), base_dir=base_dir)
     except RecipeError as err:
         raise RecipeError(f"{path}: {err}") from err

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 from merging.evaluation import EvalSet, EvaluationResult, Evaluator, adapters_by_task
+from merging.intervals import bootstrap_interval
 from merging.lab import Lab, task_data_for, tasked
 from merging.lora import Adapter
 from merging.progress import Progress
@@ -244,30 +245,6 @@ def objective_value(evaluation: EvaluationResult, objective: str) -> float:
     else:
         raise SearchError(f"--objective: {objective!r} is not allowed (allowed: {', '.join(OBJECTIVES)})")
     return float("nan") if value is None else float(value)
-
-
-def bootstrap_interval(
-    counts: Mapping[str, tuple[int, int]], level: float = 0.95, resamples: int = 4000, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean over tasks of accuracy, from (correct, scored) per task.
-
-    Each task's evaluation examples are resampled with replacement, independently per task.
-    Drawing n examples with replacement from a set with c correct gives Binomial(n, c/n) correct,
-    so that draw is made directly: exactly the example-level bootstrap, without the examples.
-    """
-    import numpy as np
-
-    if not counts:
-        raise ValueError("no task to bootstrap")
-    rng = np.random.default_rng(seed)
-    means = np.zeros(resamples)
-    for correct, scored in counts.values():
-        if scored <= 0 or not 0 <= correct <= scored:
-            raise ValueError(f"bad counts ({correct}, {scored})")
-        means += rng.binomial(scored, correct / scored, size=resamples) / scored
-    means /= len(counts)
-    tail = (1.0 - level) / 2.0
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
 def merged_counts(evaluation: EvaluationResult, evaluator: Evaluator) -> dict[str, tuple[int, int]]:

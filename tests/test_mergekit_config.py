@@ -235,21 +235,15 @@ def test_breadcrumbs_takes_density_and_gamma_with_mergekits_default_gamma():
     assert given["parameters"] == {"density": 0.8, "gamma": 0.05}
 
 
-def test_breadcrumbs_ties_maps_to_the_registrys_method_when_it_has_one_and_is_refused_otherwise():
-    from merging import methods
-
-    names = getattr(methods, "REGISTRY", None) or methods.METHODS
+def test_breadcrumbs_ties_maps_to_the_registrys_method():
     config = """
         merge_method: breadcrumbs_ties
         base_model: base
         parameters: {density: 0.8, normalize: true}
         models: [{model: base+a, parameters: {weight: 1}}, {model: base+b, parameters: {weight: 1}}]
         """
-    if "breadcrumbs_ties" in names:
-        native = translate(config)
-        assert native["method"] == "breadcrumbs_ties" and native["parameters"]["sign"] == "total"
-    else:
-        assert "'merge_method'" in refusal(config)
+    native = translate(config)
+    assert native["method"] == "breadcrumbs_ties" and native["parameters"]["sign"] == "total"
 
 
 def test_relative_lora_paths_resolve_against_the_config_folder(tmp_path):

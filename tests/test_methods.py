@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from merging.lora import Adapter, LoraModule
 from merging.merge import merge_adapters
 from merging.methods import (
-    METHODS,
+    REGISTRY,
     MethodError,
     concatenate,
     disjoint_mean,
@@ -132,7 +132,7 @@ def test_unknown_method_suggests_the_closest_name():
 # Invariants over whole adapters
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "peft_naive"])
+@pytest.mark.parametrize("method", [m for m in REGISTRY if m != "peft_naive"])
 @pytest.mark.parametrize("rank", [None, 64])
 def test_one_adapter_with_weight_one_returns_it(method, rank):
     adapter = random_adapter("only", TWO_LAYERS, rank=3, seed=1)

@@ -27,11 +27,8 @@ from merging.methods.sparsify import DENSITY, Sparsifier, keep_random, keep_top_
 from merging.methods.svd import numerical_rank, svd_of_dense, svd_of_factors, truncated_svd
 from merging.methods.task_arithmetic import combine, combine_factors, family
 
-# The name the pages and recipe.py used before the registry carried behaviour.
-METHODS = REGISTRY
-
 __all__ = [
-    "DENSITY", "METHODS", "REGISTRY", "SIGN_RULES", "Factored", "MagnitudeCut", "Method", "MethodArgs",
+    "DENSITY", "REGISTRY", "SIGN_RULES", "Factored", "MagnitudeCut", "Method", "MethodArgs",
     "MethodError", "Param", "Sparsifier", "apply_cut", "combine", "combine_factors", "combine_weighted",
     "concatenate", "disjoint_mean", "elect_sign", "family", "get_method", "keep_random", "keep_top_magnitude",
     "magnitude_cut", "numerical_rank", "svd_of_dense", "svd_of_factors", "truncated_svd",

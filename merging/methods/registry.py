@@ -226,15 +226,6 @@ class Method:
         """Can merge dense updates, hence DO-Merging's directions."""
         return self.dense is not None
 
-    # Shims for the pages until they draw controls from the schema
-    @property
-    def uses_density(self) -> bool:
-        return self.has_param("density")
-
-    @property
-    def uses_sign(self) -> bool:
-        return self.has_param("sign")
-
     # ----- convenience: validate keyword parameters and call an implementation
 
     def args(self, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
