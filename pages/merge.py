@@ -157,7 +157,10 @@ def _zip_of(merged) -> bytes:
 # The last result and the pinned baseline live in the URL too (run=ID, baseline=ID): a reload or a
 # shared link shows them again, read back from the run store.
 def _stored_run(run_id_text: str | None) -> dict | None:
-    if not run_id_text or not str(run_id_text).isdigit():
+    # a run id from the URL: digits only, and short enough for SQLite's 64-bit integers
+    if not run_id_text or not str(run_id_text).isdigit() or len(str(run_id_text)) > 18:
+        if run_id_text:
+            st.warning(f"The link's run id {str(run_id_text)[:40]!r} is not a run number; ignored.")
         return None
     record = store.get(int(run_id_text))
     if record is None or record.kind != "merge":

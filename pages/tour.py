@@ -85,7 +85,9 @@ def _start(index: int, label: str) -> None:
 count = len(tour.steps)
 if "tour_step" not in state:  # the step is in the link too (?step=n): a reload stays on it
     step_in_link = st.query_params.get("step", "1")
-    state["tour_step"] = int(step_in_link) - 1 if step_in_link.isdigit() else 0
+    # digits only and short (int() refuses strings past 4,300 digits); clamped to the tour just below
+    valid = step_in_link.isdigit() and len(step_in_link) <= 6
+    state["tour_step"] = int(step_in_link) - 1 if valid else 0
 index = min(max(int(state.get("tour_step", 0)), 0), count - 1)
 state["tour_step"] = index
 st.query_params["step"] = str(index + 1)

@@ -126,3 +126,15 @@ def wait_for_job(at, key: str, timeout: float = 120):
         assert time.monotonic() < deadline, f"the background job '{key}' did not finish in {timeout} s"
         time.sleep(0.1)
     return at.run()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_background_torch_work_at_exit():
+    """Pages start daemon threads (warm-ups, jobs) that run torch; one still inside torch when the
+    interpreter exits aborts the process (exit 134). Let them finish before pytest exits."""
+    yield
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and thread.daemon and thread.name.startswith("mergescope"):
+            thread.join(timeout=300)

@@ -389,3 +389,14 @@ def test_a_pinned_named_baseline_is_what_the_change_chart_compares_with(app_test
     assert any(f"vs baseline 'plain TA' (run {first})" in t for t in titles), titles
     assert any(c.value.startswith(f"Compared with baseline 'plain TA' (run {first}): task_arithmetic")
                for c in at.caption)
+
+
+@pytest.mark.parametrize("hostile", ["abc", "-1", "9" * 30, "9" * 5000, "1.5", "999999"])
+def test_a_hostile_run_or_baseline_in_the_link_is_ignored_with_a_warning(app_test, tmp_path, hostile):
+    fresh = _fresh_session(tmp_path / "workspace")
+    fresh.query_params["run"] = hostile
+    fresh.query_params["baseline"] = hostile
+    fresh = fresh.run()
+    _no_errors(fresh)
+    assert not any(s.value.startswith("Run ") for s in fresh.subheader)
+    assert any("run" in w.value.lower() for w in fresh.warning)
