@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -167,12 +168,39 @@ def _auth_token_available() -> bool:
     ).is_file()
 
 
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+class _multi_node_off:
+    """While inside, Ray keeps a loopback node address instead of replacing it with this machine's.
+
+    `ray.init(_node_ip_address="127.0.0.1")` alone is not enough on Linux: Ray swaps a loopback
+    address for the machine's routable one (so other nodes could join), and the GCS, raylet and
+    worker gRPC servers then listen on every interface. With multi-node support off, as Ray
+    itself runs on macOS and Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), the address stays
+    127.0.0.1 and every server binds to it. Ray reads that switch once, at import, into
+    `ray_constants.ENABLE_RAY_CLUSTER`, so the constant is flipped for the start and put back after;
+    RayRuntime checks the outcome, so a Ray that stops honouring this fails loudly, not openly.
+    """
+
+    def __enter__(self):
+        from ray._private import ray_constants
+
+        self.constants, self.saved = ray_constants, ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.constants.ENABLE_RAY_CLUSTER = self.saved
+        return False
+
+
 class RayRuntime:
     """Context manager: a local Ray runtime (address None) or a connection to a cluster.
 
-    A local runtime advertises the loopback address, has no dashboard and sends no usage
-    statistics; it is shut down on exit. A runtime already initialised in this process (a test,
-    a notebook) is used as it is and left running.
+    A local runtime listens on the loopback interface only (see _multi_node_off), has no dashboard
+    and sends no usage statistics; it is shut down on exit. A runtime already initialised in this
+    process (a test, a notebook) is used as it is and left running.
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
@@ -200,7 +228,8 @@ class RayRuntime:
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray runtime"
         # in the calling thread: Ray's driver connection dies with the thread that made it
         try:
-            ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
+            with _multi_node_off() if self.address is None else nullcontext():
+                ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
         except Exception as err:  # ConnectionError, RuntimeError, ValueError…: one line for the user
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             hint = ""
@@ -208,6 +237,10 @@ class RayRuntime:
                 hint = ("; a cluster with token authentication needs its token here "
                         "(`ray get-auth-token` on the head; set RAY_AUTH_TOKEN or copy it to ~/.ray/auth_token)")
             raise SearchError(f"could not start or join {where}: {first}{hint}") from err
+        if self.address is None and (node := ray.util.get_node_ip_address()) not in LOOPBACK:
+            ray.shutdown()
+            raise SearchError(f"the local Ray runtime came up on {node}, not on loopback only, and was stopped; "
+                              "start a cluster with `ray start --head` and pass its address with --ray")
         self.started = True
         return ray
 

@@ -2,8 +2,8 @@
 CLI on a real zoo (in-process and on a local Ray runtime with two worker processes, one of them
 killed mid-study), a bad Ray address, and the Search page under AppTest.
 
-Ray runs only in the tests that say so, started and stopped by a fixture: loopback address, no
-dashboard, 2 CPUs.
+Ray runs only in the tests that say so, started and stopped by a fixture through RayRuntime (what
+`--ray` starts): loopback only, no dashboard, 2 CPUs.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from merging.search import (
     space_for,
     trial_recipe,
 )
-from merging.search_ray import check_ray_address
+from merging.search_ray import RayRuntime, check_ray_address
 from tests.conftest import wait_for_job
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -287,12 +287,28 @@ def test_without_optuna_the_cli_says_how_to_install_it(recipe_file, capsys, monk
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray  # requirements-search.txt is part of the test install: a missing Ray fails here, loudly
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # address "local": a runtime of its own, even where `ray start` left a cluster file behind
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    import ray  # noqa: F401  requirements-search.txt is part of the test install: a missing Ray fails here, loudly
+
+    # the runtime `--ray` starts (address "local": its own, even where `ray start` left a cluster file behind)
+    with RayRuntime(num_cpus=2) as runtime:
+        yield runtime
+
+
+def test_the_local_ray_runtime_listens_on_loopback_only(local_ray):
+    """A search on a laptop must not open Ray's GCS, raylet and worker ports to the network."""
+    import psutil
+
+    assert local_ray.util.get_node_ip_address() == "127.0.0.1"
+    assert local_ray.get_runtime_context().gcs_address.rsplit(":", 1)[0] == "127.0.0.1"
+    ray_processes = psutil.Process().children(recursive=True)  # gcs_server, raylet, agents, workers
+    listening = {
+        (process.name(), c.laddr.ip, c.laddr.port)
+        for process in ray_processes
+        for c in process.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+    assert any(name == "gcs_server" for name, _, _ in listening), listening  # the check saw Ray's servers
+    assert {ip for _, ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
 
 
 def tiny_recipe(tiny_zoo):
