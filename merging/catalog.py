@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from merging.lora import CONFIG_FILE, META_FILE, WEIGHTS_FILE, Adapter, load_adapter
+from merging.lora import CONFIG_FILE, META_FILE, WEIGHTS_FILE, Adapter, adapter_version, load_adapter
 from merging.recipe import Recipe
 from merging.zoo import DEMO_BASE_MODEL, MANIFEST, Zoo, ZooError, load_zoo
 
@@ -459,17 +459,6 @@ def merge_inputs(
 
 # ----------------------------------------------------------------------------------------------
 # Cache keys
-
-
-def adapter_version(path: str | Path) -> str:
-    """An adapter folder's identity for caches: its path and its weights file's mtime."""
-    path = Path(path)
-    weights = path / WEIGHTS_FILE
-    try:
-        modified = weights.stat().st_mtime_ns
-    except OSError:
-        modified = 0
-    return f"{path}@{modified}"
 
 
 def results_key(recipe: Recipe, **extra: Any) -> str:

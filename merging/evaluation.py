@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from merging.lora import Adapter, LoraModule
+from merging.lora import Adapter, LoraModule, adapter_version
 from merging.progress import Progress
 
 # A merge's first, quick look scores every PREVIEW_EVERY-th example of each class; the rest follow
@@ -509,15 +509,11 @@ def adapters_by_task(adapters: Sequence[Adapter]) -> dict[str, Adapter]:
 
 
 def _adapter_key(adapter: Adapter) -> str | None:
-    """Identifies an adapter's weights for the caches: its path and the weights file's mtime.
+    """Identifies an adapter's weights for the caches (merging.lora.adapter_version).
 
     None for an adapter that lives only in memory (e.g. a post-hoc projection): never cached.
     """
-    if adapter.path is None:
-        return None
-    weights = adapter.path / "adapter_model.safetensors"
-    modified = weights.stat().st_mtime_ns if weights.exists() else 0
-    return f"{adapter.path}@{modified}"
+    return None if adapter.path is None else adapter_version(adapter.path)
 
 
 def _digest_tensor(digest, tensor: torch.Tensor) -> None:

@@ -474,6 +474,17 @@ def load_adapter(folder: str | os.PathLike, name: str | None = None) -> Adapter:
 # Compatibility
 
 
+def adapter_version(folder: str | os.PathLike) -> str:
+    """An adapter folder's identity for caches: its path and its weights file's mtime, so an adapter
+    retrained in place gets a new version (0 stands for a folder without weights)."""
+    path = Path(folder)
+    try:
+        modified = (path / WEIGHTS_FILE).stat().st_mtime_ns
+    except OSError:
+        modified = 0
+    return f"{path}@{modified}"
+
+
 @dataclass(frozen=True)
 class Compatibility:
     """What a set of adapters has in common, and what the merge will do about the differences."""

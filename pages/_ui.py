@@ -23,7 +23,6 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from merging.catalog import (  # noqa: F401 - used by the other pages
     Entry,
-    adapter_version,
     adapters_folder,
     base_model_choices,
     entry_by_name,
@@ -34,7 +33,7 @@ from merging.catalog import (  # noqa: F401 - used by the other pages
 from merging.catalog import catalog as adapter_catalog
 from merging.catalog import default_base_model as zoo_base_model
 from merging.lab import Lab
-from merging.lora import Adapter, AdapterError, load_adapter
+from merging.lora import Adapter, AdapterError, adapter_version, load_adapter
 from merging.progress import Cancelled
 from merging.runs import RunStore
 from merging.workspace import clean_workspace
