@@ -29,6 +29,7 @@ BENCHMARKS = {
     "scale": "Scale: Llama-2-7B-shaped adapters, TIES to rank 16",
     "latency": "Interactive latency on the demo zoo",
     "causal_scoring": "Causal-LM scoring vs a plain forward",
+    "search": "λ search on the demo zoo: in-process vs a local Ray runtime",
 }
 
 PROBE = r"""

@@ -2,7 +2,7 @@
 
 The benchmarks are programs (bench/run_all.py runs them at full size and writes docs/BENCHMARKS.md);
 here they run in-process with one torch thread, except the scale benchmark's merges, which run in
-child processes by design (each reports its own peak memory).
+child processes by design (each reports its own peak memory), and the search benchmark's Ray actors.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def bench_modules():
         import latency
         import peft_compare
         import scale
+        import search
 
-        yield {"peft_compare": peft_compare, "scale": scale, "latency": latency}
+        yield {"peft_compare": peft_compare, "scale": scale, "latency": latency, "search": search}
     finally:
         torch.set_num_threads(threads)
         sys.path.remove(str(BENCH))
@@ -72,6 +73,27 @@ def test_latency_tiny_merges_evaluates_and_sweeps(bench_modules, tmp_path):
     assert data["warm"][0]["total_s"] > 0 and data["sweep_s"] > 0
     assert data["profile"], "the profile summary lists the top functions"
     assert set(data["eval_sizes"]) == {"sms_spam", "question_type"}
+
+
+def test_search_tiny_runs_the_study_in_process_and_on_ray_workers(bench_modules, tmp_path):
+    result = _run(bench_modules["search"], tmp_path)
+    data = result["data"]
+    in_process, on_ray = data["runs"]["in_process"], data["runs"]["ray"]
+    assert len(in_process) == len(on_ray) == 1  # --tiny: one round of each
+    for run in in_process + on_ray:
+        assert len(run["result"]["trials"]) == len(run["finish_times"]) == 4
+    assert len({t["worker"] for t in on_ray[0]["result"]["trials"]}) == 2  # both actors scored trials
+    assert not {t["worker"] for t in on_ray[0]["result"]["trials"]} & {t["worker"] for t in in_process[0]["result"]["trials"]}
+    assert data["ray_runtime_start_s"] > 0
+    baselines = in_process[0]["result"]["baselines"]
+    assert all(0.0 <= baselines[k]["evaluation"]["average"]["merged"] <= 1.0 for k in ("uniform", "shared"))
+
+
+def test_run_all_runs_every_benchmark_program_in_bench(bench_modules):
+    import run_all
+
+    programs = {p.stem for p in BENCH.glob("*.py")} - {"common", "run_all"}
+    assert programs and set(run_all.BENCHMARKS) == programs
 
 
 def test_run_all_renders_every_table(bench_modules, tmp_path):
