@@ -306,13 +306,17 @@ def read_link(prefix: str, entries: Sequence[catalog.Entry], **options: Any) -> 
     """Once per session: set the widgets from the URL's `recipe=`; anything wrong is a warning.
 
     A value the Recipe refuses (e.g. density 5, seed "abc") refuses the whole link, named; a valid
-    value beyond a widget's range (e.g. λ = 99) is clamped to it, named."""
-    done = f"_{prefix}_from_url_done"
+    value beyond a widget's range (e.g. λ = 99) is clamped to it, named. A recipe on another base
+    model first switches the sidebar to it and reruns, so that `entries` (the adapters listed for
+    the sidebar's model) hold the link's adapters when the widgets are set."""
+    from pages import _ui
+
+    done, switched = f"_{prefix}_from_url_done", f"_{prefix}_from_url_switched"
     if st.session_state.get(done):
         return
-    st.session_state[done] = True
     raw = st.query_params.get("recipe")
     if not raw:
+        st.session_state[done] = True
         return
     def path_of(name: str) -> str:  # old links name catalogue adapters without a path
         entry = catalog.entry_by_name(entries, name)
@@ -321,7 +325,13 @@ def read_link(prefix: str, entries: Sequence[catalog.Entry], **options: Any) -> 
     try:
         recipe = Recipe.from_url(raw, path_of=path_of)
     except (RecipeError, ValueError, TypeError, RecursionError, OverflowError) as err:
+        st.session_state[done] = True
         st.warning(f"The link's recipe was not used: {err}. Starting from the defaults.")
         return
+    # the sidebar's chooser is drawn already in this run: it switches on the next (once, whatever happens)
+    if not st.session_state.pop(switched, False) and _ui.choose_base_model_of(recipe):
+        st.session_state[switched] = True
+        st.rerun()
+    st.session_state[done] = True
     for warning in widgets_from_recipe(prefix, recipe, entries, **options):
         st.warning(f"The link's recipe: {warning}")

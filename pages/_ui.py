@@ -108,9 +108,10 @@ def recipe_for_run(recipe, entries: list[Entry]):
     return with_eval_files(with_base_model(recipe, chosen_base_model(), zoo_base_model(zoo())), entries)
 
 
-def choose_base_model_of(recipe) -> None:
+def choose_base_model_of(recipe) -> bool:
     """Make the sidebar show the base model a recipe runs on (Reopen in Merge of a run made on
-    another model): the recipe's `base_model`, else the one its adapters name."""
+    another model, a share link): the recipe's `base_model`, else the one its adapters name.
+    True when the sidebar must change: it does on the next run (st.rerun() to make it now)."""
     from merging.catalog import entry_for, same_base_model
 
     wanted = recipe.base_model
@@ -119,11 +120,12 @@ def choose_base_model_of(recipe) -> None:
         found = [entry_for(every, ref.name, ref.path) for ref in recipe.adapters]
         wanted = next((e.base_model for e in found if e is not None and e.base_model), None)
     if not wanted or same_base_model(wanted, chosen_base_model()):
-        return
+        return False
     options = base_model_options(settings().workspace)
     listed = next((o for o in options if o != OTHER_BASE_MODEL and same_base_model(o, wanted)), None)
     # the sidebar's widgets are drawn already in this run: app.py applies the choice on the next one
     st.session_state["_base_model_pending"] = (listed or OTHER_BASE_MODEL, None if listed else wanted)
+    return True
 
 
 def apply_pending_base_model() -> None:

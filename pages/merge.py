@@ -34,12 +34,12 @@ st.title("Merge")
 # Opened here, in the page's thread, so a store that cannot be used says so before anything runs.
 store = _ui.run_store(ui_settings.workspace)
 _ui.warn_broken(all_entries)
+# The recipe in the URL: a link (or "Reopen in Merge" on the Runs page) sets every control below; one on
+# another base model switches the sidebar to it first (and reruns), so it comes before "No adapters".
+codec.read_link(PREFIX, entries)
 if not entries:
     st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
     st.stop()
-
-# The recipe in the URL: a link (or "Reopen in Merge" on the Runs page) sets every control below.
-codec.read_link(PREFIX, entries)
 
 standard = [e.name for e in entries if e.init == "standard"]
 available = {e.name for e in entries}

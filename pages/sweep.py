@@ -35,18 +35,17 @@ entries = catalog.usable(all_entries)
 st.title("Sweep")
 store = _ui.run_store(ui_settings.workspace)  # in the page's thread: a broken store's warning shows
 _ui.warn_broken(all_entries)
+standard = [e for e in entries if e.init == "standard"]
+standard_names = [e.name for e in standard]
+# A link's recipe sets the adapters, the method, its parameters and the OSRM overlay; one on another
+# base model switches the sidebar to it first (and reruns), so it comes before "No adapters".
+codec.read_link(PREFIX, entries, with_weights=False, with_merge_settings=False, allowed_names=standard_names)
 if not entries:
     st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
     st.stop()
-
-standard = [e for e in entries if e.init == "standard"]
 if not standard:
     st.error("No standard-initialised adapters to sweep: the sweep starts from standard LoRA adapters.")
     st.stop()
-standard_names = [e.name for e in standard]
-
-# A link's recipe sets the adapters, the method, its parameters and the OSRM overlay.
-codec.read_link(PREFIX, entries, with_weights=False, with_merge_settings=False, allowed_names=standard_names)
 if codec.adapters_key(PREFIX) in st.session_state:
     st.session_state[codec.adapters_key(PREFIX)] = [
         n for n in st.session_state[codec.adapters_key(PREFIX)] if n in standard_names

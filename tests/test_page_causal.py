@@ -245,6 +245,28 @@ def test_reopening_a_causal_run_in_merge_switches_the_sidebar_to_its_base_model(
     assert at.slider(key="weight:copy-lora").value == 0.5
 
 
+@pytest.mark.parametrize("page", ["merge", "sweep"])
+def test_a_share_link_naming_another_base_model_switches_the_sidebar_to_it(monkeypatch, tmp_path, built, workspace, page):
+    from merging.recipe import Recipe
+
+    recipe = Recipe.from_dict({"adapters": [{"path": str(workspace / "adapters" / "reverse-lora"), "name": "reverse-lora",
+                                             "weight": 0.5}], "method": "ties", "parameters": {"density": 0.4},
+                               "base_model": str(built["model"]), "device": "cpu"})
+    at = _app(monkeypatch, tmp_path, workspace)  # a new session: the sidebar starts on MiniLM
+    at.query_params["recipe"] = recipe.to_url()
+    at.switch_page(f"pages/{page}.py").run()
+    for _ in range(2):  # the link is read once: a rerun keeps what it set
+        _no_exception(at)
+        assert not at.main.warning, [w.value for w in at.main.warning]  # (the sidebar says there is no zoo)
+        assert at.selectbox(key="base_model").value == str(built["model"])
+        assert at.multiselect(key=f"{page}_adapters").value == ["reverse-lora"]
+        assert at.session_state[f"{page}_method"] == "ties"
+        assert at.slider(key=f"{page}_param:ties:density").value == 0.4
+        if page == "merge":
+            assert at.slider(key="weight:reverse-lora").value == 0.5
+        at.run()
+
+
 def test_a_causal_merge_on_the_merge_page_is_stored_with_its_recipe_and_exports_a_full_model(
     monkeypatch, tmp_path, built, workspace
 ):
