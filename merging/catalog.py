@@ -10,8 +10,9 @@ the recipe and the folders alone:
   looked up among the adapters of its own folder: same task, the other init. That is why a stored
   recipe (adapter paths + `osrm: twins`) resolves the same way wherever it is re-run.
 - The catalogue reads only small JSON files, never weights, and never raises for one bad folder: a
-  broken adapter (e.g. a `mergescope.json` that is `[1]`) is listed with its error, so a page can
-  say what is wrong and offer to remove it instead of failing for every adapter.
+  broken adapter (e.g. a `mergescope.json` that is `[1]`, a `lora_alpha` that is not a number) is
+  listed with its error (`Entry.error`, the one list of broken adapters), so a page can say what is
+  wrong and offer to remove it instead of failing for every adapter.
 - Each entry says which base model it was trained on (mergescope.json's `base_model`, else PEFT's
   `base_model_name_or_path`) and, for workspace adapters, which evaluation file the user attached
   (merging.workspace keeps them). The dashboard works on one base model at a time: the entries
@@ -31,7 +32,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from merging.lora import CONFIG_FILE, META_FILE, WEIGHTS_FILE, Adapter, adapter_version, load_adapter
+from merging.lora import (
+    CONFIG_FILE,
+    META_FILE,
+    WEIGHTS_FILE,
+    Adapter,
+    AdapterError,
+    adapter_version,
+    check_lora_config,
+    check_meta,
+    load_adapter,
+    read_config,
+    read_json,
+)
 from merging.recipe import Recipe
 from merging.zoo import DEMO_BASE_MODEL, MANIFEST, Zoo, ZooError, load_zoo
 
@@ -64,21 +77,6 @@ class Entry:
 # Reading folders of adapters
 
 
-def _json_object(path: Path) -> dict[str, Any]:
-    """A small JSON file that must hold an object; ValueError names the file and what is wrong."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path.name}: not UTF-8 text") from err
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{path.name}: not valid JSON ({err})") from err
-    except OSError as err:
-        raise ValueError(f"{path.name}: cannot be read ({err.strerror or err})") from err
-    if not isinstance(data, dict):  # a bad file is a ValueError, as in every loader here
-        raise ValueError(f"{path.name}: expected a JSON object, got {type(data).__name__} {json.dumps(data)[:40]}")  # noqa: TRY004
-    return data
-
-
 def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -88,16 +86,19 @@ def _accuracy_or_none(value: Any) -> float | None:
 
 
 def adapter_entry(path: Path, source: str = "workspace") -> Entry:
-    """The catalogue entry of one adapter folder, from its JSON files only; never raises."""
+    """The catalogue entry of one adapter folder, from its JSON files only; never raises.
+
+    The config and mergescope.json get the checks load_adapter makes (merging.lora), so an adapter
+    offered here fails later only for what is in its tensors; the error names the file and field.
+    """
     path = path.resolve()
     try:
-        if not (path / CONFIG_FILE).is_file():
-            raise ValueError(f"no {CONFIG_FILE}: not a PEFT adapter folder")
-        config = _json_object(path / CONFIG_FILE)
-        if not (path / WEIGHTS_FILE).is_file():
-            raise ValueError(f"no {WEIGHTS_FILE}")
-        meta = _json_object(path / META_FILE) if (path / META_FILE).is_file() else {}
-    except ValueError as err:
+        config = read_config(path)
+        check_lora_config(config, str(path / CONFIG_FILE))
+        meta = check_meta(read_json(path / META_FILE), str(path / META_FILE)) if (path / META_FILE).is_file() else {}
+        if not (path / WEIGHTS_FILE).is_file():  # the cache keys (adapter_version) are its mtime
+            raise AdapterError(f"{path}: missing {WEIGHTS_FILE}")
+    except AdapterError as err:
         return Entry(path.name, None, "standard", path, source, error=str(err))
     return Entry(
         path.name,

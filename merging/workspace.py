@@ -20,7 +20,7 @@ it (merging.staging: same file system) and swaps it into place only when it is c
 been loaded back with :func:`merging.lora.load_adapter`. A failure of any kind, or a cancelled
 training, leaves nothing behind; what a killed process left is removed by :func:`clean_workspace`,
 which the dashboard runs when it opens a workspace. Broken adapters are listed with their problem
-(:func:`broken_adapters`) and can be removed (:func:`remove_adapter`).
+(merging.catalog: an entry's `error`) and can be removed (:func:`remove_adapter`).
 
 Zip imports are untrusted input: the compressed size, the number of members, the total
 *uncompressed* size and each member's expansion ratio are capped, from the declared sizes before
@@ -42,7 +42,6 @@ import stat
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -53,11 +52,7 @@ from merging.lora import (
     PICKLE_WEIGHTS_FILE,
     WEIGHTS_FILE,
     AdapterError,
-    check_lora_config,
-    check_meta,
     load_adapter,
-    read_config,
-    read_json,
 )
 from merging.staging import StagingError, clean_leftovers, move_into_place, staging_dir
 
@@ -632,51 +627,6 @@ def detach_eval_file(workspace: str | os.PathLike, adapter_name: str) -> None:
     evals = _read_evals(workspace)
     if evals.pop(adapter_name, None) is not None:
         _write_evals(workspace, evals)
-
-
-# ----------------------------------------------------------------------------------------------
-# Broken adapters: listed with their problem, so the user can remove them
-
-
-@dataclass(frozen=True)
-class BrokenAdapter:
-    name: str
-    path: Path
-    problem: str
-
-
-def adapter_folder_problem(path: str | os.PathLike) -> str | None:
-    """Why mergescope would refuse this adapter folder, from its small files only; None if nothing.
-
-    Checks the config and mergescope.json the way load_adapter does and that a weights file is
-    there; the tensors themselves are checked when the adapter is loaded (inspected or merged).
-    """
-    folder = Path(path)
-    try:
-        config = read_config(folder)
-        check_lora_config(config, str(folder / CONFIG_FILE))
-        if (folder / META_FILE).is_file():
-            check_meta(read_json(folder / META_FILE), str(folder / META_FILE))
-        if not (folder / WEIGHTS_FILE).is_file() and not (folder / PICKLE_WEIGHTS_FILE).is_file():
-            raise AdapterError(f"{folder}: missing {WEIGHTS_FILE}")
-    except AdapterError as err:
-        return str(err)
-    return None
-
-
-def broken_adapters(workspace: str | os.PathLike) -> list[BrokenAdapter]:
-    """The workspace's adapter folders that mergescope refuses, each with its one-line problem."""
-    folder = adapters_dir(workspace)
-    if not folder.is_dir():
-        return []
-    broken = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_dir():  # dot-folders: staging areas
-            continue
-        problem = adapter_folder_problem(path)
-        if problem:
-            broken.append(BrokenAdapter(path.name, path, problem))
-    return broken
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from merging.workspace import (
     MAX_ZIP_BYTES,
     WorkspaceError,
     attach_eval_file,
-    broken_adapters,
     check_adapter_name,
     describe_adapter_folder,
     detach_eval_file,
@@ -134,14 +133,15 @@ else:
            if other_bases else "")
     )
 
-# Broken workspace adapters: say what is wrong with each, and let the user remove it.
-broken = broken_adapters(workspace)
+# Broken workspace adapters (the catalogue's entries with an error): say what is wrong with each, and
+# let the user remove it. A broken adapter names no base model, so it is listed whatever the sidebar's.
+broken = [e for e in _ui.catalog(workspace, include_broken=True) if not e.usable and e.source == "workspace"]
 if broken:
     st.subheader("Needs attention")
     st.caption("These workspace adapters cannot be used as they are. Fix the file named, or remove the adapter.")
     for item in broken:
         left, right = st.columns([5, 1])
-        left.error(f"**{item.name}**: {item.problem}")
+        left.error(f"**{item.name}**: {item.error}")
         right.button("Remove", key=f"adapters_remove:{item.name}", on_click=_remove, args=(item.name,))
 _show_flash("adapters_remove_msg")
 

@@ -40,14 +40,42 @@ def test_the_catalogue_lists_a_broken_adapter_with_its_error_instead_of_raising(
     (no_weights / "adapter_model.safetensors").unlink()
     (workspace / "adapters" / ".staging.abc").mkdir()  # an import in progress: not listed
 
+    (workspace / "adapters" / "no-config").mkdir()
+
     entries = catalog.catalog(workspace, None)
     by_name = {e.name: e for e in entries}
-    assert set(by_name) == {"spam-standard", "spam-osrm", "topic-standard", "list-meta", "bad-json", "no-weights"}
-    assert by_name["list-meta"].error == "mergescope.json: expected a JSON object, got list [1]"
-    assert "adapter_config.json: not valid JSON" in by_name["bad-json"].error
-    assert by_name["no-weights"].error == "no adapter_model.safetensors"
+    assert set(by_name) == {"spam-standard", "spam-osrm", "topic-standard", "list-meta", "bad-json", "no-weights",
+                            "no-config"}
+    assert by_name["list-meta"].error == f"{broken / 'mergescope.json'}: expected a JSON object, got list"
+    assert by_name["bad-json"].error.startswith(f"{not_json / 'adapter_config.json'}: not valid JSON")
+    assert by_name["no-weights"].error == f"{no_weights}: missing adapter_model.safetensors"
+    assert "missing adapter_config.json" in by_name["no-config"].error
     assert [e.name for e in catalog.usable(entries)] == ["spam-osrm", "spam-standard", "topic-standard"]
     assert by_name["spam-osrm"].init == "osrm" and by_name["spam-osrm"].task == "spam"
+
+
+def test_the_catalogue_refuses_the_config_and_mergescope_json_fields_that_load_adapter_refuses(workspace):
+    """Parsing is not enough: an adapter the catalogue offers must not fail only when merged."""
+    from merging.lora import AdapterError, load_adapter
+
+    adapters = workspace / "adapters"
+    bad_alpha = _write(adapters, "bad-alpha", "spam", seed=4)
+    config = json.loads((bad_alpha / "adapter_config.json").read_text())
+    (bad_alpha / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": "sixteen"}))
+    dora = _write(adapters, "dora", "spam", seed=5)
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    bad_meta = _write(adapters, "bad-meta", "spam", seed=6)
+    (bad_meta / "mergescope.json").write_text('{"task": 5}')
+
+    by_name = {e.name: e for e in catalog.catalog(workspace, None)}
+    assert "field 'lora_alpha'" in by_name["bad-alpha"].error and "'sixteen'" in by_name["bad-alpha"].error
+    assert "DoRA" in by_name["dora"].error
+    assert "field 'task' must be a string" in by_name["bad-meta"].error
+    for name in ("bad-alpha", "dora", "bad-meta"):
+        assert str(adapters / name) in by_name[name].error  # the file is named
+        with pytest.raises(AdapterError):
+            load_adapter(adapters / name)
+    assert {e.name for e in catalog.usable(by_name.values())} == {"spam-osrm", "spam-standard", "topic-standard"}
 
 
 def test_a_broken_adapter_is_never_anyones_twin(workspace):

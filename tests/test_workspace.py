@@ -322,7 +322,7 @@ def test_train_task_adapter_cancel_leaves_nothing(tiny_base, tmp_path):
 
 
 def test_broken_adapters_are_listed_with_the_file_and_field(adapter_folder, tmp_path):
-    from merging.workspace import broken_adapters
+    from merging.catalog import catalog
 
     workspace = tmp_path / "ws"
     good = import_adapter_folder(adapter_folder, workspace, name="good")
@@ -334,7 +334,7 @@ def test_broken_adapters_are_listed_with_the_file_and_field(adapter_folder, tmp_
     (bad_alpha / "adapter_config.json").write_text(json.dumps(config))
     (adapters_dir(workspace) / "no-config").mkdir()
     (adapters_dir(workspace) / ".spam.mergescope-staging-1-x").mkdir()  # staging: not an adapter
-    listed = {b.name: b.problem for b in broken_adapters(workspace)}
+    listed = {e.name: e.error for e in catalog(workspace, None) if not e.usable}
     assert set(listed) == {"bad-meta", "bad-alpha", "no-config"}
     assert str(bad_meta / META_FILE) in listed["bad-meta"] and "JSON object" in listed["bad-meta"]
     assert "'lora_alpha'" in listed["bad-alpha"] and "'sixteen'" in listed["bad-alpha"]
