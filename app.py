@@ -3,7 +3,8 @@
 Presentation mode (a talk): the sidebar is hidden and navigation moves to the top, charts take the
 window's height (pages/_viewport reports it) with text ≥ 18 px, and the mode is kept in the URL
 (`?present=1`), so a reload or a shared link opens the same way. The server's warm-up
-(pages/_warm.py) starts with the first session; its readiness is shown until it is done.
+(pages/_warm.py) starts with the server under `mergescope dashboard` (pages/_server.py), with the
+first session under a plain `streamlit run app.py`; its readiness is shown until it is done.
 """
 
 from __future__ import annotations

@@ -330,8 +330,12 @@ def streamlit_flags(config_file: Path, leave_out: Sequence[str] = ()) -> list[st
 
 def dashboard_command(folder: Path, port: int | None, address: str, extra: Sequence[str]) -> list[str]:
     """The `streamlit run` command line: the project's settings, then --address/--port, then the caller's
-    own Streamlit flags (Streamlit keeps the last value given for a flag)."""
-    command = [sys.executable, "-m", "streamlit", "run", str(folder / "app.py")]
+    own Streamlit flags (Streamlit keeps the last value given for a flag).
+
+    Run through the app's server entry (pages/_server.py): Streamlit's own command line, which also
+    starts the server's warm-up as soon as the server runs instead of when the first browser connects.
+    """
+    command = [sys.executable, str(folder / "pages" / "_server.py"), "run", str(folder / "app.py")]
     given = {"server.address": address, "server.port": port}
     given = {name: value for name, value in given.items() if value is not None}
     command += streamlit_flags(folder / ".streamlit" / "config.toml", leave_out=tuple(given))

@@ -2,8 +2,11 @@
 the Interference page's cross-task matrix, computed once per server in a background thread.
 
 Why: a speaker opens the dashboard minutes before the talk; without this, the first merge and the
-cross-task matrix cost ~47 s in every new session. The first browser session starts it (Streamlit
-runs no script before one connects); every later session reuses the results. `readiness()` says
+cross-task matrix cost ~47 s in every new session. `mergescope dashboard` starts it with the server
+(pages/_server.py calls `start` once Streamlit's Runtime runs, and prints each step's end in the
+terminal); under a plain `streamlit run app.py` the first browser session starts it (Streamlit runs
+no script before one connects). Either way it runs once: `_started` is an `st.cache_resource`, whose
+values belong to the process, so every session's `start` returns the same Readiness, which says
 what is done, for the sidebar (or the top of a page in presentation mode).
 
 The first merge is the Merge page's defaults (the zoo's first five standard adapters, λ = 1, the
@@ -70,8 +73,9 @@ def cross_task_results() -> dict:
 
 @st.cache_resource(show_spinner=False)
 def _started(zoo_folder: str, device: str) -> Readiness:
-    """Load the model and the adapters here (the script's thread: Streamlit's caches want one), then
-    score in a daemon thread while the page renders."""
+    """Load the model and the adapters in the caller's thread (a session's script, or the server
+    entry's thread at start: the resource caches are the process's either way), then score in a
+    daemon thread while the pages render."""
     readiness = Readiness()
     built_in = _ui.zoo()
     if built_in is None:

@@ -97,6 +97,7 @@ def test_the_wheel_holds_the_library_the_app_its_settings_and_the_demo_zoo(insta
         "mergescope_app/app.py",
         "mergescope_app/pages/merge.py",
         "mergescope_app/pages/_ui.py",
+        "mergescope_app/pages/_server.py",  # what `mergescope dashboard` runs
         "mergescope_app/.streamlit/config.toml",
         "mergescope_app/zoo/manifest.json",
     ]:
@@ -205,8 +206,9 @@ def test_the_dashboard_command_puts_the_callers_choices_after_the_projects_setti
         '[server]\naddress = "127.0.0.1"\nport = 8501\n[client]\ntoolbarMode = "minimal"\n'
     )
     command = dashboard_command(tmp_path, 9123, "0.0.0.0", ["--client.toolbarMode=auto"])
-    assert command[:5] == [sys.executable, "-m", "streamlit", "run", str(tmp_path / "app.py")]
-    assert command[5:] == [
+    # the app's server entry (Streamlit's command line plus the warm-up at start), given `run app.py`
+    assert command[:4] == [sys.executable, str(tmp_path / "pages" / "_server.py"), "run", str(tmp_path / "app.py")]
+    assert command[4:] == [
         "--client.toolbarMode=minimal",
         "--server.address=0.0.0.0",
         "--server.port=9123",
@@ -257,11 +259,12 @@ def test_mergescope_dashboard_starts_from_another_folder_with_the_projects_setti
         assert health == "ok", f"no answer on port {port}; exit {process.poll()}"
         # 127.0.0.1 by default, and only there
         assert _listening_addresses(port) == {"127.0.0.1"}
-        # the process is Streamlit itself (the command replaced itself), running the installed app with
-        # every setting of the project's .streamlit/config.toml
+        # the process is Streamlit itself (the command replaced itself, by the installed server entry),
+        # running the installed app with every setting of the project's .streamlit/config.toml
         arguments = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
         arguments = [a.decode() for a in arguments if a]
-        assert arguments[1:5] == ["-m", "streamlit", "run", str(site / "mergescope_app" / "app.py")]
+        app = site / "mergescope_app"
+        assert arguments[1:4] == [str(app / "pages" / "_server.py"), "run", str(app / "app.py")]
         project = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
         assert project["runner"]["postScriptGC"] is False and project["client"]["toolbarMode"] == "minimal"
         assert "--runner.postScriptGC=false" in arguments
