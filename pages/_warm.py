@@ -30,7 +30,9 @@ from merging.methods import REGISTRY
 from merging.recipe import AdapterRef, Recipe
 from pages import _ui
 
-STEPS = ("base model", "single adapters", "first merge", "cross-task matrix")
+# "single adapters" are the ones the first merge and the matrix use (the standard five and their OSRM
+# twins); a zoo with more variants scores the rest last, so the first merge does not wait for them.
+STEPS = ("base model", "single adapters", "first merge", "cross-task matrix", "other adapters")
 
 
 @dataclass
@@ -100,9 +102,10 @@ def _warm(readiness: Readiness, lab, base_model: str, entries: list[Entry], adap
     step = "single adapters"
     try:
         standard = [e for e in entries if e.init == "standard"][:5]
-        ordered = sorted(entries, key=lambda e: e.init != "standard")
+        twins = [t for t in (twin_of(entries, e, "osrm") for e in standard) if t is not None]
+        first = standard + twins
         readiness.state[step] = "running"
-        lab.warm_up([adapters[e.name] for e in ordered])
+        lab.warm_up([adapters[e.name] for e in first])
         readiness.state[step] = "ready"
         step = "first merge"
         readiness.state[step] = "running"
@@ -113,7 +116,6 @@ def _warm(readiness: Readiness, lab, base_model: str, entries: list[Entry], adap
         step = "cross-task matrix"
         readiness.state[step] = "running"
         sets = [standard]
-        twins = [t for t in (twin_of(entries, e, "osrm") for e in standard) if t is not None]
         if len(twins) >= 2:
             sets.append(twins)
         for chosen in sets:
@@ -121,6 +123,12 @@ def _warm(readiness: Readiness, lab, base_model: str, entries: list[Entry], adap
                 lab.prepare([adapters[e.name] for e in chosen])
                 matrix = cross_task_matrix(lab.evaluator, [adapters[e.name] for e in chosen])
             cross_task_results()[(base_model, tuple(version_of(e) for e in chosen))] = matrix
+        readiness.state[step] = "ready"
+        step = "other adapters"
+        readiness.state[step] = "running"
+        others = [adapters[e.name] for e in entries if e not in first]
+        if others:
+            lab.warm_up(others)
         readiness.state[step] = "ready"
     except Exception as err:  # shown as "failed" in the readiness line; the pages still work without it
         readiness.state[step] = f"failed: {type(err).__name__}: {err}"

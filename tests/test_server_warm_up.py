@@ -101,10 +101,12 @@ def test_the_dashboard_command_warms_up_before_any_browser_connects(tiny_zoo, tm
         last = server.wait_for(lambda line: re.match(rf"{PREFIX}(ready|done) in ", line) is not None, timeout=90)
         # every step's end, in order, then the total: nothing failed on the tiny zoo
         told = server.warm_up_lines()
-        assert told[:4] == ["base model ready", "single adapters ready", "first merge ready", "cross-task matrix ready"]
+        assert told[:5] == [
+            "base model ready", "single adapters ready", "first merge ready", "cross-task matrix ready", "other adapters ready",
+        ]
         seconds = float(re.fullmatch(rf"{PREFIX}ready in (\d+\.\d) s", last).group(1))
         assert 0 < seconds < 90
-        assert len(told) == 5
+        assert len(told) == 6
         # the server still serves after its warm-up, and a stop ends it cleanly
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/_stcore/health", timeout=10) as reply:
             assert reply.read().decode() == "ok"
@@ -204,6 +206,7 @@ def test_the_report_names_each_failed_step_and_says_the_pages_work_without_it(ca
             "single adapters": "ready",
             "first merge": "failed: RuntimeError: out of memory",
             "cross-task matrix": "failed: skipped",
+            "other adapters": "failed: skipped",
         },
         seconds=12.34,
     )
@@ -213,7 +216,8 @@ def test_the_report_names_each_failed_step_and_says_the_pages_work_without_it(ca
         "mergescope warm-up: single adapters ready",
         "mergescope warm-up: first merge failed: RuntimeError: out of memory",
         "mergescope warm-up: cross-task matrix failed: skipped",
-        "mergescope warm-up: done in 12.3 s, failed: first merge, cross-task matrix (the pages work without it)",
+        "mergescope warm-up: other adapters failed: skipped",
+        "mergescope warm-up: done in 12.3 s, failed: first merge, cross-task matrix, other adapters (the pages work without it)",
     ]
     report(Readiness(state=dict.fromkeys(readiness.state, "off"), seconds=0.0))
     assert capsys.readouterr().out == "mergescope warm-up: off (MERGESCOPE_WARM_UP=0)\n"
