@@ -195,11 +195,12 @@ def _heading(view: dict) -> None:
 # 1. Magnitude variance
 
 st.subheader("Magnitude variance per layer")
-for column, view in zip(_columns(), good):
+# Two panels each: on stage, half the window is too narrow for them at 20 px, so the sets are stacked.
+for column, view in zip([st.container() for _ in good] if presentation else _columns(), good):
     with column:
         _heading(view)
         _ui.show_figure(
-            plots.magnitude_variance_by_layer(view["metrics"], view["names"], presentation=presentation),
+            plots.magnitude_variance_by_layer(view["metrics"], view["labels"], presentation=presentation),
             "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}",
         )
 

@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 from merging.plots.style import (
     _SYMBOLS,
     DIVERGING,
+    LEGEND_AT_FOOT,
     OKABE_ITO,
     PALETTE,
     SEQUENTIAL,
@@ -55,10 +56,12 @@ def magnitude_variance_by_layer(
         adapters = adapters if adapters is not None else per_layer.get("adapters")
         per_layer = per_layer["layers"]
     layers = sorted(((_layer_label(k), v) for k, v in per_layer.items()), key=lambda kv: _layer_order(kv[0]))
+    # On stage the two panels share the width at 20 px: no subplot titles (long, they ran into each other
+    # and the title), the y titles (two short lines) say which panel is which.
     fig = make_subplots(
-        rows=1, cols=2, horizontal_spacing=0.12,
-        subplot_titles=("Within each adapter: spread over input features",
-                        "Across adapters: spread of update sizes"),
+        rows=1, cols=2, horizontal_spacing=0.16 if presentation else 0.12,
+        subplot_titles=None if presentation else ("Within each adapter: spread over input features",
+                                                  "Across adapters: spread of update sizes"),
     )
     if not layers:
         return _style(_no_data(fig, "no layers"), title, presentation)
@@ -83,15 +86,19 @@ def magnitude_variance_by_layer(
         go.Bar(
             name="variance of ‖ΔW‖_F across adapters", x=labels,
             y=[_finite(v.get("norm_variance_across")) for _, v in layers],
-            marker={"color": OKABE_ITO["grey"]},
+            marker={"color": OKABE_ITO["grey"]}, showlegend=False,  # its y title says what it is
             hovertemplate="layer %{x}<br>variance across adapters: %{y:.6g}<extra></extra>",
         ),
         row=1, col=2,
     )
+    if presentation:
+        cv_title, variance_title = "CV of column norms<br>within each adapter", "Variance of ‖ΔW‖_F<br>across adapters"
+    else:
+        cv_title, variance_title = "CV of column norms (std ÷ mean, unitless)", "Variance of ‖ΔW‖_F (squared weight units)"
     fig.update_xaxes(type="category", title_text="Transformer block (layer index)")
-    fig.update_yaxes(title_text="CV of column norms (std ÷ mean, unitless)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="Variance of ‖ΔW‖_F (squared weight units)", rangemode="tozero", row=1, col=2)
-    fig.update_layout(legend={"orientation": "h", "y": -0.25})
+    fig.update_yaxes(title_text=cv_title, rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text=variance_title, rangemode="tozero", row=1, col=2)
+    fig.update_layout(legend={"orientation": "h", "y": -0.25})  # on stage: at the foot (_style)
     return _style(fig, title, presentation)
 
 
@@ -185,9 +192,12 @@ def sign_conflicts_by_layer(
     chance = _finite(chance)
     if chance is not None:
         who = f"{adapters} random updates" if adapters else "random updates"
-        fig.add_hline(y=chance, line={"dash": "dash", "color": OKABE_ITO["black"], "width": 1.5},
-                      annotation_text=f"{who} ≈ {chance:.0%}", annotation_position="bottom left",
-                      annotation_bgcolor="rgba(255,255,255,0.85)")
+        line = {"dash": "dash", "color": OKABE_ITO["black"], "width": 1.5}
+        fig.add_hline(y=chance, line={**line, "width": 2.7 if presentation else 1.5})  # as wide as the legend's
+        # Named in the legend, not written on the line: bars reach the line, a label there covers them.
+        fig.add_trace(go.Scatter(name=f"{who} ≈ {chance:.0%}", x=[None], y=[None], mode="lines", line=line,
+                                 hovertemplate="chance level %{y:.1%}<extra></extra>"))
+        fig.update_layout(legend={"orientation": "h", **LEGEND_AT_FOOT})
     fig.update_xaxes(type="category")
     fig.update_yaxes(tickformat=".0%", range=[0, 1.0])
     return _style(fig, title, presentation, x_title="Transformer block (layer index)",

@@ -75,6 +75,14 @@ _TITLE_EXTRA = 5
 # A title wraps at a word after this many characters in presentation mode, so a chart at half the
 # window's width (two heatmaps side by side at 1280 px) shows its whole title.
 _TITLE_WRAP = 34
+# Axis titles wrap at a word on stage: a y title runs along a plot ~240 px tall (a 720 px window less
+# the header and the figure's margins), an x title along a chart half the window wide.
+_Y_TITLE_WRAP = 24
+_X_TITLE_WRAP = 40
+# On stage a horizontal legend sits at the figure's foot, in the figure's own (container) coordinates:
+# Plotly grows the bottom margin to hold it however many rows it wraps to. In plot (paper)
+# coordinates it would land on the tick labels below the plot or on the title above it.
+LEGEND_AT_FOOT = {"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0, "xanchor": "left"}
 _MARKER_SCALE = 1.7
 _LINE_SCALE = 1.8
 
@@ -115,6 +123,13 @@ def _style(
         fig.update_xaxes(title_text=x_title)
     if y_title is not None:
         fig.update_yaxes(title_text=y_title)
+    if presentation:
+        fig.for_each_xaxis(lambda axis: axis.update(title_text=wrap_title(axis.title.text, _X_TITLE_WRAP))
+                           if axis.title.text else None)
+        fig.for_each_yaxis(lambda axis: axis.update(title_text=wrap_title(axis.title.text, _Y_TITLE_WRAP))
+                           if axis.title.text else None)
+        if fig.layout.legend.orientation == "h":
+            fig.update_layout(legend=LEGEND_AT_FOOT)
     # Subplot titles are annotations with their own font.
     for annotation in fig.layout.annotations or ():
         annotation.font = {"size": size}
@@ -128,6 +143,9 @@ def wrap_title(title: str, width: int) -> str:
     """Break a plain title into lines of at most ~width characters at spaces (Plotly never wraps)."""
     if "<br>" in title or len(title) <= width:
         return title
+    head, bracket, tail = title.partition(" (")
+    if bracket and len(head) <= width and len(tail) + 1 <= width:  # "Opposite signs<br>(% of touched entries)"
+        return f"{head}<br>({tail}"
     lines, line = [], ""
     for word in title.split(" "):
         if line and len(line) + 1 + len(word) > width:
