@@ -703,3 +703,17 @@ def test_titles_wrap_before_a_bracket_when_both_parts_fit():
     # a part too long for a line: words fill the lines instead
     assert wrap_title("Loss Σ cos² + μ‖δ‖² summed over all modules (unitless)", 24) == (
         "Loss Σ cos² + μ‖δ‖²<br>summed over all modules<br>(unitless)")
+
+
+@pytest.mark.parametrize("name", ["overlap_heatmap", "cosine_heatmap", "interference_heatmap", "cross_task_heatmap"])
+def test_on_stage_the_interference_heatmaps_colour_bar_title_runs_along_the_bar(name):
+    # above the bar a 20 px title ("ratio (log scale)") is wider than the bar and reaches over the cells
+    (heat,) = BUILDERS[name](True).data
+    assert heat.colorbar.title.side == "right", name
+
+
+def test_on_stage_cross_task_cells_hold_whole_percents():
+    data = {"adapters": ["A", "B"], "tasks": ["a", "b"], "accuracy": [[0.904, 0.3], [0.3, 0.9]]}
+    assert cross_task_heatmap(data).data[0].texttemplate == "%{z:.1%}"  # 90.4% in a full-width chart
+    # on stage two sit side by side: "90.4%" at 20 px is wider than a cell, "90%" fits
+    assert cross_task_heatmap(data, presentation=True).data[0].texttemplate == "%{z:.0%}"

@@ -266,6 +266,8 @@ def interference_heatmap(
         top = float(decades) if decades is not None else max([2.0] + positives)
         colorbar = {"title": {"text": "ratio"}}
         zmin, zmax, zmid = 0.0, top, 1.0
+    if presentation:  # along the bar, not over it: a 20 px title there is wider than the bar
+        colorbar["title"]["side"] = "right"
     fig.add_trace(
         go.Heatmap(
             z=z, x=[str(a) for a in adapters], y=[str(t) for t in tasks],
@@ -295,8 +297,9 @@ def cross_task_heatmap(
     fig = go.Figure(
         go.Heatmap(
             z=z, x=[str(t) for t in matrix.get("tasks", [])], y=[str(a) for a in matrix.get("adapters", [])],
-            zmin=0.0, zmax=1.0, colorscale=SEQUENTIAL, texttemplate="%{z:.1%}",
-            colorbar={"title": {"text": "accuracy"}, "tickformat": ".0%"},
+            # on stage whole percents: "90.0%" at 20 px is wider than a cell of two heatmaps side by side
+            zmin=0.0, zmax=1.0, colorscale=SEQUENTIAL, texttemplate="%{z:.0%}" if presentation else "%{z:.1%}",
+            colorbar={"title": {"text": "accuracy", "side": "right" if presentation else "top"}, "tickformat": ".0%"},
             hovertemplate="adapter %{y} on task %{x}<br>accuracy: %{z:.2%}<extra></extra>",
         )
     )
