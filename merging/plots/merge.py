@@ -186,12 +186,13 @@ def _loss_bars(tasks: Mapping[str, Mapping], title: str, presentation: bool) -> 
             continue
         fig.add_trace(go.Bar(
             name=labels[role], x=list(losses), y=values, marker={"color": ROLE_COLOURS[role]},
-            text=[f"{v:.3f}" if v is not None else "" for v in values], textposition="outside",
+            # on stage the numbers stay in the hover and the table: three to a group at 20 px they run together
+            text=None if presentation else [f"{v:.3f}" if v is not None else "" for v in values], textposition="outside",
             hovertemplate=f"%{{x}}<br>{labels[role]}: %{{y:.4f}} nats per token<extra></extra>",
         ))
     fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", "y": -0.18})
     fig.update_yaxes(rangemode="tozero")
-    return _style(fig, title, presentation, x_title="Task", y_title="Loss (nats per completion token, lower is better)")
+    return _style(fig, title, presentation, x_title="Task", y_title="Loss (nats per token, lower is better)")
 
 
 @explained(
