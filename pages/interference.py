@@ -492,7 +492,9 @@ else:
                 if result is None:
                     st.info("Not scored yet.")
                     continue
-                _ui.show_figure(plots.cross_task_heatmap(result, presentation=presentation),
+                # row names without the "-standard" they share (the column's heading says it), as on the other heatmaps
+                shown = {**result, "adapters": plots.shared_suffix_dropped(result.get("adapters") or [])}
+                _ui.show_figure(plots.cross_task_heatmap(shown, presentation=presentation),
                                 "cross_task_heatmap", f"interference_cross_{view['key']}")
 
 _remember()  # the layer and the scope radios are created below the first call

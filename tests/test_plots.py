@@ -717,3 +717,12 @@ def test_on_stage_cross_task_cells_hold_whole_percents():
     assert cross_task_heatmap(data).data[0].texttemplate == "%{z:.1%}"  # 90.4% in a full-width chart
     # on stage two sit side by side: "90.4%" at 20 px is wider than a cell, "90%" fits
     assert cross_task_heatmap(data, presentation=True).data[0].texttemplate == "%{z:.0%}"
+
+
+def test_on_stage_interference_cells_show_two_digits_and_the_hover_keeps_three():
+    matrix = [[1.0, 0.9876], [0.1234, float("inf")]]
+    normal = interference_heatmap(matrix, ["a", "b"], ["A", "B"]).data[0]
+    talk = interference_heatmap(matrix, ["a", "b"], ["A", "B"], presentation=True).data[0]
+    assert [list(r) for r in normal.text] == [["1", "0.988"], ["0.123", "∞"]]
+    assert [list(r) for r in talk.text] == [["1", "0.99"], ["0.12", "∞"]]
+    assert [list(r) for r in talk.customdata] == [["1", "0.988"], ["0.123", "∞"]]  # what the hover shows
