@@ -197,7 +197,7 @@ def sign_conflicts_by_layer(
         # Named in the legend, not written on the line: bars reach the line, a label there covers them.
         fig.add_trace(go.Scatter(name=f"{who} ≈ {chance:.0%}", x=[None], y=[None], mode="lines", line=line,
                                  hovertemplate="chance level %{y:.1%}<extra></extra>"))
-        fig.update_layout(legend={"orientation": "h", **LEGEND_AT_FOOT})
+        fig.update_layout(legend=LEGEND_AT_FOOT)
     fig.update_xaxes(type="category")
     fig.update_yaxes(tickformat=".0%", range=[0, 1.0])
     return _style(fig, title, presentation, x_title="Transformer block (layer index)",

@@ -76,9 +76,10 @@ def accuracy_bars(
 
     `score="metric"` draws each task's primary metric (accuracy, or exact match for causal-LM
     tasks; the title and axis say which). A black dash per group marks the majority-class baseline
-    (classification only): an accuracy near it means the model learned nothing. `score="loss"` draws causal tasks'
-    completion loss (nats per token, lower is better) per task, without intervals or an average.
-    The merged series is left out when no task has a merged score (an evaluation of singles only).
+    (classification only): an accuracy near it means the model learned nothing. `score="loss"`
+    draws causal tasks' completion loss (nats per token, lower is better) per task, without
+    intervals or an average. The merged series is left out when no task has a merged score (an
+    evaluation of singles only).
 
     Each group is labelled with the normalised score (merged ÷ single), over the merged bar and above
     every whisker, bar and dash of its group, where nothing can cover it: Plotly's own bar text sits

@@ -4,7 +4,8 @@ Colours come from the Okabe–Ito palette, which stays distinguishable under the
 deficiencies: base = grey, single adapter = blue, merged = orange, majority-class baseline = black.
 Standard LoRA vs OSRM initialisation: solid vs dashed lines (and circle vs square markers), so the two
 can be told apart without colour. ``presentation=True`` enlarges fonts, markers and lines for a talk
-(one helper, ``_style``, applied last).
+(one helper, ``_style``, applied last) and moves what 20 px text would run into: a horizontal legend
+goes to the figure's foot, long axis titles onto two lines.
 
 Each public figure function is decorated with :func:`explained`, which keeps its how-to-read line
 right above it and collects it into :data:`HOW_TO_READ` (figure name → line), the map the dashboard
