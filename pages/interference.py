@@ -239,7 +239,9 @@ for column, view in zip(_columns(), good):
                     plots.overlap_heatmap(data[f"{side}_overlap"], view["labels"], title=f"{title}, layer {layer}",
                                           presentation=presentation),
                     "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
-                    reserved=250,  # the section's heading, the layer slider and the set's name stay in view above it
+                    # the section's heading, the layer slider and the set's name stay in view above it, but
+                    # five rows of two-line names at 20 px need ~550 px (so at 720 px the x names run off the foot)
+                    reserved=250, least=550,
                 )
 
 # ----------------------------------------------------------------------------------------------
