@@ -376,7 +376,8 @@ def poll_until(ready: Callable[[], bool], every: float = 2.0) -> None:
     poll()
 
 
-def show_figure(figure, name: str, key: str, how_to_read: str | None = None, reserved: int | None = None) -> None:
+def show_figure(figure, name: str, key: str, how_to_read: str | None = None, reserved: int | None = None,
+                least: int = 360) -> None:
     from merging.plots import HOW_TO_READ, figure_to_html
 
     presenting = settings().presentation
@@ -384,7 +385,7 @@ def show_figure(figure, name: str, key: str, how_to_read: str | None = None, res
         # `reserved`: what stays in view above the chart; a heatmap has no metrics above it to keep in view
         if reserved is None:
             reserved = 170 if "heatmap" in name else 300
-        height = presentation_height(reserved=reserved)
+        height = presentation_height(reserved=reserved, least=least)
         if height is not None:
             figure.update_layout(height=height)
     st.plotly_chart(

@@ -195,11 +195,12 @@ def _heading(view: dict) -> None:
 # 1. Magnitude variance
 
 st.subheader("Magnitude variance per layer")
-for column, view in zip(_columns(), good):
+# Two panels each: on stage, half the window is too narrow for them at 20 px, so the sets are stacked.
+for column, view in zip([st.container() for _ in good] if presentation else _columns(), good):
     with column:
         _heading(view)
         _ui.show_figure(
-            plots.magnitude_variance_by_layer(view["metrics"], view["names"], presentation=presentation),
+            plots.magnitude_variance_by_layer(view["metrics"], view["labels"], presentation=presentation),
             "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}",
         )
 
@@ -238,6 +239,9 @@ for column, view in zip(_columns(), good):
                     plots.overlap_heatmap(data[f"{side}_overlap"], view["labels"], title=f"{title}, layer {layer}",
                                           presentation=presentation),
                     "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
+                    # the section's heading, the layer slider and the set's name stay in view above it, but
+                    # five rows of two-line names at 20 px need ~550 px (so at 720 px the x names run off the foot)
+                    reserved=250, least=550,
                 )
 
 # ----------------------------------------------------------------------------------------------
@@ -491,7 +495,9 @@ else:
                 if result is None:
                     st.info("Not scored yet.")
                     continue
-                _ui.show_figure(plots.cross_task_heatmap(result, presentation=presentation),
+                # row names without the "-standard" they share (the column's heading says it), as on the other heatmaps
+                shown = {**result, "adapters": plots.shared_suffix_dropped(result.get("adapters") or [])}
+                _ui.show_figure(plots.cross_task_heatmap(shown, presentation=presentation),
                                 "cross_task_heatmap", f"interference_cross_{view['key']}")
 
 _remember()  # the layer and the scope radios are created below the first call

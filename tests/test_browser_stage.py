@@ -10,6 +10,8 @@ presses Run merge and then checks, in the browser's own layout:
 - after a reload, presentation mode and the result are still there.
 Then the Interference page with standard vs OSRM side by side: heatmap cell numbers at ≥ 18 px that
 do not overlap their neighbours, and titles that fit their chart.
+On both pages no two pieces of chart text overlap and none reaches past its chart (the two-panel
+magnitude-variance chart included), and the accuracy chart's merged ÷ single labels clear every whisker.
 
 Screenshots (viewed when the tests were written): artifacts/stage-merge-1280x720.png,
 artifacts/stage-interference-1280x720.png and the same at 1440x900.
@@ -44,14 +46,43 @@ TEXTS = """() => {
 }"""
 
 
+# The boxes of the 95% interval whiskers Plotly drew, per chart.
+WHISKERS = """() => {
+  const out = [];
+  document.querySelectorAll('[data-testid="stPlotlyChart"]').forEach((chart, index) => {
+    chart.querySelectorAll('g.errorbar path').forEach(p => {
+      const r = p.getBoundingClientRect();
+      if (r.width === 0 && r.height === 0) return;
+      out.push({chart: index, x0: r.left, x1: r.right, y0: r.top, y1: r.bottom});
+    });
+  });
+  return out;
+}"""
+
+
+def _meet(a: dict, b: dict, slack: float = 2.0) -> bool:
+    return min(a["x1"], b["x1"]) - max(a["x0"], b["x0"]) > slack and min(a["y1"], b["y1"]) - max(a["y0"], b["y0"]) > slack
+
+
+def _clashes(texts: list[dict]) -> list[tuple[str, str]]:
+    """Pieces of text in one chart whose boxes overlap: run-together labels, a legend on a title."""
+    return [(a["text"], b["text"]) for i, a in enumerate(texts) for b in texts[i + 1:]
+            if a["chart"] == b["chart"] and _meet(a, b)]
+
+
+def _cut(texts: list[dict]) -> list[str]:
+    """Text reaching past its chart's box: a y title longer than the plot is tall, a label off the edge."""
+    return [t["text"] for t in texts if t["x0"] < t["cx0"] - 1 or t["x1"] > t["cx1"] + 1
+            or t["y0"] < t["cy0"] - 1 or t["y1"] > t["cy1"] + 1]
+
+
 def _small(texts: list[dict]) -> list[tuple[str, float]]:
     return [(t["text"], t["size"]) for t in texts if t["size"] < MIN_PX]
 
 
 def _overlapping_cells(texts: list[dict]) -> list[tuple[str, str]]:
     """In the subspace-overlap heatmaps, pieces of text (cell values, tick labels, titles) whose boxes
-    overlap another's in the same chart: run-together numbers or names. (The magnitude-variance chart
-    above them, two subplots in half the width, still overlaps on stage: not checked yet.)"""
+    overlap another's in the same chart: run-together numbers or names."""
     heatmaps = {t["chart"] for t in texts if t["text"] == "overlap φ"}
     cells = [t for t in texts if t["chart"] in heatmaps]
     assert heatmaps, "no subspace-overlap heatmap on screen"
@@ -106,6 +137,14 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         assert len(texts) > 20, texts
         assert not _small(texts), _small(texts)
         assert not _cut_titles(texts), _cut_titles(texts)
+        assert not _clashes(texts), _clashes(texts)[:10]
+        assert not _cut(texts), _cut(texts)
+        # the merged ÷ single labels (annotations) clear every whisker
+        labels = [t for t in texts if "annotation-text" in t["cls"]]
+        assert labels, texts
+        whiskers = page.evaluate(WHISKERS)
+        assert whiskers
+        assert not [(t["text"], w) for t in labels for w in whiskers if t["chart"] == w["chart"] and _meet(t, w, 0)]
 
         # a reload keeps presentation mode and the result (both are in the URL)
         assert "present=1" in page.url and "run=" in page.url
@@ -123,4 +162,12 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         texts = page.evaluate(TEXTS)
         assert not _small(texts), _small(texts)
         assert not _overlapping_cells(texts), _overlapping_cells(texts)[:10]
+        if height >= 900:  # at 720 px five rows of two-line names need more than the window leaves
+            # scrolled to the section, its first pair of heatmaps (standard, OSRM) ends inside the window
+            bottoms = sorted(t["cy1"] for t in texts if t["text"] == "overlap φ")  # one colour-bar title per chart
+            assert len(bottoms) >= 2 and bottoms[1] <= height + 1, (bottoms, height)
         assert not _cut_titles(texts), _cut_titles(texts)
+        # every chart of the page, the two-panel magnitude variance too: nothing runs together or off the edge
+        assert any("within each adapter" in t["text"] for t in texts), "no magnitude-variance chart"
+        assert not _clashes(texts), _clashes(texts)[:10]
+        assert not _cut(texts), _cut(texts)

@@ -112,8 +112,9 @@ def test_accuracy_bars_groups_values_and_normalised_text():
     assert list(single.y) == [0.9, 0.8, 0.85]
     assert merged.y[:2] == pytest.approx((0.8, 0.6))
     assert merged.y[2] == pytest.approx(0.7)
-    # merged ÷ single written on the merged bars: 0.8/0.9 = 89%, 0.6/0.8 = 75%
-    assert list(merged.text[:2]) == ["89% of single", "75% of single"]
+    # merged ÷ single written over the merged bars: 0.8/0.9 = 89%, 0.6/0.8 = 75%, (89+75)/2 = 82%
+    assert [a.text for a in fig.layout.annotations] == ["89% of single", "75% of single", "82% of single"]
+    assert not merged.text  # not Plotly's bar text, which sits on the bar's end under its whisker
     majority = by_name(fig, "majority-class baseline")
     assert list(majority.y) == [0.55, 0.5, 0.525]
     assert majority.mode == "markers"
@@ -304,12 +305,15 @@ def test_sign_conflicts_by_layer_sorted_with_the_chance_line_for_the_adapters_ch
     from merging.metrics import chance_sign_conflict_rate
 
     fig = sign_conflicts_by_layer({None: 0.2, 1: 0.4, 0: 0.6}, chance=chance_sign_conflict_rate(5), adapters=5)
-    (bar,) = fig.data
+    bar = by_name(fig, "sign conflicts")
     assert list(bar.x) == ["0", "1", "other"]
     assert list(bar.y) == [0.6, 0.4, 0.2]
     # five adapters: the line sits at 1 − 2⁻⁴ = 93.75 %, not at two adapters' 50 %
     assert any(shape.y0 == pytest.approx(0.9375) and shape.line.dash == "dash" for shape in fig.layout.shapes)
-    assert "5 random updates ≈ 94%" in fig.layout.annotations[0].text
+    # named in the legend with the line's own dash, not written over the bars that reach up to it
+    assert not fig.layout.annotations
+    reference = by_name(fig, "5 random updates ≈ 94%")
+    assert reference.line.dash == "dash" and reference.showlegend is not False
     # without a chance level there is no line that could mislead
     assert not sign_conflicts_by_layer({0: 0.6}).layout.shapes
     # the adapter_metrics layout works the same way
@@ -574,3 +578,151 @@ def test_heatmap_ticks_drop_a_suffix_every_adapter_shares_but_never_merge_two_na
     assert shared_suffix_dropped(["sst2-standard", "trec-osrm"]) == ["sst2-standard", "trec-osrm"]
     assert shared_suffix_dropped(["a-x", "a-x"]) == ["a-x", "a-x"]  # would become two identical labels
     assert shared_suffix_dropped(["solo-standard"]) == ["solo-standard"]
+
+
+# ----------------------------------------------------------------------------------------------
+# On stage (presentation=True): no text on a whisker, on another text, or past its chart
+
+STAGE_FONT_PX = 20  # FONT_SIZE[True]: what a 1280 × 720 projector shows, ≥ 18 px
+SMALLEST_STAGE_PLOT_PX = 160  # plot area of a 360 px chart (presentation_height's least) less margins
+
+
+def with_intervals() -> dict:
+    """result() with hand-picked 95% intervals: task a's highest point is the single bar's whisker top
+    (0.95), task b has no intervals (its highest point is the single bar, 0.8), the average's is the
+    single whisker top too (0.9)."""
+    data = result()
+    data["tasks"]["a"]["interval"] = {"base": [0.4, 0.6], "single": [0.85, 0.95], "merged": [0.7, 0.85]}
+    data["tasks"]["b"]["interval"] = None
+    data["average_interval"] = {"base": [0.4, 0.5], "single": [0.8, 0.9], "merged": [0.66, 0.74]}
+    return data
+
+
+def bar_tops(fig: go.Figure) -> dict[str, list[float]]:
+    """Per category, every height something reaches there: bar ends, whisker tops, majority dashes."""
+    tops: dict[str, list[float]] = {}
+    for trace in fig.data:
+        for i, (x, y) in enumerate(zip(trace.x, trace.y)):
+            if y is None:
+                continue
+            up = trace.error_y.array[i] if trace.type == "bar" and trace.error_y.array is not None else None
+            tops.setdefault(x, []).append(y + (up or 0.0))
+    return tops
+
+
+@pytest.mark.parametrize("presentation", [False, True])
+def test_accuracy_labels_sit_over_the_merged_bar_above_every_whisker_of_their_group(presentation):
+    fig = accuracy_bars(with_intervals(), presentation=presentation)
+    merged = by_name(fig, "merged")
+    groups = list(merged.x)
+    labels = list(fig.layout.annotations)
+    assert [a.text for a in labels] == (["89%", "75%", "82%"] if presentation else
+                                        ["89% of single", "75% of single", "82% of single"])
+    tops = bar_tops(fig)
+    # the hand-picked highest point of each group: a's single whisker, b's single bar, the average's whisker
+    assert [max(tops[g]) for g in groups] == pytest.approx([0.95, 0.8, 0.9])
+    for position, (group, label) in enumerate(zip(groups, labels)):
+        # horizontally over the merged bar: inside the span Plotly draws it in (category index + offset)
+        assert position + merged.offset < label.x < position + merged.offset + merged.width, (group, label.x)
+        # vertically above everything drawn in its group, growing upwards from there
+        assert label.y >= max(tops[group]) - 1e-12, group
+        assert label.yanchor == "bottom" and label.yshift > 0 and label.showarrow is False
+    assert labels[0].y == pytest.approx(0.95) and labels[1].y == pytest.approx(0.8)
+    # the bars are side by side: the merged one does not overlap the single one
+    single = by_name(fig, "single adapter")
+    assert single.offset + single.width <= merged.offset + 1e-12
+
+
+def test_accuracy_label_clears_a_majority_dash_above_its_bars():
+    data = result(0.1, 0.6)
+    data["tasks"]["a"].update(single=0.2, base=0.15, majority=0.7, normalized=0.5)
+    fig = accuracy_bars(data, presentation=True)
+    assert fig.layout.annotations[0].text == "50%"
+    assert fig.layout.annotations[0].y == pytest.approx(0.7)
+
+
+def test_accuracy_labels_over_a_full_bar_fit_under_the_axis_top_and_no_tick_claims_more_than_100():
+    data = result(1.0, 0.6)
+    data["tasks"]["a"].update(single=1.0, normalized=1.0)
+    fig = accuracy_bars(data, presentation=True)
+    top = max(a.y for a in fig.layout.annotations)
+    assert top == pytest.approx(1.0)
+    low, high = fig.layout.yaxis.range
+    room_px = (high - top) / (high - low) * SMALLEST_STAGE_PLOT_PX
+    assert room_px >= 1.2 * STAGE_FONT_PX + fig.layout.annotations[0].yshift, room_px  # a line of text is ~1.2 em
+    assert max(fig.layout.yaxis.tickvals) == 1.0
+
+
+def test_loss_bars_and_singles_only_have_no_ratio_labels():
+    assert not accuracy_bars(result(None, None), presentation=True).layout.annotations
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_on_stage_no_two_annotations_share_a_place_and_all_text_is_at_least_18px(name):
+    fig = BUILDERS[name](True)
+    places = [(a.xref, a.yref, a.x, a.y, a.xanchor, a.yanchor, a.yshift) for a in fig.layout.annotations]
+    assert len(places) == len(set(places)), (name, places)
+    sizes = [fig.layout.font.size, fig.layout.title.font.size, fig.layout.legend.font.size]
+    sizes += [a.font.size for a in fig.layout.annotations]
+    sizes += [t.textfont.size for t in fig.data if getattr(t, "text", None) is not None or
+              getattr(t, "texttemplate", None)]
+    assert min(sizes) >= 18, (name, sizes)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_on_stage_axis_titles_wrap_to_fit_and_a_horizontal_legend_sits_at_the_foot(name):
+    fig = BUILDERS[name](True)
+    for axis_name in [k for k in fig.layout if k.startswith(("xaxis", "yaxis"))]:
+        text = fig.layout[axis_name].title.text or ""
+        limit = 24 if axis_name.startswith("y") else 40  # ~240 px of plot height, half a 1280 px window
+        assert all(len(line) <= limit for line in text.split("<br>")), (name, axis_name, text)
+    legend = fig.layout.legend
+    if legend.orientation == "h":
+        # in the figure's own coordinates, at its bottom: Plotly grows the margin to hold every row
+        assert (legend.yref, legend.y, legend.yanchor) == ("container", 0, "bottom"), name
+
+
+def test_magnitude_variance_on_stage_has_no_subplot_titles_and_says_which_panel_in_its_y_titles():
+    normal = magnitude_variance_by_layer(METRIC_LAYERS, ["sst2", "spam"])
+    talk = magnitude_variance_by_layer(METRIC_LAYERS, ["sst2", "spam"], presentation=True)
+    assert len(normal.layout.annotations) == 2  # the subplot titles, at 13 px they fit
+    assert not talk.layout.annotations  # at 20 px they ran into each other, the title and the legend
+    assert "within each adapter" in talk.layout.yaxis.title.text
+    assert "across adapters" in talk.layout.yaxis2.title.text
+    # the two panels' tick labels and y titles need the room between them
+    assert talk.layout.xaxis2.domain[0] - talk.layout.xaxis.domain[1] > normal.layout.xaxis2.domain[0] - normal.layout.xaxis.domain[1]
+    # one legend entry per adapter; the bars' meaning is their y title
+    assert [t.name for t in talk.data if t.showlegend is not False] == ["sst2", "spam"]
+
+
+def test_titles_wrap_before_a_bracket_when_both_parts_fit():
+    from merging.plots.style import wrap_title
+
+    assert wrap_title("Opposite signs (% of touched entries)", 24) == "Opposite signs<br>(% of touched entries)"
+    assert wrap_title("Accuracy (%)", 24) == "Accuracy (%)"
+    # a part too long for a line: words fill the lines instead
+    assert wrap_title("Loss Σ cos² + μ‖δ‖² summed over all modules (unitless)", 24) == (
+        "Loss Σ cos² + μ‖δ‖²<br>summed over all modules<br>(unitless)")
+
+
+@pytest.mark.parametrize("name", ["overlap_heatmap", "cosine_heatmap", "interference_heatmap", "cross_task_heatmap"])
+def test_on_stage_the_interference_heatmaps_colour_bar_title_runs_along_the_bar(name):
+    # above the bar a 20 px title ("ratio (log scale)") is wider than the bar and reaches over the cells
+    (heat,) = BUILDERS[name](True).data
+    assert heat.colorbar.title.side == "right", name
+
+
+def test_on_stage_cross_task_cells_hold_whole_percents():
+    data = {"adapters": ["A", "B"], "tasks": ["a", "b"], "accuracy": [[0.904, 0.3], [0.3, 0.9]]}
+    assert cross_task_heatmap(data).data[0].texttemplate == "%{z:.1%}"  # 90.4% in a full-width chart
+    # on stage two sit side by side: "90.4%" at 20 px is wider than a cell, "90%" fits
+    assert cross_task_heatmap(data, presentation=True).data[0].texttemplate == "%{z:.0%}"
+
+
+def test_on_stage_interference_cells_show_two_digits_and_the_hover_keeps_three():
+    matrix = [[1.0, 0.9876], [0.1234, float("inf")]]
+    normal = interference_heatmap(matrix, ["a", "b"], ["A", "B"]).data[0]
+    talk = interference_heatmap(matrix, ["a", "b"], ["A", "B"], presentation=True).data[0]
+    assert [list(r) for r in normal.text] == [["1", "0.988"], ["0.123", "∞"]]
+    assert [list(r) for r in talk.text] == [["1", "0.99"], ["0.12", "∞"]]
+    assert [list(r) for r in talk.customdata] == [["1", "0.988"], ["0.123", "∞"]]  # what the hover shows

@@ -74,3 +74,11 @@ def test_sweep_and_runs_charts_take_the_loss_of_each_point_and_run():
     compared = plots.runs_comparison(runs, metric="exact match")
     assert compared.layout.title.text.startswith("Merged exact match of the selected runs")
     assert _traces(compared)["run 1"]["average"] == 0.375
+
+
+def test_on_stage_the_loss_bars_carry_no_numbers_that_could_run_together():
+    normal, talk = plots.accuracy_bars(CAUSAL, score="loss"), plots.accuracy_bars(CAUSAL, score="loss", presentation=True)
+    assert list(normal.data[0].text) == ["4.500", "4.000"]
+    # three bars to a task in half the window: 20 px numbers would overlap; hover and the table keep them
+    assert all(trace.text is None for trace in talk.data)
+    assert all("%{y:.4f}" in trace.hovertemplate for trace in talk.data)

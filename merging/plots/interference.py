@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 from merging.plots.style import (
     _SYMBOLS,
     DIVERGING,
+    LEGEND_AT_FOOT,
     OKABE_ITO,
     PALETTE,
     SEQUENTIAL,
@@ -55,10 +56,12 @@ def magnitude_variance_by_layer(
         adapters = adapters if adapters is not None else per_layer.get("adapters")
         per_layer = per_layer["layers"]
     layers = sorted(((_layer_label(k), v) for k, v in per_layer.items()), key=lambda kv: _layer_order(kv[0]))
+    # On stage the two panels share the width at 20 px: no subplot titles (long, they ran into each other
+    # and the title), the y titles (two short lines) say which panel is which.
     fig = make_subplots(
-        rows=1, cols=2, horizontal_spacing=0.12,
-        subplot_titles=("Within each adapter: spread over input features",
-                        "Across adapters: spread of update sizes"),
+        rows=1, cols=2, horizontal_spacing=0.16 if presentation else 0.12,
+        subplot_titles=None if presentation else ("Within each adapter: spread over input features",
+                                                  "Across adapters: spread of update sizes"),
     )
     if not layers:
         return _style(_no_data(fig, "no layers"), title, presentation)
@@ -83,15 +86,19 @@ def magnitude_variance_by_layer(
         go.Bar(
             name="variance of ‖ΔW‖_F across adapters", x=labels,
             y=[_finite(v.get("norm_variance_across")) for _, v in layers],
-            marker={"color": OKABE_ITO["grey"]},
+            marker={"color": OKABE_ITO["grey"]}, showlegend=False,  # its y title says what it is
             hovertemplate="layer %{x}<br>variance across adapters: %{y:.6g}<extra></extra>",
         ),
         row=1, col=2,
     )
+    if presentation:
+        cv_title, variance_title = "CV of column norms<br>within each adapter", "Variance of ‖ΔW‖_F<br>across adapters"
+    else:
+        cv_title, variance_title = "CV of column norms (std ÷ mean, unitless)", "Variance of ‖ΔW‖_F (squared weight units)"
     fig.update_xaxes(type="category", title_text="Transformer block (layer index)")
-    fig.update_yaxes(title_text="CV of column norms (std ÷ mean, unitless)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="Variance of ‖ΔW‖_F (squared weight units)", rangemode="tozero", row=1, col=2)
-    fig.update_layout(legend={"orientation": "h", "y": -0.25})
+    fig.update_yaxes(title_text=cv_title, rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text=variance_title, rangemode="tozero", row=1, col=2)
+    fig.update_layout(legend={"orientation": "h", "y": -0.25})  # on stage: at the foot (_style)
     return _style(fig, title, presentation)
 
 
@@ -185,16 +192,19 @@ def sign_conflicts_by_layer(
     chance = _finite(chance)
     if chance is not None:
         who = f"{adapters} random updates" if adapters else "random updates"
-        fig.add_hline(y=chance, line={"dash": "dash", "color": OKABE_ITO["black"], "width": 1.5},
-                      annotation_text=f"{who} ≈ {chance:.0%}", annotation_position="bottom left",
-                      annotation_bgcolor="rgba(255,255,255,0.85)")
+        line = {"dash": "dash", "color": OKABE_ITO["black"], "width": 1.5}
+        fig.add_hline(y=chance, line={**line, "width": 2.7 if presentation else 1.5})  # as wide as the legend's
+        # Named in the legend, not written on the line: bars reach the line, a label there covers them.
+        fig.add_trace(go.Scatter(name=f"{who} ≈ {chance:.0%}", x=[None], y=[None], mode="lines", line=line,
+                                 hovertemplate="chance level %{y:.1%}<extra></extra>"))
+        fig.update_layout(legend=LEGEND_AT_FOOT)
     fig.update_xaxes(type="category")
     fig.update_yaxes(tickformat=".0%", range=[0, 1.0])
     return _style(fig, title, presentation, x_title="Transformer block (layer index)",
                   y_title="Opposite signs (% of touched entries)")
 
 
-def _interference_cell(value: Any) -> tuple[float | None, str]:
+def _interference_cell(value: Any, digits: int = 3) -> tuple[float | None, str]:
     """(plotted value, label): inf and NaN have no colour but keep their meaning in the cell text."""
     if value is None:
         return None, "n/a"
@@ -203,7 +213,7 @@ def _interference_cell(value: Any) -> tuple[float | None, str]:
         return None, "n/a"
     if math.isinf(number):
         return None, "∞"
-    return number, f"{number:.3g}"
+    return number, f"{number:.{digits}g}"
 
 
 def interference_decades(*matrices: Any) -> int:
@@ -241,7 +251,9 @@ def interference_heatmap(
     """
     rows = [[_interference_cell(v) for v in _values(row)] for row in _values(matrix)]
     raw = [[v for v, _ in row] for row in rows]
-    text = [[t for _, t in row] for row in rows]
+    text = [[t for _, t in row] for row in rows]  # the hover's exact ratio
+    # in the cells on stage two digits: "0.988" beside "0.928" at 20 px left no gap in a half-width chart
+    cells = [[_interference_cell(v, 2 if presentation else 3)[1] for v in _values(row)] for row in _values(matrix)]
     positives = [v for row in raw for v in row if v is not None and v > 0]
     fig = go.Figure()
     if log:
@@ -256,11 +268,13 @@ def interference_heatmap(
         top = float(decades) if decades is not None else max([2.0] + positives)
         colorbar = {"title": {"text": "ratio"}}
         zmin, zmax, zmid = 0.0, top, 1.0
+    if presentation:  # along the bar, not over it: a 20 px title there is wider than the bar
+        colorbar["title"]["side"] = "right"
     fig.add_trace(
         go.Heatmap(
             z=z, x=[str(a) for a in adapters], y=[str(t) for t in tasks],
             zmin=zmin, zmax=zmax, zmid=zmid, colorscale=DIVERGING, reversescale=True,
-            text=text, texttemplate="%{text}", customdata=text, colorbar=colorbar,
+            text=cells, texttemplate="%{text}", customdata=text, colorbar=colorbar,
             hovertemplate="inputs of task %{y}<br>adapter %{x}<br>ratio: %{customdata}<extra></extra>",
         )
     )
@@ -285,8 +299,9 @@ def cross_task_heatmap(
     fig = go.Figure(
         go.Heatmap(
             z=z, x=[str(t) for t in matrix.get("tasks", [])], y=[str(a) for a in matrix.get("adapters", [])],
-            zmin=0.0, zmax=1.0, colorscale=SEQUENTIAL, texttemplate="%{z:.1%}",
-            colorbar={"title": {"text": "accuracy"}, "tickformat": ".0%"},
+            # on stage whole percents: "90.0%" at 20 px is wider than a cell of two heatmaps side by side
+            zmin=0.0, zmax=1.0, colorscale=SEQUENTIAL, texttemplate="%{z:.0%}" if presentation else "%{z:.1%}",
+            colorbar={"title": {"text": "accuracy", "side": "right" if presentation else "top"}, "tickformat": ".0%"},
             hovertemplate="adapter %{y} on task %{x}<br>accuracy: %{z:.2%}<extra></extra>",
         )
     )

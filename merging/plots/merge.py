@@ -33,6 +33,12 @@ from merging.plots.values import (
     metric_name,
 )
 
+BAR_GAP = 0.25  # share of each task's slot left empty between groups of bars
+# The merged ÷ single labels sit this many pixels above what they must clear (a whisker cap, a dash's
+# stroke), and the axis runs this far past 100% (a fifth of the plot) to hold a label over a full bar.
+LABEL_LIFT_PX = 4
+LABEL_HEADROOM = 0.22
+
 
 def _whiskers(values: Sequence[float | None], intervals: Sequence[Any]) -> dict | None:
     """Plotly asymmetric error bars from [low, high] per bar; None when no bar has an interval."""
@@ -69,11 +75,15 @@ def accuracy_bars(
     """Grouped bars base / single / merged per task plus an 'average' group, from ``EvaluationResult.to_dict()``.
 
     `score="metric"` draws each task's primary metric (accuracy, or exact match for causal-LM
-    tasks; the title and axis say which). The merged bars carry the normalised score (merged ÷
-    single) as text, and a black dash per group marks the majority-class baseline (classification
-    only): an accuracy near it means the model learned nothing. `score="loss"` draws causal tasks'
-    completion loss (nats per token, lower is better) per task, without intervals or an average.
-    The merged series is left out when no task has a merged score (an evaluation of singles only).
+    tasks; the title and axis say which). A black dash per group marks the majority-class baseline
+    (classification only): an accuracy near it means the model learned nothing. `score="loss"`
+    draws causal tasks' completion loss (nats per token, lower is better) per task, without
+    intervals or an average. The merged series is left out when no task has a merged score (an
+    evaluation of singles only).
+
+    Each group is labelled with the normalised score (merged ÷ single), over the merged bar and above
+    every whisker, bar and dash of its group, where nothing can cover it: Plotly's own bar text sits
+    on the bar's end, under the whisker, or (inside) on a short bar's whisker and the dash.
     """
     if score not in ("metric", "loss"):
         raise ValueError(f"score must be 'metric' or 'loss', got {score!r}")
@@ -93,37 +103,36 @@ def accuracy_bars(
     fig = go.Figure()
     causal = has_loss(results)  # causal tasks: no heads, no majority class
     labels = {"base": "base model" if causal else "base body + task head", "single": "single adapter", "merged": "merged"}
-    for role in ("base", "single", "merged"):
+    roles = [r for r in ("base", "single", "merged") if r != "merged" or any(v is not None for v in column(r)[:-1])]
+    # what each group's label must clear: every bar's top or whisker top, and the majority dash
+    tops: list[list[float | None]] = [[None] * len(groups) if causal else column("majority")]
+    width = (1.0 - BAR_GAP) / len(roles)
+    offsets = {}
+    for index, role in enumerate(roles):
         values = column(role)
-        if role == "merged" and all(v is None for v in values[:-1]):
-            continue
         whiskers = _whiskers(values, [(i or {}).get(role) if isinstance(i, Mapping) else None for i in intervals])
+        # Each bar's place in its group is stated, not left to Plotly, so the labels can be put above it.
+        offsets[role] = -(1.0 - BAR_GAP) / 2 + index * width
         bar = go.Bar(
             name=labels[role],
             x=groups,
             y=values,
+            offset=offsets[role],
+            width=width,
             marker={"color": ROLE_COLOURS[role]},
             hovertemplate=f"%{{x}}<br>{labels[role]}: %{{y:.2%}}<extra></extra>",
         )
+        bounds = _interval_bounds(values, whiskers) if whiskers else [(None, None)] * len(values)
+        tops.append([high if high is not None else value for value, (_, high) in zip(values, bounds)])
         if whiskers:
             bar.error_y = whiskers
-            bar.customdata = [[lo, hi] for lo, hi in _interval_bounds(values, whiskers)]
+            bar.customdata = [[lo, hi] for lo, hi in bounds]
             bar.hovertemplate = (
                 f"%{{x}}<br>{labels[role]}: %{{y:.2%}}<br>95% interval: %{{customdata[0]:.1%}}–%{{customdata[1]:.1%}}"
                 "<extra></extra>"
             )
         if role == "merged":
             normalized = column("normalized")
-            # on stage the label is the number alone, so it fits above a bar at ≥ 18 px
-            label = "{:.0%}" if presentation else "{:.0%} of single"
-            bar.text = [label.format(n) if n is not None else "" for n in normalized]
-            # on stage inside the bar's foot: above it the label would sit on the whisker
-            bar.textposition = "inside" if presentation else "outside"
-            if presentation:
-                bar.insidetextanchor = "start"
-                bar.textangle = 0
-                bar.textfont = {"color": OKABE_ITO["black"]}
-            bounds = _interval_bounds(values, whiskers) if whiskers else [(None, None)] * len(values)
             bar.customdata = [[n, lo, hi] for n, (lo, hi) in zip(normalized, bounds)]
             bar.hovertemplate = (
                 "%{x}<br>merged: %{y:.2%}<br>normalised (merged ÷ single): %{customdata[0]:.2%}"
@@ -133,10 +142,22 @@ def accuracy_bars(
         fig.add_trace(bar)
     if not causal:
         fig.add_trace(_majority_dashes(groups, column("majority")))
-    # on stage the legend sits above the plot, clear of the (larger) task labels
-    legend_y = {"y": 1.0, "yanchor": "bottom", "x": 0.0} if presentation else {"y": -0.18}
-    fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", **legend_y})
+    if "merged" in roles:
+        # on stage the label is the number alone, so it fits over one bar at ≥ 18 px
+        label = "{:.0%}" if presentation else "{:.0%} of single"
+        centre = offsets["merged"] + width / 2
+        for position, (normalized, group_top) in enumerate(zip(column("normalized"), zip(*tops))):
+            clear = max((t for t in group_top if t is not None), default=None)
+            if normalized is None or clear is None:
+                continue
+            # Above every whisker, bar and dash of its group, over the merged bar: nothing can cover it.
+            fig.add_annotation(x=position + centre, y=clear, yanchor="bottom", yshift=LABEL_LIFT_PX,
+                               text=label.format(normalized), showarrow=False, name="merged ÷ single")
+    fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.18})  # on stage: at the foot (_style)
     _accuracy_axis(fig)
+    if fig.layout.annotations:
+        # room above 100% for a label over a full bar; ticks stop at 100%, no accuracy lies above it
+        fig.update_yaxes(range=[0, 1.0 + LABEL_HEADROOM], tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
     return _style(fig, title, presentation, x_title="Task", y_title=f"{name.capitalize()} (%)")
 
 
@@ -166,12 +187,13 @@ def _loss_bars(tasks: Mapping[str, Mapping], title: str, presentation: bool) -> 
             continue
         fig.add_trace(go.Bar(
             name=labels[role], x=list(losses), y=values, marker={"color": ROLE_COLOURS[role]},
-            text=[f"{v:.3f}" if v is not None else "" for v in values], textposition="outside",
+            # on stage the numbers stay in the hover and the table: three to a group at 20 px they run together
+            text=None if presentation else [f"{v:.3f}" if v is not None else "" for v in values], textposition="outside",
             hovertemplate=f"%{{x}}<br>{labels[role]}: %{{y:.4f}} nats per token<extra></extra>",
         ))
     fig.update_layout(barmode="group", bargap=0.25, legend={"orientation": "h", "y": -0.18})
     fig.update_yaxes(rangemode="tozero")
-    return _style(fig, title, presentation, x_title="Task", y_title="Loss (nats per completion token, lower is better)")
+    return _style(fig, title, presentation, x_title="Task", y_title="Loss (nats per token, lower is better)")
 
 
 @explained(

@@ -4,7 +4,8 @@ Colours come from the Okabe–Ito palette, which stays distinguishable under the
 deficiencies: base = grey, single adapter = blue, merged = orange, majority-class baseline = black.
 Standard LoRA vs OSRM initialisation: solid vs dashed lines (and circle vs square markers), so the two
 can be told apart without colour. ``presentation=True`` enlarges fonts, markers and lines for a talk
-(one helper, ``_style``, applied last).
+(one helper, ``_style``, applied last) and moves what 20 px text would run into: a horizontal legend
+goes to the figure's foot, long axis titles onto two lines.
 
 Each public figure function is decorated with :func:`explained`, which keeps its how-to-read line
 right above it and collects it into :data:`HOW_TO_READ` (figure name → line), the map the dashboard
@@ -75,6 +76,14 @@ _TITLE_EXTRA = 5
 # A title wraps at a word after this many characters in presentation mode, so a chart at half the
 # window's width (two heatmaps side by side at 1280 px) shows its whole title.
 _TITLE_WRAP = 34
+# Axis titles wrap at a word on stage: a y title runs along a plot ~240 px tall (a 720 px window less
+# the header and the figure's margins), an x title along a chart half the window wide.
+_Y_TITLE_WRAP = 24
+_X_TITLE_WRAP = 40
+# On stage a horizontal legend sits at the figure's foot, in the figure's own (container) coordinates:
+# Plotly grows the bottom margin to hold it however many rows it wraps to. In plot (paper)
+# coordinates it would land on the tick labels below the plot or on the title above it.
+LEGEND_AT_FOOT = {"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0, "xanchor": "left"}
 _MARKER_SCALE = 1.7
 _LINE_SCALE = 1.8
 
@@ -115,6 +124,13 @@ def _style(
         fig.update_xaxes(title_text=x_title)
     if y_title is not None:
         fig.update_yaxes(title_text=y_title)
+    if presentation:
+        fig.for_each_xaxis(lambda axis: axis.update(title_text=wrap_title(axis.title.text, _X_TITLE_WRAP))
+                           if axis.title.text else None)
+        fig.for_each_yaxis(lambda axis: axis.update(title_text=wrap_title(axis.title.text, _Y_TITLE_WRAP))
+                           if axis.title.text else None)
+        if fig.layout.legend.orientation == "h":
+            fig.update_layout(legend=LEGEND_AT_FOOT)
     # Subplot titles are annotations with their own font.
     for annotation in fig.layout.annotations or ():
         annotation.font = {"size": size}
@@ -128,6 +144,9 @@ def wrap_title(title: str, width: int) -> str:
     """Break a plain title into lines of at most ~width characters at spaces (Plotly never wraps)."""
     if "<br>" in title or len(title) <= width:
         return title
+    head, bracket, tail = title.partition(" (")
+    if bracket and len(head) <= width and len(tail) + 1 <= width:  # "Opposite signs<br>(% of touched entries)"
+        return f"{head}<br>({tail}"
     lines, line = [], ""
     for word in title.split(" "):
         if line and len(line) + 1 + len(word) > width:
