@@ -26,6 +26,7 @@ import streamlit as st
 
 from merging.catalog import Entry, twin_of, zoo_entries
 from merging.evaluation import cross_task_matrix
+from merging.lora import adapter_version
 from merging.methods import REGISTRY
 from merging.recipe import AdapterRef, Recipe
 from pages import _ui
@@ -52,10 +53,10 @@ class Readiness:
         return " · ".join(f"{marks.get(v, '✗')} {k}" + ("" if v in marks else f" ({v})") for k, v in self.state.items())
 
 
-def version_of(entry: Entry) -> tuple[str, float]:
-    """(path, weights mtime): the key the Interference page uses for a set of adapters."""
-    weights = entry.path / "adapter_model.safetensors"
-    return str(entry.path), (weights.stat().st_mtime if weights.exists() else 0.0)
+def version_of(entry: Entry) -> tuple[str, str]:
+    """(path, merging.lora.adapter_version): the key the Interference page uses for a set of adapters
+    (the path first, so the page can load the adapters back from the key)."""
+    return str(entry.path), adapter_version(entry.path)
 
 
 def default_recipe(entries: list[Entry], device: str) -> Recipe | None:

@@ -111,8 +111,8 @@ if len(names) < 2:
 # The sets of adapters to show: the chosen ones, and with the toggle their OSRM twins
 
 
-def _version(entry: _ui.Entry) -> tuple[str, float]:
-    """(path, weights mtime): the same key `_ui.load_adapter_cached` (and the warm-up) use."""
+def _version(entry: _ui.Entry) -> tuple[str, str]:
+    """(path, adapter version): the same key the server's warm-up uses."""
     return _warm.version_of(entry)
 
 
@@ -140,7 +140,7 @@ if side_by_side:
 
 
 @st.cache_data(show_spinner="Computing interference metrics from the LoRA factors…", max_entries=32)
-def _factor_metrics(versions: tuple[tuple[str, float], ...], density: float) -> dict:
+def _factor_metrics(versions: tuple[tuple[str, str], ...], density: float) -> dict:
     """All factor-based metrics of one set of adapters; keyed by folder paths, mtimes and density."""
     adapters = [_ui.load_adapter_cached(Path(path)) for path, _ in versions]
     return metrics.adapter_metrics(adapters, device="cpu", density=density)  # small r × r work: CPU is fastest
