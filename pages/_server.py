@@ -97,6 +97,9 @@ def main(argv: list[str]) -> None:
         sys.path[0] = str(APP_FOLDER)
     elif str(APP_FOLDER) not in sys.path:
         sys.path.insert(0, str(APP_FOLDER))
+    from pages._ui import app_navigation_only
+
+    app_navigation_only()  # a deep link as the first request still goes through app.py
     threading.Thread(target=warm_up_at_server_start, name="mergescope-server-start-warm-up", daemon=True).start()
     from streamlit.web import cli
 

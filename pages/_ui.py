@@ -39,6 +39,25 @@ from merging.runs import RunStore
 from merging.workspace import clean_workspace
 from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
 
+
+def app_navigation_only() -> None:
+    """Make app.py's st.navigation the only navigation, from the server's first request on.
+
+    Why: a folder named pages/ beside the main script makes Streamlit (1.67) treat the app as a
+    version-1 multipage app until some script calls st.navigation: a deep link (/tour?present=1) as
+    the first request of a fresh server then runs pages/tour.py *without* app.py — no sidebar
+    settings, no presentation mode — and lists every file of pages/ as a page, helpers (_ui, _warm)
+    included. The flag Streamlit keeps for this is process-wide; `mergescope dashboard`
+    (pages/_server.py) clears it before the server starts, and importing this module clears it
+    under a plain `streamlit run app.py` (there only the server's very first run is the old kind).
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    PagesManager.uses_pages_directory = False
+
+
+app_navigation_only()
+
 # The workspace a new session starts with; MERGESCOPE_WORKSPACE sets another (tests, demos).
 DEFAULT_WORKSPACE = Path(os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
 # The base model a new session starts with: MERGESCOPE_BASE_MODEL (a folder or a cached Hub id),

@@ -221,3 +221,21 @@ def test_the_report_names_each_failed_step_and_says_the_pages_work_without_it(ca
     ]
     report(Readiness(state=dict.fromkeys(readiness.state, "off"), seconds=0.0))
     assert capsys.readouterr().out == "mergescope warm-up: off (MERGESCOPE_WARM_UP=0)\n"
+
+
+@pytest.mark.browser
+def test_a_deep_link_as_a_fresh_servers_first_request_opens_the_page_inside_the_app(tiny_zoo, tmp_path):
+    """A speaker's link to one page (/runs here, /tour?present=1 in a talk) as the very first request:
+    app.py must run around the page (its sidebar settings, its seven pages), not the page alone with
+    every file of pages/ — helpers included — listed as a page (Streamlit's pages/ folder mode)."""
+    from tests.browser_support import browser_page
+
+    with launched(tmp_path, MERGESCOPE_ZOO=str(tiny_zoo), MERGESCOPE_WARM_UP="0") as server, \
+            browser_page(1280, 720) as page:  # fmt: skip
+        server.wait_for(lambda line: "URL: http://127.0.0.1:" in line, timeout=60)
+        page.goto(f"http://127.0.0.1:{server.port}/runs", timeout=60_000)
+        page.get_by_text("Workspace folder").first.wait_for(timeout=90_000)  # app.py's sidebar
+        page.locator('[data-testid="stSidebarNavLink"]').first.wait_for(timeout=30_000)
+        names = [n.strip().splitlines()[-1].strip() for n in page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()]  # the last line: the icon's name comes first
+        assert names == ["Merge", "Interference", "Sweep", "Search", "Adapters", "Runs", "Tour"], names
+        page.get_by_role("heading", name="Runs").first.wait_for(timeout=60_000)  # and the page itself
