@@ -134,8 +134,8 @@ def tour_steps(zoo: Zoo) -> Tour:
         Step("singles", "1 · Each adapter alone", "singles", "singles", (NAIVE,), naive_recipe),
         Step("naive", "2 · Merge them: task arithmetic", "accuracy", "naive", (NAIVE,), naive_recipe,
              label="Task arithmetic (λ = 1)"),
-        Step("overlap", "3 · Why: they read the same input directions", "overlap", "overlap", (FACTORS,), naive_recipe),
-        Step("signs", "4 · Why: they push weights in opposite directions", "signs", "signs", (FACTORS,), naive_recipe),
+        Step("overlap", "3 · Why? Do they read the same input directions?", "overlap", "overlap", (FACTORS,), naive_recipe),
+        Step("signs", "4 · Why? Do they push weights in opposite directions?", "signs", "signs", (FACTORS,), naive_recipe),
     ]
     for key, label, method, parameters, do in FIXES:
         recipe = _recipe(standard, method, parameters, do=do, base_model=base)
