@@ -49,7 +49,7 @@ class Readiness:
     def line(self) -> str:
         if all(value == "off" for value in self.state.values()):
             return "server warm-up off (MERGESCOPE_WARM_UP=0)"
-        marks = {"ready": "✓", "waiting": "…", "running": "⏳"}
+        marks = {"ready": "✓", "waiting": "…", "running": "→"}  # no emoji: some fonts on stage machines lack them
         return " · ".join(f"{marks.get(v, '✗')} {k}" + ("" if v in marks else f" ({v})") for k, v in self.state.items())
 
 
