@@ -154,7 +154,10 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
 
         # Interference, standard vs OSRM side by side
         page.get_by_role("link", name="Interference").click()
-        page.get_by_text("Side by side: standard LoRA vs OSRM").click()
+        # a page switch waits for the Merge page's run to reach a checkpoint: under a loaded CI runner
+        # this took over Playwright's default 30 s once (2 cores, two torch threads per server)
+        page.get_by_role("heading", name="Interference").first.wait_for(timeout=120_000)
+        page.get_by_text("Side by side: standard LoRA vs OSRM").click(timeout=120_000)
         _wait_for_charts(page, 6)
         page.get_by_text("Subspace overlap", exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(1500)
