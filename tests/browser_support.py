@@ -33,6 +33,29 @@ CHROMIUM_ARGS = [
 ]
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Ask a server to stop (SIGTERM); kill it if it has not within `timeout` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def shown_charts(page) -> dict[str, dict[str, dict[str, float]]]:
+    """{chart title: {trace name: {x: y}}} of every Plotly chart as the browser drew it."""
+    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+    figures = page.evaluate(
+        """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(plot => ({
+            title: String((plot.layout && plot.layout.title && plot.layout.title.text) || ''),
+            traces: (plot._fullData || plot.data).map(t => ({
+                name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || [])}))
+        }))"""
+    )
+    return {f["title"]: {t["name"]: dict(zip(t["x"], t["y"])) for t in f["traces"]} for f in figures}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,11 +91,7 @@ def running_app(env: dict[str, str] | None = None, timeout: float = 90.0) -> Ite
             time.sleep(0.3)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, timeout=10)
         if log is not subprocess.DEVNULL:
             log.close()
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.browser_support import ROOT, browser_page, running_app
+from tests.browser_support import ROOT, browser_page, running_app, shown_charts
 
 pytestmark = pytest.mark.browser
 
@@ -83,17 +83,10 @@ def cli_result(process: subprocess.Popen) -> dict:
 
 def shown_accuracy_chart(page) -> dict[str, dict[str, float]]:
     """{trace name: {task: value}} of the 'Accuracy per task' chart as Plotly drew it."""
-    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
-    figures = page.evaluate(
-        """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(plot => ({
-            title: String((plot.layout && plot.layout.title && plot.layout.title.text) || ''),
-            traces: (plot._fullData || plot.data).map(t => ({
-                name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || [])}))
-        }))"""
-    )
-    charts = [f for f in figures if "Accuracy per task" in f["title"]]
-    assert len(charts) == 1, [f["title"] for f in figures]
-    return {trace["name"]: dict(zip(trace["x"], trace["y"])) for trace in charts[0]["traces"]}
+    charts = shown_charts(page)
+    titles = [title for title in charts if "Accuracy per task" in title]
+    assert len(titles) == 1, list(charts)
+    return charts[titles[0]]
 
 
 def shown_table(page) -> dict[str, dict[str, float]]:

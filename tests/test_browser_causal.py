@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from merging.workspace import attach_eval_file
-from tests.browser_support import ROOT, browser_page, running_app
+from tests.browser_support import ROOT, browser_page, running_app, shown_charts
 from tests.causal_workspace import TASKS, build_causal_workspace
 from tests.test_browser import cli_result, start_cli_evaluate
 
@@ -31,19 +31,6 @@ pytestmark = pytest.mark.browser
 LOWERED = "copy-lora"  # its λ goes from 1.00 to 0.60 (8 steps of 0.05)
 LOWERED_TO = 0.6
 SCREENSHOT = "browser-causal-merge.png"
-
-
-def shown_charts(page) -> dict[str, dict[str, dict[str, float]]]:
-    """{chart title: {trace name: {task: value}}} of every Plotly chart as the browser drew it."""
-    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
-    figures = page.evaluate(
-        """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(plot => ({
-            title: String((plot.layout && plot.layout.title && plot.layout.title.text) || ''),
-            traces: (plot._fullData || plot.data).map(t => ({
-                name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || [])}))
-        }))"""
-    )
-    return {f["title"]: {t["name"]: dict(zip(t["x"], t["y"])) for t in f["traces"]} for f in figures}
 
 
 def shown_table(page) -> dict[str, dict[str, str]]:

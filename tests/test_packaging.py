@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from merging.cli import app_folder, dashboard_command, streamlit_flags
+from tests.browser_support import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 # What setup.py and pyproject.toml build the wheel from.
@@ -279,10 +280,5 @@ def test_mergescope_dashboard_starts_from_another_folder_with_the_projects_setti
         assert environ["MERGESCOPE_ZOO"] == str(site / "mergescope_app" / "zoo")
         assert environ["HF_HUB_OFFLINE"] == "1"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop_process(process)
     assert process.returncode is not None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_support import free_port
+from tests.browser_support import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "mergescope warm-up: "
@@ -87,12 +87,7 @@ def launched(tmp_path: Path, **env: str) -> Iterator[Launched]:
         yield Launched(process, port)
     finally:
         if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
+            stop_process(process)
 
 
 def test_the_dashboard_command_warms_up_before_any_browser_connects(tiny_zoo, tmp_path):
