@@ -199,9 +199,16 @@ class CausalEvaluator:
 
     def add_task_file(self, path: str, name: str, owner: Adapter | None = None) -> CausalEvalSet:
         """Every row of a user's prompt/completion or chat JSONL file as the task `name`."""
+        eval_set = self.eval_set_from_file(path, name, owner)
+        self.add_eval_set(eval_set)
+        return eval_set
+
+    def eval_set_from_file(self, path: str, name: str, owner: Adapter | None = None) -> CausalEvalSet:
+        """Every row of the file, in file order, rendered for this tokenizer (not added)."""
         from merging.tasks.completions import read_causal_task
 
-        return self.add_task(read_causal_task(path, name))
+        task = read_causal_task(path, name)
+        return CausalEvalSet(task.name, task.rendered(self.tokenizer), task.source)
 
     def data_key(self, task: str) -> str:
         """Identifies the task's scored examples: caches keyed by it never mix two versions of a file."""

@@ -407,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="search per-adapter λ (and density) with Optuna, in-process or on Ray")
     search.add_argument("recipe", help="recipe file (JSON or YAML): the adapters, the method, the starting point")
     search.add_argument("--trials", type=int, default=30, help="budget: merges + dev evaluations (default 30)")
-    search.add_argument("--objective", choices=["average", "normalized", "worst_task"], default="average")
+    search.add_argument("--objective", choices=["average", "normalized", "worst_task", "loss"], default="average",
+                        help="what the trials optimise: average (mean merged score), normalized, worst_task, or loss "
+                             "(mean completion loss of causal tasks, lower is better)")
     search.add_argument("--params", default="weights", help="what to search: weights, density or weights,density")
     search.add_argument("--bounds", default="0,1.5", help="λ range LOW,HIGH for every adapter (default 0,1.5)")
     search.add_argument("--density-bounds", default="0.1,1", help="density range LOW,HIGH (default 0.1,1)")
@@ -416,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--workers", type=int, help="Ray actors (default: one per CPU of the cluster)")
     search.add_argument("--seed", type=int, default=0, help="sampler seed and dev-split seed")
     search.add_argument("--sampler", choices=["tpe", "cmaes"], default="tpe")
-    search.add_argument("--dev-size", type=int, default=64, help="dev examples per task, from its training data")
+    search.add_argument("--dev-size", type=int, default=64,
+                        help="dev examples per task: from its training data, or (a task with an evaluation file and no "
+                             "'dev' file) at most half of the evaluation file's rows, the rest for the final report")
     search.add_argument("--workspace", help="run store folder (default: $MERGESCOPE_WORKSPACE or ./workspace)")
     search.add_argument("--no-store", action="store_true", help="do not write trials to the run store")
     search.add_argument("--no-report", action="store_true", help="skip the final report on the evaluation split")
