@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from merging.search_split import plan_splits
 from merging.tasks.split import carve_dev_rows
 from tests.causal_fixtures import hand_loss_and_greedy, model_with_updates
 from tests.causal_workspace import TASKS, build_causal_workspace
+from tests.test_search import local_ray  # noqa: F401  (the Ray fixture of the search tests)
 
 pytest.importorskip("optuna")
 
@@ -174,3 +176,15 @@ def test_the_plan_is_stated_from_the_files_alone(workspace):
     for plan in plans:
         assert len(plan.dev_rows) == 3 and len(plan.final_rows) == plan.rows - 3
         assert not set(plan.dev_rows) & set(plan.final_rows)
+
+
+def test_ray_workers_score_a_causal_recipe_as_the_in_process_search_does(workspace, local_ray, one_thread):  # noqa: F811
+    recipe = recipe_from_dict(recipe_data(workspace))
+    on_ray = run_search(recipe, 2, objective="loss", dev_size=4, ray=True, workers=1, report=False)
+    here = run_search(recipe, 2, objective="loss", dev_size=4, report=False)
+    assert on_ray.backend.startswith("ray") and on_ray.study.failed == []
+    assert all(not o.worker.endswith(f":{os.getpid()}") for o in on_ray.study.outcomes)
+    for remote, local in zip(on_ray.study.outcomes, here.study.outcomes):
+        assert remote.params == local.params
+        assert math.isclose(remote.dev_objective, local.dev_objective, rel_tol=1e-6)
+    assert [s.statement() for s in on_ray.splits] == [s.statement() for s in here.splits]
