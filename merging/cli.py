@@ -1,6 +1,6 @@
 """`python -m merging …`: the library from the command line.
 
-Every command prints JSON on stdout. Bad input of any kind exits with status 2 and one line on
+Every command prints JSON on stdout (`evaluate` a readable table unless `--json`). Bad input of any kind exits with status 2 and one line on
 stderr; a merge writes its output folder atomically, so a failure never leaves a folder that looks
 valid. Installed (`pip install .`), the same commands are `mergescope …`; `mergescope dashboard`
 starts the Streamlit app with the project's settings from any working folder.
@@ -155,7 +155,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     results["dtype"] = str(next(lab.model.parameters()).dtype).removeprefix("torch.")
     results["memory"] = peak_memory(lab.device)  # one base copy + the work: what this evaluation needed
-    _print_json(results)
+    rows = None
+    if args.examples:
+        from merging.examples import side_by_side
+
+        carried = dict(run.merged.adapter.saved_modules) or None
+        rows = side_by_side(lab, adapters, recipe, args.examples, run.merged.adapter.modules, carried)
+    if args.json:
+        _print_json(results if rows is None else {**results, "examples": rows})
+        return 0
+    from merging.text_report import evaluation_text, examples_text
+
+    print(evaluation_text(results))
+    if rows:
+        print(f"\nExamples side by side (greedy, the reference's length; loss in nats per token):\n")
+        print(examples_text(rows))
     return 0
 
 
@@ -275,6 +289,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     _print_json(result.to_dict())
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 def _pair(text: str, flag: str) -> tuple[float, float]:
@@ -398,7 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="merge, then per-task scores (accuracy; exact match and loss for causal LMs): base, single, merged"
     )
     evaluate.add_argument("recipe", help="recipe file (JSON or YAML)")
-    evaluate.add_argument("--json", action="store_true", help="print JSON (the only format for now)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON (default: a readable table)")
+    evaluate.add_argument("--examples", type=_positive, default=0, metavar="N",
+                          help="causal tasks: show N prompts per task with the reference and the base / single / "
+                               "merged greedy outputs, each with its loss and perplexity")
     evaluate.add_argument("--dtype", choices=DTYPE_CHOICES, help="overrides the recipe's dtype (auto: bfloat16 on "
                           "CUDA, float32 on the CPU)")
     evaluate.set_defaults(run=cmd_evaluate)
