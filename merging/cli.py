@@ -168,7 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     print(evaluation_text(results))
     if rows:
-        print(f"\nExamples side by side (greedy, the reference's length; loss in nats per token):\n")
+        print("\nExamples side by side (greedy, the reference's length; loss in nats per token):\n")
         print(examples_text(rows))
     return 0
 
