@@ -188,3 +188,25 @@ def test_ray_workers_score_a_causal_recipe_as_the_in_process_search_does(workspa
         assert remote.params == local.params
         assert math.isclose(remote.dev_objective, local.dev_objective, rel_tol=1e-6)
     assert [s.statement() for s in on_ray.splits] == [s.statement() for s in here.splits]
+
+
+def test_a_classification_eval_file_is_split_the_same_way(tiny_zoo, tmp_path, one_thread):
+    import csv
+
+    from merging.lab import task_data_for
+    from merging.lora import load_adapter
+
+    folder = tiny_zoo / "sms_spam-standard"
+    data = task_data_for(load_adapter(folder))
+    path = tmp_path / "spam.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for text, label in zip(data.eval_texts, data.eval_labels):
+            writer.writerow([text, data.labels[label]])
+    rows = len(data.eval_texts)
+    recipe = recipe_from_dict({"adapters": [{"path": str(folder), "eval": str(path)}], "device": "cpu"})
+    out = run_search(recipe, 1, dev_size=4, shared_grid=(1.0,)).to_dict()
+    assert out["split"][0]["statement"] == f"spam: dev = 4 of the {rows} rows of spam.csv (seeded sample, seed 0); final report on the other {rows - 4}"
+    assert round(out["best"]["evaluation"]["tasks"]["spam"]["merged"] * (rows - 4), 9).is_integer()
+    assert out["trials"][0]["dev_objective"] * 4 == round(out["trials"][0]["dev_objective"] * 4)
