@@ -219,6 +219,10 @@ class CausalEvaluator:
         """Identifies the task's scored examples: caches keyed by it never mix two versions of a file."""
         return self._data_keys[task]
 
+    def encoded(self, task: str) -> list[EncodedExample]:
+        """The task's examples as the model reads them (ids, left cut), in file order."""
+        return list(self._encoded[task])
+
     def truncated(self, task: str) -> int:
         """How many prompts of `task` lost tokens from the left to fit max_length."""
         return sum(1 for e in self._encoded[task] if e.cut)

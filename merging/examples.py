@@ -78,7 +78,7 @@ def side_by_side(
             "single": lambda a: (a.modules, dict(a.saved_modules) or None),
             "merged": lambda a: (merged_modules, dict(merged_carried) if merged_carried else None),
         }
-        chosen = {task: evaluator._encoded[task][:count] for task in tasks}
+        chosen = {task: evaluator.encoded(task)[:count] for task in tasks}
         sets = {task: evaluator.eval_sets[task].examples[:count] for task in tasks}
         outputs: dict[tuple[str, int, str], tuple[str, float]] = {}
         for role in roles:
