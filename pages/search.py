@@ -67,9 +67,11 @@ with controls:
         codec.method_controls(PREFIX, method)  # the method's own controls, from its schema
         codec.osrm_control(PREFIX)
     with middle:
+        # the completion loss exists for causal tasks only: offered when the sidebar's model is a causal LM
+        offered = [o for o in OBJECTIVES if o != "loss" or _ui.base_model_status(ui_settings.base_model)[0] == "causal"]
         objective = st.radio(
-            "Objective", OBJECTIVES, key="search_objective", persist_state=KEEP,
-            captions=[OBJECTIVE_HELP[o] for o in OBJECTIVES],
+            "Objective", offered, key="search_objective", persist_state=KEEP,
+            captions=[OBJECTIVE_HELP[o] for o in offered],
         )
         search_density = st.toggle(
             "Search the density too", value=False, key="search_with_density", persist_state=KEEP,

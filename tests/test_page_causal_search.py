@@ -47,3 +47,9 @@ def test_the_search_page_minimises_the_loss_of_causal_tasks_and_states_the_split
         assert row["perplexity"] == pytest.approx(2.718281828 ** row["mean loss"], rel=1e-3)
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any("loss on the dev split" in t for t in titles), titles
+
+
+def test_the_loss_objective_is_offered_only_for_a_causal_base_model(app_test):
+    at = app_test.switch_page("pages/search.py").run()  # the demo zoo: classification
+    _no_exception(at)
+    assert "loss" not in at.radio(key="search_objective").options
