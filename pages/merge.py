@@ -67,7 +67,9 @@ with controls:
         "Adapters",
         [e.name for e in entries],
         key=codec.adapters_key(PREFIX), persist_state="session",
-        help="One adapter per task; each task is scored with the merged body and its own head.",
+        help="One adapter per task; each task is scored with the merged body"
+        + (" on its evaluation file (exact match and completion loss)." if _ui.base_model_status(ui_settings.base_model)[0]
+           == "causal" else " and its own head."),
     )
     osrm_mode = codec.osrm_control(PREFIX)
     if names:
@@ -330,7 +332,8 @@ if last:
     osrm = results.get("osrm") or {}
     if osrm.get("twins"):
         st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
-                + " — their heads score the tasks, so the base bars use those heads too.")
+                + (" — the base bars are the base model alone." if plots.has_loss(results) else
+                   " — their heads score the tasks, so the base bars use those heads too."))
     if osrm.get("posthoc"):
         st.info("Projected post-hoc onto OSRM's subspace: " + ", ".join(osrm["posthoc"]) + ".")
     if plots.has_loss(results):  # causal tasks: the metric and, beside it, the completion loss
