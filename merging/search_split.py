@@ -112,6 +112,7 @@ def plan_splits(recipe: Recipe, adapters: Sequence[Adapter], dev_size: int, seed
             continue
         rows = _row_count(eval_file)
         if ref.dev is not None:
+            _row_count(ref.dev)  # a missing or malformed dev file is refused before any model loads
             plans[task] = TaskSplit(task, adapter.name, eval_file, ref.dev, rows, (), seed, dev_size)
             continue
         try:

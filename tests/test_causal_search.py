@@ -210,3 +210,19 @@ def test_a_classification_eval_file_is_split_the_same_way(tiny_zoo, tmp_path, on
     assert out["split"][0]["statement"] == f"spam: dev = 4 of the {rows} rows of spam.csv (seeded sample, seed 0); final report on the other {rows - 4}"
     assert round(out["best"]["evaluation"]["tasks"]["spam"]["merged"] * (rows - 4), 9).is_integer()
     assert out["trials"][0]["dev_objective"] * 4 == round(out["trials"][0]["dev_objective"] * 4)
+
+
+def test_a_missing_dev_file_or_a_one_row_eval_file_is_one_clear_line(workspace, tmp_path, capsys):
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps(recipe_data(workspace, dev={"copy": tmp_path / "no-such-dev.jsonl"})))
+    assert main(["search", str(recipe_file), "--trials", "1", "--no-store"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no-such-dev.jsonl" in err and "Traceback" not in err
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(rows_of(workspace["evals"]["copy"])[0]) + "\n")
+    data = recipe_data(workspace)
+    data["adapters"][0]["eval"] = str(one)
+    recipe_file.write_text(json.dumps(data))
+    assert main(["search", str(recipe_file), "--trials", "1", "--no-store"]) == 2
+    err = capsys.readouterr().err
+    assert "one.jsonl (task one): 1 row(s): carving a dev split needs at least 2" in err and "'dev' file" in err
