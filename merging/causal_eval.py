@@ -1,7 +1,9 @@
 """Scoring a causal LM on prompt/completion tasks: completion loss and exact match.
 
 For each example the model reads ``tokenizer(prompt).input_ids + tokenizer(completion,
-add_special_tokens=False).input_ids``; a prompt that does not fit ``max_length`` with its
+add_special_tokens=False).input_ids`` — for a chat rendered by its template, the ids
+``apply_chat_template(tokenize=True)`` gives instead (merging.tasks.completions.render_chat: the
+template's own special tokens, no second ``<s>``); a prompt that does not fit ``max_length`` with its
 completion loses tokens from its *left* (the end of a prompt is what the answer depends on), and
 every such cut is counted and reported. A completion that alone fills ``max_length`` is refused
 with the file and line, because scoring part of it would not be the task the user wrote.
@@ -63,8 +65,11 @@ class EncodedExample:
 def encode_example(tokenizer: Any, example: CompletionExample, max_length: int, source: str = "") -> EncodedExample:
     """Token ids of one example, the prompt cut from the left so that the whole fits `max_length`."""
     where = f"{source}, line {example.line}" if source else f"line {example.line}"
-    prompt = list(tokenizer(example.prompt).input_ids)
-    completion = list(tokenizer(example.completion, add_special_tokens=False).input_ids)
+    prompt = list(example.prompt_ids) if example.prompt_ids is not None else list(tokenizer(example.prompt).input_ids)
+    completion = (
+        list(example.completion_ids) if example.completion_ids is not None
+        else list(tokenizer(example.completion, add_special_tokens=False).input_ids)
+    )
     if not completion:
         raise EvaluationError(f"{where}: the completion gives no tokens")
     if not prompt:
@@ -199,13 +204,24 @@ class CausalEvaluator:
 
     def add_task_file(self, path: str, name: str, owner: Adapter | None = None) -> CausalEvalSet:
         """Every row of a user's prompt/completion or chat JSONL file as the task `name`."""
+        eval_set = self.eval_set_from_file(path, name, owner)
+        self.add_eval_set(eval_set)
+        return eval_set
+
+    def eval_set_from_file(self, path: str, name: str, owner: Adapter | None = None) -> CausalEvalSet:
+        """Every row of the file, in file order, rendered for this tokenizer (not added)."""
         from merging.tasks.completions import read_causal_task
 
-        return self.add_task(read_causal_task(path, name))
+        task = read_causal_task(path, name)
+        return CausalEvalSet(task.name, task.rendered(self.tokenizer), task.source)
 
     def data_key(self, task: str) -> str:
         """Identifies the task's scored examples: caches keyed by it never mix two versions of a file."""
         return self._data_keys[task]
+
+    def encoded(self, task: str) -> list[EncodedExample]:
+        """The task's examples as the model reads them (ids, left cut), in file order."""
+        return list(self._encoded[task])
 
     def truncated(self, task: str) -> int:
         """How many prompts of `task` lost tokens from the left to fit max_length."""

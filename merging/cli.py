@@ -1,6 +1,6 @@
 """`python -m merging …`: the library from the command line.
 
-Every command prints JSON on stdout. Bad input of any kind exits with status 2 and one line on
+Every command prints JSON on stdout (`evaluate` a readable table unless `--json`). Bad input of any kind exits with status 2 and one line on
 stderr; a merge writes its output folder atomically, so a failure never leaves a folder that looks
 valid. Installed (`pip install .`), the same commands are `mergescope …`; `mergescope dashboard`
 starts the Streamlit app with the project's settings from any working folder.
@@ -155,7 +155,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     results["dtype"] = str(next(lab.model.parameters()).dtype).removeprefix("torch.")
     results["memory"] = peak_memory(lab.device)  # one base copy + the work: what this evaluation needed
-    _print_json(results)
+    rows = None
+    if args.examples:
+        from merging.examples import side_by_side
+
+        carried = dict(run.merged.adapter.saved_modules) or None
+        rows = side_by_side(lab, adapters, recipe, args.examples, run.merged.adapter.modules, carried)
+    if args.json:
+        _print_json(results if rows is None else {**results, "examples": rows})
+        return 0
+    from merging.text_report import evaluation_text, examples_text
+
+    print(evaluation_text(results))
+    if rows:
+        print("\nExamples side by side (greedy, the reference's length; loss in nats per token):\n")
+        print(examples_text(rows))
     return 0
 
 
@@ -275,6 +289,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     _print_json(result.to_dict())
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 def _pair(text: str, flag: str) -> tuple[float, float]:
@@ -398,7 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="merge, then per-task scores (accuracy; exact match and loss for causal LMs): base, single, merged"
     )
     evaluate.add_argument("recipe", help="recipe file (JSON or YAML)")
-    evaluate.add_argument("--json", action="store_true", help="print JSON (the only format for now)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON (default: a readable table)")
+    evaluate.add_argument("--examples", type=_positive, default=0, metavar="N",
+                          help="causal tasks: show N prompts per task with the reference and the base / single / "
+                               "merged greedy outputs, each with its loss and perplexity")
     evaluate.add_argument("--dtype", choices=DTYPE_CHOICES, help="overrides the recipe's dtype (auto: bfloat16 on "
                           "CUDA, float32 on the CPU)")
     evaluate.set_defaults(run=cmd_evaluate)
@@ -407,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="search per-adapter λ (and density) with Optuna, in-process or on Ray")
     search.add_argument("recipe", help="recipe file (JSON or YAML): the adapters, the method, the starting point")
     search.add_argument("--trials", type=int, default=30, help="budget: merges + dev evaluations (default 30)")
-    search.add_argument("--objective", choices=["average", "normalized", "worst_task"], default="average")
+    search.add_argument("--objective", choices=["average", "normalized", "worst_task", "loss"], default="average",
+                        help="what the trials optimise: average (mean merged score), normalized, worst_task, or loss "
+                             "(mean completion loss of causal tasks, lower is better)")
     search.add_argument("--params", default="weights", help="what to search: weights, density or weights,density")
     search.add_argument("--bounds", default="0,1.5", help="λ range LOW,HIGH for every adapter (default 0,1.5)")
     search.add_argument("--density-bounds", default="0.1,1", help="density range LOW,HIGH (default 0.1,1)")
@@ -416,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--workers", type=int, help="Ray actors (default: one per CPU of the cluster)")
     search.add_argument("--seed", type=int, default=0, help="sampler seed and dev-split seed")
     search.add_argument("--sampler", choices=["tpe", "cmaes"], default="tpe")
-    search.add_argument("--dev-size", type=int, default=64, help="dev examples per task, from its training data")
+    search.add_argument("--dev-size", type=int, default=64,
+                        help="dev examples per task: from its training data, or (a task with an evaluation file and no "
+                             "'dev' file) at most half of the evaluation file's rows, the rest for the final report")
     search.add_argument("--workspace", help="run store folder (default: $MERGESCOPE_WORKSPACE or ./workspace)")
     search.add_argument("--no-store", action="store_true", help="do not write trials to the run store")
     search.add_argument("--no-report", action="store_true", help="skip the final report on the evaluation split")

@@ -376,8 +376,14 @@ class Evaluator:
         return cache[key]
 
     def add_task_file(self, path: str, name: str, owner: Adapter | None = None) -> EvalSet:
-        """Every row of a user's text,label file as the task's evaluation set. Label indices follow
-        the adapter's own label order (its head's outputs) when it records one."""
+        """Every row of a user's text,label file as the task's evaluation set (see eval_set_from_file)."""
+        eval_set = self.eval_set_from_file(path, name, owner)
+        self.add_eval_set(eval_set)
+        return eval_set
+
+    def eval_set_from_file(self, path: str, name: str, owner: Adapter | None = None) -> EvalSet:
+        """Every row of a user's text,label file, in file order, as an evaluation set (not added).
+        Label indices follow the adapter's own label order (its head's outputs) when it records one."""
         from merging.tasks import TaskError, read_task_file
         from merging.tasks.files import _label_order
         from merging.tasks.split import clean_text
@@ -390,9 +396,7 @@ class Evaluator:
                 f"{Path(path).name}: label {unknown[0]!r} is not one the adapter {owner.name if owner else ''} "
                 f"was trained on ({', '.join(labels)})"
             )
-        eval_set = EvalSet(name, labels, [clean_text(text) for text, _ in rows], [labels.index(label) for _, label in rows])
-        self.add_eval_set(eval_set)
-        return eval_set
+        return EvalSet(name, labels, [clean_text(text) for text, _ in rows], [labels.index(label) for _, label in rows])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -129,7 +129,6 @@ class Lab:
     def _add_task_file(self, path: str, task: str, owner: Adapter) -> None:
         """Read a user's evaluation file as `task` (again if the file changed since)."""
         from merging.tasks import TaskError
-        from merging.tasks.completions import file_format
 
         file = Path(path)
         try:
@@ -138,6 +137,16 @@ class Lab:
             raise TaskError(f"cannot read the evaluation file {path}: {err.strerror or err}") from None
         if self._task_files.get(task) == version and task in self.evaluator.eval_sets:
             return
+        self.evaluator.add_eval_set(self.read_task_set(str(file), task, owner))
+        self._task_files[task] = version
+
+    def read_task_set(self, path: str, task: str, owner: Adapter | None = None):
+        """Every row of a user's task file as `task`'s set for this lab's scorer (not added to it);
+        a file of the other model kind is refused."""
+        from merging.tasks import TaskError
+        from merging.tasks.completions import file_format
+
+        file = Path(path)
         found = file_format(file)
         wanted = ("classification",) if self.kind == "classification" else ("completion", "chat")
         if found not in wanted:
@@ -145,8 +154,7 @@ class Lab:
                 f"{file.name}: a {found} file, but the base model {self.base_model} is a {self.kind} model "
                 f"(it takes {' or '.join(wanted)} files)"
             )
-        self.evaluator.add_task_file(str(file), task, owner)
-        self._task_files[task] = version
+        return self.evaluator.eval_set_from_file(str(file), task, owner)
 
     def prepare(self, adapters: Sequence[Adapter], recipe: Recipe | None = None) -> list[Adapter]:
         """Load and tokenise the evaluation sets of the adapters' tasks (once per task and file

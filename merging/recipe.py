@@ -21,6 +21,8 @@ writes every one, so a stored recipe does not change meaning when a default does
 `adapters[i].eval` is the user's evaluation file for that adapter's task (relative paths resolve
 against the recipe file's folder, like adapter paths) and `adapters[i].task` its name (default: the
 file's stem); without them the adapter's own task (mergescope.json) is scored, as before.
+`adapters[i].dev` (needs `eval`) is the λ search's dev file for that task, in the same formats;
+without it the search carves a seeded dev split from `eval` and reports on the rest (merging.search).
 
 `osrm` says how OSRM enters the merge, resolved by the library from the recipe alone
 (merging.catalog.merge_inputs), so the CLI and the dashboard give the same body:
@@ -99,6 +101,9 @@ class AdapterRef:
     # own task (mergescope.json), as before.
     eval: str | None = None
     task: str | None = None
+    # The λ search's dev file for this task (same formats as `eval`). None: the search carves a
+    # seeded dev split from `eval` and reports on the rest (merging.search).
+    dev: str | None = None
 
     @property
     def display_name(self) -> str:
@@ -121,6 +126,8 @@ class AdapterRef:
             data["eval"] = self.eval
         if self.task is not None:
             data["task"] = self.task
+        if self.dev is not None:
+            data["dev"] = self.dev
         return data
 
 
@@ -325,6 +332,18 @@ def _adapter_parameters(method_name: str, raw: Any, where: str) -> dict[str, Any
     return clean
 
 
+def _task_file(item: Mapping, key: str, what: str, base_dir: Path | None, where: str) -> str | None:
+    """`adapters[i].eval` / `.dev`: a task file's path, resolved against the recipe's folder."""
+    value = item.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise RecipeError(f"field '{where}{key}': expected the path of {what} (.jsonl or .csv), got {_shown(value)}")
+    if base_dir is not None and not Path(value).is_absolute():
+        value = str((base_dir / value).resolve())
+    return value
+
+
 def _adapters(
     raw: Any, base_dir: Path | None, method_name: str, path_of: Callable[[str], str] | None = None
 ) -> tuple[AdapterRef, ...]:
@@ -337,7 +356,7 @@ def _adapters(
             item = {"path": item}
         if not isinstance(item, Mapping):
             raise RecipeError(f"field 'adapters[{index}]': expected an object with 'path' and 'weight', got {_shown(item)}")
-        _check_keys(item, {"path", "weight", "name", "parameters", "eval", "task"}, where)
+        _check_keys(item, {"path", "weight", "name", "parameters", "eval", "task", "dev"}, where)
         path = item.get("path")
         if path is None and path_of is not None and isinstance(item.get("name"), str) and item["name"]:
             path = path_of(item["name"])  # a share link may name a catalogue adapter instead
@@ -352,14 +371,13 @@ def _adapters(
         if weight is None:
             raise RecipeError(f"field '{where}weight': expected a number, got null")
         parameters = _adapter_parameters(method_name, item.get("parameters"), f"{where}parameters")
-        eval_file = item.get("eval")
-        if eval_file is not None:
-            if not isinstance(eval_file, str) or not eval_file.strip() or "\x00" in eval_file:
-                raise RecipeError(
-                    f"field '{where}eval': expected the path of an evaluation file (.jsonl or .csv), got {_shown(eval_file)}"
-                )
-            if base_dir is not None and not Path(eval_file).is_absolute():
-                eval_file = str((base_dir / eval_file).resolve())
+        eval_file = _task_file(item, "eval", "an evaluation file", base_dir, where)
+        dev_file = _task_file(item, "dev", "a dev file for the λ search", base_dir, where)
+        if dev_file is not None and eval_file is None:
+            raise RecipeError(
+                f"field '{where}dev': a dev file needs the task's evaluation file in '{where}eval' "
+                "(the search chooses λ on dev and reports on eval)"
+            )
         task = item.get("task")
         if task is not None:
             if not isinstance(task, str) or not task.strip() or "\x00" in task:
@@ -370,7 +388,7 @@ def _adapters(
                     "(without one, the adapter's own task from mergescope.json is used)"
                 )
         refs.append(
-            AdapterRef(path=path, weight=weight, name=name, parameters=parameters, eval=eval_file, task=task)
+            AdapterRef(path=path, weight=weight, name=name, parameters=parameters, eval=eval_file, task=task, dev=dev_file)
         )
     names = [r.display_name for r in refs]
     duplicates = sorted({n for n in names if names.count(n) > 1})

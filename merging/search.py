@@ -6,10 +6,12 @@ costs a full evaluation. LoraHub showed that a gradient-free search over per-ada
 recovers most of the multi-task accuracy; TPE (the default) and CMA-ES are Optuna's two samplers
 that suit a few-dozen-trial budget over a handful of continuous parameters.
 
-Honest objective. Trials are scored on a *dev* split carved from each task's training data
-(`carve_dev_split`): a class-stratified, seeded sample of the examples the adapter was trained on.
-The evaluation split is disjoint from training by construction (tasks.split_examples), so the
-search never sees the examples it reports. The final report re-scores the best recipe on the
+Honest objective. Trials are scored on a *dev* set the final report never scores
+(merging.search_split): the recipe's `dev` file for a task, else a seeded sample of at most half
+the rows of its evaluation file (the report scores the other rows), else — a demo task without an
+evaluation file — a class-stratified, seeded sample of the examples the adapter was trained on
+(`carve_dev_split`; the evaluation split is disjoint from training by construction). Objectives
+are scores to maximise, or a causal task's completion `loss` to minimise (`direction`). The final report re-scores the best recipe on the
 evaluation split with a 95 % bootstrap interval, beside uniform λ = 1 and the best shared λ from a
 sweep (that λ is also chosen on dev). Dev accuracies flatter every single adapter (it saw those
 examples), which is why they choose coefficients and are never shown as results.
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from merging.evaluation import EvalSet, EvaluationResult, Evaluator, adapters_by_task
+from merging.evaluation import EvalSet, EvaluationResult, Evaluator
 from merging.intervals import bootstrap_interval
 from merging.lab import Lab, task_data_for, tasked
 from merging.lora import Adapter
@@ -47,7 +49,14 @@ from merging.recipe import Recipe
 
 Scorer = Callable[[dict], "tuple[float, dict | None]"]  # params -> (dev objective, dev evaluation JSON)
 
-OBJECTIVES = ("average", "normalized", "worst_task")
+OBJECTIVES = ("average", "normalized", "worst_task", "loss")
+MINIMIZED = ("loss",)  # lower is better; every other objective is maximised
+OBJECTIVE_MEANINGS = {
+    "average": "mean merged score over tasks (accuracy, or exact match for causal tasks); higher is better",
+    "normalized": "mean of merged / single-adapter score over tasks; higher is better",
+    "worst_task": "the smallest merged / single-adapter score ratio (the task that lost most); higher is better",
+    "loss": "mean merged completion loss over causal tasks (nats per token); lower is better",
+}
 SAMPLERS = ("tpe", "cmaes")
 SEARCHABLE = ("weights", "density")
 DEFAULT_WEIGHT_BOUNDS = (0.0, 1.5)
@@ -227,15 +236,30 @@ def dev_set_for(adapter: Adapter, size: int = DEFAULT_DEV_SIZE, seed: int = 0) -
     return EvalSet(adapter.task, list(data.labels), texts, targets)
 
 
-def objective_value(evaluation: EvaluationResult, objective: str) -> float:
-    """The number a trial maximises.
+def direction(objective: str) -> str:
+    """"minimize" for the completion loss, "maximize" for the scores."""
+    return "minimize" if objective in MINIMIZED else "maximize"
 
-    average: mean merged accuracy over tasks. normalized: mean of merged / single-adapter accuracy.
-    worst_task: the smallest merged / single ratio, i.e. the task that lost most to the merge
-    (ratios, not raw accuracies: a 6-class task would otherwise always be the worst one).
-    NaN when nothing can be scored (e.g. a single adapter at 0 %); such a trial counts as failed.
+
+def better(objective: str) -> Callable:
+    """The function that picks the best of several objective values (min for the loss, else max)."""
+    return min if objective in MINIMIZED else max
+
+
+def objective_value(evaluation: EvaluationResult, objective: str) -> float:
+    """The number a trial optimises (see `direction`).
+
+    average: mean merged accuracy (exact match for causal tasks) over tasks. normalized: mean of
+    merged / single-adapter score. worst_task: the smallest merged / single ratio, i.e. the task
+    that lost most to the merge (ratios, not raw accuracies: a 6-class task would otherwise always
+    be the worst one). loss: the mean over causal tasks of the merged completion loss (lower is
+    better). NaN when nothing can be scored (e.g. a single adapter at 0 %, or the loss of a
+    classification task); such a trial counts as failed.
     """
-    if objective == "average":
+    if objective == "loss":
+        losses = [s.loss.get("merged") if s.loss else None for s in evaluation.tasks.values()]
+        value = sum(losses) / len(losses) if losses and None not in losses else None
+    elif objective == "average":
         value = evaluation.average()["merged"]
     elif objective == "normalized":
         value = evaluation.average()["normalized"]
@@ -248,10 +272,10 @@ def objective_value(evaluation: EvaluationResult, objective: str) -> float:
 
 
 def merged_counts(evaluation: EvaluationResult, evaluator: Evaluator) -> dict[str, tuple[int, int]]:
-    """(correct, scored) per task of a merged evaluation (accuracies are exact fractions c / n)."""
+    """(correct, scored) per task of a merged evaluation (scores are exact fractions c / n)."""
     counts = {}
     for task, scores in evaluation.tasks.items():
-        scored = len(evaluator.eval_sets[task].targets)
+        scored = scores.examples or len(evaluator.eval_sets[task].targets)
         counts[task] = (round(scores.merged * scored), scored)
     return counts
 
@@ -313,11 +337,19 @@ class TrialScorer:
     def __init__(self, settings: SearchSettings, lab: Lab | None = None):
         if settings.objective not in OBJECTIVES:
             raise SearchError(f"--objective: {settings.objective!r} is not allowed (allowed: {', '.join(OBJECTIVES)})")
+        from merging.search_split import plan_splits, split_sets
+
         self.settings = settings
         self.lab = lab or load_lab(settings.recipe)
         self.adapters = recipe_adapters(settings.recipe, self.lab)
-        dev_sets = [dev_set_for(a, settings.dev_size, settings.dev_seed) for a in adapters_by_task(self.adapters).values()]
+        self.splits = plan_splits(settings.recipe, self.adapters, settings.dev_size, settings.dev_seed)
+        dev_sets, self.final_sets = split_sets(self.splits, self.lab, self.adapters, settings.recipe)
         self.dev_lab = DevLab(self.lab, dev_sets)
+
+    def final_lab(self) -> Lab:
+        """The Lab the final report scores on: the held-out rows of the evaluation files, or the
+        lab itself when every task is a training-split task (its evaluation split is held out)."""
+        return self.lab if self.final_sets is None else DevLab(self.lab, self.final_sets)
 
     def __call__(self, params: dict) -> tuple[float, dict]:
         run = self.dev_lab.merge_and_evaluate(self.adapters, trial_recipe(self.settings.recipe, params))
@@ -385,11 +417,13 @@ class StudyResult:
     failed: list[int]
     deaths: list[dict]
     seconds: float
+    direction: str = "maximize"
 
     @property
     def best(self) -> TrialOutcome | None:
         finite = [o for o in self.outcomes if math.isfinite(o.dev_objective)]
-        return max(finite, key=lambda o: (o.dev_objective, -o.number)) if finite else None
+        sign = -1.0 if self.direction == "minimize" else 1.0  # the earliest trial wins a tie
+        return max(finite, key=lambda o: (sign * o.dev_objective, -o.number)) if finite else None
 
 
 def run_study(
@@ -400,6 +434,7 @@ def run_study(
     seed: int = 0,
     on_trial: Callable[[TrialOutcome], None] | None = None,
     progress: Progress | None = None,
+    direction: str = "maximize",
 ) -> StudyResult:
     """Optuna's ask/tell over a backend: keep every worker busy, tell each result as it lands.
 
@@ -411,7 +446,8 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if trials < 1:
         raise SearchError(f"--trials: expected at least 1, got {trials}")
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler, seed))
+    study = optuna.create_study(direction=direction, sampler=make_sampler(sampler, seed))
+    pick = min if direction == "minimize" else max
     if space.start:
         study.enqueue_trial(dict(space.start))
     start = time.perf_counter()
@@ -438,12 +474,12 @@ def run_study(
                     on_trial(outcome)
             if progress is not None:
                 done = len(outcomes) + len(failed)
-                best = max((o.dev_objective for o in outcomes), default=float("nan"))
+                best = pick((o.dev_objective for o in outcomes), default=float("nan"))
                 progress(done, trials, f"trial {done}/{trials}, best dev {best:.4f}")
     finally:
         backend.close()
     outcomes.sort(key=lambda o: o.number)
-    return StudyResult(outcomes, sorted(failed), list(backend.deaths), time.perf_counter() - start)
+    return StudyResult(outcomes, sorted(failed), list(backend.deaths), time.perf_counter() - start, direction)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,12 +494,16 @@ class SearchResult:
     study: StudyResult
     best_recipe: Recipe | None
     report: dict | None  # best / uniform / shared on the evaluation split (None when not asked)
+    splits: list = field(default_factory=list)  # merging.search_split.TaskSplit per task
 
     def to_dict(self) -> dict:
         best = self.study.best
         return {
             "search_id": self.search_id,
             "objective": self.objective,
+            "direction": direction(self.objective),
+            "objective_meaning": OBJECTIVE_MEANINGS[self.objective],
+            "split": [split.to_dict() for split in self.splits],
             "backend": self.backend,
             "best": {
                 "recipe": self.best_recipe.to_dict() if self.best_recipe else None,
@@ -506,7 +546,7 @@ def final_report(
     shared_points = dev_lab.sweep(adapters, base, [[lam] * n for lam in shared_grid])
     shared_scores = [(weights[0], objective_value(result, objective)) for weights, result in shared_points]
     finite = [(lam, value) for lam, value in shared_scores if math.isfinite(value)]
-    shared_lambda, shared_dev = max(finite, key=lambda p: p[1]) if finite else (1.0, float("nan"))
+    shared_lambda, shared_dev = better(objective)(finite, key=lambda p: p[1]) if finite else (1.0, float("nan"))
     candidates = {
         "best": best,
         "uniform": base.with_weights([1.0] * n),
@@ -577,6 +617,7 @@ def run_search(
     require_optuna()
     space = space_for(recipe, params, weight_bounds, density_bounds)
     settings = SearchSettings(recipe, objective, dev_size, seed)
+    splits = planned_splits(recipe, objective, dev_size, seed)  # refuses a bad file before any model loads
     search_id = uuid.uuid4().hex[:12]
     device_name = {"value": recipe.device}
 
@@ -603,13 +644,13 @@ def run_search(
             backend = RayBackend(
                 functools.partial(TrialScorer, settings), count, options, max_retries, on_submit
             )
-            study = run_study(space, trials, backend, sampler, seed, record, study_progress)
+            study = run_study(space, trials, backend, sampler, seed, record, study_progress, direction(objective))
         backend_name = f"ray ({ray_address or 'local'}, {count} workers)"
     else:
         scorer = TrialScorer(settings, lab)
         lab = scorer.lab
         device_name["value"] = str(lab.device)
-        study = run_study(space, trials, InProcessBackend(scorer), sampler, seed, record, study_progress)
+        study = run_study(space, trials, InProcessBackend(scorer), sampler, seed, record, study_progress, direction(objective))
         backend_name = "in-process"
 
     best = study.best
@@ -618,14 +659,15 @@ def run_search(
     if report and best_recipe is not None:
         if progress is not None:
             progress(trials, trials + 1, "final report on the evaluation split")
-        lab = lab or load_lab(recipe)
-        adapters = recipe_adapters(recipe, lab)
-        dev_sets = [dev_set_for(a, dev_size, seed) for a in adapters_by_task(adapters).values()]
-        final = final_report(lab, DevLab(lab, dev_sets), adapters, recipe, best_recipe, objective, shared_grid)
+        if ray:  # the trials ran in the actors: this process loads the model for the report
+            scorer = TrialScorer(settings, lab or load_lab(recipe))
+        lab = scorer.lab
+        final = final_report(scorer.final_lab(), scorer.dev_lab, scorer.adapters, recipe, best_recipe, objective, shared_grid)
         if store is not None:
             results = {
                 **final["best"]["evaluation"],
-                "search": {"id": search_id, "objective": objective, "backend": backend_name,
+                "search": {"id": search_id, "objective": objective, "direction": direction(objective),
+                           "split": [split.to_dict() for split in splits], "backend": backend_name,
                            "dev_objective": best.dev_objective, "trial": best.number, "report": final,
                            "trials": len(study.outcomes), "failed_trials": study.failed},
             }
@@ -633,4 +675,22 @@ def run_search(
             store.add(best_recipe.to_dict(), results, summary, str(lab.device), study.seconds, kind="search")
     if progress is not None:
         progress(trials + 1, trials + 1, "done")
-    return SearchResult(search_id, objective, backend_name, study, best_recipe, final)
+    return SearchResult(search_id, objective, backend_name, study, best_recipe, final, splits)
+
+
+def planned_splits(recipe: Recipe, objective: str, dev_size: int, seed: int) -> list:
+    """Each task's dev/final plan (merging.search_split), from the files alone; the loss objective
+    is refused unless every task is a causal one (a classification task has no completion loss)."""
+    from merging.catalog import resolve_inputs
+    from merging.search_split import plan_splits
+    from merging.tasks.completions import file_format
+
+    splits = plan_splits(recipe, resolve_inputs(recipe).adapters, dev_size, seed)
+    if objective == "loss":
+        plain = [s.task for s in splits if s.eval_file is None or file_format(s.eval_file) == "classification"]
+        if plain:
+            raise SearchError(
+                f"--objective loss: task(s) {', '.join(plain)} are classification tasks, which have no completion "
+                "loss; use average, normalized or worst_task"
+            )
+    return splits

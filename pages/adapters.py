@@ -99,29 +99,63 @@ def _remove(name: str) -> None:
     st.session_state["adapters_remove_msg"] = ("success", f"Removed **{name}** from the workspace.")
 
 
+causal = _ui.base_model_status(ui_settings.base_model)[0] == "causal"  # the sidebar's model: a causal LM?
+
+
+def _single_score(entry) -> dict | None:
+    """A causal adapter's exact match and loss alone on its attached file (merging.single_task);
+    None without a file. An error is shown once and the table goes on."""
+    if not entry.eval_file:
+        return None
+    from merging.single_task import single_task_score
+
+    try:
+        lab = _ui.lab_for(ui_settings.base_model, ui_settings.device)
+        adapter = _ui.load_adapter_cached(entry.path)
+        return single_task_score(lab, adapter, str(entry.eval_file), task_display_name(entry.eval_file), str(entry.path))
+    except (ValueError, OSError) as err:
+        st.error(f"{entry.name}: cannot score it on {task_display_name(entry.eval_file)}: {_ui.friendly_error(err)}")
+        return None
+
+
+def _task_of(entry) -> str:
+    """The task an adapter is scored on: its attached file's, else the one it records."""
+    if entry.eval_file:
+        return task_display_name(entry.eval_file)
+    return str(entry.task) if entry.task else "—"
+
+
 rows = []
 for entry in entries:
     info = describe_adapter_folder(entry.path)
-    rows.append(
-        {
-            "Adapter": entry.name,
-            "Source": entry.source,
-            "Task": str(entry.task) if entry.task else "—",
-            "Init": str(entry.init),
-            "Rank": info.get("rank"),
-            "Target modules": info.get("target_modules"),
-            "Single-task accuracy (%)": _percent(entry.single_task_accuracy),
-            "Base model": entry.base_model or info.get("base_model"),
-            "Evaluation file": task_display_name(entry.eval_file) if entry.eval_file else "—",
-        }
-    )
+    row = {
+        "Adapter": entry.name,
+        "Source": entry.source,
+        "Task": _task_of(entry),
+        "Init": str(entry.init),
+        "Rank": info.get("rank"),
+        "Target modules": info.get("target_modules"),
+    }
+    if causal:  # scored on completions of the attached file: exact match, and the loss beside it
+        score = _single_score(entry)
+        row["Single-task exact match (%)"] = _percent(score["single"]) if score else None
+        row["Single-task loss"] = round(score["loss"], 4) if score and score["loss"] is not None else None
+        row["Perplexity"] = round(score["perplexity"], 3) if score and score["perplexity"] is not None else None
+    else:
+        row["Single-task accuracy (%)"] = _percent(entry.single_task_accuracy)
+    row["Base model"] = entry.base_model or info.get("base_model")
+    row["Evaluation file"] = task_display_name(entry.eval_file) if entry.eval_file else "—"
+    rows.append(row)
 if rows:
     _ui.show_table(
         pd.DataFrame(rows),
         key="adapters",
         caption="Zoo adapters ship with mergescope; workspace adapters live in "
-        f"`{_ui.adapters_folder(workspace)}`. Single-task accuracy is each adapter alone on its own task's "
-        "evaluation split, scored with its own head."
+        f"`{_ui.adapters_folder(workspace)}`. "
+        + ("Causal-LM adapters: the single-task exact match and completion loss (nats per token; perplexity = "
+           "exp(loss)) are each adapter alone on its attached evaluation file; attach one below to score it."
+           if causal else
+           "Single-task accuracy is each adapter alone on its own task's evaluation split, scored with its own head.")
         + (f" {other_bases} adapter(s) made for other base models are hidden: choose their base model in the "
            "sidebar to see them." if other_bases else ""),
     )
@@ -159,7 +193,9 @@ if names:
         adapter = _ui.load_adapter_cached(entry.path)
         summary = adapter.summary()
         columns = st.columns(4)
-        columns[0].metric("Task", entry.task or "unknown")
+        columns[0].metric("Task", _task_of(entry) if (entry.eval_file or entry.task) else
+                          ("attach a file" if causal else "unknown"),
+                          help="The task named after its attached evaluation file." if entry.eval_file else None)
         columns[1].metric("Initialisation", entry.init)
         columns[2].metric("LoRA modules", summary["num_modules"])
         columns[3].metric("Rank", ", ".join(map(str, summary["ranks"])))
@@ -168,7 +204,14 @@ if names:
         details = [f"Folder: `{entry.path}`", f"base model: `{summary['base_model'] or 'not recorded'}`"]
         if summary["labels"]:
             details.append(f"labels: {', '.join(summary['labels'])}")
-        if summary["saved_modules"]:
+        if causal:  # a causal LM has no task head: whole tensors it trained (lm_head, embed_tokens) are carried
+            if summary["saved_modules"]:
+                details.append(f"carries whole trained tensors ({', '.join(summary['saved_modules'])}), merged by the "
+                               "recipe's modules_to_save rule")
+            details.append("a causal-LM adapter: scored on prompt/completion or chat rows (exact match and loss)"
+                           + (f" of {task_display_name(entry.eval_file)}" if entry.eval_file else
+                              "; attach an evaluation file below to score it"))
+        elif summary["saved_modules"]:
             details.append(f"carries its own head ({', '.join(summary['saved_modules'])})")
         else:
             details.append("no classification head saved: it cannot be scored on a task")

@@ -435,8 +435,9 @@ else:
 # 6. Cross-task accuracy (forward passes)
 
 st.subheader("Cross-task accuracy")
-st.caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
-           "off-diagonal mean each adapter helps only its own task.")
+if _ui.base_model_status(base_model)[0] != "causal":  # a causal LM has no task heads: the info below says where to look
+    st.caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
+               "off-diagonal mean each adapter helps only its own task.")
 cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, versions) → cross_task_matrix
 # The server's warm-up scored the default sets already (pages/_warm.py): every session starts with them.
 for warm_key, warm_matrix in list(_warm.cross_task_results().items() if _warm.enabled() else ()):

@@ -67,7 +67,9 @@ with controls:
         "Adapters",
         [e.name for e in entries],
         key=codec.adapters_key(PREFIX), persist_state="session",
-        help="One adapter per task; each task is scored with the merged body and its own head.",
+        help="One adapter per task; each task is scored with the merged body"
+        + (" on its evaluation file (exact match and completion loss)." if _ui.base_model_status(ui_settings.base_model)[0]
+           == "causal" else " and its own head."),
     )
     osrm_mode = codec.osrm_control(PREFIX)
     if names:
@@ -128,9 +130,37 @@ def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job, store):
         results["fingerprint"] = modules_fingerprint(run.merged.adapter.modules)
         run_id = store.add(run.recipe.to_dict(), results, run.merged.summary(), str(lab.device), run.seconds)
         return {"run_id": run_id, "results": results, "merged": run.merged, "seconds": run.seconds,
-                "recipe": run.recipe.to_dict()}
+                "recipe": run.recipe.to_dict(), "adapters": merged_inputs.adapters, "base_model": inputs.base_model}
 
     return work
+
+
+def _show_examples(last: dict) -> None:
+    """Causal tasks: a few prompts per task with the reference and the base / single / merged greedy
+    outputs, each with its loss and perplexity (merging.examples computes them; this only shows)."""
+    from merging.examples import side_by_side
+    from merging.recipe import recipe_from_dict
+
+    with st.expander("Examples side by side", expanded=False):
+        st.caption("The first prompts of each task's evaluation file: what the base model, the task's own adapter and "
+                   "the merge answer greedily (as many tokens as the reference), with each one's loss on the reference "
+                   "(nats per token) and its perplexity, exp(loss).")
+        left, right = st.columns([1, 3])
+        count = int(left.number_input("Prompts per task", 1, 50, 3, key="merge_examples_count"))
+        key = ("merge_examples", last["run_id"], count)
+        if right.button("Show examples", key="merge_examples_run"):
+            merged = last["merged"]
+            try:
+                with st.spinner("Generating…"):
+                    lab = _ui.lab_for(last["base_model"], ui_settings.device)
+                    rows = side_by_side(lab, last["adapters"], recipe_from_dict(last["recipe"]), count,
+                                        merged.adapter.modules, dict(merged.adapter.saved_modules) or None)
+                st.session_state["merge_examples"] = (key, rows)
+            except (ValueError, OSError) as err:
+                st.error(_ui.friendly_error(err))
+        shown = st.session_state.get("merge_examples")
+        if shown and shown[0] == key:
+            _ui.show_table(pd.DataFrame(shown[1]), "merge_examples")
 
 
 def _export_work(merged, base_dir, out: str, overwrite: bool):
@@ -302,7 +332,8 @@ if last:
     osrm = results.get("osrm") or {}
     if osrm.get("twins"):
         st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
-                + " — their heads score the tasks, so the base bars use those heads too.")
+                + (" — the base bars are the base model alone." if plots.has_loss(results) else
+                   " — their heads score the tasks, so the base bars use those heads too."))
     if osrm.get("posthoc"):
         st.info("Projected post-hoc onto OSRM's subspace: " + ", ".join(osrm["posthoc"]) + ".")
     if plots.has_loss(results):  # causal tasks: the metric and, beside it, the completion loss
@@ -363,6 +394,15 @@ if last:
         _ui.show_figure(
             plots.orthogonalize_loss(curves, presentation=ui_settings.presentation), "orthogonalize_loss", "merge_do_loss"
         )
+        cosines = plots.orthogonalize_rows(results["orthogonalize"])
+        if cosines:
+            with st.expander("DO-Merging: cosines between the adapters' directions, before and after", expanded=False):
+                st.caption("Per module, the mean and largest |cosine| between two adapters' update directions before "
+                           "and after the orthogonalisation (0 = orthogonal: no interference between them); the first "
+                           "row is over every module.")
+                _ui.show_table(pd.DataFrame(cosines), "merge_do_cosines")
+    if plots.has_loss(results) and last.get("merged") is not None and last.get("adapters") and not ui_settings.presentation:
+        _show_examples(last)
     if summary.get("notes"):
         for note in summary["notes"]:
             st.caption(f"Note: {note}")

@@ -4,6 +4,7 @@ split beside uniform λ = 1 and the best shared λ."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pandas as pd
@@ -15,8 +16,10 @@ from merging.recipe import RecipeError
 from merging.search import (
     DEFAULT_DEV_SIZE,
     INSTALL_HINT,
+    OBJECTIVE_MEANINGS,
     OBJECTIVES,
     SearchError,
+    better,
     merge_link,
     missing_packages,
     run_search,
@@ -28,11 +31,7 @@ JOB = "search"
 PREFIX = "search"
 KEEP = "session"  # widget values survive a trip to another page
 BACKENDS = {"inprocess": "In-process", "local": "Local Ray runtime (all cores)", "cluster": "Existing Ray cluster"}
-OBJECTIVE_HELP = {
-    "average": "mean merged accuracy over the tasks",
-    "normalized": "mean of merged / single-adapter accuracy",
-    "worst_task": "the smallest merged / single-adapter ratio (the task that lost most)",
-}
+OBJECTIVE_HELP = OBJECTIVE_MEANINGS  # merging.search says what each objective means, and which way is better
 
 ui_settings = _ui.settings()
 st.title("Search")
@@ -52,8 +51,8 @@ hidden = ui_settings.presentation
 if not hidden:
     st.caption(
         "Which λ per adapter? Each trial merges with the λs Optuna proposes and scores every task on a dev "
-        "split carved from the task's training data — never the evaluation split, which only the final "
-        "report uses."
+        "set: the task's dev file, else a seeded sample of its evaluation file (the final report scores the "
+        "other rows), else a sample of a demo task's training data. The final report never scores a dev example."
     )
 controls = st.container() if not hidden else st.expander("Search settings", expanded=False)
 with controls:
@@ -68,9 +67,11 @@ with controls:
         codec.method_controls(PREFIX, method)  # the method's own controls, from its schema
         codec.osrm_control(PREFIX)
     with middle:
+        # the completion loss exists for causal tasks only: offered when the sidebar's model is a causal LM
+        offered = [o for o in OBJECTIVES if o != "loss" or _ui.base_model_status(ui_settings.base_model)[0] == "causal"]
         objective = st.radio(
-            "Objective", OBJECTIVES, key="search_objective", persist_state=KEEP,
-            captions=[OBJECTIVE_HELP[o] for o in OBJECTIVES],
+            "Objective", offered, key="search_objective", persist_state=KEEP,
+            captions=[OBJECTIVE_HELP[o] for o in offered],
         )
         search_density = st.toggle(
             "Search the density too", value=False, key="search_with_density", persist_state=KEEP,
@@ -81,7 +82,8 @@ with controls:
         trials = st.number_input("Trials (budget)", 1, 500, 20, key="search_trials", persist_state=KEEP,
                                  help="Each trial is one merge and one dev evaluation per task.")
         dev_size = st.number_input("Dev examples per task", 4, 1000, DEFAULT_DEV_SIZE, key="search_dev_size",
-                                   persist_state=KEEP, help="Carved from each task's training data.")
+                                   persist_state=KEEP, help="Carved from each task's training data, or — a task "
+                                   "with an evaluation file and no dev file — at most half of that file's rows.")
         sampler = st.selectbox("Sampler", ["tpe", "cmaes"], key="search_sampler", persist_state=KEEP,
                                format_func={"tpe": "TPE", "cmaes": "CMA-ES"}.get)
         seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="search_seed", persist_state=KEEP)
@@ -122,7 +124,7 @@ def _live(partial: dict) -> None:
     total = partial["total"]
     job = _ui.current_job(JOB)
     elapsed = time.perf_counter() - job.started if job else 0.0
-    best = max((t["dev_objective"] for t in partial["trials"]), default=None)
+    best = better(partial["objective"])((t["dev_objective"] for t in partial["trials"]), default=None)
     c1, c2, c3 = st.columns(3)
     c1.metric("Trials done", f"{done} / {total}")
     c2.metric("Best so far (dev)", "–" if best is None else f"{best:.4f}")
@@ -147,6 +149,7 @@ if run_clicked:
     try:
         recipe = codec.recipe_from_widgets(PREFIX, entries, ui_settings.device, with_weights=False,
                                            with_merge_settings=False)
+        recipe = _ui.recipe_for_run(recipe, entries)  # the sidebar's base model, the attached evaluation files
         loaded = [_ui.load_adapter_cached(catalog.entry_by_name(entries, n).path) for n in names]
         base_model = catalog.resolve_base_model(recipe, loaded, catalog.default_base_model(_ui.zoo()))
         options = {
@@ -205,6 +208,11 @@ def _comparison(result: dict) -> pd.DataFrame:
         for task, scores in evaluation["tasks"].items():
             row[task] = None if scores["merged"] is None else round(scores["merged"], 4)
         row["average merged"] = evaluation["average"]["merged"]
+        losses = [s["loss"]["merged"] for s in evaluation["tasks"].values() if s.get("loss")]
+        if losses and None not in losses:  # causal tasks: the completion loss and its perplexity beside the score
+            mean_loss = sum(losses) / len(losses)
+            row["mean loss"] = round(mean_loss, 4)
+            row["perplexity"] = round(math.exp(mean_loss), 3)
         row["95% interval"] = f"{_percent(low)} – {_percent(high)}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -216,7 +224,8 @@ if result and not running:
     trials_list = result["trials"]
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Trials", f"{len(trials_list)}", help=f"backend: {result['backend']}; failed: {result['failed_trials']}")
-    c2.metric(f"Best {result['objective']} (dev)", "–" if best["dev_objective"] is None else f"{best['dev_objective']:.4f}")
+    c2.metric(f"Best {result['objective']} (dev)", "–" if best["dev_objective"] is None else f"{best['dev_objective']:.4f}",
+              help=result.get("objective_meaning"))
     evaluation = best.get("evaluation")
     c3.metric("Best on evaluation (average merged)", _percent(evaluation["average"]["merged"]) if evaluation else "–")
     c4.metric("Trials per minute", f"{result['trials_per_minute'] or 0:.1f}")
@@ -224,12 +233,15 @@ if result and not running:
         from merging.recipe import recipe_from_dict as _from_dict
 
         st.link_button("Open best in Merge", "./" + merge_link(_from_dict(best["recipe"])), type="secondary")
+    split_lines = [s["statement"] for s in result.get("split") or []]
+    if split_lines:
+        st.markdown("**Where λ was chosen and where it is reported**\n" + "".join(f"\n- {line}" for line in split_lines))
     if result.get("worker_deaths"):
         st.info(f"{len(result['worker_deaths'])} worker(s) died; their trials were retried: {result['worker_deaths']}")
     frame = _comparison(result)
     if not frame.empty:
         _ui.show_table(frame, "search_comparison", caption="On the evaluation split; the interval is a 95 % bootstrap "
-                       "interval of the average merged accuracy (examples resampled within each task).")
+                       "interval of the average merged score (accuracy, or exact match) — examples resampled within each task.")
     left, right = st.columns(2)
     with left:
         _ui.show_figure(plots.optimization_history(trials_list, result["objective"], ui_settings.presentation),

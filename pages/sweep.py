@@ -11,6 +11,7 @@ import streamlit as st
 
 from merging import catalog, plots
 from merging.evaluation import modules_fingerprint
+from merging.examples import perplexity
 from merging.lab import on_device
 from merging.merge import merge_adapters
 from merging.methods import REGISTRY, MethodError
@@ -304,6 +305,8 @@ def _table(result: dict) -> pd.DataFrame:
                 loss = (task_scores.get("loss") or {}).get("merged")
                 if loss is not None:
                     row[f"{task} loss"] = round(loss, 4)
+                    ppl = perplexity(loss)  # exp(loss), beside it
+                    row[f"{task} perplexity"] = None if ppl is None else round(ppl, 3)
             average = scores["average"]
             row["average merged"] = None if average.get("merged") is None else round(average["merged"], 4)
             row["average normalised"] = None if average.get("normalized") is None else round(average["normalized"], 4)
@@ -394,6 +397,6 @@ if result and not running:
             _ui.show_table(frame, "sweep_results")
     else:
         _ui.show_table(frame, "sweep_results", caption=f"Merged {metric} per task and point (fractions)"
-                       + ("; loss in nats per completion token." if plots.has_loss(first_results) else "."))
+                       + ("; loss in nats per completion token, perplexity = exp(loss)." if plots.has_loss(first_results) else "."))
 elif not running and not problem:
     st.info("Choose adapters and a λ range, then press Run sweep.")

@@ -139,13 +139,16 @@ def model_with_updates(base_folder: Path, adapters: list[Path], weights: list[fl
     return model
 
 
-def hand_loss_and_greedy(model, tokenizer, rows: list[dict], max_length: int = 10_000) -> tuple[float, float]:
+def hand_loss_and_greedy(
+    model, tokenizer, rows: list[dict], max_length: int = 10_000, prompt_special_tokens: bool = True
+) -> tuple[float, float]:
     """(mean completion NLL in nats, exact-match share) by hand: one example at a time, a greedy
-    loop without a cache, the prompt cut from the left to fit max_length."""
+    loop without a cache, the prompt cut from the left to fit max_length. `prompt_special_tokens`
+    False: the prompt is a rendered chat, tokenised as apply_chat_template(tokenize=True) does."""
     nll, tokens, matches = 0.0, 0, 0
     with torch.no_grad():
         for row in rows:
-            prompt = tokenizer(row["prompt"]).input_ids
+            prompt = tokenizer(row["prompt"], add_special_tokens=prompt_special_tokens).input_ids
             completion = tokenizer(row["completion"], add_special_tokens=False).input_ids
             prompt = prompt[max(0, len(prompt) + len(completion) - max_length):]
             ids = torch.tensor([prompt + completion])

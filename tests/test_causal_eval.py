@@ -251,7 +251,9 @@ def test_a_chat_file_is_scored_as_its_rendered_prompts_and_completions(setting, 
     refs = (AdapterRef(path=str(setting.adapters["next"]), name="next", eval=str(path)),)
     run = setting.lab.merge_and_evaluate(_loaded(setting)[:1], Recipe(adapters=refs, device="cpu"))
     scores = run.evaluation.tasks["chat"]
-    loss, exact = hand_loss_and_greedy(model_with_updates(setting.base, [setting.adapters["next"]], [1.0]), tokenizer, rendered)
+    loss, exact = hand_loss_and_greedy(  # the template's ids: the rendering tokenised with no special tokens added
+        model_with_updates(setting.base, [setting.adapters["next"]], [1.0]), tokenizer, rendered, prompt_special_tokens=False
+    )
     assert scores.loss["single"] == pytest.approx(loss, rel=1e-4) and scores.single == exact
 
 

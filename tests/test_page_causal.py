@@ -8,6 +8,7 @@ the demo MiniLM, for which the workspace has no adapters."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -207,6 +208,7 @@ def test_a_sweep_over_causal_adapters_shows_exact_match_and_loss_as_evaluate_giv
         for task, scores in result.to_dict()["tasks"].items():
             assert row[task] == round(scores["merged"], 4)
             assert row[f"{task} loss"] == round(scores["loss"]["merged"], 4)
+            assert row[f"{task} perplexity"] == round(math.exp(scores["loss"]["merged"]), 3)
     # the stored runs' recipes name the base model and the evaluation files: they re-run from the CLI
     from merging.runs import RunStore
 

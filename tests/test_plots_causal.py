@@ -82,3 +82,14 @@ def test_on_stage_the_loss_bars_carry_no_numbers_that_could_run_together():
     # three bars to a task in half the window: 20 px numbers would overlap; hover and the table keep them
     assert all(trace.text is None for trace in talk.data)
     assert all("%{y:.4f}" in trace.hovertemplate for trace in talk.data)
+
+
+def test_the_results_table_of_causal_tasks_has_no_majority_column_and_perplexity_beside_the_loss():
+    import math
+
+    rows = {row["task"]: row for row in plots.results_rows(CAUSAL)}
+    assert all("majority" not in row for row in rows.values())
+    assert rows["copy"]["perplexity merged"] == round(math.exp(3.25), 4)
+    assert rows["copy"]["perplexity base"] == round(math.exp(4.5), 4)
+    assert rows["reverse"]["perplexity merged"] is None
+    assert plots.results_rows(CLASSIFICATION)[0]["majority"] == 0.5

@@ -70,7 +70,7 @@ from merging.plots.style import (
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
 from merging.plots.tour import gain_and_cost, merge_summary
-from merging.plots.values import has_loss, metric_name, results_rows, shared_suffix_dropped
+from merging.plots.values import has_loss, metric_name, orthogonalize_rows, results_rows, shared_suffix_dropped
 
 __all__ = [
     "ROLE_COLOURS",
@@ -104,6 +104,7 @@ __all__ = [
     "figure_to_html",
     "metric_name",
     "has_loss",
+    "orthogonalize_rows",
     "results_rows",
     "shared_suffix_dropped",
     "gain_and_cost",

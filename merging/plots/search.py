@@ -43,9 +43,12 @@ def optimization_history(
         return _style(_no_data(fig, "No finished trial yet"), title, presentation)
     numbers = [t["number"] for t in scored]
     values = [float(t["dev_objective"]) for t in scored]
-    best, running = -math.inf, []
+    from merging.search import direction
+
+    lower = direction(objective) == "minimize"  # the completion loss: the best so far is the lowest
+    best, running = (math.inf if lower else -math.inf), []
     for value in values:
-        best = max(best, value)
+        best = min(best, value) if lower else max(best, value)
         running.append(best)
     fig.add_trace(
         go.Scatter(

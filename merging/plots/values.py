@@ -88,21 +88,53 @@ def has_loss(results: Mapping) -> bool:
 
 def results_rows(results: Mapping, digits: int = 4) -> list[dict]:
     """One table row per task of ``EvaluationResult.to_dict()``: its metric, base / single / merged /
-    normalised / majority scores, the completion loss of causal tasks ("loss base", ...), and each
+    normalised scores, the majority-class score of a classification task, the completion loss of a
+    causal task ("loss base", ...) with its perplexity exp(loss) ("perplexity base", ...), and each
     score's 95% interval as text; numbers rounded to `digits`, missing ones None."""
     rows = []
     for task, scores in _results_tasks(results).items():
         row: dict[str, Any] = {"task": task, "metric": str(scores.get("metric") or "accuracy")}
-        for key in ("base", "single", "merged", "normalized", "majority"):
+        causal = isinstance(scores.get("loss"), Mapping)  # no classes, so no majority class
+        for key in ("base", "single", "merged", "normalized") + (() if causal else ("majority",)):
             value = _finite(scores.get(key))
             row[key] = None if value is None else round(value, digits)
         for role, value in (scores.get("loss") or {}).items():
             value = _finite(value)
             row[f"loss {role}"] = None if value is None else round(value, digits)
+        for role, value in (scores.get("loss") or {}).items():
+            value = _finite(value)
+            row[f"perplexity {role}"] = None if value is None else round(math.exp(min(value, 700.0)), digits)
         for role, bounds in (scores.get("interval") or {}).items():
             row[f"{role} 95% interval"] = None if not bounds else f"{bounds[0]:.3f}–{bounds[1]:.3f}"
         rows.append(row)
     return rows
+
+
+def orthogonalize_rows(orthogonalize: Mapping, digits: int = 4) -> list[dict]:
+    """DO-Merging's cosines as table rows: per module (and first over every module) the mean and the
+    largest |cosine| between two adapters' update directions, before and after orthogonalisation.
+    `orthogonalize` is ``{module: {"cosine_before": n×n, "cosine_after": n×n, ...}}`` (MergeRun.results)."""
+
+    def off_diagonal(matrix) -> list[float]:
+        return [abs(float(v)) for i, row in enumerate(matrix or []) for j, v in enumerate(row) if i != j]
+
+    rows, every = [], {"before": [], "after": []}
+    for module, report in orthogonalize.items():
+        row: dict[str, Any] = {"module": module}
+        for when in ("before", "after"):
+            values = off_diagonal(report.get(f"cosine_{when}"))
+            every[when] += values
+            row[f"mean |cos| {when}"] = round(sum(values) / len(values), digits) if values else None
+            row[f"max |cos| {when}"] = round(max(values), digits) if values else None
+        rows.append(row)
+    if not rows or not every["before"]:
+        return []
+    total: dict[str, Any] = {"module": "all modules"}
+    for when in ("before", "after"):
+        values = every[when]
+        total[f"mean |cos| {when}"] = round(sum(values) / len(values), digits) if values else None
+        total[f"max |cos| {when}"] = round(max(values), digits) if values else None
+    return [total, *rows]
 
 
 def shared_suffix_dropped(names: Sequence[str]) -> list[str]:

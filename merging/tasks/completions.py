@@ -6,9 +6,11 @@ training). The file's first row decides its format and every row must follow it:
 - ``{"prompt": "2 + 3 =", "completion": " 5"}`` — the completion is what the model must produce;
 - ``{"messages": [{"role": "user", "content": ...}, ..., {"role": "assistant", "content": ...}]}``
   — a chat: the last message must be the assistant's, and it is the completion; the messages
-  before it are the prompt. They are rendered into text by :func:`render_chat` with the
-  tokenizer's chat template when it has one (the generation prompt included, so the completion
-  starts where the model would start answering), else as plain ``role: content`` lines.
+  before it are the prompt. They are rendered by :func:`render_chat` with the tokenizer's chat
+  template when it has one (the generation prompt included, so the completion starts where the
+  model would start answering; the token ids are what ``apply_chat_template(tokenize=True)``
+  gives, so a template that renders ``<s>`` is read with one ``<s>``), else as plain
+  ``role: content`` lines.
 
 Rows are read without a tokenizer (so a bad file is refused before a model is loaded); each bad
 row is one :class:`TaskError` naming the file, the line and what is wrong. Rows keep their line
@@ -32,11 +34,17 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass(frozen=True)
 class CompletionExample:
-    """One prompt and the completion the model should give, from `line` of the task file."""
+    """One prompt and the completion the model should give, from `line` of the task file.
+
+    `prompt_ids` / `completion_ids`, when set, are the token ids the model reads (a chat rendered by
+    its template: what `apply_chat_template(tokenize=True)` gives); None: the text is tokenised by
+    the scorer (merging.causal_eval.encode_example)."""
 
     prompt: str
     completion: str
     line: int
+    prompt_ids: tuple[int, ...] | None = None
+    completion_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -182,21 +190,42 @@ def read_causal_task(path: str | Path, name: str | None = None) -> CausalTask:
     return CausalTask(name or path.stem, str(path), kind, tuple(examples))
 
 
+def chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """The token ids `tokenizer.apply_chat_template(messages, tokenize=True)` gives (a list of ints,
+    whichever return type this transformers version prefers)."""
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    if hasattr(ids, "keys"):  # a BatchEncoding (transformers ≥ 5 returns a dict by default)
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
 def render_chat(example: ChatExample, tokenizer: Any = None) -> CompletionExample:
-    """The chat as (prompt, completion) text.
+    """The chat as (prompt, completion) text, and with a template as the ids the model reads.
 
     With a chat template: prompt = the template over every message but the last, with the
     generation prompt (e.g. ``<|im_start|>assistant\\n``); completion = what the template adds for
     the last message, when the full rendering extends the prompt (so end-of-turn markers the model
-    was trained to emit are scored too), else the reply itself. Without a template: ``role: content``
-    lines, then ``assistant:``, and the reply after a space.
+    was trained to emit are scored too), else the reply itself. The ids are exactly those of
+    ``apply_chat_template(tokenize=True)`` (transformers tokenises the rendering *without* adding
+    special tokens): a template that renders ``bos_token`` gives one ``<s>``, not the template's and
+    the tokenizer's; one that renders none gives none, as the model saw in chat training. The
+    completion's ids are what the full conversation's ids add to the prompt's (when they extend
+    them; else the reply tokenised on its own). Without a template: ``role: content`` lines, then
+    ``assistant:``, and the reply after a space, tokenised like a prompt/completion row.
     """
     *history, reply = example.messages
     template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
     if template:
         prompt = tokenizer.apply_chat_template(list(history), tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(list(example.messages), tokenize=False)
-        completion = full[len(prompt):] if full.startswith(prompt) and full[len(prompt):].strip() else reply["content"]
-        return CompletionExample(prompt, completion, example.line)
+        extends = full.startswith(prompt) and full[len(prompt):].strip()
+        completion = full[len(prompt):] if extends else reply["content"]
+        prompt_ids = chat_ids(tokenizer, list(history), add_generation_prompt=True)
+        full_ids = chat_ids(tokenizer, list(example.messages))
+        if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
+            completion_ids = full_ids[len(prompt_ids):]
+        else:
+            completion_ids = list(tokenizer(completion, add_special_tokens=False).input_ids)
+        return CompletionExample(prompt, completion, example.line, tuple(prompt_ids), tuple(completion_ids))
     prompt = "".join(f"{m['role']}: {m['content']}\n" for m in history) + "assistant:"
     return CompletionExample(prompt, " " + reply["content"], example.line)

@@ -162,3 +162,24 @@ def make_task(
         source=source,
         licence=licence,
     )
+
+
+def carve_dev_rows(count: int, size: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Row indices (dev, rest) of an evaluation file of `count` rows: a seeded sample of
+    min(size, count // 2) rows for a search's dev split, the others for its final report.
+
+    The two are disjoint and together are every row; at most half the file goes to dev, so the
+    final report always keeps at least as many rows as the search saw. Both lists are in file order.
+    """
+    if size < 1:
+        raise TaskError(f"dev size: expected a positive number of examples per task, got {size}")
+    if count < 2:
+        raise TaskError(
+            f"{count} row(s): carving a dev split needs at least 2 (one to choose λ on, one to report on); "
+            "give the adapter a 'dev' file"
+        )
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    dev = sorted(order[: min(size, count // 2)])
+    chosen = set(dev)
+    return dev, [i for i in range(count) if i not in chosen]
