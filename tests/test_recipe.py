@@ -46,7 +46,7 @@ ISSUE_EXAMPLE = {
 
 def test_the_documented_fields_parse_and_every_parameter_is_written():
     recipe = recipe_from_dict(ISSUE_EXAMPLE)
-    assert recipe.method == "ties" and recipe.parameters == {"density": 0.5, "sign": "total"}
+    assert recipe.method == "ties" and recipe.parameters == {"density": 0.5, "sign": "total", "divide_by": "count"}
     assert recipe.weights == [1.0, 0.5] and recipe.rank is None and recipe.osrm == "off"
     data = recipe.to_dict()
     assert list(data) == [
@@ -60,7 +60,7 @@ def test_the_documented_fields_parse_and_every_parameter_is_written():
 def test_missing_parameters_take_the_schema_default_and_to_dict_writes_them():
     recipe = recipe_from_dict({"adapters": ["a", "b"], "method": "dare_ties"})
     expected = {p.name: p.default for p in REGISTRY["dare_ties"].params}
-    assert recipe.parameters == expected and set(expected) == {"density", "sign"}
+    assert recipe.parameters == expected and set(expected) == {"density", "sign", "divide_by"}
     assert recipe.to_dict()["parameters"] == expected
 
 
