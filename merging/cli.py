@@ -122,6 +122,36 @@ def _merge_inputs(recipe, labs: dict | None = None):
     return merge_inputs(recipe, lab_for=lab_for)
 
 
+def cmd_export_mergekit(args: argparse.Namespace) -> int:
+    """A native recipe as the mergekit config that merges the same (YAML on stdout, or --out)."""
+    from merging.catalog import adapters_base_model
+    from merging.merge import load_recipe_adapters
+    from merging.mergekit_config import export_mergekit
+
+    recipe = load_recipe(args.recipe)
+    base = recipe.base_model or adapters_base_model(load_recipe_adapters(recipe))
+    text = export_mergekit(recipe, base, source=Path(args.recipe).name)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the path of the YAML file to write")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} already exists; pass --overwrite to replace it")
+    staging = out.with_name(f".{out.name}.partial")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(out)
+    _print_json({"out": str(out), "merge_method": yaml_method(text)})
+    return 0
+
+
+def yaml_method(text: str) -> str:
+    import yaml
+
+    return str(yaml.safe_load(text).get("merge_method"))
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     _print_json([load_adapter(path).summary() for path in args.adapters])
     return 0
@@ -384,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--head", help="full classification model: the adapter whose task head is exported "
                        "(default: the first listed that has one)")
     merge.set_defaults(run=cmd_merge)
+
+    export_mk = commands.add_parser(
+        "export-mergekit", help="write a native recipe as the mergekit config that merges the same (or say why none does)"
+    )
+    export_mk.add_argument("recipe", help="recipe file (JSON or YAML)")
+    export_mk.add_argument("--out", help="YAML file to write (default: print the YAML on stdout)")
+    export_mk.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    export_mk.set_defaults(run=cmd_export_mergekit)
 
     inspect = commands.add_parser("inspect", help="ranks, modules, scales and norms of adapters")
     inspect.add_argument("adapters", nargs="+", help="PEFT adapter folders")
