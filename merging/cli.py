@@ -84,6 +84,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         save_merged(merged, out, overwrite=args.overwrite)
     if not args.per_module:
         summary.pop("modules")
+        if "do_merging" in summary:
+            summary["do_merging"]["orthogonalize"].pop("per_module", None)
     summary["out"] = str(out)
     summary["output"] = "full model" if args.full_model else "PEFT adapter"
     summary["dtype"] = recipe.dtype

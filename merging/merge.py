@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,12 @@ class MergedAdapter:
                 name: {"rank": r.rank, "energy_kept": r.energy_kept, "path": r.path}
                 for name, r in self.reports.items()
             },
+            **({"do_merging": self.do_merging_diagnostics()} if self.do_merging_diagnostics() else {}),
         }
+
+    def do_merging_diagnostics(self) -> dict | None:
+        """DO-Merging's orthogonalize diagnostics over the modules (do_merging.diagnostics), or None."""
+        return do.diagnostics({name: r.orthogonalize for name, r in self.reports.items()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,7 +366,11 @@ def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = Fal
         flat = {f"{name}/{key}": t.contiguous() for name, heads in merged.heads.items() for key, t in heads.items()}
         extra[HEADS_FILE] = safetensors_bytes(flat)
     template = {k: v for k, v in merged.adapter.config.items() if k not in ("modules_to_save",)}
+    adapter = merged.adapter
+    diagnostics = merged.do_merging_diagnostics()
+    if diagnostics:
+        adapter = replace(adapter, meta={**adapter.meta, "do_merging": diagnostics})
     return save_adapter(
-        merged.adapter, folder, template_config=template, extra_files=extra, overwrite=overwrite,
+        adapter, folder, template_config=template, extra_files=extra, overwrite=overwrite,
         dtype=factor_dtype(merged.recipe.dtype),
     )
