@@ -70,8 +70,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise ValueError("--max-shard-size and --head apply to --full-model exports only")
     inputs = _merge_inputs(recipe)
     base_dir = _export_base(recipe, inputs) if args.full_model else None  # refused before the merge
-    merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"))
+    # a PEFT output is right-sized: rank ≤ the recipe's rank, else the sum of the inputs' ranks
+    merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"), bound_rank=not args.full_model)
     summary = merged.summary()
+    warning = (summary.get("rank_bound") or {}).get("warning")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.full_model:
         from merging.export import DEFAULT_MAX_SHARD_BYTES, export_merged
 

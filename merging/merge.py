@@ -45,6 +45,7 @@ from merging.lora import (
     update_entry_bound,
 )
 from merging.methods import Factored, Method, MethodArgs, MethodError, get_method, svd_of_dense, svd_of_factors
+from merging.output_rank import bounded
 from merging.progress import Progress
 from merging.recipe import Recipe
 
@@ -80,6 +81,8 @@ class MergedAdapter:
     source_meta: dict[str, dict] = field(default_factory=dict)
     carried: dict[str, CarriedReport] = field(default_factory=dict)  # non-head saved tensors, by rule
     carried_notes: list[str] = field(default_factory=list)
+    input_ranks: dict[str, int] = field(default_factory=dict)  # per module: Σ of the inputs' LoRA ranks
+    rank_bound: dict | None = None  # set once bounded for a PEFT output (merging.output_rank)
 
     def summary(self) -> dict:
         ranks = [r.rank for r in self.reports.values()]
@@ -103,6 +106,7 @@ class MergedAdapter:
                 for name, r in self.reports.items()
             },
             **({"do_merging": self.do_merging_diagnostics()} if self.do_merging_diagnostics() else {}),
+            **({"rank_bound": self.rank_bound} if self.rank_bound is not None else {}),
         }
 
     def do_merging_diagnostics(self) -> dict | None:
@@ -162,12 +166,15 @@ def merge_module(
     device: torch.device,
     generator: torch.Generator | None = None,
     parameters: tuple[dict[str, Any], tuple[dict[str, Any], ...]] | None = None,
+    rank_bound: int | None = None,
 ) -> tuple[Factored, ModuleReport]:
     """Merge one module; `modules[i]` is None where adapter i lacks this module (it contributes 0).
 
     The path is what the method has: exact from the factors when it can, else streamed from the
     factors block by block, else dense; DO-Merging's switches need the dense form.
     `parameters` is method_parameters(recipe), computed once per merge by the caller.
+    `rank_bound`: without a recipe rank, the most rank the result may keep (a PEFT output's bound,
+    merging.output_rank): a dense result gets a truncated SVD, factors above it are cut from the factors.
     """
     method = get_method(recipe.method)
     values, per_adapter = parameters if parameters is not None else method_parameters(recipe)
@@ -191,10 +198,12 @@ def merge_module(
         else:
             zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
             merged = method.dense([m.delta(device) if m is not None else zeros for m in modules], list(weights), args)
-        factored = svd_of_dense(merged, recipe.rank)
+        factored = svd_of_dense(merged, recipe.rank if recipe.rank is not None else rank_bound)
         return factored, ModuleReport(factored.A.shape[0], factored.energy_kept, "dense", orth_report)
     if recipe.rank is not None:
         result = svd_of_factors(result.B, result.A, recipe.rank)
+    elif rank_bound is not None and result.A.shape[0] > rank_bound:
+        result = svd_of_factors(result.B, result.A, rank_bound)
     return result, ModuleReport(result.A.shape[0], result.energy_kept, "factored", orth_report)
 
 
@@ -280,8 +289,13 @@ def merge_adapters(
     adapters: Sequence[Adapter],
     recipe: Recipe,
     progress: Progress | None = None,
+    bound_rank: bool = False,
 ) -> MergedAdapter:
-    """Merge loaded adapters with a recipe (its adapter list gives the order and the weights)."""
+    """Merge loaded adapters with a recipe (its adapter list gives the order and the weights).
+
+    `bound_rank`: merge for a PEFT output, each module's rank bounded by the recipe's rank or else
+    the sum of the inputs' ranks (merging.output_rank); the result is already `bounded`.
+    """
     if len(adapters) != len(recipe.adapters):
         raise AdapterError(f"recipe lists {len(recipe.adapters)} adapters but {len(adapters)} were given")
     compatibility = check_compatible(adapters)
@@ -291,6 +305,7 @@ def merge_adapters(
     start = time.perf_counter()
     merged_modules: dict[str, LoraModule] = {}
     reports: dict[str, ModuleReport] = {}
+    input_ranks: dict[str, int] = {}
     try:
         parameters = method_parameters(recipe)
     except MethodError as err:
@@ -301,7 +316,9 @@ def merge_adapters(
             progress(index, total, module_name)
         weights = recipe.weights_for(module_name)
         modules = [a.modules.get(module_name) for a in adapters]
-        factored, report = merge_module(modules, weights, recipe, device, generator, parameters)
+        input_ranks[module_name] = sum(m.rank for m in modules if m is not None)
+        bound = input_ranks[module_name] if bound_rank and recipe.rank is None else None
+        factored, report = merge_module(modules, weights, recipe, device, generator, parameters, bound)
         check_finite_output(module_name, factored)
         merged_modules[module_name] = LoraModule(
             factored.A.detach().to("cpu").contiguous(), factored.B.detach().to("cpu").contiguous(), 1.0
@@ -321,7 +338,7 @@ def merge_adapters(
         config=dict(adapters[0].config),
         meta={"merged_from": [a.name for a in adapters], "recipe": recipe.to_dict()},
     )
-    return MergedAdapter(
+    result = MergedAdapter(
         adapter=merged,
         heads={
             a.name: {k: t for k, t in a.saved_modules.items() if is_head_tensor(k)}
@@ -336,7 +353,9 @@ def merge_adapters(
         seconds=seconds,
         device=str(device),
         source_meta={a.name: dict(a.meta) for a in adapters},
+        input_ranks=input_ranks,
     )
+    return bounded(result) if bound_rank else result
 
 
 def load_recipe_adapters(recipe: Recipe) -> list[Adapter]:
@@ -356,7 +375,9 @@ def factor_dtype(name: str) -> torch.dtype:
 def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = False) -> Path:
     """Write the merged adapter as a PEFT folder; the source adapters' heads go to a side file.
 
-    Its modules_to_save are the carried tensors (embed_tokens, lm_head: merged by the recipe's
+    The adapter is right-sized first (merging.output_rank.bounded: each module's rank at most the
+    recipe's rank, else the sum of the inputs' ranks; the energy kept goes to mergescope.json's
+    `rank_bound`). Its modules_to_save are the carried tensors (embed_tokens, lm_head: merged by the recipe's
     rule), never a classification head: a merged body serves every task, and each task is scored
     with its own head, which lives in mergescope_heads.safetensors under ``<adapter name>/<tensor
     name>``. Factors are written in `factor_dtype(recipe.dtype)`.
@@ -365,8 +386,9 @@ def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = Fal
     if merged.heads:
         flat = {f"{name}/{key}": t.contiguous() for name, heads in merged.heads.items() for key, t in heads.items()}
         extra[HEADS_FILE] = safetensors_bytes(flat)
+    merged = bounded(merged)
     template = {k: v for k, v in merged.adapter.config.items() if k not in ("modules_to_save",)}
-    adapter = merged.adapter
+    adapter = replace(merged.adapter, meta={**merged.adapter.meta, "rank_bound": merged.rank_bound})
     diagnostics = merged.do_merging_diagnostics()
     if diagnostics:
         adapter = replace(adapter, meta={**adapter.meta, "do_merging": diagnostics})

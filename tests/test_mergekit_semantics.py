@@ -24,7 +24,12 @@ import yaml
 from merging.cli import main
 from merging.lora import load_adapter
 from merging.merge import run_recipe
-from merging.mergekit_config import MergekitExportError, load_recipe_file, mergekit_dict_from_recipe, recipe_dict_from_mergekit
+from merging.mergekit_config import (
+    MergekitExportError,
+    load_recipe_file,
+    mergekit_dict_from_recipe,
+    recipe_dict_from_mergekit,
+)
 from merging.methods import REGISTRY, get_method
 from merging.recipe import Recipe, load_recipe
 from tests.peft_fixtures import save_lora
