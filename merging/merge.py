@@ -334,7 +334,8 @@ def merge_adapters(
         name="merged",
         modules=merged_modules,
         saved_modules=carried,
-        base_model=next((a.base_model for a in adapters if a.base_model), None),
+        # as the recipe gives it (merging.base_check); only without one, the adapters' own
+        base_model=recipe.base_model or next((a.base_model for a in adapters if a.base_model), None),
         config=dict(adapters[0].config),
         meta={"merged_from": [a.name for a in adapters], "recipe": recipe.to_dict()},
     )
