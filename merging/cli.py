@@ -66,12 +66,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.overwrite:
         # before the work: only a folder holding an adapter (or an earlier export) is ever replaced
         check_replaceable(out, markers=_export_markers() if args.full_model else ("adapter_config.json",))
+    if args.full_model and args.exact_rank:
+        raise ValueError("--exact-rank applies to PEFT outputs; --full-model always folds in the exact merge")
     if not args.full_model and (args.max_shard_size or args.head):
         raise ValueError("--max-shard-size and --head apply to --full-model exports only")
     inputs = _merge_inputs(recipe)
     base_dir = _export_base(recipe, inputs) if args.full_model else None  # refused before the merge
     # a PEFT output is right-sized: rank ≤ the recipe's rank, else the sum of the inputs' ranks
-    merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"), bound_rank=not args.full_model)
+    bound = not (args.full_model or args.exact_rank)
+    merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"), bound_rank=bound)
     summary = merged.summary()
     warning = (summary.get("rank_bound") or {}).get("warning")
     if warning:
@@ -85,7 +88,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         )
         summary["export"] = report.to_dict()
     else:
-        save_merged(merged, out, overwrite=args.overwrite)
+        save_merged(merged, out, overwrite=args.overwrite, bound=bound)
     if not args.per_module:
         summary.pop("modules")
         if "do_merging" in summary:
@@ -409,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an existing output folder (only one holding an adapter; swapped in when complete)",
     )
     merge.add_argument("--per-module", action="store_true", help="include each module's rank and energy")
+    merge.add_argument(
+        "--exact-rank", action="store_true",
+        help="PEFT output: write the exact merge at its numerical rank, however large (by default each module's "
+        "rank is at most the recipe's rank, else the sum of the inputs' ranks)",
+    )
     merge.add_argument(
         "--full-model", action="store_true",
         help="write the base model with the merged update folded in (loadable by from_pretrained) "

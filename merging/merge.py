@@ -373,12 +373,12 @@ def factor_dtype(name: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
-def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = False) -> Path:
+def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = False, bound: bool = True) -> Path:
     """Write the merged adapter as a PEFT folder; the source adapters' heads go to a side file.
 
     The adapter is right-sized first (merging.output_rank.bounded: each module's rank at most the
     recipe's rank, else the sum of the inputs' ranks; the energy kept goes to mergescope.json's
-    `rank_bound`). Its modules_to_save are the carried tensors (embed_tokens, lm_head: merged by the recipe's
+    `rank_bound`), unless `bound` is False (the CLI's --exact-rank: the merge as it is). Its modules_to_save are the carried tensors (embed_tokens, lm_head: merged by the recipe's
     rule), never a classification head: a merged body serves every task, and each task is scored
     with its own head, which lives in mergescope_heads.safetensors under ``<adapter name>/<tensor
     name>``. Factors are written in `factor_dtype(recipe.dtype)`.
@@ -387,9 +387,12 @@ def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = Fal
     if merged.heads:
         flat = {f"{name}/{key}": t.contiguous() for name, heads in merged.heads.items() for key, t in heads.items()}
         extra[HEADS_FILE] = safetensors_bytes(flat)
-    merged = bounded(merged)
+    if bound:
+        merged = bounded(merged)
     template = {k: v for k, v in merged.adapter.config.items() if k not in ("modules_to_save",)}
-    adapter = replace(merged.adapter, meta={**merged.adapter.meta, "rank_bound": merged.rank_bound})
+    adapter = merged.adapter
+    if merged.rank_bound is not None:
+        adapter = replace(adapter, meta={**adapter.meta, "rank_bound": merged.rank_bound})
     diagnostics = merged.do_merging_diagnostics()
     if diagnostics:
         adapter = replace(adapter, meta={**adapter.meta, "do_merging": diagnostics})

@@ -584,7 +584,10 @@ def mergekit_dict_from_recipe(recipe: Recipe, base_model: str | None = None) -> 
             global_parameters["normalize"] = True
             if weights[0] != 1.0:
                 global_parameters["lambda"] = weights[0]
-                notes.append("lambda scales the merged update, as mergekit's generalized task arithmetic reads it")
+                notes.append(
+                    "lambda scales the merged update: mergekit's generalized task arithmetic reads it in its newer "
+                    "versions; one that does not know it would leave it out (the mean of the agreeing updates)"
+                )
         else:
             global_parameters["normalize"] = divide_by == "weights"
     else:

@@ -127,3 +127,21 @@ def test_a_merge_scored_unbounded_is_cut_when_written_from_its_factors(pair, tmp
     folder = save_merged(exact, tmp_path / "page")
     assert max(m.rank for m in load_adapter(folder).modules.values()) <= 8
     assert exact.rank_bound is None  # the scored merge itself is untouched
+
+
+def test_exact_rank_writes_the_merge_as_it_is_and_says_nothing(pair, tmp_path, capsys):
+    recipe = recipe_file(pair, tmp_path, "ties", {"density": 0.5})
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "exact"), "--exact-rank", "--per-module"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "rank_bound" not in summary and "warning" not in captured.err
+    updates = float64_updates(pair)
+    written = load_adapter(tmp_path / "exact")
+    assert max(m.rank for m in written.modules.values()) > 8
+    for name, module in written.modules.items():
+        dense = ties64([u[name] for u in updates], 0.5)
+        got = module.B.double() @ module.A.double() * module.scale
+        assert float(torch.linalg.norm(got - dense) / torch.linalg.norm(dense)) < 1e-5, name
+    assert "rank_bound" not in json.loads((tmp_path / "exact" / "mergescope.json").read_text())
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "x"), "--exact-rank", "--full-model"]) == 2
+    assert "--exact-rank" in capsys.readouterr().err
