@@ -145,3 +145,26 @@ def test_exact_rank_writes_the_merge_as_it_is_and_says_nothing(pair, tmp_path, c
     assert "rank_bound" not in json.loads((tmp_path / "exact" / "mergescope.json").read_text())
     assert main(["merge", str(recipe), "--out", str(tmp_path / "x"), "--exact-rank", "--full-model"]) == 2
     assert "--exact-rank" in capsys.readouterr().err
+
+
+def test_the_merge_page_says_so_beside_the_peft_download_when_the_bound_loses_energy(app_test):
+    from tests.conftest import wait_for_job
+
+    def run(at, **settings):
+        for key, value in settings.items():
+            at.session_state[key] = value
+        at.run()
+        next(b for b in at.button if b.label == "Run merge").click()
+        at = wait_for_job(at.run(), "merge")
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        return at
+
+    # the tiny zoo's merges fit in the summed rank, so ask for rank 1: the bound is then the user's
+    at = run(app_test.run(), merge_method="ties", merge_exact=False, merge_rank=1)
+    cut = bounded(at.session_state["merge_last"]["merged"])
+    assert cut.rank_bound["rule"] == "the recipe's rank" and cut.rank_bound["warning"]
+    shown = [w.value for w in at.warning if "PEFT zip" in w.value]
+    assert len(shown) == 1 and "'rank'" in shown[0] and "full-model" in shown[0], [w.value for w in at.warning]
+    at = run(at, merge_method="task_arithmetic", merge_exact=True)
+    assert bounded(at.session_state["merge_last"]["merged"]).rank_bound["warning"] is None
+    assert not [w.value for w in at.warning if "PEFT zip" in w.value]
