@@ -87,6 +87,7 @@ class MergedAdapter:
     def summary(self) -> dict:
         ranks = [r.rank for r in self.reports.values()]
         energies = [r.energy_kept for r in self.reports.values()]
+        diagnostics = self.do_merging_diagnostics()
         return {
             "method": self.recipe.method,
             "adapters": [a.display_name for a in self.recipe.adapters],
@@ -105,7 +106,7 @@ class MergedAdapter:
                 name: {"rank": r.rank, "energy_kept": r.energy_kept, "path": r.path}
                 for name, r in self.reports.items()
             },
-            **({"do_merging": self.do_merging_diagnostics()} if self.do_merging_diagnostics() else {}),
+            **({"do_merging": diagnostics} if diagnostics else {}),
             **({"rank_bound": self.rank_bound} if self.rank_bound is not None else {}),
         }
 
@@ -378,7 +379,8 @@ def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = Fal
 
     The adapter is right-sized first (merging.output_rank.bounded: each module's rank at most the
     recipe's rank, else the sum of the inputs' ranks; the energy kept goes to mergescope.json's
-    `rank_bound`), unless `bound` is False (the CLI's --exact-rank: the merge as it is). Its modules_to_save are the carried tensors (embed_tokens, lm_head: merged by the recipe's
+    `rank_bound`), unless `bound` is False (the CLI's --exact-rank: the merge as it is).
+    Its modules_to_save are the carried tensors (embed_tokens, lm_head: merged by the recipe's
     rule), never a classification head: a merged body serves every task, and each task is scored
     with its own head, which lives in mergescope_heads.safetensors under ``<adapter name>/<tensor
     name>``. Factors are written in `factor_dtype(recipe.dtype)`.

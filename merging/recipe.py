@@ -42,8 +42,9 @@ and mapped into this form; `to_dict` never writes them.
 Paths, one rule: in a recipe file every relative path — `adapters[].path`, `adapters[].eval`, and a
 `base_model` that names a folder — is relative to the recipe file's folder, never to the working
 folder (a relative `base_model` that is no folder there is taken as given: a Hub id, looked up in
-the local cache by merging.base_check). A loaded Recipe, and every stored run, holds them absolute; `to_file(path)`
-writes the paths under the file's folder relative to it again, so the folder travels whole.
+the local cache by merging.base_check). A loaded Recipe, and every stored run, holds them absolute;
+`to_file(path)` writes the paths under the file's folder relative to it again, so the folder
+travels whole.
 
 Files: JSON is read as JSON (`.yaml`/`.yml` files only as YAML). YAML is read with YAML 1.2's
 core-schema rules for numbers and booleans, not PyYAML's YAML 1.1 ones: `5e-1`, `1e-3` and `1E0`
