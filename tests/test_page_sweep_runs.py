@@ -229,7 +229,7 @@ def test_the_runs_table_shows_each_runs_method_parameters(app: AppTest, tiny_zoo
     table = at.dataframe[1].value
     values = {"inner": "task_arithmetic", "density": 0.5, "sign": "total"}
     knots = ", ".join(f"{p.name}={values[p.name]}" for p in REGISTRY["knots"].params)
-    assert table.loc["parameters"].tolist() == ["density=0.5, sign=total", knots]
+    assert table.loc["parameters"].tolist() == ["density=0.5, sign=total, divide_by=count", knots]
     assert table.loc["OSRM"].tolist() == ["off", "posthoc"]
 
 
