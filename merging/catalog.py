@@ -393,7 +393,12 @@ def resolve_inputs(
     twins: each adapter whose folder has an OSRM twin is swapped for it; the others, and every
     adapter in mode posthoc, are marked for OSRM's post-hoc projection (`project_posthoc`, which
     needs the base model). `load(path, name)` loads one adapter (the dashboard passes its cache).
+    The recipe's `base_model`, when it names one, must exist locally (merging.base_check).
     """
+    if recipe.base_model:
+        from merging.base_check import check_base_model
+
+        check_base_model(recipe.base_model)
     paths, names, twins, pending = [], [], {}, []
     for index, ref in enumerate(recipe.adapters):
         path, name = Path(ref.path), ref.display_name

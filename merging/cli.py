@@ -66,12 +66,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.overwrite:
         # before the work: only a folder holding an adapter (or an earlier export) is ever replaced
         check_replaceable(out, markers=_export_markers() if args.full_model else ("adapter_config.json",))
+    if args.full_model and args.exact_rank:
+        raise ValueError("--exact-rank applies to PEFT outputs; --full-model always folds in the exact merge")
     if not args.full_model and (args.max_shard_size or args.head):
         raise ValueError("--max-shard-size and --head apply to --full-model exports only")
     inputs = _merge_inputs(recipe)
     base_dir = _export_base(recipe, inputs) if args.full_model else None  # refused before the merge
-    merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"))
+    # a PEFT output is right-sized: rank ≤ the recipe's rank, else the sum of the inputs' ranks
+    bound = not (args.full_model or args.exact_rank)
+    merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"), bound_rank=bound)
     summary = merged.summary()
+    warning = (summary.get("rank_bound") or {}).get("warning")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.full_model:
         from merging.export import DEFAULT_MAX_SHARD_BYTES, export_merged
 
@@ -81,9 +88,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
         )
         summary["export"] = report.to_dict()
     else:
-        save_merged(merged, out, overwrite=args.overwrite)
+        save_merged(merged, out, overwrite=args.overwrite, bound=bound)
     if not args.per_module:
         summary.pop("modules")
+        if "do_merging" in summary:
+            summary["do_merging"]["orthogonalize"].pop("per_module", None)
     summary["out"] = str(out)
     summary["output"] = "full model" if args.full_model else "PEFT adapter"
     summary["dtype"] = recipe.dtype
@@ -120,6 +129,36 @@ def _merge_inputs(recipe, labs: dict | None = None):
         return labs[base_model]
 
     return merge_inputs(recipe, lab_for=lab_for)
+
+
+def cmd_export_mergekit(args: argparse.Namespace) -> int:
+    """A native recipe as the mergekit config that merges the same (YAML on stdout, or --out)."""
+    from merging.catalog import adapters_base_model
+    from merging.merge import load_recipe_adapters
+    from merging.mergekit_config import export_mergekit
+
+    recipe = load_recipe(args.recipe)
+    base = recipe.base_model or adapters_base_model(load_recipe_adapters(recipe))
+    text = export_mergekit(recipe, base, source=Path(args.recipe).name)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the path of the YAML file to write")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} already exists; pass --overwrite to replace it")
+    staging = out.with_name(f".{out.name}.partial")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(out)
+    _print_json({"out": str(out), "merge_method": yaml_method(text)})
+    return 0
+
+
+def yaml_method(text: str) -> str:
+    import yaml
+
+    return str(yaml.safe_load(text).get("merge_method"))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -398,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge.add_argument("--per-module", action="store_true", help="include each module's rank and energy")
     merge.add_argument(
+        "--exact-rank", action="store_true",
+        help="PEFT output: write the exact merge at its numerical rank, however large (by default each module's "
+        "rank is at most the recipe's rank, else the sum of the inputs' ranks)",
+    )
+    merge.add_argument(
         "--full-model", action="store_true",
         help="write the base model with the merged update folded in (loadable by from_pretrained) "
         "instead of a PEFT adapter folder",
@@ -408,6 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--head", help="full classification model: the adapter whose task head is exported "
                        "(default: the first listed that has one)")
     merge.set_defaults(run=cmd_merge)
+
+    export_mk = commands.add_parser(
+        "export-mergekit", help="write a native recipe as the mergekit config that merges the same (or say why none does)"
+    )
+    export_mk.add_argument("recipe", help="recipe file (JSON or YAML)")
+    export_mk.add_argument("--out", help="YAML file to write (default: print the YAML on stdout)")
+    export_mk.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    export_mk.set_defaults(run=cmd_export_mergekit)
 
     inspect = commands.add_parser("inspect", help="ranks, modules, scales and norms of adapters")
     inspect.add_argument("adapters", nargs="+", help="PEFT adapter folders")

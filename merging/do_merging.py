@@ -15,6 +15,18 @@ orthogonalize
     directions interfere less. The penalty is taken on directions scaled to unit Frobenius norm, so
     μ prices a *relative* change and one setting suits every module size (see `orthogonalize`).
     Without decouple the "directions" are the updates themselves, scaled back afterwards.
+
+Diagnostics (`diagnostics`), in `merge`'s JSON (`do_merging`) and the merged folder's
+mergescope.json (`do_merging`), only when orthogonalize ran:
+
+    {"orthogonalize": {
+        "loss": [..],             # per Adam step, the mean over modules of the minimised loss
+        "cosine_before": 0.31,    # mean |cos| over every pair of adapters i < j and every module,
+        "cosine_after": 0.02,     #   before and after the perturbation
+        "relative_change": 0.04,  # mean over modules of ‖δ‖ / ‖D‖
+        "modules": 72,
+        "per_module": {name: {"loss_first", "loss_last", "cosine_before", "cosine_after",
+                              "relative_change"}}}}   # (the CLI prints per_module with --per-module)
 """
 
 from __future__ import annotations
@@ -139,3 +151,47 @@ def orthogonalize(
     report.cosine_after = pairwise_cosines(outputs).tolist()
     report.relative_change = float(torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(base))
     return outputs, report
+
+
+def mean_pair_cosine(cosines: Sequence[Sequence[float]]) -> float | None:
+    """Mean |cos| over the pairs i < j of an n × n cosine matrix; None with fewer than two."""
+    n = len(cosines)
+    pairs = [abs(float(cosines[i][j])) for i in range(n) for j in range(i + 1, n)]
+    return sum(pairs) / len(pairs) if pairs else None
+
+
+def diagnostics(reports: dict[str, OrthogonalizeReport | None]) -> dict | None:
+    """orthogonalize's loss curve and cosines before/after, over modules (see the module docstring);
+    None when no module was orthogonalized."""
+    ran = {name: r for name, r in reports.items() if r is not None}
+    if not ran:
+        return None
+    per_module = {}
+    for name, r in ran.items():
+        per_module[name] = {
+            "loss_first": r.loss[0] if r.loss else None,
+            "loss_last": r.loss[-1] if r.loss else None,
+            "cosine_before": mean_pair_cosine(r.cosine_before),
+            "cosine_after": mean_pair_cosine(r.cosine_after),
+            "relative_change": r.relative_change,
+        }
+    steps = max((len(r.loss) for r in ran.values()), default=0)
+    curve = []
+    for step in range(steps):
+        values = [r.loss[step] for r in ran.values() if len(r.loss) > step]
+        curve.append(sum(values) / len(values))
+
+    def mean(key: str) -> float | None:
+        values = [m[key] for m in per_module.values() if m[key] is not None]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "orthogonalize": {
+            "loss": curve,
+            "cosine_before": mean("cosine_before"),
+            "cosine_after": mean("cosine_after"),
+            "relative_change": mean("relative_change"),
+            "modules": len(per_module),
+            "per_module": per_module,
+        }
+    }

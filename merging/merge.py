@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from merging.lora import (
     update_entry_bound,
 )
 from merging.methods import Factored, Method, MethodArgs, MethodError, get_method, svd_of_dense, svd_of_factors
+from merging.output_rank import bounded
 from merging.progress import Progress
 from merging.recipe import Recipe
 
@@ -80,10 +81,13 @@ class MergedAdapter:
     source_meta: dict[str, dict] = field(default_factory=dict)
     carried: dict[str, CarriedReport] = field(default_factory=dict)  # non-head saved tensors, by rule
     carried_notes: list[str] = field(default_factory=list)
+    input_ranks: dict[str, int] = field(default_factory=dict)  # per module: Σ of the inputs' LoRA ranks
+    rank_bound: dict | None = None  # set once bounded for a PEFT output (merging.output_rank)
 
     def summary(self) -> dict:
         ranks = [r.rank for r in self.reports.values()]
         energies = [r.energy_kept for r in self.reports.values()]
+        diagnostics = self.do_merging_diagnostics()
         return {
             "method": self.recipe.method,
             "adapters": [a.display_name for a in self.recipe.adapters],
@@ -102,7 +106,13 @@ class MergedAdapter:
                 name: {"rank": r.rank, "energy_kept": r.energy_kept, "path": r.path}
                 for name, r in self.reports.items()
             },
+            **({"do_merging": diagnostics} if diagnostics else {}),
+            **({"rank_bound": self.rank_bound} if self.rank_bound is not None else {}),
         }
+
+    def do_merging_diagnostics(self) -> dict | None:
+        """DO-Merging's orthogonalize diagnostics over the modules (do_merging.diagnostics), or None."""
+        return do.diagnostics({name: r.orthogonalize for name, r in self.reports.items()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,12 +167,15 @@ def merge_module(
     device: torch.device,
     generator: torch.Generator | None = None,
     parameters: tuple[dict[str, Any], tuple[dict[str, Any], ...]] | None = None,
+    rank_bound: int | None = None,
 ) -> tuple[Factored, ModuleReport]:
     """Merge one module; `modules[i]` is None where adapter i lacks this module (it contributes 0).
 
     The path is what the method has: exact from the factors when it can, else streamed from the
     factors block by block, else dense; DO-Merging's switches need the dense form.
     `parameters` is method_parameters(recipe), computed once per merge by the caller.
+    `rank_bound`: without a recipe rank, the most rank the result may keep (a PEFT output's bound,
+    merging.output_rank): a dense result gets a truncated SVD, factors above it are cut from the factors.
     """
     method = get_method(recipe.method)
     values, per_adapter = parameters if parameters is not None else method_parameters(recipe)
@@ -186,10 +199,12 @@ def merge_module(
         else:
             zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
             merged = method.dense([m.delta(device) if m is not None else zeros for m in modules], list(weights), args)
-        factored = svd_of_dense(merged, recipe.rank)
+        factored = svd_of_dense(merged, recipe.rank if recipe.rank is not None else rank_bound)
         return factored, ModuleReport(factored.A.shape[0], factored.energy_kept, "dense", orth_report)
     if recipe.rank is not None:
         result = svd_of_factors(result.B, result.A, recipe.rank)
+    elif rank_bound is not None and result.A.shape[0] > rank_bound:
+        result = svd_of_factors(result.B, result.A, rank_bound)
     return result, ModuleReport(result.A.shape[0], result.energy_kept, "factored", orth_report)
 
 
@@ -275,8 +290,13 @@ def merge_adapters(
     adapters: Sequence[Adapter],
     recipe: Recipe,
     progress: Progress | None = None,
+    bound_rank: bool = False,
 ) -> MergedAdapter:
-    """Merge loaded adapters with a recipe (its adapter list gives the order and the weights)."""
+    """Merge loaded adapters with a recipe (its adapter list gives the order and the weights).
+
+    `bound_rank`: merge for a PEFT output, each module's rank bounded by the recipe's rank or else
+    the sum of the inputs' ranks (merging.output_rank); the result is already `bounded`.
+    """
     if len(adapters) != len(recipe.adapters):
         raise AdapterError(f"recipe lists {len(recipe.adapters)} adapters but {len(adapters)} were given")
     compatibility = check_compatible(adapters)
@@ -286,6 +306,7 @@ def merge_adapters(
     start = time.perf_counter()
     merged_modules: dict[str, LoraModule] = {}
     reports: dict[str, ModuleReport] = {}
+    input_ranks: dict[str, int] = {}
     try:
         parameters = method_parameters(recipe)
     except MethodError as err:
@@ -296,7 +317,9 @@ def merge_adapters(
             progress(index, total, module_name)
         weights = recipe.weights_for(module_name)
         modules = [a.modules.get(module_name) for a in adapters]
-        factored, report = merge_module(modules, weights, recipe, device, generator, parameters)
+        input_ranks[module_name] = sum(m.rank for m in modules if m is not None)
+        bound = input_ranks[module_name] if bound_rank and recipe.rank is None else None
+        factored, report = merge_module(modules, weights, recipe, device, generator, parameters, bound)
         check_finite_output(module_name, factored)
         merged_modules[module_name] = LoraModule(
             factored.A.detach().to("cpu").contiguous(), factored.B.detach().to("cpu").contiguous(), 1.0
@@ -312,11 +335,12 @@ def merge_adapters(
         name="merged",
         modules=merged_modules,
         saved_modules=carried,
-        base_model=next((a.base_model for a in adapters if a.base_model), None),
+        # as the recipe gives it (merging.base_check); only without one, the adapters' own
+        base_model=recipe.base_model or next((a.base_model for a in adapters if a.base_model), None),
         config=dict(adapters[0].config),
         meta={"merged_from": [a.name for a in adapters], "recipe": recipe.to_dict()},
     )
-    return MergedAdapter(
+    result = MergedAdapter(
         adapter=merged,
         heads={
             a.name: {k: t for k, t in a.saved_modules.items() if is_head_tensor(k)}
@@ -331,7 +355,9 @@ def merge_adapters(
         seconds=seconds,
         device=str(device),
         source_meta={a.name: dict(a.meta) for a in adapters},
+        input_ranks=input_ranks,
     )
+    return bounded(result) if bound_rank else result
 
 
 def load_recipe_adapters(recipe: Recipe) -> list[Adapter]:
@@ -348,9 +374,12 @@ def factor_dtype(name: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
-def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = False) -> Path:
+def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = False, bound: bool = True) -> Path:
     """Write the merged adapter as a PEFT folder; the source adapters' heads go to a side file.
 
+    The adapter is right-sized first (merging.output_rank.bounded: each module's rank at most the
+    recipe's rank, else the sum of the inputs' ranks; the energy kept goes to mergescope.json's
+    `rank_bound`), unless `bound` is False (the CLI's --exact-rank: the merge as it is).
     Its modules_to_save are the carried tensors (embed_tokens, lm_head: merged by the recipe's
     rule), never a classification head: a merged body serves every task, and each task is scored
     with its own head, which lives in mergescope_heads.safetensors under ``<adapter name>/<tensor
@@ -360,8 +389,16 @@ def save_merged(merged: MergedAdapter, folder: str | Path, overwrite: bool = Fal
     if merged.heads:
         flat = {f"{name}/{key}": t.contiguous() for name, heads in merged.heads.items() for key, t in heads.items()}
         extra[HEADS_FILE] = safetensors_bytes(flat)
+    if bound:
+        merged = bounded(merged)
     template = {k: v for k, v in merged.adapter.config.items() if k not in ("modules_to_save",)}
+    adapter = merged.adapter
+    if merged.rank_bound is not None:
+        adapter = replace(adapter, meta={**adapter.meta, "rank_bound": merged.rank_bound})
+    diagnostics = merged.do_merging_diagnostics()
+    if diagnostics:
+        adapter = replace(adapter, meta={**adapter.meta, "do_merging": diagnostics})
     return save_adapter(
-        merged.adapter, folder, template_config=template, extra_files=extra, overwrite=overwrite,
+        adapter, folder, template_config=template, extra_files=extra, overwrite=overwrite,
         dtype=factor_dtype(merged.recipe.dtype),
     )

@@ -16,11 +16,13 @@ global `lambda` (default 1):
         → task arithmetic with weights λ·wᵢ/D (exact). `normalize` defaults to false for all three.
     ties, dare_ties, breadcrumbs_ties           Δ = λ·Σ wᵢSᵢmᵢ / D,  D = Σ wᵢmᵢ if normalize else 1
         mᵢ = [sign(wᵢSᵢ) = sign(Σⱼ wⱼSⱼ)], the sign elected by mass (mergescope's sign "total",
-        ties to +). mergescope's consensus divides by the *count* of agreeing entries instead: the
-        two agree when every weight is the same w > 0 (w cancels: Δ = λ·mean of the agreeing Sᵢ,
-        i.e. mergescope with every weight λ), or with one model. Unequal weights, or
-        `normalize: false` (a plain sum; mergekit's default for dare_ties and breadcrumbs_ties),
-        with two or more models: refused.
+        ties to +), a divisor of 0 read as 1. The registry's consensus declares the divisor
+        (`divide_by`, merging/methods/consensus.py), so every such config maps exactly:
+        normalize: false → divide_by "none", weights λ·wᵢ;
+        normalize: true, every weight the same w > 0 → divide_by "count", weights λ (w cancels:
+            λ·the mean of the agreeing Sᵢ, the form mergescope's own TIES recipes have);
+        normalize: true, other weights → divide_by "weights", weights wᵢ (λ must be 1 there: a
+            common factor of the weights cancels in Σ wᵢSᵢmᵢ / Σ wᵢmᵢ, so no weight carries it).
     linear                                      θ = Σ wⱼθⱼ / D over every model listed (the base
         model counts as θ = BASE, with its weight), D = Σwⱼ if normalize (default true) else 1
         → BASE + Σ (wᵢ/D)·ΔWᵢ when Σwⱼ/D = 1; otherwise the base itself would be rescaled: refused.
@@ -39,6 +41,18 @@ Accepted and ignored: `int8_mask` (a memory knob of mergekit's sign mask: no eff
 result), `tokenizer_source: base` (the merged adapter uses the base model's tokenizer). `dtype` /
 `out_dtype` (float32, float16, bfloat16) become the dtype of the written factors; mergescope
 computes in float32 whatever mergekit's `dtype` says.
+
+Which native method a mergekit method is, which of its parameters mergekit names alike, and
+mergekit's defaults (normalize, rescale) are declared by each method in the registry
+(`Method.mergekit`, merging/methods/catalogue.py); this module keeps only what is mergekit's alone
+(its methods mergescope has not, its top-level keys).
+
+The other way, `mergekit_dict_from_recipe` / `mergescope export-mergekit recipe.json` writes a native
+recipe as the mergekit config that merges the same, or refuses with the reason: a method whose
+registry entry has no mergekit name (KnOTS, TSV-Merge, PEFT naive, magnitude prune), DO-Merging's
+switches, OSRM's twins or projection, per-module weight overrides, a rank truncation, the
+frequency sign rule, divide_by "count" with unequal weights. Reading the written config back gives
+a recipe with the same merged body (DARE: the same in distribution; the seed does not travel).
 
 Refused, naming the key: other merge methods (slerp and nuslerp interpolate whole weights, della
 samples by rank, model_stock, passthrough, …), `slices` / `modules` (layer surgery),
@@ -69,23 +83,37 @@ from merging.recipe import Recipe, RecipeError, load_recipe, read_recipe_text
 
 @dataclass(frozen=True)
 class _Family:
-    """One of mergekit's generalized-task-arithmetic methods and the native method it maps to."""
+    """One of mergekit's generalized-task-arithmetic methods and the native method that declares it."""
 
     native: str
-    sparsify: str | None  # None | "magnitude" | "random" | "outliers"
-    consensus: bool
+    parameters: tuple[str, ...]  # mergekit's per-model parameters besides weight (density, gamma)
+    consensus: bool  # the native method has TIES' consensus (its `divide_by` takes `normalize`)
     default_normalize: bool
-    default_rescale: bool
+    rescale: bool | None  # None: no sparsifier (no `rescale` key); else what the native one always does
+
+    @property
+    def default_rescale(self) -> bool:
+        return bool(self.rescale)
 
 
-GTA_METHODS: dict[str, _Family] = {
-    "task_arithmetic": _Family("task_arithmetic", None, False, False, False),
-    "ties": _Family("ties", "magnitude", True, True, False),
-    "dare_ties": _Family("dare_ties", "random", True, False, True),
-    "dare_linear": _Family("dare_linear", "random", False, False, True),
-    "breadcrumbs": _Family("breadcrumbs", "outliers", False, False, False),
-    "breadcrumbs_ties": _Family("breadcrumbs_ties", "outliers", True, False, False),
-}
+def _gta_methods() -> dict[str, _Family]:
+    """mergekit's name -> _Family, from each registered method's `mergekit` declaration."""
+    from merging.methods import REGISTRY
+
+    return {
+        method.mergekit.name: _Family(
+            method.name,
+            method.mergekit.parameters,
+            method.has_param("divide_by"),
+            method.mergekit.normalize,
+            method.mergekit.rescale,
+        )
+        for method in REGISTRY.values()
+        if method.mergekit.name is not None
+    }
+
+
+GTA_METHODS: dict[str, _Family] = _gta_methods()
 SUPPORTED_METHODS = ("linear", *GTA_METHODS)
 
 _REFUSED_METHODS = {
@@ -161,13 +189,9 @@ def _allowed_parameters(method: str) -> tuple[set[str], set[str]]:
     if method == "linear":
         return {"weight"}, {"normalize", "int8_mask"}
     family = GTA_METHODS[method]
-    per_model = {"weight"}
-    if family.sparsify is not None:
-        per_model.add("density")
-    if family.sparsify == "outliers":
-        per_model.add("gamma")
+    per_model = {"weight", *family.parameters}
     global_only = {"normalize", "int8_mask", "lambda"}
-    if family.sparsify is not None:
+    if family.rescale is not None:
         global_only.add("rescale")
     return per_model, global_only
 
@@ -178,6 +202,8 @@ def _unknown_parameter(method: str, key: str, where: str) -> RecipeError:
         hint = f"{method} does not sparsify: mergekit ignores '{key}' there; remove it"
     elif key == "gamma":
         hint = "'gamma' belongs to breadcrumbs; remove it"
+    elif key == "divide_by":
+        hint = "'divide_by' is mergescope's; mergekit says normalize: true (divide by the agreeing weights) or false"
     elif key in {"epsilon"}:
         hint = "'epsilon' belongs to della, which mergescope does not reproduce"
     elif key in {"t"}:
@@ -305,9 +331,11 @@ def recipe_dict_from_mergekit(data: Mapping, base_dir: Path | None = None) -> di
         native_method, native_parameters, per_adapter = "task_arithmetic", {}, [{} for _ in loras]
     else:
         family = GTA_METHODS[method]
-        weights = _gta_weights(method, family, loras, global_parameters, weight_of)
+        weights, divide_by = _gta_weights(method, family, loras, global_parameters, weight_of)
         native_method = family.native
         native_parameters, per_adapter = _sparsify_parameters(method, family, loras, global_parameters)
+        if divide_by is not None:
+            native_parameters["divide_by"] = divide_by
 
     return {
         "adapters": [
@@ -368,18 +396,19 @@ def _linear_weights(loras, base_entries, base_model, global_parameters, weight_o
     return lora_weights
 
 
-def _gta_weights(method, family: _Family, loras, global_parameters, weight_of) -> list[float]:
-    """The native weights that reproduce mergekit's weighting, λ and normalize (see the module docstring)."""
+def _gta_weights(method, family: _Family, loras, global_parameters, weight_of) -> tuple[list[float], str | None]:
+    """The native weights (and, for a consensus method, its `divide_by`) that reproduce mergekit's
+    weighting, λ and normalize (see the module docstring)."""
     weights = [weight_of(e) for e in loras]
     lam = _number(global_parameters.get("lambda", 1.0), "parameters.lambda")
     normalize = _flag(global_parameters.get("normalize", family.default_normalize), "parameters.normalize")
-    if family.sparsify is not None:
+    if family.rescale is not None:
         rescale = _flag(global_parameters.get("rescale", family.default_rescale), "parameters.rescale")
-        if family.sparsify == "random" and not rescale:
+        if family.rescale and not rescale:
             raise _refuse(
                 "parameters.rescale", "false: mergescope's DARE always rescales the kept entries by 1/density"
             )
-        if family.sparsify != "random" and rescale:
+        if not family.rescale and rescale:
             raise _refuse(
                 "parameters.rescale", f"true: mergescope's {family.native} does not rescale what its cut keeps"
             )
@@ -387,29 +416,20 @@ def _gta_weights(method, family: _Family, loras, global_parameters, weight_of) -
         divisor = math.fsum(weights) if normalize else 1.0
         if abs(divisor) < 1e-8:  # mergekit's guard: a vanishing sum divides by 1
             divisor = 1.0
-        return [lam * w / divisor for w in weights]
+        return [lam * w / divisor for w in weights], None
     if lam < 0:
         raise _refuse("parameters.lambda", f"{lam:g}: a negative λ flips which sign wins a tie in the election")
-    if len(loras) == 1:
-        # one model: every nonzero entry agrees with itself; normalize divides its weight away
-        return [(lam if weights[0] != 0 else 0.0) if normalize else lam * weights[0]]
     if not normalize:
-        explicit = "normalize" in global_parameters
+        return [lam * w for w in weights], "none"  # the agreeing sum, λ folded into the weights
+    if all(w == weights[0] for w in weights) and weights[0] > 0:
+        return [lam for _ in loras], "count"  # w cancels: λ · the mean of the agreeing updates
+    if lam != 1.0:
         raise _refuse(
-            "parameters.normalize",
-            ("false" if explicit else f"unset (mergekit's default for {method} is false)")
-            + ": mergekit then sums the agreeing updates, mergescope's consensus takes their mean; "
-            "set normalize: true and give every model the same weight",
+            "parameters.lambda",
+            f"{lam:g} with normalize and unequal weights: Σ wᵢSᵢmᵢ / Σ wᵢmᵢ cancels any common factor of "
+            "the weights, so no weight can carry λ; scale the merged model afterwards, or use equal weights",
         )
-    for entry, w in zip(loras, weights):
-        if w != weights[0] or w <= 0:
-            where = f"models[{entry.index}].parameters.weight" if "weight" in entry.parameters else "parameters.weight"
-            raise _refuse(
-                where,
-                f"{w:g}: with normalize, {method} divides by the sum of the agreeing weights, mergescope by their "
-                "count; the two agree only when every model has the same positive weight",
-            )
-    return [lam for _ in loras]
+    return weights, "weights"
 
 
 def _sparsify_parameters(
@@ -418,13 +438,10 @@ def _sparsify_parameters(
     """The native method's parameters, and each adapter's own (per-model density / gamma)."""
     native: dict[str, Any] = {}
     per_adapter: list[dict[str, Any]] = [{} for _ in loras]
-    if family.sparsify is None:
-        return native, per_adapter
     own_allowed = _native_per_adapter(family.native)
-    keys = {"density": 1.0}
-    if family.sparsify == "outliers":
-        keys["gamma"] = 0.01  # mergekit's default
-    for key, default in keys.items():
+    mergekit_defaults = {"density": 1.0, "gamma": 0.01}  # mergekit's, not the native schema's
+    for key in family.parameters:
+        default = mergekit_defaults[key]
         native[key] = _fraction(key, global_parameters.get(key, default), f"parameters.{key}")
         own = {
             i: _fraction(key, e.parameters[key], f"models[{e.index}].parameters.{key}")
@@ -505,3 +522,113 @@ def load_recipe_file(path: str | Path):
         return Recipe.from_dict(recipe_dict_from_mergekit(data, base_dir), base_dir=base_dir)
     except RecipeError as err:
         raise RecipeError(f"{path}: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------
+# The other way: a native recipe as the mergekit config that merges the same
+
+
+class MergekitExportError(RecipeError):
+    """A recipe that no mergekit config reproduces; the message names the field and the reason."""
+
+
+def _no_export(where: str, message: str) -> MergekitExportError:
+    return MergekitExportError(f"no mergekit equivalent: '{where}': {message}")
+
+
+def mergekit_dict_from_recipe(recipe: Recipe, base_model: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(mergekit config, notes) that merges what `recipe` merges, or MergekitExportError.
+
+    `base_model`: the base the LoRAs belong to, when the recipe names none (the adapters' own; the
+    CLI reads it from them). Notes say what the config leaves to mergekit that is not the body
+    (DARE's random masks, the seed); they go into the YAML as comments.
+    """
+    from merging.methods import get_method
+
+    method = get_method(recipe.method)
+    declared = method.mergekit
+    if declared.name is None:
+        raise _no_export("method", f"{recipe.method}: {declared.refusal}")
+    if recipe.do_merging.active:
+        switch = "decouple" if recipe.do_merging.decouple else "orthogonalize"
+        raise _no_export(f"do_merging.{switch}", "DO-Merging's switches are mergescope's own; mergekit has no such step")
+    if recipe.osrm != "off":
+        raise _no_export("osrm", f"{recipe.osrm!r}: OSRM's twins and post-hoc projection are mergescope's own")
+    if recipe.overrides:
+        raise _no_export("overrides", "per-module weight overrides are not written as mergekit's filtered weights")
+    if recipe.rank is not None:
+        raise _no_export("rank", f"{recipe.rank}: mergekit merges whole weights and has no rank truncation")
+    base = recipe.base_model or base_model
+    if not base:
+        raise _no_export("base_model", "mergekit needs the base model, and neither the recipe nor the adapters name it")
+    parameters = recipe.parameters
+    weights = [float(w) for w in recipe.weights]
+    global_parameters: dict[str, Any] = {}
+    model_weights = list(weights)
+    notes: list[str] = []
+    if method.has_param("divide_by"):
+        if parameters.get("sign", "total") != "total":
+            raise _no_export(
+                "parameters.sign",
+                f"{parameters['sign']!r}: mergekit's {declared.name} elects the sign by mass (sign 'total')",
+            )
+        divide_by = parameters["divide_by"]
+        if divide_by == "count":
+            if not (all(w == weights[0] for w in weights) and weights[0] > 0):
+                raise _no_export(
+                    "parameters.divide_by",
+                    "'count' with unequal weights: mergekit divides by the agreeing weights, not by their count; "
+                    "set divide_by to 'weights' (mergekit's normalize: true) or 'none' (normalize: false)",
+                )
+            model_weights = [1.0 for _ in weights]  # equal weights cancel; λ scales the mean
+            global_parameters["normalize"] = True
+            if weights[0] != 1.0:
+                global_parameters["lambda"] = weights[0]
+                notes.append(
+                    "lambda scales the merged update: mergekit's generalized task arithmetic reads it in its newer "
+                    "versions; one that does not know it would leave it out (the mean of the agreeing updates)"
+                )
+        else:
+            global_parameters["normalize"] = divide_by == "weights"
+    else:
+        global_parameters["normalize"] = False  # mergescope's weights are the λᵢ themselves
+    if declared.rescale is not None:
+        global_parameters["rescale"] = declared.rescale
+    for name in declared.parameters:
+        global_parameters[name] = parameters[name]
+    if declared.rescale:
+        notes.append(
+            f"DARE's random masks: mergekit draws its own, so the merge is the same in distribution, not entry "
+            f"for entry (mergescope's seed {recipe.seed} does not travel)"
+        )
+    models = []
+    for ref, weight in zip(recipe.adapters, model_weights):
+        own = {"weight": weight}
+        for name, value in ref.parameters.items():
+            if name not in declared.parameters:
+                raise _no_export(f"adapters[{recipe.adapters.index(ref)}].parameters.{name}", "mergekit has no such parameter")
+            own[name] = value
+        models.append({"model": f"{base}+{ref.path}", "parameters": own})
+    config: dict[str, Any] = {
+        "merge_method": declared.name,
+        "base_model": base,
+        "models": models,
+        "parameters": global_parameters,
+    }
+    if recipe.dtype != "auto":
+        config["dtype"] = recipe.dtype
+    return config, notes
+
+
+def mergekit_yaml(config: Mapping[str, Any], notes: list[str], source: str = "") -> str:
+    """The config as YAML, headed by comments: where it came from, and the notes."""
+    header = ["# mergekit config written by `mergescope export-mergekit`" + (f" from {source}" if source else "")]
+    header += [f"# note: {note}" for note in notes]
+    body = yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True)
+    return "\n".join(header) + "\n" + body
+
+
+def export_mergekit(recipe: Recipe, base_model: str | None = None, source: str = "") -> str:
+    """The mergekit YAML that merges what `recipe` merges (MergekitExportError says why not)."""
+    config, notes = mergekit_dict_from_recipe(recipe, base_model)
+    return mergekit_yaml(config, notes, source)

@@ -41,6 +41,13 @@ Old files and stored runs keep working: the flat keys of the previous form (`den
 `knots_inner`, `osrm_posthoc`, and the old share links' boolean `osrm`) are accepted by `from_dict`
 and mapped into this form; `to_dict` never writes them.
 
+Paths, one rule: in a recipe file every relative path — `adapters[].path`, `adapters[].eval`, and a
+`base_model` that names a folder — is relative to the recipe file's folder, never to the working
+folder (a relative `base_model` that is no folder there is taken as given: a Hub id, looked up in
+the local cache by merging.base_check). A loaded Recipe, and every stored run, holds them absolute;
+`to_file(path)` writes the paths under the file's folder relative to it again, so the folder
+travels whole.
+
 Files: JSON is read as JSON (`.yaml`/`.yml` files only as YAML). YAML is read with YAML 1.2's
 core-schema rules for numbers and booleans, not PyYAML's YAML 1.1 ones: `5e-1`, `1e-3` and `1E0`
 are numbers, and `off`/`yes` are strings (in YAML 1.1 `5e-1` is a string and `osrm: off` is false).
@@ -224,6 +231,36 @@ class Recipe:
         cls, data: Any, base_dir: Path | None = None, path_of: Callable[[str], str] | None = None
     ) -> Recipe:
         return recipe_from_dict(data, base_dir, path_of)
+
+    def to_file(self, path: str | Path) -> Path:
+        """Write the recipe (YAML for .yaml/.yml, else JSON) with every path inside the file's folder
+        relative to it, so `load_recipe` of the file, wherever the folder is moved, gives this Recipe
+        with its paths moved along (see the module docstring)."""
+        path = Path(path)
+        folder = path.resolve().parent
+
+        def portable(value: str | None) -> str | None:
+            if value is None or not Path(value).is_absolute():
+                return value
+            try:
+                return Path(value).resolve().relative_to(folder).as_posix() or "."
+            except ValueError:
+                return value  # outside the file's folder: stays absolute
+
+        data = self.to_dict()
+        for adapter in data["adapters"]:
+            adapter["path"] = portable(adapter["path"])
+            if adapter.get("eval") is not None:
+                adapter["eval"] = portable(adapter["eval"])
+        if data["base_model"] is not None and Path(data["base_model"]).is_dir():
+            data["base_model"] = portable(data["base_model"])
+        text = (
+            yaml.dump(data, Dumper=_Yaml12Dumper, sort_keys=False, allow_unicode=True)
+            if path.suffix.lower() in YAML_SUFFIXES
+            else json.dumps(data, indent=2, allow_nan=False)
+        )
+        path.write_text(text, encoding="utf-8")
+        return path
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -507,6 +544,18 @@ def _osrm(data: Mapping) -> str:
     return mode
 
 
+def _resolve_base_model(value: str, base_dir: Path) -> str:
+    """A relative base_model in a recipe file: the folder (or file) of that name beside the file (made
+    absolute) when there is one; otherwise as given (a Hub id: merging.base_check looks it up)."""
+    if value.startswith("~") or Path(value).is_absolute():
+        return value
+    try:
+        beside = base_dir / value
+        return str(beside.resolve()) if beside.exists() else value
+    except (OSError, ValueError):
+        return value
+
+
 def recipe_from_dict(data: Any, base_dir: Path | None = None, path_of: Callable[[str], str] | None = None) -> Recipe:
     """Validate a parsed recipe. Relative adapter paths resolve against `base_dir` when given;
     `path_of(name)` fills in the path of an adapter given by name alone."""
@@ -542,6 +591,8 @@ def recipe_from_dict(data: Any, base_dir: Path | None = None, path_of: Callable[
         raise RecipeError(
             f"field 'base_model': expected null (the adapters' own) or a local folder / Hub id, got {_shown(base_model)}"
         )
+    if base_model is not None and base_dir is not None:
+        base_model = _resolve_base_model(base_model, base_dir)
     return Recipe(
         adapters=adapters,
         method=method,

@@ -15,10 +15,14 @@ def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
+# parameter values that every recipe before them meant, left out so older labels read the same
+_QUIET_DEFAULTS = {("divide_by", "count")}
+
+
 def describe_recipe(recipe: Mapping[str, Any]) -> str:
     """e.g. "ties (density 0.5, sign sum) of sst2 ×1, spam ×0.6 · OSRM twins · rank exact · seed 0"."""
     method = str(recipe.get("method", "?"))
-    parameters = recipe.get("parameters") or {}
+    parameters = {k: v for k, v in (recipe.get("parameters") or {}).items() if (k, v) not in _QUIET_DEFAULTS}
     head = method + (f" ({', '.join(f'{k} {_number(v)}' for k, v in parameters.items())})" if parameters else "")
     adapters = []
     for adapter in recipe.get("adapters") or []:

@@ -19,6 +19,7 @@ from merging.do_merging import MAGNITUDE_RULES
 from merging.evaluation import PREVIEW_EVERY, modules_fingerprint
 from merging.merge import save_merged
 from merging.methods import REGISTRY, MethodError
+from merging.output_rank import bounded
 from merging.recipe import RecipeError
 from merging.run_labels import describe_recipe, run_label
 from pages import _recipe_ui as codec
@@ -413,8 +414,14 @@ if last:
         merged_adapter = last["merged"]
         stem = f"run{last['run_id']}" if last["run_id"] is not None else "unstored-run"
         if merged_adapter is not None:
-            e1.download_button("Merged adapter (PEFT zip)", lambda: _zip_of(merged_adapter), f"merged-{stem}.zip",
+            if "bounded" not in last:  # the PEFT output's rank bound (merging.output_rank), computed once
+                last["bounded"] = bounded(merged_adapter)
+            peft_output = last["bounded"]  # the full-model export below folds in the exact merge
+            e1.download_button("Merged adapter (PEFT zip)", lambda: _zip_of(peft_output), f"merged-{stem}.zip",
                                "application/zip", key="export_zip")
+            rank_bound = peft_output.rank_bound or {}
+            if rank_bound.get("warning"):
+                st.warning(f"PEFT zip: {rank_bound['warning']} (below, 'Write full model').", icon="⚠️")
         else:
             e1.caption("Reopened from the run store: press Run merge to rebuild the adapter for export.")
         e2.download_button("Recipe (JSON)", json.dumps(last.get("recipe") or {}, indent=2),

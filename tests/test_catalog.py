@@ -194,4 +194,9 @@ def test_a_plain_merge_needs_no_base_model_but_a_projection_does(tmp_path):
     assert catalog.merge_inputs(plain).base_model is None  # the factors alone define a merge
     with pytest.raises(ValueError, match="set the recipe's 'base_model'"):
         catalog.merge_inputs(replace(plain, osrm="posthoc"), lab_for=lambda name: None)
-    assert catalog.resolve_inputs(replace(plain, base_model="tiny", osrm="posthoc")).base_model == "tiny"
+    with pytest.raises(ValueError, match="field 'base_model'"):  # checked on every merge (merging.base_check)
+        catalog.resolve_inputs(replace(plain, base_model="tiny", osrm="posthoc"))
+    base = tmp_path / "tiny"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    assert catalog.resolve_inputs(replace(plain, base_model=str(base), osrm="posthoc")).base_model == str(base)

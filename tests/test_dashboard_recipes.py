@@ -111,7 +111,8 @@ def _rerun(record, folder: Path) -> str:
     recipe_file = folder / f"run{record.id}.json"
     recipe_file.write_text(json.dumps(record.recipe))
     out = folder / f"merged{record.id}"
-    assert cli(["merge", str(recipe_file), "--out", str(out)]) == 0
+    # the dashboard scores the exact merge; a PEFT output is rank-bounded unless --exact-rank (merging.output_rank)
+    assert cli(["merge", str(recipe_file), "--out", str(out), "--exact-rank"]) == 0
     return modules_fingerprint(load_adapter(out).modules)
 
 

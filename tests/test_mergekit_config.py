@@ -156,7 +156,7 @@ def test_ties_with_equal_weights_keeps_per_model_density_and_elects_the_sign_by_
     assert native["method"] == "ties"
     # mergekit divides Σ wᵢSᵢmᵢ by Σ wᵢmᵢ: with one w it cancels, leaving the mean of the agreeing entries
     assert weights(native) == [1.0, 1.0]
-    assert native["parameters"] == {"density": 0.5, "sign": "total"}
+    assert native["parameters"] == {"density": 0.5, "sign": "total", "divide_by": "count"}
     assert native["adapters"][0]["parameters"] == {"density": 0.3}
     assert "parameters" not in native["adapters"][1]
     assert native["dtype"] == "bfloat16"
@@ -195,7 +195,7 @@ def test_dare_ties_is_taken_with_normalize_and_equal_weights():
         """
     )
     assert native["method"] == "dare_ties"
-    assert native["parameters"] == {"density": 0.6, "sign": "total"}
+    assert native["parameters"] == {"density": 0.6, "sign": "total", "divide_by": "count"}
     assert native["adapters"][1]["parameters"] == {"density": 0.2}
 
 
@@ -335,14 +335,12 @@ TWO = "models: [{model: base+a, parameters: {weight: 1}}, {model: base+b, parame
         ),
         ("merge_method: task_arithmetic\nbase_model: base\nparameters: {density: 0.5}\n" + TWO, "'parameters.density'"),
         ("merge_method: ties\nbase_model: base\nparameters: {epsilon: 0.1}\n" + TWO, "'parameters.epsilon'"),
-        ("merge_method: ties\nbase_model: base\nparameters: {normalize: false}\n" + TWO, "'parameters.normalize'"),
         ("merge_method: ties\nbase_model: base\nparameters: {rescale: true}\n" + TWO, "'parameters.rescale'"),
         ("merge_method: dare_linear\nbase_model: base\nparameters: {rescale: false}\n" + TWO, "'parameters.rescale'"),
-        ("merge_method: dare_ties\nbase_model: base\n" + TWO, "'parameters.normalize'"),
         (
-            "merge_method: ties\nbase_model: base\nmodels: [{model: base+a, parameters: {weight: 1}}, "
+            "merge_method: ties\nbase_model: base\nparameters: {lambda: 0.5}\nmodels: [{model: base+a, parameters: {weight: 1}}, "
             "{model: base+b, parameters: {weight: 2}}]",
-            "'models[1].parameters.weight'",
+            "'parameters.lambda'",
         ),
         ("merge_method: ties\nbase_model: base\nparameters: {lambda: -1}\n" + TWO, "'parameters.lambda'"),
         ("merge_method: ties\nbase_model: base\nparameters: {density: 1.5}\n" + TWO, "'parameters.density'"),
@@ -494,7 +492,7 @@ models:
                     {"path": "c", "weight": 0.8, "parameters": {"density": 0.9}},
                 ],
                 "method": "ties",
-                "parameters": {"density": 0.5, "sign": "total"},
+                "parameters": {"density": 0.5, "sign": "total", "divide_by": "count"},
                 "base_model": "tiny-bert",
             }
         ),

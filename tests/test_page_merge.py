@@ -119,7 +119,7 @@ def test_merge_page_runs_a_merge_and_shows_per_task_accuracy(app_test, tmp_path)
     # the run was stored before it was shown, with the recipe that produced it
     runs = RunStore(tmp_path / "workspace" / "runs.sqlite").list()
     assert len(runs) == 1 and runs[0].recipe["method"] == "ties"
-    assert runs[0].recipe["parameters"] == {"density": 0.5, "sign": "total"}
+    assert runs[0].recipe["parameters"] == {"density": 0.5, "sign": "total", "divide_by": "count"}
     assert set(runs[0].results["tasks"]) == {"sms_spam", "question_type"}
     # the recipe lives in the URL, in the Recipe's own form
     assert _url_recipe(at)["method"] == "ties" and _url_recipe(at)["osrm"] == "off"

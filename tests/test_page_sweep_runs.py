@@ -186,7 +186,7 @@ def test_runs_page_lists_compares_reopens_and_deletes(app: AppTest, tiny_zoo):
     assert at.title[0].value == "Merge"
     recipe = json.loads(at.query_params["recipe"])
     assert recipe["method"] == "ties" and [a["weight"] for a in recipe["adapters"]] == [0.7, 1.3]
-    assert recipe["parameters"] == {"density": 0.5, "sign": "total"}  # the old flat form, mapped
+    assert recipe["parameters"] == {"density": 0.5, "sign": "total", "divide_by": "count"}  # the old flat form, mapped
     assert at.multiselect(key="merge_adapters").value == ["sms_spam-standard", "question_type-standard"]
     assert at.selectbox(key="merge_method").value == "ties"
     assert at.slider(key="weight:sms_spam-standard").value == pytest.approx(0.7)
@@ -229,7 +229,7 @@ def test_the_runs_table_shows_each_runs_method_parameters(app: AppTest, tiny_zoo
     table = at.dataframe[1].value
     values = {"inner": "task_arithmetic", "density": 0.5, "sign": "total"}
     knots = ", ".join(f"{p.name}={values[p.name]}" for p in REGISTRY["knots"].params)
-    assert table.loc["parameters"].tolist() == ["density=0.5, sign=total", knots]
+    assert table.loc["parameters"].tolist() == ["density=0.5, sign=total, divide_by=count", knots]
     assert table.loc["OSRM"].tolist() == ["off", "posthoc"]
 
 

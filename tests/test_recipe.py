@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from merging.do_merging import MAGNITUDE_RULES, DoMergingOptions
@@ -46,7 +46,7 @@ ISSUE_EXAMPLE = {
 
 def test_the_documented_fields_parse_and_every_parameter_is_written():
     recipe = recipe_from_dict(ISSUE_EXAMPLE)
-    assert recipe.method == "ties" and recipe.parameters == {"density": 0.5, "sign": "total"}
+    assert recipe.method == "ties" and recipe.parameters == {"density": 0.5, "sign": "total", "divide_by": "count"}
     assert recipe.weights == [1.0, 0.5] and recipe.rank is None and recipe.osrm == "off"
     data = recipe.to_dict()
     assert list(data) == [
@@ -60,7 +60,7 @@ def test_the_documented_fields_parse_and_every_parameter_is_written():
 def test_missing_parameters_take_the_schema_default_and_to_dict_writes_them():
     recipe = recipe_from_dict({"adapters": ["a", "b"], "method": "dare_ties"})
     expected = {p.name: p.default for p in REGISTRY["dare_ties"].params}
-    assert recipe.parameters == expected and set(expected) == {"density", "sign"}
+    assert recipe.parameters == expected and set(expected) == {"density", "sign", "divide_by"}
     assert recipe.to_dict()["parameters"] == expected
 
 
@@ -379,10 +379,14 @@ def test_to_url_and_from_url_round_trip(recipe):
 @given(recipes())
 def test_json_and_yaml_files_round_trip(recipe):
     with tempfile.TemporaryDirectory() as folder:
-        for name, text in (("r.json", recipe.to_json()), ("r.yaml", recipe.to_yaml()), ("r.yml", recipe.to_yaml())):
-            path = Path(folder) / name
+        files = [(Path(folder) / name, text) for name, text in
+                 (("r.json", recipe.to_json()), ("r.yaml", recipe.to_yaml()), ("r.yml", recipe.to_yaml()))]
+        for path, text in files:
             path.write_text(text, encoding="utf-8")
-            assert load_recipe(path) == recipe, name
+        # a base_model naming a path beside the file resolves to it (merging.base_check's path rule)
+        assume(recipe.base_model is None or not (Path(folder) / recipe.base_model).exists())
+        for path, _ in files:
+            assert load_recipe(path) == recipe, path.name
 
 
 @ROUND_TRIPS

@@ -61,8 +61,8 @@ def test_a_schema_whose_default_is_out_of_range_is_refused_when_declared():
 
 def test_validate_fills_defaults_in_schema_order_and_refuses_unknown_keys_with_a_hint():
     ties = get_method("ties")
-    assert ties.validate({"sign": "frequency"}) == {"density": 1.0, "sign": "frequency"}
-    assert list(ties.validate({})) == ["density", "sign"]
+    assert ties.validate({"sign": "frequency"}) == {"density": 1.0, "sign": "frequency", "divide_by": "count"}
+    assert list(ties.validate({})) == ["density", "sign", "divide_by"]
     with pytest.raises(MethodError, match=r"'densty' is not a parameter of ties; did you mean 'density'\?"):
         ties.validate({"densty": 0.5})
     with pytest.raises(MethodError, match="allowed: none"):

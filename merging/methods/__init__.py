@@ -19,16 +19,16 @@ real adapters through them.
 """
 
 from merging.methods import catalogue as _catalogue  # noqa: F401  (fills REGISTRY)
-from merging.methods.consensus import SIGN_RULES, combine_weighted, disjoint_mean, elect_sign
+from merging.methods.consensus import DIVIDE_RULES, SIGN_RULES, combine_weighted, disjoint_mean, elect_sign
 from merging.methods.cut import MagnitudeCut, apply_cut, magnitude_cut
 from merging.methods.factored import Factored, concatenate
-from merging.methods.registry import REGISTRY, Method, MethodArgs, MethodError, Param, get_method
+from merging.methods.registry import NO_MERGEKIT, REGISTRY, Mergekit, Method, MethodArgs, MethodError, Param, get_method
 from merging.methods.sparsify import DENSITY, Sparsifier, keep_random, keep_top_magnitude
 from merging.methods.svd import numerical_rank, svd_of_dense, svd_of_factors, truncated_svd
 from merging.methods.task_arithmetic import combine, combine_factors, family
 
 __all__ = [
-    "DENSITY", "REGISTRY", "SIGN_RULES", "Factored", "MagnitudeCut", "Method", "MethodArgs",
+    "DENSITY", "DIVIDE_RULES", "NO_MERGEKIT", "REGISTRY", "SIGN_RULES", "Factored", "MagnitudeCut", "Mergekit", "Method", "MethodArgs",
     "MethodError", "Param", "Sparsifier", "apply_cut", "combine", "combine_factors", "combine_weighted",
     "concatenate", "disjoint_mean", "elect_sign", "family", "get_method", "keep_random", "keep_top_magnitude",
     "magnitude_cut", "numerical_rank", "svd_of_dense", "svd_of_factors", "truncated_svd",

@@ -1,7 +1,7 @@
 """The registered methods, in the order the dashboard lists them: one line each.
 
-A sparsifier × consensus variant is one `family(...)` line; any other method is a `Method` built in
-its own file and named here.
+A sparsifier × consensus variant is one `family(...)` line (with mergekit's name for it, or why it
+has none); any other method is a `Method` built in its own file and named here.
 """
 
 from __future__ import annotations
@@ -15,13 +15,18 @@ from merging.methods.task_arithmetic import family
 from merging.methods.tsv import TSV
 
 register(
-    family("task_arithmetic", "Task arithmetic", "Σ λᵢ ΔWᵢ.", NONE),
-    family("ties", "TIES", "Keep each update's top-density entries by |x|, elect a sign per entry, average the agreeing ones.", MAGNITUDE, consensus=True),
-    family("dare_linear", "DARE (linear)", "Keep each entry with probability density, rescale by 1/density, then Σ λᵢ ΔWᵢ.", RANDOM),
-    family("dare_ties", "DARE-TIES", "DARE's random drop and rescale, then TIES' sign election and disjoint mean.", RANDOM, consensus=True),
-    family("magnitude_prune", "Magnitude prune", "Keep each update's top-density entries by |x|, then Σ λᵢ ΔWᵢ.", MAGNITUDE),
-    family("breadcrumbs", "Model Breadcrumbs", "Drop each update's largest gamma and smallest entries by |x|, keep the density between, then Σ λᵢ ΔWᵢ.", MAGNITUDE_BAND),
-    family("breadcrumbs_ties", "Breadcrumbs-TIES", "Model Breadcrumbs' band, then TIES' sign election and disjoint mean.", MAGNITUDE_BAND, consensus=True),
+    family("task_arithmetic", "Task arithmetic", "Σ λᵢ ΔWᵢ.", NONE, mergekit="task_arithmetic"),
+    family("ties", "TIES", "Keep each update's top-density entries by |x|, elect a sign per entry, average the agreeing ones.", MAGNITUDE, consensus=True,
+           mergekit="ties", mergekit_normalize=True),
+    family("dare_linear", "DARE (linear)", "Keep each entry with probability density, rescale by 1/density, then Σ λᵢ ΔWᵢ.", RANDOM, mergekit="dare_linear"),
+    family("dare_ties", "DARE-TIES", "DARE's random drop and rescale, then TIES' sign election and disjoint mean.", RANDOM, consensus=True,
+           mergekit="dare_ties"),
+    family("magnitude_prune", "Magnitude prune", "Keep each update's top-density entries by |x|, then Σ λᵢ ΔWᵢ.", MAGNITUDE,
+           mergekit_refusal="mergekit has no magnitude pruning without TIES' sign consensus (its 'ties' adds the consensus)"),
+    family("breadcrumbs", "Model Breadcrumbs", "Drop each update's largest gamma and smallest entries by |x|, keep the density between, then Σ λᵢ ΔWᵢ.", MAGNITUDE_BAND,
+           mergekit="breadcrumbs"),
+    family("breadcrumbs_ties", "Breadcrumbs-TIES", "Model Breadcrumbs' band, then TIES' sign election and disjoint mean.", MAGNITUDE_BAND, consensus=True,
+           mergekit="breadcrumbs_ties"),
     KNOTS,
     TSV,
     PEFT_NAIVE,

@@ -2,10 +2,15 @@
 
     elect_sign      total: sign of Σᵢ xᵢ (mass wins); frequency: sign of Σᵢ sign(xᵢ) (head count
                     wins); a tie (0) goes to +1
-    disjoint_mean   per entry, the mean over the updates whose entry is nonzero and has the
-                    elected sign (entries nobody keeps stay 0)
+    disjoint_mean   per entry, the sum of the updates whose entry is nonzero and has the
+                    elected sign (entries nobody keeps stay 0), divided as `divide_by` says:
+                    count    by how many agree (the TIES paper's disjoint mean; the default)
+                    weights  by the sum of the agreeing updates' weights λᵢ (mergekit's
+                             `normalize: true`: Σ λᵢxᵢmᵢ / Σ λᵢmᵢ, a divisor of 0 reads 1)
+                    none     not at all: the agreeing sum (mergekit's `normalize: false`)
 
-Both take the weighted updates as a sequence (a list, or a stacked tensor with the updates on dim
+`divide_by` is a declared parameter of every consensus method (DIVIDE_BY), so a mergekit config
+maps onto it instead of being refused. Both take the weighted updates as a sequence (a list, or a stacked tensor with the updates on dim
 0) and work adapter by adapter in place: no stacked (n, d_out, d_in) copy, no per-adapter
 temporaries beyond one. `combine_weighted` is the two in a row, or the plain sum without consensus.
 """
@@ -28,6 +33,17 @@ SIGN = Param(
 )
 
 
+DIVIDE_RULES: tuple[str, ...] = ("count", "weights", "none")
+
+DIVIDE_BY = Param(
+    "divide_by", "choice", "count", choices=DIVIDE_RULES,
+    help="What the agreeing entries' sum is divided by: count (how many agree: the TIES paper's mean), "
+    "weights (the sum of the agreeing adapters' weights: mergekit's normalize: true) or none "
+    "(the plain agreeing sum: mergekit's normalize: false).",
+    label="Divide agreeing sum by",
+)
+
+
 def elect_sign(weighted: Sequence[torch.Tensor], rule: str = "total") -> torch.Tensor:
     """The per-entry sign (±1) elected over the updates; a zero vote goes to +1."""
     if rule == "total":
@@ -44,22 +60,48 @@ def elect_sign(weighted: Sequence[torch.Tensor], rule: str = "total") -> torch.T
     return votes.sign_().add_(0.5).sign_()
 
 
-def disjoint_mean(weighted: Sequence[torch.Tensor], sign: torch.Tensor) -> torch.Tensor:
-    """Mean over the updates whose entry is nonzero and has the elected sign."""
+def disjoint_mean(
+    weighted: Sequence[torch.Tensor],
+    sign: torch.Tensor,
+    divide_by: str = "count",
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Sum over the updates whose entry is nonzero and has the elected sign, divided by their count
+    (default), by the sum of their weights (`weights`, needed then) or not at all (`none`)."""
+    if divide_by not in DIVIDE_RULES:
+        raise MethodError(f"unknown divide_by '{divide_by}' (allowed: {', '.join(DIVIDE_RULES)})")
+    if divide_by == "weights" and (weights is None or len(weights) != len(weighted)):
+        raise MethodError("divide_by 'weights' needs one weight per update")
     # In the elected sign's frame x·s is |x| where x agrees and ≤ 0 where it does not (or is 0), so
     # Σ max(x·s, 0) sums the agreeing magnitudes and Σ sign(max(x·s, 0)) counts them; ×s maps back.
     # Multiplying by ±1 is exact, so this is bitwise the masked sum, without boolean masks.
     total = torch.zeros_like(sign)
-    count = torch.zeros_like(sign)
-    for x in weighted:
+    divisor = torch.zeros_like(sign) if divide_by != "none" else None
+    for index, x in enumerate(weighted):
         agreeing = (x * sign).clamp_(min=0)
         total += agreeing
-        count += agreeing.sign_()
-    return total.mul_(sign).div_(count.clamp_(min=1))
+        if divide_by == "count":
+            divisor += agreeing.sign_()
+        elif divide_by == "weights":
+            divisor += agreeing.sign_().mul_(float(weights[index]))
+    total.mul_(sign)
+    if divisor is None:
+        return total
+    if divide_by == "count":
+        return total.div_(divisor.clamp_(min=1))
+    # mergekit's guard: where no weight agrees (or they cancel exactly) the divisor is 1
+    return total.div_(torch.where(divisor == 0, torch.ones_like(divisor), divisor))
 
 
-def combine_weighted(weighted: Sequence[torch.Tensor], consensus: bool, sign_rule: str = "total") -> torch.Tensor:
-    """Σ of sparsified, weighted updates, or (consensus) TIES' elected-sign disjoint mean of them."""
+def combine_weighted(
+    weighted: Sequence[torch.Tensor],
+    consensus: bool,
+    sign_rule: str = "total",
+    divide_by: str = "count",
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Σ of sparsified, weighted updates, or (consensus) TIES' elected-sign disjoint mean of them
+    (divided as `divide_by` says; `weights` are the λᵢ already applied, for divide_by 'weights')."""
     if len(weighted) == 0:
         raise MethodError("nothing to merge")
     if not consensus:
@@ -67,4 +109,4 @@ def combine_weighted(weighted: Sequence[torch.Tensor], consensus: bool, sign_rul
         for x in weighted[1:]:
             total += x
         return total
-    return disjoint_mean(weighted, elect_sign(weighted, sign_rule))
+    return disjoint_mean(weighted, elect_sign(weighted, sign_rule), divide_by, weights)

@@ -19,7 +19,7 @@ import torch
 from merging.lora import LoraModule
 from merging.methods.consensus import SIGN
 from merging.methods.factored import Factored
-from merging.methods.registry import Method, MethodArgs, Param, get_method
+from merging.methods.registry import Mergekit, Method, MethodArgs, Param, get_method
 from merging.methods.sparsify import DENSITY
 from merging.methods.svd import numerical_rank
 
@@ -46,7 +46,8 @@ def _canonical_signs(U: torch.Tensor) -> torch.Tensor:
 def _merge_blocks(blocks: Sequence[torch.Tensor], weights: Sequence[float], args: MethodArgs) -> torch.Tensor:
     """The inner method on the aligned blocks, with the parameters of ours it takes."""
     inner = get_method(args["inner"])
-    own = {name: args[name] for name in inner.param_names}
+    # the inner method's parameters KnOTS does not declare (TIES' divide_by) keep their defaults
+    own = {name: args.parameters.get(name, inner.param(name).default) for name in inner.param_names}
     per_adapter = tuple({k: v for k, v in p.items() if inner.has_param(k)} for p in args.per_adapter)
     return inner.dense(blocks, weights, MethodArgs(own, per_adapter, args.generator, args.device))
 
@@ -88,4 +89,5 @@ KNOTS = Method(
     params=(INNER, DENSITY, SIGN),
     factored=knots_factored,
     dense=knots_dense,
+    mergekit=Mergekit(refusal="KnOTS aligns the updates with one SVD of their concatenation before merging; mergekit has no such method"),
 )

@@ -13,7 +13,7 @@ import torch
 
 from merging.lora import LoraModule
 from merging.methods.factored import Factored
-from merging.methods.registry import Method, MethodArgs, MethodError
+from merging.methods.registry import Mergekit, Method, MethodArgs, MethodError
 
 
 def peft_naive(modules: Sequence[LoraModule], weights: Sequence[float], args: MethodArgs) -> Factored:
@@ -39,4 +39,5 @@ PEFT_NAIVE = Method(
     "Bᵢ·Aⱼ that no adapter trained: shown to make that visible, not to be used.",
     factored=peft_naive,
     dense_refusal="peft_naive combines A and B separately; it cannot run on DO-Merging directions",
+    mergekit=Mergekit(refusal="peft_naive combines the A and B factors separately; mergekit merges whole weights"),
 )

@@ -7,6 +7,10 @@ the n dense updates), and/or on dense updates (`dense`, also what DO-Merging's d
 merge.py picks among these by what a method has, never by its name. A new method is one file that
 builds a `Method` plus one line in `catalogue.py`.
 
+Each method also declares how it is written in a mergekit config (`Mergekit`: mergekit's method
+name, the parameters both tools name alike, mergekit's defaults), or why no mergekit config merges
+what it merges; merging/mergekit_config.py reads these in both directions.
+
 Implementations receive validated parameters through `MethodArgs`: the method-wide values (schema
 defaults filled in) and, for parameters the schema marks `per_adapter`, each adapter's own value.
 """
@@ -138,6 +142,34 @@ class MethodArgs:
         return MethodArgs(self.parameters, tuple(self.per_adapter[i] for i in indices), self.generator, self.device)
 
 
+@dataclass(frozen=True)
+class Mergekit:
+    """How a method is written in a mergekit config (mergekit's generalized task arithmetic), or why
+    it cannot be.
+
+    name         mergekit's `merge_method`; None: no mergekit method merges the same (`refusal` says why)
+    parameters   the method's parameters that mergekit names and means alike (density, gamma), per
+                 model or global
+    normalize    mergekit's default for `normalize` with this method
+    rescale      what the sparsifier does with what it keeps, in mergekit's terms: True always
+                 rescales by 1/density (DARE), False never, None: nothing to rescale (no `rescale` key)
+    A consensus method (one with `divide_by`) maps mergekit's `normalize` onto `divide_by`.
+    """
+
+    name: str | None = None
+    refusal: str = ""
+    parameters: tuple[str, ...] = ()
+    normalize: bool = False
+    rescale: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is None and not self.refusal:
+            raise ValueError("a method without a mergekit name says why (refusal)")
+
+
+NO_MERGEKIT = Mergekit(refusal="mergekit has no method that merges the same")
+
+
 FactoredMerge = Callable[[Sequence["LoraModule"], Sequence[float], MethodArgs], "Factored"]
 StreamedMerge = Callable[[Sequence["LoraModule | None"], Sequence[float], MethodArgs], torch.Tensor]
 DenseMerge = Callable[[Sequence[torch.Tensor], Sequence[float], MethodArgs], torch.Tensor]
@@ -163,6 +195,7 @@ class Method:
     streamed: StreamedMerge | None = None
     dense: DenseMerge | None = None
     dense_refusal: str = ""
+    mergekit: Mergekit = NO_MERGEKIT  # how a mergekit config writes it, or why it cannot
     _by_name: dict[str, Param] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +205,9 @@ class Method:
         if len(set(names)) != len(names):
             raise ValueError(f"method '{self.name}' declares a parameter twice: {names}")
         self._by_name.update({p.name: p for p in self.params})
+        for name in self.mergekit.parameters:
+            if name not in self._by_name:
+                raise ValueError(f"method '{self.name}' maps '{name}' to mergekit but has no such parameter")
 
     # ----- the schema
 

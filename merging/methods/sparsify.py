@@ -45,6 +45,7 @@ class Sparsifier:
     params: tuple[Param, ...]
     dense: Callable[[torch.Tensor, Value, torch.Generator | None], torch.Tensor]
     plan: Callable[..., RowFilter | None]
+    rescales: bool = False  # scales what it keeps back up by 1/density (DARE; mergekit's `rescale`)
 
 
 DENSITY = Param(
@@ -130,4 +131,4 @@ def _plan_random(factors, shape, blocks, value, generator, device) -> RowFilter 
     return lambda x, start, stop: x.div_(density).mul_(mask[start:stop].to(device))
 
 
-RANDOM = Sparsifier("random", (DENSITY,), _dense_random, _plan_random)
+RANDOM = Sparsifier("random", (DENSITY,), _dense_random, _plan_random, rescales=True)

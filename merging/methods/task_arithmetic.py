@@ -8,7 +8,9 @@ Where the weights λᵢ enter (the same place as PEFT's merge_utils and the TIES
 sparsified update is multiplied by λᵢ *before* the sign election, and the disjoint mean divides by the
 number of agreeing adapters, not by Σλ. With equal weights λ this is the paper's θ = λ·τ_m. (PEFT
 elects the sign on the unweighted updates; with equal positive weights the two agree, and ours lets
-an adapter with λ = 0 drop out of the vote. mergekit's `normalize` divides by the agreeing Σλ.)
+an adapter with λ = 0 drop out of the vote.) The consensus methods declare `divide_by`
+(consensus.DIVIDE_BY): `count` is the above; `weights` divides by the agreeing Σλ, mergekit's
+`normalize: true`; `none` keeps the agreeing sum, mergekit's `normalize: false`.
 
 `family(...)` makes one registry entry of such a pair. Its implementations: `dense` (combine) on
 dense updates; `streamed` (combine_factors) rebuilds each update from its factors a block of rows at
@@ -23,14 +25,19 @@ from functools import partial
 import torch
 
 from merging.lora import LoraModule
-from merging.methods.consensus import SIGN, combine_weighted
+from merging.methods.consensus import DIVIDE_BY, SIGN, combine_weighted
 from merging.methods.factored import Factored, concatenate
-from merging.methods.registry import Method, MethodArgs, MethodError
+from merging.methods.registry import NO_MERGEKIT, Mergekit, Method, MethodArgs, MethodError
 from merging.methods.sparsify import NONE, Sparsifier
 
 
 def _sign_rule(args: MethodArgs, consensus: bool) -> str:
     return args["sign"] if consensus else "total"
+
+
+def _divide_by(args: MethodArgs, consensus: bool) -> str:
+    # older callers built MethodArgs by hand without it: the TIES paper's count
+    return args.parameters.get("divide_by", "count") if consensus else "count"
 
 
 def combine(
@@ -49,7 +56,7 @@ def combine(
         weighted.append(sparsifier.dense(delta, value, args.generator) * float(weights[index]))
     if len(weighted) != len(weights):
         raise MethodError(f"{len(weighted)} updates but {len(weights)} weights")
-    return combine_weighted(weighted, consensus, _sign_rule(args, consensus))
+    return combine_weighted(weighted, consensus, _sign_rule(args, consensus), _divide_by(args, consensus), weights)
 
 
 # Row blocks of about this many bytes (all adapters' rows together) stay in the CPU's cache.
@@ -90,6 +97,7 @@ def combine_factors(
         for i, pair in enumerate(factors)
     ]
     sign_rule = _sign_rule(args, consensus)
+    divide_by = _divide_by(args, consensus)
     merged = torch.empty((d_out, d_in), dtype=torch.float32, device=device)
     for start, stop in blocks:
         weighted = []
@@ -99,7 +107,7 @@ def combine_factors(
                 continue
             x = filters[i](pair[0][start:stop] @ pair[1], start, stop)
             weighted.append(x.mul_(float(weights[i])))
-        merged[start:stop] = combine_weighted(weighted, consensus, sign_rule)
+        merged[start:stop] = combine_weighted(weighted, consensus, sign_rule, divide_by, weights)
     return merged
 
 
@@ -107,17 +115,39 @@ def _concatenated(modules: Sequence[LoraModule], weights: Sequence[float], args:
     return concatenate(modules, weights, args.device)
 
 
-def family(name: str, label: str, description: str, sparsifier: Sparsifier, consensus: bool = False) -> Method:
-    """One registry entry: a sparsifier × (no) consensus, its schema the sparsifier's and the sign's."""
+def family(
+    name: str,
+    label: str,
+    description: str,
+    sparsifier: Sparsifier,
+    consensus: bool = False,
+    mergekit: str | None = None,
+    mergekit_normalize: bool = False,
+    mergekit_refusal: str = "",
+) -> Method:
+    """One registry entry: a sparsifier × (no) consensus, its schema the sparsifier's and the sign's.
+
+    `mergekit`: mergekit's name for the same generalized-task-arithmetic method (its sparsifier's
+    parameters keep their names; `mergekit_normalize` is mergekit's default for normalize), or None
+    with `mergekit_refusal` saying why there is none.
+    """
     linear = sparsifier is NONE and not consensus
+    declared = NO_MERGEKIT if mergekit is None and not mergekit_refusal else Mergekit(
+        name=mergekit,
+        refusal=mergekit_refusal,
+        parameters=tuple(p.name for p in sparsifier.params),
+        normalize=mergekit_normalize,
+        rescale=None if sparsifier is NONE else sparsifier.rescales,
+    )
     return Method(
         name=name,
         label=label,
         description=description,
-        params=sparsifier.params + ((SIGN,) if consensus else ()),
+        params=sparsifier.params + ((SIGN, DIVIDE_BY) if consensus else ()),
         factored=_concatenated if linear else None,
         streamed=None if linear else partial(_streamed, sparsifier=sparsifier, consensus=consensus),
         dense=partial(_dense, sparsifier=sparsifier, consensus=consensus),
+        mergekit=declared,
     )
 
 

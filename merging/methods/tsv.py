@@ -43,7 +43,7 @@ import torch
 
 from merging.lora import LoraModule
 from merging.methods.factored import Factored
-from merging.methods.registry import Method, MethodArgs, Param
+from merging.methods.registry import Mergekit, Method, MethodArgs, Param
 
 FRACTION = Param(
     "fraction", "float", 1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True,
@@ -125,4 +125,5 @@ TSV = Method(
     params=(FRACTION,),
     factored=tsv_factored,
     dense=tsv_dense,
+    mergekit=Mergekit(refusal="TSV-Merge decorrelates the updates' singular vectors; mergekit has no such method"),
 )
