@@ -250,8 +250,9 @@ class Recipe:
         data = self.to_dict()
         for adapter in data["adapters"]:
             adapter["path"] = portable(adapter["path"])
-            if adapter.get("eval") is not None:
-                adapter["eval"] = portable(adapter["eval"])
+            for task_file in ("eval", "dev"):
+                if adapter.get(task_file) is not None:
+                    adapter[task_file] = portable(adapter[task_file])
         if data["base_model"] is not None and Path(data["base_model"]).is_dir():
             data["base_model"] = portable(data["base_model"])
         text = (

@@ -92,7 +92,9 @@ def test_without_a_base_model_the_output_takes_the_adapters_own(folder, capsys):
 def test_recipe_paths_are_relative_to_the_recipe_file_and_the_folder_travels_whole(folder, tmp_path, monkeypatch):
     (folder / "data").mkdir()
     (folder / "data" / "spam.csv").write_text("text,label\nhi,ham\n")
-    data = {"adapters": [{"path": "a", "eval": "data/spam.csv"}, {"path": "b"}], "base_model": "base",
+    (folder / "data" / "spam-dev.csv").write_text("text,label\nhello,ham\n")
+    data = {"adapters": [{"path": "a", "eval": "data/spam.csv", "dev": "data/spam-dev.csv"}, {"path": "b"}],
+            "base_model": "base",
             "method": "ties", "parameters": {"density": 0.5}}
     (folder / "recipe.json").write_text(json.dumps(data))
     monkeypatch.chdir(tmp_path)  # the working folder plays no part
@@ -116,6 +118,7 @@ def test_recipe_paths_are_relative_to_the_recipe_file_and_the_folder_travels_who
         if stored is not None:
             assert [a["path"] for a in stored["adapters"]] == ["a", "b"]
             assert stored["adapters"][0]["eval"] == "data/spam.csv" and stored["base_model"] == "base"
+            assert stored["adapters"][0]["dev"] == "data/spam-dev.csv"
         assert load_recipe(written) == here
     shutil.copy(folder / "again.json", moved / "again.json")
     assert load_recipe(moved / "again.json") == there
