@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from merging.lora import load_adapter
 from merging.mergekit_config import load_recipe_file as load_recipe  # native recipes and mergekit YAML
-from merging.staging import check_replaceable
+from merging.staging import check_not_an_input, check_replaceable
 
 EXIT_BAD_INPUT = 2
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # merging.recipe.DTYPES
@@ -61,6 +61,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     recipe = _with_dtype(load_recipe(args.recipe), args)
     out = Path(args.out)
+    # an output that is, holds or lies inside an input would replace (or grow into) what it reads
+    check_not_an_input(out, [ref.path for ref in recipe.adapters], "input adapter")
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
     if args.overwrite:
@@ -68,8 +70,21 @@ def cmd_merge(args: argparse.Namespace) -> int:
         check_replaceable(out, markers=_export_markers() if args.full_model else ("adapter_config.json",))
     if not args.full_model and (args.max_shard_size or args.head):
         raise ValueError("--max-shard-size and --head apply to --full-model exports only")
+    if args.max_shard_size is not None:
+        from merging.export import parse_size
+
+        try:
+            if parse_size(args.max_shard_size) < 1:
+                raise ValueError("must be positive")
+        except ValueError as err:
+            detail = str(err).removeprefix("max_shard_size: ")
+            raise ValueError(f"--max-shard-size: {detail}, got {args.max_shard_size[:40]!r}"
+                             if detail == "must be positive" else f"--max-shard-size: {detail}") from None
     inputs = _merge_inputs(recipe)
+    check_not_an_input(out, [a.path for a in inputs.adapters if a.path is not None], "input adapter")  # twins too
     base_dir = _export_base(recipe, inputs) if args.full_model else None  # refused before the merge
+    if base_dir is not None:
+        check_not_an_input(out, [base_dir], "base model")
     merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"))
     summary = merged.summary()
     if args.full_model:
@@ -256,6 +271,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SearchError(f"search needs {needed}, which is not installed; run: {INSTALL_HINT}")
     recipe = load_recipe(args.recipe)
     workspace = Path(args.workspace or os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
+    store = None if args.no_store else RunStore(workspace / "runs.sqlite")
+    if store is not None and not store.writable:  # refused before the work, not a search whose trials vanish
+        problem = store.problem or f"the run store {store.path} is read-only"
+        raise SearchError(f"{problem}; pass --no-store to search without storing, or choose another --workspace")
     result = run_search(
         recipe,
         trials=args.trials,
@@ -269,7 +288,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         ray=args.ray is not None,
         ray_address=None if args.ray in (None, "local") else args.ray,
         workers=args.workers,
-        store=None if args.no_store else RunStore(workspace / "runs.sqlite"),
+        store=store,
         report=not args.no_report,
         progress=_Bar("searching"),
     )
@@ -359,10 +378,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag value is one line naming the flag (exit 2), like every other refusal;
+    `--help` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message.splitlines()[0] if message else 'bad arguments'} "
+                                  f"(see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # the name the user typed: the installed command, or the module
     prog = "mergescope" if Path(sys.argv[0]).name == "mergescope" else "python -m merging"
-    parser = argparse.ArgumentParser(prog=prog, description="Merge and inspect LoRA adapters.")
+    parser = _Parser(prog=prog, description="Merge and inspect LoRA adapters.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     merge = commands.add_parser("merge", help="merge the adapters of a recipe into a PEFT folder")

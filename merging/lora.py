@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from merging.staging import StagingError, staged_folder
+from merging.staging import StagingError, is_write_failure, staged_folder, write_failure
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -158,6 +159,11 @@ def lora_scale(config: Mapping, module_name: str, rank: int) -> float:
         raise AdapterError(f"module {module_name} has rank {rank}; a LoRA factor needs at least one row")
     alpha = _pattern_value(config.get("alpha_pattern") or {}, module_name, config.get("lora_alpha", 8))
     alpha = _finite_number(alpha, f"module {module_name}", "lora_alpha")
+    if alpha == 0:
+        raise AdapterError(
+            f"module {module_name}: field 'lora_alpha' (or its alpha_pattern) is 0, so the scale lora_alpha / r "
+            "is 0 and this adapter changes nothing; give the alpha it was trained with"
+        )
     if config.get("use_rslora"):
         return alpha / math.sqrt(rank)
     return alpha / rank
@@ -177,6 +183,9 @@ def _finite_number(value: object, where: str, field_name: str) -> float:
 
 
 def _positive_int(value: object, where: str, field_name: str) -> int:
+    """A rank: a whole number ≥ 1; one written as a float (8.0, as some tools save it) is that number."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise AdapterError(f"{where}: field '{field_name}' must be a whole number ≥ 1, got {_short(value)}")
     return value
@@ -193,7 +202,11 @@ def check_lora_config(config: Mapping, where: str) -> None:
     if config.get("r") is not None:
         _positive_int(config["r"], where, "r")
     if "lora_alpha" in config:
-        _finite_number(config["lora_alpha"], where, "lora_alpha")
+        if _finite_number(config["lora_alpha"], where, "lora_alpha") == 0:
+            raise AdapterError(
+                f"{where}: field 'lora_alpha' is 0, so the scale lora_alpha / r is 0 and the adapter changes "
+                "nothing; give the alpha it was trained with"
+            )
     for key, check in (("rank_pattern", _positive_int), ("alpha_pattern", _finite_number)):
         patterns = config.get(key)
         if patterns is None:
@@ -301,6 +314,14 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def load_pickled_weights(path: Path) -> object:
+    """torch.load with weights_only (nothing but tensors); torch's own warnings about the file (an
+    unusual pickle protocol, with a source line) are kept off the terminal: a refusal is one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     weights = folder / WEIGHTS_FILE
     if weights.is_file():
@@ -312,7 +333,7 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if pickled.is_file():
         # A pickle can run code when loaded; weights_only refuses anything but tensors.
         try:
-            state = torch.load(str(pickled), map_location="cpu", weights_only=True)
+            state = load_pickled_weights(pickled)
         except Exception as err:  # torch raises several types for a refused or broken pickle
             raise AdapterError(
                 f"{pickled}: refused to load this pickled file safely ({type(err).__name__}); "
@@ -382,6 +403,14 @@ def adapter_from_state(
     for key, tensor in saved.values():
         if tensor.is_complex() or (tensor.is_floating_point() and not _all_finite(tensor)):
             raise AdapterError(f"{where}: saved tensor {key} contains NaN or Inf (or is not real-valued)")
+    for saved_name, (key, _) in saved.items():
+        if not _declared_whole_tensor(saved_name, modules, config):
+            listed = config.get("modules_to_save") or []
+            raise AdapterError(
+                f"{where}: tensor {key} is not a LoRA factor, and its module is not in the config's "
+                f"modules_to_save ({', '.join(map(str, listed)) if listed else 'none listed'}) nor a LoRA "
+                "module's bias: remove it from the file or list its module in modules_to_save"
+            )
     return Adapter(
         name=name,
         modules=modules,
@@ -389,6 +418,25 @@ def adapter_from_state(
         base_model=config.get("base_model_name_or_path"),
         config=dict(config),
     )
+
+
+# Whole tensors PEFT saves without naming them in modules_to_save: a sequence classifier's head
+# (task_type SEQ_CLS adds classifier/score itself) and trainable-token deltas.
+_IMPLIED_WHOLE_TENSORS = ("classifier", "score")
+
+
+def _declared_whole_tensor(saved_name: str, modules: Mapping[str, LoraModule], config: Mapping) -> bool:
+    """Whether a non-LoRA tensor of the file is one the config accounts for: a module in
+    modules_to_save (PEFT matches by name suffix), a LoRA module's bias (bias="all"/"lora_only"),
+    a classification head, or a trainable-tokens delta."""
+    owner = saved_name.rsplit(".", 1)[0]
+    if owner in modules or "trainable_tokens" in saved_name or owner.split(".", 1)[0] in _IMPLIED_WHOLE_TENSORS:
+        return True
+    if config.get("bias") in ("all", "lora_only") and saved_name.endswith(".bias"):
+        return True
+    listed = config.get("modules_to_save") or []
+    listed = [listed] if isinstance(listed, str) else listed
+    return any(isinstance(t, str) and (owner == t or owner.endswith(f".{t}") or f".{t}." in f".{owner}.") for t in listed)
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
@@ -667,4 +715,8 @@ def save_adapter(
                 (staging / file_name).write_bytes(content)
     except StagingError as err:
         raise AdapterError(str(err)) from None
+    except (OSError, SafetensorError) as err:  # a full disk, a quota: the staging copy is gone
+        if not is_write_failure(err):
+            raise
+        raise AdapterError(str(write_failure(folder, err))) from None
     return folder
