@@ -25,6 +25,7 @@ from merging.staging import check_not_an_input, check_replaceable
 
 EXIT_BAD_INPUT = 2
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # merging.recipe.DTYPES
+DEFAULT_DENSITY_FLAG = "0.1,1"
 
 
 class _Bar:
@@ -63,6 +64,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     # an output that is, holds or lies inside an input would replace (or grow into) what it reads
     check_not_an_input(out, [ref.path for ref in recipe.adapters], "input adapter")
+    _check_eval_files_exist(recipe)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
     if args.overwrite:
@@ -105,6 +107,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     summary["memory"] = peak_memory(merged.device)
     _print_json(summary)
     return 0
+
+
+def _check_eval_files_exist(recipe) -> None:
+    """A merge does not read the recipe's evaluation files, but one that is missing is a broken
+    recipe (its `evaluate` would fail): named now rather than carried into the merged output."""
+    for index, ref in enumerate(recipe.adapters):
+        if ref.eval is not None and not Path(ref.eval).is_file():
+            raise ValueError(f"field 'adapters[{index}].eval': {ref.eval} is not a file")
 
 
 def _export_markers() -> tuple[str, ...]:
@@ -271,6 +281,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SearchError(f"search needs {needed}, which is not installed; run: {INSTALL_HINT}")
     recipe = load_recipe(args.recipe)
     workspace = Path(args.workspace or os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
+    params = [p.strip() for p in args.params.split(",") if p.strip()]
+    density_bounds = _pair(args.density_bounds, "--density-bounds")
+    if "density" not in params and args.density_bounds != DEFAULT_DENSITY_FLAG:
+        raise SearchError("--density-bounds applies only when density is searched (--params weights,density)")
     store = None if args.no_store else RunStore(workspace / "runs.sqlite")
     if store is not None and not store.writable:  # refused before the work, not a search whose trials vanish
         problem = store.problem or f"the run store {store.path} is read-only"
@@ -279,9 +293,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         recipe,
         trials=args.trials,
         objective=args.objective,
-        params=[p.strip() for p in args.params.split(",") if p.strip()],
+        params=params,
         weight_bounds=_pair(args.bounds, "--bounds"),
-        density_bounds=_pair(args.density_bounds, "--density-bounds"),
+        density_bounds=density_bounds,
         sampler=args.sampler,
         seed=args.seed,
         dev_size=args.dev_size,
@@ -438,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--objective", choices=["average", "normalized", "worst_task"], default="average")
     search.add_argument("--params", default="weights", help="what to search: weights, density or weights,density")
     search.add_argument("--bounds", default="0,1.5", help="λ range LOW,HIGH for every adapter (default 0,1.5)")
-    search.add_argument("--density-bounds", default="0.1,1", help="density range LOW,HIGH (default 0.1,1)")
+    search.add_argument("--density-bounds", default=DEFAULT_DENSITY_FLAG, help="density range LOW,HIGH (default 0.1,1)")
     search.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="run trials on Ray actors: a local runtime, or the cluster at ADDRESS (host:port)")
     search.add_argument("--workers", type=int, help="Ray actors (default: one per CPU of the cluster)")

@@ -221,7 +221,7 @@ def check_lora_config(config: Mapping, where: str) -> None:
                     f"{where}: field '{key}' key {pattern!r} is not a valid regular expression ({err})"
                 ) from None
             check(value, where, f"{key}[{pattern!r}]")
-    if config.get("use_rslora") not in (None, True, False):
+    if config.get("use_rslora") is not None and not isinstance(config["use_rslora"], bool):
         raise AdapterError(f"{where}: field 'use_rslora' must be true or false, got {config['use_rslora']!r}")
     base = config.get("base_model_name_or_path")
     if base is not None and not isinstance(base, str):
@@ -254,7 +254,11 @@ def read_json(path: Path) -> object:
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise AdapterError(f"{path}: {path.stat().st_size} bytes; a JSON side file is at most {MAX_JSON_BYTES}")
-        return json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_JSON_BYTES + 1)  # a device or a growing file reports no true size
+        if len(data) > MAX_JSON_BYTES:
+            raise AdapterError(f"{path}: more than {MAX_JSON_BYTES} bytes; a JSON side file is at most that")
+        return json.loads(data.decode("utf-8-sig"))  # -sig: a byte-order mark (Windows editors) is read
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise AdapterError(f"{path}: not valid JSON ({type(err).__name__}: {str(err)[:120]})") from None
     except OSError as err:
@@ -274,6 +278,20 @@ def check_plain_lora(config: Mapping, where: str) -> None:
     # (merging.evaluation.weight_update, merging.export).
     if config.get("fan_in_fan_out") not in (None, True, False):
         raise AdapterError(f"{where}: field 'fan_in_fan_out' must be true or false, got {config['fan_in_fan_out']!r}")
+    # fields PEFT reads to build the model: mergescope goes by the factors, but a value PEFT cannot
+    # read means a damaged config, and a merged output would inherit it
+    targets = config.get("target_modules")
+    if targets is not None and not isinstance(targets, str) and not (
+        isinstance(targets, list) and all(isinstance(t, str) for t in targets)
+    ):
+        raise AdapterError(f"{where}: field 'target_modules' must be a module name pattern or a list of names, "
+                           f"got {_short(targets)}")
+    layers = config.get("layers_to_transform")
+    if layers is not None and not (isinstance(layers, int) and not isinstance(layers, bool)) and not (
+        isinstance(layers, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
+    ):
+        raise AdapterError(f"{where}: field 'layers_to_transform' must be a block index or a list of them, "
+                           f"got {_short(layers)}")
 
 
 # What mergescope reads from mergescope.json, the JSON types it needs, and how to say so.

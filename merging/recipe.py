@@ -429,7 +429,7 @@ def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
             raise RecipeError(f"field '{where}weights': expected a list of {count} numbers, one per adapter")
         numbers = []
         for position, weight in enumerate(weights):
-            number = _number({"w": weight}, "w", None, float)
+            number = _number({f"weights[{position}]": weight}, f"weights[{position}]", None, float, where)
             if number is None:
                 raise RecipeError(f"field '{where}weights[{position}]': expected a number, got null")
             numbers.append(number)

@@ -392,10 +392,10 @@ RECIPE_FIELDS = {
     "adapters": [[], "x", [5], [{}], [{"path": 5}], [{"path": "/nonexistent"}], None],
     "method": [5, "tie", "", None, "slerp"],
     "parameters": [5, [1], {"nope": 1}],
-    "rank": [0, -1, "8", 8.5, 10**9, True],
-    "seed": ["abc", -1, 1.5, 2**70, None],
+    "rank": [0, -1, "8", 8.5, True],
+    "seed": ["abc", -1, 1.5, 2**70],
     "device": ["gpu", 5, ""],
-    "osrm": ["maybe", True, 5],
+    "osrm": ["maybe", 5],
     "base_model": [5, []],
     "dtype": ["float8", 5],
     "modules_to_save": ["sum", 5],
@@ -407,7 +407,8 @@ RECIPE_FIELDS = {
 }
 for _key, _values in RECIPE_FIELDS.items():
     for _value in _values:
-        _recipe_probe("recipes JSON", f"{_key}={json.dumps(_value)[:30]}", _setter(_key, _value), names=(_key,))
+        _recipe_probe("recipes JSON", f"{_key}={json.dumps(_value)[:30]}", _setter(_key, _value),
+                      names=(_key, "/nonexistent"))
         if _key in ("method", "rank", "seed", "overrides", "do_merging", "unknown_field"):
             _recipe_probe("recipes YAML", f"{_key}={json.dumps(_value)[:30]}", _setter(_key, _value), names=(_key,),
                           syntax="yaml")
@@ -415,10 +416,14 @@ for _key, _values in {"weight": ["abc", 1e999, True, None, [1]], "name": [5, ""]
                       "eval": [5, "/nonexistent.jsonl"], "bogus": [1]}.items():
     for _value in _values:
         _recipe_probe("recipes JSON", f"adapters[0].{_key}={json.dumps(_value)[:30]}", _adapter_setter(_key, _value),
-                      names=(_key, "adapters"))
+                      names=(_key, "adapters", "Infinity"))
 for _method in ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "tsv", "knots"):
     _recipe_probe("recipes JSON", f"method {_method} (valid)", _setter("method", _method), "accept")
 _recipe_probe("recipes JSON", "rank 4 (valid)", _setter("rank", 4), "accept")
+_recipe_probe("recipes JSON", "rank 10**9 (valid: an upper bound)", _setter("rank", 10**9), "accept")
+_recipe_probe("recipes JSON", "seed null (valid: the default, 0)", _setter("seed", None), "accept")
+_recipe_probe("recipes JSON", "osrm true (valid: old links' switch, = twins)", _setter("osrm", True), "accept")
+_recipe_probe("recipes YAML", "seed null (valid: the default, 0)", _setter("seed", None), "accept", syntax="yaml")
 _recipe_probe("recipes JSON", "override layer 0 (valid)", _setter("overrides", [{"layers": [0], "weights": [1, 0]}]), "accept")
 _recipe_probe("recipes JSON", "same adapter twice", lambda b, d: d["adapters"].append(dict(d["adapters"][0])),
               names=("twice", "same", "adapters"))
@@ -497,9 +502,9 @@ for _raw, _label in [
 def _mergekit(models, method="ties", extra="", parameters="", base="BASE"):
     def make(box: Sandbox) -> Path:
         a, b = box.adapter("a"), box.adapter("b", ADAPTER_B)
-        lines = [f"merge_method: {method}", f"base_model: {base}", "models:"]
+        lines = [f"merge_method: {method}", f"base_model: {base}", "models:"]  # BASE: any name both LoRAs share
         for model, weight in zip(models, (0.5, 0.5, 0.5)):
-            lines.append(f"  - model: {model.replace('A', str(a)).replace('B', str(b))}")
+            lines.append(f"  - model: {model.format(A=a, B=b)}")
             lines.append(f"    parameters: {{weight: {weight}{parameters}}}")
         path = box.dir / "mergekit.yaml"
         path.write_text("\n".join(lines) + "\n" + extra)
@@ -509,29 +514,29 @@ def _mergekit(models, method="ties", extra="", parameters="", base="BASE"):
 
 
 for _label, _make in {
-    "slerp": _mergekit(["BASE+A", "BASE+B"], "slerp"),
-    "della": _mergekit(["BASE+A", "BASE+B"], "della"),
-    "model_stock": _mergekit(["BASE+A", "BASE+B"], "model_stock"),
-    "full model, not a LoRA": _mergekit(["other-model", "BASE+B"]),
-    "LoRA on another base": _mergekit(["OTHER+A", "BASE+B"]),
-    "missing LoRA path": _mergekit(["BASE+/nonexistent", "BASE+B"]),
-    "revision": _mergekit(["BASE+A@main", "BASE+B"]),
-    "slices": _mergekit(["BASE+A", "BASE+B"], extra="slices: []\n"),
-    "tokenizer": _mergekit(["BASE+A", "BASE+B"], extra="tokenizer: {source: union}\n"),
-    "density 5": _mergekit(["BASE+A", "BASE+B"], parameters=", density: 5"),
-    "density list": _mergekit(["BASE+A", "BASE+B"], parameters=", density: [0.1, 0.9]"),
-    "unknown parameter": _mergekit(["BASE+A", "BASE+B"], parameters=", frobnicate: 1"),
-    "weight text": _mergekit(["BASE+A", "BASE+B"], parameters=", weight: x"),
-    "lambda text": _mergekit(["BASE+A", "BASE+B"], "task_arithmetic", extra="parameters: {lambda: x}\n"),
-    "dtype float8": _mergekit(["BASE+A", "BASE+B"], "task_arithmetic", extra="dtype: float8\n"),
-    "normalize false ties": _mergekit(["BASE+A", "BASE+B"], extra="parameters: {normalize: false}\n"),
+    "slerp": _mergekit(["BASE+{A}", "BASE+{B}"], "slerp"),
+    "della": _mergekit(["BASE+{A}", "BASE+{B}"], "della"),
+    "model_stock": _mergekit(["BASE+{A}", "BASE+{B}"], "model_stock"),
+    "full model, not a LoRA": _mergekit(["other-model", "BASE+{B}"]),
+    "LoRA on another base": _mergekit(["OTHER+{A}", "BASE+{B}"]),
+    "missing LoRA path": _mergekit(["BASE+/nonexistent", "BASE+{B}"]),
+    "revision": _mergekit(["BASE+{A}@main", "BASE+{B}"]),
+    "slices": _mergekit(["BASE+{A}", "BASE+{B}"], extra="slices: []\n"),
+    "tokenizer": _mergekit(["BASE+{A}", "BASE+{B}"], extra="tokenizer: {source: union}\n"),
+    "density 5": _mergekit(["BASE+{A}", "BASE+{B}"], parameters=", density: 5"),
+    "density list": _mergekit(["BASE+{A}", "BASE+{B}"], parameters=", density: [0.1, 0.9]"),
+    "unknown parameter": _mergekit(["BASE+{A}", "BASE+{B}"], parameters=", frobnicate: 1"),
+    "weight text": _mergekit(["BASE+{A}", "BASE+{B}"], parameters=", weight: x"),
+    "lambda text": _mergekit(["BASE+{A}", "BASE+{B}"], "task_arithmetic", extra="parameters: {lambda: x}\n"),
+    "dtype float8": _mergekit(["BASE+{A}", "BASE+{B}"], "task_arithmetic", extra="dtype: float8\n"),
+    "normalize false ties": _mergekit(["BASE+{A}", "BASE+{B}"], extra="parameters: {normalize: false}\n"),
     "no models": lambda box: box.recipe("merge_method: ties\nbase_model: x\nmodels: []\n", "mergekit.yaml"),
     "models not a list": lambda box: box.recipe("merge_method: ties\nbase_model: x\nmodels: 5\n", "mergekit.yaml"),
     "duplicate merge_method": lambda box: box.recipe("merge_method: ties\nmerge_method: linear\nmodels: []\n", "mergekit.yaml"),
     "python tag": lambda box: box.recipe("merge_method: !!python/object/apply:os.system ['touch pwned']\n", "mergekit.yaml"),
 }.items():
-    _raw_recipe("recipes mergekit", _label, _make, names=("mergekit.yaml",))
-_raw_recipe("recipes mergekit", "task_arithmetic (valid)", _mergekit(["BASE+A", "BASE+B"], "task_arithmetic"), expect="accept")
+    _raw_recipe("recipes mergekit", _label, _make, names=("mergekit.yaml", "/nonexistent"))
+_raw_recipe("recipes mergekit", "task_arithmetic (valid)", _mergekit(["BASE+{A}", "BASE+{B}"], "task_arithmetic"), expect="accept")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -579,8 +584,8 @@ def _trainer(box: Sandbox):
 
 _out_probe("a Trainer folder (valid: adapter replaced, rest kept)", _trainer, expect="accept")
 _out_probe("the current folder", lambda b: (Path("."), _keeps((b.canary, b"the user's file"))), cwd=lambda b: b.dir,
-           names=("current folder",))
-_out_probe("the folder above", lambda b: (Path(".."), lambda: True), cwd=lambda b: b.dir, names=("current folder",))
+           names=("current folder", "input"))
+_out_probe("the folder above", lambda b: (Path(".."), lambda: True), cwd=lambda b: b.dir, names=("current folder", "input"))
 _out_probe("the filesystem root", lambda b: (Path("/"), lambda: True), names=("/",))
 _out_probe("the home folder", lambda b: (Path.home(), lambda: True), names=(str(Path.home()),))
 _out_probe("a file", lambda b: (b.canary, _keeps((b.canary, b"the user's file"))), names=("canary.txt",))
@@ -626,8 +631,9 @@ add("outputs", "--dtype float8", lambda b: classify_cli(
 
 def _full_disk(kind: str):
     def run(box: Sandbox):
-        import merging.lora as lora
         from safetensors import SafetensorError
+
+        import merging.lora as lora
 
         recipe = box.recipe(box.good_recipe())
         out = box.dir / "out"
@@ -1021,6 +1027,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-k", help="only probes whose 'group: name' holds this text")
     parser.add_argument("--json", help="also write every result to this JSON file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="name each probe before it runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     selected = [(g, n, f) for g, n, f in PROBES if not args.k or args.k.lower() in f"{g}: {n}".lower()]
@@ -1029,6 +1036,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hostile-sweep-") as root:
         for index, (group, name, fn) in enumerate(selected):
             box = Sandbox(Path(root), index)
+            if args.verbose:
+                print(f"{index:4d} {group}: {name}", file=sys.stderr, flush=True)
             try:
                 outcome, detail = fn(box)
             except BaseException as err:  # noqa: BLE001 — the probe itself broke: count it, do not hide it

@@ -40,13 +40,13 @@ from merging.lora import (
 )
 from merging.runs import RunStore
 from merging.staging import StagingError, clean_leftovers, staged_folder
-from merging.zoo import zoo_owned
 from merging.workspace import (
     WorkspaceError,
     adapters_dir,
     clean_workspace,
     import_adapter_zip,
 )
+from merging.zoo import zoo_owned
 from tests.conftest import random_adapter
 
 REPO = Path(__file__).resolve().parent.parent

@@ -385,3 +385,29 @@ def test_a_refused_share_link_stays_named_on_the_page(app_test):
     for _ in range(2):
         assert any("field 'seed'" in w.value for w in at.warning)
         at = at.run()
+
+
+# ----------------------------------------------------------------------------------------------
+# A few probes of the sweep (scripts/hostile_sweep.py runs ~400; see its docstring)
+
+
+def _sweep():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hostile_sweep", REPO / "scripts" / "hostile_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("hostile_sweep", module)  # its dataclasses look their module up
+    spec.loader.exec_module(sys.modules["hostile_sweep"])
+    return sys.modules["hostile_sweep"]
+
+
+@pytest.mark.parametrize("words", ["share links", "run store", "file with a BOM", "--out", "pickle", "config r="])
+def test_the_sweeps_probes_end_in_a_clear_refusal_or_a_correct_acceptance(tmp_path, words):
+    sweep = _sweep()
+    chosen = [(g, n, f) for g, n, f in sweep.PROBES if words in f"{g}: {n}"]
+    assert chosen
+    outcomes = {}
+    for index, (group, name, fn) in enumerate(chosen):
+        outcomes[f"{group}: {name}"] = fn(sweep.Sandbox(tmp_path, index))
+    odd = {k: v for k, v in outcomes.items() if v[0] not in ("refusal", "accepted")}
+    assert not odd, odd
