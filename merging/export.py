@@ -29,6 +29,7 @@ exported model has one head, while a merged PEFT folder keeps every task's.
 from __future__ import annotations
 
 import gc
+import glob
 import json
 import math
 import os
@@ -43,7 +44,15 @@ from safetensors.torch import save_file
 
 from merging.lora import AdapterError, LoraModule
 from merging.models import KINDS, check_model_dir, model_kind, weight_files
-from merging.staging import ADAPTER_MARKER, ADAPTER_OWNED, StagingError, is_write_failure, staged_folder, write_failure
+from merging.staging import (
+    ADAPTER_MARKER,
+    ADAPTER_OWNED,
+    StagingError,
+    check_no_foreign,
+    is_write_failure,
+    staged_folder,
+    write_failure,
+)
 
 EXPORT_MARKER = "mergescope_export.json"
 # An export may replace an earlier export or a merged PEFT folder, nothing else.
@@ -321,13 +330,26 @@ def parse_size(value: int | str) -> int:
 # Writing
 
 
-def _copy_side_files(base: Path, staging: Path) -> None:
+def _side_files(base: Path) -> list[str]:
     """Tokenizer, generation config and other small files of the base (weights are rewritten)."""
-    for path in sorted(base.iterdir()):
-        if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES) and path.name not in _SKIPPED_FILES:
-            if path.name.startswith("."):
-                continue
-            shutil.copyfile(path, staging / path.name)
+    return [
+        path.name for path in sorted(base.iterdir())
+        if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES) and path.name not in _SKIPPED_FILES
+        and not path.name.startswith(".")
+    ]
+
+
+def _copy_side_files(base: Path, staging: Path) -> None:
+    for name in _side_files(base):
+        shutil.copyfile(base / name, staging / name)
+
+
+def export_owned(base: Path, out: Path) -> tuple[str, ...]:
+    """What an export into `out` may replace: EXPORT_OWNED, and the side files when `out` holds an
+    earlier export (its tokenizer and model card are mergescope's copies, not the user's)."""
+    if (out / EXPORT_MARKER).is_file():
+        return (*EXPORT_OWNED, *(glob.escape(name) for name in _side_files(base)))
+    return EXPORT_OWNED
 
 
 def _write_config(base: Path, staging: Path, layout: Layout, dtype: torch.dtype | None, head: Mapping | None,
@@ -397,8 +419,14 @@ def export_full_model(
     total = 0
     weight_map: dict[str, str] = {}
     handles: dict[Path, object] = {}
+    owned = export_owned(base, Path(out))
+    if overwrite and Path(out).is_dir():  # before the work: a user's file the export would replace
+        try:
+            check_no_foreign(Path(out), [*_side_files(base), "config.json", *names], owned)
+        except StagingError as err:
+            raise ExportError(str(err)) from None
     try:
-        with staged_folder(out, overwrite=overwrite, markers=EXPORT_MARKERS, owned=EXPORT_OWNED) as staging:
+        with staged_folder(out, overwrite=overwrite, markers=EXPORT_MARKERS, owned=owned) as staging:
             for index, (shard, file_name) in enumerate(zip(shards, names)):
                 if progress:
                     progress(index, len(shards), file_name)

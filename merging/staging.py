@@ -272,16 +272,37 @@ def owned_entries(target: Path, owned: Iterable[str]) -> list[str]:
     return sorted(e.name for e in target.iterdir() if any(fnmatch.fnmatchcase(e.name, p) for p in patterns))
 
 
+def check_no_foreign(target: Path, new_names: Iterable[str], owned: Iterable[str]) -> None:
+    """Refuse when the new output would replace an entry of `target` that is not one of the
+    output's own (`owned`): a user's README or tokenizer beside an adapter is theirs, not ours."""
+    if not target.is_dir() or target.is_symlink():
+        return
+    patterns = tuple(owned)
+    foreign = sorted(
+        n for n in set(new_names)
+        if ((target / n).exists() or (target / n).is_symlink()) and not any(fnmatch.fnmatchcase(n, p) for p in patterns)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise StagingError(
+            f"{target} holds {shown}, not written by mergescope, which the new output would replace; "
+            "move it away or choose another output folder"
+        )
+
+
 def replace_entries(staged: Path, target: Path, owned: Iterable[str] = ADAPTER_OWNED) -> list[str]:
     """Move the entries of the complete folder `staged` into the existing folder `target`, after
     moving aside the entries of `target` they replace and those matching `owned` (what an earlier
-    output left); nothing else in `target` is touched. Returns the names of the entries replaced.
+    output left); nothing else in `target` is touched, and a new entry whose name is taken by
+    something not `owned` is refused (:func:`check_no_foreign`). Returns the names replaced.
 
     Each step is a rename in one file system. The entries moved aside wait in a hidden parts
     folder beside `target` with a journal, so a failure here — or a kill, undone by
     :func:`clean_leftovers` at the next write — puts them back.
     """
     new = sorted(e.name for e in staged.iterdir())
+    owned = tuple(owned)
+    check_no_foreign(target, new, owned)
     old = sorted(set(owned_entries(target, owned)) | {n for n in new if (target / n).exists() or (target / n).is_symlink()})
     parts = Path(tempfile.mkdtemp(prefix=_hidden_name(target, "parts"), dir=target.parent))
     moved_old: list[str] = []

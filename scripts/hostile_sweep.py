@@ -625,6 +625,34 @@ for _size in ("lots", "0", "-1", "nanGB", "infGB", "1e999GB", "", "5XB", "1.5"):
         "refuse", ("--max-shard-size",)))
 add("outputs", "--max-shard-size without --full-model", lambda b: classify_cli(
     run_cli(["merge", b.recipe(b.good_recipe()), "--out", b.dir / "o", "--max-shard-size", "1GB"]), "refuse", ("--full-model",)))
+def _export_onto_trainer(box: Sandbox):
+    folder, check = _trainer(box)
+    result = run_cli(["merge", box.recipe(box.good_recipe()), "--out", folder, "--overwrite", "--full-model"])
+    outcome = classify_cli(result, "refuse", ("README.md",))
+    return ("data loss", "the Trainer's files changed") if not check() else outcome
+
+
+def _export_into_base(where: str):
+    def run(box: Sandbox):
+        from merging.models import resolve_model_source
+
+        shipped = Path(resolve_model_source(json.loads((ADAPTER_A / CONFIG).read_text())["base_model_name_or_path"]))
+        base = box.dir / "base"
+        shutil.copytree(shipped, base)  # a copy: a failing probe must never touch the installed model
+        before = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+        out = base if where == "is" else base / "merged"
+        recipe = box.recipe(box.good_recipe(base_model=str(base)))
+        result = run_cli(["merge", recipe, "--out", out, "--overwrite", "--full-model"])
+        outcome = classify_cli(result, "refuse", ("base model", "not a mergescope/PEFT output"))
+        after = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+        return ("data loss", "the base model changed") if after != before or (base / "merged").exists() else outcome
+
+    return run
+
+
+add("outputs", "--full-model onto a Trainer folder with its README", _export_onto_trainer)
+add("outputs", "--full-model onto the base model's own folder", _export_into_base("is"))
+add("outputs", "--full-model inside the base model's folder", _export_into_base("inside"))
 add("outputs", "--dtype float8", lambda b: classify_cli(
     run_cli(["merge", b.recipe(b.good_recipe()), "--out", b.dir / "o", "--dtype", "float8"]), "refuse", ("--dtype",)))
 

@@ -411,3 +411,34 @@ def test_the_sweeps_probes_end_in_a_clear_refusal_or_a_correct_acceptance(tmp_pa
         outcomes[f"{group}: {name}"] = fn(sweep.Sandbox(tmp_path, index))
     odd = {k: v for k, v in outcomes.items() if v[0] not in ("refusal", "accepted")}
     assert not odd, odd
+
+
+def test_an_export_replaces_an_earlier_exports_files_keeps_the_rest_and_refuses_to_replace_a_users_file(tmp_path):
+    from merging.export import ExportError, export_merged
+    from merging.merge import merge_adapters
+    from tests.test_causal_models import _recipe, peft_adapter
+    from tests.test_export import _base_folder
+
+    base_dir = _base_folder("llama", tmp_path)
+    peft_adapter("llama", tmp_path / "a", seed=81)
+    merged = merge_adapters([load_adapter(tmp_path / "a")], _recipe([tmp_path / "a"], [1.0]))
+    out = tmp_path / "trainer"
+    shutil.copytree(tmp_path / "a", out)  # a Trainer folder: its adapter, a checkpoint, notes
+    (out / "checkpoint-500").mkdir()
+    (out / "checkpoint-500" / "optimizer.pt").write_bytes(b"optimizer state")
+    (out / "notes.txt").write_text("mine")
+    (out / "tokenizer_config.json").write_text('{"mine": true}')  # a name the export would write too
+    before = snapshot(out)
+    with pytest.raises(ExportError, match=r"holds tokenizer_config\.json, not written by mergescope"):
+        export_merged(merged, base_dir, out, max_shard_size="20KB", overwrite=True)
+    assert snapshot(out) == before  # refused before any work
+    (out / "tokenizer_config.json").unlink()
+    export_merged(merged, base_dir, out, max_shard_size="20KB", overwrite=True)  # several shards
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and not (out / CONFIG_FILE).exists()  # the adapter's files went with it
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "checkpoint-500" / "optimizer.pt").read_bytes() == b"optimizer state"
+    export_merged(merged, base_dir, out, max_shard_size="10MB", overwrite=True)  # an earlier export: replaced
+    assert sorted(p.name for p in out.glob("model*.safetensors")) == ["model.safetensors"]  # no stale shard
+    assert not (out / "model.safetensors.index.json").exists()
+    assert (out / "notes.txt").read_text() == "mine"
