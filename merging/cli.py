@@ -401,6 +401,36 @@ class _Parser(argparse.ArgumentParser):
                                   f"(see {self.prog} --help)\n")
 
 
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high]; argparse names the flag in its message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"{low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (a LoRA alpha of 0 trains an adapter that changes nothing)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text[:40]!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     # the name the user typed: the installed command, or the module
     prog = "mergescope" if Path(sys.argv[0]).name == "mergescope" else "python -m merging"
@@ -448,17 +478,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="search per-adapter λ (and density) with Optuna, in-process or on Ray")
     search.add_argument("recipe", help="recipe file (JSON or YAML): the adapters, the method, the starting point")
-    search.add_argument("--trials", type=int, default=30, help="budget: merges + dev evaluations (default 30)")
+    search.add_argument("--trials", type=_whole(1), default=30, help="budget: merges + dev evaluations (default 30)")
     search.add_argument("--objective", choices=["average", "normalized", "worst_task"], default="average")
     search.add_argument("--params", default="weights", help="what to search: weights, density or weights,density")
     search.add_argument("--bounds", default="0,1.5", help="λ range LOW,HIGH for every adapter (default 0,1.5)")
     search.add_argument("--density-bounds", default=DEFAULT_DENSITY_FLAG, help="density range LOW,HIGH (default 0.1,1)")
     search.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="run trials on Ray actors: a local runtime, or the cluster at ADDRESS (host:port)")
-    search.add_argument("--workers", type=int, help="Ray actors (default: one per CPU of the cluster)")
-    search.add_argument("--seed", type=int, default=0, help="sampler seed and dev-split seed")
+    search.add_argument("--workers", type=_whole(1), help="Ray actors (default: one per CPU of the cluster)")
+    search.add_argument("--seed", type=_whole(0), default=0, help="sampler seed and dev-split seed")
     search.add_argument("--sampler", choices=["tpe", "cmaes"], default="tpe")
-    search.add_argument("--dev-size", type=int, default=64, help="dev examples per task, from its training data")
+    search.add_argument("--dev-size", type=_whole(1), default=64, help="dev examples per task, from its training data")
     search.add_argument("--workspace", help="run store folder (default: $MERGESCOPE_WORKSPACE or ./workspace)")
     search.add_argument("--no-store", action="store_true", help="do not write trials to the run store")
     search.add_argument("--no-report", action="store_true", help="skip the final report on the evaluation split")
@@ -473,13 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--other-tasks", nargs="*", default=[], help="tasks OSRM keeps this adapter away from (default: the other demo tasks)")
     train.add_argument("--freeze-a", action="store_true", help="keep OSRM's A fixed while training")
     train.add_argument("--base-model", help="local Hugging Face model folder (default: the packaged MiniLM)")
-    train.add_argument("--rank", type=int, default=8)
-    train.add_argument("--alpha", type=float, default=16)
-    train.add_argument("--epochs", type=int, default=2)
-    train.add_argument("--train-size", type=int, default=1000)
-    train.add_argument("--eval-size", type=int, default=200)
-    train.add_argument("--osrm-samples", type=int, default=100)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--rank", type=_whole(1), default=8)
+    train.add_argument("--alpha", type=_positive_number, default=16)
+    train.add_argument("--epochs", type=_whole(1), default=2)
+    train.add_argument("--train-size", type=_whole(1), default=1000)
+    train.add_argument("--eval-size", type=_whole(1), default=200)
+    train.add_argument("--osrm-samples", type=_whole(1), default=100)
+    train.add_argument("--seed", type=_whole(0), default=0)
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(run=cmd_train)
@@ -492,11 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--inits", nargs="*", help="kinds to train (default: standard osrm; none: only the shared-seed adapters)",
                        choices=["standard", "osrm", "osrm-samples", "osrm-cov", "osrm-frozen"])
     build.add_argument("--shared-seed-tasks", nargs="*", help="tasks trained again from one shared seed (default: the zoo's pair)")
-    build.add_argument("--train-size", type=int, help="training examples per task (default: the zoo's, 800)")
-    build.add_argument("--eval-size", type=int, help="evaluation examples per task (default: the zoo's, 200)")
-    build.add_argument("--epochs", type=int, default=None, help="default: the zoo's budget (merging.zoo.ZOO_TRAINING)")
-    build.add_argument("--seed", type=int, default=0, help="the data split")
-    build.add_argument("--replicate", type=int, default=0, help="which training run: seeds are derived from task, kind and this")
+    build.add_argument("--train-size", type=_whole(1), help="training examples per task (default: the zoo's, 800)")
+    build.add_argument("--eval-size", type=_whole(1), help="evaluation examples per task (default: the zoo's, 200)")
+    build.add_argument("--epochs", type=_whole(1), default=None, help="default: the zoo's budget (merging.zoo.ZOO_TRAINING)")
+    build.add_argument("--seed", type=_whole(0), default=0, help="the data split")
+    build.add_argument("--replicate", type=_whole(0), default=0, help="which training run: seeds are derived from task, kind and this")
     build.add_argument("--train-only", nargs="+", help="train only these tasks' adapters (a part; see `zoo combine`)")
     build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     build.add_argument("--overwrite", action="store_true")
@@ -516,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the Streamlit dashboard with the project's settings",
         description="Start the dashboard from any folder. Other --section.option=value flags go to Streamlit.",
     )
-    dashboard.add_argument("--port", type=int, help="port (default: .streamlit/config.toml's, 8501)")
+    dashboard.add_argument("--port", type=_whole(1, 65535), help="port (default: .streamlit/config.toml's, 8501)")
     dashboard.add_argument("--address", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     dashboard.set_defaults(run=cmd_dashboard, streamlit_args=[])
     return parser

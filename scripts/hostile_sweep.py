@@ -1,7 +1,7 @@
 """A hostile-input sweep: several hundred probes of what a user (or an attacker) can hand mergescope.
 
 Groups: adapter folders, recipes (JSON, YAML, mergekit), outputs and interrupted writes, evaluation
-files, search, zip import, share links, the run store. Each probe runs through the command line
+files, search, flag values, zip import, share links, the run store. Each probe runs through the command line
 in-process (`merging.cli.main`, stdout/stderr captured, SystemExit caught) or through the library,
 and its outcome is classified:
 
@@ -856,6 +856,33 @@ def _foreign_store_probe(box: Sandbox):
 
 
 add("search", "another program's database as the run store", _foreign_store_probe)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flag values of the other commands (refused by the parser, naming the flag, before any work)
+
+
+for _argv, _flag in [
+    (["train", "sms_spam", "--rank", "0"], "--rank"), (["train", "sms_spam", "--rank", "x"], "--rank"),
+    (["train", "sms_spam", "--alpha", "nan"], "--alpha"), (["train", "sms_spam", "--alpha", "0"], "--alpha"),
+    (["train", "sms_spam", "--alpha", "inf"], "--alpha"), (["train", "sms_spam", "--epochs", "0"], "--epochs"),
+    (["train", "sms_spam", "--train-size", "-5"], "--train-size"), (["train", "sms_spam", "--eval-size", "0"], "--eval-size"),
+    (["train", "sms_spam", "--osrm-samples", "0"], "--osrm-samples"), (["train", "sms_spam", "--seed", "-1"], "--seed"),
+    (["train", "sms_spam", "--init", "magic"], "--init"), (["train", "sms_spam", "--device", "tpu"], "--device"),
+    (["zoo", "build", "--epochs", "0"], "--epochs"), (["zoo", "build", "--train-size", "x"], "--train-size"),
+    (["zoo", "build", "--replicate", "-1"], "--replicate"), (["zoo", "build", "--inits", "magic"], "--inits"),
+    (["zoo", "rescore", "--device", "tpu"], "--device"), (["dashboard", "--port", "99999"], "--port"),
+    (["dashboard", "--port", "0"], "--port"), (["dashboard", "--port", "http"], "--port"),
+    (["search", "R", "--workers", "-2"], "--workers"), (["search", "R", "--seed", "-1"], "--seed"),
+    (["evaluate", "R", "--dtype", "int8"], "--dtype"), (["merge", "R"], "--out"), (["frobnicate"], "command"),
+]:
+    def _flag_probe(box: Sandbox, argv=_argv, flag=_flag):
+        argv = [str(box.recipe(box.good_recipe())) if a == "R" else a for a in argv]
+        if argv[0] == "train":
+            argv += ["--out", str(box.dir / "trained")]
+        return classify_cli(run_cli(argv), "refuse", (flag,))
+
+    add("flags", " ".join(_argv), _flag_probe)
 
 
 # ----------------------------------------------------------------------------------------------
