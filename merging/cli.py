@@ -442,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="output folder (written atomically)")
     merge.add_argument(
         "--overwrite", action="store_true",
-        help="replace an existing output folder (only one holding an adapter; swapped in when complete)",
+        help="write into an existing output folder (only one holding an adapter or an export): its adapter's "
+        "(or export's) files are replaced when the new ones are complete; every other file there stays",
     )
     merge.add_argument("--per-module", action="store_true", help="include each module's rank and energy")
     merge.add_argument(
