@@ -14,6 +14,7 @@ and its outcome is classified:
 
     python scripts/hostile_sweep.py            # all probes; counts per class and group
     python scripts/hostile_sweep.py -k yaml    # only probes whose group/name holds "yaml"
+    python scripts/hostile_sweep.py --skip flags --json results.json
 
 Exit status 1 when any probe is neither a refusal nor accepted. Probes run in a temporary folder;
 nothing outside it is written.
@@ -1081,11 +1082,14 @@ if os.geteuid() != 0:  # root ignores file permissions: no read-only file to pro
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-k", help="only probes whose 'group: name' holds this text")
+    parser.add_argument("--skip", action="append", default=[], metavar="GROUP",
+                        help="leave out a group (e.g. flags on a version whose parser lets `train --rank 0` train)")
     parser.add_argument("--json", help="also write every result to this JSON file")
     parser.add_argument("-v", "--verbose", action="store_true", help="name each probe before it runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    selected = [(g, n, f) for g, n, f in PROBES if not args.k or args.k.lower() in f"{g}: {n}".lower()]
+    selected = [(g, n, f) for g, n, f in PROBES
+                if (not args.k or args.k.lower() in f"{g}: {n}".lower()) and g not in args.skip]
     results: list[Result] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hostile-sweep-") as root:
