@@ -72,6 +72,13 @@ def encode_example(tokenizer: Any, example: CompletionExample, max_length: int, 
     )
     if not completion:
         raise EvaluationError(f"{where}: the completion gives no tokens")
+    if not tokenizer.decode(completion, skip_special_tokens=True).strip():
+        # exact match compares decoded text without special tokens: "" would equal any such answer
+        raise EvaluationError(
+            f"{where}: the completion {example.completion[:40]!r} decodes to no text: its characters are unknown "
+            "to the tokenizer (its unknown token) or only special tokens or whitespace, so exact match could not "
+            "tell a right answer from a wrong one"
+        )
     if not prompt:
         raise EvaluationError(f"{where}: the prompt gives no tokens (the tokenizer adds no BOS token)")
     if len(completion) >= max_length:

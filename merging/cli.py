@@ -21,10 +21,11 @@ from tqdm import tqdm
 
 from merging.lora import load_adapter
 from merging.mergekit_config import load_recipe_file as load_recipe  # native recipes and mergekit YAML
-from merging.staging import check_replaceable
+from merging.staging import check_not_an_input, check_replaceable
 
 EXIT_BAD_INPUT = 2
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # merging.recipe.DTYPES
+DEFAULT_DENSITY_FLAG = "0.1,1"
 
 
 class _Bar:
@@ -61,6 +62,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     recipe = _with_dtype(load_recipe(args.recipe), args)
     out = Path(args.out)
+    # an output that is, holds or lies inside an input would replace (or grow into) what it reads
+    check_not_an_input(out, [ref.path for ref in recipe.adapters], "input adapter")
+    _check_eval_files_exist(recipe)
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} already exists; pass --overwrite to replace it")
     if args.overwrite:
@@ -70,8 +74,21 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise ValueError("--exact-rank applies to PEFT outputs; --full-model always folds in the exact merge")
     if not args.full_model and (args.max_shard_size or args.head):
         raise ValueError("--max-shard-size and --head apply to --full-model exports only")
+    if args.max_shard_size is not None:
+        from merging.export import parse_size
+
+        try:
+            if parse_size(args.max_shard_size) < 1:
+                raise ValueError("must be positive")
+        except ValueError as err:
+            detail = str(err).removeprefix("max_shard_size: ")
+            raise ValueError(f"--max-shard-size: {detail}, got {args.max_shard_size[:40]!r}"
+                             if detail == "must be positive" else f"--max-shard-size: {detail}") from None
     inputs = _merge_inputs(recipe)
+    check_not_an_input(out, [a.path for a in inputs.adapters if a.path is not None], "input adapter")  # twins too
     base_dir = _export_base(recipe, inputs) if args.full_model else None  # refused before the merge
+    if base_dir is not None:
+        check_not_an_input(out, [base_dir], "base model")
     # a PEFT output is right-sized: rank ≤ the recipe's rank, else the sum of the inputs' ranks
     bound = not (args.full_model or args.exact_rank)
     merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"), bound_rank=bound)
@@ -99,6 +116,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     summary["memory"] = peak_memory(merged.device)
     _print_json(summary)
     return 0
+
+
+def _check_eval_files_exist(recipe) -> None:
+    """A merge does not read the recipe's evaluation files, but one that is missing is a broken
+    recipe (its `evaluate` would fail): named now rather than carried into the merged output."""
+    for index, ref in enumerate(recipe.adapters):
+        if ref.eval is not None and not Path(ref.eval).is_file():
+            raise ValueError(f"field 'adapters[{index}].eval': {ref.eval} is not a file")
 
 
 def _export_markers() -> tuple[str, ...]:
@@ -309,20 +334,28 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SearchError(f"search needs {needed}, which is not installed; run: {INSTALL_HINT}")
     recipe = load_recipe(args.recipe)
     workspace = Path(args.workspace or os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
+    params = [p.strip() for p in args.params.split(",") if p.strip()]
+    density_bounds = _pair(args.density_bounds, "--density-bounds")
+    if "density" not in params and args.density_bounds != DEFAULT_DENSITY_FLAG:
+        raise SearchError("--density-bounds applies only when density is searched (--params weights,density)")
+    store = None if args.no_store else RunStore(workspace / "runs.sqlite")
+    if store is not None and not store.writable:  # refused before the work, not a search whose trials vanish
+        problem = store.problem or f"the run store {store.path} is read-only"
+        raise SearchError(f"{problem}; pass --no-store to search without storing, or choose another --workspace")
     result = run_search(
         recipe,
         trials=args.trials,
         objective=args.objective,
-        params=[p.strip() for p in args.params.split(",") if p.strip()],
+        params=params,
         weight_bounds=_pair(args.bounds, "--bounds"),
-        density_bounds=_pair(args.density_bounds, "--density-bounds"),
+        density_bounds=density_bounds,
         sampler=args.sampler,
         seed=args.seed,
         dev_size=args.dev_size,
         ray=args.ray is not None,
         ray_address=None if args.ray in (None, "local") else args.ray,
         workers=args.workers,
-        store=None if args.no_store else RunStore(workspace / "runs.sqlite"),
+        store=store,
         report=not args.no_report,
         progress=_Bar("searching"),
     )
@@ -422,10 +455,49 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag value is one line naming the flag (exit 2), like every other refusal;
+    `--help` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message.splitlines()[0] if message else 'bad arguments'} "
+                                  f"(see {self.prog} --help)\n")
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high]; argparse names the flag in its message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"{low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0 (a LoRA alpha of 0 trains an adapter that changes nothing)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text[:40]!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     # the name the user typed: the installed command, or the module
     prog = "mergescope" if Path(sys.argv[0]).name == "mergescope" else "python -m merging"
-    parser = argparse.ArgumentParser(prog=prog, description="Merge and inspect LoRA adapters.")
+    parser = _Parser(prog=prog, description="Merge and inspect LoRA adapters.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     merge = commands.add_parser("merge", help="merge the adapters of a recipe into a PEFT folder")
@@ -433,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="output folder (written atomically)")
     merge.add_argument(
         "--overwrite", action="store_true",
-        help="replace an existing output folder (only one holding an adapter; swapped in when complete)",
+        help="write into an existing output folder (only one holding an adapter or an export): its adapter's "
+        "(or export's) files are replaced when the new ones are complete; every other file there stays",
     )
     merge.add_argument("--per-module", action="store_true", help="include each module's rank and energy")
     merge.add_argument(
@@ -485,19 +558,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="search per-adapter λ (and density) with Optuna, in-process or on Ray")
     search.add_argument("recipe", help="recipe file (JSON or YAML): the adapters, the method, the starting point")
-    search.add_argument("--trials", type=int, default=30, help="budget: merges + dev evaluations (default 30)")
+    search.add_argument("--trials", type=_whole(1), default=30, help="budget: merges + dev evaluations (default 30)")
     search.add_argument("--objective", choices=["average", "normalized", "worst_task", "loss"], default="average",
                         help="what the trials optimise: average (mean merged score), normalized, worst_task, or loss "
                              "(mean completion loss of causal tasks, lower is better)")
     search.add_argument("--params", default="weights", help="what to search: weights, density or weights,density")
     search.add_argument("--bounds", default="0,1.5", help="λ range LOW,HIGH for every adapter (default 0,1.5)")
-    search.add_argument("--density-bounds", default="0.1,1", help="density range LOW,HIGH (default 0.1,1)")
+    search.add_argument("--density-bounds", default=DEFAULT_DENSITY_FLAG, help="density range LOW,HIGH (default 0.1,1)")
     search.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="run trials on Ray actors: a local runtime, or the cluster at ADDRESS (host:port)")
-    search.add_argument("--workers", type=int, help="Ray actors (default: one per CPU of the cluster)")
-    search.add_argument("--seed", type=int, default=0, help="sampler seed and dev-split seed")
+    search.add_argument("--workers", type=_whole(1), help="Ray actors (default: one per CPU of the cluster)")
+    search.add_argument("--seed", type=_whole(0), default=0, help="sampler seed and dev-split seed")
     search.add_argument("--sampler", choices=["tpe", "cmaes"], default="tpe")
-    search.add_argument("--dev-size", type=int, default=64,
+    search.add_argument("--dev-size", type=_whole(1), default=64,
                         help="dev examples per task: from its training data, or (a task with an evaluation file and no "
                              "'dev' file) at most half of the evaluation file's rows, the rest for the final report")
     search.add_argument("--workspace", help="run store folder (default: $MERGESCOPE_WORKSPACE or ./workspace)")
@@ -514,13 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--other-tasks", nargs="*", default=[], help="tasks OSRM keeps this adapter away from (default: the other demo tasks)")
     train.add_argument("--freeze-a", action="store_true", help="keep OSRM's A fixed while training")
     train.add_argument("--base-model", help="local Hugging Face model folder (default: the packaged MiniLM)")
-    train.add_argument("--rank", type=int, default=8)
-    train.add_argument("--alpha", type=float, default=16)
-    train.add_argument("--epochs", type=int, default=2)
-    train.add_argument("--train-size", type=int, default=1000)
-    train.add_argument("--eval-size", type=int, default=200)
-    train.add_argument("--osrm-samples", type=int, default=100)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--rank", type=_whole(1), default=8)
+    train.add_argument("--alpha", type=_positive_number, default=16)
+    train.add_argument("--epochs", type=_whole(1), default=2)
+    train.add_argument("--train-size", type=_whole(1), default=1000)
+    train.add_argument("--eval-size", type=_whole(1), default=200)
+    train.add_argument("--osrm-samples", type=_whole(1), default=100)
+    train.add_argument("--seed", type=_whole(0), default=0)
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(run=cmd_train)
@@ -533,11 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--inits", nargs="*", help="kinds to train (default: standard osrm; none: only the shared-seed adapters)",
                        choices=["standard", "osrm", "osrm-samples", "osrm-cov", "osrm-frozen"])
     build.add_argument("--shared-seed-tasks", nargs="*", help="tasks trained again from one shared seed (default: the zoo's pair)")
-    build.add_argument("--train-size", type=int, help="training examples per task (default: the zoo's, 800)")
-    build.add_argument("--eval-size", type=int, help="evaluation examples per task (default: the zoo's, 200)")
-    build.add_argument("--epochs", type=int, default=None, help="default: the zoo's budget (merging.zoo.ZOO_TRAINING)")
-    build.add_argument("--seed", type=int, default=0, help="the data split")
-    build.add_argument("--replicate", type=int, default=0, help="which training run: seeds are derived from task, kind and this")
+    build.add_argument("--train-size", type=_whole(1), help="training examples per task (default: the zoo's, 800)")
+    build.add_argument("--eval-size", type=_whole(1), help="evaluation examples per task (default: the zoo's, 200)")
+    build.add_argument("--epochs", type=_whole(1), default=None, help="default: the zoo's budget (merging.zoo.ZOO_TRAINING)")
+    build.add_argument("--seed", type=_whole(0), default=0, help="the data split")
+    build.add_argument("--replicate", type=_whole(0), default=0, help="which training run: seeds are derived from task, kind and this")
     build.add_argument("--train-only", nargs="+", help="train only these tasks' adapters (a part; see `zoo combine`)")
     build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     build.add_argument("--overwrite", action="store_true")
@@ -557,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the Streamlit dashboard with the project's settings",
         description="Start the dashboard from any folder. Other --section.option=value flags go to Streamlit.",
     )
-    dashboard.add_argument("--port", type=int, help="port (default: .streamlit/config.toml's, 8501)")
+    dashboard.add_argument("--port", type=_whole(1, 65535), help="port (default: .streamlit/config.toml's, 8501)")
     dashboard.add_argument("--address", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     dashboard.set_defaults(run=cmd_dashboard, streamlit_args=[])
     return parser

@@ -29,6 +29,7 @@ exported model has one head, while a merged PEFT folder keeps every task's.
 from __future__ import annotations
 
 import gc
+import glob
 import json
 import math
 import os
@@ -38,16 +39,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from merging.lora import AdapterError, LoraModule
 from merging.models import KINDS, check_model_dir, model_kind, weight_files
-from merging.staging import ADAPTER_MARKER, StagingError, staged_folder
+from merging.staging import (
+    ADAPTER_MARKER,
+    ADAPTER_OWNED,
+    StagingError,
+    check_no_foreign,
+    is_write_failure,
+    staged_folder,
+    write_failure,
+)
 
 EXPORT_MARKER = "mergescope_export.json"
 # An export may replace an earlier export or a merged PEFT folder, nothing else.
 EXPORT_MARKERS = (EXPORT_MARKER, ADAPTER_MARKER)
+# What replacing an output folder with an export replaces (the rest of the folder is kept): an
+# earlier export's weights, index, config and marker, and an adapter's files (left beside a full
+# model, they would make from_pretrained load the folder as an adapter); side files (tokenizer) are
+# replaced when the new export has them.
+EXPORT_OWNED = (
+    *ADAPTER_OWNED, EXPORT_MARKER, "config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+)
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 # Weight files of the base are rewritten, never copied (pickles are never read at all).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".gguf", ".onnx")
@@ -295,26 +312,44 @@ def _shards(plan: Mapping[str, Source], dtype: torch.dtype | None, max_bytes: in
 
 def parse_size(value: int | str) -> int:
     """`max_shard_size` as bytes: an int, or "500MB", "2GB", "64KB"."""
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     text = str(value).strip().upper()
-    for unit, factor in (("GIB", 1024**3), ("MIB", 1024**2), ("KIB", 1024), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
+    try:
+        for unit, factor in (("GIB", 1024**3), ("MIB", 1024**2), ("KIB", 1024), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+            if text.endswith(unit):
+                return int(float(text[: -len(unit)]) * factor)
+        return int(text)
+    except (ValueError, OverflowError):  # "lots", "nanGB", "1e999GB"
+        raise ExportError(
+            f"max_shard_size: expected a size such as 2GB, 500MB or a number of bytes, got {str(value)[:40]!r}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
 # Writing
 
 
-def _copy_side_files(base: Path, staging: Path) -> None:
+def _side_files(base: Path) -> list[str]:
     """Tokenizer, generation config and other small files of the base (weights are rewritten)."""
-    for path in sorted(base.iterdir()):
-        if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES) and path.name not in _SKIPPED_FILES:
-            if path.name.startswith("."):
-                continue
-            shutil.copyfile(path, staging / path.name)
+    return [
+        path.name for path in sorted(base.iterdir())
+        if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES) and path.name not in _SKIPPED_FILES
+        and not path.name.startswith(".")
+    ]
+
+
+def _copy_side_files(base: Path, staging: Path) -> None:
+    for name in _side_files(base):
+        shutil.copyfile(base / name, staging / name)
+
+
+def export_owned(base: Path, out: Path) -> tuple[str, ...]:
+    """What an export into `out` may replace: EXPORT_OWNED, and the side files when `out` holds an
+    earlier export (its tokenizer and model card are mergescope's copies, not the user's)."""
+    if (out / EXPORT_MARKER).is_file():
+        return (*EXPORT_OWNED, *(glob.escape(name) for name in _side_files(base)))
+    return EXPORT_OWNED
 
 
 def _write_config(base: Path, staging: Path, layout: Layout, dtype: torch.dtype | None, head: Mapping | None,
@@ -384,8 +419,14 @@ def export_full_model(
     total = 0
     weight_map: dict[str, str] = {}
     handles: dict[Path, object] = {}
+    owned = export_owned(base, Path(out))
+    if overwrite and Path(out).is_dir():  # before the work: a user's file the export would replace
+        try:
+            check_no_foreign(Path(out), [*_side_files(base), "config.json", *names], owned)
+        except StagingError as err:
+            raise ExportError(str(err)) from None
     try:
-        with staged_folder(out, overwrite=overwrite, markers=EXPORT_MARKERS) as staging:
+        with staged_folder(out, overwrite=overwrite, markers=EXPORT_MARKERS, owned=owned) as staging:
             for index, (shard, file_name) in enumerate(zip(shards, names)):
                 if progress:
                     progress(index, len(shards), file_name)
@@ -423,6 +464,10 @@ def export_full_model(
         raise ExportError(str(err)) from None
     except AdapterError:
         raise
+    except (OSError, SafetensorError) as err:  # a full disk, a quota: the staging copy is gone
+        if not is_write_failure(err):
+            raise
+        raise ExportError(str(write_failure(out, err))) from None
     if progress:
         progress(len(shards), len(shards), "done")
     report.seconds = time.perf_counter() - start

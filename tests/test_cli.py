@@ -178,10 +178,10 @@ def test_existing_out_needs_overwrite(zoo, tmp_path, capsys):
     assert_one_line_error(*run(capsys, "merge", recipe, "--out", out, "--overwrite"), "not a mergescope/PEFT output")
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
 
-    (out / "adapter_config.json").write_text("{}")  # an earlier output: replaced as a whole
+    (out / "adapter_config.json").write_text("{}")  # an earlier output: its files replaced, the rest kept
     code, _, stderr = run(capsys, "merge", recipe, "--out", out, "--overwrite")
     assert code == 0, stderr
-    assert not (out / "precious.txt").exists()
+    assert (out / "precious.txt").read_text() == "mine"
     assert_deltas(merged_deltas(out), expected_deltas(zoo, [0.7, 0.4]))
 
 

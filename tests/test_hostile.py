@@ -46,6 +46,7 @@ from merging.workspace import (
     clean_workspace,
     import_adapter_zip,
 )
+from merging.zoo import zoo_owned
 from tests.conftest import random_adapter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -350,9 +351,10 @@ def test_overwrite_refuses_home_root_files_and_unrelated_folders(tmp_path, recip
 def test_overwrite_replaces_a_previous_output_and_an_empty_folder(tmp_path, recipe, capsys):
     out = tmp_path / "merged"
     assert main(["merge", str(recipe), "--out", str(out)]) == 0
-    (out / "stale.txt").write_text("from the old merge")
+    (out / "notes.txt").write_text("the user's, beside the old merge")
     assert main(["merge", str(recipe), "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "stale.txt").exists() and load_adapter(out).modules
+    # the adapter's files are replaced; what the tool did not write stays (tests/test_hostile_round3.py)
+    assert (out / "notes.txt").read_text() == "the user's, beside the old merge" and load_adapter(out).modules
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["merge", str(recipe), "--out", str(empty), "--overwrite"]) == 0
@@ -763,11 +765,13 @@ def test_a_zoo_is_replaced_only_by_a_zoo_build(tmp_path):
     """staged_folder's markers: the zoo builder replaces a folder holding manifest.json, nothing else."""
     zoo = tmp_path / "zoo"
     zoo.mkdir()
-    (zoo / "manifest.json").write_text("{}")
+    (zoo / "manifest.json").write_text('{"adapters": [{"path": "old-adapter"}]}')
     (zoo / "old-adapter").mkdir()
-    with staged_folder(zoo, overwrite=True, markers=("manifest.json",)) as staging:
+    (zoo / "notes").mkdir()  # not the zoo's: kept
+    with staged_folder(zoo, overwrite=True, markers=("manifest.json",), owned=zoo_owned(zoo)) as staging:
         (staging / "manifest.json").write_text('{"new": true}')
-    assert sorted(p.name for p in zoo.iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in zoo.iterdir()) == ["manifest.json", "notes"]
+    assert (zoo / "manifest.json").read_text() == '{"new": true}'
     adapter_only = tmp_path / "an-adapter"
     shutil.copytree(ZOO_ADAPTER, adapter_only)
     with pytest.raises(StagingError, match="holds no manifest.json"), staged_folder(

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from merging.tasks.data import TaskError
-from merging.tasks.files import _decode_utf8
+from merging.tasks.files import _decode_utf8, parse_json_line, read_bounded
 
 FORMATS = ("completion", "chat", "classification")
 ROLES = ("system", "user", "assistant", "tool")
@@ -151,19 +151,11 @@ def file_format(path: str | Path) -> str:
 
 def _jsonl_rows(path: Path):
     """(line number, raw line, object) of each non-blank line; a line that is not an object is refused."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise TaskError(f"cannot read {path}: {err.strerror or err}") from None
-    content = _decode_utf8(data, path.name)
+    content = _decode_utf8(read_bounded(path), path.name)
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as err:
-            message = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
-            raise TaskError(f"{path.name}, line {number}: not valid JSON ({message})") from None
+        row = parse_json_line(line, f"{path.name}, line {number}")
         if not isinstance(row, dict):
             raise TaskError(f"{path.name}, line {number}: expected a JSON object, got {type(row).__name__}")
         yield number, line, row

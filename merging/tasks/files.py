@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +18,59 @@ from merging.tasks.split import dedupe, make_task
 # A user file with more distinct labels than this almost surely has its columns swapped.
 MAX_LABELS = 100
 SUPPORTED_SUFFIXES = (".csv", ".jsonl")
+
+
+# An evaluation or task file is read whole: checked before reading, it is a regular file (not
+# /dev/zero, a pipe) of at most this size (the workspace's upload limit, merging.workspace).
+MAX_TASK_FILE_BYTES = 50 * 1024**2
+
+
+def read_bounded(path: Path, max_bytes: int = MAX_TASK_FILE_BYTES) -> bytes:
+    """A task file's bytes, or one TaskError naming it: missing, not a regular file, or too large."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device, pipe or socket)"
+            raise TaskError(f"{path.name}: {kind}, not a task file")
+        if info.st_size > max_bytes:
+            raise TaskError(f"{path.name}: {info.st_size:,} bytes; a task file is at most {max_bytes:,}")
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as err:
+        raise TaskError(f"cannot read {path}: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise TaskError(f"{path.name}: more than {max_bytes:,} bytes; a task file is at most that")
+    return data
+
+
+class _RowError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    row: dict = {}
+    for key, value in pairs:
+        if key in row:
+            raise _RowError(f"the field {key!r} appears twice")
+        row[key] = value
+    return row
+
+
+def _no_constant(name: str):
+    raise _RowError(f"{name} is not a value JSON allows")
+
+
+def parse_json_line(line: str, where: str):
+    """One JSONL line: NaN/Infinity and a key given twice are refused, deep nesting too (`where`:
+    the file and line, for the message)."""
+    try:
+        return json.loads(line, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except _RowError as err:
+        raise TaskError(f"{where}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise TaskError(f"{where}: not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise TaskError(f"{where}: not valid JSON (nested too deeply)") from None
 
 
 def _decode_utf8(data: bytes, filename: str) -> str:
@@ -52,7 +106,10 @@ def _check_row(filename: str, line: int, text: object, label: object,
 def _rows_from_csv(content: str, filename: str, text_column: str,
                    label_column: str) -> list[Example]:
     reader = csv.DictReader(io.StringIO(content, newline=""))
-    columns = [c.strip() for c in (reader.fieldnames or [])]
+    try:
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+    except csv.Error as err:
+        raise TaskError(f"{filename}, line 1: not valid CSV ({err})") from None
     reader.fieldnames = columns  # tolerate "text, label" with spaces after the commas
     for column in (text_column, label_column):
         if column not in columns:
@@ -81,10 +138,7 @@ def _rows_from_jsonl(content: str, filename: str, text_column: str,
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskError(f"{filename}, line {number}: not valid JSON ({err.msg})") from None
+        row = parse_json_line(line, f"{filename}, line {number}")
         if not isinstance(row, dict):
             raise TaskError(f"{filename}, line {number}: expected a JSON object like "
                             f'{{"{text_column}": "...", "{label_column}": "..."}}')
@@ -122,10 +176,7 @@ def read_task_file(
             f"use {' or '.join(SUPPORTED_SUFFIXES)} with '{text_column}' and "
             f"'{label_column}' columns"
         )
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise TaskError(f"cannot read {path}: {err.strerror or err}") from None
+    data = read_bounded(path)
     content = _decode_utf8(data, path.name)
     if not content.strip():
         raise TaskError(f"{path.name} is empty")
