@@ -500,12 +500,16 @@ for _raw, _label in [
     _raw_recipe("recipes YAML", f"file {_label}", _yaml_raw, names=("recipe.yaml",))
 
 
-def _mergekit(models, method="ties", extra="", parameters="", base="BASE"):
+def _mergekit(models, method="ties", extra="", parameters=""):
     def make(box: Sandbox) -> Path:
         a, b = box.adapter("a"), box.adapter("b", ADAPTER_B)
-        lines = [f"merge_method: {method}", f"base_model: {base}", "models:"]  # BASE: any name both LoRAs share
+        # BASE: a model folder both LoRAs share (a recipe's base_model must exist: merging/base_check.py)
+        base = box.dir / "base-model"
+        base.mkdir(exist_ok=True)
+        (base / "config.json").write_text("{}")
+        lines = [f"merge_method: {method}", f"base_model: {base}", "models:"]
         for model, weight in zip(models, (0.5, 0.5, 0.5)):
-            lines.append(f"  - model: {model.format(A=a, B=b)}")
+            lines.append(f"  - model: {model.replace('BASE', str(base)).format(A=a, B=b)}")
             lines.append(f"    parameters: {{weight: {weight}{parameters}}}")
         path = box.dir / "mergekit.yaml"
         path.write_text("\n".join(lines) + "\n" + extra)
@@ -530,7 +534,6 @@ for _label, _make in {
     "weight text": _mergekit(["BASE+{A}", "BASE+{B}"], parameters=", weight: x"),
     "lambda text": _mergekit(["BASE+{A}", "BASE+{B}"], "task_arithmetic", extra="parameters: {lambda: x}\n"),
     "dtype float8": _mergekit(["BASE+{A}", "BASE+{B}"], "task_arithmetic", extra="dtype: float8\n"),
-    "normalize false ties": _mergekit(["BASE+{A}", "BASE+{B}"], extra="parameters: {normalize: false}\n"),
     "no models": lambda box: box.recipe("merge_method: ties\nbase_model: x\nmodels: []\n", "mergekit.yaml"),
     "models not a list": lambda box: box.recipe("merge_method: ties\nbase_model: x\nmodels: 5\n", "mergekit.yaml"),
     "duplicate merge_method": lambda box: box.recipe("merge_method: ties\nmerge_method: linear\nmodels: []\n", "mergekit.yaml"),
@@ -538,6 +541,9 @@ for _label, _make in {
 }.items():
     _raw_recipe("recipes mergekit", _label, _make, names=("mergekit.yaml", "/nonexistent"))
 _raw_recipe("recipes mergekit", "task_arithmetic (valid)", _mergekit(["BASE+{A}", "BASE+{B}"], "task_arithmetic"), expect="accept")
+# mergekit's normalize: false is the plain sum of the agreeing entries (divide_by none), not a refusal
+_raw_recipe("recipes mergekit", "normalize false ties (valid)",
+            _mergekit(["BASE+{A}", "BASE+{B}"], extra="parameters: {normalize: false}\n"), expect="accept")
 
 
 # ----------------------------------------------------------------------------------------------
