@@ -42,7 +42,7 @@ def cpu_timed(fn, repeats: int, device: str) -> dict:
 def build(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from merging.models import tiny_causal_tokenizer
+    from tests.tiny_models import tiny_causal_tokenizer
 
     words = tuple(f"w{i}" for i in range(args.vocab - 8))
     tokenizer = tiny_causal_tokenizer(words)

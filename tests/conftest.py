@@ -64,9 +64,9 @@ def three_adapters() -> list[Adapter]:
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
     """Two real demo tasks × standard/OSRM, trained briefly on a tiny BERT saved to a folder."""
-    from merging.models import tiny_bert
     from merging.train_pipeline import TrainSettings
     from merging.zoo import BuildSettings, build_zoo
+    from tests.tiny_models import tiny_bert
 
     root = tmp_path_factory.mktemp("tiny_zoo")
     model, tokenizer = tiny_bert()

@@ -16,11 +16,11 @@ from merging.evaluation import EvalSet, Evaluator, head_of
 from merging.lab import Lab
 from merging.merge import merge_adapters, resolve_device
 from merging.methods import get_method
-from merging.models import tiny_bert
 from merging.recipe import recipe_from_dict
 from merging.zoo import load_zoo, load_zoo_adapters
 from tests.conftest import random_adapter
 from tests.test_evaluation import TARGETS, TEXTS, _hand_loop, _random_adapter
+from tests.tiny_models import tiny_bert
 
 DEVICE = resolve_device(os.environ.get("MERGESCOPE_TEST_DEVICE", "cpu"))
 

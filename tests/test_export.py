@@ -23,8 +23,8 @@ from merging.cli import main
 from merging.export import EXPORT_MARKER, ExportError, export_merged
 from merging.lora import load_adapter
 from merging.merge import merge_adapters
-from merging.models import save_model_folder, tiny_bert
 from tests.test_causal_models import BUILDERS, _logits, _recipe, peft_adapter, peft_deltas, written_in
+from tests.tiny_models import save_model_folder, tiny_bert
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -225,7 +225,7 @@ _MEASURE = textwrap.dedent(
 def test_a_full_model_export_holds_well_under_one_copy_of_the_base(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from merging.models import tiny_causal_tokenizer
+    from tests.tiny_models import tiny_causal_tokenizer
 
     tokenizer = tiny_causal_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
