@@ -84,11 +84,34 @@ def tiny_zoo(tmp_path_factory):
     return root / "zoo"
 
 
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def new_app_test(workspace, timeout: float = 90, device: str = "cpu"):
+    """The one AppTest factory: the whole app (app.py), one browser session on `workspace`.
+
+    `timeout` bounds each script run (a hang guard; background jobs are waited for by state, see
+    wait_for_job). Environment (zoo, warm-up, pages flag) is the caller's: see the app_test fixture.
+    """
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.session_state["workspace"] = str(workspace)
+    at.session_state["device"] = device
+    return at
+
+
+def assert_page_ok(at, errors_allowed: bool = False) -> None:
+    """The one "no exception" check of a page under AppTest: no exception element, and (unless the
+    test expects one) no st.error either; the assertion message lists what was shown."""
+    assert not at.exception, [e.value for e in at.exception]
+    if not errors_allowed:
+        assert not at.error, [e.value for e in at.error]
+
+
 @pytest.fixture
 def app_test(tiny_zoo, tmp_path, monkeypatch):
     """The whole app (app.py) on the tiny zoo, with a fresh workspace, on the CPU."""
-    from streamlit.testing.v1 import AppTest
-
     from pages import _ui
 
     monkeypatch.setenv("MERGESCOPE_ZOO", str(tiny_zoo))
@@ -96,10 +119,7 @@ def app_test(tiny_zoo, tmp_path, monkeypatch):
     _run_app_py_on_every_rerun(monkeypatch)
     _ui._zoo.clear()
     _ui.lab_for.clear()
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=90)
-    at.session_state["workspace"] = str(tmp_path / "workspace")
-    at.session_state["device"] = "cpu"
-    yield at
+    yield new_app_test(tmp_path / "workspace")
     _ui._zoo.clear()
     _ui.lab_for.clear()
 

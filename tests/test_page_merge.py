@@ -11,14 +11,9 @@ from streamlit.testing.v1 import AppTest
 
 from merging.methods import REGISTRY
 from merging.runs import RunStore
-from tests.conftest import wait_for_job
+from tests.conftest import assert_page_ok, new_app_test, wait_for_job
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-def _no_errors(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+_no_errors = assert_page_ok
 
 
 def _click_run(at):
@@ -33,10 +28,7 @@ def _url_recipe(at) -> dict:
 
 def _fresh_session(workspace) -> AppTest:
     """A second browser session on the same workspace: nothing left over from the first one."""
-    at = AppTest.from_file(APP, default_timeout=90)
-    at.session_state["workspace"] = str(workspace)
-    at.session_state["device"] = "cpu"
-    return at
+    return new_app_test(workspace)
 
 
 def control(at, key):

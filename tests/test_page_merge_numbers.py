@@ -15,7 +15,7 @@ import pytest
 from merging.lab import Lab
 from merging.lora import load_adapter
 from merging.recipe import recipe_from_dict
-from tests.conftest import wait_for_job
+from tests.conftest import assert_page_ok, wait_for_job
 from tests.test_search import _hand_accuracies
 
 
@@ -30,7 +30,7 @@ def test_the_merge_page_shows_the_merges_own_numbers(app_test, tiny_zoo, one_thr
     at.slider(key="weight:sms_spam-standard").set_value(0.7).run()
     next(b for b in at.button if b.label == "Run merge").click()
     at = wait_for_job(at.run(), "merge")
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert_page_ok(at)
 
     shown = json.loads(at.query_params["recipe"][0] if isinstance(at.query_params["recipe"], list)
                        else at.query_params["recipe"])

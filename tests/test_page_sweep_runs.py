@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from merging.methods import REGISTRY
 from merging.runs import RunStore
-from tests.conftest import wait_for_job
+from tests.conftest import assert_page_ok, wait_for_job
 
 SWEEP = "pages/sweep.py"
 RUNS = "pages/runs.py"
@@ -35,8 +35,7 @@ def _charts(at: AppTest) -> list[dict]:
 
 
 def _no_errors(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    assert_page_ok(at)
 
 
 def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):

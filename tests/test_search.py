@@ -41,7 +41,7 @@ from merging.search import (
     trial_recipe,
 )
 from merging.search_ray import RayRuntime, check_ray_address
-from tests.conftest import wait_for_job
+from tests.conftest import assert_page_ok, wait_for_job
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
 TWO = ["sms_spam-standard", "movie_sentiment-standard"]
@@ -432,13 +432,13 @@ def app(app_test):
 
 def test_the_search_page_runs_a_tiny_search_and_links_the_best_recipe_to_merge(app, tiny_zoo):
     at = app.switch_page("pages/search.py").run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert_page_ok(at)
     assert at.multiselect(key="search_adapters").value == ["sms_spam-standard", "question_type-standard"]
     at.number_input(key="search_trials").set_value(3)
     at.number_input(key="search_dev_size").set_value(4)
     at.button(key="search_run").click().run()
     wait_for_job(at, "search", timeout=120)
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert_page_ok(at)
     charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
     kinds = {trace["type"] for chart in charts for trace in chart["data"]}
     assert {"scatter", "parcoords"} <= kinds
