@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from merging.lora import Adapter, LoraModule
+from tests.browser_support import HANG_GUARD_S
 
 # Nothing in the suite may reach a hub: fail loudly instead of trying the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,7 +88,7 @@ def tiny_zoo(tmp_path_factory):
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-def new_app_test(workspace, timeout: float = 90, device: str = "cpu"):
+def new_app_test(workspace, timeout: float = HANG_GUARD_S, device: str = "cpu"):
     """The one AppTest factory: the whole app (app.py), one browser session on `workspace`.
 
     `timeout` bounds each script run (a hang guard; background jobs are waited for by state, see
@@ -139,8 +140,10 @@ def _run_app_py_on_every_rerun(monkeypatch) -> None:
     monkeypatch.setattr(PagesManager, "__init__", init)
 
 
-def wait_for_job(at, key: str, timeout: float = 120):
-    """Wait for a page's background job to finish, then rerun the script to show its result."""
+def wait_for_job(at, key: str, timeout: float = HANG_GUARD_S):
+    """Wait for a page's background job to finish, then rerun the script to show its result.
+
+    The wait ends on the job's state; `timeout` only stops a hang (a busy machine is slow, not stuck)."""
     deadline = time.monotonic() + timeout
     while f"job:{key}" in at.session_state and not at.session_state[f"job:{key}"].finished:
         assert time.monotonic() < deadline, f"the background job '{key}' did not finish in {timeout} s"

@@ -138,7 +138,7 @@ def test_every_stored_dashboard_run_re_merges_from_its_recipe_to_the_same_body(a
     at.selectbox(key="sweep_method").set_value("dare_linear").run()
     at.number_input(key="sweep_points").set_value(2)
     at.button(key="sweep_run").click().run()
-    at = wait_for_job(at, "sweep", timeout=120)
+    at = wait_for_job(at, "sweep")
     assert_page_ok(at)
 
     records = RunStore(tmp_path / "workspace" / "runs.sqlite").list()

@@ -23,6 +23,7 @@ from merging.cli import main
 from merging.export import EXPORT_MARKER, ExportError, export_merged
 from merging.lora import load_adapter
 from merging.merge import merge_adapters
+from tests.browser_support import HANG_GUARD_S
 from tests.test_causal_models import BUILDERS, _logits, _recipe, peft_adapter, peft_deltas, written_in
 from tests.tiny_models import save_model_folder, tiny_bert
 
@@ -243,7 +244,7 @@ def test_a_full_model_export_holds_well_under_one_copy_of_the_base(tmp_path):
     del model, peft
     result = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(base_dir), str(tmp_path / "a"), str(tmp_path / "out")],
-        check=False, capture_output=True, text=True, cwd=REPO, timeout=300,
+        check=False, capture_output=True, text=True, cwd=REPO, timeout=HANG_GUARD_S,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]

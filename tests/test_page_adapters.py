@@ -112,7 +112,7 @@ def test_train_a_tiny_adapter_in_the_background(app):
     app.button(key="adapters_train").click().run()
     _no_exception(app)
     job = app.session_state[JOB]
-    wait_for_job(app, "adapters-train", timeout=120)
+    wait_for_job(app, "adapters-train")
     assert job.finished and job.error is None, job.error_detail
     _no_exception(app)
     assert any("Trained" in s.value for s in app.success)

@@ -39,7 +39,7 @@ def chart_title(at: AppTest, key: str) -> str:
 def finish_job(at: AppTest, name: str) -> None:
     """Wait for the page's background job and rerun; the job must have ended without an error."""
     job = at.session_state[f"job:{name}"] if f"job:{name}" in at.session_state else None
-    wait_for_job(at, name, timeout=60)
+    wait_for_job(at, name)
     assert job is None or job.error is None, job.error_detail or job.error
 
 

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from merging.methods import REGISTRY
 from merging.runs import RunStore
+from tests.browser_support import HANG_GUARD_S
 from tests.conftest import assert_page_ok, new_app_test, wait_for_job
 
 _no_errors = assert_page_ok
@@ -160,14 +161,14 @@ def test_a_preview_shows_while_the_rest_of_the_evaluation_runs(app_test, monkeyp
     def held_after_the_preview(self, adapters, recipe, progress=None, on_preview=None):
         def hold(preview):
             on_preview(preview)
-            assert release.wait(60), "the test never released the evaluation"
+            assert release.wait(HANG_GUARD_S), "the test never released the evaluation"
 
         return real(self, adapters, recipe, progress, on_preview=hold)
 
     monkeypatch.setattr(lab.Lab, "merge_and_evaluate", held_after_the_preview)
     at = _click_run(app_test.run())
     job = at.session_state["job:merge"]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_GUARD_S  # a hang guard: the loop ends on the job's state
     while job.partial is None:
         assert time.monotonic() < deadline and not job.finished, job.error
         time.sleep(0.05)
@@ -328,7 +329,7 @@ def test_the_server_warm_up_makes_the_first_merge_cached_and_the_cross_task_matr
     try:
         at = app_test.run()
         readiness = _warm.start("cpu")
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_GUARD_S  # a hang guard: the loop ends on the warm-up's state
         while not readiness.done:
             assert time.monotonic() < deadline, readiness.line()
             time.sleep(0.2)

@@ -437,7 +437,7 @@ def test_the_search_page_runs_a_tiny_search_and_links_the_best_recipe_to_merge(a
     at.number_input(key="search_trials").set_value(3)
     at.number_input(key="search_dev_size").set_value(4)
     at.button(key="search_run").click().run()
-    wait_for_job(at, "search", timeout=120)
+    wait_for_job(at, "search")
     assert_page_ok(at)
     charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
     kinds = {trace["type"] for chart in charts for trace in chart["data"]}
