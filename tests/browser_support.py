@@ -91,6 +91,18 @@ def wait_for_plotly(page, count: int = 1) -> None:
     wait_until_settled(page, _CHARTS_SIGNATURE, count, key="charts")
 
 
+_IDLE = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  return app && app.getAttribute('data-test-script-state') === 'notRunning' ? 'idle' : null;
+}"""
+
+
+def wait_for_app_idle(page) -> None:
+    """Wait until Streamlit's script run has ended and no new one started for a second: the reruns a
+    result triggers (the URL's recipe, the scroll to the result) are over, so a click is not undone."""
+    wait_until_settled(page, _IDLE, key="idle")
+
+
 def wait_until_still(locator) -> None:
     """Wait until an element stops moving (after a scroll, or while the page above it grows)."""
     handle = locator.element_handle(timeout=HANG_GUARD_MS)

@@ -17,6 +17,54 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# ----------------------------------------------------------------------------------------------
+# The fast subset: `pytest -m "not slow"` (README, Tests). Slow = trains or evaluates a real model
+# (the shipped zoo's MiniLM), starts servers, browsers, Ray or pip, or takes tens of seconds on the
+# 2-core CI machine. Every browser test is slow. Listed here, in one place, rather than in each file:
+# {file: None (every test of the file) or the test functions (parametrised ones by their function name)}.
+SLOW_TESTS: dict[str, tuple[str, ...] | None] = {
+    "test_packaging.py": (  # the wheel, built and pip-installed into a fresh venv
+        "test_the_wheel_holds_the_library_the_app_its_settings_and_the_demo_zoo",
+        "test_the_installed_mergescope_command_runs_the_installed_library",
+        "test_mergescope_merge_writes_a_merged_adapter_from_another_folder",
+        "test_mergescope_dashboard_starts_from_another_folder_with_the_projects_settings",
+    ),
+    "test_cli_training.py": None,  # trains adapters and a zoo through the CLI
+    "test_bench_smoke.py": None,  # runs every benchmark program, Ray included
+    "test_server_warm_up.py": (  # dashboard servers in subprocesses
+        "test_the_dashboard_command_warms_up_before_any_browser_connects",
+        "test_the_dashboard_command_says_when_the_warm_up_is_turned_off",
+        "test_a_stop_during_the_warm_up_ends_the_server_with_streamlits_exit_code_not_an_abort",
+    ),
+    "test_search.py": (
+        "test_the_cli_search_prints_the_issues_json_and_streams_every_trial_to_the_store",  # the shipped zoo's MiniLM
+        "test_the_local_ray_runtime_listens_on_loopback_only",  # Ray
+        "test_two_ray_workers_record_every_trial_and_a_worker_killed_mid_study_has_its_trial_retried",
+    ),
+    "test_tour.py": (  # every tour step measured on the shipped zoo
+        "test_the_tour_page_walks_every_step_forward_and_back",
+        "test_a_step_that_fails_to_measure_says_why_and_can_be_tried_again",
+    ),
+    "test_export.py": ("test_a_full_model_export_holds_well_under_one_copy_of_the_base",),  # a 100 MB model in a child
+    "test_method_oracles.py": ("test_dare_merges_average_over_seeds_to_the_unsparsified_sum",),  # 1,000 seeded merges
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    seen: dict[str, set[str]] = {}
+    for item in items:
+        seen.setdefault(item.path.name, set()).add(item.originalname)
+        listed = SLOW_TESTS.get(item.path.name, ())
+        if item.get_closest_marker("browser") or listed is None or item.originalname in (listed or ()):
+            item.add_marker(pytest.mark.slow)
+    # a renamed test would silently leave the slow set: a file collected whole must have every name listed
+    if not config.option.keyword and not config.option.markexpr:
+        for file, names in SLOW_TESTS.items():
+            missing = set(names or ()) - seen.get(file, set()) if file in seen else set()
+            if missing:
+                raise pytest.UsageError(f"tests/conftest.py SLOW_TESTS lists tests {file} does not have: {sorted(missing)}")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run far slower with 2 OpenMP threads when other processes share the 2 cores."""

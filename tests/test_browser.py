@@ -35,6 +35,7 @@ from tests.browser_support import (
     browser_page,
     running_app,
     shown_charts,
+    wait_for_app_idle,
     wait_for_plotly,
     wait_until_still,
 )
@@ -126,6 +127,7 @@ def assert_page_matches_cli(page, cli: dict) -> None:
 
 
 def run_and_wait(page, run_number: int) -> None:
+    wait_for_app_idle(page)
     page.get_by_role("button", name="Run merge").click()
     page.get_by_text(f"Run {run_number}: ties of 2 adapters").wait_for()  # Playwright's default: the hang guard
     # .first: while the result replaces its preview, Streamlit briefly keeps the stale metric beside the new one
@@ -141,6 +143,7 @@ def run_and_wait(page, run_number: int) -> None:
         except PlaywrightError:
             if attempt == 9:
                 raise
+    wait_for_app_idle(page)  # the result's own reruns are over: the next click is not undone by them
     wait_for_plotly(page)  # drawn, and no longer changing, before it is read and photographed
 
 
@@ -199,6 +202,8 @@ def test_ties_with_one_lowered_lambda_shows_the_cli_numbers_then_osrm_switches_t
             screenshot_results(page, 1, "browser-merge.png")
 
             page.get_by_text("OSRM twins", exact=True).first.click()
+            expect(page.get_by_role("radio", name="OSRM twins")).to_be_checked(timeout=HANG_GUARD_MS)
+            wait_for_app_idle(page)
             run_and_wait(page, 2)
             body = page.inner_text("body")
             twins = ", ".join(f"{task}-osrm" for task in KEPT)

@@ -29,6 +29,7 @@ from tests.browser_support import (
     browser_page,
     running_app,
     shown_charts,
+    wait_for_app_idle,
     wait_for_plotly,
     wait_until_still,
 )
@@ -93,6 +94,7 @@ def test_a_causal_lm_merge_set_up_by_clicking_shows_the_clis_exact_match_and_los
                 slider.press("ArrowLeft")
             expect(slider).to_have_attribute("aria-valuetext", f"{LOWERED_TO:.2f}", timeout=HANG_GUARD_MS)
 
+            wait_for_app_idle(page)  # the λ's rerun is over before Run
             page.get_by_role("button", name="Run merge").click()
             heading = page.get_by_text("Run 1: task_arithmetic of 2 adapters")
             heading.wait_for()  # Playwright's default here: the hang guard
@@ -100,6 +102,7 @@ def test_a_causal_lm_merge_set_up_by_clicking_shows_the_clis_exact_match_and_los
             body = page.inner_text("body")
             assert "Traceback" not in body, body[:3000]
             page.get_by_test_id("stPlotlyChart").first.scroll_into_view_if_needed()
+            wait_for_app_idle(page)
             wait_for_plotly(page, 2)  # both charts drawn and settled before they are read
 
             expected = cli_result(cli)

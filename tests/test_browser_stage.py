@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser_support import ROOT, browser_page, running_app, wait_for_plotly, wait_until_still
+from tests.browser_support import ROOT, browser_page, running_app, wait_for_app_idle, wait_for_plotly, wait_until_still
 
 pytestmark = pytest.mark.browser
 
@@ -115,9 +115,11 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         run.wait_for(state="visible")  # Playwright's default here: the hang guard
         assert not page.get_by_test_id("stSidebar").is_visible()
 
+        wait_for_app_idle(page)
         run.click()
         header = page.locator("#merge-result")
         header.wait_for()
+        wait_for_app_idle(page)
         _wait_for_charts(page)
         body = page.inner_text("body")
         assert "Traceback" not in body, body[:3000]
