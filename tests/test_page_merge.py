@@ -125,8 +125,11 @@ def test_second_run_shows_the_delta_and_osrm_twins_are_in_the_recipe(app_test, t
     at = wait_for_job(_click_run(at), "merge")
     _no_errors(at)
     merged_metric = next(m for m in at.metric if m.label == "Average merged accuracy")
-    assert merged_metric.delta is not None and merged_metric.delta.endswith("pp")
-    newest = RunStore(tmp_path / "workspace" / "runs.sqlite").list()[0]
+    newest, first = RunStore(tmp_path / "workspace" / "runs.sqlite").list()
+    # the numbers, not just the unit: this run's stored average and its change from the first run's
+    new, old = newest.results["average"]["merged"], first.results["average"]["merged"]
+    assert merged_metric.value == f"{100 * new:.1f}%"
+    assert merged_metric.delta == f"{100 * (new - old):+.1f} pp"
     # the recipe lists what the user chose and says how OSRM enters: it alone reproduces the merge
     assert [a["name"] for a in newest.recipe["adapters"]] == ["sms_spam-standard", "question_type-standard"]
     assert newest.recipe["osrm"] == "twins"
