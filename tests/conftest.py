@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -63,6 +64,34 @@ def pytest_collection_modifyitems(config, items):
             missing = set(names or ()) - seen.get(file, set()) if file in seen else set()
             if missing:
                 raise pytest.UsageError(f"tests/conftest.py SLOW_TESTS lists tests {file} does not have: {sorted(missing)}")
+
+
+RAY_OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+@contextlib.contextmanager
+def ray_memory_bounded():
+    """For a local Ray runtime started inside: a 256 MB object store (trials pass recipes and JSON,
+    not tensors), no memory monitor (Ray's kills workers when the *machine* is above 95 % used, even
+    when another process is the cause), one OpenMP thread per worker. Ray reads these at its start;
+    its object-store cap is a constant it reads at import, so the constant is set too."""
+    from ray._private import ray_constants
+
+    bounds = {"RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": str(RAY_OBJECT_STORE_BYTES),
+              "RAY_memory_monitor_refresh_ms": "0", "OMP_NUM_THREADS": "1"}
+    saved = {key: os.environ.get(key) for key in bounds}
+    cap = ray_constants.DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES
+    os.environ.update(bounds)
+    ray_constants.DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES = RAY_OBJECT_STORE_BYTES
+    try:
+        yield
+    finally:
+        ray_constants.DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES = cap
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from merging.search import (
     trial_recipe,
 )
 from merging.search_ray import RayRuntime, check_ray_address
-from tests.conftest import assert_page_ok, wait_for_job
+from tests.conftest import RAY_OBJECT_STORE_BYTES, assert_page_ok, ray_memory_bounded, wait_for_job
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
 TWO = ["sms_spam-standard", "movie_sentiment-standard"]
@@ -337,29 +337,11 @@ def test_without_optuna_the_cli_says_how_to_install_it(recipe_file, capsys, monk
 def local_ray():
     import ray  # noqa: F401  requirements-search.txt is part of the test install: a missing Ray fails here, loudly
 
-    # Bounded memory, so the runtime passes whatever else runs on the machine: a 256 MB object store
-    # (the trials pass recipes and JSON, not tensors), and no memory monitor (Ray's kills workers when
-    # the *machine* is above 95 % used, even when the fault is another process's). Read when Ray starts.
-    bounds = {"RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": str(256 * 1024**2), "RAY_memory_monitor_refresh_ms": "0",
-              "OMP_NUM_THREADS": "1"}
-    saved = {key: os.environ.get(key) for key in bounds}
-    os.environ.update(bounds)
-    from ray._private import ray_constants  # read its cap at import; ray.init reads this attribute
-
-    cap = ray_constants.DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES
-    ray_constants.DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES = 256 * 1024**2
-    try:
-        # the runtime `--ray` starts (address "local": its own, even where `ray start` left a cluster file behind)
-        with RayRuntime(num_cpus=2) as runtime:
-            assert runtime.available_resources().get("object_store_memory", 0) <= 256 * 1024**2
-            yield runtime
-    finally:
-        ray_constants.DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES = cap
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # the runtime `--ray` starts (address "local": its own, even where `ray start` left a cluster file behind),
+    # with its memory bounded (conftest.ray_memory_bounded) so it passes whatever else runs on the machine
+    with ray_memory_bounded(), RayRuntime(num_cpus=2) as runtime:
+        assert runtime.available_resources().get("object_store_memory", 0) <= RAY_OBJECT_STORE_BYTES
+        yield runtime
 
 
 def test_the_local_ray_runtime_listens_on_loopback_only(local_ray):
