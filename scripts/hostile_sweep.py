@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib.util
 import io
 import json
 import os
@@ -781,10 +782,13 @@ _eval_probe("chat (valid)", "chat.jsonl", b'{"messages": [{"role": "user", "cont
 def _unknown_completion(box: Sandbox):
     from merging.causal_eval import CausalEvaluator
     from merging.evaluation import EvaluationError
-    from merging.models import tiny_llama
     from merging.tasks.completions import read_causal_task
 
-    model, tokenizer = tiny_llama(seed=0)
+    # the tests' tiny models (one set, tests/tiny_models.py), read by path: `tests` is not a package
+    spec = importlib.util.spec_from_file_location("mergescope_tiny_models", REPO / "tests" / "tiny_models.py")
+    tiny_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny_models)
+    model, tokenizer = tiny_models.tiny_llama(seed=0)
     path = box.dir / "snow.jsonl"
     path.write_text(json.dumps({"prompt": "weather", "completion": " ☃☃ ✈"}) + "\n")
     return library(lambda: CausalEvaluator(model, tokenizer, max_length=64).add_task(read_causal_task(path)),

@@ -48,13 +48,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def base_model(kind: str):
-    from merging.models import tiny_gpt2, tiny_llama
+    from tests.tiny_models import tiny_gpt2, tiny_llama
 
     return tiny_llama(seed=0) if kind == "llama" else tiny_gpt2(seed=0)
 
 
 def save_base(kind: str, folder: Path) -> Path:
-    from merging.models import save_model_folder
+    from tests.tiny_models import save_model_folder
 
     model, tokenizer = base_model(kind)
     return save_model_folder(model, tokenizer, folder)

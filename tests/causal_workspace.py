@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from merging.lora import Adapter, LoraModule, save_adapter
-from merging.models import CAUSAL_WORDS, save_model_folder, tiny_llama
+from tests.tiny_models import CAUSAL_WORDS, save_model_folder, tiny_llama
 
 TASKS = ("copy", "reverse")
 TARGETS = ("q_proj", "v_proj")

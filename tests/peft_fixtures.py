@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from tests.tiny_models import bare_bert, bare_llama
 
 # PEFT looks a base model name up on the Hub when saving unless offline; never reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,36 +36,8 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
 
 
-def tiny_bert(seed: int = 0, name: str = BERT_NAME, hidden_size: int = 16) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    model = BertForSequenceClassification(config).eval()
-    model.name_or_path = name  # PEFT records it as base_model_name_or_path
-    return model
-
-
-def tiny_llama(seed: int = 0, name: str = LLAMA_NAME, hidden_size: int = 16) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=hidden_size,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.name_or_path = name
-    return model
+tiny_bert = bare_bert  # the names the PEFT tests use
+tiny_llama = bare_llama
 
 
 BASES: dict[str, Callable[..., torch.nn.Module]] = {"bert": tiny_bert, "llama": tiny_llama}

@@ -76,7 +76,10 @@ def test_latency_tiny_merges_evaluates_and_sweeps(bench_modules, tmp_path):
 
 
 def test_search_tiny_runs_the_study_in_process_and_on_ray_workers(bench_modules, tmp_path):
-    result = _run(bench_modules["search"], tmp_path)
+    from tests.conftest import ray_memory_bounded
+
+    with ray_memory_bounded():  # the Ray runtime the benchmark starts passes whatever else runs
+        result = _run(bench_modules["search"], tmp_path)
     data = result["data"]
     in_process, on_ray = data["runs"]["in_process"], data["runs"]["ray"]
     assert len(in_process) == len(on_ray) == 1  # --tiny: one round of each

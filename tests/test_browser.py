@@ -26,8 +26,19 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import expect
 
-from tests.browser_support import ROOT, browser_page, running_app, shown_charts
+from tests.browser_support import (
+    HANG_GUARD_MS,
+    HANG_GUARD_S,
+    ROOT,
+    browser_page,
+    running_app,
+    shown_charts,
+    wait_for_app_idle,
+    wait_for_plotly,
+    wait_until_still,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -76,7 +87,7 @@ def start_cli_evaluate(recipe: Path) -> subprocess.Popen:
 
 
 def cli_result(process: subprocess.Popen) -> dict:
-    stdout, stderr = process.communicate(timeout=240)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD_S)  # a hang guard: the CLI ends on its own
     assert process.returncode == 0, stderr[-2000:]
     return json.loads(stdout)
 
@@ -93,7 +104,7 @@ def shown_table(page) -> dict[str, dict[str, float]]:
     """The results table, as its 'Download table (CSV)' button gives it: {task: {column: value}}."""
     button = page.get_by_role("button", name="Download table (CSV)")
     assert button.count() == 1
-    with page.expect_download(timeout=30_000) as download:
+    with page.expect_download(timeout=HANG_GUARD_MS) as download:
         button.click()
     text = Path(download.value.path()).read_text(encoding="utf-8")
     numeric = lambda k: k not in ("task", "metric") and "interval" not in k  # noqa: E731 - text columns
@@ -116,28 +127,32 @@ def assert_page_matches_cli(page, cli: dict) -> None:
 
 
 def run_and_wait(page, run_number: int) -> None:
+    wait_for_app_idle(page)
     page.get_by_role("button", name="Run merge").click()
-    page.get_by_text(f"Run {run_number}: ties of 2 adapters").wait_for(timeout=180_000)
+    page.get_by_text(f"Run {run_number}: ties of 2 adapters").wait_for()  # Playwright's default: the hang guard
     # .first: while the result replaces its preview, Streamlit briefly keeps the stale metric beside the new one
-    page.get_by_text("Average merged accuracy", exact=True).first.wait_for(timeout=30_000)
+    page.get_by_text("Average merged accuracy", exact=True).first.wait_for()
     body = page.inner_text("body")
     assert "Traceback" not in body, body[:3000]
     # Streamlit draws a chart once it scrolls into view; the page's own scroll-to-result and the
     # job's last reruns can replace the chart element meanwhile, so try again on a detached one
-    for _attempt in range(10):
+    for attempt in range(10):
         try:
-            page.get_by_test_id("stPlotlyChart").first.scroll_into_view_if_needed(timeout=10_000)
+            page.get_by_test_id("stPlotlyChart").first.scroll_into_view_if_needed()
             break
         except PlaywrightError:
-            page.wait_for_timeout(1000)
-    page.wait_for_timeout(1000)  # let Plotly draw before reading it and taking the screenshot
+            if attempt == 9:
+                raise
+    wait_for_app_idle(page)  # the result's own reruns are over: the next click is not undone by them
+    wait_for_plotly(page)  # drawn, and no longer changing, before it is read and photographed
 
 
 def screenshot_results(page, run_number: int, name: str) -> Path:
     """The run's heading at the top of the window: its metrics and the accuracy chart below."""
     path = ROOT / "artifacts" / name
-    page.get_by_text(f"Run {run_number}: ties of 2 adapters").evaluate("e => e.scrollIntoView({block: 'start'})")
-    page.wait_for_timeout(500)
+    heading = page.get_by_text(f"Run {run_number}: ties of 2 adapters")
+    heading.evaluate("e => e.scrollIntoView({block: 'start'})")
+    wait_until_still(heading)
     page.screenshot(path=str(path))
     return path
 
@@ -157,28 +172,27 @@ def test_ties_with_one_lowered_lambda_shows_the_cli_numbers_then_osrm_switches_t
         env = {"MERGESCOPE_WORKSPACE": str(tmp_path / "workspace"), "MERGESCOPE_ZOO": str(small_zoo(tmp_path / "zoo"))}
         with running_app(env=env) as url, browser_page(width=1280, height=720) as page:
             page.goto(url, wait_until="domcontentloaded")
-            page.get_by_role("button", name="Run merge").wait_for(state="visible", timeout=120_000)
+            page.get_by_role("button", name="Run merge").wait_for(state="visible")
             # the CLI runs while the browser works (started once the page has loaded its model, so
             # the three model loads do not compete); each scores from scratch in its own process
             cli_runs.update({init: start_cli_evaluate(path) for init, path in recipes.items()})
 
             for task in DROPPED:
                 page.get_by_role("button", name=f"Remove {task}-standard").click()
-                page.get_by_role("slider", name=f"{task}-standard").wait_for(state="detached", timeout=30_000)
+                page.get_by_role("slider", name=f"{task}-standard").wait_for(state="detached")
             assert page.get_by_role("slider", name=f"{KEPT[1]}-standard").count() == 1
 
             slider = page.get_by_role("slider", name=f"{LOWERED}-standard")
             slider.focus()
             for _ in range(round((1.0 - LOWERED_TO) / 0.05)):
                 slider.press("ArrowLeft")
-            page.wait_for_timeout(500)
-            assert slider.get_attribute("aria-valuetext") == f"{LOWERED_TO:.2f}"
+            expect(slider).to_have_attribute("aria-valuetext", f"{LOWERED_TO:.2f}", timeout=HANG_GUARD_MS)
 
             page.get_by_test_id("stSelectbox").filter(has_text="Method").click()
             page.get_by_role("option", name="TIES", exact=True).click()
             page.get_by_text(
                 "Keep each update's top-density entries by |x|, elect a sign per entry", exact=False
-            ).wait_for(timeout=30_000)
+            ).wait_for()
             density = page.get_by_role("slider", name="Density (fraction kept)")
             assert density.get_attribute("aria-valuetext") == f"{DENSITY:.2f}"
 
@@ -188,6 +202,8 @@ def test_ties_with_one_lowered_lambda_shows_the_cli_numbers_then_osrm_switches_t
             screenshot_results(page, 1, "browser-merge.png")
 
             page.get_by_text("OSRM twins", exact=True).first.click()
+            expect(page.get_by_role("radio", name="OSRM twins")).to_be_checked(timeout=HANG_GUARD_MS)
+            wait_for_app_idle(page)
             run_and_wait(page, 2)
             body = page.inner_text("body")
             twins = ", ".join(f"{task}-osrm" for task in KEPT)

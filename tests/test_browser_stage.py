@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser_support import ROOT, browser_page, running_app
+from tests.browser_support import ROOT, browser_page, running_app, wait_for_app_idle, wait_for_plotly, wait_until_still
 
 pytestmark = pytest.mark.browser
 
@@ -101,10 +101,7 @@ def _cut_titles(texts: list[dict]) -> list[str]:
 
 
 def _wait_for_charts(page, count: int = 1) -> None:
-    page.wait_for_function(
-        f"document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= {count}", timeout=120_000
-    )
-    page.wait_for_timeout(1500)  # Plotly's relayout to the window's height
+    wait_for_plotly(page, count)  # drawn, and settled after Plotly's relayout to the window's height
 
 
 @pytest.mark.parametrize("width, height", [(1280, 720), (1440, 900)])
@@ -112,19 +109,21 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
     (ROOT / "artifacts").mkdir(exist_ok=True)
     # the server warm-up is off here only to keep the test short on a 2-core machine (AppTest covers it)
     env = {"MERGESCOPE_WORKSPACE": str(tmp_path / "workspace"), "OMP_NUM_THREADS": "2", "MERGESCOPE_WARM_UP": "0"}
-    with running_app(env=env, timeout=180) as url, browser_page(width=width, height=height) as page:
+    with running_app(env=env) as url, browser_page(width=width, height=height) as page:
         page.goto(f"{url}/?present=1", wait_until="domcontentloaded")
         run = page.get_by_role("button", name="Run merge")
-        run.wait_for(state="visible", timeout=180_000)
+        run.wait_for(state="visible")  # Playwright's default here: the hang guard
         assert not page.get_by_test_id("stSidebar").is_visible()
 
+        wait_for_app_idle(page)
         run.click()
         header = page.locator("#merge-result")
-        header.wait_for(timeout=600_000)
+        header.wait_for()
+        wait_for_app_idle(page)
         _wait_for_charts(page)
         body = page.inner_text("body")
         assert "Traceback" not in body, body[:3000]
-        page.wait_for_timeout(1000)
+        wait_until_still(header)  # the page's own scroll to the result has ended
         # in view under Run: the header inside the window, the accuracy chart starting in it
         top = header.evaluate("e => e.getBoundingClientRect().top")
         assert 0 <= top < height / 3, top
@@ -149,18 +148,20 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         # a reload keeps presentation mode and the result (both are in the URL)
         assert "present=1" in page.url and "run=" in page.url
         page.reload(wait_until="domcontentloaded")
-        page.locator("#merge-result").wait_for(timeout=120_000)
+        page.locator("#merge-result").wait_for()
         assert not page.get_by_test_id("stSidebar").is_visible()
 
         # Interference, standard vs OSRM side by side
         page.get_by_role("link", name="Interference").click()
         # a page switch waits for the Merge page's run to reach a checkpoint: under a loaded CI runner
         # this took over Playwright's default 30 s once (2 cores, two torch threads per server)
-        page.get_by_role("heading", name="Interference").first.wait_for(timeout=120_000)
-        page.get_by_text("Side by side: standard LoRA vs OSRM").click(timeout=120_000)
+        page.get_by_role("heading", name="Interference").first.wait_for()
+        page.get_by_text("Side by side: standard LoRA vs OSRM").click()
         _wait_for_charts(page, 6)
-        page.get_by_text("Subspace overlap", exact=True).first.evaluate("e => e.scrollIntoView({block: 'start'})")
-        page.wait_for_timeout(1500)
+        section = page.get_by_text("Subspace overlap", exact=True).first
+        section.evaluate("e => e.scrollIntoView({block: 'start'})")
+        wait_until_still(section)
+        _wait_for_charts(page, 6)  # charts scrolled into view are drawn now
         page.screenshot(path=str(ROOT / "artifacts" / f"stage-interference-{width}x{height}.png"))
         texts = page.evaluate(TEXTS)
         assert not _small(texts), _small(texts)

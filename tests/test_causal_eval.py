@@ -31,10 +31,10 @@ from merging.causal_eval import CausalEvalSet, CausalEvaluator, could_still_matc
 from merging.evaluation import EvaluationError, evaluate_merge
 from merging.lab import Lab
 from merging.lora import load_adapter
-from merging.models import tiny_causal_tokenizer, tiny_llama
 from merging.recipe import AdapterRef, Recipe
 from merging.tasks import TaskError, read_task_file
 from merging.tasks.completions import ChatExample, CompletionExample, read_causal_task, render_chat
+from tests.tiny_models import tiny_causal_tokenizer, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,6 +1,6 @@
 """Causal LMs as base models: where they come from, GPT-2's Conv1D, carried embeddings, dtypes.
 
-Every model is built in-process from a config (merging.models.tiny_llama / tiny_gpt2, with a
+Every model is built in-process from a config (tests/tiny_models.py: tiny_llama / tiny_gpt2, with a
 word-level tokenizer made in-process) and saved as a local folder; nothing is downloaded. Adapters
 are real PEFT LoRA adapters (peft.get_peft_model) with seeded random factors, since PEFT starts B at
 zero. The oracle for "the merged update applied in place" is independent of mergescope's reader:
@@ -28,12 +28,9 @@ from merging.models import (
     model_kind,
     resolve_dtype,
     resolve_model_source,
-    save_model_folder,
-    tiny_causal_tokenizer,
-    tiny_gpt2,
-    tiny_llama,
 )
 from merging.recipe import recipe_from_dict
+from tests.tiny_models import save_model_folder, tiny_causal_tokenizer, tiny_gpt2, tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

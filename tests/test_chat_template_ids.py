@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from merging.causal_eval import CausalEvaluator, encode_example
-from merging.models import CHAT_TEMPLATE, tiny_causal_tokenizer, tiny_llama
 from merging.tasks.completions import ChatExample, read_causal_task, render_chat
+from tests.tiny_models import CHAT_TEMPLATE, tiny_causal_tokenizer, tiny_llama
 
 BOS_TEMPLATE = "{{ bos_token }}" + CHAT_TEMPLATE  # renders <s> itself, as Llama-3's and Mistral's do
 CHATS = [

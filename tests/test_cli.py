@@ -14,6 +14,7 @@ import torch
 
 from merging.cli import EXIT_BAD_INPUT, main
 from merging.lora import load_adapter
+from tests.browser_support import HANG_GUARD_S
 from tests.peft_fixtures import lora_model, peft_deltas, peft_scales, save_peft
 
 REPO = Path(__file__).resolve().parent.parent
@@ -334,7 +335,7 @@ def test_python_dash_m_merging_runs_a_merge(zoo, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "merging", "merge", str(recipe), "--out", str(tmp_path / "merged")],
-        check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=HANG_GUARD_S,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["num_modules"] == 6

@@ -16,7 +16,7 @@ from merging.cli import main as cli
 from merging.evaluation import modules_fingerprint
 from merging.lora import load_adapter
 from merging.runs import RunStore
-from tests.conftest import wait_for_job
+from tests.conftest import assert_page_ok, wait_for_job
 
 PAGES = {"merge": "pages/merge.py", "sweep": "pages/sweep.py"}
 # MERGESCOPE_LINK_EXAMPLES=1000 for a longer hunt than the suite's 30 links per page
@@ -131,7 +131,7 @@ def test_every_stored_dashboard_run_re_merges_from_its_recipe_to_the_same_body(a
         at.run()
         next(b for b in at.button if b.label == "Run merge").click()
         at = wait_for_job(at.run(), "merge")
-        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert_page_ok(at)
     # A sweep with the OSRM overlay (twins): two stored runs, each its best point
     at.query_params.clear()  # the Merge page's link would set the Sweep page's method too
     at.switch_page(PAGES["sweep"]).run()
@@ -139,8 +139,8 @@ def test_every_stored_dashboard_run_re_merges_from_its_recipe_to_the_same_body(a
     at.selectbox(key="sweep_method").set_value("dare_linear").run()
     at.number_input(key="sweep_points").set_value(2)
     at.button(key="sweep_run").click().run()
-    at = wait_for_job(at, "sweep", timeout=120)
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    at = wait_for_job(at, "sweep")
+    assert_page_ok(at)
 
     records = RunStore(tmp_path / "workspace" / "runs.sqlite").list()
     assert sorted(r.kind for r in records) == ["merge"] * 4 + ["sweep"] * 2, [(r.kind, r.recipe["osrm"], r.summary) for r in records]

@@ -16,11 +16,11 @@ from merging.evaluation import EvalSet, Evaluator, head_of
 from merging.lab import Lab
 from merging.merge import merge_adapters, resolve_device
 from merging.methods import get_method
-from merging.models import tiny_bert
 from merging.recipe import recipe_from_dict
 from merging.zoo import load_zoo, load_zoo_adapters
 from tests.conftest import random_adapter
 from tests.test_evaluation import TARGETS, TEXTS, _hand_loop, _random_adapter
+from tests.tiny_models import tiny_bert
 
 DEVICE = resolve_device(os.environ.get("MERGESCOPE_TEST_DEVICE", "cpu"))
 
@@ -42,17 +42,42 @@ def _recipe(adapters, method: str, weights=(0.7, 1.0, 0.4), **fields):
     return recipe_from_dict({"adapters": entries, "method": method, "device": DEVICE.type, **fields})
 
 
+def _keep_top(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """The int(density·numel) entries of largest |x|, the rest 0 (PEFT's magnitude prune), in float64."""
+    k = int(density * delta.numel())
+    kept = torch.zeros(delta.numel(), dtype=torch.float64)
+    index = torch.topk(delta.abs().reshape(-1), k).indices
+    kept[index] = delta.reshape(-1)[index]
+    return kept.reshape(delta.shape)
+
+
 def _reference(adapters, method: str, weights, density: float) -> dict[str, torch.Tensor]:
-    """The dense merge in float64 on the CPU: the library's dense form of each method."""
+    """Each method in float64 on the CPU, written in the test suite from its paper / mergekit, not the
+    library's own dense form: Σ λᵢ sᵢBᵢAᵢ by hand, TIES and KnOTS from test_method_oracles, Model
+    Breadcrumbs from mergekit's magnitude_outliers (test_mergekit_config), TSV from test_tsv."""
+    from tests.test_mergekit_config import mergekit_breadcrumbs
+    from tests.test_method_oracles import knots_reference, ties_reference
+    from tests.test_tsv import tsv_reference
+
     out = {}
     for module in MODULES:
         # built in float64 from the factors: float32 rounding noise would make KnOTS' concatenation full-rank
         deltas = [m.scale * (m.B.double() @ m.A.double()) for m in (a.modules[module] for a in adapters)]
-        if method == "knots":
-            out[module] = get_method("knots").merge_dense(deltas, weights, inner="ties", density=density)
+        if method == "task_arithmetic":
+            out[module] = sum(w * d for w, d in zip(weights, deltas))
+        elif method == "ties":
+            out[module] = ties_reference(deltas, weights, density, "total")
+        elif method == "magnitude_prune":
+            out[module] = sum(w * _keep_top(d, density) for w, d in zip(weights, deltas))
+        elif method == "breadcrumbs":
+            gamma = get_method("breadcrumbs").param("gamma").default
+            out[module] = sum(w * mergekit_breadcrumbs(d, density, gamma) for w, d in zip(weights, deltas))
+        elif method == "knots":
+            out[module] = knots_reference(deltas, weights, "ties", density, "total")
+        elif method == "tsv":
+            out[module] = tsv_reference(deltas, weights)
         else:
-            parameters = {"density": density} if get_method(method).has_param("density") else {}
-            out[module] = get_method(method).merge_dense(deltas, weights, **parameters)
+            raise AssertionError(f"no oracle for {method}")
     return out
 
 

@@ -10,9 +10,9 @@ import torch
 from merging.evaluation import EvalSet, Evaluator, evaluate_merge, head_of, preview_indices
 from merging.lab import Lab
 from merging.lora import Adapter, LoraModule, load_adapter
-from merging.models import tiny_bert
 from merging.recipe import recipe_from_dict
 from merging.zoo import MANIFEST, load_zoo, load_zoo_adapters
+from tests.tiny_models import tiny_bert
 
 TEXTS = ["good great film", "awful boring plot", "the movie was fine", "terrible sad music", "love it", "hate it"]
 TARGETS = [1, 0, 1, 0, 1, 0]

@@ -23,8 +23,9 @@ from merging.cli import main
 from merging.export import EXPORT_MARKER, ExportError, export_merged
 from merging.lora import load_adapter
 from merging.merge import merge_adapters
-from merging.models import save_model_folder, tiny_bert
+from tests.browser_support import HANG_GUARD_S
 from tests.test_causal_models import BUILDERS, _logits, _recipe, peft_adapter, peft_deltas, written_in
+from tests.tiny_models import save_model_folder, tiny_bert
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -225,7 +226,7 @@ _MEASURE = textwrap.dedent(
 def test_a_full_model_export_holds_well_under_one_copy_of_the_base(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from merging.models import tiny_causal_tokenizer
+    from tests.tiny_models import tiny_causal_tokenizer
 
     tokenizer = tiny_causal_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
@@ -243,7 +244,7 @@ def test_a_full_model_export_holds_well_under_one_copy_of_the_base(tmp_path):
     del model, peft
     result = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(base_dir), str(tmp_path / "a"), str(tmp_path / "out")],
-        check=False, capture_output=True, text=True, cwd=REPO, timeout=300,
+        check=False, capture_output=True, text=True, cwd=REPO, timeout=HANG_GUARD_S,
         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -47,7 +47,7 @@ from merging.workspace import (
     import_adapter_zip,
 )
 from merging.zoo import zoo_owned
-from tests.conftest import random_adapter
+from tests.conftest import assert_page_ok, random_adapter
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO_ADAPTER = REPO / "zoo" / "sms_spam-standard"
@@ -588,7 +588,7 @@ def test_a_malformed_row_is_skipped_and_reported(tmp_path):
 
 
 def _no_exception(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
+    assert_page_ok(at, errors_allowed=True)
 
 
 def _broken_names(workspace: Path) -> list[str]:
@@ -657,14 +657,20 @@ def test_every_page_stays_usable_with_a_broken_adapter_and_a_corrupt_run_store(a
 def test_the_runs_page_shows_the_good_runs_when_a_row_is_malformed(app_test):
     workspace = Path(app_test.session_state["workspace"])
     store = RunStore(workspace / "runs.sqlite")
-    store.add({"adapters": [], "method": "ties"}, {"average": {"merged": 0.5}})
+    first = store.add({"adapters": [], "method": "ties"}, {"average": {"merged": 0.5}})
     connection = sqlite3.connect(workspace / "runs.sqlite")
     connection.execute("INSERT INTO runs (created, kind, recipe, results, summary, device, seconds) "
                        "VALUES (1.0, 'merge', '{not json', '{}', '{}', 'cpu', 0.0)")
     connection.commit()
     connection.close()
+    last = store.add({"adapters": [], "method": "task_arithmetic"}, {"average": {"merged": 0.25}})
     at = app_test.switch_page("pages/runs.py").run()
     _no_exception(at)
+    # the two good runs are listed (newest first), the malformed one is not, and is named instead
+    table = at.dataframe[0].value
+    assert list(table["id"]) == [last, first]
+    (warning,) = [w.value for w in at.warning if "could not be read back" in w.value]
+    assert f"row {first + 1}" in warning and "recipe" in warning
 
 
 # ----------------------------------------------------------------------------------------------

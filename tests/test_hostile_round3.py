@@ -343,8 +343,8 @@ def test_lora_alpha_zero_is_named_and_an_integral_float_rank_is_read(inputs, cap
 def test_a_completion_of_characters_the_tokenizer_does_not_know_is_refused(tmp_path):
     from merging.causal_eval import CausalEvaluator
     from merging.evaluation import EvaluationError
-    from merging.models import tiny_llama
     from merging.tasks.completions import read_causal_task
+    from tests.tiny_models import tiny_llama
 
     model, tokenizer = tiny_llama(seed=0)
     assert not tokenizer.decode(tokenizer(" ☃☃ ✈", add_special_tokens=False).input_ids, skip_special_tokens=True)

@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merging.lora import Adapter, LoraModule
-from merging.models import tiny_bert
 from merging.osrm import (
     VARIANTS,
     ModuleFeatures,
@@ -21,6 +20,7 @@ from merging.osrm import (
     posthoc_projection,
     rows_used,
 )
+from tests.tiny_models import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

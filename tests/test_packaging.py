@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from merging.cli import app_folder, dashboard_command, streamlit_flags
-from tests.browser_support import stop_process
+from tests.browser_support import HANG_GUARD_S, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 # What setup.py and pyproject.toml build the wheel from.
@@ -64,7 +64,7 @@ def installed(tmp_path_factory) -> dict[str, Path]:
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist), str(source)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = dist.glob("mergescope-*.whl")
@@ -73,7 +73,7 @@ def installed(tmp_path_factory) -> dict[str, Path]:
         [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     elsewhere = work / "elsewhere"  # a working folder with no project files in it
@@ -122,7 +122,7 @@ def test_the_installed_mergescope_command_runs_the_installed_library(installed):
     script = site / "bin" / "mergescope"
     assert script.is_file()
     shown = subprocess.run(
-        [str(script), "--help"], cwd=elsewhere, env=_installed_env(site), capture_output=True, text=True, timeout=120
+        [str(script), "--help"], cwd=elsewhere, env=_installed_env(site), capture_output=True, text=True, timeout=HANG_GUARD_S
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("usage: mergescope ")
@@ -134,7 +134,7 @@ def test_the_installed_mergescope_command_runs_the_installed_library(installed):
         env=_installed_env(site),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
     library, app = where.stdout.split()
     assert Path(library).is_relative_to(site) and Path(app) == site / "mergescope_app"
@@ -145,7 +145,7 @@ def test_the_installed_mergescope_command_runs_the_installed_library(installed):
         env=_installed_env(site),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
     assert bad.returncode == 2 and bad.stderr.strip() == "error: missing.json: no such recipe file"
 
@@ -172,7 +172,7 @@ def test_mergescope_merge_writes_a_merged_adapter_from_another_folder(installed)
         env=_installed_env(site),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -248,7 +248,7 @@ def test_mergescope_dashboard_starts_from_another_folder_with_the_projects_setti
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_GUARD_S  # a hang guard: the loop ends when the server answers
         health = None
         while time.monotonic() < deadline and process.poll() is None:
             try:

@@ -17,10 +17,9 @@ from streamlit.testing.v1 import AppTest
 
 from merging.zoo import DEMO_BASE_MODEL
 from tests.causal_workspace import build_causal_workspace
-from tests.conftest import _run_app_py_on_every_rerun
+from tests.conftest import _run_app_py_on_every_rerun, assert_page_ok, new_app_test
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS_PAGE = "pages/adapters.py"
 
 
@@ -50,14 +49,11 @@ def _app(monkeypatch, tmp_path, workspace: Path, base_model: str | None = None) 
     _run_app_py_on_every_rerun(monkeypatch)
     _ui._zoo.clear()
     _ui.base_model_status.clear()
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
-    at.session_state["workspace"] = str(workspace)
-    at.session_state["device"] = "cpu"
-    return at
+    return new_app_test(workspace)
 
 
 def _no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
+    assert_page_ok(at, errors_allowed=True)
 
 
 def _adapter_names(at: AppTest) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import wait_for_job
+from tests.conftest import assert_page_ok, wait_for_job
 
 PAGE = "pages/interference.py"
 STANDARD = ["sms_spam-standard", "question_type-standard"]
@@ -23,7 +23,7 @@ def open_page(at: AppTest, **state) -> AppTest:
     for key, value in state.items():
         at.session_state[key] = value
     at.switch_page(PAGE).run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert_page_ok(at, errors_allowed=True)
     return at
 
 
@@ -39,7 +39,7 @@ def chart_title(at: AppTest, key: str) -> str:
 def finish_job(at: AppTest, name: str) -> None:
     """Wait for the page's background job and rerun; the job must have ended without an error."""
     job = at.session_state[f"job:{name}"] if f"job:{name}" in at.session_state else None
-    wait_for_job(at, name, timeout=60)
+    wait_for_job(at, name)
     assert job is None or job.error is None, job.error_detail or job.error
 
 
@@ -71,7 +71,7 @@ def test_charts_toggle_slider_and_background_jobs(app_test):
     # Data-parameter interference: forward passes in a background job, then a task × adapter heatmap each.
     at.button(key="interference_features_run").click().run()
     finish_job(at, "interference_features")
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert_page_ok(at)
     assert {"chart:interference_dpi_chosen", "chart:interference_dpi_osrm"} <= set(chart_keys(at))
     spec = json.loads(next(c for c in at.get("plotly_chart") if c.key == "chart:interference_dpi_chosen").proto.spec)
     assert spec["data"][0]["y"] == ["sms_spam", "question_type"] and spec["data"][0]["x"] == ["sms_spam", "question_type"]  # the "-standard" all share is dropped
@@ -91,7 +91,7 @@ def test_charts_toggle_slider_and_background_jobs(app_test):
     # Cross-task accuracy, behind its own button.
     at.button(key="interference_cross_run").click().run()
     finish_job(at, "interference_cross")
-    assert not at.exception and not at.error
+    assert_page_ok(at)
     assert {"chart:interference_cross_chosen", "chart:interference_cross_osrm"} <= set(chart_keys(at))
 
     # Leaving the page and coming back keeps the choices and the results without recomputing.

@@ -11,14 +11,10 @@ from streamlit.testing.v1 import AppTest
 
 from merging.methods import REGISTRY
 from merging.runs import RunStore
-from tests.conftest import wait_for_job
+from tests.browser_support import HANG_GUARD_S
+from tests.conftest import assert_page_ok, new_app_test, wait_for_job
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-def _no_errors(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+_no_errors = assert_page_ok
 
 
 def _click_run(at):
@@ -33,10 +29,7 @@ def _url_recipe(at) -> dict:
 
 def _fresh_session(workspace) -> AppTest:
     """A second browser session on the same workspace: nothing left over from the first one."""
-    at = AppTest.from_file(APP, default_timeout=90)
-    at.session_state["workspace"] = str(workspace)
-    at.session_state["device"] = "cpu"
-    return at
+    return new_app_test(workspace)
 
 
 def control(at, key):
@@ -132,8 +125,11 @@ def test_second_run_shows_the_delta_and_osrm_twins_are_in_the_recipe(app_test, t
     at = wait_for_job(_click_run(at), "merge")
     _no_errors(at)
     merged_metric = next(m for m in at.metric if m.label == "Average merged accuracy")
-    assert merged_metric.delta is not None and merged_metric.delta.endswith("pp")
-    newest = RunStore(tmp_path / "workspace" / "runs.sqlite").list()[0]
+    newest, first = RunStore(tmp_path / "workspace" / "runs.sqlite").list()
+    # the numbers, not just the unit: this run's stored average and its change from the first run's
+    new, old = newest.results["average"]["merged"], first.results["average"]["merged"]
+    assert merged_metric.value == f"{100 * new:.1f}%"
+    assert merged_metric.delta == f"{100 * (new - old):+.1f} pp"
     # the recipe lists what the user chose and says how OSRM enters: it alone reproduces the merge
     assert [a["name"] for a in newest.recipe["adapters"]] == ["sms_spam-standard", "question_type-standard"]
     assert newest.recipe["osrm"] == "twins"
@@ -168,14 +164,14 @@ def test_a_preview_shows_while_the_rest_of_the_evaluation_runs(app_test, monkeyp
     def held_after_the_preview(self, adapters, recipe, progress=None, on_preview=None):
         def hold(preview):
             on_preview(preview)
-            assert release.wait(60), "the test never released the evaluation"
+            assert release.wait(HANG_GUARD_S), "the test never released the evaluation"
 
         return real(self, adapters, recipe, progress, on_preview=hold)
 
     monkeypatch.setattr(lab.Lab, "merge_and_evaluate", held_after_the_preview)
     at = _click_run(app_test.run())
     job = at.session_state["job:merge"]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_GUARD_S  # a hang guard: the loop ends on the job's state
     while job.partial is None:
         assert time.monotonic() < deadline and not job.finished, job.error
         time.sleep(0.05)
@@ -336,7 +332,7 @@ def test_the_server_warm_up_makes_the_first_merge_cached_and_the_cross_task_matr
     try:
         at = app_test.run()
         readiness = _warm.start("cpu")
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_GUARD_S  # a hang guard: the loop ends on the warm-up's state
         while not readiness.done:
             assert time.monotonic() < deadline, readiness.line()
             time.sleep(0.2)

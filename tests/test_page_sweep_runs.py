@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from merging.methods import REGISTRY
 from merging.runs import RunStore
-from tests.conftest import wait_for_job
+from tests.conftest import assert_page_ok, wait_for_job
 
 SWEEP = "pages/sweep.py"
 RUNS = "pages/runs.py"
@@ -35,8 +35,7 @@ def _charts(at: AppTest) -> list[dict]:
 
 
 def _no_errors(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    assert_page_ok(at)
 
 
 def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
@@ -48,7 +47,7 @@ def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
     at.number_input(key="sweep_points").set_value(3)
     at.button(key="sweep_run").click().run()
     assert "job:sweep" in at.session_state
-    wait_for_job(at, "sweep", timeout=60)
+    wait_for_job(at, "sweep")
     _no_errors(at)
 
     charts = _charts(at)
@@ -101,7 +100,7 @@ def test_sweep_heatmap_for_two_adapters(app: AppTest):
     at.radio(key="sweep_mode").set_value("heatmap").run()
     at.number_input(key="sweep_grid_points").set_value(2)
     at.button(key="sweep_run").click().run()
-    wait_for_job(at, "sweep", timeout=60)
+    wait_for_job(at, "sweep")
     _no_errors(at)
     charts = _charts(at)
     assert len(charts) == 1
@@ -210,7 +209,7 @@ def test_sweep_error_is_shown_and_the_page_stays_usable(app: AppTest, monkeypatc
     at = app.switch_page(SWEEP).run()
     at.number_input(key="sweep_points").set_value(2)
     at.button(key="sweep_run").click().run()
-    wait_for_job(at, "sweep", timeout=60)
+    wait_for_job(at, "sweep")
     assert not at.exception
     assert any("the sweep broke" in e.value for e in at.error)
     assert not at.get("plotly_chart")
@@ -269,7 +268,7 @@ def test_a_cancelled_sweep_keeps_and_stores_the_points_scored_before_cancel(app:
     at.radio(key="sweep_osrm").set_value("off")
     at.number_input(key="sweep_points").set_value(4)
     at.button(key="sweep_run").click().run()
-    at = wait_for_job(at, "sweep", timeout=60)
+    at = wait_for_job(at, "sweep")
     assert not at.exception
     assert any("2 points scored before it stopped" in w.value for w in at.warning)
     table = at.dataframe[0].value

@@ -41,7 +41,7 @@ from merging.search import (
     trial_recipe,
 )
 from merging.search_ray import RayRuntime, check_ray_address
-from tests.conftest import wait_for_job
+from tests.conftest import RAY_OBJECT_STORE_BYTES, assert_page_ok, ray_memory_bounded, wait_for_job
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
 TWO = ["sms_spam-standard", "movie_sentiment-standard"]
@@ -237,11 +237,59 @@ def test_the_final_report_scores_best_uniform_and_shared_on_the_evaluation_split
     assert low <= evaluation["average"]["merged"] <= high
     assert data["baselines"]["uniform"]["weights"] == [1.0, 1.0]
     assert data["baselines"]["shared"]["lambda"] in (0.5, 1.0)
-    # the evaluation split is not the dev split: the reported accuracies count 24-example sets
-    assert all(round(s["merged"] * 24, 6).is_integer() for s in evaluation["tasks"].values())
+    # the evaluation split is not the dev split: the best recipe's accuracies are those of a hand-written
+    # loop over each task's evaluation texts (recomputed here from the task data), not its 8 dev examples
+    best = recipe.with_weights([a["weight"] for a in data["best"]["recipe"]["adapters"]])
+    hand = _hand_accuracies(tiny_zoo, best)
+    assert {task: s["merged"] for task, s in evaluation["tasks"].items()} == hand
+    dev = _hand_accuracies(tiny_zoo, best, dev_size=8)
+    assert dev != hand  # the check can tell the two splits apart on this zoo
+    # and the interval's counts are the evaluation split's sizes
+    lab_counts = {t: len(task_data_for(load_adapter(tiny_zoo / f"{t}-standard")).eval_texts) for t in hand}
+    assert set(lab_counts.values()) == {24}
+    counts = {t: (round(a * 24), 24) for t, a in hand.items()}
+    assert data["best"]["interval_95"]["average_merged"] == pytest.approx(list(bootstrap_interval(counts)))
     final = store.list(kind="search")
     assert len(final) == 1 and final[0].results["average"] == evaluation["average"]
     assert len(store.list(kind="search-trial")) == 4
+
+
+def _hand_accuracies(zoo: Path, recipe, dev_size: int | None = None) -> dict[str, float]:
+    """Each task's accuracy of `recipe`'s merged body with the task's own head, scored text by text on
+    the base model read from the zoo folder with transformers, on the evaluation split (or the dev split)."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from merging.merge import merge_adapters
+
+    adapters = [load_adapter(a.path) for a in recipe.adapters]
+    body = merge_adapters(adapters, recipe).adapter.modules
+    base = zoo.parent / "tiny-bert"
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    accuracies = {}
+    for adapter in adapters:
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2).eval()
+        data = task_data_for(adapter)
+        if dev_size is None:
+            texts, targets = data.eval_texts, data.eval_labels
+        else:
+            dev = dev_set_for(adapter, size=dev_size, seed=0)
+            texts, targets = dev.texts, dev.targets
+        edited = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, module in body.items():
+                edited.get_submodule(name).weight += module.scale * module.B @ module.A
+            head = {k.split(".", 1)[1]: v for k, v in adapter.saved_modules.items() if k.startswith("classifier.")}
+            edited.classifier = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
+            edited.classifier.load_state_dict(head)
+            correct = sum(
+                int(edited(**tokenizer(text, return_tensors="pt", truncation=True, max_length=48)).logits.argmax(-1).item() == target)
+                for text, target in zip(texts, targets)
+            )
+        accuracies[adapter.task] = correct / len(texts)
+    return accuracies
 
 
 def test_a_bad_ray_address_gives_one_clear_error(recipe_file, capsys):
@@ -289,8 +337,10 @@ def test_without_optuna_the_cli_says_how_to_install_it(recipe_file, capsys, monk
 def local_ray():
     import ray  # noqa: F401  requirements-search.txt is part of the test install: a missing Ray fails here, loudly
 
-    # the runtime `--ray` starts (address "local": its own, even where `ray start` left a cluster file behind)
-    with RayRuntime(num_cpus=2) as runtime:
+    # the runtime `--ray` starts (address "local": its own, even where `ray start` left a cluster file behind),
+    # with its memory bounded (conftest.ray_memory_bounded) so it passes whatever else runs on the machine
+    with ray_memory_bounded(), RayRuntime(num_cpus=2) as runtime:
+        assert runtime.available_resources().get("object_store_memory", 0) <= RAY_OBJECT_STORE_BYTES
         yield runtime
 
 
@@ -364,13 +414,13 @@ def app(app_test):
 
 def test_the_search_page_runs_a_tiny_search_and_links_the_best_recipe_to_merge(app, tiny_zoo):
     at = app.switch_page("pages/search.py").run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert_page_ok(at)
     assert at.multiselect(key="search_adapters").value == ["sms_spam-standard", "question_type-standard"]
     at.number_input(key="search_trials").set_value(3)
     at.number_input(key="search_dev_size").set_value(4)
     at.button(key="search_run").click().run()
-    wait_for_job(at, "search", timeout=120)
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    wait_for_job(at, "search")
+    assert_page_ok(at)
     charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
     kinds = {trace["type"] for chart in charts for trace in chart["data"]}
     assert {"scatter", "parcoords"} <= kinds

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser_support import free_port, stop_process
+from tests.browser_support import HANG_GUARD_S, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "mergescope warm-up: "
@@ -92,26 +92,26 @@ def launched(tmp_path: Path, **env: str) -> Iterator[Launched]:
 
 def test_the_dashboard_command_warms_up_before_any_browser_connects(tiny_zoo, tmp_path):
     with launched(tmp_path, MERGESCOPE_ZOO=str(tiny_zoo)) as server:
-        server.wait_for(lambda line: "URL: http://127.0.0.1:" in line, timeout=60)
-        last = server.wait_for(lambda line: re.match(rf"{PREFIX}(ready|done) in ", line) is not None, timeout=90)
+        server.wait_for(lambda line: "URL: http://127.0.0.1:" in line, timeout=HANG_GUARD_S)
+        last = server.wait_for(lambda line: re.match(rf"{PREFIX}(ready|done) in ", line) is not None, timeout=HANG_GUARD_S)
         # every step's end, in order, then the total: nothing failed on the tiny zoo
         told = server.warm_up_lines()
         assert told[:5] == [
             "base model ready", "single adapters ready", "first merge ready", "cross-task matrix ready", "other adapters ready",
         ]
         seconds = float(re.fullmatch(rf"{PREFIX}ready in (\d+\.\d) s", last).group(1))
-        assert 0 < seconds < 90
+        assert seconds > 0  # how long is the machine's business; that it ended and said so is the claim
         assert len(told) == 6
         # the server still serves after its warm-up, and a stop ends it cleanly
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/_stcore/health", timeout=10) as reply:
             assert reply.read().decode() == "ok"
         server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(timeout=30) == 0
+        assert server.process.wait(timeout=HANG_GUARD_S) == 0
 
 
 def test_the_dashboard_command_says_when_the_warm_up_is_turned_off(tiny_zoo, tmp_path):
     with launched(tmp_path, MERGESCOPE_ZOO=str(tiny_zoo), MERGESCOPE_WARM_UP="0") as server:
-        server.wait_for(lambda line: line.startswith(PREFIX), timeout=60)
+        server.wait_for(lambda line: line.startswith(PREFIX), timeout=HANG_GUARD_S)
         assert server.warm_up_lines() == ["off (MERGESCOPE_WARM_UP=0)"]
 
 
@@ -153,7 +153,7 @@ def test_a_stop_during_the_warm_up_ends_the_server_with_streamlits_exit_code_not
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
     # not 134 with "terminate called without an active exception", as a plain shutdown gives
     assert done.returncode == code, done.stdout + done.stderr
@@ -177,7 +177,7 @@ def test_a_session_shows_the_readiness_the_server_start_began(app_test, monkeypa
 
         thread = threading.Thread(target=at_server_start)
         thread.start()
-        thread.join(timeout=120)
+        thread.join(timeout=HANG_GUARD_S)
         assert not thread.is_alive()
         assert capsys.readouterr().out.splitlines()[-1].startswith("mergescope warm-up: ready in ")
         at = app_test.run()  # the fixture's session asks for the same device, "cpu"
@@ -227,10 +227,10 @@ def test_a_deep_link_as_a_fresh_servers_first_request_opens_the_page_inside_the_
 
     with launched(tmp_path, MERGESCOPE_ZOO=str(tiny_zoo), MERGESCOPE_WARM_UP="0") as server, \
             browser_page(1280, 720) as page:  # fmt: skip
-        server.wait_for(lambda line: "URL: http://127.0.0.1:" in line, timeout=60)
-        page.goto(f"http://127.0.0.1:{server.port}/runs", timeout=60_000)
-        page.get_by_text("Workspace folder").first.wait_for(timeout=90_000)  # app.py's sidebar
-        page.locator('[data-testid="stSidebarNavLink"]').first.wait_for(timeout=30_000)
+        server.wait_for(lambda line: "URL: http://127.0.0.1:" in line, timeout=HANG_GUARD_S)
+        page.goto(f"http://127.0.0.1:{server.port}/runs")  # browser_page's default timeout: the hang guard
+        page.get_by_text("Workspace folder").first.wait_for()  # app.py's sidebar
+        page.locator('[data-testid="stSidebarNavLink"]').first.wait_for()
         names = [n.strip().splitlines()[-1].strip() for n in page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()]  # the last line: the icon's name comes first
         assert names == ["Merge", "Interference", "Sweep", "Search", "Adapters", "Runs", "Tour"], names
-        page.get_by_role("heading", name="Runs").first.wait_for(timeout=60_000)  # and the page itself
+        page.get_by_role("heading", name="Runs").first.wait_for()  # and the page itself

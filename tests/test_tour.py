@@ -13,9 +13,9 @@ from streamlit.testing.v1 import AppTest
 from merging import tour as story
 from merging.recipe import Recipe
 from merging.zoo import REPO_ZOO, Zoo, ZooAdapter, load_zoo
-from tests.conftest import _run_app_py_on_every_rerun
+from tests.browser_support import HANG_GUARD_S
+from tests.conftest import _run_app_py_on_every_rerun, assert_page_ok, new_app_test
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 EVAL_LIMIT = 8  # examples per task in the AppTest walk: the full walk would take minutes on 2 cores
 
 
@@ -87,7 +87,7 @@ def test_variant_labels_name_the_osrm_variant():
 # The page, walked
 
 
-def _wait(at: AppTest, timeout: float = 300) -> AppTest:
+def _wait(at: AppTest, timeout: float = HANG_GUARD_S) -> AppTest:  # a hang guard; the wait ends on the job
     deadline = time.monotonic() + timeout
     while "job:tour" in at.session_state and not at.session_state["job:tour"].finished:
         assert time.monotonic() < deadline, "the tour's background job did not finish"
@@ -109,9 +109,7 @@ def _link_recipe(at: AppTest) -> Recipe:
     return Recipe.from_url(parse_qs(urlparse(url).query)["recipe"][0])
 
 
-def _no_errors(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+_no_errors = assert_page_ok
 
 
 def test_the_tour_page_walks_every_step_forward_and_back(shipped, tmp_path, monkeypatch, one_thread):
@@ -124,9 +122,7 @@ def test_the_tour_page_walks_every_step_forward_and_back(shipped, tmp_path, monk
 
     monkeypatch.setattr(_warm, "start", lambda device: _warm.Readiness(state=dict.fromkeys(_warm.STEPS, "ready")))
     tour = story.tour_steps(shipped)
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.session_state["workspace"] = str(tmp_path / "workspace")
-    at.session_state["device"] = "cpu"
+    at = new_app_test(tmp_path / "workspace")
     at.switch_page("pages/tour.py").run()
     seen = []
     for index, step in enumerate(tour.steps):
@@ -169,9 +165,7 @@ def test_a_step_that_fails_to_measure_says_why_and_can_be_tried_again(shipped, t
         raise RuntimeError("the disk is full")
 
     monkeypatch.setattr(story, "measure", broken)
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.session_state["workspace"] = str(tmp_path / "workspace")
-    at.session_state["device"] = "cpu"
+    at = new_app_test(tmp_path / "workspace")
     at.switch_page("pages/tour.py").run()
     at = _wait(at)
     assert not at.exception

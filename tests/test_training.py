@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from merging.lora import META_FILE, load_adapter
-from merging.models import tiny_bert
 from merging.osrm import collect_input_features, osrm_A_for_task
 from merging.training import adapter_seed, save_trained, standard_lora_A, train_lora
+from tests.tiny_models import tiny_bert
 
 POSITIVE = ["good movie", "great film", "happy food", "nice place", "excellent music", "love the plot"]
 NEGATIVE = ["bad movie", "awful film", "sad food", "poor place", "terrible music", "hate the plot"]

@@ -147,15 +147,31 @@ def test_tsv_invariants(d_out, d_in, ranks, fraction, seed):
     assert torch.allclose(dense, product, atol=1e-4 * scale)
 
 
-def test_tsv_runs_on_do_merging_directions():
+def test_tsv_on_do_merging_directions_equals_the_hand_built_decoupled_merge():
+    """decouple + orthogonalize + TSV, rebuilt in float64 from independent parts: column magnitudes,
+    unit-column directions, the float64 Adam oracle of orthogonalize (test_do_merging_oracle), TSV's
+    reference on the directions, unit columns again, times the λ-weighted mean magnitude."""
+    from tests.test_do_merging_oracle import orthogonalize_oracle
+
     adapters = [random_adapter(f"t{i}", TWO_LAYERS, rank=3, seed=50 + i) for i in range(2)]
-    recipe = recipe_from_dict({"adapters": [{"path": a.name} for a in adapters], "method": "tsv", "device": "cpu",
+    weights = [1.0, 0.6]
+    recipe = recipe_from_dict({"adapters": [{"path": a.name, "weight": w} for a, w in zip(adapters, weights)],
+                               "method": "tsv", "device": "cpu",
                                "do_merging": {"decouple": True, "orthogonalize": True, "steps": 5}})
     merged = merge_adapters(adapters, recipe)
+    plain = merge_adapters(adapters, recipe_from_dict({**recipe.to_dict(), "do_merging": {}}))
     for module in TWO_LAYERS:
-        delta = merged.adapter.modules[module].delta()
+        delta = merged.adapter.modules[module].delta().double()
         assert merged.reports[module].path == "dense"
-        assert bool(torch.isfinite(delta).all()) and float(delta.abs().max()) > 0
+        deltas = [exact(a.modules[module]) for a in adapters]
+        magnitudes = [d.norm(dim=0) for d in deltas]
+        moved, _ = orthogonalize_oracle([d / m for d, m in zip(deltas, magnitudes)], steps=5, lr=0.01, mu=1.0)
+        units = [d / d.norm(dim=0) for d in moved]
+        direction = tsv_reference(units, weights)
+        expected = direction / direction.norm(dim=0) * (sum(w * m for w, m in zip(weights, magnitudes)) / 2)
+        assert _relative(delta, expected) < 1e-4, module
+        # and DO-Merging changed the merge: plain TSV is another matrix
+        assert _relative(plain.adapter.modules[module].delta(), expected) > 1e-2, module
 
 
 def test_an_all_zero_module_merges_to_zero():

@@ -255,7 +255,7 @@ def test_store_task_file_leaves_nothing_for_a_bad_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
-    from merging.models import tiny_bert
+    from tests.tiny_models import tiny_bert
 
     folder = tmp_path_factory.mktemp("base") / "tiny-bert"
     model, tokenizer = tiny_bert()

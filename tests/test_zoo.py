@@ -92,9 +92,9 @@ def test_every_adapter_has_its_own_seed_except_the_shared_seed_pair():
 
 
 def test_parts_built_in_parallel_combine_into_one_zoo(tmp_path):
-    from merging.models import tiny_bert
     from merging.train_pipeline import TrainSettings
     from merging.zoo import build_zoo, combine_zoos
+    from tests.tiny_models import tiny_bert
 
     model, tokenizer = tiny_bert()
     model.save_pretrained(tmp_path / "tiny-bert")
