@@ -226,12 +226,11 @@ def recipe_from_widgets(
                 mu=float(state.get("do_mu", DoMergingOptions().mu)),
             ),
         }
-    recipe = Recipe(
+    return Recipe(  # validated when made, as every Recipe is
         adapters=tuple(refs), method=method.name, parameters=parameters, device=device,
         osrm=state.get(f"{prefix}_osrm", "off"), base_model=carry.base_model, dtype=carry.dtype,
         modules_to_save=carry.modules_to_save, overrides=overrides, **fields,
     )
-    return Recipe.from_dict(recipe.to_dict())  # the one validation every recipe goes through
 
 
 # ----------------------------------------------------------------------------------------------
