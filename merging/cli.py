@@ -295,6 +295,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from merging.methods.table import methods_json, methods_markdown, methods_text
+
+    if args.json:
+        _print_json(methods_json())
+    else:
+        sys.stdout.write(methods_markdown() if args.markdown else methods_text())
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """λ search (merging/search.py); every finished trial goes to the workspace's run store."""
     import os
@@ -482,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "CUDA, float32 on the CPU)")
     evaluate.set_defaults(run=cmd_evaluate)
 
+
+    methods = commands.add_parser("methods", help="the merge methods, their parameters and mergekit names (from the registry)")
+    shown = methods.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="each method's parameters (kind, range, default, help, "
+                       "searchable), rules, paper and mergekit name, as JSON")
+    shown.add_argument("--markdown", action="store_true", help="the Markdown table README.md and docs/METHODS.md hold")
+    methods.set_defaults(run=cmd_methods)
 
     search = commands.add_parser("search", help="search per-adapter λ (and density) with Optuna, in-process or on Ray")
     search.add_argument("recipe", help="recipe file (JSON or YAML): the adapters, the method, the starting point")

@@ -1,0 +1,101 @@
+"""The registry is the one source for everything method-shaped: the methods table in the docs is the
+command's output, `--json` describes every parameter, mergekit_config.py has no method table of its
+own, and the search reads what it may tune from the registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from merging.cli import main
+from merging.methods import REGISTRY, get_method
+from merging.methods.table import generated_block
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv: str) -> str:
+    assert main(["methods", *argv]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/METHODS.md"])
+def test_the_docs_methods_table_is_the_commands_output(capsys, doc):
+    """Regenerate with `mergescope methods --markdown` when this fails (never edit the table by hand)."""
+    printed = run(capsys, "--markdown")
+    held = generated_block((ROOT / doc).read_text(encoding="utf-8"))
+    assert held is not None, f"{doc} has no generated methods table"
+    assert held == printed
+    for name in REGISTRY:
+        assert f"| `{name}` |" in held
+
+
+def test_methods_json_gives_each_methods_parameters_and_mergekit_name(capsys):
+    data = json.loads(run(capsys, "--json"))
+    assert [m["name"] for m in data] == list(REGISTRY)
+    della = next(m for m in data if m["name"] == "della")
+    assert della["mergekit"] == {"name": "della", "parameters": ["density", "epsilon"]}
+    assert della["paper"].startswith("https://arxiv.org/")
+    epsilon = next(p for p in della["parameters"] if p["name"] == "epsilon")
+    assert epsilon["kind"] == "float" and epsilon["default"] == 0.15 and epsilon["help"]
+    assert epsilon["range"] == {"minimum": 0.0, "maximum": 0.5, "exclusive_minimum": False}
+    assert epsilon["searchable"] is True and epsilon["per_adapter"] is True
+    assert della["rules"] and set(della["rules"][0]["fields"]) == {"density", "epsilon"}
+    tsv = next(m for m in data if m["name"] == "tsv")
+    assert tsv["mergekit"]["name"] is None and "mergekit" in tsv["mergekit"]["refusal"]
+    sign = next(p for p in next(m for m in data if m["name"] == "ties")["parameters"] if p["name"] == "sign")
+    assert sign["kind"] == "choice" and sign["choices"] == ["total", "frequency"] and sign["searchable"] is False
+
+
+def test_the_plain_listing_marks_searchable_parameters(capsys):
+    text = run(capsys)
+    line = next(line for line in text.splitlines() if line.startswith("della "))
+    assert "density*, epsilon*, sign, divide_by" in line and line.rstrip().endswith("della")
+
+
+def test_every_method_has_a_paper_link_and_searchable_bounds_inside_its_range():
+    for method in REGISTRY.values():
+        assert method.paper.startswith("https://"), method.name
+        for p in method.searchable:
+            low, high = p.search
+            assert p.kind in ("float", "int") and low < high
+            p.validate(low, "low")
+            p.validate(high, "high")
+
+
+def test_mapped_parameters_default_to_mergekits_defaults():
+    """mergekit_config.py reads a missing density/gamma/epsilon as the schema's default: these are
+    mergekit's (generalized_task_arithmetic.py: density 1.0, gamma 0.01, epsilon 0.15)."""
+    mergekit_defaults = {"density": 1.0, "gamma": 0.01, "epsilon": 0.15}
+    for method in REGISTRY.values():
+        for name in method.mergekit.parameters:
+            assert method.param(name).default == mergekit_defaults[name], (method.name, name)
+
+
+def test_mergekit_config_reads_its_methods_from_the_registry():
+    from merging import mergekit_config
+
+    declared = {m.mergekit.name: m.name for m in REGISTRY.values() if m.mergekit.name is not None}
+    assert {name: family.native for name, family in mergekit_config.GTA_METHODS.items()} == declared
+    assert set(mergekit_config.SUPPORTED_METHODS) == {"linear", *declared}
+    assert "della" in declared and "della_linear" in declared
+
+
+def test_a_parameter_of_another_method_is_named_with_its_owners():
+    import yaml
+
+    from merging.mergekit_config import recipe_dict_from_mergekit
+    from merging.recipe import RecipeError
+
+    text = ("merge_method: ties\nbase_model: base\nparameters: {epsilon: 0.1}\n"
+            "models: [{model: base+a, parameters: {weight: 1}}]")
+    with pytest.raises(RecipeError, match="'epsilon' belongs to della and della_linear"):
+        recipe_dict_from_mergekit(yaml.safe_load(text))
+
+
+def test_a_rule_names_every_field_it_spans():
+    with pytest.raises(ValueError, match=r"parameters\.density = 0\.95 and parameters\.epsilon = 0\.1"):
+        get_method("della").validate({"density": 0.95, "epsilon": 0.1})
+    assert get_method("della").validate({"density": 0.5, "epsilon": 0.1})["epsilon"] == 0.1
