@@ -305,6 +305,26 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _param_bounds(given: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """--param-bounds NAME=LOW,HIGH (repeatable) as {name: (low, high)}."""
+    from merging.search import SearchError
+
+    bounds = {}
+    for item in given:
+        name, sep, pair = item.partition("=")
+        if not sep or not name.strip():
+            raise SearchError(f"--param-bounds: expected NAME=LOW,HIGH (e.g. gamma=0,0.05), got {item!r}")
+        bounds[name.strip()] = _pair(pair, f"--param-bounds {name.strip()}")
+    return bounds
+
+
+def _searchable_help() -> str:
+    from merging.methods import REGISTRY
+
+    names = dict.fromkeys(p.name for m in REGISTRY.values() for p in m.searchable)
+    return ", ".join(names)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """λ search (merging/search.py); every finished trial goes to the workspace's run store."""
     import os
@@ -325,7 +345,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         objective=args.objective,
         params=[p.strip() for p in args.params.split(",") if p.strip()],
         weight_bounds=_pair(args.bounds, "--bounds"),
-        density_bounds=_pair(args.density_bounds, "--density-bounds"),
+        density_bounds=None if args.density_bounds is None else _pair(args.density_bounds, "--density-bounds"),
+        param_bounds=_param_bounds(args.param_bounds or []),
         sampler=args.sampler,
         seed=args.seed,
         dev_size=args.dev_size,
@@ -500,15 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--markdown", action="store_true", help="the Markdown table README.md and docs/METHODS.md hold")
     methods.set_defaults(run=cmd_methods)
 
-    search = commands.add_parser("search", help="search per-adapter λ (and density) with Optuna, in-process or on Ray")
+    search = commands.add_parser("search", help="search per-adapter λ (and the method's searchable parameters) with Optuna, in-process or on Ray")
     search.add_argument("recipe", help="recipe file (JSON or YAML): the adapters, the method, the starting point")
     search.add_argument("--trials", type=int, default=30, help="budget: merges + dev evaluations (default 30)")
     search.add_argument("--objective", choices=["average", "normalized", "worst_task", "loss"], default="average",
                         help="what the trials optimise: average (mean merged score), normalized, worst_task, or loss "
                              "(mean completion loss of causal tasks, lower is better)")
-    search.add_argument("--params", default="weights", help="what to search: weights, density or weights,density")
+    search.add_argument("--params", default="weights", help="what to search, comma-separated: weights and any "
+                        f"searchable parameter of the recipe's method ({_searchable_help()}; see `mergescope methods`)")
     search.add_argument("--bounds", default="0,1.5", help="λ range LOW,HIGH for every adapter (default 0,1.5)")
-    search.add_argument("--density-bounds", default="0.1,1", help="density range LOW,HIGH (default 0.1,1)")
+    search.add_argument("--density-bounds", help="density range LOW,HIGH (default: the registry's, 0.1,1)")
+    search.add_argument("--param-bounds", action="append", metavar="NAME=LOW,HIGH",
+                        help="a searched parameter's range (repeatable; default: the registry's search bounds)")
     search.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="run trials on Ray actors: a local runtime, or the cluster at ADDRESS (host:port)")
     search.add_argument("--workers", type=int, help="Ray actors (default: one per CPU of the cluster)")

@@ -99,3 +99,79 @@ def test_a_rule_names_every_field_it_spans():
     with pytest.raises(ValueError, match=r"parameters\.density = 0\.95 and parameters\.epsilon = 0\.1"):
         get_method("della").validate({"density": 0.95, "epsilon": 0.1})
     assert get_method("della").validate({"density": 0.5, "epsilon": 0.1})["epsilon"] == 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# The search tunes any parameter the registry marks searchable
+
+ZOO = ROOT / "zoo"
+PAIR = ["sms_spam-standard", "movie_sentiment-standard"]
+
+
+def zoo_recipe(method: str, **parameters):
+    from merging.recipe import recipe_from_dict
+
+    return recipe_from_dict({"adapters": [{"path": str(ZOO / n), "name": n} for n in PAIR], "device": "cpu",
+                             "method": method, "parameters": parameters})
+
+
+def test_the_searchable_list_comes_from_the_registry():
+    from merging.search import searchable_parameters
+
+    for method in REGISTRY.values():
+        expected = ("weights", *(p.name for p in method.params if p.search is not None))
+        assert searchable_parameters(zoo_recipe(method.name)) == expected
+    assert searchable_parameters(zoo_recipe("breadcrumbs")) == ("weights", "density", "gamma")
+    assert searchable_parameters(zoo_recipe("tsv")) == ("weights", "fraction")
+
+
+def test_the_space_takes_the_registrys_bounds_and_the_flags_override_them():
+    from merging.search import SearchError, space_for
+
+    space = space_for(zoo_recipe("breadcrumbs", density=0.5, gamma=0.02), ("weights", "density", "gamma"))
+    assert dict(space.param_bounds) == {"density": (0.1, 1.0), "gamma": (0.0, 0.1)}
+    assert space.start["gamma"] == 0.02 and space.start["density"] == 0.5
+    tsv = space_for(zoo_recipe("tsv"), ("fraction",), param_bounds={"fraction": (0.2, 0.6)})
+    assert dict(tsv.param_bounds) == {"fraction": (0.2, 0.6)} and tsv.start == {"fraction": 0.6}
+    with pytest.raises(SearchError, match=r"--param-bounds gamma: must lie within \[0, 1\]"):
+        space_for(zoo_recipe("breadcrumbs"), ("gamma",), param_bounds={"gamma": (0.0, 2.0)})
+    with pytest.raises(SearchError, match="--params gamma: method 'ties' has no gamma"):
+        space_for(zoo_recipe("ties"), ("weights", "gamma"))
+    with pytest.raises(SearchError, match="--params: sign is not searchable"):
+        space_for(zoo_recipe("ties"), ("sign",))
+    with pytest.raises(SearchError, match="--param-bounds epsilon: not searched"):
+        space_for(zoo_recipe("della"), ("weights",), param_bounds={"epsilon": (0.0, 0.1)})
+    with pytest.raises(SearchError, match="--param-bounds fraction: the fraction must stay above 0"):
+        space_for(zoo_recipe("tsv"), ("fraction",), param_bounds={"fraction": (0.0, 0.5)})
+
+
+def test_a_trial_sets_any_searched_parameter_and_one_breaking_a_rule_fails_without_running():
+    from merging.search import InProcessBackend, run_study, space_for, trial_recipe
+
+    base = zoo_recipe("della", density=0.5, epsilon=0.1)
+    recipe = trial_recipe(base, {"weights.sms_spam-standard": 0.5, "density": 0.3, "epsilon": 0.05})
+    assert recipe.parameters["density"] == 0.3 and recipe.parameters["epsilon"] == 0.05 and recipe.weights == [0.5, 1.0]
+    space = space_for(base, ("density", "epsilon"), param_bounds={"density": (0.02, 0.2), "epsilon": (0.0, 0.1)})
+    assert space.refusal({"density": 0.05, "epsilon": 0.08}) is not None
+    assert space.refusal({"density": 0.15, "epsilon": 0.08}) is None
+    scored = []
+
+    def objective(params):
+        scored.append(dict(params))
+        return params["density"] + params["epsilon"], None
+
+    result = run_study(space, 40, InProcessBackend(objective), seed=1)
+    assert len(result.outcomes) + len(result.failed) == 40
+    assert result.failed, "draws with density ≤ epsilon break the rule"
+    assert len(scored) == len(result.outcomes)  # a refused trial never reached the objective
+    assert all(p["density"] - p["epsilon"] > 0 and p["density"] + p["epsilon"] < 1 for p in scored)
+    assert {"density", "epsilon"} <= set(result.best.params)
+
+
+def test_the_cli_search_flag_names_the_registrys_searchable_parameters(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    out = capsys.readouterr().out
+    assert "--param-bounds" in out
+    for name in ("density", "gamma", "epsilon", "fraction"):
+        assert name in out
