@@ -68,7 +68,9 @@ from typing import Any
 
 import yaml
 
-from merging.do_merging import MAGNITUDE_RULES, DoMergingOptions
+from merging.do_merging import FIELDS as DO_FIELDS
+from merging.do_merging import SCHEMA as DO_SCHEMA
+from merging.do_merging import STEPS_MAX, DoMergingOptions
 from merging.lora import layer_of
 from merging.methods import REGISTRY, MethodError, get_method
 
@@ -76,7 +78,7 @@ DEVICES = ("auto", "cpu", "cuda")
 OSRM_MODES = ("off", "twins", "posthoc")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODULES_TO_SAVE_RULES = ("average", "first")
-DO_STEPS_MAX = 10_000
+DO_STEPS_MAX = STEPS_MAX  # the earlier name
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -218,14 +220,7 @@ class Recipe:
             "base_model": self.base_model,
             "dtype": self.dtype,
             "modules_to_save": self.modules_to_save,
-            "do_merging": {
-                "decouple": self.do_merging.decouple,
-                "orthogonalize": self.do_merging.orthogonalize,
-                "magnitude": self.do_merging.magnitude,
-                "steps": self.do_merging.steps,
-                "lr": self.do_merging.lr,
-                "mu": self.do_merging.mu,
-            },
+            "do_merging": self.do_merging.to_dict(),
             "overrides": [o.to_dict() for o in self.overrides],
         }
 
@@ -439,30 +434,28 @@ def _adapters(
 
 
 def _do_merging(raw: Any) -> DoMergingOptions:
+    """`do_merging`, checked field by field against DO-Merging's schema (merging.do_merging.SCHEMA)."""
     if raw is None:
         return DoMergingOptions()
     if not isinstance(raw, Mapping):
         raise RecipeError("field 'do_merging': expected an object like {\"decouple\": false, \"orthogonalize\": false}")
     where = "do_merging."
-    _check_keys(raw, {"decouple", "orthogonalize", "magnitude", "steps", "lr", "mu"}, where)
-    defaults = DoMergingOptions()
-    steps = _number(raw, "steps", defaults.steps, int, where)
-    lr = _number(raw, "lr", defaults.lr, float, where)
-    mu = _number(raw, "mu", defaults.mu, float, where)
-    if steps is None or not 0 <= steps <= DO_STEPS_MAX:
-        raise RecipeError(f"field 'do_merging.steps': expected 0 to {DO_STEPS_MAX}, got {_shown(steps)}")
-    if lr is None or lr <= 0:
-        raise RecipeError(f"field 'do_merging.lr': expected a positive number, got {_shown(lr)}")
-    if mu is None or mu < 0:
-        raise RecipeError(f"field 'do_merging.mu': expected a number ≥ 0, got {_shown(mu)}")
-    return DoMergingOptions(
-        decouple=_flag(raw, "decouple", where),
-        orthogonalize=_flag(raw, "orthogonalize", where),
-        magnitude=_choice(raw, "magnitude", defaults.magnitude, MAGNITUDE_RULES, where),
-        steps=steps,
-        lr=lr,
-        mu=mu,
-    )
+    _check_keys(raw, DO_FIELDS.keys(), where)
+    values: dict[str, Any] = {}
+    for param in DO_SCHEMA:
+        if param.kind == "bool":
+            value = _flag(raw, param.name, where, param.default)
+        elif param.kind == "choice":
+            value = _choice(raw, param.name, param.default, param.choices, where)
+        else:
+            value = _number(raw, param.name, param.default, int if param.kind == "int" else float, where)
+            if value is None:
+                raise RecipeError(f"field '{where}{param.name}': expected a number, got null")
+        try:
+            values[param.name] = param.validate(value, f"{where}{param.name}")
+        except MethodError as err:
+            raise _method_error(err) from err
+    return DoMergingOptions(**values)
 
 
 def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:

@@ -175,3 +175,53 @@ def test_the_cli_search_flag_names_the_registrys_searchable_parameters(capsys):
     assert "--param-bounds" in out
     for name in ("density", "gamma", "epsilon", "fraction"):
         assert name in out
+
+
+# ----------------------------------------------------------------------------------------------
+# DO-Merging's options: one schema, read by the options, the Recipe, the pages and the run labels
+
+
+def test_do_merging_options_take_their_fields_and_defaults_from_the_schema():
+    from dataclasses import fields
+
+    from merging.do_merging import SCHEMA, DoMergingOptions
+    from merging.recipe import recipe_from_dict
+
+    assert [f.name for f in fields(DoMergingOptions)] == [p.name for p in SCHEMA]
+    assert DoMergingOptions().to_dict() == {p.name: p.default for p in SCHEMA}
+    recipe = recipe_from_dict({"adapters": ["a"]})
+    assert list(recipe.to_dict()["do_merging"]) == [p.name for p in SCHEMA]
+    assert all(p.help and p.label for p in SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"steps": 10_001}, r"field 'do_merging.steps': expected a number ≤ 10000"),
+        ({"lr": 0}, r"field 'do_merging.lr': expected a number above 0"),
+        ({"mu": -1}, r"field 'do_merging.mu': expected a number ≥ 0"),
+        ({"magnitude": "median"}, r"field 'do_merging.magnitude': 'median' is not allowed"),
+        ({"decouple": "yes"}, r"field 'do_merging.decouple': expected true or false"),
+    ],
+)
+def test_the_recipe_checks_do_merging_against_the_schema(given, message):
+    from merging.recipe import RecipeError, recipe_from_dict
+
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"adapters": ["a"], "do_merging": given})
+
+
+def test_the_run_label_fills_in_the_schemas_defaults():
+    from merging.run_labels import describe_recipe
+
+    label = describe_recipe({"method": "ties", "adapters": [{"name": "a"}], "do_merging": {"orthogonalize": True}})
+    assert "DO orthogonalize (50 steps, lr 0.01, μ 1)" in label
+
+
+def test_the_pages_name_no_do_merging_default_of_their_own():
+    """pages/merge.py and pages/_recipe_ui.py read DO-Merging's fields from do_merging.SCHEMA."""
+    merge_page = (ROOT / "pages" / "merge.py").read_text(encoding="utf-8")
+    codec = (ROOT / "pages" / "_recipe_ui.py").read_text(encoding="utf-8")
+    for text in (merge_page, codec):
+        assert '"do_steps"' not in text and '"do_lr"' not in text and '"do_mu"' not in text
+        assert "MAGNITUDE_RULES" not in text
