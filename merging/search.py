@@ -1,4 +1,4 @@
-"""Find the coefficients: an Optuna study over per-adapter λ (and optionally the method's density),
+"""Find the coefficients: an Optuna study over per-adapter λ (and optionally any parameter the method registry marks searchable: density, gamma, epsilon, …),
 each trial one merge + one evaluation, run in-process or spread over Ray actors.
 
 Why a search: with five adapters and a density the space is too big for a grid, and each point
