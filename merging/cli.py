@@ -25,7 +25,6 @@ from merging.staging import check_not_an_input, check_replaceable
 
 EXIT_BAD_INPUT = 2
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # merging.recipe.DTYPES
-DEFAULT_DENSITY_FLAG = "0.1,1"
 
 
 class _Bar:
@@ -320,6 +319,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from merging.methods.table import methods_json, methods_markdown, methods_text
+
+    if args.json:
+        _print_json(methods_json())
+    else:
+        sys.stdout.write(methods_markdown() if args.markdown else methods_text())
+    return 0
+
+
+def _param_bounds(given: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """--param-bounds NAME=LOW,HIGH (repeatable) as {name: (low, high)}."""
+    from merging.search import SearchError
+
+    bounds = {}
+    for item in given:
+        name, sep, pair = item.partition("=")
+        if not sep or not name.strip():
+            raise SearchError(f"--param-bounds: expected NAME=LOW,HIGH (e.g. gamma=0,0.05), got {item!r}")
+        bounds[name.strip()] = _pair(pair, f"--param-bounds {name.strip()}")
+    return bounds
+
+
+def _searchable_help() -> str:
+    from merging.methods import REGISTRY
+
+    names = dict.fromkeys(p.name for m in REGISTRY.values() for p in m.searchable)
+    return ", ".join(names)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """λ search (merging/search.py); every finished trial goes to the workspace's run store."""
     import os
@@ -335,8 +364,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     workspace = Path(args.workspace or os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
     params = [p.strip() for p in args.params.split(",") if p.strip()]
-    density_bounds = _pair(args.density_bounds, "--density-bounds")
-    if "density" not in params and args.density_bounds != DEFAULT_DENSITY_FLAG:
+    density_bounds = None if args.density_bounds is None else _pair(args.density_bounds, "--density-bounds")
+    if "density" not in params and args.density_bounds is not None:
         raise SearchError("--density-bounds applies only when density is searched (--params weights,density)")
     store = None if args.no_store else RunStore(workspace / "runs.sqlite")
     if store is not None and not store.writable:  # refused before the work, not a search whose trials vanish
@@ -349,6 +378,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         params=params,
         weight_bounds=_pair(args.bounds, "--bounds"),
         density_bounds=density_bounds,
+        param_bounds=_param_bounds(args.param_bounds or []),
         sampler=args.sampler,
         seed=args.seed,
         dev_size=args.dev_size,
@@ -556,15 +586,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_evaluate)
 
 
-    search = commands.add_parser("search", help="search per-adapter λ (and density) with Optuna, in-process or on Ray")
+    methods = commands.add_parser("methods", help="the merge methods, their parameters and mergekit names (from the registry)")
+    shown = methods.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="each method's parameters (kind, range, default, help, "
+                       "searchable), rules, paper and mergekit name, as JSON")
+    shown.add_argument("--markdown", action="store_true", help="the Markdown table README.md and docs/METHODS.md hold")
+    methods.set_defaults(run=cmd_methods)
+
+    search = commands.add_parser("search", help="search per-adapter λ (and the method's searchable parameters) with Optuna, in-process or on Ray")
     search.add_argument("recipe", help="recipe file (JSON or YAML): the adapters, the method, the starting point")
     search.add_argument("--trials", type=_whole(1), default=30, help="budget: merges + dev evaluations (default 30)")
     search.add_argument("--objective", choices=["average", "normalized", "worst_task", "loss"], default="average",
                         help="what the trials optimise: average (mean merged score), normalized, worst_task, or loss "
                              "(mean completion loss of causal tasks, lower is better)")
-    search.add_argument("--params", default="weights", help="what to search: weights, density or weights,density")
+    search.add_argument("--params", default="weights", help="what to search, comma-separated: weights and any "
+                        f"searchable parameter of the recipe's method ({_searchable_help()}; see `mergescope methods`)")
     search.add_argument("--bounds", default="0,1.5", help="λ range LOW,HIGH for every adapter (default 0,1.5)")
-    search.add_argument("--density-bounds", default=DEFAULT_DENSITY_FLAG, help="density range LOW,HIGH (default 0.1,1)")
+    search.add_argument("--density-bounds", help="density range LOW,HIGH (default: the registry's, 0.1,1)")
+    search.add_argument("--param-bounds", action="append", metavar="NAME=LOW,HIGH",
+                        help="a searched parameter's range (repeatable; default: the registry's search bounds)")
     search.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="run trials on Ray actors: a local runtime, or the cluster at ADDRESS (host:port)")
     search.add_argument("--workers", type=_whole(1), help="Ray actors (default: one per CPU of the cluster)")

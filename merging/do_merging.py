@@ -37,22 +37,48 @@ from typing import Literal
 
 import torch
 
+from merging.methods.registry import Param
+
 MagnitudeRule = Literal["mean", "sum", "max"]
 MAGNITUDE_RULES: tuple[str, ...] = ("mean", "sum", "max")
+STEPS_MAX = 10_000
+
+# The one declaration of DO-Merging's options: field, kind, range, default, label and help. The
+# Recipe validates `do_merging` against it, the Merge page draws its controls from it, the run
+# labels read its defaults; DoMergingOptions below takes its defaults from it.
+SCHEMA: tuple[Param, ...] = (
+    Param("decouple", "bool", False, label="Decouple magnitude and direction",
+          help="Merge the unit-column directions with the method and the column magnitudes separately."),
+    Param("orthogonalize", "bool", False, label="Orthogonalize directions",
+          help="Before merging, perturb the directions (Adam) so that they interfere less."),
+    Param("magnitude", "choice", "mean", choices=MAGNITUDE_RULES, label="Merge magnitudes by",
+          help="How decouple merges the column magnitudes: λ-weighted mean, sum or max."),
+    Param("steps", "int", 50, minimum=0, maximum=STEPS_MAX, label="Steps",
+          help="Adam steps of orthogonalize (0 leaves the directions as they are)."),
+    Param("lr", "float", 0.01, minimum=0.0, exclusive_minimum=True, label="lr",
+          help="Adam's learning rate for orthogonalize."),
+    Param("mu", "float", 1.0, minimum=0.0, label="μ",
+          help="Price of changing the directions (relative to their norm) in orthogonalize's loss."),
+)
+FIELDS: dict[str, Param] = {p.name: p for p in SCHEMA}
 
 
 @dataclass(frozen=True)
 class DoMergingOptions:
-    decouple: bool = False
-    orthogonalize: bool = False
-    magnitude: MagnitudeRule = "mean"
-    steps: int = 50
-    lr: float = 0.01
-    mu: float = 1.0
+    decouple: bool = FIELDS["decouple"].default
+    orthogonalize: bool = FIELDS["orthogonalize"].default
+    magnitude: MagnitudeRule = FIELDS["magnitude"].default
+    steps: int = FIELDS["steps"].default
+    lr: float = FIELDS["lr"].default
+    mu: float = FIELDS["mu"].default
 
     @property
     def active(self) -> bool:
         return self.decouple or self.orthogonalize
+
+    def to_dict(self) -> dict:
+        """Every option, in the schema's order (what a recipe's `do_merging` holds)."""
+        return {p.name: getattr(self, p.name) for p in SCHEMA}
 
 
 @dataclass

@@ -121,17 +121,13 @@ class MergedAdapter:
 
 
 def method_parameters(recipe: Recipe) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
-    """The recipe's method parameters, validated against the method's schema, and each adapter's own.
+    """The recipe's method parameters and each adapter's own.
 
-    The one place merge.py reads them: `recipe.parameters` and `adapters[i].parameters` (the Recipe
-    maps the older flat fields — density, sign, knots_inner — onto them when it is read).
+    The one place merge.py reads them: `recipe.parameters` and `adapters[i].parameters`, checked
+    against the method's schema when the Recipe was made (it maps the older flat fields — density,
+    sign, knots_inner — onto them when it is read).
     """
-    method = get_method(recipe.method)
-    per_adapter = tuple(
-        method.validate_per_adapter(ref.parameters, f"adapters[{index}].parameters")
-        for index, ref in enumerate(recipe.adapters)
-    )
-    return method.validate(recipe.parameters), per_adapter
+    return dict(recipe.parameters), tuple(dict(ref.parameters) for ref in recipe.adapters)
 
 
 def merge_with_do(

@@ -52,10 +52,10 @@ recipe as the mergekit config that merges the same, or refuses with the reason: 
 registry entry has no mergekit name (KnOTS, TSV-Merge, PEFT naive, magnitude prune), DO-Merging's
 switches, OSRM's twins or projection, per-module weight overrides, a rank truncation, the
 frequency sign rule, divide_by "count" with unequal weights. Reading the written config back gives
-a recipe with the same merged body (DARE: the same in distribution; the seed does not travel).
+a recipe with the same merged body (DARE, DELLA: the same in distribution; the seed does not travel).
 
-Refused, naming the key: other merge methods (slerp and nuslerp interpolate whole weights, della
-samples by rank, model_stock, passthrough, …), `slices` / `modules` (layer surgery),
+Refused, naming the key: other merge methods (slerp and nuslerp interpolate whole weights,
+model_stock, passthrough, …), `slices` / `modules` (layer surgery),
 `tokenizer` / `chat_template`, a full model that is not the base (`model: X` without `+lora`),
 a LoRA on another base than `base_model`, revisions (`@rev`), per-layer gradients and filtered
 values (lists), and any parameter the method does not have (mergekit would ignore it silently;
@@ -128,8 +128,6 @@ _REFUSED_METHODS = {
     "slerp": "slerp interpolates whole weight tensors on a sphere, which is not a sum of LoRA updates",
     "nuslerp": "nuslerp interpolates whole weight tensors on a sphere, which is not a sum of LoRA updates",
     "multislerp": "multislerp interpolates whole weight tensors on a sphere, which is not a sum of LoRA updates",
-    "della": "della samples entries by magnitude rank; mergescope has no such sparsifier",
-    "della_linear": "della samples entries by magnitude rank; mergescope has no such sparsifier",
 }
 
 _TOP_LEVEL = {"models", "merge_method", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source"}
@@ -208,12 +206,10 @@ def _unknown_parameter(method: str, key: str, where: str) -> RecipeError:
     per_model, global_only = _allowed_parameters(method)
     if key in {"density", "rescale"}:
         hint = f"{method} does not sparsify: mergekit ignores '{key}' there; remove it"
-    elif key == "gamma":
-        hint = "'gamma' belongs to breadcrumbs; remove it"
+    elif owners := [name for name, other in GTA_METHODS.items() if key in other.parameters]:
+        hint = f"'{key}' belongs to {' and '.join(owners)}; remove it"
     elif key == "divide_by":
         hint = "'divide_by' is mergescope's; mergekit says normalize: true (divide by the agreeing weights) or false"
-    elif key in {"epsilon"}:
-        hint = "'epsilon' belongs to della, which mergescope does not reproduce"
     elif key in {"t"}:
         hint = "'t' belongs to slerp, which mergescope does not reproduce"
     else:
@@ -414,7 +410,7 @@ def _gta_weights(method, family: _Family, loras, global_parameters, weight_of) -
         rescale = _flag(global_parameters.get("rescale", family.default_rescale), "parameters.rescale")
         if family.rescale and not rescale:
             raise _refuse(
-                "parameters.rescale", "false: mergescope's DARE always rescales the kept entries by 1/density"
+                "parameters.rescale", f"false: mergescope's {family.native} always rescales the kept entries (by 1/density, DELLA by 1/pⱼ)"
             )
         if not family.rescale and rescale:
             raise _refuse(
@@ -447,12 +443,16 @@ def _sparsify_parameters(
     native: dict[str, Any] = {}
     per_adapter: list[dict[str, Any]] = [{} for _ in loras]
     own_allowed = _native_per_adapter(family.native)
-    mergekit_defaults = {"density": 1.0, "gamma": 0.01}  # mergekit's, not the native schema's
+    from merging.methods import get_method
+
+    schema = get_method(family.native)
     for key in family.parameters:
-        default = mergekit_defaults[key]
-        native[key] = _fraction(key, global_parameters.get(key, default), f"parameters.{key}")
+        # the schema's default is mergekit's for every parameter a method maps (density 1, gamma
+        # 0.01, epsilon 0.15; tests/test_registry_source.py holds them to mergekit's)
+        default = schema.param(key).default
+        native[key] = _fraction(key, global_parameters.get(key, default), f"parameters.{key}", schema)
         own = {
-            i: _fraction(key, e.parameters[key], f"models[{e.index}].parameters.{key}")
+            i: _fraction(key, e.parameters[key], f"models[{e.index}].parameters.{key}", schema)
             for i, e in enumerate(loras)
             if key in e.parameters
         }
@@ -474,12 +474,19 @@ def _sparsify_parameters(
     return native, per_adapter
 
 
-def _fraction(key: str, raw: Any, where: str) -> float:
+def _fraction(key: str, raw: Any, where: str, schema=None) -> float:
     value = _number(raw, where)
     if key == "density" and not 0.0 < value <= 1.0:
         raise _refuse(where, f"{value:g}: expected a density in (0, 1]")
     if key == "gamma" and not 0.0 <= value < 1.0:
         raise _refuse(where, f"{value:g}: expected a fraction in [0, 1)")
+    if schema is not None and key not in ("density", "gamma"):
+        from merging.methods import MethodError
+
+        try:
+            schema.param(key).validate(value, where)
+        except MethodError as err:
+            raise _refuse(where, str(err).partition(": ")[2] or str(err)) from err
     return value
 
 
@@ -606,7 +613,7 @@ def mergekit_dict_from_recipe(recipe: Recipe, base_model: str | None = None) -> 
         global_parameters[name] = parameters[name]
     if declared.rescale:
         notes.append(
-            f"DARE's random masks: mergekit draws its own, so the merge is the same in distribution, not entry "
+            f"{method.label}'s random masks: mergekit draws its own, so the merge is the same in distribution, not entry "
             f"for entry (mergescope's seed {recipe.seed} does not travel)"
         )
     models = []

@@ -55,6 +55,7 @@ are numbers, and `off`/`yes` are strings (in YAML 1.1 `5e-1` is a string and `os
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -62,12 +63,15 @@ import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from merging.do_merging import MAGNITUDE_RULES, DoMergingOptions
+from merging.do_merging import FIELDS as DO_FIELDS
+from merging.do_merging import SCHEMA as DO_SCHEMA
+from merging.do_merging import STEPS_MAX, DoMergingOptions
 from merging.lora import layer_of
 from merging.methods import REGISTRY, MethodError, get_method
 
@@ -75,7 +79,7 @@ DEVICES = ("auto", "cpu", "cuda")
 OSRM_MODES = ("off", "twins", "posthoc")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODULES_TO_SAVE_RULES = ("average", "first")
-DO_STEPS_MAX = 10_000
+DO_STEPS_MAX = STEPS_MAX  # the earlier name
 YAML_SUFFIXES = (".yaml", ".yml")
 # A recipe is a few hundred bytes; one with a per-layer override for every block of a large model
 # stays far below this. Checked before reading: a larger file, or one that is not a regular file
@@ -186,8 +190,9 @@ class Recipe:
     overrides: tuple[WeightOverride, ...] = ()
 
     def __post_init__(self) -> None:
-        # Every Recipe, however built, carries the method's full, checked parameter set.
-        object.__setattr__(self, "parameters", get_method(self.method).validate(dict(self.parameters), "parameters"))
+        # Every Recipe, however built, is valid: what `from_dict` refuses, the constructor refuses
+        # (RecipeError naming the field), and it carries the method's full, checked parameter set.
+        _check_recipe(self)
 
     @property
     def weights(self) -> list[float]:
@@ -222,14 +227,7 @@ class Recipe:
             "base_model": self.base_model,
             "dtype": self.dtype,
             "modules_to_save": self.modules_to_save,
-            "do_merging": {
-                "decouple": self.do_merging.decouple,
-                "orthogonalize": self.do_merging.orthogonalize,
-                "magnitude": self.do_merging.magnitude,
-                "steps": self.do_merging.steps,
-                "lr": self.do_merging.lr,
-                "mu": self.do_merging.mu,
-            },
+            "do_merging": self.do_merging.to_dict(),
             "overrides": [o.to_dict() for o in self.overrides],
         }
 
@@ -443,30 +441,28 @@ def _adapters(
 
 
 def _do_merging(raw: Any) -> DoMergingOptions:
+    """`do_merging`, checked field by field against DO-Merging's schema (merging.do_merging.SCHEMA)."""
     if raw is None:
         return DoMergingOptions()
     if not isinstance(raw, Mapping):
         raise RecipeError("field 'do_merging': expected an object like {\"decouple\": false, \"orthogonalize\": false}")
     where = "do_merging."
-    _check_keys(raw, {"decouple", "orthogonalize", "magnitude", "steps", "lr", "mu"}, where)
-    defaults = DoMergingOptions()
-    steps = _number(raw, "steps", defaults.steps, int, where)
-    lr = _number(raw, "lr", defaults.lr, float, where)
-    mu = _number(raw, "mu", defaults.mu, float, where)
-    if steps is None or not 0 <= steps <= DO_STEPS_MAX:
-        raise RecipeError(f"field 'do_merging.steps': expected 0 to {DO_STEPS_MAX}, got {_shown(steps)}")
-    if lr is None or lr <= 0:
-        raise RecipeError(f"field 'do_merging.lr': expected a positive number, got {_shown(lr)}")
-    if mu is None or mu < 0:
-        raise RecipeError(f"field 'do_merging.mu': expected a number ≥ 0, got {_shown(mu)}")
-    return DoMergingOptions(
-        decouple=_flag(raw, "decouple", where),
-        orthogonalize=_flag(raw, "orthogonalize", where),
-        magnitude=_choice(raw, "magnitude", defaults.magnitude, MAGNITUDE_RULES, where),
-        steps=steps,
-        lr=lr,
-        mu=mu,
-    )
+    _check_keys(raw, DO_FIELDS.keys(), where)
+    values: dict[str, Any] = {}
+    for param in DO_SCHEMA:
+        if param.kind == "bool":
+            value = _flag(raw, param.name, where, param.default)
+        elif param.kind == "choice":
+            value = _choice(raw, param.name, param.default, param.choices, where)
+        else:
+            value = _number(raw, param.name, param.default, int if param.kind == "int" else float, where)
+            if value is None:
+                raise RecipeError(f"field '{where}{param.name}': expected a number, got null")
+        try:
+            values[param.name] = param.validate(value, f"{where}{param.name}")
+        except MethodError as err:
+            raise _method_error(err) from err
+    return DoMergingOptions(**values)
 
 
 def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
@@ -506,6 +502,92 @@ def _overrides(raw: Any, count: int) -> tuple[WeightOverride, ...]:
             raise RecipeError(f"field '{where}match': give 'match' (a regex) or 'layers' (block indices)")
         result.append(WeightOverride(weights=tuple(numbers), match=match, layers=layers))
     return tuple(result)
+
+
+def _check_recipe(recipe: Recipe) -> None:
+    """The constructor's checks: each field as `recipe_from_dict` checks it (same messages), on the
+    built values. Fills in the method's defaults and each adapter's clean per-adapter parameters."""
+    set_field = partial(object.__setattr__, recipe)
+    if not isinstance(recipe.method, str) or recipe.method not in REGISTRY:
+        raise RecipeError(
+            f"field 'method': {_shown(recipe.method)} is not a method (allowed: {', '.join(REGISTRY)})"
+            f"{_hint(recipe.method, REGISTRY)}"
+        )
+    set_field("parameters", get_method(recipe.method).validate(_mapping(recipe.parameters, "parameters"), "parameters"))
+    adapters = recipe.adapters
+    if not isinstance(adapters, (tuple, list)) or not adapters:
+        raise RecipeError("field 'adapters': expected a non-empty list of {\"path\": ..., \"weight\": ...}")
+    checked = []
+    for index, ref in enumerate(adapters):
+        where = f"adapters[{index}]."
+        if not isinstance(ref, AdapterRef):
+            raise RecipeError(f"field 'adapters[{index}]': expected an AdapterRef, got {_shown(ref)}")
+        if not isinstance(ref.path, str) or not ref.path or "\x00" in ref.path:
+            raise RecipeError(f"field '{where}path': expected the path of a PEFT adapter folder, got {_shown(ref.path)}")
+        if ref.name is not None and (not isinstance(ref.name, str) or not ref.name):
+            raise RecipeError(f"field '{where}name': expected a non-empty string, got {_shown(ref.name)}")
+        weight = _number({"weight": ref.weight}, "weight", None, float, where)
+        if weight is None:
+            raise RecipeError(f"field '{where}weight': expected a number, got null")
+        for key in ("eval", "dev"):
+            value = getattr(ref, key)
+            if value is not None and (not isinstance(value, str) or not value.strip() or "\x00" in value):
+                raise RecipeError(f"field '{where}{key}': expected the path of a task file (.jsonl or .csv), got {_shown(value)}")
+        if ref.dev is not None and ref.eval is None:
+            raise RecipeError(
+                f"field '{where}dev': a dev file needs the task's evaluation file in '{where}eval' "
+                "(the search chooses λ on dev and reports on eval)"
+            )
+        if ref.task is not None:
+            if not isinstance(ref.task, str) or not ref.task.strip() or "\x00" in ref.task:
+                raise RecipeError(f"field '{where}task': expected a non-empty task name, got {_shown(ref.task)}")
+            if ref.eval is None:
+                raise RecipeError(
+                    f"field '{where}task': a task name needs the task's file in '{where}eval' "
+                    "(without one, the adapter's own task from mergescope.json is used)"
+                )
+        own = _adapter_parameters(recipe.method, ref.parameters, f"{where}parameters")
+        if own:  # the rules across parameters hold for each adapter's own values too
+            try:
+                get_method(recipe.method).check_rules({**recipe.parameters, **own}, f"{where}parameters")
+            except MethodError as err:
+                raise _method_error(err) from err
+        checked.append(ref if own == ref.parameters else replace(ref, parameters=own))
+    names = [r.display_name for r in checked]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise RecipeError(f"field 'adapters': two adapters are named {_shown(duplicates[0])}; give each a 'name'")
+    set_field("adapters", tuple(checked))
+    rank = _number({"rank": recipe.rank}, "rank", None, int)
+    if rank is not None and rank < 1:
+        raise RecipeError(f"field 'rank': expected null (exact) or a positive integer, got {rank}")
+    seed = _number({"seed": recipe.seed}, "seed", None, int)
+    if seed is None or not 0 <= seed < 2**63:
+        raise RecipeError(f"field 'seed': expected a whole number from 0 to 2**63 - 1, got {_shown(recipe.seed)}")
+    base_model = recipe.base_model
+    if base_model is not None and (not isinstance(base_model, str) or not base_model.strip() or "\x00" in base_model):
+        raise RecipeError(
+            f"field 'base_model': expected null (the adapters' own) or a local folder / Hub id, got {_shown(base_model)}"
+        )
+    for key, allowed in (("device", DEVICES), ("osrm", OSRM_MODES), ("dtype", DTYPES), ("modules_to_save", MODULES_TO_SAVE_RULES)):
+        _choice({key: getattr(recipe, key)}, key, "", allowed)
+    options = recipe.do_merging
+    if not isinstance(options, DoMergingOptions):
+        raise RecipeError(f"field 'do_merging': expected DoMergingOptions, got {_shown(options)}")
+    _do_merging(dataclasses.asdict(options))
+    overrides = recipe.overrides
+    if not isinstance(overrides, (tuple, list)) or not all(isinstance(o, WeightOverride) for o in overrides):
+        raise RecipeError(f"field 'overrides': expected WeightOverride objects, got {_shown(overrides)}")
+    _overrides([o.to_dict() for o in overrides], len(checked))
+    set_field("overrides", tuple(overrides))
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"field '{where}': expected an object, got {_shown(value)}")
+    return dict(value)
 
 
 RECIPE_FIELDS = (

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from merging.do_merging import DoMergingOptions
+
 
 def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
@@ -35,11 +37,11 @@ def describe_recipe(recipe: Mapping[str, Any]) -> str:
     parts.append({"off": "no OSRM", "twins": "OSRM twins", "posthoc": "OSRM post-hoc"}.get(osrm, f"OSRM {osrm}"))
     rank = recipe.get("rank")
     parts.append("exact rank" if rank is None else f"rank {rank}")
-    do = recipe.get("do_merging") or {}
-    if do.get("decouple"):
-        parts.append(f"DO decouple ({do.get('magnitude', 'mean')})")
-    if do.get("orthogonalize"):
-        parts.append(f"DO orthogonalize ({do.get('steps')} steps, lr {_number(do.get('lr'))}, μ {_number(do.get('mu'))})")
+    do = {**DoMergingOptions().to_dict(), **(recipe.get("do_merging") or {})}  # the schema's defaults filled in
+    if do["decouple"]:
+        parts.append(f"DO decouple ({do['magnitude']})")
+    if do["orthogonalize"]:
+        parts.append(f"DO orthogonalize ({do['steps']} steps, lr {_number(do['lr'])}, μ {_number(do['mu'])})")
     if recipe.get("overrides"):
         parts.append(f"{len(recipe['overrides'])} weight override(s)")
     parts.append(f"seed {recipe.get('seed', 0)}")

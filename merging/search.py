@@ -1,4 +1,4 @@
-"""Find the coefficients: an Optuna study over per-adapter λ (and optionally the method's density),
+"""Find the coefficients: an Optuna study over per-adapter λ (and optionally any parameter the method registry marks searchable: density, gamma, epsilon, …),
 each trial one merge + one evaluation, run in-process or spread over Ray actors.
 
 Why a search: with five adapters and a density the space is too big for a grid, and each point
@@ -58,7 +58,7 @@ OBJECTIVE_MEANINGS = {
     "loss": "mean merged completion loss over causal tasks (nats per token); lower is better",
 }
 SAMPLERS = ("tpe", "cmaes")
-SEARCHABLE = ("weights", "density")
+SEARCHABLE = ("weights",)  # always; besides it, each method's parameters the registry marks searchable
 DEFAULT_WEIGHT_BOUNDS = (0.0, 1.5)
 DEFAULT_DENSITY_BOUNDS = (0.1, 1.0)
 DEFAULT_DEV_SIZE = 64  # examples per task: a few seconds per trial on a 2-core CPU for the demo zoo
@@ -105,15 +105,34 @@ def worker_name() -> str:
 
 
 def trial_recipe(base: Recipe, params: Mapping[str, float]) -> Recipe:
-    """The recipe a trial scores: `base` with `weights.<adapter name>` and `density` from `params`.
+    """The recipe a trial scores: `base` with `weights.<adapter name>` and the method's searched
+    parameters (density, gamma, epsilon, fraction, …: any key that is not a weight) from `params`.
 
-    Parameters the trial does not set keep the base recipe's values.
+    Parameters the trial does not set keep the base recipe's values. A trial whose values break a
+    rule across the method's parameters raises (RecipeError/MethodError), as the Recipe refuses it.
     """
+    from merging.methods import get_method
+
     weights = [float(params.get(f"weights.{ref.display_name}", ref.weight)) for ref in base.adapters]
     recipe = base.with_weights(weights)
-    if "density" in params:
-        recipe = replace(recipe, parameters={**recipe.parameters, "density": float(params["density"])})
+    method = get_method(base.method)
+    tuned = {
+        key: int(value) if method.param(key).kind == "int" else float(value)
+        for key, value in params.items()
+        if not key.startswith("weights.") and method.has_param(key)
+    }
+    if tuned:
+        recipe = replace(recipe, parameters={**recipe.parameters, **tuned})
     return recipe
+
+
+def trial_refusal(base: Recipe, params: Mapping[str, float]) -> str | None:
+    """Why the recipe of these trial values is not valid (a rule across parameters), or None."""
+    try:
+        trial_recipe(base, params)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def merge_link(recipe: Recipe) -> str:
@@ -122,10 +141,11 @@ def merge_link(recipe: Recipe) -> str:
 
 
 def searchable_parameters(recipe: Recipe) -> tuple[str, ...]:
-    """What a search may vary for this recipe's method: the weights always, density when it is used."""
+    """What a search may vary for this recipe's method: the weights always, and the parameters the
+    registry marks searchable (density, gamma, epsilon, TSV's fraction, …)."""
     from merging.methods import get_method
 
-    return ("weights", "density") if get_method(recipe.method).has_param("density") else ("weights",)
+    return ("weights", *(p.name for p in get_method(recipe.method).searchable))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,13 +154,21 @@ def searchable_parameters(recipe: Recipe) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Per-adapter λ within `weight_bounds` (when `weights` is searched) and a density within
-    `density_bounds` (when given). `start` is the first trial: the base recipe's values."""
+    """Per-adapter λ within `weight_bounds` (when `weights` is searched) and each searched method
+    parameter within its bounds (`param_bounds`: name -> (low, high); `int_params` are drawn as
+    whole numbers). `start` is the first trial: the base recipe's values. `refusal(params)`: why a
+    trial's values make no valid recipe (a rule across parameters), told as a failed trial."""
 
     names: tuple[str, ...]
     weight_bounds: tuple[float, float] | None = DEFAULT_WEIGHT_BOUNDS
-    density_bounds: tuple[float, float] | None = None
+    param_bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     start: Mapping[str, float] = field(default_factory=dict)
+    int_params: tuple[str, ...] = ()
+    refusal: Callable[[Mapping[str, float]], str | None] | None = field(default=None, compare=False)
+
+    @property
+    def density_bounds(self) -> tuple[float, float] | None:  # the earlier name, still read
+        return self.param_bounds.get("density")
 
     def suggest(self, trial) -> dict[str, float]:
         params: dict[str, float] = {}
@@ -148,8 +176,11 @@ class SearchSpace:
             low, high = self.weight_bounds
             for name in self.names:
                 params[f"weights.{name}"] = trial.suggest_float(f"weights.{name}", low, high)
-        if self.density_bounds is not None:
-            params["density"] = trial.suggest_float("density", *self.density_bounds)
+        for name, (low, high) in self.param_bounds.items():
+            if name in self.int_params:
+                params[name] = trial.suggest_int(name, int(low), int(high))
+            else:
+                params[name] = trial.suggest_float(name, low, high)
         return params
 
 
@@ -169,26 +200,57 @@ def space_for(
     recipe: Recipe,
     params: Sequence[str] = ("weights",),
     weight_bounds: Sequence[float] = DEFAULT_WEIGHT_BOUNDS,
-    density_bounds: Sequence[float] = DEFAULT_DENSITY_BOUNDS,
+    density_bounds: Sequence[float] | None = None,
+    param_bounds: Mapping[str, Sequence[float]] | None = None,
 ) -> SearchSpace:
-    """The space a search explores for `recipe`; names what is wrong with `params` or the bounds."""
+    """The space a search explores for `recipe`; names what is wrong with `params` or the bounds.
+
+    `params`: "weights" and/or any parameter the registry marks searchable for the recipe's method.
+    Each parameter's bounds: `param_bounds[name]` (CLI: --param-bounds NAME=LOW,HIGH), for density
+    also `density_bounds` (--density-bounds), else the registry's search bounds.
+    """
+    from merging.methods import REGISTRY, get_method
+
+    method = get_method(recipe.method)
     params = tuple(dict.fromkeys(params))
-    unknown = [p for p in params if p not in SEARCHABLE]
-    if unknown or not params:
-        raise SearchError(f"--params: {', '.join(unknown) or 'nothing'} is not searchable (allowed: {', '.join(SEARCHABLE)})")
     allowed = searchable_parameters(recipe)
-    if "density" in params and "density" not in allowed:
-        raise SearchError(f"--params density: method '{recipe.method}' has no density (it keeps every entry)")
+    anywhere = {p.name for m in REGISTRY.values() for p in m.searchable}
+    unknown = [p for p in params if p not in allowed and p not in anywhere]
+    if unknown or not params:
+        raise SearchError(f"--params: {', '.join(unknown) or 'nothing'} is not searchable (allowed for "
+                          f"{recipe.method}: {', '.join(allowed)})")
+    for name in params:
+        if name not in allowed:
+            what = "no" if not method.has_param(name) else "a fixed"
+            raise SearchError(f"--params {name}: method '{recipe.method}' has {what} {name} "
+                              f"(searchable for it: {', '.join(allowed)})")
+    given = dict(param_bounds or {})
+    for name in given:
+        if name not in params:
+            raise SearchError(f"--param-bounds {name}: not searched; add it to --params (searched: {', '.join(params)})")
+    if density_bounds is not None and "density" not in given:
+        given["density"] = density_bounds
     weights = _bounds(weight_bounds, "--bounds") if "weights" in params else None
-    density = _bounds(density_bounds, "--density-bounds", 0.0, 1.0) if "density" in params else None
-    if density is not None and density[0] <= 0.0:
-        raise SearchError("--density-bounds: the density must stay above 0")
+    bounds: dict[str, tuple[float, float]] = {}
+    for name in params:
+        if name == "weights":
+            continue
+        param = method.param(name)
+        flag = "--density-bounds" if name == "density" and "density" not in (param_bounds or {}) else f"--param-bounds {name}"
+        low, high = _bounds(given.get(name, param.search), flag, param.minimum, param.maximum)
+        if param.exclusive_minimum and low <= param.minimum:
+            raise SearchError(f"{flag}: the {name} must stay above {param.minimum:g}")
+        bounds[name] = (low, high)
     start: dict[str, float] = {}
     if weights is not None:  # uniform λ = 1 (clipped into the bounds): the usual first guess
         start.update({f"weights.{r.display_name}": min(max(1.0, weights[0]), weights[1]) for r in recipe.adapters})
-    if density is not None:
-        start["density"] = min(max(recipe.parameters["density"], density[0]), density[1])
-    return SearchSpace(tuple(r.display_name for r in recipe.adapters), weights, density, start)
+    for name, (low, high) in bounds.items():
+        start[name] = min(max(recipe.parameters[name], low), high)
+    return SearchSpace(
+        tuple(r.display_name for r in recipe.adapters), weights, bounds, start,
+        int_params=tuple(n for n in bounds if method.param(n).kind == "int"),
+        refusal=functools.partial(trial_refusal, recipe),
+    )
 
 
 def make_sampler(name: str, seed: int):
@@ -459,9 +521,17 @@ def run_study(
         while len(outcomes) + len(failed) < trials:
             while len(asked) < backend.capacity and submitted < trials:
                 trial = study.ask()
-                asked[trial.number] = trial
-                backend.submit(trial.number, space.suggest(trial))
                 submitted += 1
+                params = space.suggest(trial)
+                if space.refusal is not None and space.refusal(params) is not None:
+                    # values that break a rule across parameters (e.g. DELLA's density ± epsilon)
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    failed.append(trial.number)
+                    continue
+                asked[trial.number] = trial
+                backend.submit(trial.number, params)
+            if not asked:
+                continue
             number, outcome = backend.next_finished()
             trial = asked.pop(number)
             if outcome is None or not math.isfinite(outcome.dev_objective):
@@ -582,7 +652,7 @@ def run_search(
     objective: str = "average",
     params: Sequence[str] = ("weights",),
     weight_bounds: Sequence[float] = DEFAULT_WEIGHT_BOUNDS,
-    density_bounds: Sequence[float] = DEFAULT_DENSITY_BOUNDS,
+    density_bounds: Sequence[float] | None = None,
     sampler: str = "tpe",
     seed: int = 0,
     dev_size: int = DEFAULT_DEV_SIZE,
@@ -597,8 +667,9 @@ def run_search(
     on_trial: Callable[[TrialOutcome], None] | None = None,
     max_retries: int = MAX_RETRIES,
     on_submit: Callable[[int, Any], None] | None = None,
+    param_bounds: Mapping[str, Sequence[float]] | None = None,
 ) -> SearchResult:
-    """Search λ (and optionally density) for `recipe`, store every trial, report on the evaluation split.
+    """Search λ (and optionally any searchable parameter of the method: density, gamma, epsilon, …) for `recipe`, store every trial, report on the evaluation split.
 
     In-process unless `ray` is set: then a local Ray runtime (or the cluster at `ray_address`) runs
     `workers` actors (default: one per CPU of the cluster). `lab` lends an already-loaded Lab to the
@@ -617,7 +688,7 @@ def run_search(
     if dev_size < 1:
         raise SearchError(f"--dev-size: expected at least 1 example per task, got {dev_size}")
     require_optuna()
-    space = space_for(recipe, params, weight_bounds, density_bounds)
+    space = space_for(recipe, params, weight_bounds, density_bounds, param_bounds)
     settings = SearchSettings(recipe, objective, dev_size, seed)
     splits = planned_splits(recipe, objective, dev_size, seed)  # refuses a bad file before any model loads
     search_id = uuid.uuid4().hex[:12]

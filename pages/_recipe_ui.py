@@ -19,14 +19,24 @@ from typing import Any
 import streamlit as st
 
 from merging import catalog
-from merging.do_merging import MAGNITUDE_RULES, DoMergingOptions
+from merging.do_merging import SCHEMA as DO_SCHEMA
+from merging.do_merging import DoMergingOptions
 from merging.methods import REGISTRY, Param, get_method
 from merging.recipe import OSRM_MODES, AdapterRef, Recipe, RecipeError, WeightOverride
 
 WEIGHT_RANGE = (0.0, 2.0)  # the λ sliders
 RANK_RANGE = (1, 1024)
 SEED_RANGE = (0, 2**31 - 1)
+# the controls' ranges (narrower than what a recipe may hold: DO-Merging's schema, do_merging.SCHEMA)
 DO_RANGES = {"steps": (0, 2000), "lr": (0.0001, 1.0), "mu": (0.0, 100.0)}
+
+
+def do_key(name: str) -> str:
+    """The session-state key of DO-Merging's option `name` (one control per schema field)."""
+    return f"do_{name}"
+
+
+_CASTS = {"bool": bool, "int": int, "float": float, "choice": str}
 OSRM_LABELS = {
     "off": "off",
     "twins": "OSRM twins",
@@ -218,20 +228,14 @@ def recipe_from_widgets(
             "rank": None if state.get(f"{prefix}_exact", True) else int(state.get(f"{prefix}_rank", 8)),
             "seed": int(state.get(f"{prefix}_seed", 0)),
             "do_merging": DoMergingOptions(
-                decouple=bool(state.get("do_decouple", False)),
-                orthogonalize=bool(state.get("do_orthogonalize", False)),
-                magnitude=state.get("do_magnitude", MAGNITUDE_RULES[0]),
-                steps=int(state.get("do_steps", DoMergingOptions().steps)),
-                lr=float(state.get("do_lr", DoMergingOptions().lr)),
-                mu=float(state.get("do_mu", DoMergingOptions().mu)),
+                **{p.name: _CASTS[p.kind](state.get(do_key(p.name), p.default)) for p in DO_SCHEMA}
             ),
         }
-    recipe = Recipe(
+    return Recipe(  # validated when made, as every Recipe is
         adapters=tuple(refs), method=method.name, parameters=parameters, device=device,
         osrm=state.get(f"{prefix}_osrm", "off"), base_model=carry.base_model, dtype=carry.dtype,
         modules_to_save=carry.modules_to_save, overrides=overrides, **fields,
     )
-    return Recipe.from_dict(recipe.to_dict())  # the one validation every recipe goes through
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,13 +296,11 @@ def widgets_from_recipe(
         if recipe.rank is not None:
             state[f"{prefix}_rank"] = int(_clamp(recipe.rank, *RANK_RANGE, "Output rank (rank)", warnings))
         state[f"{prefix}_seed"] = int(_clamp(recipe.seed, *SEED_RANGE, "Seed (seed)", warnings))
-        options = recipe.do_merging
-        state["do_decouple"] = options.decouple
-        state["do_orthogonalize"] = options.orthogonalize
-        state["do_magnitude"] = options.magnitude
-        state["do_steps"] = int(_clamp(options.steps, *DO_RANGES["steps"], "Steps (do_merging.steps)", warnings))
-        state["do_lr"] = float(_clamp(options.lr, *DO_RANGES["lr"], "lr (do_merging.lr)", warnings))
-        state["do_mu"] = float(_clamp(options.mu, *DO_RANGES["mu"], "μ (do_merging.mu)", warnings))
+        for p, value in zip(DO_SCHEMA, recipe.do_merging.to_dict().values(), strict=True):
+            if p.name in DO_RANGES:
+                where = f"{p.display_label} (do_merging.{p.name})"
+                value = _CASTS[p.kind](_clamp(value, *DO_RANGES[p.name], where, warnings))
+            state[do_key(p.name)] = value
     return warnings
 
 

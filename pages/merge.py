@@ -15,7 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from merging import catalog, narrative, plots
-from merging.do_merging import MAGNITUDE_RULES
+from merging.do_merging import FIELDS as DO
+from merging.do_merging import SCHEMA as DO_SCHEMA
 from merging.evaluation import PREVIEW_EVERY, modules_fingerprint
 from merging.merge import save_merged
 from merging.methods import REGISTRY, MethodError
@@ -56,8 +57,7 @@ else:
 
 for widget_key, default in {
     "merge_method": next(iter(REGISTRY)), "merge_exact": True, "merge_rank": 8, "merge_seed": 0,
-    "do_decouple": False, "do_orthogonalize": False, "do_magnitude": MAGNITUDE_RULES[0],
-    "do_steps": 50, "do_lr": 0.01, "do_mu": 1.0,
+    **{codec.do_key(p.name): p.default for p in DO_SCHEMA},  # DO-Merging's options, from their schema
 }.items():
     st.session_state.setdefault(widget_key, default)
 
@@ -98,17 +98,17 @@ with controls:
     st.markdown("**DO-Merging** — our reading of the paper (no public code exists)")
     do_left, do_right = st.columns(2)
     with do_left:
-        decouple = st.toggle("Decouple magnitude and direction", key="do_decouple", persist_state="session")
-        st.selectbox("Merge magnitudes by", MAGNITUDE_RULES, key="do_magnitude", persist_state="session",
-                     disabled=not decouple)
+        decouple = st.toggle(DO["decouple"].display_label, key=codec.do_key("decouple"), persist_state="session",
+                             help=DO["decouple"].help)
+        st.selectbox(DO["magnitude"].display_label, DO["magnitude"].choices, key=codec.do_key("magnitude"),
+                     persist_state="session", disabled=not decouple, help=DO["magnitude"].help)
     with do_right:
-        orthogonalize = st.toggle("Orthogonalize directions", key="do_orthogonalize", persist_state="session")
-        o1, o2, o3 = st.columns(3)
-        o1.number_input("Steps", *codec.DO_RANGES["steps"], key="do_steps", persist_state="session",
-                        disabled=not orthogonalize)
-        o2.number_input("lr", *codec.DO_RANGES["lr"], format="%.4f", key="do_lr", persist_state="session",
-                        disabled=not orthogonalize)
-        o3.number_input("μ", *codec.DO_RANGES["mu"], key="do_mu", persist_state="session", disabled=not orthogonalize)
+        orthogonalize = st.toggle(DO["orthogonalize"].display_label, key=codec.do_key("orthogonalize"),
+                                  persist_state="session", help=DO["orthogonalize"].help)
+        for column, name in zip(st.columns(3), ("steps", "lr", "mu"), strict=True):
+            column.number_input(DO[name].display_label, *codec.DO_RANGES[name], key=codec.do_key(name),
+                                persist_state="session", disabled=not orthogonalize, help=DO[name].help,
+                                **({"format": "%.4f"} if name == "lr" else {}))
     carried = (st.session_state.get(codec.carry_key(PREFIX)) or codec.Carry()).describe()
     if carried:
         st.caption(f"This recipe also sets {carried} (no control here; kept as the link gave them).")

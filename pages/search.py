@@ -1,4 +1,4 @@
-"""Search: find per-adapter λ (and optionally the density) with Optuna, in-process or on Ray, scored on
+"""Search: find per-adapter λ (and optionally the method's searchable parameters) with Optuna, in-process or on Ray, scored on
 dev splits carved from the tasks' training data; the best recipe is then scored on the evaluation
 split beside uniform λ = 1 and the best shared λ."""
 
@@ -73,9 +73,15 @@ with controls:
             "Objective", offered, key="search_objective", persist_state=KEEP,
             captions=[OBJECTIVE_HELP[o] for o in offered],
         )
-        search_density = st.toggle(
-            "Search the density too", value=False, key="search_with_density", persist_state=KEEP,
-            disabled=not spec.has_param("density"), help="Start from the density set on the left.",
+        # what the registry marks searchable for this method (density, gamma, epsilon, fraction, …)
+        searchable = [p.name for p in spec.searchable]
+        searched = st.multiselect(
+            "Search these parameters too", searchable, default=[], key=f"search_params_{method}",
+            persist_state=KEEP, disabled=not searchable,
+            format_func=lambda name: f"{spec.param(name).display_label} ({spec.param(name).search[0]:g}–"
+                                     f"{spec.param(name).search[1]:g})",
+            help="Each starts from the value set on the left and stays within the bounds shown "
+                 "(the method's search bounds in the registry; `mergescope methods`).",
         )
         bounds = st.slider("λ range", 0.0, 3.0, (0.0, 1.5), 0.05, key="search_bounds", persist_state=KEEP)
     with right:
@@ -155,7 +161,7 @@ if run_clicked:
         options = {
             "trials": int(trials),
             "objective": objective,
-            "params": ("weights", "density") if search_density and spec.has_param("density") else ("weights",),
+            "params": ("weights", *(name for name in searched if name in searchable)),
             "weight_bounds": tuple(bounds),
             "sampler": sampler,
             "seed": int(seed),

@@ -292,7 +292,7 @@ TWO = "models: [{model: base+a, parameters: {weight: 1}}, {model: base+b, parame
     ("config", "key"),
     [
         (f"merge_method: slerp\nbase_model: base\nparameters: {{t: 0.5}}\n{TWO}", "'merge_method'"),
-        (f"merge_method: della\nbase_model: base\n{TWO}", "'merge_method'"),
+        (f"merge_method: nuslerp\nbase_model: base\n{TWO}", "'merge_method'"),
         (f"merge_method: model_stock\nbase_model: base\n{TWO}", "'merge_method'"),
         (
             "merge_method: ties\nbase_model: base\nparameters: {normalize: true}\n"

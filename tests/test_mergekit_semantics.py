@@ -106,7 +106,7 @@ def config_file(folder: Path, name: str, text: str) -> Path:
 
 def test_every_consensus_method_declares_divide_by_with_count_as_the_default_and_a_mergekit_mapping():
     consensus = [m for m in REGISTRY.values() if m.has_param("divide_by")]
-    assert {m.name for m in consensus} == {"ties", "dare_ties", "breadcrumbs_ties"}
+    assert {m.name for m in consensus} == {"ties", "dare_ties", "breadcrumbs_ties", "della"}
     for method in consensus:
         assert method.param("divide_by").choices == ("count", "weights", "none")
         assert method.param("divide_by").default == "count"

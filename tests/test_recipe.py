@@ -313,16 +313,27 @@ def _param_value(param: Param) -> st.SearchStrategy:
     )
 
 
+def _keeps_rules(method, given: dict) -> bool:
+    """The method's rules across parameters hold for these values (defaults filled in)."""
+    try:
+        method.check_rules({**method.defaults(), **given})
+    except ValueError:
+        return False
+    return True
+
+
 @st.composite
 def recipes(draw) -> Recipe:
     method = REGISTRY[draw(st.sampled_from(list(REGISTRY)))]
     parameters = {p.name: draw(_param_value(p)) for p in method.params if draw(st.booleans())}
+    assume(_keeps_rules(method, parameters))  # e.g. DELLA: density ± epsilon inside (0, 1)
     per_adapter = [p for p in method.params if p.per_adapter]
     count = draw(st.integers(1, 4))
     adapters = []
     names = draw(st.lists(_text, min_size=count, max_size=count, unique=True))
     for index in range(count):
         own = {p.name: draw(_param_value(p)) for p in per_adapter if draw(st.booleans())}
+        assume(not own or _keeps_rules(method, {**parameters, **own}))
         path = "/" + draw(st.text(string.ascii_letters + string.digits + "-_./ é", min_size=1, max_size=20))
         eval_file = draw(st.one_of(st.none(), st.sampled_from(["/data/math.jsonl", "/d/chat é.jsonl", "/x/spam.csv"])))
         task = draw(st.one_of(st.none(), _text.filter(str.strip))) if eval_file is not None else None

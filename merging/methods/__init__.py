@@ -1,11 +1,14 @@
 """Merge methods over per-module LoRA updates ΔWᵢ = sᵢ·Bᵢ·Aᵢ, and the registry that lists them.
 
-    registry.py        Param, Method, MethodArgs, REGISTRY, get_method: a method carries its schema
-                       and its implementations; merge.py dispatches on what a method has
+    registry.py        Param, Method, MethodArgs, Rule, REGISTRY, get_method: a method carries its
+                       schema (ranges, search bounds, rules across parameters), paper link, mergekit
+                       mapping and implementations; merge.py dispatches on what a method has
     catalogue.py       the registered methods, one line each
     task_arithmetic.py generalized task arithmetic: a sparsifier × a consensus rule (mergekit's GTA)
     sparsify.py        none / magnitude / random (DARE), dense and streamed by rows
     breadcrumbs.py     Model Breadcrumbs' magnitude band (mergekit's magnitude_outliers)
+    della.py           DELLA's MAGPRUNE (magnitude-ranked random drop, rescaled) and its rule
+    table.py           the methods table and JSON (`mergescope methods`), from the registry
     cut.py             the k largest magnitudes without sorting (TIES' trim)
     consensus.py       TIES' sign election and disjoint mean
     factored.py        the B·A form, and task arithmetic's exact concatenation

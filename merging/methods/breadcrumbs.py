@@ -29,7 +29,7 @@ from merging.methods.registry import Param
 from merging.methods.sparsify import DENSITY, RowFilter, Sparsifier, Value
 
 GAMMA = Param(
-    "gamma", "float", 0.01, minimum=0.0, maximum=1.0, per_adapter=True,
+    "gamma", "float", 0.01, minimum=0.0, maximum=1.0, per_adapter=True, search=(0.0, 0.1),
     help="Fraction of each update's entries dropped from the top (largest |x|) before density is kept.",
 )
 

@@ -89,5 +89,6 @@ KNOTS = Method(
     params=(INNER, DENSITY, SIGN),
     factored=knots_factored,
     dense=knots_dense,
+    paper="https://arxiv.org/abs/2410.19735",
     mergekit=Mergekit(refusal="KnOTS aligns the updates with one SVD of their concatenation before merging; mergekit has no such method"),
 )

@@ -39,5 +39,6 @@ PEFT_NAIVE = Method(
     "Bᵢ·Aⱼ that no adapter trained: shown to make that visible, not to be used.",
     factored=peft_naive,
     dense_refusal="peft_naive combines A and B separately; it cannot run on DO-Merging directions",
+    paper="https://huggingface.co/docs/peft/developer_guides/model_merging",
     mergekit=Mergekit(refusal="peft_naive combines the A and B factors separately; mergekit merges whole weights"),
 )

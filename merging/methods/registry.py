@@ -58,6 +58,9 @@ class Param:
     # Where a new control starts, when that differs from `default` (what a recipe without the key
     # means, kept for old recipe files): TIES at density 1 trims nothing, so the dashboard starts at 0.5.
     start: Any = None
+    # (low, high): the λ search may tune this parameter, by default within these bounds (a float or
+    # int parameter; inside its own range). None: not searchable.
+    search: tuple[float, float] | None = None
 
     @property
     def display_label(self) -> str:
@@ -75,6 +78,31 @@ class Param:
         self.validate(self.default, f"default of '{self.name}'")  # a schema whose default it refuses is a bug
         if self.start is not None:
             self.validate(self.start, f"start of '{self.name}'")
+        if self.search is not None:
+            if self.kind not in ("float", "int"):
+                raise ValueError(f"parameter '{self.name}': only a number can be searched")
+            low, high = self.search
+            if not low < high:
+                raise ValueError(f"parameter '{self.name}': search bounds {self.search} are not LOW < HIGH")
+            self.validate(low, f"search bound of '{self.name}'")
+            self.validate(high, f"search bound of '{self.name}'")
+
+    @property
+    def searchable(self) -> bool:
+        return self.search is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The schema of this parameter as plain data (`mergescope methods --json`)."""
+        data: dict[str, Any] = {"name": self.name, "kind": self.kind, "default": self.default, "help": self.help}
+        if self.kind in ("float", "int"):
+            data["range"] = {"minimum": self.minimum, "maximum": self.maximum, "exclusive_minimum": self.exclusive_minimum}
+        if self.choices:
+            data["choices"] = list(self.choices)
+        data["per_adapter"] = self.per_adapter
+        data["searchable"] = self.searchable
+        if self.search is not None:
+            data["search_bounds"] = list(self.search)
+        return data
 
     def validate(self, value: Any, where: str) -> Any:
         """The clean value (float, int, str or bool), or MethodError naming `where`."""
@@ -105,6 +133,21 @@ class Param:
         if self.maximum is not None and not value <= self.maximum:
             raise MethodError(f"{where}: expected a number ≤ {self.maximum:g}{self._range()}, got {value!r}")
         return value
+
+    @property
+    def range_text(self) -> str:
+        """The allowed values, as the methods table writes them: (0, 1], ≥ 1, a | b, true/false."""
+        if self.kind == "bool":
+            return "true/false"
+        if self.kind == "choice":
+            return " | ".join(self.choices)
+        low = "" if self.minimum is None else f"{'(' if self.exclusive_minimum else '['}{self.minimum:g}"
+        high = "" if self.maximum is None else f"{self.maximum:g}]"
+        if low and high:
+            return f"{low}, {high}"
+        if low:
+            return f"{'>' if self.exclusive_minimum else '≥'} {self.minimum:g}"
+        return f"≤ {self.maximum:g}" if high else "any"
 
     def _range(self) -> str:
         if self.minimum is None or self.maximum is None:
@@ -170,6 +213,21 @@ class Mergekit:
 NO_MERGEKIT = Mergekit(refusal="mergekit has no method that merges the same")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A rule across a method's parameters: `holds(values)` on the validated values (method-wide,
+    or one adapter's with its own values in); else refused, naming every field in `fields`."""
+
+    fields: tuple[str, ...]
+    holds: Callable[[Mapping[str, Any]], bool]
+    message: str  # what must hold, e.g. "density − epsilon must stay above 0"
+
+    def check(self, values: Mapping[str, Any], where: str) -> None:
+        if not self.holds(values):
+            named = " and ".join(f"{where}.{name} = {values[name]!r}" for name in self.fields)
+            raise MethodError(f"{where}: {named} together are refused: {self.message}")
+
+
 FactoredMerge = Callable[[Sequence["LoraModule"], Sequence[float], MethodArgs], "Factored"]
 StreamedMerge = Callable[[Sequence["LoraModule | None"], Sequence[float], MethodArgs], torch.Tensor]
 DenseMerge = Callable[[Sequence[torch.Tensor], Sequence[float], MethodArgs], torch.Tensor]
@@ -196,6 +254,8 @@ class Method:
     dense: DenseMerge | None = None
     dense_refusal: str = ""
     mergekit: Mergekit = NO_MERGEKIT  # how a mergekit config writes it, or why it cannot
+    paper: str = ""  # where the method comes from (a link)
+    rules: tuple[Rule, ...] = ()  # rules across parameters, checked by `validate`
     _by_name: dict[str, Param] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -208,6 +268,10 @@ class Method:
         for name in self.mergekit.parameters:
             if name not in self._by_name:
                 raise ValueError(f"method '{self.name}' maps '{name}' to mergekit but has no such parameter")
+        for rule in self.rules:
+            for name in rule.fields:
+                if name not in self._by_name:
+                    raise ValueError(f"method '{self.name}' has a rule on '{name}' but no such parameter")
 
     # ----- the schema
 
@@ -230,8 +294,35 @@ class Method:
         if not isinstance(parameters, Mapping):
             raise MethodError(f"{where}: expected an object of {self.name}'s parameters, got {parameters!r}")
         self._refuse_unknown(parameters, self.param_names, where)
-        return {p.name: p.validate(parameters[p.name], f"{where}.{p.name}") if p.name in parameters else p.default
-                for p in self.params}
+        clean = {p.name: p.validate(parameters[p.name], f"{where}.{p.name}") if p.name in parameters else p.default
+                 for p in self.params}
+        self.check_rules(clean, where)
+        return clean
+
+    def check_rules(self, values: Mapping[str, Any], where: str = "parameters") -> None:
+        """Refuse values that break a rule across parameters (MethodError naming each field)."""
+        for rule in self.rules:
+            rule.check(values, where)
+
+    @property
+    def searchable(self) -> tuple[Param, ...]:
+        """The parameters the λ search may tune, with their default bounds."""
+        return tuple(p for p in self.params if p.searchable)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The method as plain data (`mergescope methods --json`)."""
+        return {
+            "name": self.name,
+            "label": self.label,
+            "description": self.description,
+            "paper": self.paper,
+            "parameters": [p.to_dict() for p in self.params],
+            "rules": [{"fields": list(r.fields), "message": r.message} for r in self.rules],
+            "exact_factored": self.exact_factored,
+            "runs_on_dense": self.runs_on_dense,
+            "mergekit": {"name": self.mergekit.name, "parameters": list(self.mergekit.parameters)}
+            if self.mergekit.name is not None else {"name": None, "refusal": self.mergekit.refusal},
+        }
 
     def validate_per_adapter(self, parameters: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
         """One adapter's own values: only parameters marked per_adapter, nothing filled in."""
@@ -299,6 +390,8 @@ def register(*methods: Method) -> None:
     for method in methods:
         if method.name in REGISTRY:
             raise ValueError(f"method '{method.name}' is registered twice")
+        if not method.paper:
+            raise ValueError(f"method '{method.name}' declares no paper link (paper=...)")
         REGISTRY[method.name] = method
 
 

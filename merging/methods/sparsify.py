@@ -51,7 +51,7 @@ class Sparsifier:
 DENSITY = Param(
     "density", "float", 1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True, per_adapter=True,
     help="Fraction of each update's entries kept (1 keeps all).",
-    label="Density (fraction kept)", start=0.5,
+    label="Density (fraction kept)", start=0.5, search=(0.1, 1.0),
 )
 
 

@@ -27,7 +27,7 @@ import torch
 from merging.lora import LoraModule
 from merging.methods.consensus import DIVIDE_BY, SIGN, combine_weighted
 from merging.methods.factored import Factored, concatenate
-from merging.methods.registry import NO_MERGEKIT, Mergekit, Method, MethodArgs, MethodError
+from merging.methods.registry import NO_MERGEKIT, Mergekit, Method, MethodArgs, MethodError, Rule
 from merging.methods.sparsify import NONE, Sparsifier
 
 
@@ -124,9 +124,12 @@ def family(
     mergekit: str | None = None,
     mergekit_normalize: bool = False,
     mergekit_refusal: str = "",
+    paper: str = "",
+    rules: tuple[Rule, ...] = (),
 ) -> Method:
     """One registry entry: a sparsifier × (no) consensus, its schema the sparsifier's and the sign's.
 
+    `paper`: where the method comes from; `rules`: rules across its parameters (registry.Rule).
     `mergekit`: mergekit's name for the same generalized-task-arithmetic method (its sparsifier's
     parameters keep their names; `mergekit_normalize` is mergekit's default for normalize), or None
     with `mergekit_refusal` saying why there is none.
@@ -148,6 +151,8 @@ def family(
         streamed=None if linear else partial(_streamed, sparsifier=sparsifier, consensus=consensus),
         dense=partial(_dense, sparsifier=sparsifier, consensus=consensus),
         mergekit=declared,
+        paper=paper,
+        rules=rules,
     )
 
 

@@ -46,7 +46,7 @@ from merging.methods.factored import Factored
 from merging.methods.registry import Mergekit, Method, MethodArgs, Param
 
 FRACTION = Param(
-    "fraction", "float", 1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True,
+    "fraction", "float", 1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True, search=(0.1, 1.0),
     help="Share of the paper's per-task budget of int(min(d_out, d_in) / n) singular vectors that each "
     "update keeps (1 = the paper; an update never keeps more than its rank).",
 )
@@ -125,5 +125,6 @@ TSV = Method(
     params=(FRACTION,),
     factored=tsv_factored,
     dense=tsv_dense,
+    paper="https://arxiv.org/abs/2412.00081",
     mergekit=Mergekit(refusal="TSV-Merge decorrelates the updates' singular vectors; mergekit has no such method"),
 )
