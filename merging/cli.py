@@ -70,16 +70,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise ValueError("--max-shard-size and --head apply to --full-model exports only")
     inputs = _merge_inputs(recipe)
     base_dir = _export_base(recipe, inputs) if args.full_model else None  # refused before the merge
-    merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"))
+    # a full model gets each module's dense merged update, computed while it is written: nothing factored
+    merged = merge_adapters(inputs.adapters, recipe, progress=None if args.full_model else _Bar("merging"),
+                            factor=not args.full_model)
     summary = merged.summary()
     if args.full_model:
         from merging.export import DEFAULT_MAX_SHARD_BYTES, export_merged
 
         report = export_merged(
             merged, base_dir, out, head_from=args.head, max_shard_size=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES,
-            overwrite=args.overwrite, progress=_Bar("writing shards"),
+            overwrite=args.overwrite, progress=_Bar("merging and writing"),
         )
-        summary["export"] = report.to_dict()
+        summary = {**merged.summary(), "export": report.to_dict()}
     else:
         save_merged(merged, out, overwrite=args.overwrite)
     if not args.per_module:

@@ -23,7 +23,7 @@ Whole tensors an adapter trained besides LoRA (PEFT's modules_to_save) are never
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,9 @@ def resolve_device(choice: str = "auto") -> torch.device:
 
 @dataclass
 class ModuleReport:
-    rank: int
+    rank: int | None  # None: a dense update applied whole (a full-model export), never factored
     energy_kept: float
-    path: str  # factored | dense: how the merge was computed
+    path: str  # factored | dense | dense, applied whole: how the merge was computed
     orthogonalize: do.OrthogonalizeReport | None = None
 
 
@@ -80,9 +80,12 @@ class MergedAdapter:
     source_meta: dict[str, dict] = field(default_factory=dict)
     carried: dict[str, CarriedReport] = field(default_factory=dict)  # non-head saved tensors, by rule
     carried_notes: list[str] = field(default_factory=list)
+    # The adapters merged, kept (a reference, no copy) so a full-model export can apply each
+    # module's dense merged update exactly instead of the factors (merging.export, dense_deltas).
+    sources: list[Adapter] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
-        ranks = [r.rank for r in self.reports.values()]
+        ranks = [r.rank for r in self.reports.values() if r.rank is not None]
         energies = [r.energy_kept for r in self.reports.values()]
         return {
             "method": self.recipe.method,
@@ -150,6 +153,26 @@ def merge_with_do(
     return method.dense(rescaled, weights, args), report
 
 
+def _dense_merge(
+    method: Method, modules: list[LoraModule | None], weights: list[float], recipe: Recipe, device: torch.device,
+    args: MethodArgs,
+) -> tuple[torch.Tensor, do.OrthogonalizeReport | None]:
+    """One module's merged update as a dense matrix, by the method's streamed or dense form (or
+    DO-Merging's switches around it)."""
+    reference = next(m for m in modules if m is not None)
+    if recipe.do_merging.active:
+        zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
+        deltas = [m.delta(device) if m is not None else zeros for m in modules]
+        merged, report = merge_with_do(method, deltas, list(weights), recipe.do_merging, args)
+        del deltas
+        return merged, report
+    if method.streamed is not None:
+        # never holds the n dense updates: each is rebuilt from its factors, a block of rows at a time
+        return method.streamed(modules, list(weights), args), None
+    zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
+    return method.dense([m.delta(device) if m is not None else zeros for m in modules], list(weights), args), None
+
+
 def merge_module(
     modules: list[LoraModule | None],
     weights: list[float],
@@ -170,27 +193,44 @@ def merge_module(
     present = [i for i, m in enumerate(modules) if m is not None]
     present_modules = [modules[i] for i in present]
     present_weights = [weights[i] for i in present]
-    reference = present_modules[0]
     orth_report = None
     if not recipe.do_merging.active and method.factored is not None:
         result = method.factored(present_modules, present_weights, args.select(present))
     else:
-        if recipe.do_merging.active:
-            zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
-            deltas = [m.delta(device) if m is not None else zeros for m in modules]
-            merged, orth_report = merge_with_do(method, deltas, list(weights), recipe.do_merging, args)
-            del deltas
-        elif method.streamed is not None:
-            # never holds the n dense updates: each is rebuilt from its factors, a block of rows at a time
-            merged = method.streamed(modules, list(weights), args)
-        else:
-            zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
-            merged = method.dense([m.delta(device) if m is not None else zeros for m in modules], list(weights), args)
+        merged, orth_report = _dense_merge(method, modules, weights, recipe, device, args)
         factored = svd_of_dense(merged, recipe.rank)
         return factored, ModuleReport(factored.A.shape[0], factored.energy_kept, "dense", orth_report)
     if recipe.rank is not None:
         result = svd_of_factors(result.B, result.A, recipe.rank)
     return result, ModuleReport(result.A.shape[0], result.energy_kept, "factored", orth_report)
+
+
+def merge_module_dense(
+    modules: list[LoraModule | None],
+    weights: list[float],
+    recipe: Recipe,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    parameters: tuple[dict[str, Any], tuple[dict[str, Any], ...]] | None = None,
+) -> tuple[torch.Tensor, ModuleReport]:
+    """One module's merged update ΔW as a dense float32 matrix, never factored (what a full model needs).
+
+    The same computation as `merge_module` (same generator draws, so DARE's masks agree) without its
+    last step: no SVD of a dense result, and a factored result (task arithmetic) is multiplied out.
+    A recipe that asks for an output `rank` gets the truncated update, as its PEFT output would.
+    """
+    if recipe.rank is not None:
+        factored, report = merge_module(modules, weights, recipe, device, generator, parameters)
+        return factored.B @ factored.A, report
+    method = get_method(recipe.method)
+    values, per_adapter = parameters if parameters is not None else method_parameters(recipe)
+    args = MethodArgs(values, per_adapter, generator, device)
+    if not recipe.do_merging.active and method.factored is not None:
+        present = [i for i, m in enumerate(modules) if m is not None]
+        result = method.factored([modules[i] for i in present], [weights[i] for i in present], args.select(present))
+        return result.B @ result.A, ModuleReport(None, 1.0, "factored, applied whole")
+    merged, orth_report = _dense_merge(method, modules, weights, recipe, device, args)
+    return merged, ModuleReport(None, 1.0, "dense, applied whole", orth_report)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,8 +315,14 @@ def merge_adapters(
     adapters: Sequence[Adapter],
     recipe: Recipe,
     progress: Progress | None = None,
+    factor: bool = True,
 ) -> MergedAdapter:
-    """Merge loaded adapters with a recipe (its adapter list gives the order and the weights)."""
+    """Merge loaded adapters with a recipe (its adapter list gives the order and the weights).
+
+    `factor=False` merges no module yet: the result carries its sources, the carried tensors and the
+    heads, and a full-model export computes each module's dense update as it writes it
+    (`dense_deltas`), with no factorisation (what `merge --full-model` does).
+    """
     if len(adapters) != len(recipe.adapters):
         raise AdapterError(f"recipe lists {len(recipe.adapters)} adapters but {len(adapters)} were given")
     compatibility = check_compatible(adapters)
@@ -290,8 +336,8 @@ def merge_adapters(
         parameters = method_parameters(recipe)
     except MethodError as err:
         raise AdapterError(f"recipe: {err}") from err
-    total = len(compatibility.modules)
-    for index, module_name in enumerate(compatibility.modules):
+    total = len(compatibility.modules) if factor else 0
+    for index, module_name in enumerate(compatibility.modules[:total]):
         if progress:
             progress(index, total, module_name)
         weights = recipe.weights_for(module_name)
@@ -331,7 +377,38 @@ def merge_adapters(
         seconds=seconds,
         device=str(device),
         source_meta={a.name: dict(a.meta) for a in adapters},
+        sources=list(adapters),
     )
+
+
+def dense_deltas(merged: MergedAdapter, progress: Progress | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each module's merged update ΔW, dense and never factored, in the merge's module order, with
+    the generator seeded as `merge_adapters` seeds it (so DARE draws the same masks). One module's
+    updates at a time; its ModuleReport goes into `merged.reports` and its time into `merged.seconds`."""
+    if not merged.sources:
+        raise AdapterError("this merged adapter does not carry its source adapters; merge again to export it exactly")
+    recipe = merged.recipe
+    device = resolve_device(recipe.device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(recipe.seed)
+    try:
+        parameters = method_parameters(recipe)
+    except MethodError as err:
+        raise AdapterError(f"recipe: {err}") from err
+    total = len(merged.compatibility.modules)
+    for index, module_name in enumerate(merged.compatibility.modules):
+        if progress:
+            progress(index, total, module_name)
+        start = time.perf_counter()
+        modules = [a.modules.get(module_name) for a in merged.sources]
+        delta, report = merge_module_dense(modules, recipe.weights_for(module_name), recipe, device, generator, parameters)
+        delta = delta.detach().to("cpu", torch.float32)
+        merged.reports[module_name] = report
+        merged.seconds += time.perf_counter() - start
+        yield module_name, delta
+        del delta
+    if progress:
+        progress(total, total, "done")
 
 
 def load_recipe_adapters(recipe: Recipe) -> list[Adapter]:
