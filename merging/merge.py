@@ -45,6 +45,7 @@ from merging.lora import (
     update_entry_bound,
 )
 from merging.methods import Factored, Method, MethodArgs, MethodError, get_method, svd_of_dense, svd_of_factors
+from merging.methods.blocks import cpu_merge_threads, threads_for
 from merging.progress import Progress
 from merging.recipe import Recipe
 
@@ -198,7 +199,8 @@ def merge_module(
         result = method.factored(present_modules, present_weights, args.select(present))
     else:
         merged, orth_report = _dense_merge(method, modules, weights, recipe, device, args)
-        factored = svd_of_dense(merged, recipe.rank)
+        with threads_for(merged.numel()):
+            factored = svd_of_dense(merged, recipe.rank)
         return factored, ModuleReport(factored.A.shape[0], factored.energy_kept, "dense", orth_report)
     if recipe.rank is not None:
         result = svd_of_factors(result.B, result.A, recipe.rank)
@@ -342,7 +344,8 @@ def merge_adapters(
             progress(index, total, module_name)
         weights = recipe.weights_for(module_name)
         modules = [a.modules.get(module_name) for a in adapters]
-        factored, report = merge_module(modules, weights, recipe, device, generator, parameters)
+        with cpu_merge_threads(device):  # one thread per op, row blocks over the cores (methods/blocks.py)
+            factored, report = merge_module(modules, weights, recipe, device, generator, parameters)
         check_finite_output(module_name, factored)
         merged_modules[module_name] = LoraModule(
             factored.A.detach().to("cpu").contiguous(), factored.B.detach().to("cpu").contiguous(), 1.0
@@ -401,7 +404,9 @@ def dense_deltas(merged: MergedAdapter, progress: Progress | None = None) -> Ite
             progress(index, total, module_name)
         start = time.perf_counter()
         modules = [a.modules.get(module_name) for a in merged.sources]
-        delta, report = merge_module_dense(modules, recipe.weights_for(module_name), recipe, device, generator, parameters)
+        with cpu_merge_threads(device):
+            delta, report = merge_module_dense(modules, recipe.weights_for(module_name), recipe, device, generator,
+                                               parameters)
         delta = delta.detach().to("cpu", torch.float32)
         merged.reports[module_name] = report
         merged.seconds += time.perf_counter() - start

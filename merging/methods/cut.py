@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from merging.methods.blocks import block_map
+
 _SELECT_SAMPLE = 1 << 16  # sample size that brackets the k-th largest magnitude
 
 
@@ -109,12 +111,9 @@ def cut_of_factors(B: torch.Tensor, A: torch.Tensor, k: int, blocks: Sequence[tu
         index = torch.randint(numel, (_SELECT_SAMPLE,), generator=generator, device=B.device)
         sample = (B[index // d_in] * A[:, index % d_in].T).sum(dim=1).abs()
         lo, hi = _bracket(sample, k, numel)
-        above, inside = 0, []
-        for start, stop in blocks:
-            count, values = _split((B[start:stop] @ A).abs_(), lo, hi)
-            above += count
-            inside.append(values)
-        cut = _cut_from(above, torch.cat(inside), k)
+        parts = block_map(lambda block: _split((B[block[0]:block[1]] @ A).abs_(), lo, hi), blocks)
+        above = sum(count for count, _ in parts)
+        cut = _cut_from(above, torch.cat([values for _, values in parts]), k)
         if cut is not None:
             return cut
     return magnitude_cut(torch.cat([(B[start:stop] @ A).abs_() for start, stop in blocks]), k)
