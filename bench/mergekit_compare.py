@@ -266,6 +266,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--mergekit-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--install", action="store_true", help="create mergekit's venv when it is missing")
     parser.add_argument("--no-mergekit", action="store_true", help="measure mergescope alone")
+    parser.add_argument("--tools", nargs="+", choices=["mergescope", "mergescope (PEFT)", "mergekit"], default=None,
+                        help="which runs (default: all that are available)")
     parser.add_argument("--workdir", type=Path, default=None, help="where models and outputs go (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds allowed per run")
     args = parser.parse_args(argv)
@@ -290,6 +292,8 @@ def main(argv=None) -> dict:
         base, folders, parameters = build(workdir, args.tiny, args.adapters, args.rank)
         recipe, yaml_path = write_configs(workdir, base, folders, args.density)
         tools = tool_commands(args, workdir, recipe, yaml_path, venv)
+        if args.tools:
+            tools = {name: spec for name, spec in tools.items() if name in args.tools}
         print(f"base: {parameters / 1e6:.1f}M parameters in {base}; {len(folders)} adapters", flush=True)
         for scenario in args.scenarios:
             busy = start_busy(args.busy_procs, args.busy_threads) if scenario == "busy" else []

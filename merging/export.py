@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from merging.lora import AdapterError, LoraModule
+from merging.methods.blocks import cpu_merge_threads
 from merging.models import KINDS, check_model_dir, model_kind, weight_files
 from merging.staging import ADAPTER_MARKER, StagingError, staged_folder
 
@@ -487,7 +488,9 @@ def export_full_model(
     weight_map: dict[str, str] = {}
     fds: dict[Path, int] = {}
     try:
-        with staged_folder(out, overwrite=overwrite, markers=EXPORT_MARKERS) as staging:
+        # one thread per op here too: reads, W += ΔW and casts are memory-bound, and a busy machine
+        # would make every multi-threaded op wait (merging/methods/blocks.py)
+        with cpu_merge_threads("cpu"), staged_folder(out, overwrite=overwrite, markers=EXPORT_MARKERS) as staging:
             slots: dict[str, _Slot] = {}
             try:
                 for shard, file_name in zip(shards, names):

@@ -119,3 +119,6 @@ def test_block_map_keeps_order_and_threads_for_raises_threads_only_for_big_steps
     outside = torch.get_num_threads()
     with threads_for(BIG_STEP):
         assert torch.get_num_threads() == outside
+    with cpu_merge_threads("cpu", workers=2), cpu_merge_threads("cpu"):  # nested: the outer's workers
+        assert block_map(lambda b: __import__("threading").current_thread().name, blocks[:4])[0].startswith("merge-block")
+    assert torch.get_num_threads() == outside

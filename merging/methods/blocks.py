@@ -52,8 +52,9 @@ def cpu_merge_threads(device: torch.device | str = "cpu", workers: int | None = 
         return
     threads = torch.get_num_threads()
     previous = _workers, _caller_threads
-    _workers = max(1, min(workers or threads, usable_cores()))
-    _caller_threads = threads
+    caller = _caller_threads or threads  # nested: the outermost caller's threads and workers
+    _workers = max(1, min(workers or (_workers if _caller_threads else caller), usable_cores()))
+    _caller_threads = caller
     torch.set_num_threads(1)
     try:
         yield
