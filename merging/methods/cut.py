@@ -84,15 +84,18 @@ def magnitude_cut(magnitudes: torch.Tensor, k: int) -> MagnitudeCut:
     return _cut_from(0, magnitudes.reshape(-1), k)
 
 
-def apply_cut(x: torch.Tensor, magnitudes: torch.Tensor, cut: MagnitudeCut, ties_left: list[int] | None = None) -> torch.Tensor:
+def apply_cut(x: torch.Tensor, magnitudes: torch.Tensor | None, cut: MagnitudeCut, ties_left: list[int] | None = None) -> torch.Tensor:
     """x where the cut keeps it, else 0. `ties_left` ([count]) carries the tie budget across
-    consecutive row blocks of one matrix, so a matrix cut block by block keeps what it would whole."""
+    consecutive row blocks of one matrix, so a matrix cut block by block keeps what it would whole.
+    `magnitudes` (|x|) may be None when the cut keeps all its ties (one hardshrink pass then)."""
     if cut.all_ties:
         if float(cut.threshold) <= 0.0:
             return x.clone()
         # hardshrink keeps |x| > λ; λ the float just below the threshold keeps |x| ≥ threshold
         below = torch.nextafter(cut.threshold, torch.zeros_like(cut.threshold))
         return torch.nn.functional.hardshrink(x, float(below))
+    if magnitudes is None:
+        magnitudes = x.abs()
     keep = magnitudes > cut.threshold
     left = ties_left if ties_left is not None else [cut.ties]
     if left[0] > 0:

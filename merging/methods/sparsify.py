@@ -92,7 +92,7 @@ def _plan_magnitude(factors, shape, blocks: Sequence[tuple[int, int]], value, ge
         return None
     cut = cut_of_factors(*factors, k, blocks)
     if cut.all_ties:  # no tie budget to carry from block to block
-        return order_free(lambda x, start, stop: apply_cut(x, x.abs(), cut))
+        return order_free(lambda x, start, stop: apply_cut(x, None, cut))  # |x| is not needed then
     ties_left = [cut.ties]
     return lambda x, start, stop: apply_cut(x, x.abs(), cut, ties_left)
 
