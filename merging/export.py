@@ -6,14 +6,16 @@ config, safetensors shards with their index, the tokenizer and generation config
 `mergescope_export.json` (the recipe and what was folded in). The PEFT folder stays the default
 output; this is the "merge_and_unload, then convert" step users otherwise do by hand.
 
-Streaming, so peak memory stays about one copy of the base (in practice far less): the base's
-tensors are read one at a time from its safetensors files (memory-mapped, never the whole model),
-each target module's weight gets W + ΔW with ΔW = B·A rebuilt from the merged factors for that one
-module (transposed for GPT-2's Conv1D, whose weight is stored (d_in, d_out)), and the results are
-written shard by shard (`max_shard_size`). Nothing but a meta-device skeleton of the model (no
-memory) is built to learn the layout: which names are Conv1D, which tensors are tied, the names the
-model class expects. The folder is staged beside `out` and swapped in when complete
-(merging.staging), so a failure never leaves a folder that looks like a model.
+One tensor at a time, so peak memory is one tensor and one module's update, not a copy of the
+base: each target module's weight gets W + ΔW with ΔW the module's dense merged update
+(merging.merge.dense_deltas: computed from the source adapters as it is written, never factored;
+or B·A of given factors), transposed for GPT-2's Conv1D, whose weight is stored (d_in, d_out). The
+shards' safetensors headers are written first (every shape and dtype is known from the plan), then
+each tensor at its offset; base tensors are read with plain reads (no memory map whose pages would
+count as this process's memory). Nothing but a meta-device skeleton of the model (no memory) is
+built to learn the layout: which names are Conv1D, which tensors are tied, the names the model
+class expects. The folder is staged beside `out` and swapped in when complete (merging.staging), so
+a failure never leaves a folder that looks like a model.
 
 Precision: W + ΔW is summed in float32 and rounded once to the output dtype. `dtype="auto"` keeps
 each tensor's stored dtype (a bfloat16 checkpoint stays bfloat16); float32 / bfloat16 / float16

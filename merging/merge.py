@@ -5,7 +5,8 @@ a method with an exact factored form (task arithmetic's concatenation, KnOTS, TS
 factored form end to end, truncated if asked by an SVD from the factors; a streamed method (the
 sparsify × consensus family) rebuilds each update from its factors a block of rows at a time and
 never holds the n dense updates; DO-Merging's switches need the dense form. A dense result is
-factored with an SVD (exact at numerical rank, or truncated to `rank`). At any time only one
+factored with an SVD (exact at numerical rank, or truncated to `rank`) for a PEFT output; a
+full-model export takes it dense, unfactored (`dense_deltas`). At any time only one
 module's updates are in memory.
 
 Whole tensors an adapter trained besides LoRA (PEFT's modules_to_save) are never dropped:
