@@ -119,3 +119,20 @@ def test_the_dense_export_draws_as_the_merge_draws_and_honours_an_output_rank(tm
         exported = out[key] - base[key]
         expected = factored.delta()
         assert torch.allclose(exported, expected, atol=1e-5 * float(expected.abs().max()) + 1e-6), module
+
+
+def test_a_cut_short_or_garbled_base_file_is_refused_naming_the_file(tmp_path):
+    from merging.export import ExportError
+
+    base_dir = _base_folder("llama", tmp_path)
+    _, paths = _adapters(tmp_path, 1)
+    merged = merge_adapters([load_adapter(paths[0])], _recipe(paths, [1.0], base_model=str(base_dir)))
+    weights = base_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-100])  # the last tensor's bytes run past the end of the file
+    with pytest.raises(ExportError, match=r"model\.safetensors: tensor .* do not fit its shape .* or the file"):
+        export_merged(merged, base_dir, tmp_path / "out")
+    weights.write_bytes(b"\x07\x00")
+    with pytest.raises(ExportError, match=r"model\.safetensors: unreadable safetensors file"):
+        export_merged(merged, base_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
