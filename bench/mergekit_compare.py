@@ -285,8 +285,8 @@ def main(argv=None) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(Path(merging.__file__).resolve().parent.parent),
                                            *filter(None, [os.environ.get("PYTHONPATH")])]))
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+    # each tool runs with its own default threads (what a user gets): --threads sets this process's only
+    env.pop("OMP_NUM_THREADS", None)
     rows, runs, checks = [], [], {}
     try:
         base, folders, parameters = build(workdir, args.tiny, args.adapters, args.rank)
@@ -341,7 +341,7 @@ def main(argv=None) -> dict:
     caption = (
         f"TIES (density {args.density}, weights 1.0, normalize) of {args.adapters} PEFT LoRA adapters (r {args.rank} on "
         f"q, k, v, o) into a {parameters / 1e6:.3g}M-parameter Llama in float32, CPU. Whole process under "
-        f"`/usr/bin/time -v` (imports included), {args.repeats} interleaved repeats per scenario; busy: "
+        f"`/usr/bin/time -v` (imports included), each tool with its default threads, {args.repeats} interleaved repeats per scenario; busy: "
         f"{args.busy_procs} other processes of {args.busy_threads}-thread torch matmuls running. Exactness of each full "
         "model against a float64 TIES computed by the benchmark: the largest weight error, and the entries off by "
         "more than 1e-4·max|ΔW| (of "

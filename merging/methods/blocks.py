@@ -1,6 +1,6 @@
 """How a CPU merge uses the cores: one torch thread per op, blocks of rows spread over a few workers.
 
-Measured on 2 cores (docs/BENCHMARKS-mergekit.md, issue 21): a streamed TIES merge is thousands of
+Measured on 2 cores (issue 21; docs/BENCHMARKS.md, mergescope vs mergekit): a streamed TIES merge is thousands of
 short tensor ops (a block of rows of a few updates, ~1 ms each). With torch's intra-op threads every
 op is a fork/join of the OpenMP team, and on a machine whose cores other processes also use, each
 join waits for a thread the OS has switched out: the same TIES merge ran 8-12× slower with 2 intra-op
