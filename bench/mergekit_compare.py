@@ -151,6 +151,9 @@ def tool_commands(args, workdir: Path, recipe: Path, yaml_path: Path, venv: Path
     if not args.tiny:
         tools["mergescope (PEFT)"] = ("PEFT adapter", [python, "-m", "merging", "merge", str(recipe), "--out",
                                                        str(workdir / "out-mergescope (PEFT)"), "--overwrite"])
+    if args.baseline is not None:
+        tools["baseline"] = ("full model", ["env", f"PYTHONPATH={args.baseline.resolve()}", *tools["mergescope"][1][:5], "--out",
+                                            str(workdir / "out-baseline"), "--full-model", "--overwrite"])
     if venv is not None:
         tools["mergekit"] = ("full model", [str(venv / "bin" / "mergekit-yaml"), str(yaml_path), str(workdir / "out-mergekit"),
                                             "--lazy-unpickle", "--lora-merge-cache", str(workdir / "lora-cache"), "--quiet",
@@ -266,8 +269,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--mergekit-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--install", action="store_true", help="create mergekit's venv when it is missing")
     parser.add_argument("--no-mergekit", action="store_true", help="measure mergescope alone")
-    parser.add_argument("--tools", nargs="+", choices=["mergescope", "mergescope (PEFT)", "mergekit"], default=None,
-                        help="which runs (default: all that are available)")
+    parser.add_argument("--tools", nargs="+", choices=["mergescope", "mergescope (PEFT)", "mergekit", "baseline"],
+                        default=None, help="which runs (default: all that are available)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a folder holding another copy of merging/ (e.g. `git archive REV merging | tar -x -C DIR`): "
+                             "its full-model run is the 'baseline' row")
     parser.add_argument("--workdir", type=Path, default=None, help="where models and outputs go (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds allowed per run")
     args = parser.parse_args(argv)
