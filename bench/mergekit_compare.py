@@ -152,7 +152,8 @@ def tool_commands(args, workdir: Path, recipe: Path, yaml_path: Path, venv: Path
         tools["mergescope (PEFT)"] = ("PEFT adapter", [python, "-m", "merging", "merge", str(recipe), "--out",
                                                        str(workdir / "out-mergescope (PEFT)"), "--overwrite"])
     if args.baseline is not None:
-        tools["baseline"] = ("full model", ["env", f"PYTHONPATH={args.baseline.resolve()}", *tools["mergescope"][1][:5], "--out",
+        tools["baseline"] = ("full model", ["env", f"PYTHONPATH={args.baseline.resolve()}", python, "-P",  # -P: not the cwd's copy
+                                            *tools["mergescope"][1][1:5], "--out",
                                             str(workdir / "out-baseline"), "--full-model", "--overwrite"])
     if venv is not None:
         tools["mergekit"] = ("full model", [str(venv / "bin" / "mergekit-yaml"), str(yaml_path), str(workdir / "out-mergekit"),
