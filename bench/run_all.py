@@ -30,6 +30,7 @@ BENCHMARKS = {
     "latency": "Interactive latency on the demo zoo",
     "causal_scoring": "Causal-LM scoring vs a plain forward",
     "search": "λ search on the demo zoo: in-process vs a local Ray runtime",
+    "mergekit_compare": "mergescope vs mergekit: full-model TIES, whole process, idle and busy",
 }
 
 PROBE = r"""

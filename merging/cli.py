@@ -88,9 +88,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     base_dir = _export_base(recipe, inputs) if args.full_model else None  # refused before the merge
     if base_dir is not None:
         check_not_an_input(out, [base_dir], "base model")
-    # a PEFT output is right-sized: rank ≤ the recipe's rank, else the sum of the inputs' ranks
+    # a PEFT output is right-sized: rank ≤ the recipe's rank, else the sum of the inputs' ranks;
+    # a full model gets each module's dense merged update, computed while it is written: nothing factored
     bound = not (args.full_model or args.exact_rank)
-    merged = merge_adapters(inputs.adapters, recipe, progress=_Bar("merging"), bound_rank=bound)
+    merged = merge_adapters(inputs.adapters, recipe, progress=None if args.full_model else _Bar("merging"),
+                            bound_rank=bound, factor=not args.full_model)
     summary = merged.summary()
     warning = (summary.get("rank_bound") or {}).get("warning")
     if warning:
@@ -100,9 +102,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
         report = export_merged(
             merged, base_dir, out, head_from=args.head, max_shard_size=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES,
-            overwrite=args.overwrite, progress=_Bar("writing shards"),
+            overwrite=args.overwrite, progress=_Bar("merging and writing"),
         )
-        summary["export"] = report.to_dict()
+        summary = {**merged.summary(), "export": report.to_dict()}
     else:
         save_merged(merged, out, overwrite=args.overwrite, bound=bound)
     if not args.per_module:

@@ -6,14 +6,16 @@ config, safetensors shards with their index, the tokenizer and generation config
 `mergescope_export.json` (the recipe and what was folded in). The PEFT folder stays the default
 output; this is the "merge_and_unload, then convert" step users otherwise do by hand.
 
-Streaming, so peak memory stays about one copy of the base (in practice far less): the base's
-tensors are read one at a time from its safetensors files (memory-mapped, never the whole model),
-each target module's weight gets W + ΔW with ΔW = B·A rebuilt from the merged factors for that one
-module (transposed for GPT-2's Conv1D, whose weight is stored (d_in, d_out)), and the results are
-written shard by shard (`max_shard_size`). Nothing but a meta-device skeleton of the model (no
-memory) is built to learn the layout: which names are Conv1D, which tensors are tied, the names the
-model class expects. The folder is staged beside `out` and swapped in when complete
-(merging.staging), so a failure never leaves a folder that looks like a model.
+One tensor at a time, so peak memory is one tensor and one module's update, not a copy of the
+base: each target module's weight gets W + ΔW with ΔW the module's dense merged update
+(merging.merge.dense_deltas: computed from the source adapters as it is written, never factored;
+or B·A of given factors), transposed for GPT-2's Conv1D, whose weight is stored (d_in, d_out). The
+shards' safetensors headers are written first (every shape and dtype is known from the plan), then
+each tensor at its offset; base tensors are read with plain reads (no memory map whose pages would
+count as this process's memory). Nothing but a meta-device skeleton of the model (no memory) is
+built to learn the layout: which names are Conv1D, which tensors are tied, the names the model
+class expects. The folder is staged beside `out` and swapped in when complete (merging.staging), so
+a failure never leaves a folder that looks like a model.
 
 Precision: W + ΔW is summed in float32 and rounded once to the output dtype. `dtype="auto"` keeps
 each tensor's stored dtype (a bfloat16 checkpoint stays bfloat16); float32 / bfloat16 / float16
@@ -28,21 +30,20 @@ exported model has one head, while a merged PEFT folder keeps every task's.
 
 from __future__ import annotations
 
-import gc
 import glob
 import json
 import math
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
 
 from merging.lora import AdapterError, LoraModule
+from merging.methods.blocks import cpu_merge_threads
 from merging.models import KINDS, check_model_dir, model_kind, weight_files
 from merging.staging import (
     ADAPTER_MARKER,
@@ -167,6 +168,7 @@ class Source:
     update: str | None = None  # merged module whose ΔW is added
     transposed: bool = False  # Conv1D: ΔWᵀ
     replacement: torch.Tensor | None = None  # a carried tensor or a head
+    offset: int = 0  # where the tensor's bytes start in `file`
 
 
 @dataclass
@@ -199,23 +201,74 @@ _SAFE_DTYPES = {
 }
 
 
+_SAFE_NAMES = {dtype: name for name, dtype in _SAFE_DTYPES.items()}
+_MAX_HEADER_BYTES = 100 * 1024**2  # safetensors' own limit
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and where its data starts (checked, never trusted)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise ExportError(f"{path}: unreadable safetensors file (shorter than its 8-byte header length)")
+            length = int.from_bytes(prefix, "little")
+            if length > min(_MAX_HEADER_BYTES, size - 8):
+                raise ExportError(f"{path}: unreadable safetensors file (header length {length} beyond the file)")
+            header = json.loads(handle.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{path}: unreadable safetensors file ({str(err)[:200]})") from None
+    if not isinstance(header, dict):
+        raise ExportError(f"{path}: unreadable safetensors file (its header is not a JSON object)")
+    return header, 8 + length
+
+
 def base_tensors(folder: Path) -> dict[str, Source]:
-    """Every tensor of the base's safetensors files: where it is, its shape and dtype (headers only)."""
+    """Every tensor of the base's safetensors files: where its bytes are, its shape and dtype (headers
+    only; each entry checked against the file, so a tensor is later read with one plain read)."""
     sources: dict[str, Source] = {}
     for path in weight_files(folder):
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
-                    piece = handle.get_slice(key)
-                    dtype = _SAFE_DTYPES.get(piece.get_dtype())
-                    if dtype is None:
-                        raise ExportError(f"{path}: tensor {key} has dtype {piece.get_dtype()}, which is not supported")
-                    sources[key] = Source(path, key, tuple(piece.get_shape()), dtype)
-        except (OSError, RuntimeError, ValueError) as err:
-            if isinstance(err, ExportError):
-                raise
-            raise ExportError(f"{path}: unreadable safetensors file ({str(err)[:200]})") from None
+        header, start = _safetensors_header(path)
+        end_of_file = path.stat().st_size
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            where = f"{path}: tensor {key}"
+            if not isinstance(entry, dict):
+                raise ExportError(f"{where}: its header entry is not an object")
+            dtype = _SAFE_DTYPES.get(entry.get("dtype"))
+            if dtype is None:
+                raise ExportError(f"{where} has dtype {entry.get('dtype')}, which is not supported")
+            shape, offsets = entry.get("shape"), entry.get("data_offsets")
+            if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+                raise ExportError(f"{where}: shape {shape!r} is not a list of sizes")
+            if (not isinstance(offsets, list) or len(offsets) != 2
+                    or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)):
+                raise ExportError(f"{where}: data_offsets {offsets!r} is not [begin, end]")
+            begin, end = offsets
+            if not 0 <= begin <= end or start + end > end_of_file or end - begin != _nbytes(shape, dtype):
+                raise ExportError(f"{where}: data_offsets {offsets} do not fit its shape {shape} or the file")
+            sources[key] = Source(path, key, tuple(shape), dtype, offset=start + begin)
     return sources
+
+
+def read_tensor(source: Source) -> torch.Tensor:
+    """One base tensor, read from its file into fresh memory (a plain read, no memory map: the file's
+    pages stay in the page cache, not in this process's resident set)."""
+    tensor = torch.empty(source.shape, dtype=source.dtype)
+    nbytes = tensor.numel() * tensor.element_size()
+    if nbytes:
+        view = memoryview(tensor.view(-1).view(torch.uint8).numpy())
+        with open(source.file, "rb", buffering=0) as handle:
+            handle.seek(source.offset)
+            done = 0
+            while done < nbytes:
+                count = handle.readinto(view[done:])
+                if not count:
+                    raise ExportError(f"{source.file}: tensor {source.key} is cut short (file truncated?)")
+                done += count
+    return tensor
 
 
 def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
@@ -281,17 +334,22 @@ def _output_dtype(source: Source, dtype: torch.dtype | None) -> torch.dtype:
     return dtype
 
 
-def built_tensor(source: Source, modules: Mapping[str, LoraModule], dtype: torch.dtype | None, handle) -> torch.Tensor:
-    """One output tensor: the base's (or its replacement), plus ΔW, rounded once to the output dtype."""
+def built_tensor(source: Source, delta: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor:
+    """One output tensor: the base's (or its replacement), plus the dense ΔW added in place in
+    float32, rounded once to the output dtype."""
     out_dtype = _output_dtype(source, dtype)
-    tensor = source.replacement if source.replacement is not None else handle.get_tensor(source.key)
-    if source.update is not None:
-        delta = modules[source.update].delta("cpu")
-        summed = tensor.to(torch.float32) + (delta.T if source.transposed else delta)
-        if not bool(torch.isfinite(summed).all()):
-            raise ExportError(f"module {source.update}: W + ΔW is not finite; refusing to write it")
-        return summed.to(out_dtype).contiguous()
-    return tensor.to(out_dtype).contiguous()
+    fresh = source.replacement is None
+    tensor = read_tensor(source) if fresh else source.replacement
+    if delta is None:
+        return tensor.to(out_dtype).contiguous()
+    if tensor.dtype == torch.float32 and fresh:
+        summed = tensor  # our own copy: W += ΔW in place
+    else:
+        summed = tensor.to(torch.float32, copy=True)
+    summed += delta.T if source.transposed else delta
+    if not bool(torch.isfinite(summed).all()):
+        raise ExportError(f"module {source.update}: W + ΔW is not finite; refusing to write it")
+    return summed.to(out_dtype).contiguous()
 
 
 def _shards(plan: Mapping[str, Source], dtype: torch.dtype | None, max_bytes: int) -> list[list[str]]:
@@ -370,6 +428,43 @@ def _write_config(base: Path, staging: Path, layout: Layout, dtype: torch.dtype 
     (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
+@dataclass
+class _Slot:
+    """Where one output tensor's bytes go: a shard file and an offset in it."""
+
+    path: Path
+    offset: int
+    nbytes: int
+
+
+def _shard_header(plan: Mapping[str, Source], shard: Sequence[str], dtype: torch.dtype | None) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """A safetensors header for `shard` (its tensors laid out in order) and each tensor's byte range
+    relative to the data. The format: an 8-byte little-endian length, the JSON header padded with
+    spaces to a multiple of 8, then the tensors' bytes."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    ranges: dict[str, tuple[int, int]] = {}
+    position = 0
+    for name in shard:
+        out_dtype = _output_dtype(plan[name], dtype)
+        nbytes = _nbytes(plan[name].shape, out_dtype)
+        header[name] = {"dtype": _SAFE_NAMES[out_dtype], "shape": list(plan[name].shape),
+                        "data_offsets": [position, position + nbytes]}
+        ranges[name] = (position, position + nbytes)
+        position += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text, ranges
+
+
+def _write_at(fd: int, tensor: torch.Tensor, slot: _Slot) -> None:
+    data = memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy())
+    if len(data) != slot.nbytes:  # a plan/tensor mismatch is a bug, never a silently wrong file
+        raise ExportError(f"internal error: {slot.nbytes} bytes planned, {len(data)} built")
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], slot.offset + done)
+
+
 def export_full_model(
     base_dir: str | os.PathLike,
     modules: Mapping[str, LoraModule],
@@ -384,11 +479,18 @@ def export_full_model(
     overwrite: bool = False,
     provenance: Mapping | None = None,
     progress=None,
+    deltas: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None,
 ) -> ExportReport:
     """Write base + Σ ΔW (the merged `modules`, scale folded in) as a Hugging Face model folder.
 
     `carried`: whole tensors that replace the base's (state-dict names); `head`: a classification
     head's tensors (`classifier.weight`, …); `dtype`: auto (as stored), float32, bfloat16, float16.
+    `deltas`: yields (module name, dense ΔW) for every module of `modules`, one at a time (then
+    `modules` only gives their shapes); by default each module's ΔW = B·A from its factors.
+
+    Each shard's header is written first (every shape and dtype is known from the plan), then each
+    updated tensor as its ΔW arrives (W read, W += ΔW, written at its offset), then the rest: one
+    tensor in memory at a time besides the one module's update.
     """
     import time
 
@@ -416,9 +518,13 @@ def export_full_model(
         ["model.safetensors"] if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
+    if deltas is None:
+        def deltas():
+            return ((name, module.delta("cpu")) for name, module in modules.items())
+    target_of = {source.update: name for name, source in plan.items() if source.update is not None}
     total = 0
     weight_map: dict[str, str] = {}
-    handles: dict[Path, object] = {}
+    fds: dict[Path, int] = {}
     owned = export_owned(base, Path(out))
     if overwrite and Path(out).is_dir():  # before the work: a user's file the export would replace
         try:
@@ -426,28 +532,52 @@ def export_full_model(
         except StagingError as err:
             raise ExportError(str(err)) from None
     try:
-        with staged_folder(out, overwrite=overwrite, markers=EXPORT_MARKERS, owned=owned) as staging:
-            for index, (shard, file_name) in enumerate(zip(shards, names)):
-                if progress:
-                    progress(index, len(shards), file_name)
-                tensors = {}
-                for name in shard:
-                    source = plan[name]
-                    handle = None
-                    if source.file is not None:
-                        if source.file not in handles:
-                            handles.clear()  # files are read in order: one open at a time
-                            gc.collect()  # safe_open handles unmap when collected
-                            handles[source.file] = safe_open(str(source.file), framework="pt")
-                        handle = handles[source.file]
-                    tensors[name] = built_tensor(source, modules, out_dtype, handle)
-                    total += tensors[name].numel() * tensors[name].element_size()
-                    weight_map[name] = file_name
-                save_file(tensors, str(staging / file_name), metadata={"format": "pt"})
-                del tensors
-                # unmap what was read: pages of a memory-mapped file count as resident until then
-                handles.clear()
-            handles.clear()
+        # one thread per op here too: reads, W += ΔW and casts are memory-bound, and a busy machine
+        # would make every multi-threaded op wait (merging/methods/blocks.py)
+        with cpu_merge_threads("cpu"), staged_folder(
+            out, overwrite=overwrite, markers=EXPORT_MARKERS, owned=owned
+        ) as staging:
+            slots: dict[str, _Slot] = {}
+            try:
+                for shard, file_name in zip(shards, names):
+                    header, ranges = _shard_header(plan, shard, out_dtype)
+                    path = staging / file_name
+                    fd = fds[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    size = len(header) + (max(end for _, end in ranges.values()) if ranges else 0)
+                    os.ftruncate(fd, size)
+                    os.pwrite(fd, header, 0)
+                    for name, (begin, end) in ranges.items():
+                        slots[name] = _Slot(path, len(header) + begin, end - begin)
+                        weight_map[name] = file_name
+                        total += end - begin
+                count, done = len(plan), 0
+                # the updated tensors first, in the order their updates are computed
+                for module_name, delta in deltas():
+                    name = target_of.pop(module_name, None)
+                    if name is None:
+                        raise ExportError(f"module {module_name}: an update that the plan has no place for")
+                    if progress:
+                        progress(done, count, name)
+                    tensor = built_tensor(plan[name], delta, out_dtype)
+                    del delta
+                    _write_at(fds[slots[name].path], tensor, slots[name])
+                    del tensor
+                    done += 1
+                if target_of:
+                    raise ExportError(f"module {sorted(target_of)[0]}: no update came for it")
+                for shard in shards:
+                    for name in shard:
+                        if plan[name].update is not None:
+                            continue
+                        if progress:
+                            progress(done, count, name)
+                        tensor = built_tensor(plan[name], None, out_dtype)
+                        _write_at(fds[slots[name].path], tensor, slots[name])
+                        del tensor
+                        done += 1
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
             if len(shards) > 1:
                 index_data = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
                 (staging / "model.safetensors.index.json").write_text(json.dumps(index_data, indent=2), encoding="utf-8")
@@ -469,9 +599,18 @@ def export_full_model(
             raise
         raise ExportError(str(write_failure(out, err))) from None
     if progress:
-        progress(len(shards), len(shards), "done")
+        progress(len(plan), len(plan), "done")
     report.seconds = time.perf_counter() - start
     return report
+
+
+@dataclass(frozen=True)
+class _Shape:
+    shape: tuple[int, int]
+
+
+def _module_shape(merged, name: str) -> tuple[int, int]:
+    return next(a.modules[name].shape for a in merged.sources if name in a.modules)
 
 
 def export_merged(
@@ -487,7 +626,11 @@ def export_merged(
 ) -> ExportReport:
     """Export a MergedAdapter (merging.merge) onto its base: its modules, its carried tensors and,
     for a classification base, the head of `head_from` (default: the first listed adapter that
-    carries one). `dtype` defaults to the recipe's."""
+    carries one). `dtype` defaults to the recipe's.
+
+    When the merge carries its source adapters (merge_adapters does) and the recipe asks for no
+    output rank, each module's dense merged update is recomputed and added whole (exact up to the
+    float32 rounding of W + ΔW); otherwise the merged factors' B·A is added."""
     kind = model_kind(check_model_dir(base_dir))
     head, labels, chosen = None, None, None
     if kind == "classification":
@@ -508,10 +651,21 @@ def export_merged(
         "head_from": chosen,
         "carried_rule": merged.recipe.modules_to_save,
     }
+    modules, deltas = merged.adapter.modules, None
+    if merged.sources and (merged.recipe.rank is None or not modules):
+        # exact: each module's dense merged update, computed as it is written (no factorisation)
+        from merging.merge import dense_deltas
+
+        modules = {name: _Shape(_module_shape(merged, name)) for name in merged.compatibility.modules}
+
+        def deltas():
+            return dense_deltas(merged)
+
+        provenance["update"] = "dense merged update, applied whole"
     report = export_full_model(
-        base_dir, merged.adapter.modules, out, carried=merged.adapter.saved_modules, head=head, labels=labels,
+        base_dir, modules, out, carried=merged.adapter.saved_modules, head=head, labels=labels,
         kind=kind, dtype=recipe_dtype, max_shard_size=max_shard_size, overwrite=overwrite, provenance=provenance,
-        progress=progress,
+        progress=progress, deltas=deltas,
     )
     if chosen is not None:
         report.notes.append(f"classification head of {chosen}: an exported model has one head, one task")

@@ -5,7 +5,8 @@ a method with an exact factored form (task arithmetic's concatenation, KnOTS, TS
 factored form end to end, truncated if asked by an SVD from the factors; a streamed method (the
 sparsify × consensus family) rebuilds each update from its factors a block of rows at a time and
 never holds the n dense updates; DO-Merging's switches need the dense form. A dense result is
-factored with an SVD (exact at numerical rank, or truncated to `rank`). At any time only one
+factored with an SVD (exact at numerical rank, or truncated to `rank`) for a PEFT output; a
+full-model export takes it dense, unfactored (`dense_deltas`). At any time only one
 module's updates are in memory.
 
 Whole tensors an adapter trained besides LoRA (PEFT's modules_to_save) are never dropped:
@@ -23,7 +24,7 @@ Whole tensors an adapter trained besides LoRA (PEFT's modules_to_save) are never
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from merging.lora import (
     update_entry_bound,
 )
 from merging.methods import Factored, Method, MethodArgs, MethodError, get_method, svd_of_dense, svd_of_factors
+from merging.methods.blocks import cpu_merge_threads, threads_for
 from merging.output_rank import bounded
 from merging.progress import Progress
 from merging.recipe import Recipe
@@ -62,9 +64,9 @@ def resolve_device(choice: str = "auto") -> torch.device:
 
 @dataclass
 class ModuleReport:
-    rank: int
+    rank: int | None  # None: a dense update applied whole (a full-model export), never factored
     energy_kept: float
-    path: str  # factored | dense: how the merge was computed
+    path: str  # factored | dense | dense, applied whole: how the merge was computed
     orthogonalize: do.OrthogonalizeReport | None = None
 
 
@@ -84,9 +86,12 @@ class MergedAdapter:
     carried_notes: list[str] = field(default_factory=list)
     input_ranks: dict[str, int] = field(default_factory=dict)  # per module: Σ of the inputs' LoRA ranks
     rank_bound: dict | None = None  # set once bounded for a PEFT output (merging.output_rank)
+    # The adapters merged, kept (a reference, no copy) so a full-model export can apply each
+    # module's dense merged update exactly instead of the factors (merging.export, dense_deltas).
+    sources: list[Adapter] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
-        ranks = [r.rank for r in self.reports.values()]
+        ranks = [r.rank for r in self.reports.values() if r.rank is not None]
         energies = [r.energy_kept for r in self.reports.values()]
         diagnostics = self.do_merging_diagnostics()
         return {
@@ -157,6 +162,26 @@ def merge_with_do(
     return method.dense(rescaled, weights, args), report
 
 
+def _dense_merge(
+    method: Method, modules: list[LoraModule | None], weights: list[float], recipe: Recipe, device: torch.device,
+    args: MethodArgs,
+) -> tuple[torch.Tensor, do.OrthogonalizeReport | None]:
+    """One module's merged update as a dense matrix, by the method's streamed or dense form (or
+    DO-Merging's switches around it)."""
+    reference = next(m for m in modules if m is not None)
+    if recipe.do_merging.active:
+        zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
+        deltas = [m.delta(device) if m is not None else zeros for m in modules]
+        merged, report = merge_with_do(method, deltas, list(weights), recipe.do_merging, args)
+        del deltas
+        return merged, report
+    if method.streamed is not None:
+        # never holds the n dense updates: each is rebuilt from its factors, a block of rows at a time
+        return method.streamed(modules, list(weights), args), None
+    zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
+    return method.dense([m.delta(device) if m is not None else zeros for m in modules], list(weights), args), None
+
+
 def merge_module(
     modules: list[LoraModule | None],
     weights: list[float],
@@ -180,29 +205,47 @@ def merge_module(
     present = [i for i, m in enumerate(modules) if m is not None]
     present_modules = [modules[i] for i in present]
     present_weights = [weights[i] for i in present]
-    reference = present_modules[0]
     orth_report = None
     if not recipe.do_merging.active and method.factored is not None:
         result = method.factored(present_modules, present_weights, args.select(present))
     else:
-        if recipe.do_merging.active:
-            zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
-            deltas = [m.delta(device) if m is not None else zeros for m in modules]
-            merged, orth_report = merge_with_do(method, deltas, list(weights), recipe.do_merging, args)
-            del deltas
-        elif method.streamed is not None:
-            # never holds the n dense updates: each is rebuilt from its factors, a block of rows at a time
-            merged = method.streamed(modules, list(weights), args)
-        else:
-            zeros = torch.zeros(reference.shape, device=device, dtype=torch.float32)
-            merged = method.dense([m.delta(device) if m is not None else zeros for m in modules], list(weights), args)
-        factored = svd_of_dense(merged, recipe.rank if recipe.rank is not None else rank_bound)
+        merged, orth_report = _dense_merge(method, modules, weights, recipe, device, args)
+        with threads_for(merged.numel()):
+            factored = svd_of_dense(merged, recipe.rank if recipe.rank is not None else rank_bound)
         return factored, ModuleReport(factored.A.shape[0], factored.energy_kept, "dense", orth_report)
     if recipe.rank is not None:
         result = svd_of_factors(result.B, result.A, recipe.rank)
     elif rank_bound is not None and result.A.shape[0] > rank_bound:
         result = svd_of_factors(result.B, result.A, rank_bound)
     return result, ModuleReport(result.A.shape[0], result.energy_kept, "factored", orth_report)
+
+
+def merge_module_dense(
+    modules: list[LoraModule | None],
+    weights: list[float],
+    recipe: Recipe,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    parameters: tuple[dict[str, Any], tuple[dict[str, Any], ...]] | None = None,
+) -> tuple[torch.Tensor, ModuleReport]:
+    """One module's merged update ΔW as a dense float32 matrix, never factored (what a full model needs).
+
+    The same computation as `merge_module` (same generator draws, so DARE's masks agree) without its
+    last step: no SVD of a dense result, and a factored result (task arithmetic) is multiplied out.
+    A recipe that asks for an output `rank` gets the truncated update, as its PEFT output would.
+    """
+    if recipe.rank is not None:
+        factored, report = merge_module(modules, weights, recipe, device, generator, parameters)
+        return factored.B @ factored.A, report
+    method = get_method(recipe.method)
+    values, per_adapter = parameters if parameters is not None else method_parameters(recipe)
+    args = MethodArgs(values, per_adapter, generator, device)
+    if not recipe.do_merging.active and method.factored is not None:
+        present = [i for i, m in enumerate(modules) if m is not None]
+        result = method.factored([modules[i] for i in present], [weights[i] for i in present], args.select(present))
+        return result.B @ result.A, ModuleReport(None, 1.0, "factored, applied whole")
+    merged, orth_report = _dense_merge(method, modules, weights, recipe, device, args)
+    return merged, ModuleReport(None, 1.0, "dense, applied whole", orth_report)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,11 +349,15 @@ def merge_adapters(
     recipe: Recipe,
     progress: Progress | None = None,
     bound_rank: bool = False,
+    factor: bool = True,
 ) -> MergedAdapter:
     """Merge loaded adapters with a recipe (its adapter list gives the order and the weights).
 
     `bound_rank`: merge for a PEFT output, each module's rank bounded by the recipe's rank or else
     the sum of the inputs' ranks (merging.output_rank); the result is already `bounded`.
+    `factor=False` merges no module yet: the result carries its sources, the carried tensors and the
+    heads, and a full-model export computes each module's dense update as it writes it
+    (`dense_deltas`), with no factorisation (what `merge --full-model` does).
     """
     if len(adapters) != len(recipe.adapters):
         raise AdapterError(f"recipe lists {len(recipe.adapters)} adapters but {len(adapters)} were given")
@@ -327,15 +374,16 @@ def merge_adapters(
         parameters = method_parameters(recipe)
     except MethodError as err:
         raise AdapterError(f"recipe: {err}") from err
-    total = len(compatibility.modules)
-    for index, module_name in enumerate(compatibility.modules):
+    total = len(compatibility.modules) if factor else 0
+    for index, module_name in enumerate(compatibility.modules[:total]):
         if progress:
             progress(index, total, module_name)
         weights = recipe.weights_for(module_name)
         modules = [a.modules.get(module_name) for a in adapters]
         input_ranks[module_name] = sum(m.rank for m in modules if m is not None)
         bound = input_ranks[module_name] if bound_rank and recipe.rank is None else None
-        factored, report = merge_module(modules, weights, recipe, device, generator, parameters, bound)
+        with cpu_merge_threads(device):  # one thread per op, row blocks over the cores (methods/blocks.py)
+            factored, report = merge_module(modules, weights, recipe, device, generator, parameters, bound)
         check_finite_output(module_name, factored)
         merged_modules[module_name] = LoraModule(
             factored.A.detach().to("cpu").contiguous(), factored.B.detach().to("cpu").contiguous(), 1.0
@@ -372,8 +420,41 @@ def merge_adapters(
         device=str(device),
         source_meta={a.name: dict(a.meta) for a in adapters},
         input_ranks=input_ranks,
+        sources=list(adapters),
     )
     return bounded(result) if bound_rank else result
+
+
+def dense_deltas(merged: MergedAdapter, progress: Progress | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each module's merged update ΔW, dense and never factored, in the merge's module order, with
+    the generator seeded as `merge_adapters` seeds it (so DARE draws the same masks). One module's
+    updates at a time; its ModuleReport goes into `merged.reports` and its time into `merged.seconds`."""
+    if not merged.sources:
+        raise AdapterError("this merged adapter does not carry its source adapters; merge again to export it exactly")
+    recipe = merged.recipe
+    device = resolve_device(recipe.device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(recipe.seed)
+    try:
+        parameters = method_parameters(recipe)
+    except MethodError as err:
+        raise AdapterError(f"recipe: {err}") from err
+    total = len(merged.compatibility.modules)
+    for index, module_name in enumerate(merged.compatibility.modules):
+        if progress:
+            progress(index, total, module_name)
+        start = time.perf_counter()
+        modules = [a.modules.get(module_name) for a in merged.sources]
+        with cpu_merge_threads(device):
+            delta, report = merge_module_dense(modules, recipe.weights_for(module_name), recipe, device, generator,
+                                               parameters)
+        delta = delta.detach().to("cpu", torch.float32)
+        merged.reports[module_name] = report
+        merged.seconds += time.perf_counter() - start
+        yield module_name, delta
+        del delta
+    if progress:
+        progress(total, total, "done")
 
 
 def load_recipe_adapters(recipe: Recipe) -> list[Adapter]:

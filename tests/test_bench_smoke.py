@@ -24,11 +24,13 @@ def bench_modules():
     threads = torch.get_num_threads()
     try:
         import latency
+        import mergekit_compare
         import peft_compare
         import scale
         import search
 
-        yield {"peft_compare": peft_compare, "scale": scale, "latency": latency, "search": search}
+        yield {"peft_compare": peft_compare, "scale": scale, "latency": latency, "search": search,
+               "mergekit_compare": mergekit_compare}
     finally:
         torch.set_num_threads(threads)
         sys.path.remove(str(BENCH))
@@ -90,6 +92,18 @@ def test_search_tiny_runs_the_study_in_process_and_on_ray_workers(bench_modules,
     assert data["ray_runtime_start_s"] > 0
     baselines = in_process[0]["result"]["baselines"]
     assert all(0.0 <= baselines[k]["evaluation"]["average"]["merged"] <= 1.0 for k in ("uniform", "shared"))
+
+
+def test_mergekit_compare_tiny_runs_mergescope_whole_and_says_why_mergekit_is_left_out(bench_modules, tmp_path):
+    result = _run(bench_modules["mergekit_compare"], tmp_path)
+    data = result["data"]
+    assert data["mergekit"] is None and "--tiny" in data["why_not"]
+    assert any("mergekit left out: --tiny" in note for note in result["tables"][0]["notes"])
+    [run] = data["runs"]
+    assert run["tool"] == "mergescope" and run["exit"] == 0 and run["wall_s"] > 0 and run["peak_rss_bytes"] > 0
+    # the full model it wrote is W + TIES(ΔW) to float32 precision: against the benchmark's float64 TIES
+    check = data["checks"]["mergescope"]
+    assert check["entries"] > 0 and check["entries_off"] == 0 and check["max_abs_error"] < 1e-6
 
 
 def test_run_all_runs_every_benchmark_program_in_bench(bench_modules):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from merging.methods.blocks import block_map
+
 _SELECT_SAMPLE = 1 << 16  # sample size that brackets the k-th largest magnitude
 
 
@@ -82,15 +84,18 @@ def magnitude_cut(magnitudes: torch.Tensor, k: int) -> MagnitudeCut:
     return _cut_from(0, magnitudes.reshape(-1), k)
 
 
-def apply_cut(x: torch.Tensor, magnitudes: torch.Tensor, cut: MagnitudeCut, ties_left: list[int] | None = None) -> torch.Tensor:
+def apply_cut(x: torch.Tensor, magnitudes: torch.Tensor | None, cut: MagnitudeCut, ties_left: list[int] | None = None) -> torch.Tensor:
     """x where the cut keeps it, else 0. `ties_left` ([count]) carries the tie budget across
-    consecutive row blocks of one matrix, so a matrix cut block by block keeps what it would whole."""
+    consecutive row blocks of one matrix, so a matrix cut block by block keeps what it would whole.
+    `magnitudes` (|x|) may be None when the cut keeps all its ties (one hardshrink pass then)."""
     if cut.all_ties:
         if float(cut.threshold) <= 0.0:
             return x.clone()
         # hardshrink keeps |x| > λ; λ the float just below the threshold keeps |x| ≥ threshold
         below = torch.nextafter(cut.threshold, torch.zeros_like(cut.threshold))
         return torch.nn.functional.hardshrink(x, float(below))
+    if magnitudes is None:
+        magnitudes = x.abs()
     keep = magnitudes > cut.threshold
     left = ties_left if ties_left is not None else [cut.ties]
     if left[0] > 0:
@@ -109,12 +114,9 @@ def cut_of_factors(B: torch.Tensor, A: torch.Tensor, k: int, blocks: Sequence[tu
         index = torch.randint(numel, (_SELECT_SAMPLE,), generator=generator, device=B.device)
         sample = (B[index // d_in] * A[:, index % d_in].T).sum(dim=1).abs()
         lo, hi = _bracket(sample, k, numel)
-        above, inside = 0, []
-        for start, stop in blocks:
-            count, values = _split((B[start:stop] @ A).abs_(), lo, hi)
-            above += count
-            inside.append(values)
-        cut = _cut_from(above, torch.cat(inside), k)
+        parts = block_map(lambda block: _split((B[block[0]:block[1]] @ A).abs_(), lo, hi), blocks)
+        above = sum(count for count, _ in parts)
+        cut = _cut_from(above, torch.cat([values for _, values in parts]), k)
         if cut is not None:
             return cut
     return magnitude_cut(torch.cat([(B[start:stop] @ A).abs_() for start, stop in blocks]), k)

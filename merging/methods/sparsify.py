@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from merging.methods.blocks import order_free
 from merging.methods.cut import apply_cut, cut_of_factors, magnitude_cut
 from merging.methods.registry import MethodError, Param
 
@@ -58,7 +59,7 @@ DENSITY = Param(
 # ----- none
 
 def _plan_none(factors, shape, blocks, value, generator, device) -> RowFilter | None:
-    return None if factors is None else _unchanged
+    return None if factors is None else order_free(_unchanged)
 
 
 NONE = Sparsifier("none", (), lambda delta, value, generator: delta, _plan_none)
@@ -85,12 +86,14 @@ def _plan_magnitude(factors, shape, blocks: Sequence[tuple[int, int]], value, ge
     if factors is None:
         return None
     if density >= 1.0:
-        return _unchanged
+        return order_free(_unchanged)
     # int(density·numel) as the dense form counts it: density·d_out·d_in rounds differently (0.7·96·80 < 5376)
     k = int(density * (shape[0] * shape[1]))
     if k <= 0:
         return None
     cut = cut_of_factors(*factors, k, blocks)
+    if cut.all_ties:  # no tie budget to carry from block to block
+        return order_free(lambda x, start, stop: apply_cut(x, None, cut))  # |x| is not needed then
     ties_left = [cut.ties]
     return lambda x, start, stop: apply_cut(x, x.abs(), cut, ties_left)
 
@@ -121,14 +124,14 @@ def _dense_random(delta: torch.Tensor, value: Value, generator: torch.Generator 
 def _plan_random(factors, shape, blocks, value, generator, device) -> RowFilter | None:
     density = value("density")
     if density >= 1.0:
-        return None if factors is None else _unchanged
+        return None if factors is None else order_free(_unchanged)
     if generator is None:
         raise MethodError("random sparsification needs a seeded generator")
     # drawn whole, as the dense form draws it, so a seed gives the same mask either way; kept as bytes
     mask = torch.rand(tuple(shape), generator=generator, device=generator.device) < density
     if factors is None:
         return None
-    return lambda x, start, stop: x.div_(density).mul_(mask[start:stop].to(device))
+    return order_free(lambda x, start, stop: x.div_(density).mul_(mask[start:stop].to(device)))
 
 
 RANDOM = Sparsifier("random", (DENSITY,), _dense_random, _plan_random, rescales=True)

@@ -25,6 +25,7 @@ from functools import partial
 import torch
 
 from merging.lora import LoraModule
+from merging.methods.blocks import block_map, is_order_free
 from merging.methods.consensus import DIVIDE_BY, SIGN, combine_weighted
 from merging.methods.factored import Factored, concatenate
 from merging.methods.registry import NO_MERGEKIT, Mergekit, Method, MethodArgs, MethodError, Rule
@@ -99,15 +100,21 @@ def combine_factors(
     sign_rule = _sign_rule(args, consensus)
     divide_by = _divide_by(args, consensus)
     merged = torch.empty((d_out, d_in), dtype=torch.float32, device=device)
-    for start, stop in blocks:
+
+    def merge_block(block: tuple[int, int]) -> None:
+        start, stop = block
         weighted = []
         for i, pair in enumerate(factors):
             if filters[i] is None:
                 weighted.append(torch.zeros((stop - start, d_in), dtype=torch.float32, device=device))
                 continue
             x = filters[i](pair[0][start:stop] @ pair[1], start, stop)
-            weighted.append(x.mul_(float(weights[i])))
+            weight = float(weights[i])
+            weighted.append(x if weight == 1.0 else x.mul_(weight))  # ×1 is exact: one pass saved
         merged[start:stop] = combine_weighted(weighted, consensus, sign_rule, divide_by, weights)
+
+    # independent blocks (no tie budget carried between them) go to the merge's block workers
+    block_map(merge_block, blocks, parallel=all(is_order_free(f) for f in filters))
     return merged
 
 
