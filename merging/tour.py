@@ -230,6 +230,62 @@ def cache_key(measurement: Measurement, eval_limit: int | None) -> str:
     return results_key(measurement.recipe, kind=measurement.kind, eval_limit=eval_limit)
 
 
+DISK_KIND = "tour"  # the tour's folder in the workspace's measure cache (merging.measure_cache)
+
+
+def disk_key(measurement: Measurement, eval_limit: int | None) -> str:
+    """The measurement's key on disk: its recipe and adapter versions (cache_key), the base model's
+    version and the measuring code's (merging.measure_cache)."""
+    from merging.measure_cache import MeasureCache
+
+    return MeasureCache.key(DISK_KIND, measurement.recipe.base_model or "", recipe=cache_key(measurement, eval_limit))
+
+
+def stored(measurement: Measurement, cache, eval_limit: int | None) -> dict | None:
+    """The measurement's value from a MeasureCache (None when absent or stale, or without a cache)."""
+    if cache is None:
+        return None
+    return cache.get(DISK_KIND, disk_key(measurement, eval_limit))
+
+
+def measure_and_store(measurement: Measurement, lab, cache, load=None, progress: Progress | None = None,
+                      eval_limit: int | None = None) -> dict:
+    """`measure`, then keep the value in the cache (a MeasureCache, or None for memory only).
+
+    The value is passed through JSON before it is returned, so a value measured now and one read
+    back after a restart are the same data."""
+    import json
+
+    value = json.loads(json.dumps(measure(measurement, lab, load, progress, eval_limit)))
+    if cache is not None:
+        cache.put(DISK_KIND, disk_key(measurement, eval_limit), value)
+    return value
+
+
+def measure_tour(tour: Tour, lab, cache, load=None, progress: Progress | None = None,
+                 eval_limit: int | None = None, measured: dict | None = None) -> dict[str, dict]:
+    """Every measurement of the tour, each read from the cache or measured and stored (the server's
+    warm-up: a tour ready before the talk). `measured`, when given, is filled as values arrive
+    (by cache_key), so a page can show each step as soon as its numbers exist."""
+    values: dict[str, dict] = {}
+    todo = list(tour.measurements.values())
+    for number, measurement in enumerate(todo):
+        value = stored(measurement, cache, eval_limit)
+        if value is None:
+            def report(done, total, what, number=number, measurement=measurement):
+                if progress is not None:
+                    share = (number + (done / total if total else 1.0)) / len(todo)
+                    progress(int(1000 * share), 1000, f"{measurement.label}: {what}")
+
+            value = measure_and_store(measurement, lab, cache, load, report, eval_limit)
+        values[measurement.key] = value
+        if measured is not None:
+            measured[cache_key(measurement, eval_limit)] = value
+    if progress is not None:
+        progress(1000, 1000, "done")
+    return values
+
+
 # ----------------------------------------------------------------------------------------------
 # What a step shows: its chart's data and its sentence
 

@@ -441,6 +441,13 @@ cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, v
 # The server's warm-up scored the default sets already (pages/_warm.py): every session starts with them.
 for warm_key, warm_matrix in list(_warm.cross_task_results().items() if _warm.enabled() else ()):
     cross_cache.setdefault(warm_key, warm_matrix)
+# ... and what was scored before, by this server or an earlier one, is on disk (merging.measure_cache).
+cross_disk = _warm.disk_cache(ui_settings.workspace)
+for view in good:
+    if (base_model, view["versions"]) not in cross_cache:
+        kept = _warm.stored_cross_task(cross_disk, base_model, view["versions"])
+        if kept is not None:
+            cross_cache[(base_model, view["versions"])] = kept
 
 
 def _cross_work(lab, jobs: list[tuple[tuple, list[Adapter]]]):
@@ -464,6 +471,8 @@ if finished is not None:
     else:
         state.pop("interference_cross_error", None)
         cross_cache.update(finished.result)
+        for (model, versions), matrix in finished.result.items():
+            _warm.store_cross_task(cross_disk, model, versions, matrix)
 
 if base_problem:
     st.error(f"Cannot run the base model: {base_problem}")

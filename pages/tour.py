@@ -16,6 +16,7 @@ import streamlit as st
 
 from merging import tour as story
 from merging.lab import Lab
+from merging.measure_cache import MeasureCache
 from pages import _ui
 
 JOB = "tour"
@@ -58,10 +59,22 @@ def _lab() -> Lab:
 
 
 measured_store = _measured()
+# What was measured is kept on disk in the workspace too (merging.measure_cache): a restarted server,
+# or one whose warm-up measured the tour (pages/_warm.py), shows every step at once.
+disk = MeasureCache.in_workspace(ui_settings.workspace)
+
+
+def _known(measurement: story.Measurement) -> bool:
+    key = story.cache_key(measurement, EVAL_LIMIT)
+    if key not in measured_store:
+        value = story.stored(measurement, disk, EVAL_LIMIT)
+        if value is not None:
+            measured_store[key] = value
+    return key in measured_store
 
 
 def _missing(index: int) -> list[story.Measurement]:
-    return [m for m in tour.needs(index) if story.cache_key(m, EVAL_LIMIT) not in measured_store]
+    return [m for m in tour.needs(index) if not _known(m)]
 
 
 def _start(index: int, label: str) -> None:
@@ -74,7 +87,7 @@ def _start(index: int, label: str) -> None:
                 share = (number + (done / total if total else 1.0)) / len(todo)
                 progress(int(1000 * share), 1000, f"{measurement.label}: {what}")
 
-            value = story.measure(measurement, lab, _ui.load_adapter_as, report, EVAL_LIMIT)
+            value = story.measure_and_store(measurement, lab, disk, _ui.load_adapter_as, report, EVAL_LIMIT)
             measured_store[story.cache_key(measurement, EVAL_LIMIT)] = value
         return index
 
