@@ -124,9 +124,8 @@ def test_a_new_lab_reads_the_tour_from_disk_and_a_changed_adapter_is_measured_ag
 def test_a_restarted_tour_page_shows_the_step_at_once_from_disk(zoo_copy, tmp_path, monkeypatch, one_thread):
     from streamlit.testing.v1 import AppTest
 
-    from tests.conftest import _run_app_py_on_every_rerun
-
     from pages import _ui, _warm
+    from tests.conftest import _run_app_py_on_every_rerun
 
     monkeypatch.setenv("MERGESCOPE_ZOO", str(zoo_copy.folder))
     monkeypatch.delenv("MERGESCOPE_TOUR_EVAL_LIMIT", raising=False)
