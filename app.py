@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from pages import _ui, _warm
+from pages import _stage, _ui, _warm
 from pages._ui import (
     DEFAULT_WORKSPACE,
     OTHER_BASE_MODEL,
@@ -122,6 +122,8 @@ if presenting:
         " [data-testid='stMainBlockContainer'] {padding-top: 3.5rem !important;}</style>",
         unsafe_allow_html=True,
     )
+    st.markdown(_stage.stage_css(), unsafe_allow_html=True)  # no text under 18 px on stage
+    _stage.keyboard(presenting)  # a clicker's keys on every page
     left, right = st.columns([5, 1])
     with right:
         st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link, persist_state="session",

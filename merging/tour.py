@@ -346,6 +346,34 @@ def takeaway(step: Step, measured: Mapping[str, dict], tour: Tour) -> str:
     raise ValueError(f"step {step.key}: unknown takeaway '{step.takeaway}'")
 
 
+def short_label(tour: Tour, key: str) -> str:
+    """A measurement's label without the merge method it shares with the others ("OSRM adapters")."""
+    return tour.measurements[key].label.split(" + ")[0]
+
+
+def headline(step: Step, measured: Mapping[str, dict], tour: Tour) -> str:
+    """The step's headline (merging.headlines: at most 15 words); `takeaway` is its speaker's notes."""
+    from merging import headlines
+
+    own = measured[step.needs[0]]
+    if step.takeaway == "singles":
+        return headlines.singles(own)
+    if step.takeaway == "naive":
+        return headlines.naive(own, step.label)
+    if step.takeaway == "overlap":
+        return headlines.overlap_headline(overlap_of(own), own["rank"], own["dimension"])
+    if step.takeaway == "signs":
+        return headlines.signs(sign_conflicts_of(own), len(own["adapters"]))
+    reference = measured[step.reference] if step.reference else None
+    if step.takeaway == "fix":
+        return headlines.fix(step.label.split(" (")[0], reference, own)
+    if step.takeaway == "variant":
+        return headlines.variant(short_label(tour, step.needs[0]), reference, own)
+    if step.takeaway == "summary":
+        return headlines.summary([(short_label(tour, k), measured[k]) for k in step.needs])
+    raise ValueError(f"step {step.key}: unknown takeaway '{step.takeaway}'")
+
+
 def summary_rows(step: Step, measured: Mapping[str, dict], tour: Tour) -> list[dict]:
     """One row per merge: its label, average merged and single accuracy with 95 % intervals."""
     rows = []

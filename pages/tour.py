@@ -17,11 +17,11 @@ import streamlit as st
 from merging import tour as story
 from merging.lab import Lab
 from merging.measure_cache import MeasureCache
-from pages import _ui
+from pages import _stage, _ui
 
 JOB = "tour"
 # On stage the chart is sized to the window less what is above it (top navigation, Back/Next row).
-ABOVE_CHART_PX = 300
+ABOVE_CHART_PX = 380  # + the headline (two lines at 32 px at most)
 # A quick walk (tests, a rehearsal): score each task on its first N evaluation examples only.
 EVAL_LIMIT = int(os.environ.get("MERGESCOPE_TOUR_EVAL_LIMIT", "0")) or None
 ui_settings = _ui.settings()
@@ -110,6 +110,7 @@ def _go(to: int) -> None:
     state["tour_step"] = min(max(to, 0), count - 1)
 
 
+_stage.keyboard(ui_settings.presentation)  # a clicker: → / PageDown / Space next, ← / PageUp back
 back, where, forward = st.columns([1, 3, 1])
 back.button("← Back", key="tour_back", on_click=_go, args=(index - 1,), disabled=index == 0, width="stretch")
 forward.button("Next →", key="tour_next", on_click=_go, args=(index + 1,), disabled=index == count - 1,
@@ -141,14 +142,24 @@ elif _ui.job_running(JOB):
 
 if not _missing(index):
     measured = {m.key: measured_store[story.cache_key(m, EVAL_LIMIT)] for m in tour.needs(index)}
-    # Chart and sentence side by side: both stay in view on a 1280 × 720 projector.
-    chart, words = st.columns([2, 1], gap="medium")
-    with words:
-        st.markdown(f"#### {story.takeaway(step, measured, tour)}")
-        link = "./?recipe=" + quote(step.recipe.to_url()) + ("&present=1" if ui_settings.presentation else "")
-        st.link_button("Open this step's recipe in Merge", link, icon=":material/open_in_new:")
+    # One headline (≤ 15 words, 32 px), the chart under it; the full sentence with its intervals is
+    # the speaker's notes, beside the chart when the toggle shows them (on by default off stage).
+    _stage.headline(story.headline(step, measured, tour))
+    notes_on = bool(state.get("tour_notes", not ui_settings.presentation))
+    if notes_on:
+        chart, words = st.columns([2, 1], gap="medium")
+    else:
+        chart, words = st.container(), None
     with chart:
         figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
-        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX)
+        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX + (0 if notes_on else 40))
+    if words is not None:
+        with words:
+            st.markdown(f"#### {story.takeaway(step, measured, tour)}")
+    toggle, open_link = st.columns([1, 2])
+    toggle.toggle("Speaker notes", value=notes_on, key="tour_notes",
+                  help="The step's full sentence: both 95 % intervals, the task that pays most, the chance level.")
+    link = "./?recipe=" + quote(step.recipe.to_url()) + ("&present=1" if ui_settings.presentation else "")
+    open_link.link_button("Open this step's recipe in Merge", link, icon=":material/open_in_new:")
 elif state.get("tour_failed") == index:
     st.button("Try again", key="tour_retry", on_click=lambda: state.pop("tour_failed", None))

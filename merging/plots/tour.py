@@ -11,6 +11,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from merging.plots.merge import signed_points
 from merging.plots.style import OKABE_ITO, ROLE_COLOURS, _no_data, _style, explained
 from merging.plots.values import _finite, _results_tasks
 
@@ -47,8 +48,8 @@ def gain_and_cost(
                                  ("merged", merged, ROLE_COLOURS["merged"])):
         fig.add_trace(go.Bar(
             name=name, x=groups, y=values, marker={"color": colour},
-            text=[f"{v:+.1f}" if v is not None else "" for v in values], textposition="outside",
-            hovertemplate=f"%{{x}}<br>{name}: %{{y:+.2f}} pp<extra></extra>",
+            text=[signed_points(v) if v is not None else "" for v in values], textposition="outside",
+            hovertemplate=f"%{{x}}<br>{name}: %{{y:+.1f}} pp<extra></extra>",
         ))
     fig.add_hline(y=0, line={"color": OKABE_ITO["black"], "width": 1})
     finite = [abs(v) for v in single + merged if v is not None]
