@@ -380,7 +380,7 @@ def summary_rows(step: Step, measured: Mapping[str, dict], tour: Tour) -> list[d
     for key in step.needs:
         results = measured[key]
         rows.append({
-            "label": tour.measurements[key].label,
+            "label": short_label(tour, key),
             "merged": narrative.average(results, "merged"),
             "merged_interval": narrative.average_interval(results, "merged"),
             "single": narrative.average(results, "single"),

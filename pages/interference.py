@@ -17,7 +17,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from merging import catalog, metrics, plots
+from merging import catalog, metrics, narrative, plots
+from merging import interference_story as telling
 from merging.evaluation import cross_task_matrix
 from merging.lora import Adapter
 from pages import _ui, _warm
@@ -191,18 +192,32 @@ def _heading(view: dict) -> None:
         st.markdown(f"**{view['label']}**")
 
 
+def _as_rows(matrix) -> list:
+    return matrix.tolist() if hasattr(matrix, "tolist") else list(matrix)
+
+
+def _section_lines(kind: str, takeaway: str | None = None) -> None:
+    """A section's one-line takeaway (from the numbers, merging/interference_story.py) and which way is good."""
+    if takeaway:
+        st.markdown(f"**{takeaway}**")
+    st.caption(telling.GOOD[kind])
+
+
 # ----------------------------------------------------------------------------------------------
 # 1. Magnitude variance
 
 st.subheader("Magnitude variance per layer")
+_section_lines("magnitude", telling.magnitude([(v["label"], v["metrics"]) for v in good]))
+st.caption(telling.EXPLAIN["magnitude"])
+magnitude_figures = [plots.magnitude_variance_by_layer(v["metrics"], v["labels"], presentation=presentation)
+                     for v in good]
+telling.share_y(magnitude_figures)  # standard and OSRM on one scale: equal heights, equal values
 # Two panels each: on stage, half the window is too narrow for them at 20 px, so the sets are stacked.
-for column, view in zip([st.container() for _ in good] if presentation else _columns(), good):
+for column, view, figure in zip([st.container() for _ in good] if presentation else _columns(), good,
+                                magnitude_figures):
     with column:
         _heading(view)
-        _ui.show_figure(
-            plots.magnitude_variance_by_layer(view["metrics"], view["labels"], presentation=presentation),
-            "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}",
-        )
+        _ui.show_figure(figure, "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}")
 
 # ----------------------------------------------------------------------------------------------
 # 2. Subspace overlap, one layer at a time
@@ -221,6 +236,19 @@ else:
 def _layer_data(view: dict) -> dict | None:
     return view["metrics"]["layers"].get(layer)
 
+
+def _chance_overlap(view: dict) -> float | None:
+    """φ of independent random subspaces of the adapters' rank and input size (r / d)."""
+    try:
+        first = next(iter(view["adapters"][0].modules.values()))
+        return narrative.random_overlap(int(first.A.shape[0]), int(first.A.shape[1]))
+    except (StopIteration, IndexError, TypeError, AttributeError):
+        return None
+
+
+_section_lines("overlap", telling.overlap(
+    [(v["label"], _layer_data(v)["input_overlap"]) for v in good if _layer_data(v) is not None],
+    _chance_overlap(good[0])) + f" (input subspaces, layer {layer})")
 
 for column, view in zip(_columns(), good):
     with column:
@@ -253,6 +281,9 @@ if not presentation:
     scope = st.radio("Cosine over", ["Whole adapter", "The chosen layer"], horizontal=True,
                      key="interference_cosine_scope",
                      help="Whole adapter: every module's update concatenated into one vector.")
+_cosines = [(v["label"], v["metrics"]["adapter_cosine"] if scope == "Whole adapter"
+             else (_layer_data(v) or {}).get("cosine")) for v in good]
+_section_lines("cosine", telling.cosine([(label, m) for label, m in _cosines if m is not None]))
 for column, view in zip(_columns(), good):
     with column:
         _heading(view)
@@ -271,6 +302,9 @@ for column, view in zip(_columns(), good):
 # 4. TIES sign conflicts
 
 st.subheader("TIES sign conflicts per layer")
+_section_lines("signs", telling.signs([
+    (v["label"], {k: x["sign_conflict_rate"] for k, x in v["metrics"]["layers"].items()},
+     metrics.chance_sign_conflict_rate(len(v["names"]), float(density))) for v in good]))
 for column, view in zip(_columns(), good):
     with column:
         _heading(view)
@@ -408,6 +442,9 @@ else:
                 matrices[view["key"]] = dpi_cache[key].get(layer_choice)
             except Exception as err:
                 matrices[view["key"]] = err
+        _section_lines("dpi", telling.dpi([(v["label"], _as_rows(matrices[v["key"]])) for v in good
+                                           if matrices.get(v["key"]) is not None
+                                           and not isinstance(matrices[v["key"]], Exception)]))
         # One colour scale for the standard and the OSRM heatmap, so equal colours mean equal ratios.
         shared = plots.interference_decades(*[m for m in matrices.values() if m is not None
                                               and not isinstance(m, Exception)])
@@ -497,6 +534,8 @@ else:
     if state.get("interference_cross_error"):
         st.error(state["interference_cross_error"])
     if any((base_model, v["versions"]) in cross_cache for v in good):
+        _section_lines("cross", telling.cross([(v["label"], cross_cache[(base_model, v["versions"])]) for v in good
+                                               if (base_model, v["versions"]) in cross_cache]))
         for column, view in zip(_columns(), good):
             with column:
                 _heading(view)

@@ -152,7 +152,10 @@ if not _missing(index):
         chart, words = st.container(), None
     with chart:
         figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
-        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX + (0 if notes_on else 40))
+        # the finale needs one line per merge: at least its own height, even if the page scrolls a little
+        least = int(figure.layout.height or 360) if step.chart == "summary" else 360
+        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX + (0 if notes_on else 40),
+                        least=least)
     if words is not None:
         with words:
             st.markdown(f"#### {story.takeaway(step, measured, tour)}")

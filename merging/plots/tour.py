@@ -94,4 +94,13 @@ def merge_summary(
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(legend={"orientation": "h", "y": -0.18})
     fig.update_xaxes(tickformat=".0%", range=[0, 1])
-    return _style(fig, title, presentation, x_title="Average accuracy over the tasks", y_title="")
+    _style(fig, title, presentation, x_title="Average accuracy over the tasks", y_title="")
+    # the merge names stay on one line each (stacked at "-" and " (" they overprinted their neighbours)
+    fig.update_yaxes(tickmode="array", tickvals=labels, ticktext=labels, automargin=True)
+    fig.update_layout(height=summary_height(len(rows), presentation))
+    return fig
+
+
+def summary_height(rows: int, presentation: bool = False) -> int:
+    """Tall enough for one line of text per merge at the chart's font size (+ title, axis, legend)."""
+    return (230 + 44 * rows) if presentation else (180 + 30 * rows)
