@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import streamlit as st
+import torch
 
 from merging import catalog, metrics, narrative, plots
 from merging import interference_story as telling
 from merging.evaluation import cross_task_matrix
 from merging.lora import Adapter
+from merging.measure_cache import MeasureCache
 from pages import _ui, _warm
 
 FEATURES_JOB = "interference_features"
@@ -43,6 +45,40 @@ if not entries:
 # ----------------------------------------------------------------------------------------------
 # Controls
 
+def _linked_setup(params, known: list[str]) -> dict | None:
+    """Widget values from the link ({} when it has none; None when it is not understood)."""
+    import json
+
+    found: dict = {}
+    if "adapters" in params:
+        try:
+            names = json.loads(params["adapters"])
+        except ValueError:
+            return None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > 200:
+            return None
+        found["interference_adapters"] = [n for n in names if n in known]
+    if "osrm" in params:
+        if params["osrm"] not in ("0", "1"):
+            return None
+        found["interference_side_by_side"] = params["osrm"] == "1"
+    if "layer" in params:
+        if len(params["layer"]) > 20:
+            return None
+        found["interference_layer"] = params["layer"]  # checked against the layers below
+    return found
+
+
+def _link_setup() -> None:
+    """Keep the setup in the link (adapters as JSON, the OSRM toggle, the layer)."""
+    import json
+
+    st.query_params["adapters"] = json.dumps(list(state.get("interference_adapters") or []))
+    st.query_params["osrm"] = "1" if state.get("interference_side_by_side") else "0"
+    if state.get("interference_layer") is not None:
+        st.query_params["layer"] = str(state["interference_layer"])
+
+
 WIDGETS = ("interference_adapters", "interference_side_by_side", "interference_layer", "interference_density",
            "interference_samples", "interference_cosine_scope", "interference_dpi_scope", "interference_dpi_inputs",
            "interference_split")
@@ -53,6 +89,14 @@ for name in WIDGETS:
 
 all_names = [e.name for e in entries]
 standard = [e.name for e in entries if e.init == "standard"]
+# The setup is in the link too (adapters, the OSRM toggle, the layer): a reload keeps it.
+if "interference_adapters" not in state and "_keep:interference_adapters" not in state:
+    linked = _linked_setup(st.query_params, all_names)
+    if linked is None:
+        st.warning("The link's Interference setup (adapters=, osrm=, layer=) was not understood; "
+                   "the defaults are shown.")
+    else:
+        state.update(linked)
 if "interference_adapters" not in state:
     default = state.get("merge_adapters") or standard[:5] or all_names[:2]
     state["interference_adapters"] = [n for n in default if n in all_names]
@@ -101,6 +145,7 @@ def _remember() -> None:
     for name in WIDGETS:
         if name in state:
             state[f"_keep:{name}"] = state[name]
+    _link_setup()
 
 
 _remember()
@@ -196,11 +241,12 @@ def _as_rows(matrix) -> list:
     return matrix.tolist() if hasattr(matrix, "tolist") else list(matrix)
 
 
-def _section_lines(kind: str, takeaway: str | None = None) -> None:
+def _section_lines(kind: str | None, takeaway: str | None = None) -> None:
     """A section's one-line takeaway (from the numbers, merging/interference_story.py) and which way is good."""
     if takeaway:
         st.markdown(f"**{takeaway}**")
-    st.caption(telling.GOOD[kind])
+    if kind:
+        st.caption(telling.GOOD[kind])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,6 +386,7 @@ untasked = _untasked(shown_adapters)
 # 5. OSRM's data-parameter interference (task × adapter)
 
 st.subheader("Data-parameter interference (OSRM)")
+_section_lines("dpi")
 st.caption(
     "How strongly adapter j's update answers task i's inputs, ‖ΔWⱼXᵢᵀ‖ ÷ ‖ΔWᵢXᵢᵀ‖, with Xᵢ the base model's "
     f"inputs to each adapted module over up to {samples} {SPLITS[split]} of task i (one row per text by default), "
@@ -349,6 +396,16 @@ st.caption(
 )
 # (base, task, split, samples, targets, with second moments) → {module: ModuleFeatures}
 features_cache: dict = state.setdefault("interference_features_cache", {})
+cross_disk = _warm.disk_cache(ui_settings.workspace)  # the workspace's measure cache (merging.measure_cache)
+DPI_KIND = "interference_dpi"
+
+
+def _dpi_disk_key(key: tuple) -> str:
+    base, split_, samples_, targets_, inputs_, versions = key
+    return MeasureCache.key(DPI_KIND, base, split=split_, samples=samples_, targets=list(targets_), inputs=inputs_,
+                            versions=[list(v) for v in versions])
+
+
 dpi_cache: dict = state.setdefault("interference_dpi_cache", {})  # (base, split, ..., versions) → {layer: matrix}
 targets = tuple(sorted({m.rsplit(".", 1)[-1] for a in shown_adapters for m in a.modules}))
 layer_choice, inputs = "all", "means"
@@ -412,6 +469,16 @@ else:
     for adapter in shown_adapters:
         by_task.setdefault(adapter.task, adapter)
     need = {t: a for t, a in by_task.items() if _cached_features(t) is None}
+    # Computed before, by this session, another, or an earlier server: the matrices are on disk
+    # (merging.measure_cache), so a reload shows them without the forward passes.
+    dpi_keys = {view["key"]: (base_model, split, samples, targets, inputs, view["versions"]) for view in good}
+    for dpi_key in dpi_keys.values():
+        if dpi_key not in dpi_cache:
+            kept = cross_disk.get(DPI_KIND, _dpi_disk_key(dpi_key))
+            if kept is not None:
+                dpi_cache[dpi_key] = {layer_key: torch.tensor(rows) for layer_key, rows in kept.items()}
+    if all(k in dpi_cache for k in dpi_keys.values()):
+        need = {}
     running = _ui.job_running(FEATURES_JOB)
     if need and not running:
         if st.button(
@@ -439,10 +506,12 @@ else:
                 if key not in dpi_cache:
                     features = {a.task: _cached_features(a.task) for a in view["adapters"]}
                     dpi_cache[key] = metrics.interference_by_layer(view["adapters"], features, inputs)
+                    cross_disk.put(DPI_KIND, _dpi_disk_key(key),
+                                   {layer_key: _as_rows(m) for layer_key, m in dpi_cache[key].items()})
                 matrices[view["key"]] = dpi_cache[key].get(layer_choice)
             except Exception as err:
                 matrices[view["key"]] = err
-        _section_lines("dpi", telling.dpi([(v["label"], _as_rows(matrices[v["key"]])) for v in good
+        _section_lines(None, telling.dpi([(v["label"], _as_rows(matrices[v["key"]])) for v in good
                                            if matrices.get(v["key"]) is not None
                                            and not isinstance(matrices[v["key"]], Exception)]))
         # One colour scale for the standard and the OSRM heatmap, so equal colours mean equal ratios.
@@ -465,13 +534,14 @@ else:
                 )
                 _ui.show_figure(figure, "interference_heatmap", f"interference_dpi_{view['key']}")
     elif not running:
-        st.info("Press the button to run each task's texts through the base model; the result is kept for "
-                "this session.")
+        st.info("Press the button to run each task's texts through the base model; the result is kept in "
+                "the workspace (a reload or a restarted server shows it at once).")
 
 # ----------------------------------------------------------------------------------------------
 # 6. Cross-task accuracy (forward passes)
 
 st.subheader("Cross-task accuracy")
+_section_lines("cross")
 st.caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
            "off-diagonal mean each adapter helps only its own task.")
 cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, versions) → cross_task_matrix
@@ -479,7 +549,6 @@ cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, v
 for warm_key, warm_matrix in list(_warm.cross_task_results().items() if _warm.enabled() else ()):
     cross_cache.setdefault(warm_key, warm_matrix)
 # ... and what was scored before, by this server or an earlier one, is on disk (merging.measure_cache).
-cross_disk = _warm.disk_cache(ui_settings.workspace)
 for view in good:
     if (base_model, view["versions"]) not in cross_cache:
         kept = _warm.stored_cross_task(cross_disk, base_model, view["versions"])
@@ -534,7 +603,7 @@ else:
     if state.get("interference_cross_error"):
         st.error(state["interference_cross_error"])
     if any((base_model, v["versions"]) in cross_cache for v in good):
-        _section_lines("cross", telling.cross([(v["label"], cross_cache[(base_model, v["versions"])]) for v in good
+        _section_lines(None, telling.cross([(v["label"], cross_cache[(base_model, v["versions"])]) for v in good
                                                if (base_model, v["versions"]) in cross_cache]))
         for column, view in zip(_columns(), good):
             with column:

@@ -44,14 +44,15 @@ PAGE_TEXTS = """() => {
 
 
 @pytest.fixture(scope="module")
-def measured_workspace(tmp_path_factory):
+def measured_workspace():
     """The shipped zoo's tour measured into a workspace's measure cache, as the warm-up does."""
     from merging import tour as story
     from merging.lab import Lab
     from merging.measure_cache import MeasureCache
     from merging.zoo import load_zoo
 
-    workspace = tmp_path_factory.mktemp("tour_ws") / "workspace"
+    # kept between runs (artifacts/ is ignored): its keys (adapter versions, code) keep it honest
+    workspace = ROOT / "artifacts" / "stage-tour-workspace"
     zoo = load_zoo()
     tour = story.tour_steps(zoo)
     story.measure_tour(tour, Lab(zoo.base_model, device="cpu"), MeasureCache.in_workspace(workspace))
