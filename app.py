@@ -124,7 +124,7 @@ if presenting:
     )
     st.markdown(_stage.stage_css(), unsafe_allow_html=True)  # no text under 18 px on stage
     _stage.keyboard(presenting)  # a clicker's keys on every page
-    left, right = st.columns([5, 1])
+    left, right = st.columns([4, 1])  # the toggle's label at 18 px needs a fifth of the width
     with right:
         st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link, persist_state="session",
                   help="Off: show the sidebar and every control again.")

@@ -7,7 +7,8 @@
   "next" button (an element with the class `st-key-<key>` of `NEXT_KEYS`, e.g. the Tour's Next →),
   ArrowLeft and PageUp its "back" button; a page without such buttons scrolls to the next or
   previous section heading instead (Interference in presentation mode: one section per screen).
-  Keys typed into a text field, a select box or a slider are left alone.
+  N shows or hides the Tour's speaker notes. Keys typed into a text field, a select box or a slider are
+  left alone.
 
 The script is put into the app's own document (a <script> element in the parent page, once per
 browser tab), so it keeps working when Streamlit replaces the small frame that carried it.
@@ -26,7 +27,7 @@ _KEYS_SCRIPT = """
 (function () {
   if (window.__mergescopeKeys) return;
   window.__mergescopeKeys = true;
-  const NEXT = %(next)s, BACK = %(back)s;
+  const NEXT = %(next)s, BACK = %(back)s, NOTES = '.st-key-tour_notes';
   function button(keys) {
     for (const key of keys) {
       const found = document.querySelector('.st-key-' + key + ' button');
@@ -55,6 +56,11 @@ _KEYS_SCRIPT = """
     const tag = (where && where.tagName || '').toLowerCase();
     if (tag === 'input' || tag === 'textarea' || tag === 'select' || (where && where.isContentEditable)) return;
     if (where && where.getAttribute && where.getAttribute('role') === 'slider') return;
+    if (event.key === 'n' || event.key === 'N') {  // the speaker notes' toggle, where the page has one
+      const notes = document.querySelector(NOTES + ' input');
+      if (notes) { event.preventDefault(); notes.click(); }
+      return;
+    }
     let forward = null;
     if (event.key === 'ArrowRight' || event.key === 'PageDown' || event.key === ' ') forward = true;
     if (event.key === 'ArrowLeft' || event.key === 'PageUp') forward = false;
@@ -96,8 +102,15 @@ def keyboard(presenting: bool) -> None:
 def theme_type() -> str | None:
     """The app's theme as the browser reports it: "dark", "light", or None (not known yet)."""
     try:
-        return st.context.theme.type
+        reported = st.context.theme.type
     except Exception:  # no browser context (a bare script) or an older Streamlit
+        reported = None
+    if reported:
+        return reported
+    # not reported yet (a session's first run): the server's configured base (--theme.base=dark)
+    try:
+        return st.get_option("theme.base") or None
+    except Exception:
         return None
 
 
