@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-NEXT_KEYS = ("tour_next",)
-BACK_KEYS = ("tour_back",)
+NEXT_KEYS = ("tour_next", "interference_next")
+BACK_KEYS = ("tour_back", "interference_back")
 HEADLINE_PX = 32
 MIN_TEXT_PX = 18
 

@@ -154,6 +154,48 @@ if len(names) < 2:
     st.stop()
 
 # ----------------------------------------------------------------------------------------------
+# On stage, one section per screen: Back / Next (and a clicker's keys, pages/_stage.py) move between
+# them; the others are drawn but hidden, so their widgets keep their values. The section is in the link.
+
+SECTIONS = ("Magnitude variance", "Subspace overlap", "Task-vector cosine", "TIES sign conflicts",
+            "Data-parameter interference", "Cross-task accuracy")
+_open_section: list = []
+
+
+def _go_section(number: int) -> None:
+    state["interference_section"] = min(max(number, 1), len(SECTIONS))
+
+
+def _section(number: int) -> None:
+    """Everything drawn from here to the next call is section `number` (a container keyed by it)."""
+    _end_sections()
+    container = st.container(key=f"interference_section_{number}")
+    container.__enter__()
+    _open_section.append(container)
+
+
+def _end_sections() -> None:
+    while _open_section:
+        _open_section.pop().__exit__(None, None, None)
+
+
+if presentation:
+    if "interference_section" not in state:
+        linked = st.query_params.get("section", "1")
+        state["interference_section"] = int(linked) if linked.isdigit() and len(linked) <= 2 else 1
+    _go_section(int(state["interference_section"]))
+    current = int(state["interference_section"])
+    st.query_params["section"] = str(current)
+    back, where, forward = st.columns([1, 3, 1])
+    back.button("← Back", key="interference_back", on_click=_go_section, args=(current - 1,), disabled=current == 1,
+                width="stretch")
+    forward.button("Next →", key="interference_next", on_click=_go_section, args=(current + 1,),
+                   disabled=current == len(SECTIONS), type="primary", width="stretch")
+    where.markdown(f"**Section {current} of {len(SECTIONS)}** · {SECTIONS[current - 1]}", text_alignment="center")
+    hidden = ", ".join(f".st-key-interference_section_{k}" for k in range(1, len(SECTIONS) + 1) if k != current)
+    st.markdown(f"<style>{hidden} {{display: none !important;}}</style>", unsafe_allow_html=True)
+
+# ----------------------------------------------------------------------------------------------
 # The sets of adapters to show: the chosen ones, and with the toggle their OSRM twins
 
 
@@ -252,6 +294,7 @@ def _section_lines(kind: str | None, takeaway: str | None = None) -> None:
 # ----------------------------------------------------------------------------------------------
 # 1. Magnitude variance
 
+_section(1)
 st.subheader("Magnitude variance per layer")
 _section_lines("magnitude", telling.magnitude([(v["label"], v["metrics"]) for v in good]))
 st.caption(telling.EXPLAIN["magnitude"])
@@ -268,6 +311,7 @@ for column, view, figure in zip([st.container() for _ in good] if presentation e
 # ----------------------------------------------------------------------------------------------
 # 2. Subspace overlap, one layer at a time
 
+_section(2)
 st.subheader("Subspace overlap")
 if len(layer_options) > 1:
     layer = st.select_slider(
@@ -321,6 +365,7 @@ for column, view in zip(_columns(), good):
 # ----------------------------------------------------------------------------------------------
 # 3. Task-vector cosine
 
+_section(3)
 st.subheader("Task-vector cosine")
 scope = "Whole adapter"
 if not presentation:
@@ -347,6 +392,7 @@ for column, view in zip(_columns(), good):
 # ----------------------------------------------------------------------------------------------
 # 4. TIES sign conflicts
 
+_section(4)
 st.subheader("TIES sign conflicts per layer")
 _section_lines("signs", telling.signs([
     (v["label"], {k: x["sign_conflict_rate"] for k, x in v["metrics"]["layers"].items()},
@@ -385,6 +431,7 @@ untasked = _untasked(shown_adapters)
 # ----------------------------------------------------------------------------------------------
 # 5. OSRM's data-parameter interference (task × adapter)
 
+_section(5)
 st.subheader("Data-parameter interference (OSRM)")
 _section_lines("dpi")
 st.caption(
@@ -540,6 +587,7 @@ else:
 # ----------------------------------------------------------------------------------------------
 # 6. Cross-task accuracy (forward passes)
 
+_section(6)
 st.subheader("Cross-task accuracy")
 _section_lines("cross")
 st.caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
@@ -617,4 +665,5 @@ else:
                 _ui.show_figure(plots.cross_task_heatmap(shown, presentation=presentation),
                                 "cross_task_heatmap", f"interference_cross_{view['key']}")
 
+_end_sections()
 _remember()  # the layer and the scope radios are created below the first call
