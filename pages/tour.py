@@ -2,9 +2,12 @@
 
 The steps, their measurements, charts and sentences are merging/tour.py; this page only walks them:
 Back / Next, step n of N, the step's chart and takeaway, and its recipe as a link that opens it in
-Merge. A step's measurements run as a background job with progress the first time they are needed
-and are kept for the server (keyed by recipe and adapter versions), so going Back is instant and a
-tour prepared in one tab is ready in another. While a step is shown, the next one is prepared.
+Merge. A step's measurements come from the workspace's measure cache (merging.measure_cache), filled
+by the server's warm-up (pages/_warm.py) or by this page: a step not measured yet runs as a background
+job with progress and is kept on disk and for the server (keyed by recipe, adapter versions, base model
+and measuring code), so going Back is instant, a tour prepared in one tab is ready in another and a
+restarted server shows it at once. While a step is shown, the next one is prepared. One headline per
+step (merging/headlines.py); the full sentence is the speaker notes, behind a toggle (or N).
 """
 
 from __future__ import annotations
@@ -87,7 +90,10 @@ def _start(index: int, label: str) -> None:
                 share = (number + (done / total if total else 1.0)) / len(todo)
                 progress(int(1000 * share), 1000, f"{measurement.label}: {what}")
 
-            value = story.measure_and_store(measurement, lab, disk, _ui.load_adapter_as, report, EVAL_LIMIT)
+            # the server's warm-up may have measured it meanwhile: read it back rather than measure twice
+            value = story.stored(measurement, disk, EVAL_LIMIT)
+            if value is None:
+                value = story.measure_and_store(measurement, lab, disk, _ui.load_adapter_as, report, EVAL_LIMIT)
             measured_store[story.cache_key(measurement, EVAL_LIMIT)] = value
         return index
 
