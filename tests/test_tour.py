@@ -231,6 +231,9 @@ def test_the_summary_whiskers_are_each_merges_95_percent_interval(shipped):
     figure = merge_summary(rows)
     bars = figure.data[0]
     for row, x, minus, plus in zip(rows, bars.x, bars.error_x.arrayminus, bars.error_x.array):
-        low, high = narrative.average_interval(measured[next(k for k in summary.needs if tour.measurements[k].label == row["label"])], "merged")
+        low, high = narrative.average_interval(measured[next(k for k in summary.needs if story.short_label(tour, k) == row["label"])], "merged")
         assert x - minus == pytest.approx(low) and x + plus == pytest.approx(high)
-    assert list(bars.y) == [tour.measurements[k].label for k in summary.needs]
+    # each merge by its short name (without the "+ task arithmetic" they share), one line each
+    assert list(bars.y) == [story.short_label(tour, k) for k in summary.needs]
+    assert len(set(bars.y)) == len(bars.y)
+    assert list(figure.layout.yaxis.ticktext) == list(bars.y)
