@@ -415,10 +415,11 @@ def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: b
             "sign_conflicts_by_layer"
     reference = measured[step.reference] if step.reference else None
     if step.chart == "change":
-        return plots.accuracy_delta(own, reference, title=f"{step.label.split(' (')[0]} − task arithmetic",
+        # short titles: the headline names the fix; a two-line title ran into the y axis' title
+        return plots.accuracy_delta(own, reference, title="Change vs task arithmetic",
                                     presentation=presentation), "accuracy_delta"
     if step.chart == "variant":
-        return gain_and_cost(own, reference, title=f"{tour.measurements[step.needs[0]].label.split(' + ')[0]} vs standard",
+        return gain_and_cost(own, reference, title="Change vs the standard adapters",
                              presentation=presentation), "gain_and_cost"
     if step.chart == "summary":
         return merge_summary(summary_rows(step, measured, tour), presentation=presentation), "merge_summary"

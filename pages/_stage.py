@@ -128,6 +128,7 @@ def stage_css() -> str:
         f" [data-testid='stMetricLabel'] p {{font-size: {px}px !important;}}"
         f" [data-testid='stAlertContainer'] p {{font-size: {px}px !important;}}"
         f" [data-testid='stHeader'] a, [data-testid='stTopNavLink'] span {{font-size: {px}px !important;}}"
+        f" [data-testid='stMain'] [data-testid='stIconMaterial'] {{font-size: {px}px !important;}}"
         f" .ms-headline {{font-size: {HEADLINE_PX}px !important; line-height: 1.2; font-weight: 700;}}"
         "</style>"
     )

@@ -24,7 +24,9 @@ from pages import _stage, _ui
 
 JOB = "tour"
 # On stage the chart is sized to the window less what is above it (top navigation, Back/Next row).
-ABOVE_CHART_PX = 380  # + the headline (two lines at 32 px at most)
+# (the navigation, the presentation toggle, Back / Next and a headline of up to two lines at 32 px): the
+# chart itself stays in the window; its caption and the notes toggle may need a scroll.
+ABOVE_CHART_PX = 290
 # A quick walk (tests, a rehearsal): score each task on its first N evaluation examples only.
 EVAL_LIMIT = int(os.environ.get("MERGESCOPE_TOUR_EVAL_LIMIT", "0")) or None
 ui_settings = _ui.settings()
@@ -159,9 +161,8 @@ if not _missing(index):
     with chart:
         figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
         # the finale needs one line per merge: at least its own height, even if the page scrolls a little
-        least = int(figure.layout.height or 360) if step.chart == "summary" else 360
-        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX + (0 if notes_on else 40),
-                        least=least)
+        least = int(figure.layout.height or 400) if step.chart == "summary" else 400
+        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX, least=least)
     if words is not None:
         with words:
             st.markdown(f"#### {story.takeaway(step, measured, tour)}")

@@ -90,6 +90,10 @@ def test_every_tour_step_reads_cleanly_and_a_clicker_moves_it(measured_workspace
     problems: list[str] = []
     with running_app(env=env, timeout=180) as url, browser_page(width=width, height=height) as page:
         page.goto(f"{url}/tour?present=1&step=1", wait_until="domcontentloaded")
+        # under a plain `streamlit run` a fresh server's very first request may run the page without app.py
+        # (README: Streamlit's pages/-folder mode); the speaker's reload is what the room sees
+        _step_shown(page, 1, count)
+        page.reload(wait_until="domcontentloaded")
         for number in range(1, count + 1):
             _step_shown(page, number, count)
             body = page.inner_text("body")

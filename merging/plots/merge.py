@@ -259,7 +259,9 @@ def accuracy_delta(
         )
     )
     fig.add_hline(y=0, line={"color": OKABE_ITO["black"], "width": 1})
-    span = max(1.0, max(abs(d) for d in deltas)) * 1.25
+    # room beyond the longest bar for its label: on stage a label below a negative bar must stay
+    # inside the plot, clear of the task names under it
+    span = max(1.0, max(abs(d) for d in deltas)) * (1.5 if presentation else 1.25)
     fig.update_yaxes(range=[-span, span], ticksuffix=" pp", zeroline=False)
     _style(fig, title, presentation, x_title="Task", y_title="Change in accuracy (percentage points)")
     if skipped:

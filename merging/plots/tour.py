@@ -53,7 +53,7 @@ def gain_and_cost(
         ))
     fig.add_hline(y=0, line={"color": OKABE_ITO["black"], "width": 1})
     finite = [abs(v) for v in single + merged if v is not None]
-    limit = max(1.0, max(finite, default=1.0)) * 1.3
+    limit = max(1.0, max(finite, default=1.0)) * (1.5 if presentation else 1.3)  # labels stay in the plot
     fig.update_yaxes(range=[-limit, limit], ticksuffix=" pp", zeroline=False)
     fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.18})
     return _style(fig, title, presentation, x_title="Task", y_title="Change (percentage points)")
