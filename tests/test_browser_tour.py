@@ -13,6 +13,8 @@ Screenshots: artifacts/stage-tour-<step>-<width>x<height>.png.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.browser_support import ROOT, browser_page, running_app
@@ -94,8 +96,11 @@ def test_every_tour_step_reads_cleanly_and_a_clicker_moves_it(measured_workspace
         # (README: Streamlit's pages/-folder mode); the speaker's reload is what the room sees
         _step_shown(page, 1, count)
         page.reload(wait_until="domcontentloaded")
+        seconds = []
         for number in range(1, count + 1):
+            started = time.perf_counter()
             _step_shown(page, number, count)
+            seconds.append(time.perf_counter() - started)  # includes the fixed 1.2 s wait for Plotly's relayout
             body = page.inner_text("body")
             assert "Traceback" not in body, body[:3000]
             assert "Measuring step" not in body  # read from disk, not measured while the room waits
@@ -115,6 +120,7 @@ def test_every_tour_step_reads_cleanly_and_a_clicker_moves_it(measured_workspace
                 problems.append(f"step {number}: page text under 18 px: {small[:6]}")
             if number < count:
                 page.keyboard.press("ArrowRight")
+        print(f"{width}x{height}: seconds from the key to the step shown: " + ", ".join(f"{v:.1f}" for v in seconds))
         assert not problems, "\n".join(problems)
         # the last step: Next is disabled, ArrowRight stays; back and forth with the clicker's other keys
         page.keyboard.press("ArrowRight")
