@@ -54,7 +54,11 @@ _KEYS_SCRIPT = """
     if (event.altKey || event.ctrlKey || event.metaKey) return;
     const where = event.target;
     const tag = (where && where.tagName || '').toLowerCase();
-    if (tag === 'input' || tag === 'textarea' || tag === 'select' || (where && where.isContentEditable)) return;
+    // a toggle or a button keeps focus after a click: the clicker's keys still move the talk on
+    const pressable = tag === 'button' || (tag === 'input' && ['checkbox', 'radio', 'button', 'submit'].includes(
+      (where.getAttribute('type') || '').toLowerCase()));
+    if ((tag === 'input' && !pressable) || tag === 'textarea' || tag === 'select'
+        || (where && where.isContentEditable)) return;
     if (where && where.getAttribute && where.getAttribute('role') === 'slider') return;
     if (event.key === 'n' || event.key === 'N') {  // the speaker notes' toggle, where the page has one
       const notes = document.querySelector(NOTES + ' input');
@@ -65,7 +69,7 @@ _KEYS_SCRIPT = """
     if (event.key === 'ArrowRight' || event.key === 'PageDown' || event.key === ' ') forward = true;
     if (event.key === 'ArrowLeft' || event.key === 'PageUp') forward = false;
     if (forward === null) return;
-    if (event.key === ' ' && tag === 'button') return;  // Space on a focused button presses that button
+    if (event.key === ' ' && pressable) return;  // Space on a focused button or toggle presses that one
     const pressed = button(forward ? NEXT : BACK);
     if (pressed) {
       event.preventDefault();
