@@ -33,11 +33,12 @@ presentation = ui_settings.presentation
 entries = _ui.catalog(ui_settings.workspace)
 state = st.session_state
 
-st.title("Interference")
-st.caption(
-    "Where the chosen adapters' updates ΔW = B·A collide. Everything but the last two sections is "
-    "computed from the LoRA factors alone; those two run the base model over each task's texts."
-)
+if not presentation:  # on stage the top navigation names the page, and each screen is one section
+    st.title("Interference")
+    st.caption(
+        "Where the chosen adapters' updates ΔW = B·A collide. Everything but the last two sections is "
+        "computed from the LoRA factors alone; those two run the base model over each task's texts."
+    )
 if not entries:
     st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
     st.stop()

@@ -157,7 +157,7 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         page.get_by_role("link", name="Interference").click()
         # a page switch waits for the Merge page's run to reach a checkpoint: under a loaded CI runner
         # this took over Playwright's default 30 s once (2 cores, two torch threads per server)
-        page.get_by_role("heading", name="Interference").first.wait_for(timeout=120_000)
+        page.get_by_text("Section 1 of 6").first.wait_for(timeout=120_000)  # on stage: one section per screen
         page.get_by_text("Side by side: standard LoRA vs OSRM").click(timeout=120_000)
         _wait_for_charts(page, 2)
         # on stage one section per screen: the first is magnitude variance (two two-panel charts)
