@@ -20,7 +20,8 @@ import pytest
 from tests.browser_support import ROOT, browser_page, running_app
 from tests.test_browser_stage import TEXTS, _clashes, _cut, _small
 
-pytestmark = pytest.mark.browser
+# the first run measures the shipped zoo's tour (minutes on 2 shared cores); later runs read it from disk
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(3600)]
 
 HEADLINE_PX = 28
 
