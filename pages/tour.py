@@ -161,7 +161,8 @@ if not _missing(index):
     with chart:
         figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
         # the finale needs one line per merge: at least its own height, even if the page scrolls a little
-        least = int(figure.layout.height or 400) if step.chart == "summary" else 400
+        # five rows of two-line task names need ~50 px each: the heatmap gets 600 px (it overprinted at 430)
+        least = int(figure.layout.height or 400) if step.chart == "summary" else 600 if step.chart == "overlap" else 400
         _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX, least=least)
     if words is not None:
         with words:
