@@ -360,7 +360,7 @@ for column, view in zip(_columns(), good):
                     "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
                     # the section's heading, the layer slider and the set's name stay in view above it, but
                     # five rows of two-line names at 20 px need ~550 px (so at 720 px the x names run off the foot)
-                    reserved=250, least=550,
+                    reserved=350, least=550,  # + the takeaway and which-way-is-good lines
                 )
 
 # ----------------------------------------------------------------------------------------------
