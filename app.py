@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from pages import _ui, _warm
+from pages import _stage, _ui, _warm
 from pages._ui import (
     DEFAULT_WORKSPACE,
     OTHER_BASE_MODEL,
@@ -122,7 +122,9 @@ if presenting:
         " [data-testid='stMainBlockContainer'] {padding-top: 3.5rem !important;}</style>",
         unsafe_allow_html=True,
     )
-    left, right = st.columns([5, 1])
+    st.markdown(_stage.stage_css(), unsafe_allow_html=True)  # no text under 18 px on stage
+    _stage.keyboard(presenting)  # a clicker's keys on every page
+    left, right = st.columns([4, 1])  # the toggle's label at 18 px needs a fifth of the width
     with right:
         st.toggle("Presentation mode", key="presentation", on_change=_sync_presentation_link, persist_state="session",
                   help="Off: show the sidebar and every control again.")

@@ -526,6 +526,33 @@ def _positive_number(text: str) -> float:
     return value
 
 
+def cmd_tour(args: argparse.Namespace) -> int:
+    """Measure the Tour (or read it from the workspace's measure cache) and write the offline deck."""
+    from merging import deck
+    from merging import tour as story
+    from merging.lab import Lab
+    from merging.measure_cache import MeasureCache
+    from merging.zoo import REPO_ZOO, load_zoo
+
+    out = Path(args.export)
+    if out.is_dir():
+        raise ValueError(f"--export {out}: is a folder; give a file name such as deck.html")
+    if not out.parent.is_dir():
+        raise ValueError(f"--export {out}: the folder {out.parent} does not exist")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--export {out}: the file exists; add --overwrite to replace it")
+    if args.eval_limit is not None and args.eval_limit < 1:
+        raise ValueError(f"--eval-limit: expected a positive number of examples, got {args.eval_limit}")
+    zoo = load_zoo(args.zoo or os.environ.get("MERGESCOPE_ZOO", str(REPO_ZOO)))
+    tour = story.tour_steps(zoo)
+    cache = MeasureCache.in_workspace(args.workspace)
+    lab = Lab(zoo.base_model, device=args.device)
+    measured = story.measure_tour(tour, lab, cache, progress=_Bar("measuring the tour"), eval_limit=args.eval_limit)
+    deck.write_deck(out, deck.deck_html(tour, measured, eval_limit=args.eval_limit))
+    _print_json({"out": str(out), "steps": len(tour.steps), "bytes": out.stat().st_size})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # the name the user typed: the installed command, or the module
     prog = "mergescope" if Path(sys.argv[0]).name == "mergescope" else "python -m merging"
@@ -666,6 +693,16 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--zoo", default="zoo", help="zoo folder (default: zoo)")
     rescore.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     rescore.set_defaults(run=cmd_zoo_rescore)
+
+    tour = commands.add_parser("tour", help="the talk tour as one offline HTML deck (--export deck.html)")
+    tour.add_argument("--export", required=True, metavar="FILE", help="the deck to write (one self-contained HTML file)")
+    tour.add_argument("--zoo", help="zoo folder (default: MERGESCOPE_ZOO, else the built-in zoo)")
+    tour.add_argument("--workspace", default=os.environ.get("MERGESCOPE_WORKSPACE", "workspace"),
+                      help="its measure cache is read and filled (default: workspace, as the dashboard's)")
+    tour.add_argument("--eval-limit", type=int, help="score each task on its first N evaluation examples (a quick deck)")
+    tour.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    tour.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    tour.set_defaults(run=cmd_tour)
 
     dashboard = commands.add_parser(
         "dashboard",

@@ -230,6 +230,62 @@ def cache_key(measurement: Measurement, eval_limit: int | None) -> str:
     return results_key(measurement.recipe, kind=measurement.kind, eval_limit=eval_limit)
 
 
+DISK_KIND = "tour"  # the tour's folder in the workspace's measure cache (merging.measure_cache)
+
+
+def disk_key(measurement: Measurement, eval_limit: int | None) -> str:
+    """The measurement's key on disk: its recipe and adapter versions (cache_key), the base model's
+    version and the measuring code's (merging.measure_cache)."""
+    from merging.measure_cache import MeasureCache
+
+    return MeasureCache.key(DISK_KIND, measurement.recipe.base_model or "", recipe=cache_key(measurement, eval_limit))
+
+
+def stored(measurement: Measurement, cache, eval_limit: int | None) -> dict | None:
+    """The measurement's value from a MeasureCache (None when absent or stale, or without a cache)."""
+    if cache is None:
+        return None
+    return cache.get(DISK_KIND, disk_key(measurement, eval_limit))
+
+
+def measure_and_store(measurement: Measurement, lab, cache, load=None, progress: Progress | None = None,
+                      eval_limit: int | None = None) -> dict:
+    """`measure`, then keep the value in the cache (a MeasureCache, or None for memory only).
+
+    The value is passed through JSON before it is returned, so a value measured now and one read
+    back after a restart are the same data."""
+    import json
+
+    value = json.loads(json.dumps(measure(measurement, lab, load, progress, eval_limit)))
+    if cache is not None:
+        cache.put(DISK_KIND, disk_key(measurement, eval_limit), value)
+    return value
+
+
+def measure_tour(tour: Tour, lab, cache, load=None, progress: Progress | None = None,
+                 eval_limit: int | None = None, measured: dict | None = None) -> dict[str, dict]:
+    """Every measurement of the tour, each read from the cache or measured and stored (the server's
+    warm-up: a tour ready before the talk). `measured`, when given, is filled as values arrive
+    (by cache_key), so a page can show each step as soon as its numbers exist."""
+    values: dict[str, dict] = {}
+    todo = list(tour.measurements.values())
+    for number, measurement in enumerate(todo):
+        value = stored(measurement, cache, eval_limit)
+        if value is None:
+            def report(done, total, what, number=number, measurement=measurement):
+                if progress is not None:
+                    share = (number + (done / total if total else 1.0)) / len(todo)
+                    progress(int(1000 * share), 1000, f"{measurement.label}: {what}")
+
+            value = measure_and_store(measurement, lab, cache, load, report, eval_limit)
+        values[measurement.key] = value
+        if measured is not None:
+            measured[cache_key(measurement, eval_limit)] = value
+    if progress is not None:
+        progress(1000, 1000, "done")
+    return values
+
+
 # ----------------------------------------------------------------------------------------------
 # What a step shows: its chart's data and its sentence
 
@@ -290,13 +346,41 @@ def takeaway(step: Step, measured: Mapping[str, dict], tour: Tour) -> str:
     raise ValueError(f"step {step.key}: unknown takeaway '{step.takeaway}'")
 
 
+def short_label(tour: Tour, key: str) -> str:
+    """A measurement's label without the merge method it shares with the others ("OSRM adapters")."""
+    return tour.measurements[key].label.split(" + ")[0]
+
+
+def headline(step: Step, measured: Mapping[str, dict], tour: Tour) -> str:
+    """The step's headline (merging.headlines: at most 15 words); `takeaway` is its speaker's notes."""
+    from merging import headlines
+
+    own = measured[step.needs[0]]
+    if step.takeaway == "singles":
+        return headlines.singles(own)
+    if step.takeaway == "naive":
+        return headlines.naive(own, step.label)
+    if step.takeaway == "overlap":
+        return headlines.overlap_headline(overlap_of(own), own["rank"], own["dimension"])
+    if step.takeaway == "signs":
+        return headlines.signs(sign_conflicts_of(own), len(own["adapters"]))
+    reference = measured[step.reference] if step.reference else None
+    if step.takeaway == "fix":
+        return headlines.fix(step.label.split(" (")[0], reference, own)
+    if step.takeaway == "variant":
+        return headlines.variant(short_label(tour, step.needs[0]), reference, own)
+    if step.takeaway == "summary":
+        return headlines.summary([(short_label(tour, k), measured[k]) for k in step.needs])
+    raise ValueError(f"step {step.key}: unknown takeaway '{step.takeaway}'")
+
+
 def summary_rows(step: Step, measured: Mapping[str, dict], tour: Tour) -> list[dict]:
     """One row per merge: its label, average merged and single accuracy with 95 % intervals."""
     rows = []
     for key in step.needs:
         results = measured[key]
         rows.append({
-            "label": tour.measurements[key].label,
+            "label": short_label(tour, key),
             "merged": narrative.average(results, "merged"),
             "merged_interval": narrative.average_interval(results, "merged"),
             "single": narrative.average(results, "single"),
@@ -331,10 +415,11 @@ def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: b
             "sign_conflicts_by_layer"
     reference = measured[step.reference] if step.reference else None
     if step.chart == "change":
-        return plots.accuracy_delta(own, reference, title=f"{step.label.split(' (')[0]} − task arithmetic",
+        # short titles: the headline names the fix; a two-line title ran into the y axis' title
+        return plots.accuracy_delta(own, reference, title="Change vs task arithmetic",
                                     presentation=presentation), "accuracy_delta"
     if step.chart == "variant":
-        return gain_and_cost(own, reference, title=f"{tour.measurements[step.needs[0]].label.split(' + ')[0]} vs standard",
+        return gain_and_cost(own, reference, title="Change vs the standard adapters",
                              presentation=presentation), "gain_and_cost"
     if step.chart == "summary":
         return merge_summary(summary_rows(step, measured, tour), presentation=presentation), "merge_summary"

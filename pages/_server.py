@@ -57,13 +57,14 @@ def report(readiness, poll: float = 0.25) -> None:
     """Print each step's end as it happens, then the total (or what failed), from a Readiness."""
     from pages._warm import STEPS
 
-    if all(readiness.state.get(step) == "off" for step in STEPS):
+    steps = [step for step in STEPS if step in readiness.state] + [s for s in readiness.state if s not in STEPS]
+    if all(readiness.state.get(step) == "off" for step in steps):
         say("off (MERGESCOPE_WARM_UP=0)")
         return
     told: set[str] = set()
     while True:
         done = readiness.done  # read before the steps: every step's end is told before the total
-        for step in STEPS:
+        for step in steps:
             value = readiness.state[step]
             if step in told or value in ("waiting", "running"):
                 continue
@@ -73,7 +74,7 @@ def report(readiness, poll: float = 0.25) -> None:
             break
         time.sleep(poll)
     seconds = readiness.seconds if readiness.seconds is not None else time.perf_counter() - readiness.started
-    failed = [step for step in STEPS if readiness.state[step] != "ready"]
+    failed = [step for step in steps if readiness.state[step] not in ("ready", "off")]
     if failed:
         say(f"done in {seconds:.1f} s, failed: {', '.join(failed)} (the pages work without it)")
     else:

@@ -407,6 +407,11 @@ def show_figure(figure, name: str, key: str, how_to_read: str | None = None, res
         height = presentation_height(reserved=reserved, least=least)
         if height is not None:
             figure.update_layout(height=height)
+    # a dark theme (--theme.base=dark, or the viewer's setting) gets a dark chart, not a white box
+    from merging.plots.theme import for_theme
+    from pages._stage import theme_type
+
+    figure = for_theme(figure, theme_type())
     st.plotly_chart(
         figure,
         key=f"chart:{key}",

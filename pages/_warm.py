@@ -21,19 +21,24 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import streamlit as st
 
 from merging.catalog import Entry, twin_of, zoo_entries
 from merging.evaluation import cross_task_matrix
-from merging.lora import adapter_version
+from merging.lora import adapter_version, load_adapter
+from merging.measure_cache import MeasureCache
 from merging.methods import REGISTRY
 from merging.recipe import AdapterRef, Recipe
 from pages import _ui
 
 # "single adapters" are the ones the first merge and the matrix use (the standard five and their OSRM
 # twins); a zoo with more variants scores the rest last, so the first merge does not wait for them.
-STEPS = ("base model", "single adapters", "first merge", "cross-task matrix", "other adapters")
+# "tour" measures every step of the Tour (merging.tour.measure_tour), last: the Merge and Interference pages'
+# first results come first. What the tour and the matrix measure is also kept on disk in the workspace
+# (merging.measure_cache), so a restarted server reads it back instead of measuring again.
+STEPS = ("base model", "single adapters", "first merge", "cross-task matrix", "other adapters", "tour")
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Readiness:
     state: dict[str, str] = field(default_factory=lambda: dict.fromkeys(STEPS, "waiting"))
     started: float = field(default_factory=time.perf_counter)
     seconds: float | None = None
+    detail: dict[str, str] = field(default_factory=dict)  # a running step's count, e.g. tour "3/12"
 
     @property
     def done(self) -> bool:
@@ -49,8 +55,14 @@ class Readiness:
     def line(self) -> str:
         if all(value == "off" for value in self.state.values()):
             return "server warm-up off (MERGESCOPE_WARM_UP=0)"
-        marks = {"ready": "✓", "waiting": "…", "running": "→"}  # no emoji: some fonts on stage machines lack them
-        return " · ".join(f"{marks.get(v, '✗')} {k}" + ("" if v in marks else f" ({v})") for k, v in self.state.items())
+        marks = {"ready": "✓", "waiting": "…", "running": "→", "off": "–"}  # no emoji: some fonts on stage machines lack them
+
+        def told(step: str, value: str) -> str:
+            if value == "running" and self.detail.get(step):
+                return f"→ {step} ({self.detail[step]})"
+            return f"{marks.get(value, '✗')} {step}" + ("" if value in marks else f" ({value})")
+
+        return " · ".join(told(k, v) for k, v in self.state.items())
 
 
 def version_of(entry: Entry) -> tuple[str, str]:
@@ -74,6 +86,33 @@ def cross_task_results() -> dict:
     return {}
 
 
+CROSS_KIND = "cross_task"  # the cross-task matrices' folder in the workspace's measure cache
+
+
+def disk_cache(workspace: str | os.PathLike | None = None) -> MeasureCache:
+    """The measure cache of a workspace (the default workspace's for the server's warm-up)."""
+    return MeasureCache.in_workspace(workspace if workspace is not None else _ui.DEFAULT_WORKSPACE)
+
+
+def cross_task_key(base_model: str, versions: tuple) -> str:
+    return MeasureCache.key(CROSS_KIND, base_model, versions=[list(v) for v in versions])
+
+
+def stored_cross_task(cache: MeasureCache, base_model: str, versions: tuple) -> dict | None:
+    """A cross-task matrix kept on disk (None when absent, or stale: an adapter changed since)."""
+    return cache.get(CROSS_KIND, cross_task_key(base_model, versions))
+
+
+def store_cross_task(cache: MeasureCache, base_model: str, versions: tuple, matrix: dict) -> None:
+    cache.put(CROSS_KIND, cross_task_key(base_model, versions), matrix)
+
+
+def tour_eval_limit() -> int | None:
+    """MERGESCOPE_TOUR_EVAL_LIMIT (the Tour page's quick walk); the warm-up measures full tours only."""
+    value = os.environ.get("MERGESCOPE_TOUR_EVAL_LIMIT", "0")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 @st.cache_resource(show_spinner=False)
 def _started(zoo_folder: str, device: str) -> Readiness:
     """Load the model and the adapters in the caller's thread (a session's script, or the server
@@ -94,12 +133,14 @@ def _started(zoo_folder: str, device: str) -> Readiness:
     readiness.state["base model"] = "ready"
     cross_task_results()  # created here, in the script thread
     lab._warm_up_started = True  # the Merge page's own warm-up would repeat the singles
-    threading.Thread(target=_warm, args=(readiness, lab, built_in.base_model, entries, adapters, device),
+    threading.Thread(target=_warm, args=(readiness, lab, built_in, entries, adapters, device, disk_cache()),
                      name="mergescope-server-warm-up", daemon=True).start()
     return readiness
 
 
-def _warm(readiness: Readiness, lab, base_model: str, entries: list[Entry], adapters: dict, device: str) -> None:
+def _warm(readiness: Readiness, lab, built_in, entries: list[Entry], adapters: dict, device: str,
+          cache: MeasureCache) -> None:
+    base_model = built_in.base_model
     step = "single adapters"
     try:
         standard = [e for e in entries if e.init == "standard"][:5]
@@ -120,10 +161,14 @@ def _warm(readiness: Readiness, lab, base_model: str, entries: list[Entry], adap
         if len(twins) >= 2:
             sets.append(twins)
         for chosen in sets:
-            with lab.lock:
-                lab.prepare([adapters[e.name] for e in chosen])
-                matrix = cross_task_matrix(lab.evaluator, [adapters[e.name] for e in chosen])
-            cross_task_results()[(base_model, tuple(version_of(e) for e in chosen))] = matrix
+            versions = tuple(version_of(e) for e in chosen)
+            matrix = stored_cross_task(cache, base_model, versions)
+            if matrix is None:
+                with lab.lock:
+                    lab.prepare([adapters[e.name] for e in chosen])
+                    matrix = cross_task_matrix(lab.evaluator, [adapters[e.name] for e in chosen])
+                store_cross_task(cache, base_model, versions, matrix)
+            cross_task_results()[(base_model, versions)] = matrix
         readiness.state[step] = "ready"
         step = "other adapters"
         readiness.state[step] = "running"
@@ -131,12 +176,42 @@ def _warm(readiness: Readiness, lab, base_model: str, entries: list[Entry], adap
         if others:
             lab.warm_up(others)
         readiness.state[step] = "ready"
+        step = "tour"
+        if tour_eval_limit() is not None:
+            readiness.state[step] = "off"  # a quick walk measures on a lab of its own (pages/tour.py)
+        else:
+            readiness.state[step] = "running"
+            _warm_tour(readiness, lab, built_in, entries, adapters, cache)
+            readiness.state[step] = "ready"
     except Exception as err:  # shown as "failed" in the readiness line; the pages still work without it
         readiness.state[step] = f"failed: {type(err).__name__}: {err}"
         for later in STEPS[STEPS.index(step) + 1:]:
             readiness.state[later] = "failed: skipped"
     finally:
         readiness.seconds = time.perf_counter() - readiness.started
+
+
+def _warm_tour(readiness: Readiness, lab, built_in, entries: list[Entry], adapters: dict, cache: MeasureCache) -> None:
+    """Every Tour step's measurements, from disk where they are kept, else measured and kept there;
+    the readiness line counts the measurements."""
+    from merging import tour as story
+
+    try:
+        tour = story.tour_steps(built_in)
+    except ValueError:  # fewer than two standard adapters: there is no tour to prepare
+        return
+    by_path = {str(Path(e.path).resolve()): adapters[e.name] for e in entries if e.name in adapters}
+
+    def load(path, name):
+        return by_path.get(str(Path(path).resolve())) or load_adapter(path, name=name)
+
+    total = len(tour.measurements)
+
+    def progress(done, whole, what):
+        readiness.state["tour"] = "running"
+        readiness.detail["tour"] = f"{min(total, int(done * total / whole))}/{total}"
+
+    story.measure_tour(tour, lab, cache, load, progress)
 
 
 def enabled() -> bool:

@@ -16,10 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import streamlit as st
+import torch
 
-from merging import catalog, metrics, plots
+from merging import catalog, metrics, narrative, plots
+from merging import interference_story as telling
 from merging.evaluation import cross_task_matrix
 from merging.lora import Adapter
+from merging.measure_cache import MeasureCache
 from pages import _ui, _warm
 
 FEATURES_JOB = "interference_features"
@@ -30,17 +33,52 @@ presentation = ui_settings.presentation
 entries = _ui.catalog(ui_settings.workspace)
 state = st.session_state
 
-st.title("Interference")
-st.caption(
-    "Where the chosen adapters' updates ΔW = B·A collide. Everything but the last two sections is "
-    "computed from the LoRA factors alone; those two run the base model over each task's texts."
-)
+if not presentation:  # on stage the top navigation names the page, and each screen is one section
+    st.title("Interference")
+    st.caption(
+        "Where the chosen adapters' updates ΔW = B·A collide. Everything but the last two sections is "
+        "computed from the LoRA factors alone; those two run the base model over each task's texts."
+    )
 if not entries:
     st.error("No adapters: build the zoo (`python -m merging zoo build`) or import adapters on the Adapters page.")
     st.stop()
 
 # ----------------------------------------------------------------------------------------------
 # Controls
+
+def _linked_setup(params, known: list[str]) -> dict | None:
+    """Widget values from the link ({} when it has none; None when it is not understood)."""
+    import json
+
+    found: dict = {}
+    if "adapters" in params:
+        try:
+            names = json.loads(params["adapters"])
+        except ValueError:
+            return None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > 200:
+            return None
+        found["interference_adapters"] = [n for n in names if n in known]
+    if "osrm" in params:
+        if params["osrm"] not in ("0", "1"):
+            return None
+        found["interference_side_by_side"] = params["osrm"] == "1"
+    if "layer" in params:
+        if len(params["layer"]) > 20:
+            return None
+        found["interference_layer"] = params["layer"]  # checked against the layers below
+    return found
+
+
+def _link_setup() -> None:
+    """Keep the setup in the link (adapters as JSON, the OSRM toggle, the layer)."""
+    import json
+
+    st.query_params["adapters"] = json.dumps(list(state.get("interference_adapters") or []))
+    st.query_params["osrm"] = "1" if state.get("interference_side_by_side") else "0"
+    if state.get("interference_layer") is not None:
+        st.query_params["layer"] = str(state["interference_layer"])
+
 
 WIDGETS = ("interference_adapters", "interference_side_by_side", "interference_layer", "interference_density",
            "interference_samples", "interference_cosine_scope", "interference_dpi_scope", "interference_dpi_inputs",
@@ -52,6 +90,14 @@ for name in WIDGETS:
 
 all_names = [e.name for e in entries]
 standard = [e.name for e in entries if e.init == "standard"]
+# The setup is in the link too (adapters, the OSRM toggle, the layer): a reload keeps it.
+if "interference_adapters" not in state and "_keep:interference_adapters" not in state:
+    linked = _linked_setup(st.query_params, all_names)
+    if linked is None:
+        st.warning("The link's Interference setup (adapters=, osrm=, layer=) was not understood; "
+                   "the defaults are shown.")
+    else:
+        state.update(linked)
 if "interference_adapters" not in state:
     default = state.get("merge_adapters") or standard[:5] or all_names[:2]
     state["interference_adapters"] = [n for n in default if n in all_names]
@@ -100,12 +146,55 @@ def _remember() -> None:
     for name in WIDGETS:
         if name in state:
             state[f"_keep:{name}"] = state[name]
+    _link_setup()
 
 
 _remember()
 if len(names) < 2:
     st.warning("Choose at least two adapters: interference is between adapters.")
     st.stop()
+
+# ----------------------------------------------------------------------------------------------
+# On stage, one section per screen: Back / Next (and a clicker's keys, pages/_stage.py) move between
+# them; the others are drawn but hidden, so their widgets keep their values. The section is in the link.
+
+SECTIONS = ("Magnitude variance", "Subspace overlap", "Task-vector cosine", "TIES sign conflicts",
+            "Data-parameter interference", "Cross-task accuracy")
+_open_section: list = []
+
+
+def _go_section(number: int) -> None:
+    state["interference_section"] = min(max(number, 1), len(SECTIONS))
+
+
+def _section(number: int) -> None:
+    """Everything drawn from here to the next call is section `number` (a container keyed by it)."""
+    _end_sections()
+    container = st.container(key=f"interference_section_{number}")
+    container.__enter__()
+    _open_section.append(container)
+
+
+def _end_sections() -> None:
+    while _open_section:
+        _open_section.pop().__exit__(None, None, None)
+
+
+if presentation:
+    if "interference_section" not in state:
+        linked = st.query_params.get("section", "1")
+        state["interference_section"] = int(linked) if linked.isdigit() and len(linked) <= 2 else 1
+    _go_section(int(state["interference_section"]))
+    current = int(state["interference_section"])
+    st.query_params["section"] = str(current)
+    back, where, forward = st.columns([1, 3, 1])
+    back.button("← Back", key="interference_back", on_click=_go_section, args=(current - 1,), disabled=current == 1,
+                width="stretch")
+    forward.button("Next →", key="interference_next", on_click=_go_section, args=(current + 1,),
+                   disabled=current == len(SECTIONS), type="primary", width="stretch")
+    where.markdown(f"**Section {current} of {len(SECTIONS)}** · {SECTIONS[current - 1]}", text_alignment="center")
+    hidden = ", ".join(f".st-key-interference_section_{k}" for k in range(1, len(SECTIONS) + 1) if k != current)
+    st.markdown(f"<style>{hidden} {{display: none !important;}}</style>", unsafe_allow_html=True)
 
 # ----------------------------------------------------------------------------------------------
 # The sets of adapters to show: the chosen ones, and with the toggle their OSRM twins
@@ -191,22 +280,39 @@ def _heading(view: dict) -> None:
         st.markdown(f"**{view['label']}**")
 
 
+def _as_rows(matrix) -> list:
+    return matrix.tolist() if hasattr(matrix, "tolist") else list(matrix)
+
+
+def _section_lines(kind: str | None, takeaway: str | None = None) -> None:
+    """A section's one-line takeaway (from the numbers, merging/interference_story.py) and which way is good."""
+    if takeaway:
+        st.markdown(f"**{takeaway}**")
+    if kind:
+        st.caption(telling.GOOD[kind])
+
+
 # ----------------------------------------------------------------------------------------------
 # 1. Magnitude variance
 
+_section(1)
 st.subheader("Magnitude variance per layer")
+_section_lines("magnitude", telling.magnitude([(v["label"], v["metrics"]) for v in good]))
+st.caption(telling.EXPLAIN["magnitude"])
+magnitude_figures = [plots.magnitude_variance_by_layer(v["metrics"], v["labels"], presentation=presentation)
+                     for v in good]
+telling.share_y(magnitude_figures)  # standard and OSRM on one scale: equal heights, equal values
 # Two panels each: on stage, half the window is too narrow for them at 20 px, so the sets are stacked.
-for column, view in zip([st.container() for _ in good] if presentation else _columns(), good):
+for column, view, figure in zip([st.container() for _ in good] if presentation else _columns(), good,
+                                magnitude_figures):
     with column:
         _heading(view)
-        _ui.show_figure(
-            plots.magnitude_variance_by_layer(view["metrics"], view["labels"], presentation=presentation),
-            "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}",
-        )
+        _ui.show_figure(figure, "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}")
 
 # ----------------------------------------------------------------------------------------------
 # 2. Subspace overlap, one layer at a time
 
+_section(2)
 st.subheader("Subspace overlap")
 if len(layer_options) > 1:
     layer = st.select_slider(
@@ -221,6 +327,19 @@ else:
 def _layer_data(view: dict) -> dict | None:
     return view["metrics"]["layers"].get(layer)
 
+
+def _chance_overlap(view: dict) -> float | None:
+    """φ of independent random subspaces of the adapters' rank and input size (r / d)."""
+    try:
+        first = next(iter(view["adapters"][0].modules.values()))
+        return narrative.random_overlap(int(first.A.shape[0]), int(first.A.shape[1]))
+    except (StopIteration, IndexError, TypeError, AttributeError):
+        return None
+
+
+_section_lines("overlap", telling.overlap(
+    [(v["label"], _layer_data(v)["input_overlap"]) for v in good if _layer_data(v) is not None],
+    _chance_overlap(good[0])) + f" (input subspaces, layer {layer})")
 
 for column, view in zip(_columns(), good):
     with column:
@@ -241,18 +360,22 @@ for column, view in zip(_columns(), good):
                     "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
                     # the section's heading, the layer slider and the set's name stay in view above it, but
                     # five rows of two-line names at 20 px need ~550 px (so at 720 px the x names run off the foot)
-                    reserved=250, least=550,
+                    reserved=350, least=550,  # + the takeaway and which-way-is-good lines
                 )
 
 # ----------------------------------------------------------------------------------------------
 # 3. Task-vector cosine
 
+_section(3)
 st.subheader("Task-vector cosine")
 scope = "Whole adapter"
 if not presentation:
     scope = st.radio("Cosine over", ["Whole adapter", "The chosen layer"], horizontal=True,
                      key="interference_cosine_scope",
                      help="Whole adapter: every module's update concatenated into one vector.")
+_cosines = [(v["label"], v["metrics"]["adapter_cosine"] if scope == "Whole adapter"
+             else (_layer_data(v) or {}).get("cosine")) for v in good]
+_section_lines("cosine", telling.cosine([(label, m) for label, m in _cosines if m is not None]))
 for column, view in zip(_columns(), good):
     with column:
         _heading(view)
@@ -270,7 +393,11 @@ for column, view in zip(_columns(), good):
 # ----------------------------------------------------------------------------------------------
 # 4. TIES sign conflicts
 
+_section(4)
 st.subheader("TIES sign conflicts per layer")
+_section_lines("signs", telling.signs([
+    (v["label"], {k: x["sign_conflict_rate"] for k, x in v["metrics"]["layers"].items()},
+     metrics.chance_sign_conflict_rate(len(v["names"]), float(density))) for v in good]))
 for column, view in zip(_columns(), good):
     with column:
         _heading(view)
@@ -305,7 +432,9 @@ untasked = _untasked(shown_adapters)
 # ----------------------------------------------------------------------------------------------
 # 5. OSRM's data-parameter interference (task × adapter)
 
+_section(5)
 st.subheader("Data-parameter interference (OSRM)")
+_section_lines("dpi")
 st.caption(
     "How strongly adapter j's update answers task i's inputs, ‖ΔWⱼXᵢᵀ‖ ÷ ‖ΔWᵢXᵢᵀ‖, with Xᵢ the base model's "
     f"inputs to each adapted module over up to {samples} {SPLITS[split]} of task i (one row per text by default), "
@@ -315,6 +444,16 @@ st.caption(
 )
 # (base, task, split, samples, targets, with second moments) → {module: ModuleFeatures}
 features_cache: dict = state.setdefault("interference_features_cache", {})
+cross_disk = _warm.disk_cache(ui_settings.workspace)  # the workspace's measure cache (merging.measure_cache)
+DPI_KIND = "interference_dpi"
+
+
+def _dpi_disk_key(key: tuple) -> str:
+    base, split_, samples_, targets_, inputs_, versions = key
+    return MeasureCache.key(DPI_KIND, base, split=split_, samples=samples_, targets=list(targets_), inputs=inputs_,
+                            versions=[list(v) for v in versions])
+
+
 dpi_cache: dict = state.setdefault("interference_dpi_cache", {})  # (base, split, ..., versions) → {layer: matrix}
 targets = tuple(sorted({m.rsplit(".", 1)[-1] for a in shown_adapters for m in a.modules}))
 layer_choice, inputs = "all", "means"
@@ -378,6 +517,16 @@ else:
     for adapter in shown_adapters:
         by_task.setdefault(adapter.task, adapter)
     need = {t: a for t, a in by_task.items() if _cached_features(t) is None}
+    # Computed before, by this session, another, or an earlier server: the matrices are on disk
+    # (merging.measure_cache), so a reload shows them without the forward passes.
+    dpi_keys = {view["key"]: (base_model, split, samples, targets, inputs, view["versions"]) for view in good}
+    for dpi_key in dpi_keys.values():
+        if dpi_key not in dpi_cache:
+            kept = cross_disk.get(DPI_KIND, _dpi_disk_key(dpi_key))
+            if kept is not None:
+                dpi_cache[dpi_key] = {layer_key: torch.tensor(rows) for layer_key, rows in kept.items()}
+    if all(k in dpi_cache for k in dpi_keys.values()):
+        need = {}
     running = _ui.job_running(FEATURES_JOB)
     if need and not running:
         if st.button(
@@ -405,9 +554,14 @@ else:
                 if key not in dpi_cache:
                     features = {a.task: _cached_features(a.task) for a in view["adapters"]}
                     dpi_cache[key] = metrics.interference_by_layer(view["adapters"], features, inputs)
+                    cross_disk.put(DPI_KIND, _dpi_disk_key(key),
+                                   {layer_key: _as_rows(m) for layer_key, m in dpi_cache[key].items()})
                 matrices[view["key"]] = dpi_cache[key].get(layer_choice)
             except Exception as err:
                 matrices[view["key"]] = err
+        _section_lines(None, telling.dpi([(v["label"], _as_rows(matrices[v["key"]])) for v in good
+                                           if matrices.get(v["key"]) is not None
+                                           and not isinstance(matrices[v["key"]], Exception)]))
         # One colour scale for the standard and the OSRM heatmap, so equal colours mean equal ratios.
         shared = plots.interference_decades(*[m for m in matrices.values() if m is not None
                                               and not isinstance(m, Exception)])
@@ -428,13 +582,15 @@ else:
                 )
                 _ui.show_figure(figure, "interference_heatmap", f"interference_dpi_{view['key']}")
     elif not running:
-        st.info("Press the button to run each task's texts through the base model; the result is kept for "
-                "this session.")
+        st.info("Press the button to run each task's texts through the base model; the result is kept in "
+                "the workspace (a reload or a restarted server shows it at once).")
 
 # ----------------------------------------------------------------------------------------------
 # 6. Cross-task accuracy (forward passes)
 
+_section(6)
 st.subheader("Cross-task accuracy")
+_section_lines("cross")
 if _ui.base_model_status(base_model)[0] != "causal":  # a causal LM has no task heads: the info below says where to look
     st.caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
                "off-diagonal mean each adapter helps only its own task.")
@@ -442,6 +598,12 @@ cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, v
 # The server's warm-up scored the default sets already (pages/_warm.py): every session starts with them.
 for warm_key, warm_matrix in list(_warm.cross_task_results().items() if _warm.enabled() else ()):
     cross_cache.setdefault(warm_key, warm_matrix)
+# ... and what was scored before, by this server or an earlier one, is on disk (merging.measure_cache).
+for view in good:
+    if (base_model, view["versions"]) not in cross_cache:
+        kept = _warm.stored_cross_task(cross_disk, base_model, view["versions"])
+        if kept is not None:
+            cross_cache[(base_model, view["versions"])] = kept
 
 
 def _cross_work(lab, jobs: list[tuple[tuple, list[Adapter]]]):
@@ -465,6 +627,8 @@ if finished is not None:
     else:
         state.pop("interference_cross_error", None)
         cross_cache.update(finished.result)
+        for (model, versions), matrix in finished.result.items():
+            _warm.store_cross_task(cross_disk, model, versions, matrix)
 
 if base_problem:
     st.error(f"Cannot run the base model: {base_problem}")
@@ -489,6 +653,8 @@ else:
     if state.get("interference_cross_error"):
         st.error(state["interference_cross_error"])
     if any((base_model, v["versions"]) in cross_cache for v in good):
+        _section_lines(None, telling.cross([(v["label"], cross_cache[(base_model, v["versions"])]) for v in good
+                                               if (base_model, v["versions"]) in cross_cache]))
         for column, view in zip(_columns(), good):
             with column:
                 _heading(view)
@@ -501,4 +667,5 @@ else:
                 _ui.show_figure(plots.cross_task_heatmap(shown, presentation=presentation),
                                 "cross_task_heatmap", f"interference_cross_{view['key']}")
 
+_end_sections()
 _remember()  # the layer and the scope radios are created below the first call

@@ -203,10 +203,17 @@ def _stored_run(run_id_text: str | None) -> dict | None:
 
 if "merge_last" not in st.session_state:
     st.session_state["merge_last"] = _stored_run(st.query_params.get("run"))
+def _baseline_name(typed: str | None, run_id: int) -> str | None:
+    """The name a pinned baseline is shown with: what was typed, or none (shown as "run N") when the
+    field was left empty or at its own default."""
+    name = (typed or "").strip()
+    return None if name in ("", f"run {run_id}") else name
+
+
 if "merge_baseline" not in st.session_state:
     pinned = _stored_run(st.query_params.get("baseline"))
     if pinned:
-        pinned["name"] = st.query_params.get("baseline_name") or f"run {pinned['run_id']}"
+        pinned["name"] = _baseline_name(st.query_params.get("baseline_name"), pinned["run_id"])
     st.session_state["merge_baseline"] = pinned
 
 built_in = _ui.zoo()
@@ -365,12 +372,20 @@ if last:
     # Pin a run as the named baseline every later run is compared with (kept in the link).
     pin_left, pin_middle, pin_right = st.columns([2, 1, 1])
     if last["run_id"] is not None and (not baseline or baseline["run_id"] != last["run_id"]):
-        name = pin_left.text_input("Baseline name", value=f"run {last['run_id']}", key="merge_baseline_name",
-                                   label_visibility="collapsed")
+        # The field is the name of *this* run: a widget keeps its value across runs, so a new run
+        # resets it to its own default (else pinning run 3 named it after run 1's field).
+        if st.session_state.get("merge_baseline_name_run") != last["run_id"]:
+            st.session_state["merge_baseline_name"] = f"run {last['run_id']}"
+            st.session_state["merge_baseline_name_run"] = last["run_id"]
+        name = pin_left.text_input("Baseline name", key="merge_baseline_name", label_visibility="collapsed")
         if pin_middle.button("Pin as baseline", key="merge_pin", icon=":material/push_pin:"):
-            st.session_state["merge_baseline"] = {**last, "name": name.strip() or f"run {last['run_id']}"}
+            named = _baseline_name(name, last["run_id"])
+            st.session_state["merge_baseline"] = {**last, "name": named}
             st.query_params["baseline"] = str(last["run_id"])
-            st.query_params["baseline_name"] = st.session_state["merge_baseline"]["name"]
+            if named:
+                st.query_params["baseline_name"] = named
+            else:
+                st.query_params.pop("baseline_name", None)
             st.rerun()
     if baseline:
         pin_left.caption(f"Baseline: {run_label(baseline['run_id'], baseline['name'])} — "

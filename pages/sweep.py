@@ -15,6 +15,7 @@ from merging.examples import perplexity
 from merging.lab import on_device
 from merging.merge import merge_adapters
 from merging.methods import REGISTRY, MethodError
+from merging.plots.sweep import lambdas as said_lambdas  # two decimals, one λ when all are equal
 from merging.progress import Cancelled
 from merging.recipe import RecipeError
 from pages import _recipe_ui as codec
@@ -156,7 +157,7 @@ def _sweep_work(sets: list[dict], lab, mode: str, grid: list, axes, store, parti
             try:
                 for index, weights in enumerate(grid):
                     progress(phase * per_set + index, total,
-                             f"{item['init']}: λ = {', '.join(f'{w:g}' for w in weights)}")
+                             f"{item['init']}: λ = {said_lambdas(weights)}")
                     (swept,) = lab.sweep(inputs.adapters, recipe, [weights])
                     points.append({"weights": list(swept[0]), "results": swept[1].to_dict()})
             except Cancelled:
@@ -340,9 +341,9 @@ if result and not running:
         column.metric(
             f"Best average merged {metric} ({init})",
             f"{100 * (best['results']['average'].get('merged') or 0):.1f}%",
-            help=f"at λ = {', '.join(f'{w:g}' for w in best['weights'])}",
+            help=f"at λ = {said_lambdas(best['weights'])}",
         )
-        column.caption(f"at λ = {', '.join(f'{w:g}' for w in best['weights'])}")
+        column.caption(f"at λ = {said_lambdas(best['weights'])}")
     metric_columns[-1].metric(
         "Sweep time", f"{result['seconds']:.1f} s", help=f"device: {result['device']}; runs {result['run_ids']}"
     )

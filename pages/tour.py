@@ -2,9 +2,12 @@
 
 The steps, their measurements, charts and sentences are merging/tour.py; this page only walks them:
 Back / Next, step n of N, the step's chart and takeaway, and its recipe as a link that opens it in
-Merge. A step's measurements run as a background job with progress the first time they are needed
-and are kept for the server (keyed by recipe and adapter versions), so going Back is instant and a
-tour prepared in one tab is ready in another. While a step is shown, the next one is prepared.
+Merge. A step's measurements come from the workspace's measure cache (merging.measure_cache), filled
+by the server's warm-up (pages/_warm.py) or by this page: a step not measured yet runs as a background
+job with progress and is kept on disk and for the server (keyed by recipe, adapter versions, base model
+and measuring code), so going Back is instant, a tour prepared in one tab is ready in another and a
+restarted server shows it at once. While a step is shown, the next one is prepared. One headline per
+step (merging/headlines.py); the full sentence is the speaker notes, behind a toggle (or N).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import streamlit as st
 
 from merging import tour as story
 from merging.lab import Lab
-from pages import _ui
+from merging.measure_cache import MeasureCache
+from pages import _stage, _ui
 
 JOB = "tour"
 # On stage the chart is sized to the window less what is above it (top navigation, Back/Next row).
-ABOVE_CHART_PX = 300
+# (the navigation, the presentation toggle, Back / Next and a headline of up to two lines at 32 px): the
+# chart itself stays in the window; its caption and the notes toggle may need a scroll.
+ABOVE_CHART_PX = 290
 # A quick walk (tests, a rehearsal): score each task on its first N evaluation examples only.
 EVAL_LIMIT = int(os.environ.get("MERGESCOPE_TOUR_EVAL_LIMIT", "0")) or None
 ui_settings = _ui.settings()
@@ -58,10 +64,22 @@ def _lab() -> Lab:
 
 
 measured_store = _measured()
+# What was measured is kept on disk in the workspace too (merging.measure_cache): a restarted server,
+# or one whose warm-up measured the tour (pages/_warm.py), shows every step at once.
+disk = MeasureCache.in_workspace(ui_settings.workspace)
+
+
+def _known(measurement: story.Measurement) -> bool:
+    key = story.cache_key(measurement, EVAL_LIMIT)
+    if key not in measured_store:
+        value = story.stored(measurement, disk, EVAL_LIMIT)
+        if value is not None:
+            measured_store[key] = value
+    return key in measured_store
 
 
 def _missing(index: int) -> list[story.Measurement]:
-    return [m for m in tour.needs(index) if story.cache_key(m, EVAL_LIMIT) not in measured_store]
+    return [m for m in tour.needs(index) if not _known(m)]
 
 
 def _start(index: int, label: str) -> None:
@@ -74,7 +92,10 @@ def _start(index: int, label: str) -> None:
                 share = (number + (done / total if total else 1.0)) / len(todo)
                 progress(int(1000 * share), 1000, f"{measurement.label}: {what}")
 
-            value = story.measure(measurement, lab, _ui.load_adapter_as, report, EVAL_LIMIT)
+            # the server's warm-up may have measured it meanwhile: read it back rather than measure twice
+            value = story.stored(measurement, disk, EVAL_LIMIT)
+            if value is None:
+                value = story.measure_and_store(measurement, lab, disk, _ui.load_adapter_as, report, EVAL_LIMIT)
             measured_store[story.cache_key(measurement, EVAL_LIMIT)] = value
         return index
 
@@ -97,6 +118,7 @@ def _go(to: int) -> None:
     state["tour_step"] = min(max(to, 0), count - 1)
 
 
+_stage.keyboard(ui_settings.presentation)  # a clicker: → / PageDown / Space next, ← / PageUp back
 back, where, forward = st.columns([1, 3, 1])
 back.button("← Back", key="tour_back", on_click=_go, args=(index - 1,), disabled=index == 0, width="stretch")
 forward.button("Next →", key="tour_next", on_click=_go, args=(index + 1,), disabled=index == count - 1,
@@ -128,14 +150,27 @@ elif _ui.job_running(JOB):
 
 if not _missing(index):
     measured = {m.key: measured_store[story.cache_key(m, EVAL_LIMIT)] for m in tour.needs(index)}
-    # Chart and sentence side by side: both stay in view on a 1280 × 720 projector.
-    chart, words = st.columns([2, 1], gap="medium")
-    with words:
-        st.markdown(f"#### {story.takeaway(step, measured, tour)}")
-        link = "./?recipe=" + quote(step.recipe.to_url()) + ("&present=1" if ui_settings.presentation else "")
-        st.link_button("Open this step's recipe in Merge", link, icon=":material/open_in_new:")
+    # One headline (≤ 15 words, 32 px), the chart under it; the full sentence with its intervals is
+    # the speaker's notes, beside the chart when the toggle shows them (on by default off stage).
+    _stage.headline(story.headline(step, measured, tour))
+    notes_on = bool(state.get("tour_notes", not ui_settings.presentation))
+    if notes_on:
+        chart, words = st.columns([2, 1], gap="medium")
+    else:
+        chart, words = st.container(), None
     with chart:
         figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
-        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX)
+        # the finale needs one line per merge: at least its own height, even if the page scrolls a little
+        # five rows of two-line task names need ~50 px each: the heatmap gets 600 px (it overprinted at 430)
+        least = int(figure.layout.height or 400) if step.chart == "summary" else 600 if step.chart == "overlap" else 400
+        _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX, least=least)
+    if words is not None:
+        with words:
+            st.markdown(f"#### {story.takeaway(step, measured, tour)}")
+    toggle, open_link = st.columns([1, 2])
+    toggle.toggle("Speaker notes", value=notes_on, key="tour_notes",
+                  help="The step's full sentence: both 95 % intervals, the task that pays most, the chance level.")
+    link = "./?recipe=" + quote(step.recipe.to_url()) + ("&present=1" if ui_settings.presentation else "")
+    open_link.link_button("Open this step's recipe in Merge", link, icon=":material/open_in_new:")
 elif state.get("tour_failed") == index:
     st.button("Try again", key="tour_retry", on_click=lambda: state.pop("tour_failed", None))

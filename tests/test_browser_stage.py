@@ -8,7 +8,8 @@ presses Run merge and then checks, in the browser's own layout:
   at least 18 px;
 - charts are sized to the window (no taller than it);
 - after a reload, presentation mode and the result are still there.
-Then the Interference page with standard vs OSRM side by side: heatmap cell numbers at ≥ 18 px that
+Then the Interference page with standard vs OSRM side by side, one section per screen: the magnitude
+section, then (by the clicker's ArrowRight) the overlap section: heatmap cell numbers at ≥ 18 px that
 do not overlap their neighbours, and titles that fit their chart.
 On both pages no two pieces of chart text overlap and none reaches past its chart (the two-panel
 magnitude-variance chart included), and the accuracy chart's merged ÷ single labels clear every whisker.
@@ -155,23 +156,37 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         page.get_by_role("link", name="Interference").click()
         # a page switch waits for the Merge page's run to reach a checkpoint: under a loaded CI runner
         # this took over Playwright's default 30 s once (2 cores, two torch threads per server)
-        page.get_by_role("heading", name="Interference").first.wait_for()
+        page.get_by_text("Section 1 of 6").first.wait_for()  # on stage: one section per screen
         page.get_by_text("Side by side: standard LoRA vs OSRM").click()
-        _wait_for_charts(page, 6)
-        section = page.get_by_text("Subspace overlap", exact=True).first
-        section.evaluate("e => e.scrollIntoView({block: 'start'})")
-        wait_until_still(section)
-        _wait_for_charts(page, 6)  # charts scrolled into view are drawn now
+        _wait_for_charts(page, 2)
+        # on stage one section per screen: the first is magnitude variance (two two-panel charts)
+        page.get_by_text("Section 1 of 6").wait_for()
+        _wait_for_charts(page, 2)
+        page.screenshot(path=str(ROOT / "artifacts" / f"stage-interference-1-{width}x{height}.png"))
+        texts = page.evaluate(TEXTS)
+        assert any("within each adapter" in t["text"] for t in texts), "no magnitude-variance chart"
+        assert not _small(texts), _small(texts)
+        assert not _clashes(texts), _clashes(texts)[:10]
+        assert not _cut(texts), _cut(texts)
+        # a clicker's key moves to the next section: subspace overlap
+        page.keyboard.press("ArrowRight")
+        page.get_by_text("Section 2 of 6").wait_for()
+        page.wait_for_function("Array.from(document.querySelectorAll('[data-testid=\"stPlotlyChart\"] svg text'))"
+                               ".some(t => t.textContent.trim() === 'overlap φ' && t.getBoundingClientRect().width > 0)")
+        _wait_for_charts(page, 2)
         page.screenshot(path=str(ROOT / "artifacts" / f"stage-interference-{width}x{height}.png"))
         texts = page.evaluate(TEXTS)
         assert not _small(texts), _small(texts)
         assert not _overlapping_cells(texts), _overlapping_cells(texts)[:10]
         if height >= 900:  # at 720 px five rows of two-line names need more than the window leaves
-            # scrolled to the section, its first pair of heatmaps (standard, OSRM) ends inside the window
+            # the section's first pair of heatmaps (standard, OSRM) ends inside the window
+            heading = page.get_by_text("Subspace overlap", exact=True).first
+            heading.evaluate("e => e.scrollIntoView({block: 'start'})")
+            wait_until_still(heading)
+            texts = page.evaluate(TEXTS)
             bottoms = sorted(t["cy1"] for t in texts if t["text"] == "overlap φ")  # one colour-bar title per chart
             assert len(bottoms) >= 2 and bottoms[1] <= height + 1, (bottoms, height)
         assert not _cut_titles(texts), _cut_titles(texts)
-        # every chart of the page, the two-panel magnitude variance too: nothing runs together or off the edge
-        assert any("within each adapter" in t["text"] for t in texts), "no magnitude-variance chart"
+        # nothing runs together or off the edge
         assert not _clashes(texts), _clashes(texts)[:10]
         assert not _cut(texts), _cut(texts)

@@ -181,7 +181,10 @@ def test_accuracy_delta_in_points_and_coloured_by_sign():
     assert list(bar.x) == ["a", "b", "average"]
     assert list(bar.y) == pytest.approx([5.0, -10.0, -2.5])
     assert list(bar.marker.color) == [ROLE_COLOURS["gain"], ROLE_COLOURS["loss"], ROLE_COLOURS["loss"]]
-    assert list(bar.text) == ["+5.00 pp", "-10.00 pp", "-2.50 pp"]
+    assert list(bar.text) == ["+5.0 pp", "\u221210.0 pp", "\u22122.5 pp"]  # one decimal, a real minus
+    same = accuracy_delta(result(0.8, 0.6), result(0.8, 0.6)).data[0]
+    assert list(same.text) == ["0.0 pp", "0.0 pp", "0.0 pp"]  # no "+0.0": unchanged is not a gain
+    assert set(same.marker.color) == {plots.style.OKABE_ITO["grey"]}
     assert "percentage points" in fig.layout.yaxis.title.text
 
 

@@ -96,12 +96,13 @@ def test_the_dashboard_command_warms_up_before_any_browser_connects(tiny_zoo, tm
         last = server.wait_for(lambda line: re.match(rf"{PREFIX}(ready|done) in ", line) is not None, timeout=HANG_GUARD_S)
         # every step's end, in order, then the total: nothing failed on the tiny zoo
         told = server.warm_up_lines()
-        assert told[:5] == [
+        assert told[:6] == [
             "base model ready", "single adapters ready", "first merge ready", "cross-task matrix ready", "other adapters ready",
+            "tour ready",
         ]
         seconds = float(re.fullmatch(rf"{PREFIX}ready in (\d+\.\d) s", last).group(1))
         assert seconds > 0  # how long is the machine's business; that it ended and said so is the claim
-        assert len(told) == 6
+        assert len(told) == 7
         # the server still serves after its warm-up, and a stop ends it cleanly
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/_stcore/health", timeout=10) as reply:
             assert reply.read().decode() == "ok"

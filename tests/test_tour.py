@@ -102,6 +102,15 @@ def _shown(at: AppTest) -> tuple[str | None, str | None]:
     return (where[0] if where else None), (takeaways[0][5:] if takeaways else None)
 
 
+def _headline(at: AppTest) -> str | None:
+    """The step's headline (pages/_stage.headline: a <p class='ms-headline'>), unescaped."""
+    import html
+    import re
+
+    found = [re.sub(r"<[^>]+>", "", m.value) for m in at.markdown if "ms-headline" in m.value]
+    return html.unescape(found[0]) if found else None
+
+
 def _link_recipe(at: AppTest) -> Recipe:
     buttons = [e for e in at.get("link_button")]
     assert len(buttons) == 1
@@ -131,6 +140,9 @@ def test_the_tour_page_walks_every_step_forward_and_back(shipped, tmp_path, monk
         where, takeaway = _shown(at)
         assert where == f"**Step {index + 1} of {len(tour.steps)}** · {step.title.split(' · ', 1)[1]}", (index, where)
         assert takeaway and "not measured" not in takeaway and "No " not in takeaway[:3]
+        headline = _headline(at)
+        assert headline and len(headline.split()) <= 15, headline  # one line for the back row
+        assert any(ch.isdigit() for ch in headline) or "no change" in headline, headline
         assert any(ch.isdigit() for ch in takeaway)  # a sentence of measured numbers
         assert _link_recipe(at) == step.recipe
         assert len(at.get("plotly_chart")) == 1
@@ -199,6 +211,7 @@ def test_gain_and_cost_bars_are_the_changes_in_points():
     assert list(alone.x) == ["a", "b", "average"]
     assert [round(v, 6) for v in alone.y] == [-10.0, 0.0, -5.0]
     assert [round(v, 6) for v in merged.y] == [10.0, 5.0, 7.5]
+    assert list(alone.text) == ["\u221210.0", "0.0", "\u22125.0"]  # one decimal; unchanged has no sign
 
 
 def test_the_summary_whiskers_are_each_merges_95_percent_interval(shipped):
@@ -212,6 +225,9 @@ def test_the_summary_whiskers_are_each_merges_95_percent_interval(shipped):
     figure = merge_summary(rows)
     bars = figure.data[0]
     for row, x, minus, plus in zip(rows, bars.x, bars.error_x.arrayminus, bars.error_x.array):
-        low, high = narrative.average_interval(measured[next(k for k in summary.needs if tour.measurements[k].label == row["label"])], "merged")
+        low, high = narrative.average_interval(measured[next(k for k in summary.needs if story.short_label(tour, k) == row["label"])], "merged")
         assert x - minus == pytest.approx(low) and x + plus == pytest.approx(high)
-    assert list(bars.y) == [tour.measurements[k].label for k in summary.needs]
+    # each merge by its short name (without the "+ task arithmetic" they share), one line each
+    assert list(bars.y) == [story.short_label(tour, k) for k in summary.needs]
+    assert len(set(bars.y)) == len(bars.y)
+    assert list(figure.layout.yaxis.ticktext) == list(bars.y)

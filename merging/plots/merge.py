@@ -196,9 +196,17 @@ def _loss_bars(tasks: Mapping[str, Mapping], title: str, presentation: bool) -> 
     return _style(fig, title, presentation, x_title="Task", y_title="Loss (nats per token, lower is better)")
 
 
+def signed_points(value: float) -> str:
+    """A change in percentage points with one decimal and its sign ("+3.1", "−2.0"); one that
+    rounds to zero is "0.0" — never "+0.0", which reads as a gain."""
+    if round(value, 1) == 0:
+        return "0.0"
+    return f"{value:+.1f}".replace("-", "\u2212")
+
+
 @explained(
-    "Each bar is the merged accuracy now minus in the previous run, in percentage points: "
-    "green above zero improved, red below zero got worse."
+    "Each bar is the merged accuracy of this merge minus that of the one it is compared with (named in the "
+    "title), in percentage points: green above zero is better, red below zero worse, grey unchanged."
 )
 def accuracy_delta(
     current: Mapping,
@@ -239,17 +247,21 @@ def accuracy_delta(
             x=groups,
             y=deltas,
             # Sign is also spelled out in the text, so the chart reads without colour.
-            marker={"color": [ROLE_COLOURS["gain"] if d >= 0 else ROLE_COLOURS["loss"] for d in deltas]},
-            text=[f"{d:+.2f} pp" for d in deltas],
+            # a change that rounds to 0.0 is no gain: grey, and said without a sign
+            marker={"color": [OKABE_ITO["grey"] if round(d, 1) == 0 else ROLE_COLOURS["gain"] if d > 0
+                              else ROLE_COLOURS["loss"] for d in deltas]},
+            text=[f"{signed_points(d)} pp" for d in deltas],
             textposition="outside",
             customdata=pairs,
             hovertemplate="%{x}<br>previous: %{customdata[0]:.2%}<br>now: %{customdata[1]:.2%}"
-            "<br>change: %{y:+.2f} pp<extra></extra>",
+            "<br>change: %{y:+.1f} pp<extra></extra>",
             showlegend=False,
         )
     )
     fig.add_hline(y=0, line={"color": OKABE_ITO["black"], "width": 1})
-    span = max(1.0, max(abs(d) for d in deltas)) * 1.25
+    # room beyond the longest bar for its label: on stage a label below a negative bar must stay
+    # inside the plot, clear of the task names under it
+    span = max(1.0, max(abs(d) for d in deltas)) * (1.5 if presentation else 1.25)
     fig.update_yaxes(range=[-span, span], ticksuffix=" pp", zeroline=False)
     _style(fig, title, presentation, x_title="Task", y_title="Change in accuracy (percentage points)")
     if skipped:

@@ -28,6 +28,17 @@ from merging.plots.values import (
 )
 
 
+def lambda_text(value: float) -> str:
+    """A λ with at most two decimals ("0.62", "1", "0.5"): a 4-digit λ reads as more precise than a sweep is."""
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else f"{int(value)}"
+
+
+def lambdas(weights) -> str:
+    """The λ of each adapter, or one λ when they are all equal ("0.62" rather than "0.6182, 0.6182, 0.6182")."""
+    values = [lambda_text(float(w)) for w in weights]
+    return values[0] if values and len(set(values)) == 1 else ", ".join(values)
+
+
 def sweep_points(
     sweep: Iterable[tuple[Sequence[float], Any]], init: str = "standard", score: str = "metric"
 ) -> list[dict]:
@@ -146,7 +157,7 @@ def sweep_curves(
                 x=lambdas, y=[values[lam] for lam in lambdas], mode="lines+markers",
                 line={"color": colour, "dash": style["dash"], "width": 4 if task == "average" else 2},
                 marker={"color": colour, "symbol": style["symbol"], "size": 7},
-                hovertemplate=f"{task} ({init})<br>λ = %{{x:g}}<br>merged {metric}: {value_format}<extra></extra>",
+                hovertemplate=f"{task} ({init})<br>λ = %{{x:.2f}}<br>merged {metric}: {value_format}<extra></extra>",
             )
             known = bounds.get((task, init), {})
             if known:
@@ -158,7 +169,7 @@ def sweep_curves(
                 }
                 trace.customdata = [[None, None] if b is None else list(b) for b in spans]
                 trace.hovertemplate = (
-                    f"{task} ({init})<br>λ = %{{x:g}}<br>merged {metric}: {value_format}"
+                    f"{task} ({init})<br>λ = %{{x:.2f}}<br>merged {metric}: {value_format}"
                     "<br>95% interval: %{customdata[0]:.1%}–%{customdata[1]:.1%}<extra></extra>"
                 )
             fig.add_trace(trace)
@@ -207,14 +218,14 @@ def lambda_heatmap(
             z=z, x=x, y=y, zmin=low, zmax=high, colorscale=SEQUENTIAL,
             text=text, texttemplate="%{text}",
             colorbar={"title": {"text": f"avg {metric}"}, "tickformat": ".0%"},
-            hovertemplate=f"λ₁ ({names[0]}) = %{{y:g}}<br>λ₂ ({names[1]}) = %{{x:g}}"
+            hovertemplate=f"λ₁ ({names[0]}) = %{{y:.2f}}<br>λ₂ ({names[1]}) = %{{x:.2f}}"
             f"<br>average {metric}: %{{z:.2%}}<extra></extra>",
         )
     )
     # On category axes a cell spans index ± 0.5.
     fig.add_shape(type="rect", x0=bj - 0.5, x1=bj + 0.5, y0=bi - 0.5, y1=bi + 0.5, xref="x", yref="y",
                   line={"color": OKABE_ITO["vermillion"], "width": 4}, fillcolor="rgba(0,0,0,0)", name="best")
-    fig.update_layout(title_subtitle_text=f"best (outlined, ★): λ₁ = {y[bi]:g}, λ₂ = {x[bj]:g} → {best:.1%}")
+    fig.update_layout(title_subtitle_text=f"best (outlined, ★): λ₁ = {lambda_text(y[bi])}, λ₂ = {lambda_text(x[bj])} → {best:.1%}")
     # Categorical axes: every tested λ gets its own equal-width cell even when the grid is uneven.
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")

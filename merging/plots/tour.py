@@ -11,6 +11,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from merging.plots.merge import signed_points
 from merging.plots.style import OKABE_ITO, ROLE_COLOURS, _no_data, _style, explained
 from merging.plots.values import _finite, _results_tasks
 
@@ -47,12 +48,12 @@ def gain_and_cost(
                                  ("merged", merged, ROLE_COLOURS["merged"])):
         fig.add_trace(go.Bar(
             name=name, x=groups, y=values, marker={"color": colour},
-            text=[f"{v:+.1f}" if v is not None else "" for v in values], textposition="outside",
-            hovertemplate=f"%{{x}}<br>{name}: %{{y:+.2f}} pp<extra></extra>",
+            text=[signed_points(v) if v is not None else "" for v in values], textposition="outside",
+            hovertemplate=f"%{{x}}<br>{name}: %{{y:+.1f}} pp<extra></extra>",
         ))
     fig.add_hline(y=0, line={"color": OKABE_ITO["black"], "width": 1})
     finite = [abs(v) for v in single + merged if v is not None]
-    limit = max(1.0, max(finite, default=1.0)) * 1.3
+    limit = max(1.0, max(finite, default=1.0)) * (1.5 if presentation else 1.3)  # labels stay in the plot
     fig.update_yaxes(range=[-limit, limit], ticksuffix=" pp", zeroline=False)
     fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.18})
     return _style(fig, title, presentation, x_title="Task", y_title="Change (percentage points)")
@@ -93,4 +94,13 @@ def merge_summary(
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(legend={"orientation": "h", "y": -0.18})
     fig.update_xaxes(tickformat=".0%", range=[0, 1])
-    return _style(fig, title, presentation, x_title="Average accuracy over the tasks", y_title="")
+    _style(fig, title, presentation, x_title="Average accuracy over the tasks", y_title="")
+    # the merge names stay on one line each (stacked at "-" and " (" they overprinted their neighbours)
+    fig.update_yaxes(tickmode="array", tickvals=labels, ticktext=labels, automargin=True)
+    fig.update_layout(height=summary_height(len(rows), presentation))
+    return fig
+
+
+def summary_height(rows: int, presentation: bool = False) -> int:
+    """Tall enough for one line of text per merge at the chart's font size (+ title, axis, legend)."""
+    return (230 + 44 * rows) if presentation else (180 + 30 * rows)
