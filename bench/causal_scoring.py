@@ -20,7 +20,7 @@ import random
 import time
 
 import torch
-from common import ROOT, base_parser, finish, setup, target, timed
+from common import base_parser, finish, setup, target, timed, tiny_models
 
 
 def cpu_timed(fn, repeats: int, device: str) -> dict:
@@ -40,16 +40,9 @@ def cpu_timed(fn, repeats: int, device: str) -> dict:
 
 
 def build(args):
-    import importlib.util
-
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    # the tests' tiny models (one set, tests/tiny_models.py), read by path: `tests` is not a package
-    # on sys.path when the library comes from an install
-    spec = importlib.util.spec_from_file_location("mergescope_tiny_models", ROOT / "tests" / "tiny_models.py")
-    tiny_models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny_models)
-    tiny_causal_tokenizer = tiny_models.tiny_causal_tokenizer
+    tiny_causal_tokenizer = tiny_models().tiny_causal_tokenizer
 
     words = tuple(f"w{i}" for i in range(args.vocab - 8))
     tokenizer = tiny_causal_tokenizer(words)

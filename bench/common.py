@@ -34,6 +34,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402 - after the path and offline settings above, on purpose
 
 
+def tiny_models():
+    """The tests' tiny model builders (one set, tests/tiny_models.py), read by path: `tests` is not a
+    package on sys.path when the library comes from an install."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mergescope_tiny_models", ROOT / "tests" / "tiny_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def loadavg() -> list[float]:
     """The 1, 5 and 15 minute load averages, rounded (recorded with every measurement)."""
     return [round(x, 2) for x in os.getloadavg()]

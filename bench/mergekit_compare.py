@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import base_parser, finish, loadavg, setup, target
+from common import base_parser, finish, loadavg, setup, target, tiny_models
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 DEFAULT_VENV = Path.home() / ".cache" / "mergescope-bench" / "mergekit-venv"
@@ -70,7 +70,8 @@ def build(workdir: Path, tiny: bool, adapters: int, rank: int) -> tuple[Path, li
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
-    from merging.models import save_model_folder, tiny_causal_tokenizer
+    builders = tiny_models()
+    save_model_folder, tiny_causal_tokenizer = builders.save_model_folder, builders.tiny_causal_tokenizer
 
     base = workdir / "base"
     config = llama_config(tiny)
