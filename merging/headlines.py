@@ -105,12 +105,9 @@ def variant(label: str, standard: Mapping, results: Mapping) -> str:
 
 
 def summary(rows: Sequence[tuple[str, Mapping]]) -> str:
-    measured = [(label, average(r, "merged"), average_interval(r, "merged")) for label, r in rows]
-    measured = [m for m in measured if m[1] is not None]
-    if not measured:
+    best, tied = narrative.best_and_tied(rows)
+    if best is None:
         return "No merge was measured."
-    best = max(measured, key=lambda m: m[1])
-    tied = [m for m in measured if m is not best and overlap(m[2], best[2])]
     head = f"Best: {best[0]}, {percent(best[1])} merged"
     if not tied:
         return head + "; clearly ahead of the rest"

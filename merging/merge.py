@@ -182,6 +182,12 @@ def _dense_merge(
     return method.dense([m.delta(device) if m is not None else zeros for m in modules], list(weights), args), None
 
 
+def _factored_merge(method: Method, modules: list[LoraModule | None], weights: list[float], args: MethodArgs) -> Factored:
+    """The method's exact factored form over the adapters that have this module."""
+    present = [i for i, m in enumerate(modules) if m is not None]
+    return method.factored([modules[i] for i in present], [weights[i] for i in present], args.select(present))
+
+
 def merge_module(
     modules: list[LoraModule | None],
     weights: list[float],
@@ -202,12 +208,9 @@ def merge_module(
     method = get_method(recipe.method)
     values, per_adapter = parameters if parameters is not None else method_parameters(recipe)
     args = MethodArgs(values, per_adapter, generator, device)
-    present = [i for i, m in enumerate(modules) if m is not None]
-    present_modules = [modules[i] for i in present]
-    present_weights = [weights[i] for i in present]
     orth_report = None
     if not recipe.do_merging.active and method.factored is not None:
-        result = method.factored(present_modules, present_weights, args.select(present))
+        result = _factored_merge(method, modules, weights, args)
     else:
         merged, orth_report = _dense_merge(method, modules, weights, recipe, device, args)
         with threads_for(merged.numel()):
@@ -241,8 +244,7 @@ def merge_module_dense(
     values, per_adapter = parameters if parameters is not None else method_parameters(recipe)
     args = MethodArgs(values, per_adapter, generator, device)
     if not recipe.do_merging.active and method.factored is not None:
-        present = [i for i, m in enumerate(modules) if m is not None]
-        result = method.factored([modules[i] for i in present], [weights[i] for i in present], args.select(present))
+        result = _factored_merge(method, modules, weights, args)
         return result.B @ result.A, ModuleReport(None, 1.0, "factored, applied whole")
     merged, orth_report = _dense_merge(method, modules, weights, recipe, device, args)
     return merged, ModuleReport(None, 1.0, "dense, applied whole", orth_report)

@@ -304,14 +304,22 @@ def takeaway_variant(label: str, standard: Mapping, variant: Mapping, method_lab
     return f"{first}, {second}{retention}."
 
 
-def takeaway_summary(rows: Sequence[tuple[str, Mapping]]) -> str:
-    """The best merge of the tour and the ones that are within its noise."""
+def best_and_tied(rows: Sequence[tuple[str, Mapping]]) -> tuple[tuple | None, list[str]]:
+    """The best measured merge as (label, average merged accuracy, its interval), and the labels of
+    the others whose interval overlaps it; (None, []) when nothing was measured."""
     measured = [(label, average(r, "merged"), average_interval(r, "merged")) for label, r in rows]
     measured = [m for m in measured if m[1] is not None]
     if not measured:
-        return "No merge was measured."
+        return None, []
     best = max(measured, key=lambda m: m[1])
-    tied = [m[0] for m in measured if m is not best and overlap(m[2], best[2])]
+    return best, [m[0] for m in measured if m is not best and overlap(m[2], best[2])]
+
+
+def takeaway_summary(rows: Sequence[tuple[str, Mapping]]) -> str:
+    """The best merge of the tour and the ones that are within its noise."""
+    best, tied = best_and_tied(rows)
+    if best is None:
+        return "No merge was measured."
     known = f"95 % interval {span(best[2])}" if best[2] else "no interval known"
     sentence = f"Best here: {best[0]} at {percent(best[1])} average merged accuracy ({known})"
     if tied:
