@@ -225,3 +225,15 @@ def test_the_pages_name_no_do_merging_default_of_their_own():
     for text in (merge_page, codec):
         assert '"do_steps"' not in text and '"do_lr"' not in text and '"do_mu"' not in text
         assert "MAGNITUDE_RULES" not in text
+
+
+@pytest.mark.parametrize("value", ["gamma", "=0,1", "gamma=0", "gamma=a,b"])
+def test_a_malformed_param_bounds_flag_is_one_line_naming_it(tmp_path, capsys, value):
+    from merging.cli import main
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(zoo_recipe("breadcrumbs").to_json())
+    code = main(["search", str(recipe), "--params", "weights,gamma", "--param-bounds", value, "--no-store",
+                 "--trials", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--param-bounds" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
