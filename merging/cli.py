@@ -23,6 +23,12 @@ from merging.lora import load_adapter
 from merging.mergekit_config import load_recipe_file as load_recipe  # native recipes and mergekit YAML
 from merging.staging import check_not_an_input, check_replaceable
 
+# merging.training.INITS and merging.zoo.KINDS, spelled out so that `--help` does not import torch's
+# training stack (tests/test_zoo_regime.py checks they agree)
+TRAIN_INITS = ("standard", "gaussian", "standard-scaled", "osrm", "osrm-samples", "osrm-cov", "osrm-random")
+ZOO_KINDS = ("standard", "gaussian", "standard-scaled", "osrm", "osrm-samples", "osrm-cov", "osrm-frozen",
+             "osrm-random", "shared-seed")  # fmt: skip
+
 EXIT_BAD_INPUT = 2
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # merging.recipe.DTYPES
 
@@ -256,7 +262,12 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
         inits=BuildSettings.inits if args.inits is None else tuple(args.inits),
         train_size=BuildSettings.train_size if args.train_size is None else args.train_size,
         eval_size=BuildSettings.eval_size if args.eval_size is None else args.eval_size,
-        training=ZOO_TRAINING if args.epochs is None else replace(ZOO_TRAINING, epochs=args.epochs),
+        training=replace(
+            ZOO_TRAINING,
+            epochs=ZOO_TRAINING.epochs if args.epochs is None else args.epochs,
+            dev_size=ZOO_TRAINING.dev_size if args.dev_size is None else args.dev_size,
+        ),
+        refuse_chance=not args.keep_chance_runs,
         seed=args.seed,
         replicate=args.replicate,
         shared_seed_tasks=tuple(args.shared_seed_tasks) if args.shared_seed_tasks is not None else default_shared,
@@ -651,8 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one LoRA adapter on one task")
     train.add_argument("task", help="a demo task name, or a CSV/JSONL file with text,label columns")
     train.add_argument("--out", required=True, help="output adapter folder")
-    train.add_argument("--init", choices=["standard", "osrm", "osrm-samples", "osrm-cov"], default="standard",
-                       help="osrm: the authors' OSRM (one mean row per other task)")
+    train.add_argument("--init", choices=list(TRAIN_INITS), default="standard",
+                       help="osrm: the authors' OSRM (one mean row per other task); gaussian: the OSRM authors' baseline "
+                            "(PEFT's std 1/r); standard-scaled: PEFT's default rescaled to OSRM's size")
     train.add_argument("--other-tasks", nargs="*", default=[], help="tasks OSRM keeps this adapter away from (default: the other demo tasks)")
     train.add_argument("--freeze-a", action="store_true", help="keep OSRM's A fixed while training")
     train.add_argument("--base-model", help="local Hugging Face model folder (default: the packaged MiniLM)")
@@ -673,11 +685,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default="zoo", help="zoo folder (default: zoo)")
     build.add_argument("--tasks", nargs="*", help="demo tasks (default: the five demo tasks)")
     build.add_argument("--inits", nargs="*", help="kinds to train (default: standard osrm; none: only the shared-seed adapters)",
-                       choices=["standard", "osrm", "osrm-samples", "osrm-cov", "osrm-frozen"])
+                       choices=[kind for kind in ZOO_KINDS if kind != "shared-seed"])
     build.add_argument("--shared-seed-tasks", nargs="*", help="tasks trained again from one shared seed (default: the zoo's pair)")
     build.add_argument("--train-size", type=_whole(1), help="training examples per task (default: the zoo's, 800)")
     build.add_argument("--eval-size", type=_whole(1), help="evaluation examples per task (default: the zoo's, 200)")
     build.add_argument("--epochs", type=_whole(1), default=None, help="default: the zoo's budget (merging.zoo.ZOO_TRAINING)")
+    build.add_argument("--dev-size", type=_whole(0), default=None,
+                       help="training examples held out to pick each adapter's best epoch (default: the zoo's, 100; 0: the last epoch)")
+    build.add_argument("--keep-chance-runs", action="store_true",
+                       help="ship a run that did not learn (flagged in the manifest) instead of retraining it with the next seed")
     build.add_argument("--seed", type=_whole(0), default=0, help="the data split")
     build.add_argument("--replicate", type=_whole(0), default=0, help="which training run: seeds are derived from task, kind and this")
     build.add_argument("--train-only", nargs="+", help="train only these tasks' adapters (a part; see `zoo combine`)")

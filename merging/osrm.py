@@ -28,6 +28,11 @@ inputs" are offered, by name (``VARIANTS``):
   and A becomes the least-variance directions of all other tasks' features.
 - ``osrm-cov``: all tokens instead of per-sample means: minimise trace(A·C·Aᵀ) with
   C = Σ_tokens x·xᵀ, solved by the eigenvectors of C with the r smallest eigenvalues.
+- ``osrm-random`` (an ablation, not the authors'): the authors' rows, but A is a *seeded random*
+  orthonormal basis of r directions inside X's null space instead of `Vt[-rank:]`. With 4 nearly
+  parallel mean rows in 384 dimensions the null space has 380 dimensions and which r of them the
+  SVD returns is LAPACK's choice, the same for every task; this variant keeps the constraint
+  (A·x̄ = 0 for every other task's mean input) and makes each task's A its own.
 
 Whether A stays frozen during training is a training switch (merging.training.train_lora's
 ``freeze_A``), recorded with every adapter; the authors' default trains it.
@@ -41,6 +46,7 @@ merging.lora.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -50,12 +56,13 @@ from torch import nn
 from merging.lora import PEFT_PREFIX, Adapter, LoraModule
 from merging.progress import Progress
 
-VARIANTS = ("osrm", "osrm-samples", "osrm-cov")
+VARIANTS = ("osrm", "osrm-samples", "osrm-cov", "osrm-random")
 DEFAULT_VARIANT = "osrm"
 ROWS = {
     "osrm": "one mean row per other task (mean over its samples of the mean over non-padding tokens)",
     "osrm-samples": "one row per sample of every other task (mean over its non-padding tokens)",
     "osrm-cov": "second moment of every non-padding token of every other task",
+    "osrm-random": "one mean row per other task, as osrm; a seeded random orthonormal basis of their null space",
 }
 
 
@@ -217,6 +224,32 @@ def osrm_init(other_task_features: torch.Tensor, rank: int) -> torch.Tensor:
     return Vh[-rank:].to(torch.float32).contiguous()
 
 
+def osrm_random_init(other_task_features: torch.Tensor, rank: int, seed: int, rtol: float = 1e-6) -> torch.Tensor:
+    """A (rank × d_in) with orthonormal rows drawn at random (from `seed`) inside X's null space.
+
+    The null space is spanned by the right-singular vectors whose singular value is at most
+    `rtol`·σ_max (and by those beyond X's row count). When it has fewer than `rank` dimensions the
+    basis is completed with the next-smallest directions, as :func:`osrm_init` would take them.
+    """
+    X = torch.as_tensor(other_task_features).detach()
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"expected other-task features of shape (n ≥ 1, d_in), got {tuple(X.shape)}")
+    d_in = int(X.shape[1])
+    _check_rank(rank, d_in)
+    X = X.to("cpu", torch.float64)
+    _, S, Vh = torch.linalg.svd(X, full_matrices=True)
+    kept = int((S > rtol * S.max()).sum()) if S.numel() and float(S.max()) > 0 else 0
+    null_dim = d_in - kept
+    if null_dim < rank:
+        return Vh[-rank:].to(torch.float32).contiguous()
+    null_basis = Vh[kept:].T  # d_in × null_dim
+    generator = torch.Generator().manual_seed(int(seed))
+    gaussian = torch.randn(null_dim, rank, generator=generator, dtype=torch.float64)
+    Q, R = torch.linalg.qr(gaussian)
+    Q = Q * torch.sign(torch.diagonal(R)).where(torch.diagonal(R) != 0, torch.ones(rank, dtype=torch.float64))
+    return (null_basis @ Q).T.to(torch.float32).contiguous()
+
+
 def osrm_cov_init(covariance: torch.Tensor, rank: int) -> torch.Tensor:
     """A (rank × d_in) with orthonormal rows minimising trace(A·C·Aᵀ): C's bottom-`rank` eigenvectors."""
     C = torch.as_tensor(covariance).detach().to("cpu", torch.float64)
@@ -242,7 +275,7 @@ def other_task_rows(per_task: Sequence[ModuleFeatures], variant: str = DEFAULT_V
     check_variant(variant)
     if variant == "osrm-cov":
         raise ValueError("osrm-cov reads second moments, not rows; see osrm_A_for_task")
-    if variant == "osrm":
+    if variant in ("osrm", "osrm-random"):
         return torch.stack([f.means.mean(dim=0) for f in per_task])
     return torch.cat([f.means for f in per_task], dim=0)
 
@@ -257,6 +290,7 @@ def rows_used(
     samples = {name: int(next(iter(features[name].values())).means.shape[0]) for name in others}
     count = {
         "osrm": len(others),
+        "osrm-random": len(others),
         "osrm-samples": sum(samples.values()),
         "osrm-cov": sum(int(next(iter(features[n].values())).tokens) for n in others),
     }[variant]
@@ -275,6 +309,7 @@ def osrm_A_for_task(
     task: str,
     rank: int,
     variant: str = DEFAULT_VARIANT,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Each module's OSRM A for `task`, from the input features of every *other* task.
 
@@ -282,6 +317,8 @@ def osrm_A_for_task(
     authors' reading) stacks one mean row per other task, ``osrm-samples`` every other task's
     per-sample rows (both then take the null space, :func:`osrm_init`); ``osrm-cov`` sums their
     token second moments (:func:`osrm_cov_init`, needs features collected with covariance=True).
+    ``osrm-random`` draws each module's basis of the null space from `seed` and the module's name
+    (:func:`osrm_random_init`); `seed` is unused by the other variants.
     """
     check_variant(variant)
     others = [name for name in features if name != task]
@@ -299,6 +336,9 @@ def osrm_A_for_task(
                 raise ValueError("osrm-cov needs features collected with covariance=True")
             C = sum(f.second_moment for f in per_task) / max(sum(f.tokens for f in per_task), 1)
             result[module] = osrm_cov_init(C, rank)
+        elif variant == "osrm-random":
+            module_seed = zlib.crc32(f"{int(seed)}\x1f{module}".encode()) & 0x7FFFFFFF
+            result[module] = osrm_random_init(other_task_rows(per_task, variant), rank, module_seed)
         else:
             result[module] = osrm_init(other_task_rows(per_task, variant), rank)
     return result

@@ -51,13 +51,17 @@ class TrainSettings:
     seed: int = 0  # the training seed (LoRA A, head, batch order); see merging.training.adapter_seed
     freeze_A: bool = False  # OSRM inits: keep A fixed, train only B and the head
     osrm_samples: int = 100  # training texts per task whose inputs OSRM reads
+    warmup_ratio: float = 0.06  # linear warm-up over this share of the steps (the authors' and HF's)
+    max_grad_norm: float | None = 1.0  # gradient clipping (HF Trainer's default); None: off
+    dev_size: int = 0  # training examples held out to pick the best epoch (tasks.carve_dev); 0: last epoch
 
     def to_dict(self) -> dict:
         return {
             "rank": self.rank, "alpha": self.alpha, "epochs": self.epochs, "lr": self.lr,
             "batch_size": self.batch_size, "max_length": self.max_length,
             "target_modules": list(self.target_modules), "seed": self.seed, "freeze_A": self.freeze_A,
-            "osrm_samples": self.osrm_samples,
+            "osrm_samples": self.osrm_samples, "warmup_ratio": self.warmup_ratio,
+            "max_grad_norm": self.max_grad_norm, "dev_size": self.dev_size,
         }  # fmt: skip
 
 
@@ -94,12 +98,15 @@ def train_and_score(
     `progress` follows training; `scoring` hears once that training is over and scoring begins.
     The base model is left as it was (training works on a copy, scoring restores the weights).
     """
+    from merging.tasks import carve_dev
+
     folder = Path(folder)
+    train, dev_texts, dev_labels = carve_dev(data, settings.dev_size, seed=0)
     result = train_lora(
         model,
         tokenizer,
-        data.train_texts,
-        data.train_labels,
+        train.train_texts,
+        train.train_labels,
         rank=settings.rank,
         alpha=settings.alpha,
         target_modules=settings.target_modules,
@@ -108,6 +115,10 @@ def train_and_score(
         freeze_A=settings.freeze_A,
         epochs=settings.epochs,
         lr=settings.lr,
+        warmup_ratio=settings.warmup_ratio,
+        max_grad_norm=settings.max_grad_norm,
+        dev_texts=dev_texts if dev_texts else None,
+        dev_labels=dev_labels if dev_texts else None,
         batch_size=settings.batch_size,
         max_length=settings.max_length,
         seed=settings.seed,

@@ -34,7 +34,9 @@ from merging.lora import Adapter, adapter_from_state, save_adapter
 from merging.models import head_name, init_head, set_num_labels
 from merging.progress import Progress
 
-INITS = ("standard", "osrm", "osrm-samples", "osrm-cov")  # "standard" and merging.osrm.VARIANTS
+# Inits that draw A from the seed alone; the others are merging.osrm.VARIANTS and need osrm_A.
+SEEDED_INITS = ("standard", "gaussian", "standard-scaled")
+INITS = (*SEEDED_INITS, "osrm", "osrm-samples", "osrm-cov", "osrm-random")
 
 
 def adapter_seed(task: str, init: str, replicate: int = 0) -> int:
@@ -57,6 +59,46 @@ def standard_lora_A(shapes: Mapping[str, tuple[int, int]], seed: int) -> dict[st
     return result
 
 
+def gaussian_lora_A(shapes: Mapping[str, tuple[int, int]], seed: int) -> dict[str, torch.Tensor]:
+    """PEFT's ``init_lora_weights="gaussian"`` A (normal, std 1/r): the OSRM authors' baseline."""
+    generator = torch.Generator().manual_seed(int(seed))
+    result = {}
+    for name in sorted(shapes):
+        rank = shapes[name][0]
+        result[name] = torch.randn(shapes[name], generator=generator) / rank
+    return result
+
+
+def scaled_standard_lora_A(shapes: Mapping[str, tuple[int, int]], seed: int) -> dict[str, torch.Tensor]:
+    """The scale control: PEFT's default A rescaled so that ‖A‖_F = √r, as OSRM's orthonormal rows.
+
+    Same directions as :func:`standard_lora_A` (one factor per module), OSRM's size: whatever
+    differs between this and OSRM is the choice of subspace, not the scale of A.
+    """
+    result = {}
+    for name, A in standard_lora_A(shapes, seed).items():
+        result[name] = A * (math.sqrt(A.shape[0]) / float(A.norm()))
+    return result
+
+
+SEEDED_A = {"standard": standard_lora_A, "gaussian": gaussian_lora_A, "standard-scaled": scaled_standard_lora_A}
+
+
+def chance_verdict(accuracy: float, majority: float, loss: float | None, num_labels: int) -> str | None:
+    """Why a run did not learn, in words, or None when it did.
+
+    A run did not learn when its accuracy is within 10 pp of the majority class, or when its
+    training loss ends within 2 % of ln C (what predicting the class prior uniformly costs).
+    """
+    reasons = []
+    if accuracy - majority < 0.10:
+        reasons.append(f"accuracy {100 * accuracy:.1f} % is within 10 pp of the majority class ({100 * majority:.1f} %)")
+    chance_loss = math.log(num_labels)
+    if loss is not None and num_labels > 1 and loss >= 0.98 * chance_loss:
+        reasons.append(f"training loss {loss:.3f} is within 2 % of ln {num_labels} = {chance_loss:.3f}")
+    return "; ".join(reasons) or None
+
+
 @dataclass
 class TrainResult:
     adapter: Adapter
@@ -64,6 +106,9 @@ class TrainResult:
     seconds: float
     initial_A: dict[str, torch.Tensor] = field(default_factory=dict)  # each module's A before step 1
     config: dict = field(default_factory=dict)  # the training settings, JSON-ready
+    epoch_losses: list[float] = field(default_factory=list)  # mean training loss of each epoch
+    dev_accuracy: list[float] = field(default_factory=list)  # after each epoch, when a dev split was given
+    best_epoch: int | None = None  # 1-based: the epoch kept (best dev accuracy); None: the last one
 
 
 def _json_safe(value):
@@ -120,6 +165,9 @@ def train_lora(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.06,
+    max_grad_norm: float | None = 1.0,
+    dev_texts: Sequence[str] | None = None,
+    dev_labels: Sequence[int] | None = None,
     dropout: float = 0.0,
     batch_size: int = 16,
     max_length: int = 48,
@@ -133,29 +181,38 @@ def train_lora(
     """Train a LoRA adapter (plus the classification head) on one task; the base model is untouched.
 
     ``init`` one of merging.osrm.VARIANTS sets each target module's A to ``osrm_A[module]``
-    (orthonormal rows from merging.osrm) with B = 0; ``init="standard"`` draws A from `seed` alone
-    (:func:`standard_lora_A`). `freeze_A` keeps A fixed so only B and the head train.
-    `num_labels` different from the model's head gives the copy a fresh seeded head of that size.
-    ``epochs=0`` returns the adapter at initialisation. AdamW with linear warm-up and decay.
+    (orthonormal rows from merging.osrm) with B = 0; ``standard`` (PEFT's Kaiming default),
+    ``gaussian`` (PEFT's std 1/r, the OSRM authors' baseline) and ``standard-scaled`` (Kaiming
+    rescaled to OSRM's ‖A‖_F) draw A from `seed` alone (``SEEDED_A``). `freeze_A` keeps A fixed
+    so only B and the head train. `num_labels` different from the model's head gives the copy a
+    fresh seeded head of that size. ``epochs=0`` returns the adapter at initialisation. AdamW with
+    linear warm-up and decay; gradients clipped to `max_grad_norm` (None: not clipped). With a dev
+    split (`dev_texts`, `dev_labels`) the adapter returned is the one of the epoch with the best
+    dev accuracy (the earliest on a tie), as the HF Trainer's ``load_best_model_at_end``.
     """
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    if init != "standard" and not osrm_A:
+    if init not in SEEDED_INITS and not osrm_A:
         raise ValueError(f"init={init!r} needs osrm_A: one A (rank × d_in) per target module")
     if epochs < 0 or batch_size < 1 or rank < 1:
         raise ValueError("epochs must be ≥ 0, batch_size and rank ≥ 1")
     device = _resolve(device, model)
     num_labels = int(num_labels or model.config.num_labels)
     _check_inputs(train_texts, train_labels, num_labels)
+    if (dev_texts is None) != (dev_labels is None):
+        raise ValueError("give both dev_texts and dev_labels, or neither")
+    if dev_texts is not None:
+        _check_inputs(dev_texts, dev_labels, num_labels)
     texts = list(train_texts)
     labels = torch.tensor([int(y) for y in train_labels], dtype=torch.long)
     settings = {
         "rank": rank, "alpha": alpha, "target_modules": list(target_modules), "init": init,
         "freeze_A": freeze_A, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
-        "warmup_ratio": warmup_ratio, "dropout": dropout, "batch_size": batch_size,
-        "max_length": max_length, "seed": seed, "num_labels": num_labels, "examples": len(texts),
+        "warmup_ratio": warmup_ratio, "max_grad_norm": max_grad_norm, "dropout": dropout,
+        "batch_size": batch_size, "max_length": max_length, "seed": seed, "num_labels": num_labels,
+        "examples": len(texts), "dev_examples": len(dev_texts) if dev_texts is not None else 0,
     }  # fmt: skip
 
     started = time.perf_counter()
@@ -181,9 +238,9 @@ def train_lora(
         )
         peft_model = get_peft_model(work, config)
         lora_A = {key: parameter for key, parameter in peft_model.named_parameters() if ".lora_A." in key}
-        if init == "standard":
+        if init in SEEDED_INITS:
             # PEFT drew A from the global generator after the head: redraw it from the seed alone
-            fresh = standard_lora_A({_module_of(k): tuple(p.shape) for k, p in lora_A.items()}, seed)
+            fresh = SEEDED_A[init]({_module_of(k): tuple(p.shape) for k, p in lora_A.items()}, seed)
             _set_A(lora_A, fresh, rank)
         else:
             _set_A(lora_A, osrm_A, rank)
@@ -207,9 +264,13 @@ def train_lora(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         order_generator = torch.Generator().manual_seed(seed)
         losses: list[float] = []
+        epoch_losses: list[float] = []
+        dev_accuracy: list[float] = []
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (dev accuracy, epoch, trainable state)
         peft_model.train()
         step = 0
         for epoch in range(epochs):
+            epoch_start = len(losses)
             order = torch.randperm(len(texts), generator=order_generator)
             for start in range(0, len(texts), batch_size):
                 index = order[start : start + batch_size]
@@ -225,12 +286,27 @@ def train_lora(
                 loss = nn.functional.cross_entropy(logits.float(), labels[index].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 step += 1
                 losses.append(float(loss.detach()))
                 if progress is not None:
                     progress(step, total_steps, f"epoch {epoch + 1}/{epochs} · loss {losses[-1]:.3f}")
+            epoch_losses.append(sum(losses[epoch_start:]) / max(1, len(losses) - epoch_start))
+            if dev_texts is not None:
+                accuracy = _accuracy(peft_model, tokenizer, dev_texts, dev_labels, batch_size, max_length, device)
+                dev_accuracy.append(accuracy)
+                if best is None or accuracy > best[0]:
+                    state = {k: p.detach().clone() for k, p in peft_model.named_parameters() if p.requires_grad}
+                    best = (accuracy, epoch + 1, state)
+                peft_model.train()
+        if best is not None:
+            parameters = dict(peft_model.named_parameters())
+            with torch.no_grad():
+                for key, value in best[2].items():
+                    parameters[key].copy_(value)
         peft_model.eval()
 
         state = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
@@ -247,7 +323,24 @@ def train_lora(
         seconds=time.perf_counter() - started,
         initial_A=initial_A,
         config=settings,
+        epoch_losses=epoch_losses,
+        dev_accuracy=dev_accuracy,
+        best_epoch=best[1] if best is not None else None,
     )
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, tokenizer, texts, labels, batch_size: int, max_length: int, device) -> float:
+    """Accuracy of a sequence classifier on (texts, labels), in eval mode."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(texts), max(batch_size, 32)):
+        chunk = list(texts[start : start + max(batch_size, 32)])
+        batch = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        logits = model(**{key: value.to(device) for key, value in batch.items()}).logits
+        target = torch.tensor([int(y) for y in labels[start : start + len(chunk)]], device=logits.device)
+        correct += int((logits.argmax(-1) == target).sum())
+    return correct / len(texts)
 
 
 def _module_of(parameter_name: str) -> str:
@@ -295,3 +388,99 @@ def save_trained(
     }
     adapter = replace(result.adapter, name=task_name, meta=meta)
     return save_adapter(adapter, folder, template_config=adapter.config, overwrite=overwrite)
+
+
+@dataclass
+class FullFineTuneResult:
+    """What full fine-tuning changed: the dense update of each named module, and how well it learned."""
+
+    deltas: dict[str, torch.Tensor]  # module name → W_finetuned − W_base (d_out × d_in), float32 on the CPU
+    model: nn.Module  # the fine-tuned copy (best dev epoch), in eval mode
+    epoch_losses: list[float]
+    dev_accuracy: list[float]
+    best_epoch: int | None
+    seconds: float
+
+
+def full_finetune(
+    model: nn.Module,
+    tokenizer,
+    train_texts: Sequence[str],
+    train_labels: Sequence[int],
+    *,
+    modules: Sequence[str] = ("query", "value"),
+    dev_texts: Sequence[str] | None = None,
+    dev_labels: Sequence[int] | None = None,
+    epochs: int = 3,
+    lr: float = 3e-5,
+    warmup_ratio: float = 0.06,
+    max_grad_norm: float | None = 1.0,
+    batch_size: int = 32,
+    max_length: int = 32,
+    seed: int = 0,
+    num_labels: int | None = None,
+) -> FullFineTuneResult:
+    """Fine-tune every weight of a copy of `model` (the baseline DO-Merging compares LoRA with).
+
+    Returns the dense updates of the Linear modules whose name ends with one of `modules` (what a
+    LoRA adapter on those modules would change), from the epoch with the best dev accuracy. The
+    base model is left as it was. Same optimiser, schedule, clipping and seeding as :func:`train_lora`.
+    """
+    num_labels = int(num_labels or model.config.num_labels)
+    _check_inputs(train_texts, train_labels, num_labels)
+    device = _resolve(None, model)
+    texts = list(train_texts)
+    labels = torch.tensor([int(y) for y in train_labels], dtype=torch.long)
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        work = copy.deepcopy(model)
+        if num_labels != work.config.num_labels:
+            set_num_labels(work, num_labels, seed)
+        else:
+            init_head(work, seed)
+        base = {
+            name: module.weight.detach().clone()
+            for name, module in work.named_modules()
+            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in modules
+        }
+        trainable = [p for p in work.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=lr)
+        total_steps = math.ceil(len(texts) / batch_size) * epochs
+        warmup = int(round(warmup_ratio * total_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: (step + 1) / warmup if warmup and step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup)),
+        )
+        order_generator = torch.Generator().manual_seed(seed)
+        epoch_losses, dev_accuracy = [], []
+        best: tuple[float, int, dict] | None = None
+        for epoch in range(epochs):
+            work.train()
+            order = torch.randperm(len(texts), generator=order_generator)
+            seen = []
+            for start in range(0, len(texts), batch_size):
+                index = order[start : start + batch_size]
+                batch = tokenizer([texts[i] for i in index.tolist()], padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt")  # fmt: skip
+                logits = work(**{k: v.to(device) for k, v in batch.items()}).logits
+                loss = nn.functional.cross_entropy(logits.float(), labels[index].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                seen.append(float(loss.detach()))
+            epoch_losses.append(sum(seen) / len(seen))
+            if dev_texts is not None:
+                accuracy = _accuracy(work, tokenizer, dev_texts, dev_labels, batch_size, max_length, device)
+                dev_accuracy.append(accuracy)
+                if best is None or accuracy > best[0]:
+                    best = (accuracy, epoch + 1, {k: v.detach().clone() for k, v in work.state_dict().items()})
+        if best is not None:
+            work.load_state_dict(best[2])
+        work.eval()
+        modules_now = dict(work.named_modules())
+        deltas = {name: (modules_now[name].weight.detach() - weight).to("cpu", torch.float32) for name, weight in base.items()}
+    return FullFineTuneResult(deltas, work, epoch_losses, dev_accuracy, best[1] if best else None, time.perf_counter() - started)

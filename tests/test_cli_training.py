@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 TASK = "sms_spam"
 TINY = ["--train-size", "24", "--eval-size", "12", "--epochs", "1", "--seed", "3"]
+TINY_ZOO = ["--dev-size", "4", "--keep-chance-runs"]  # one epoch on 20 examples may not learn: shipped, flagged
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -47,7 +48,7 @@ def built_zoo(tmp_path_factory, one_thread):
     """`zoo build` of one task, standard init only: (folder, printed JSON)."""
     folder = tmp_path_factory.mktemp("cli_zoo") / "zoo"
     code, stdout, stderr = run_cli(
-        "zoo", "build", "--out", folder, "--tasks", TASK, "--inits", "standard", *TINY, "--device", "cpu"
+        "zoo", "build", "--out", folder, "--tasks", TASK, "--inits", "standard", *TINY, *TINY_ZOO, "--device", "cpu"
     )
     assert code == 0, stderr
     return folder, json.loads(stdout)
@@ -119,7 +120,7 @@ def test_zoo_rescore_of_a_copy_gives_back_the_recorded_accuracies(built_zoo, tmp
 def test_zoo_build_refuses_an_existing_folder_with_one_line(built_zoo):
     folder, _ = built_zoo
     before = (folder / MANIFEST).read_text()
-    code, stdout, stderr = run_cli("zoo", "build", "--out", folder, "--tasks", TASK, *TINY)
+    code, stdout, stderr = run_cli("zoo", "build", "--out", folder, "--tasks", TASK, *TINY, *TINY_ZOO)
     assert code == 2 and stdout == ""
     assert len(stderr.strip().splitlines()) == 1 and "--overwrite" in stderr
     assert (folder / MANIFEST).read_text() == before

@@ -14,7 +14,7 @@ split, plus where the text came from and under which licence. Nothing here impor
 The names below are re-exported so that ``from merging.tasks import load_demo_task`` keeps working.
 """
 
-from merging.tasks.data import Example, TaskData, TaskError
+from merging.tasks.data import Example, TaskData, TaskError, carve_dev
 from merging.tasks.demo import (
     DEFAULT_DEMO_TASKS,
     DataSourceMissing,
@@ -37,6 +37,7 @@ __all__ = [
     "Example",
     "TaskData",
     "TaskError",
+    "carve_dev",
     "clean_text",
     "dedupe",
     "list_demo_tasks",
