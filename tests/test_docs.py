@@ -126,3 +126,16 @@ def test_the_readmes_test_command_is_what_ci_runs():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.lstrip().startswith("#") and not line.startswith(("set ", "cd "))]
     assert ci == [commands[1]]
+
+
+def test_contributings_module_table_names_every_module_of_merging_and_only_those():
+    """docs/CONTRIBUTING.md's table of `merging/` by role: a module added, moved or removed shows here."""
+    text = (ROOT / "docs" / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    table = text.split("## The modules", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| role")]
+    named = {cell.strip("`") for row in rows for cell in re.findall(r"`[^`]+`", row.split("|")[2])}
+    merging = ROOT / "merging"
+    modules = {p.name for p in merging.glob("*.py") if p.name != "__init__.py"}
+    packages = {f"{p.name}/" for p in merging.iterdir() if (p / "__init__.py").exists()}
+    assert modules | packages <= named, f"not in docs/CONTRIBUTING.md's module table: {sorted((modules | packages) - named)}"
+    assert named <= modules | packages | {"app.py", "pages/"}, f"named but absent: {sorted(named - modules - packages)}"
