@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     shown = methods.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="each method's parameters (kind, range, default, help, "
                        "searchable), rules, paper and mergekit name, as JSON")
-    shown.add_argument("--markdown", action="store_true", help="the Markdown table README.md and docs/METHODS.md hold")
+    shown.add_argument("--markdown", action="store_true", help="the Markdown table docs/METHODS.md holds")
     methods.set_defaults(run=cmd_methods)
 
     search = commands.add_parser("search", help="search per-adapter λ (and the method's searchable parameters) with Optuna, in-process or on Ray")

@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 # ----------------------------------------------------------------------------------------------
-# The fast subset: `pytest -m "not slow"` (README, Tests). Slow = trains or evaluates a real model
+# The fast subset: `pytest -m "not slow"` (docs/TESTING.md). Slow = trains or evaluates a real model
 # (the shipped zoo's MiniLM), starts servers, browsers, Ray or pip, or takes tens of seconds on the
 # 2-core CI machine. Every browser test is slow. Listed here, in one place, rather than in each file:
 # {file: None (every test of the file) or the test functions (parametrised ones by their function name)}.

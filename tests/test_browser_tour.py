@@ -93,7 +93,7 @@ def test_every_tour_step_reads_cleanly_and_a_clicker_moves_it(measured_workspace
     with running_app(env=env) as url, browser_page(width=width, height=height) as page:
         page.goto(f"{url}/tour?present=1&step=1", wait_until="domcontentloaded")
         # under a plain `streamlit run` a fresh server's very first request may run the page without app.py
-        # (README: Streamlit's pages/-folder mode); the speaker's reload is what the room sees
+        # (docs/DASHBOARD.md: Streamlit's pages/-folder mode); the speaker's reload is what the room sees
         _step_shown(page, 1, count)
         page.reload(wait_until="domcontentloaded")
         seconds = []

@@ -21,7 +21,7 @@ def run(capsys, *argv: str) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/METHODS.md"])
+@pytest.mark.parametrize("doc", ["docs/METHODS.md"])
 def test_the_docs_methods_table_is_the_commands_output(capsys, doc):
     """Regenerate with `mergescope methods --markdown` when this fails (never edit the table by hand)."""
     printed = run(capsys, "--markdown")

@@ -1,7 +1,7 @@
 """The methods table, from the registry alone: `mergescope methods` prints it, `--json` gives each
 method's parameters (kind, range, default, help, searchable and search bounds), its rules across
-parameters, paper and mergekit name; README.md and docs/METHODS.md hold the Markdown between the
-markers below, and tests/test_registry_source.py checks that they equal this output.
+parameters, paper and mergekit name; docs/METHODS.md holds the Markdown between the markers
+below, and tests/test_registry_source.py checks that it equals this output.
 """
 
 from __future__ import annotations
