@@ -3,21 +3,18 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
 
 from merging import catalog, plots
-from merging.evaluation import modules_fingerprint
 from merging.examples import perplexity
-from merging.lab import on_device
-from merging.merge import merge_adapters
 from merging.methods import REGISTRY, MethodError
 from merging.plots.sweep import lambdas as said_lambdas  # two decimals, one λ when all are equal
-from merging.progress import Cancelled
 from merging.recipe import RecipeError
+from merging.stored_runs import best_point
+from merging.sweep_job import SweepSet, lambda_grid, sweep_work
 from pages import _recipe_ui as codec
 from pages import _ui
 
@@ -115,86 +112,12 @@ with controls:
         )
 
 
-def _lambdas(first: float, last: float, n: int) -> list[float]:
-    if n < 2:
-        return [round(first, 4)]
-    return [round(first + i * (last - first) / (n - 1), 4) for i in range(n)]
-
-
-lambdas = _lambdas(float(start), float(stop), int(count))
+lambdas = lambda_grid(float(start), float(stop), int(count))
 weight_grid = [[a, b] for a in lambdas for b in lambdas] if grid_mode else [[lam] * len(names) for lam in lambdas]
 
 # ----------------------------------------------------------------------------------------------
-# The work: one Lab.sweep per initialisation, in a background job. Each set is stored as a run whose
-# recipe is its best point's (weights included), so the run re-merges from its recipe alone.
-
-
-def _best(points: list[dict]) -> dict:
-    scored = [p for p in points if p["results"]["average"].get("merged") is not None]
-    return max(scored, key=lambda p: p["results"]["average"]["merged"]) if scored else points[0]
-
-
-def _sweep_work(sets: list[dict], lab, mode: str, grid: list, axes, store, partial: dict):
-    """`sets`: [{"init", "recipe", "inputs" (catalog.resolve_inputs of that recipe)}].
-
-    One Lab.sweep call per point, so a Cancel keeps every point scored so far: they are stored as a
-    run marked cancelled and left in `partial` (the page shows them)."""
-
-    def work(progress):
-        if any(item["inputs"].pending_posthoc for item in sets):
-            progress(0, 1, "projecting onto OSRM's subspace")
-        per_set = len(grid)
-        total = per_set * len(sets)
-        output = partial
-        output.update({"mode": mode, "axes": axes, "sets": {}, "run_ids": {}, "device": str(lab.device),
-                       "seconds": 0.0, "cancelled": False})
-        for phase, item in enumerate(sets):
-            inputs = catalog.project_posthoc(item["inputs"], lab)
-            recipe = item["recipe"]
-            started = time.perf_counter()
-            points: list[dict] = []
-            output["sets"][item["init"]] = {"names": inputs.names, "points": points, "posthoc": inputs.posthoc}
-            try:
-                for index, weights in enumerate(grid):
-                    progress(phase * per_set + index, total,
-                             f"{item['init']}: λ = {said_lambdas(weights)}")
-                    (swept,) = lab.sweep(inputs.adapters, recipe, [weights])
-                    points.append({"weights": list(swept[0]), "results": swept[1].to_dict()})
-            except Cancelled:
-                output["cancelled"] = True
-                if not points:
-                    output["sets"].pop(item["init"])
-                    raise
-            best = _best(points)
-            best_recipe = on_device(recipe.with_weights(best["weights"]), lab.device)
-            body = merge_adapters(inputs.adapters, best_recipe).adapter.modules  # the stored run's own body
-            seconds = time.perf_counter() - started
-            results = {
-                **best["results"],
-                "best_weights": best["weights"],
-                "osrm": {"mode": recipe.osrm, "twins": inputs.twins, "posthoc": inputs.posthoc},
-                "fingerprint": modules_fingerprint(body),
-                "sweep": {"init": item["init"], "mode": mode, "axes": axes, "names": inputs.names, "points": points},
-            }
-            summary = {
-                "method": recipe.method,
-                "adapters": inputs.names,
-                "init": item["init"],
-                "mode": mode,
-                "points": len(points),
-                "posthoc": inputs.posthoc,
-            }
-            if output["cancelled"]:
-                summary["cancelled"] = f"after {len(points)} of {per_set} points"
-            output["run_ids"][item["init"]] = store.add(
-                best_recipe.to_dict(), results, summary, str(lab.device), seconds, kind="sweep"
-            )
-            output["seconds"] += seconds
-            if output["cancelled"]:
-                raise Cancelled()
-        return output
-
-    return work
+# The work (merging.sweep_job): one Lab.sweep per point and initialisation, each set stored as a run
+# whose recipe is its best point's.
 
 
 chosen = [catalog.entry_by_name(entries, n) for n in names]
@@ -239,18 +162,17 @@ if run_clicked and recipe is not None:
         st.query_params["recipe"] = replace(widget_recipe, osrm=overlay_mode).to_url()
         fallback = ui_settings.base_model
         standard_recipe = replace(recipe, osrm="off")
-        sets = [{"init": "standard", "recipe": standard_recipe,
-                 "inputs": catalog.resolve_inputs(standard_recipe, _ui.load_adapter_as, fallback)}]
+        sets = [SweepSet("standard", standard_recipe,
+                         catalog.resolve_inputs(standard_recipe, _ui.load_adapter_as, fallback))]
         if overlay_mode != "off":
             osrm_recipe = replace(recipe, osrm=overlay_mode)
-            sets.append({"init": "osrm", "recipe": osrm_recipe,
-                         "inputs": catalog.resolve_inputs(osrm_recipe, _ui.load_adapter_as, fallback)})
-        lab = _ui.lab_for(sets[0]["inputs"].base_model, ui_settings.device)  # cached; loads in the page's thread
+            sets.append(SweepSet("osrm", osrm_recipe, catalog.resolve_inputs(osrm_recipe, _ui.load_adapter_as, fallback)))
+        lab = _ui.lab_for(sets[0].inputs.base_model, ui_settings.device)  # cached; loads in the page's thread
         axes = [lambdas, lambdas] if grid_mode else [lambdas]
         st.session_state["sweep_pending_key"] = key
         partial: dict = {}  # what is scored so far: kept when the sweep is cancelled
         st.session_state["sweep_partial"] = partial
-        _ui.start_job(JOB, "Sweeping λ", _sweep_work(sets, lab, sweep_mode, weight_grid, axes, store, partial))
+        _ui.start_job(JOB, "Sweeping λ", sweep_work(sets, lab, sweep_mode, weight_grid, axes, store, partial))
         running = True
     except (RecipeError, MethodError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
@@ -337,7 +259,7 @@ if result and not running:
     metric = plots.metric_name(first_results)  # accuracy, or exact match for causal-LM tasks
     metric_columns = st.columns(len(sets_done) + 1)
     for column, (init, data) in zip(metric_columns, sets_done.items()):
-        best = _best(data["points"])
+        best = best_point(data["points"])
         column.metric(
             f"Best average merged {metric} ({init})",
             f"{100 * (best['results']['average'].get('merged') or 0):.1f}%",

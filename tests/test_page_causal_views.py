@@ -68,7 +68,7 @@ def test_the_merge_page_shows_perplexity_cosines_and_examples_side_by_side_for_c
     cosines = next(f for cols, f in frames.items() if "mean |cos| before" in cols)
     assert cosines.iloc[0]["module"] == "all modules" and len(cosines) > 1
     last = at.session_state["merge_last"]
-    orthogonalize = last["results"]["orthogonalize"]
+    orthogonalize = last["run"].results["orthogonalize"]
     module = cosines.iloc[1]["module"]
     before = orthogonalize[module]["cosine_before"]
     assert cosines.iloc[1]["mean |cos| before"] == pytest.approx(abs(before[0][1]), abs=1e-4)  # two adapters: one pair
