@@ -333,7 +333,7 @@ if last:
         )
     if not ui_settings.presentation:  # on stage it goes under the chart, which must fit the window
         st.caption(how_scored)
-    osrm = results.get("osrm") or {}
+    osrm = shown_run.osrm
     if osrm.get("twins"):
         st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
                 + (" — the base bars are the base model alone." if plots.has_loss(results) else

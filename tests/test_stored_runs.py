@@ -229,3 +229,78 @@ def test_a_labs_warm_up_starts_once_whoever_asks():
     assert lab.done.wait(5) and lab.warmed == [["a", "b"]] and loads == ["loaded"]
     assert jobs.claim_warm_up(other) is True  # another Lab is its own
     assert jobs.warm_up_in_background(other, adapters) is False and other.warmed == []
+
+
+# ----------------------------------------------------------------------------------------------
+# merging.sweep_job: the Sweep page's work, without Streamlit
+
+
+class _Scores:
+    def __init__(self, merged: float):
+        self.merged = merged
+
+    def to_dict(self) -> dict:
+        return {"tasks": {"t": {"merged": self.merged}}, "average": {"merged": self.merged}}
+
+
+class _SweepLab:
+    """A Lab whose sweep scores a point by a fixed table (λ → average merged), on the CPU."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, scores: dict[float, float]):
+        self.scores = scores
+
+    def sweep(self, adapters, recipe, grid):
+        return [(list(weights), _Scores(self.scores[weights[0]])) for weights in grid]
+
+
+def _sweep_set(three_adapters):
+    from merging.catalog import MergeInputs
+    from merging.sweep_job import SweepSet
+
+    recipe = Recipe(adapters=tuple(AdapterRef(f"zoo/{a.name}", 1.0, a.name) for a in three_adapters),
+                    method="task_arithmetic", device="cpu")
+    return SweepSet("standard", recipe, MergeInputs(list(three_adapters), None))
+
+
+def test_the_sweep_job_stores_its_best_point_with_that_points_own_body(tmp_path, three_adapters):
+    from merging.merge import merge_adapters
+    from merging.sweep_job import lambda_grid, sweep_work
+
+    assert lambda_grid(0.1, 1.5, 8) == [0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5]
+    store = RunStore(tmp_path / "runs.sqlite")
+    item = _sweep_set(three_adapters)
+    grid = [[lam] * 3 for lam in (0.5, 1.0, 1.5)]
+    partial: dict = {}
+    output = sweep_work([item], _SweepLab({0.5: 0.6, 1.0: 0.9, 1.5: 0.7}), "curves", grid, [[0.5, 1.0, 1.5]],
+                        store, partial)(lambda done, total, what: None)
+    assert output is partial and output["cancelled"] is False
+    run = read_run(store, output["run_ids"]["standard"])
+    assert run.recipe == item.recipe.with_weights([1.0, 1.0, 1.0]) and run.weights == [1.0, 1.0, 1.0]
+    assert run.average == {"merged": 0.9} and [p["weights"] for p in run.sweep["points"]] == grid
+    expected = merge_adapters(three_adapters, item.recipe.with_weights([1.0, 1.0, 1.0])).adapter.modules
+    assert run.results["fingerprint"] == modules_fingerprint(expected)
+    assert run.osrm == {"mode": "off", "twins": {}, "posthoc": []} and "cancelled" not in run.summary
+
+
+def test_a_cancelled_sweep_job_stores_the_points_scored_so_far_then_stops(tmp_path, three_adapters):
+    from merging.progress import Cancelled
+    from merging.sweep_job import sweep_work
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    calls = []
+
+    def progress(done, total, what):
+        calls.append(what)
+        if len(calls) == 3:  # Cancel pressed while the third point waits
+            raise Cancelled()
+
+    partial: dict = {}
+    work = sweep_work([_sweep_set(three_adapters)], _SweepLab({0.5: 0.6, 1.0: 0.5, 1.5: 0.7}), "curves",
+                      [[0.5] * 3, [1.0] * 3, [1.5] * 3], [[0.5, 1.0, 1.5]], store, partial)
+    with pytest.raises(Cancelled):
+        work(progress)
+    assert partial["cancelled"] is True and len(partial["sets"]["standard"]["points"]) == 2
+    (run,) = read_runs(store).runs
+    assert run.summary["cancelled"] == "after 2 of 3 points" and run.weights == [0.5, 0.5, 0.5]
