@@ -22,8 +22,9 @@ from merging.merge import save_merged
 from merging.methods import REGISTRY, MethodError
 from merging.output_rank import bounded
 from merging.recipe import RecipeError
+from merging.run_jobs import merge_work
 from merging.run_labels import describe_run, recipe_data, run_label
-from merging.stored_runs import read_run, record_merge
+from merging.stored_runs import read_run
 from pages import _recipe_ui as codec
 from pages import _ui
 
@@ -115,22 +116,8 @@ with controls:
         st.caption(f"This recipe also sets {carried} (no control here; kept as the link gave them).")
 
 # ----------------------------------------------------------------------------------------------
-# Run: the Recipe alone says what is merged (catalog.resolve_inputs applies its `osrm` mode)
-
-
-def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job, store):
-    def publish_preview(evaluation) -> None:
-        job.partial = evaluation.to_dict()
-
-    def work(progress):
-        if inputs.pending_posthoc:
-            progress(0, 1, "projecting onto OSRM's subspace")
-        merged_inputs = catalog.project_posthoc(inputs, lab)
-        run = lab.merge_and_evaluate(merged_inputs.adapters, recipe, progress, on_preview=publish_preview)
-        stored = record_merge(store, run, merged_inputs, str(lab.device))
-        return {"run": stored, "merged": run.merged, "adapters": merged_inputs.adapters, "base_model": inputs.base_model}
-
-    return work
+# Run: the Recipe alone says what is merged (catalog.resolve_inputs applies its `osrm` mode);
+# merging.run_jobs.merge_work merges, scores and records the run in a background job
 
 
 def _show_examples(last: dict) -> None:
@@ -231,7 +218,11 @@ if run_clicked:
         inputs = catalog.resolve_inputs(recipe, _ui.load_adapter_as, ui_settings.base_model)
         lab = _ui.lab_for(inputs.base_model, ui_settings.device)  # cached; loads in the page's thread
         job = _ui.Job("Merging and evaluating")
-        _ui.start_job(JOB, job.label, _merge_work(inputs, recipe, lab, job, store), job=job)
+
+        def publish_preview(evaluation, job=job) -> None:  # the first look, shown while the rest runs
+            job.partial = evaluation.to_dict()
+
+        _ui.start_job(JOB, job.label, merge_work(inputs, recipe, lab, store, publish_preview), job=job)
     except (RecipeError, MethodError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
 

@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from merging import plots
+from merging.run_jobs import heatmap_grid
 from merging.run_labels import recipe_data
 from merging.stored_runs import StoredRun, percent, read_runs
 from pages import _ui
@@ -202,9 +203,8 @@ if record.kind == "sweep" and record.sweep.get("points"):
     try:
         if sweep.get("mode") == "heatmap":
             axis1, axis2 = sweep["axes"]
-            values = {tuple(p["weights"]): p["results"]["average"].get("merged") for p in points}
             figure = plots.lambda_heatmap(
-                axis1, axis2, [[values.get((a, b)) for b in axis2] for a in axis1],
+                axis1, axis2, heatmap_grid(points, axis1, axis2),
                 names=sweep.get("names") or record.adapter_names, presentation=ui_settings.presentation,
                 title=f"Average merged {_metric(record)} over (λ₁, λ₂)", metric=_metric(record),
             )

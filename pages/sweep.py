@@ -9,12 +9,11 @@ import pandas as pd
 import streamlit as st
 
 from merging import catalog, plots
-from merging.examples import perplexity
 from merging.methods import REGISTRY, MethodError
 from merging.plots.sweep import lambdas as said_lambdas  # two decimals, one λ when all are equal
 from merging.recipe import RecipeError
+from merging.run_jobs import SweepSet, heatmap_grid, lambda_grid, sweep_rows, sweep_work
 from merging.stored_runs import best_point
-from merging.sweep_job import SweepSet, lambda_grid, sweep_work
 from pages import _recipe_ui as codec
 from pages import _ui
 
@@ -116,7 +115,7 @@ lambdas = lambda_grid(float(start), float(stop), int(count))
 weight_grid = [[a, b] for a in lambdas for b in lambdas] if grid_mode else [[lam] * len(names) for lam in lambdas]
 
 # ----------------------------------------------------------------------------------------------
-# The work (merging.sweep_job): one Lab.sweep per point and initialisation, each set stored as a run
+# The work (merging.run_jobs): one Lab.sweep per point and initialisation, each set stored as a run
 # whose recipe is its best point's.
 
 
@@ -214,34 +213,6 @@ if st.session_state.get("sweep_notice"):
 # Results
 
 
-def _table(result: dict) -> pd.DataFrame:
-    rows = []
-    for init, data in result["sets"].items():
-        for point in data["points"]:
-            scores = point["results"]
-            if result["mode"] == "heatmap":
-                row = {"init": init, "λ₁": point["weights"][0], "λ₂": point["weights"][1]}
-            else:
-                row = {"init": init, "λ": point["weights"][0]}
-            for task, task_scores in scores["tasks"].items():
-                row[task] = None if task_scores["merged"] is None else round(task_scores["merged"], 4)
-                loss = (task_scores.get("loss") or {}).get("merged")
-                if loss is not None:
-                    row[f"{task} loss"] = round(loss, 4)
-                    ppl = perplexity(loss)  # exp(loss), beside it
-                    row[f"{task} perplexity"] = None if ppl is None else round(ppl, 3)
-            average = scores["average"]
-            row["average merged"] = None if average.get("merged") is None else round(average["merged"], 4)
-            row["average normalised"] = None if average.get("normalized") is None else round(average["normalized"], 4)
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _heatmap_grid(points: list[dict], axis1: list[float], axis2: list[float]) -> list[list[float | None]]:
-    values = {tuple(p["weights"]): p["results"]["average"].get("merged") for p in points}
-    return [[values.get((a, b)) for b in axis2] for a in axis1]
-
-
 shown_key = key if key in cache else st.session_state.get("sweep_last_key")
 result = cache.get(shown_key) if shown_key else None
 if result and not running:
@@ -290,7 +261,7 @@ if result and not running:
             with column:
                 _ui.show_figure(
                     plots.lambda_heatmap(
-                        axis1, axis2, _heatmap_grid(data["points"], axis1, axis2), names=data["names"],
+                        axis1, axis2, heatmap_grid(data["points"], axis1, axis2), names=data["names"],
                         title=f"Average merged {metric} over (λ₁, λ₂) — {init}",
                         presentation=ui_settings.presentation, metric=metric,
                     ),
@@ -314,7 +285,7 @@ if result and not running:
                                 "token, lower is better) as λ grows; the thick black line is the average over tasks.")
         else:
             _ui.show_figure(figure, "sweep_curves", "sweep_curves")
-    frame = _table(result)
+    frame = pd.DataFrame(sweep_rows(result["sets"], result["mode"]))
     if hidden:
         with st.expander("Numbers"):
             _ui.show_table(frame, "sweep_results")

@@ -232,7 +232,7 @@ def test_a_labs_warm_up_starts_once_whoever_asks():
 
 
 # ----------------------------------------------------------------------------------------------
-# merging.sweep_job: the Sweep page's work, without Streamlit
+# merging.run_jobs: the Sweep page's work, without Streamlit
 
 
 class _Scores:
@@ -257,7 +257,7 @@ class _SweepLab:
 
 def _sweep_set(three_adapters):
     from merging.catalog import MergeInputs
-    from merging.sweep_job import SweepSet
+    from merging.run_jobs import SweepSet
 
     recipe = Recipe(adapters=tuple(AdapterRef(f"zoo/{a.name}", 1.0, a.name) for a in three_adapters),
                     method="task_arithmetic", device="cpu")
@@ -266,7 +266,7 @@ def _sweep_set(three_adapters):
 
 def test_the_sweep_job_stores_its_best_point_with_that_points_own_body(tmp_path, three_adapters):
     from merging.merge import merge_adapters
-    from merging.sweep_job import lambda_grid, sweep_work
+    from merging.run_jobs import lambda_grid, sweep_work
 
     assert lambda_grid(0.1, 1.5, 8) == [0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5]
     store = RunStore(tmp_path / "runs.sqlite")
@@ -286,7 +286,7 @@ def test_the_sweep_job_stores_its_best_point_with_that_points_own_body(tmp_path,
 
 def test_a_cancelled_sweep_job_stores_the_points_scored_so_far_then_stops(tmp_path, three_adapters):
     from merging.progress import Cancelled
-    from merging.sweep_job import sweep_work
+    from merging.run_jobs import sweep_work
 
     store = RunStore(tmp_path / "runs.sqlite")
     calls = []
@@ -304,3 +304,22 @@ def test_a_cancelled_sweep_job_stores_the_points_scored_so_far_then_stops(tmp_pa
     assert partial["cancelled"] is True and len(partial["sets"]["standard"]["points"]) == 2
     (run,) = read_runs(store).runs
     assert run.summary["cancelled"] == "after 2 of 3 points" and run.weights == [0.5, 0.5, 0.5]
+
+
+def test_a_sweeps_table_and_heatmap_are_read_from_its_points():
+    import math
+
+    from merging.run_jobs import heatmap_grid, sweep_rows
+
+    points = [
+        {"weights": [0.5, 1.0], "results": {"tasks": {"t": {"merged": 0.61234, "loss": {"merged": 1.0}}},
+                                            "average": {"merged": 0.61234, "normalized": 0.7}}},
+        {"weights": [1.0, 1.0], "results": {"tasks": {"t": {"merged": None}}, "average": {"merged": None}}},
+    ]
+    assert heatmap_grid(points, [0.5, 1.0], [0.5, 1.0]) == [[None, 0.61234], [None, None]]
+    first, second = sweep_rows({"osrm": {"points": points}}, "heatmap")
+    assert first == {"init": "osrm", "λ₁": 0.5, "λ₂": 1.0, "t": 0.6123, "t loss": 1.0,
+                     "t perplexity": round(math.e, 3), "average merged": 0.6123, "average normalised": 0.7}
+    assert second == {"init": "osrm", "λ₁": 1.0, "λ₂": 1.0, "t": None, "average merged": None, "average normalised": None}
+    (curve,) = sweep_rows({"standard": {"points": points[:1]}}, "curves")
+    assert curve["λ"] == 0.5 and "λ₁" not in curve
