@@ -1,16 +1,20 @@
 """One line that states a run's whole recipe, for the header above its results and for the change
 chart's "compared with" label: a speaker (or a screenshot) must say exactly what was merged.
 
-Pure text from ``Recipe.to_dict()`` (what the run store keeps), so a stored run and a fresh one read
-alike. Defaults that change nothing are left out (DO-Merging off, no overrides, exact rank).
+Pure text from a Recipe (or its ``to_dict()``, what the run store keeps), so a stored run and a fresh
+one read alike. Defaults that change nothing are left out (DO-Merging off, no overrides, exact rank).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from merging.do_merging import DoMergingOptions
+from merging.recipe import Recipe
+
+if TYPE_CHECKING:
+    from merging.stored_runs import StoredRun
 
 
 def _number(value: Any) -> str:
@@ -21,8 +25,10 @@ def _number(value: Any) -> str:
 _QUIET_DEFAULTS = {("divide_by", "count")}
 
 
-def describe_recipe(recipe: Mapping[str, Any]) -> str:
+def describe_recipe(recipe: Recipe | Mapping[str, Any]) -> str:
     """e.g. "ties (density 0.5, sign sum) of sst2 ×1, spam ×0.6 · OSRM twins · rank exact · seed 0"."""
+    if isinstance(recipe, Recipe):
+        recipe = recipe.to_dict()
     method = str(recipe.get("method", "?"))
     parameters = {k: v for k, v in (recipe.get("parameters") or {}).items() if (k, v) not in _QUIET_DEFAULTS}
     head = method + (f" ({', '.join(f'{k} {_number(v)}' for k, v in parameters.items())})" if parameters else "")
@@ -48,6 +54,16 @@ def describe_recipe(recipe: Mapping[str, Any]) -> str:
     if recipe.get("base_model"):
         parts.append(f"base {recipe['base_model']}")
     return " · ".join(parts)
+
+
+def recipe_data(run: StoredRun) -> dict:
+    """A stored run's recipe as JSON data: its Recipe's, or (a recipe that cannot be read back) as stored."""
+    return run.recipe.to_dict() if run.recipe is not None else dict(run.stored_recipe)
+
+
+def describe_run(run: StoredRun) -> str:
+    """The one-line recipe of a stored run (see describe_recipe)."""
+    return describe_recipe(recipe_data(run))
 
 
 def run_label(run_id: int | None, name: str | None = None) -> str:

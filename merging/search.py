@@ -46,6 +46,7 @@ from merging.lab import Lab, task_data_for, tasked
 from merging.lora import Adapter
 from merging.progress import Progress
 from merging.recipe import Recipe
+from merging.stored_runs import record_run
 
 Scorer = Callable[[dict], "tuple[float, dict | None]"]  # params -> (dev objective, dev evaluation JSON)
 
@@ -594,10 +595,10 @@ class SearchResult:
 def store_trial(store, search_id: str, base: Recipe, objective: str, outcome: TrialOutcome, device: str) -> int:
     """One finished trial into the run store (kind `search-trial`). Its dev scores sit under
     `search.dev`, not as the run's accuracy: they are the search's yardstick, not a result."""
-    recipe = trial_recipe(base, outcome.params)
-    results = {"search": {"id": search_id, "objective": objective, **outcome.to_dict(), "dev": outcome.dev}}
+    block = {"search": {"id": search_id, "objective": objective, **outcome.to_dict(), "dev": outcome.dev}}
     summary = {"search": search_id, "trial": outcome.number, "dev_objective": outcome.dev_objective}
-    return store.add(recipe.to_dict(), results, summary, device, outcome.seconds, kind="search-trial")
+    return record_run(store, "search-trial", trial_recipe(base, outcome.params), extra=block, summary=summary,
+                      device=device, seconds=outcome.seconds).id
 
 
 def final_report(
@@ -737,15 +738,13 @@ def run_search(
         lab = scorer.lab
         final = final_report(scorer.final_lab(), scorer.dev_lab, scorer.adapters, recipe, best_recipe, objective, shared_grid)
         if store is not None:
-            results = {
-                **final["best"]["evaluation"],
-                "search": {"id": search_id, "objective": objective, "direction": direction(objective),
-                           "split": [split.to_dict() for split in splits], "backend": backend_name,
-                           "dev_objective": best.dev_objective, "trial": best.number, "report": final,
-                           "trials": len(study.outcomes), "failed_trials": study.failed},
-            }
+            block = {"search": {"id": search_id, "objective": objective, "direction": direction(objective),
+                                "split": [split.to_dict() for split in splits], "backend": backend_name,
+                                "dev_objective": best.dev_objective, "trial": best.number, "report": final,
+                                "trials": len(study.outcomes), "failed_trials": study.failed}}
             summary = {"search": search_id, "trials": len(study.outcomes), "objective": objective}
-            store.add(best_recipe.to_dict(), results, summary, str(lab.device), study.seconds, kind="search")
+            record_run(store, "search", best_recipe, final["best"]["evaluation"], extra=block, summary=summary,
+                       device=str(lab.device), seconds=study.seconds)
     if progress is not None:
         progress(trials + 1, trials + 1, "done")
     return SearchResult(search_id, objective, backend_name, study, best_recipe, final, splits)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -98,10 +97,11 @@ def main(argv: list[str]) -> None:
         sys.path[0] = str(APP_FOLDER)
     elif str(APP_FOLDER) not in sys.path:
         sys.path.insert(0, str(APP_FOLDER))
+    from merging import jobs
     from pages._ui import app_navigation_only
 
     app_navigation_only()  # a deep link as the first request still goes through app.py
-    threading.Thread(target=warm_up_at_server_start, name="mergescope-server-start-warm-up", daemon=True).start()
+    jobs.start_thread("server-start-warm-up", warm_up_at_server_start)
     from streamlit.web import cli
 
     try:
@@ -113,7 +113,7 @@ def main(argv: list[str]) -> None:
         # A warm-up (or a page's job) still inside torch when the interpreter shuts down aborts the
         # process ("terminate called without an active exception", exit 134): a Ctrl-C during the
         # warm-up would end in a crash. Streamlit has stopped by now; leave without the shutdown.
-        if any(t.daemon and t.is_alive() and t.name.startswith("mergescope") for t in threading.enumerate()):
+        if jobs.our_threads_alive():
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

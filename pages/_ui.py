@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import io
 import os
-import threading
-import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from merging import jobs
 from merging.catalog import (  # noqa: F401 - used by the other pages
     Entry,
     adapters_folder,
@@ -34,7 +32,6 @@ from merging.catalog import catalog as adapter_catalog
 from merging.catalog import default_base_model as zoo_base_model
 from merging.lab import Lab
 from merging.lora import Adapter, AdapterError, adapter_version, load_adapter
-from merging.progress import Cancelled
 from merging.runs import RunStore
 from merging.workspace import clean_workspace
 from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
@@ -189,12 +186,8 @@ def lab_for(base_model: str, device: str) -> Lab:
 
 
 def warm_up_in_background(lab: Lab, paths: list[Path]) -> None:
-    """Once per Lab: score the given adapters alone in a daemon thread (see Lab.warm_up)."""
-    if getattr(lab, "_warm_up_started", False):
-        return
-    lab._warm_up_started = True
-    adapters = [load_adapter_cached(path) for path in paths]
-    threading.Thread(target=lab.warm_up, args=(adapters,), name="mergescope-warm-up", daemon=True).start()
+    """Once per Lab: score the given adapters alone in a daemon thread (merging.jobs, Lab.warm_up)."""
+    jobs.warm_up_in_background(lab, lambda: [load_adapter_cached(path) for path in paths])
 
 
 @st.cache_resource(show_spinner=False)
@@ -256,57 +249,19 @@ def warn_broken(entries: list[Entry]) -> None:
 # Background jobs: heavy work runs in a thread, the page polls it, Cancel stops it
 
 
-@dataclass
-class Job:
-    label: str
-    done: int = 0
-    total: int = 1
-    what: str = ""
-    result: Any = None
-    partial: Any = None  # a first look the work may publish before its result (e.g. a preview)
-    error: str | None = None
-    error_detail: str | None = None
-    finished: bool = False
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    started: float = field(default_factory=time.perf_counter)
-    seconds: float = 0.0
-
-    @property
-    def fraction(self) -> float:
-        return min(max(self.done / self.total, 0.0), 1.0) if self.total else 0.0
-
-    def progress(self, done: int, total: int, what: str) -> None:
-        if self.cancel_event.is_set():
-            raise Cancelled()
-        self.done, self.total, self.what = done, total, what
+Job = jobs.Job  # the pages' name for it
 
 
 def start_job(
     key: str, label: str, work: Callable[[Callable[[int, int, str], None]], Any], job: Job | None = None
 ) -> Job:
-    """Run `work(progress)` in a thread; its result or error lands on the Job in session state.
+    """Run `work(progress)` in a thread (merging.jobs); its result or error lands on the Job in session state.
 
-    A thread, not a process: CUDA must not be initialised in a forked child, and the model is
-    shared through the cached Lab. The work itself must not call Streamlit. Pass `job` when the
-    work publishes a `partial` result on it.
+    The work itself must not call Streamlit. Pass `job` when the work publishes a `partial` result on it.
     """
     job = job or Job(label)
-
-    def target() -> None:
-        try:
-            job.result = work(job.progress)
-        except Cancelled:
-            job.error = "Cancelled."
-        except Exception as err:  # shown in the page; the app stays usable
-            job.error = f"{type(err).__name__}: {err}"
-            job.error_detail = traceback.format_exc()
-        finally:
-            job.seconds = time.perf_counter() - job.started
-            job.finished = True
-
     st.session_state[f"job:{key}"] = job
-    threading.Thread(target=target, name=f"mergescope-{key}", daemon=True).start()
-    return job
+    return jobs.start_job(key, job, work)
 
 
 def current_job(key: str) -> Job | None:
@@ -331,7 +286,7 @@ def show_job_progress(key: str, show_partial: Callable[[Any], None] | None = Non
             st.rerun(scope="app")
         st.progress(job.fraction, text=f"{job.label}: {job.what}")
         if st.button("Cancel", key=f"cancel:{key}"):
-            job.cancel_event.set()
+            job.cancel()
         if show_partial is not None and job.partial is not None:
             show_partial(job.partial)
 

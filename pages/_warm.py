@@ -18,13 +18,13 @@ Interference page keys its own cache.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
 
+from merging import jobs
 from merging.catalog import Entry, twin_of, zoo_entries
 from merging.evaluation import cross_task_matrix
 from merging.lora import adapter_version, load_adapter
@@ -132,9 +132,8 @@ def _started(zoo_folder: str, device: str) -> Readiness:
         return readiness
     readiness.state["base model"] = "ready"
     cross_task_results()  # created here, in the script thread
-    lab._warm_up_started = True  # the Merge page's own warm-up would repeat the singles
-    threading.Thread(target=_warm, args=(readiness, lab, built_in, entries, adapters, device, disk_cache()),
-                     name="mergescope-server-warm-up", daemon=True).start()
+    jobs.claim_warm_up(lab)  # the Merge page's own warm-up would repeat the singles
+    jobs.start_thread("server-warm-up", _warm, readiness, lab, built_in, entries, adapters, device, disk_cache())
     return readiness
 
 

@@ -17,12 +17,14 @@ import streamlit as st
 from merging import catalog, narrative, plots
 from merging.do_merging import FIELDS as DO
 from merging.do_merging import SCHEMA as DO_SCHEMA
-from merging.evaluation import PREVIEW_EVERY, modules_fingerprint
+from merging.evaluation import PREVIEW_EVERY
 from merging.merge import save_merged
 from merging.methods import REGISTRY, MethodError
 from merging.output_rank import bounded
 from merging.recipe import RecipeError
-from merging.run_labels import describe_recipe, run_label
+from merging.run_jobs import merge_work
+from merging.run_labels import describe_run, recipe_data, run_label
+from merging.stored_runs import read_run
 from pages import _recipe_ui as codec
 from pages import _ui
 
@@ -114,33 +116,14 @@ with controls:
         st.caption(f"This recipe also sets {carried} (no control here; kept as the link gave them).")
 
 # ----------------------------------------------------------------------------------------------
-# Run: the Recipe alone says what is merged (catalog.resolve_inputs applies its `osrm` mode)
-
-
-def _merge_work(inputs: catalog.MergeInputs, recipe, lab, job: _ui.Job, store):
-    def publish_preview(evaluation) -> None:
-        job.partial = evaluation.to_dict()
-
-    def work(progress):
-        if inputs.pending_posthoc:
-            progress(0, 1, "projecting onto OSRM's subspace")
-        merged_inputs = catalog.project_posthoc(inputs, lab)
-        run = lab.merge_and_evaluate(merged_inputs.adapters, recipe, progress, on_preview=publish_preview)
-        results = run.results()
-        results["osrm"] = {"mode": recipe.osrm, "twins": merged_inputs.twins, "posthoc": merged_inputs.posthoc}
-        results["fingerprint"] = modules_fingerprint(run.merged.adapter.modules)
-        run_id = store.add(run.recipe.to_dict(), results, run.merged.summary(), str(lab.device), run.seconds)
-        return {"run_id": run_id, "results": results, "merged": run.merged, "seconds": run.seconds,
-                "recipe": run.recipe.to_dict(), "adapters": merged_inputs.adapters, "base_model": inputs.base_model}
-
-    return work
+# Run: the Recipe alone says what is merged (catalog.resolve_inputs applies its `osrm` mode);
+# merging.run_jobs.merge_work merges, scores and records the run in a background job
 
 
 def _show_examples(last: dict) -> None:
     """Causal tasks: a few prompts per task with the reference and the base / single / merged greedy
     outputs, each with its loss and perplexity (merging.examples computes them; this only shows)."""
     from merging.examples import side_by_side
-    from merging.recipe import recipe_from_dict
 
     with st.expander("Examples side by side", expanded=False):
         st.caption("The first prompts of each task's evaluation file: what the base model, the task's own adapter and "
@@ -148,13 +131,13 @@ def _show_examples(last: dict) -> None:
                    "(nats per token) and its perplexity, exp(loss).")
         left, right = st.columns([1, 3])
         count = int(left.number_input("Prompts per task", 1, 50, 3, key="merge_examples_count"))
-        key = ("merge_examples", last["run_id"], count)
+        key = ("merge_examples", last["run"].id, count)
         if right.button("Show examples", key="merge_examples_run"):
             merged = last["merged"]
             try:
                 with st.spinner("Generating…"):
                     lab = _ui.lab_for(last["base_model"], ui_settings.device)
-                    rows = side_by_side(lab, last["adapters"], recipe_from_dict(last["recipe"]), count,
+                    rows = side_by_side(lab, last["adapters"], last["run"].recipe, count,
                                         merged.adapter.modules, dict(merged.adapter.saved_modules) or None)
                 st.session_state["merge_examples"] = (key, rows)
             except (ValueError, OSError) as err:
@@ -193,12 +176,11 @@ def _stored_run(run_id_text: str | None) -> dict | None:
         if run_id_text:
             st.warning(f"The link's run id {str(run_id_text)[:40]!r} is not a run number; ignored.")
         return None
-    record = store.get(int(run_id_text))
-    if record is None or record.kind != "merge":
+    run = read_run(store, int(run_id_text))
+    if run is None or run.kind != "merge":
         st.warning(f"Run {run_id_text} from the link is not in this workspace's run store.")
         return None
-    return {"run_id": record.id, "results": record.results, "merged": None, "seconds": record.seconds,
-            "recipe": record.recipe}
+    return {"run": run, "merged": None}
 
 
 if "merge_last" not in st.session_state:
@@ -213,7 +195,7 @@ def _baseline_name(typed: str | None, run_id: int) -> str | None:
 if "merge_baseline" not in st.session_state:
     pinned = _stored_run(st.query_params.get("baseline"))
     if pinned:
-        pinned["name"] = _baseline_name(st.query_params.get("baseline_name"), pinned["run_id"])
+        pinned["name"] = _baseline_name(st.query_params.get("baseline_name"), pinned["run"].id)
     st.session_state["merge_baseline"] = pinned
 
 built_in = _ui.zoo()
@@ -236,7 +218,11 @@ if run_clicked:
         inputs = catalog.resolve_inputs(recipe, _ui.load_adapter_as, ui_settings.base_model)
         lab = _ui.lab_for(inputs.base_model, ui_settings.device)  # cached; loads in the page's thread
         job = _ui.Job("Merging and evaluating")
-        _ui.start_job(JOB, job.label, _merge_work(inputs, recipe, lab, job, store), job=job)
+
+        def publish_preview(evaluation, job=job) -> None:  # the first look, shown while the rest runs
+            job.partial = evaluation.to_dict()
+
+        _ui.start_job(JOB, job.label, merge_work(inputs, recipe, lab, store, publish_preview), job=job)
     except (RecipeError, MethodError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
 
@@ -267,8 +253,8 @@ if finished is not None:
         st.session_state["merge_previous"] = st.session_state.get("merge_last")
         st.session_state["merge_last"] = finished.result
         st.session_state["merge_scroll"] = True  # bring the new result into view under Run
-        if finished.result["run_id"] is not None:
-            st.query_params["run"] = str(finished.result["run_id"])
+        if finished.result["run"].id is not None:
+            st.query_params["run"] = str(finished.result["run"].id)
         st.session_state.pop("merge_error", None)
 
 if st.session_state.get("merge_error"):
@@ -280,25 +266,26 @@ if st.session_state.get("merge_error"):
 last = st.session_state.get("merge_last")
 baseline = st.session_state.get("merge_baseline")
 if last:
-    results = last["results"]
+    shown_run = last["run"]
+    results = shown_run.results
     average = results["average"]
-    recipe_text = describe_recipe(last.get("recipe") or {})
+    recipe_text = describe_run(shown_run)
     st.subheader(
-        f"{run_label(last['run_id']).capitalize()}: {results['merge']['method']} of "
+        f"{run_label(shown_run.id).capitalize()}: {results['merge']['method']} of "
         f"{len(results['merge']['adapters'])} adapters",
         anchor="merge-result",
     )
     st.caption("Recipe: " + recipe_text)
-    if last["run_id"] is None:
+    if shown_run.id is None:
         st.warning("This run was not stored (see the run store's warning above): it is shown, not kept.")
     # The change is measured against the pinned baseline when there is one, else the previous run.
-    if baseline and baseline["run_id"] != last["run_id"]:
-        compared, compared_name = baseline, f"baseline {run_label(baseline['run_id'], baseline['name'])}"
+    if baseline and baseline["run"].id != shown_run.id:
+        compared, compared_name = baseline["run"], f"baseline {run_label(baseline['run'].id, baseline['name'])}"
     else:
         previous = st.session_state.get("merge_previous")
-        compared = previous if previous and previous["run_id"] != last["run_id"] else None
-        compared_name = f"the previous run ({run_label(compared['run_id'])})" if compared else ""
-    compared_average = compared["results"]["average"] if compared else None
+        compared = previous["run"] if previous and previous["run"].id != shown_run.id else None
+        compared_name = f"the previous run ({run_label(compared.id)})" if compared else ""
+    compared_average = compared.results["average"] if compared else None
     metric_columns = st.columns(4)
 
     def delta(key):
@@ -318,10 +305,10 @@ if last:
     if results.get("cached"):
         # Scored before (e.g. by the server's warm-up): the seconds would only time a cache look-up.
         metric_columns[3].metric("Merge + evaluation time", "cached",
-                                 help=f"this merged body was scored before; merge took {last['seconds']:.2f} s "
+                                 help=f"this merged body was scored before; merge took {shown_run.seconds:.2f} s "
                                  f"on {results['merge']['device']}")
     else:
-        metric_columns[3].metric("Merge + evaluation time", f"{last['seconds']:.2f} s",
+        metric_columns[3].metric("Merge + evaluation time", f"{shown_run.seconds:.2f} s",
                                  help=f"device: {results['merge']['device']}; waiting for the warm-up not counted")
     if plots.has_loss(results):
         how_scored = (
@@ -337,7 +324,7 @@ if last:
         )
     if not ui_settings.presentation:  # on stage it goes under the chart, which must fit the window
         st.caption(how_scored)
-    osrm = results.get("osrm") or {}
+    osrm = shown_run.osrm
     if osrm.get("twins"):
         st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
                 + (" — the base bars are the base model alone." if plots.has_loss(results) else
@@ -361,35 +348,35 @@ if last:
         st.caption(how_scored)
     if compared:
         _ui.show_figure(
-            plots.accuracy_delta(results, compared["results"], title=f"Change in merged {metric} vs {compared_name}",
+            plots.accuracy_delta(results, compared.results, title=f"Change in merged {metric} vs {compared_name}",
                                  presentation=ui_settings.presentation),
             "accuracy_delta",
             "merge_delta",
         )
-        st.caption(f"Compared with {compared_name}: " + describe_recipe(compared.get("recipe") or {}))
-        st.markdown(narrative.takeaway_fix("This run", compared_name, compared["results"], results))  # measured, with its noise
+        st.caption(f"Compared with {compared_name}: " + describe_run(compared))
+        st.markdown(narrative.takeaway_fix("This run", compared_name, compared.results, results))  # measured, with its noise
 
     # Pin a run as the named baseline every later run is compared with (kept in the link).
     pin_left, pin_middle, pin_right = st.columns([2, 1, 1])
-    if last["run_id"] is not None and (not baseline or baseline["run_id"] != last["run_id"]):
+    if shown_run.id is not None and (not baseline or baseline["run"].id != shown_run.id):
         # The field is the name of *this* run: a widget keeps its value across runs, so a new run
         # resets it to its own default (else pinning run 3 named it after run 1's field).
-        if st.session_state.get("merge_baseline_name_run") != last["run_id"]:
-            st.session_state["merge_baseline_name"] = f"run {last['run_id']}"
-            st.session_state["merge_baseline_name_run"] = last["run_id"]
+        if st.session_state.get("merge_baseline_name_run") != shown_run.id:
+            st.session_state["merge_baseline_name"] = f"run {shown_run.id}"
+            st.session_state["merge_baseline_name_run"] = shown_run.id
         name = pin_left.text_input("Baseline name", key="merge_baseline_name", label_visibility="collapsed")
         if pin_middle.button("Pin as baseline", key="merge_pin", icon=":material/push_pin:"):
-            named = _baseline_name(name, last["run_id"])
+            named = _baseline_name(name, shown_run.id)
             st.session_state["merge_baseline"] = {**last, "name": named}
-            st.query_params["baseline"] = str(last["run_id"])
+            st.query_params["baseline"] = str(shown_run.id)
             if named:
                 st.query_params["baseline_name"] = named
             else:
                 st.query_params.pop("baseline_name", None)
             st.rerun()
     if baseline:
-        pin_left.caption(f"Baseline: {run_label(baseline['run_id'], baseline['name'])} — "
-                         + describe_recipe(baseline.get("recipe") or {}))
+        pin_left.caption(f"Baseline: {run_label(baseline['run'].id, baseline['name'])} — "
+                         + describe_run(baseline["run"]))
         if pin_right.button("Unpin baseline", key="merge_unpin"):
             st.session_state["merge_baseline"] = None
             st.query_params.pop("baseline", None)
@@ -427,7 +414,7 @@ if last:
         st.markdown("**Export**")
         e1, e2, e3 = st.columns(3)
         merged_adapter = last["merged"]
-        stem = f"run{last['run_id']}" if last["run_id"] is not None else "unstored-run"
+        stem = f"run{shown_run.id}" if shown_run.id is not None else "unstored-run"
         if merged_adapter is not None:
             if "bounded" not in last:  # the PEFT output's rank bound (merging.output_rank), computed once
                 last["bounded"] = bounded(merged_adapter)
@@ -439,7 +426,7 @@ if last:
                 st.warning(f"PEFT zip: {rank_bound['warning']} (below, 'Write full model').", icon="⚠️")
         else:
             e1.caption("Reopened from the run store: press Run merge to rebuild the adapter for export.")
-        e2.download_button("Recipe (JSON)", json.dumps(last.get("recipe") or {}, indent=2),
+        e2.download_button("Recipe (JSON)", json.dumps(recipe_data(shown_run), indent=2),
                            f"recipe-{stem}.json", "application/json", key="export_recipe")
         e3.download_button("Results (CSV)", frame.to_csv(index=False), f"results-{stem}.csv",
                            "text/csv", key="export_csv")

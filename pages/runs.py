@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from merging import plots
-from merging.methods import MethodError
-from merging.recipe import Recipe, RecipeError, recipe_of_run
+from merging.run_jobs import heatmap_grid
+from merging.run_labels import recipe_data
+from merging.stored_runs import StoredRun, percent, read_runs
 from pages import _ui
 
 ui_settings = _ui.settings()
@@ -22,8 +22,8 @@ st.title("Runs")
 
 try:
     store = _ui.run_store(ui_settings.workspace)
-    listing = store.read()
-    records = listing.records
+    listing = read_runs(store)
+    records = listing.runs
 except (OSError, sqlite3.Error) as err:
     st.error(f"The run store in {ui_settings.workspace} could not be opened: {err}")
     st.stop()
@@ -56,53 +56,27 @@ if not hidden:
 # The table
 
 
-def _adapter_name(ref: dict) -> str:
-    return ref.get("name") or Path(ref.get("path", "?")).name
-
-
-def _names(record) -> list[str]:
-    return [_adapter_name(a) for a in record.recipe.get("adapters", [])]
-
-
-def _weights(record) -> list[float]:
-    if record.kind == "sweep":
-        return list(record.results.get("best_weights") or [])
-    return [a.get("weight", 1.0) for a in record.recipe.get("adapters", [])]
-
-
-def _recipe(record) -> tuple[Recipe | None, str | None]:
-    """The run's Recipe (old stored forms mapped by recipe_of_run), or why it cannot be read."""
-    try:
-        return recipe_of_run(record.recipe, record.results), None
-    except (RecipeError, MethodError, ValueError, TypeError) as err:
-        return None, str(err)
-
-
-def _parameters_text(record) -> str:
-    recipe, _ = _recipe(record)
+def _parameters_text(record: StoredRun) -> str:
+    recipe = record.recipe
     if recipe is None:
         return "?"
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in recipe.parameters.items()) or "—"
 
 
-def _percent(value) -> float | None:
-    return None if value is None else round(100 * value, 1)
-
-
 def _row(record) -> dict:
-    average = record.results.get("average") or {}
-    weights = _weights(record)
-    init = (record.results.get("sweep") or {}).get("init") or record.summary.get("init")
+    average = record.average
+    weights = record.weights
+    init = record.init
     return {
         "id": record.id,
         "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)),
         "kind": record.kind if not init else f"{record.kind} ({init})",
-        "method": record.recipe.get("method", "?"),
-        "adapters": ", ".join(_names(record)),
+        "method": record.method,
+        "adapters": ", ".join(record.adapter_names),
         "λ": ", ".join(f"{w:g}" for w in weights) if weights else "",
         "metric": _metric(record),
-        "average merged %": _percent(average.get("merged")),
-        "normalised %": _percent(average.get("normalized")),
+        "average merged %": percent(average.get("merged")),
+        "normalised %": percent(average.get("normalized")),
         "device": record.device,
         "seconds": round(record.seconds, 2),
     }
@@ -117,7 +91,7 @@ def _metric(record) -> str:
 
 
 def _label(record) -> str:
-    return f"run {record.id} · {_row(record)['kind']} · {record.recipe.get('method', '?')}"
+    return f"run {record.id} · {_row(record)['kind']} · {record.method}"
 
 
 by_id = {r.id: r for r in records}
@@ -175,21 +149,19 @@ if compare:
                 "time": _row(r)["time"],
                 "adapters": _row(r)["adapters"],
                 "λ": _row(r)["λ"],
-                "method": r.recipe.get("method"),
+                "method": r.method,
                 "parameters": _parameters_text(r),
-                "OSRM": _recipe(r)[0].osrm if _recipe(r)[0] else "?",
-                "rank": "exact" if r.recipe.get("rank") is None else r.recipe.get("rank"),
-                "DO-Merging": ", ".join(
-                    k for k in ("decouple", "orthogonalize") if (r.recipe.get("do_merging") or {}).get(k)
-                ) or "off",
+                "OSRM": r.recipe.osrm if r.recipe else "?",
+                "rank": "exact" if r.rank is None else r.rank,
+                "DO-Merging": ", ".join(r.do_merging_switches) or "off",
                 "metric": _metric(r),
                 **{
-                    f"{task} merged %": _percent(scores.get("merged"))
-                    for task, scores in (r.results.get("tasks") or {}).items()
+                    f"{task} merged %": percent(scores.get("merged"))
+                    for task, scores in r.tasks.items()
                 },
                 **{
                     f"{task} merged loss": round(scores["loss"]["merged"], 4)
-                    for task, scores in (r.results.get("tasks") or {}).items()
+                    for task, scores in r.tasks.items()
                     if isinstance(scores.get("loss"), dict) and scores["loss"].get("merged") is not None
                 },
                 "average merged %": _row(r)["average merged %"],
@@ -214,27 +186,26 @@ detail_id = st.selectbox("Run", [r.id for r in records], format_func=lambda i: _
 record = by_id[detail_id]
 if st.button("Reopen in Merge", key="runs_reopen", type="primary",
              help="Open the Merge page with this run's recipe (a sweep: its best point); a link to it can be shared."):
-    recipe, problem = _recipe(record)
+    recipe, problem = record.recipe, record.recipe_problem
     if recipe is not None:
         _ui.choose_base_model_of(recipe)  # the run's base model in the sidebar, so its adapters are listed
     known = {e.name for e in _ui.catalog(ui_settings.workspace, every_base_model=True)}
     if recipe is None:
         st.error(f"This run's recipe cannot be read: {problem}")
-    elif not any(n in known for n in _names(record)):
-        st.error("None of this run's adapters is in the adapter list any more: " + ", ".join(_names(record)))
+    elif not any(n in known for n in record.adapter_names):
+        st.error("None of this run's adapters is in the adapter list any more: " + ", ".join(record.adapter_names))
     else:
         st.session_state.pop("_merge_from_url_done", None)  # the Merge page reads the URL once per session
         st.switch_page("pages/merge.py", query_params={"recipe": recipe.to_url()})
-if record.kind == "sweep" and (record.results.get("sweep") or {}).get("points"):
-    sweep = record.results["sweep"]
+if record.kind == "sweep" and record.sweep.get("points"):
+    sweep = record.sweep
     points = sweep["points"]
     try:
         if sweep.get("mode") == "heatmap":
             axis1, axis2 = sweep["axes"]
-            values = {tuple(p["weights"]): p["results"]["average"].get("merged") for p in points}
             figure = plots.lambda_heatmap(
-                axis1, axis2, [[values.get((a, b)) for b in axis2] for a in axis1],
-                names=sweep.get("names") or _names(record), presentation=ui_settings.presentation,
+                axis1, axis2, heatmap_grid(points, axis1, axis2),
+                names=sweep.get("names") or record.adapter_names, presentation=ui_settings.presentation,
                 title=f"Average merged {_metric(record)} over (λ₁, λ₂)", metric=_metric(record),
             )
             _ui.show_figure(figure, "lambda_heatmap", f"runs_sweep_{record.id}")
@@ -257,9 +228,9 @@ if record.kind == "sweep" and (record.results.get("sweep") or {}).get("points"):
         st.error(f"This sweep cannot be drawn: {err}")
 if not hidden:
     with st.expander("Recipe and results (JSON)"):
-        st.json({"recipe": record.recipe, "results": record.results, "summary": record.summary}, expanded=False)
+        st.json({"recipe": recipe_data(record), "results": record.results, "summary": record.summary}, expanded=False)
     st.download_button(
-        "Recipe (JSON)", _recipe(record)[0].to_json() if _recipe(record)[0] else json.dumps(record.recipe, indent=2),
+        "Recipe (JSON)", record.recipe.to_json() if record.recipe else json.dumps(record.stored_recipe, indent=2),
         f"recipe-run{record.id}.json", "application/json",
         key="runs_recipe_download", type="tertiary",
     )

@@ -3,21 +3,17 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
 
 from merging import catalog, plots
-from merging.evaluation import modules_fingerprint
-from merging.examples import perplexity
-from merging.lab import on_device
-from merging.merge import merge_adapters
 from merging.methods import REGISTRY, MethodError
 from merging.plots.sweep import lambdas as said_lambdas  # two decimals, one λ when all are equal
-from merging.progress import Cancelled
 from merging.recipe import RecipeError
+from merging.run_jobs import SweepSet, heatmap_grid, lambda_grid, sweep_rows, sweep_work
+from merging.stored_runs import best_point
 from pages import _recipe_ui as codec
 from pages import _ui
 
@@ -115,86 +111,12 @@ with controls:
         )
 
 
-def _lambdas(first: float, last: float, n: int) -> list[float]:
-    if n < 2:
-        return [round(first, 4)]
-    return [round(first + i * (last - first) / (n - 1), 4) for i in range(n)]
-
-
-lambdas = _lambdas(float(start), float(stop), int(count))
+lambdas = lambda_grid(float(start), float(stop), int(count))
 weight_grid = [[a, b] for a in lambdas for b in lambdas] if grid_mode else [[lam] * len(names) for lam in lambdas]
 
 # ----------------------------------------------------------------------------------------------
-# The work: one Lab.sweep per initialisation, in a background job. Each set is stored as a run whose
-# recipe is its best point's (weights included), so the run re-merges from its recipe alone.
-
-
-def _best(points: list[dict]) -> dict:
-    scored = [p for p in points if p["results"]["average"].get("merged") is not None]
-    return max(scored, key=lambda p: p["results"]["average"]["merged"]) if scored else points[0]
-
-
-def _sweep_work(sets: list[dict], lab, mode: str, grid: list, axes, store, partial: dict):
-    """`sets`: [{"init", "recipe", "inputs" (catalog.resolve_inputs of that recipe)}].
-
-    One Lab.sweep call per point, so a Cancel keeps every point scored so far: they are stored as a
-    run marked cancelled and left in `partial` (the page shows them)."""
-
-    def work(progress):
-        if any(item["inputs"].pending_posthoc for item in sets):
-            progress(0, 1, "projecting onto OSRM's subspace")
-        per_set = len(grid)
-        total = per_set * len(sets)
-        output = partial
-        output.update({"mode": mode, "axes": axes, "sets": {}, "run_ids": {}, "device": str(lab.device),
-                       "seconds": 0.0, "cancelled": False})
-        for phase, item in enumerate(sets):
-            inputs = catalog.project_posthoc(item["inputs"], lab)
-            recipe = item["recipe"]
-            started = time.perf_counter()
-            points: list[dict] = []
-            output["sets"][item["init"]] = {"names": inputs.names, "points": points, "posthoc": inputs.posthoc}
-            try:
-                for index, weights in enumerate(grid):
-                    progress(phase * per_set + index, total,
-                             f"{item['init']}: λ = {said_lambdas(weights)}")
-                    (swept,) = lab.sweep(inputs.adapters, recipe, [weights])
-                    points.append({"weights": list(swept[0]), "results": swept[1].to_dict()})
-            except Cancelled:
-                output["cancelled"] = True
-                if not points:
-                    output["sets"].pop(item["init"])
-                    raise
-            best = _best(points)
-            best_recipe = on_device(recipe.with_weights(best["weights"]), lab.device)
-            body = merge_adapters(inputs.adapters, best_recipe).adapter.modules  # the stored run's own body
-            seconds = time.perf_counter() - started
-            results = {
-                **best["results"],
-                "best_weights": best["weights"],
-                "osrm": {"mode": recipe.osrm, "twins": inputs.twins, "posthoc": inputs.posthoc},
-                "fingerprint": modules_fingerprint(body),
-                "sweep": {"init": item["init"], "mode": mode, "axes": axes, "names": inputs.names, "points": points},
-            }
-            summary = {
-                "method": recipe.method,
-                "adapters": inputs.names,
-                "init": item["init"],
-                "mode": mode,
-                "points": len(points),
-                "posthoc": inputs.posthoc,
-            }
-            if output["cancelled"]:
-                summary["cancelled"] = f"after {len(points)} of {per_set} points"
-            output["run_ids"][item["init"]] = store.add(
-                best_recipe.to_dict(), results, summary, str(lab.device), seconds, kind="sweep"
-            )
-            output["seconds"] += seconds
-            if output["cancelled"]:
-                raise Cancelled()
-        return output
-
-    return work
+# The work (merging.run_jobs): one Lab.sweep per point and initialisation, each set stored as a run
+# whose recipe is its best point's.
 
 
 chosen = [catalog.entry_by_name(entries, n) for n in names]
@@ -239,18 +161,17 @@ if run_clicked and recipe is not None:
         st.query_params["recipe"] = replace(widget_recipe, osrm=overlay_mode).to_url()
         fallback = ui_settings.base_model
         standard_recipe = replace(recipe, osrm="off")
-        sets = [{"init": "standard", "recipe": standard_recipe,
-                 "inputs": catalog.resolve_inputs(standard_recipe, _ui.load_adapter_as, fallback)}]
+        sets = [SweepSet("standard", standard_recipe,
+                         catalog.resolve_inputs(standard_recipe, _ui.load_adapter_as, fallback))]
         if overlay_mode != "off":
             osrm_recipe = replace(recipe, osrm=overlay_mode)
-            sets.append({"init": "osrm", "recipe": osrm_recipe,
-                         "inputs": catalog.resolve_inputs(osrm_recipe, _ui.load_adapter_as, fallback)})
-        lab = _ui.lab_for(sets[0]["inputs"].base_model, ui_settings.device)  # cached; loads in the page's thread
+            sets.append(SweepSet("osrm", osrm_recipe, catalog.resolve_inputs(osrm_recipe, _ui.load_adapter_as, fallback)))
+        lab = _ui.lab_for(sets[0].inputs.base_model, ui_settings.device)  # cached; loads in the page's thread
         axes = [lambdas, lambdas] if grid_mode else [lambdas]
         st.session_state["sweep_pending_key"] = key
         partial: dict = {}  # what is scored so far: kept when the sweep is cancelled
         st.session_state["sweep_partial"] = partial
-        _ui.start_job(JOB, "Sweeping λ", _sweep_work(sets, lab, sweep_mode, weight_grid, axes, store, partial))
+        _ui.start_job(JOB, "Sweeping λ", sweep_work(sets, lab, sweep_mode, weight_grid, axes, store, partial))
         running = True
     except (RecipeError, MethodError, ValueError, OSError) as err:
         st.error(_ui.friendly_error(err))
@@ -292,34 +213,6 @@ if st.session_state.get("sweep_notice"):
 # Results
 
 
-def _table(result: dict) -> pd.DataFrame:
-    rows = []
-    for init, data in result["sets"].items():
-        for point in data["points"]:
-            scores = point["results"]
-            if result["mode"] == "heatmap":
-                row = {"init": init, "λ₁": point["weights"][0], "λ₂": point["weights"][1]}
-            else:
-                row = {"init": init, "λ": point["weights"][0]}
-            for task, task_scores in scores["tasks"].items():
-                row[task] = None if task_scores["merged"] is None else round(task_scores["merged"], 4)
-                loss = (task_scores.get("loss") or {}).get("merged")
-                if loss is not None:
-                    row[f"{task} loss"] = round(loss, 4)
-                    ppl = perplexity(loss)  # exp(loss), beside it
-                    row[f"{task} perplexity"] = None if ppl is None else round(ppl, 3)
-            average = scores["average"]
-            row["average merged"] = None if average.get("merged") is None else round(average["merged"], 4)
-            row["average normalised"] = None if average.get("normalized") is None else round(average["normalized"], 4)
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _heatmap_grid(points: list[dict], axis1: list[float], axis2: list[float]) -> list[list[float | None]]:
-    values = {tuple(p["weights"]): p["results"]["average"].get("merged") for p in points}
-    return [[values.get((a, b)) for b in axis2] for a in axis1]
-
-
 shown_key = key if key in cache else st.session_state.get("sweep_last_key")
 result = cache.get(shown_key) if shown_key else None
 if result and not running:
@@ -337,7 +230,7 @@ if result and not running:
     metric = plots.metric_name(first_results)  # accuracy, or exact match for causal-LM tasks
     metric_columns = st.columns(len(sets_done) + 1)
     for column, (init, data) in zip(metric_columns, sets_done.items()):
-        best = _best(data["points"])
+        best = best_point(data["points"])
         column.metric(
             f"Best average merged {metric} ({init})",
             f"{100 * (best['results']['average'].get('merged') or 0):.1f}%",
@@ -368,7 +261,7 @@ if result and not running:
             with column:
                 _ui.show_figure(
                     plots.lambda_heatmap(
-                        axis1, axis2, _heatmap_grid(data["points"], axis1, axis2), names=data["names"],
+                        axis1, axis2, heatmap_grid(data["points"], axis1, axis2), names=data["names"],
                         title=f"Average merged {metric} over (λ₁, λ₂) — {init}",
                         presentation=ui_settings.presentation, metric=metric,
                     ),
@@ -392,7 +285,7 @@ if result and not running:
                                 "token, lower is better) as λ grows; the thick black line is the average over tasks.")
         else:
             _ui.show_figure(figure, "sweep_curves", "sweep_curves")
-    frame = _table(result)
+    frame = pd.DataFrame(sweep_rows(result["sets"], result["mode"]))
     if hidden:
         with st.expander("Numbers"):
             _ui.show_table(frame, "sweep_results")

@@ -68,7 +68,7 @@ def test_the_merge_page_shows_perplexity_cosines_and_examples_side_by_side_for_c
     cosines = next(f for cols, f in frames.items() if "mean |cos| before" in cols)
     assert cosines.iloc[0]["module"] == "all modules" and len(cosines) > 1
     last = at.session_state["merge_last"]
-    orthogonalize = last["results"]["orthogonalize"]
+    orthogonalize = last["run"].results["orthogonalize"]
     module = cosines.iloc[1]["module"]
     before = orthogonalize[module]["cosine_before"]
     assert cosines.iloc[1]["mean |cos| before"] == pytest.approx(abs(before[0][1]), abs=1e-4)  # two adapters: one pair
@@ -78,12 +78,11 @@ def test_the_merge_page_shows_perplexity_cosines_and_examples_side_by_side_for_c
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
     shown = next(d.value for d in at.dataframe if "output merged" in d.value.columns)
-    from merging.recipe import recipe_from_dict
     from pages import _ui
 
     lab = _ui.lab_for(last["base_model"], "cpu")
     merged = last["merged"]
-    rows = side_by_side(lab, last["adapters"], recipe_from_dict(last["recipe"]), 2, merged.adapter.modules)
+    rows = side_by_side(lab, last["adapters"], last["run"].recipe, 2, merged.adapter.modules)
     assert list(shown["output merged"]) == [r["output merged"] for r in rows]
     assert list(shown["task"]) == ["copy", "copy", "reverse", "reverse"]
     assert list(shown["reference"]) == [r["reference"] for r in rows]
