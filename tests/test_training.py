@@ -143,7 +143,7 @@ def test_bad_arguments_are_refused(tiny, osrm_rows):
     with pytest.raises(ValueError, match="osrm_A"):
         train_lora(model, tokenizer, TEXTS, LABELS, init="osrm")
     with pytest.raises(ValueError, match="unknown init"):
-        train_lora(model, tokenizer, TEXTS, LABELS, init="gaussian")
+        train_lora(model, tokenizer, TEXTS, LABELS, init="uniform")
     with pytest.raises(ValueError, match="labels"):
         train_lora(model, tokenizer, TEXTS, [0, 5] * 6)
     with pytest.raises(ValueError, match="texts"):

@@ -67,7 +67,7 @@ def carve_dev(data: TaskData, dev_size: int, seed: int = 0) -> tuple[TaskData, t
     for index in order:
         by_class.setdefault(data.train_labels[index], []).append(index)
     taken: set[int] = set()
-    for label, indices in sorted(by_class.items()):
+    for _label, indices in sorted(by_class.items()):
         share = round(dev_size * len(indices) / len(order))
         taken.update(indices[:share])
     for index in order:  # rounding: top up (or trim) to exactly dev_size, in shuffle order
