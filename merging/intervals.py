@@ -90,3 +90,108 @@ def normal_interval(correct: int, scored: int, level: float = LEVEL) -> tuple[fl
     z = NormalDist().inv_cdf(0.5 + level / 2.0)
     half = z * (p * (1.0 - p) / scored) ** 0.5
     return p - half, p + half
+
+
+# ----------------------------------------------------------------------------------------------
+# Over training seeds: Student t intervals and paired differences; correlations
+
+
+def _regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b) by its continued fraction (Lentz), accurate to ~1e-12 for the t distribution's use."""
+    import math
+
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below the mean
+        return 1.0 - _regularized_beta(1.0 - x, b, a)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 400):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-14:
+            break
+    return front * result
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    """P(T ≤ t) for Student's t with `df` degrees of freedom."""
+    tail = 0.5 * _regularized_beta(df / (df + t * t), df / 2.0, 0.5)
+    return 1.0 - tail if t >= 0 else tail
+
+
+def student_t_quantile(p: float, df: float) -> float:
+    """The t with P(T ≤ t) = p (bisection on :func:`student_t_cdf`; df ≥ 1)."""
+    if not 0.0 < p < 1.0 or df < 1:
+        raise ValueError(f"need 0 < p < 1 and df ≥ 1, got p={p}, df={df}")
+    low, high = -1e6, 1e6
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        if student_t_cdf(middle, df) < p:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2.0
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, low, high): the Student t interval of the mean of independent values (e.g. one per
+    training seed). With one value the interval is unbounded (nan): one seed decides nothing."""
+    _check_level(level)
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    half = student_t_quantile(0.5 + level / 2.0, n - 1) * sd / n**0.5
+    return mean, mean - half, mean + half
+
+
+def paired_difference(first: Sequence[float], second: Sequence[float], level: float = LEVEL) -> dict:
+    """first − second, paired by position (same seed, same data): the mean difference with its
+    Student t interval over the pairs, and whether it survives (the interval excludes 0)."""
+    if len(first) != len(second):
+        raise ValueError(f"paired values need equal lengths, got {len(first)} and {len(second)}")
+    differences = [a - b for a, b in zip(first, second)]
+    mean, low, high = mean_interval(differences, level)
+    survives = bool(low == low and (low > 0.0 or high < 0.0))  # nan (one pair) never survives
+    return {"mean": mean, "low": low, "high": high, "n": len(differences), "survives": survives,
+            "differences": differences}  # fmt: skip
+
+
+def correlation_interval(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> dict:
+    """Pearson's r with its Fisher-z interval (n ≥ 4); r is nan when either variable is constant."""
+    import math
+    from statistics import NormalDist
+
+    _check_level(level)
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"x and y need equal lengths, got {n} and {len(y)}")
+    if n < 4:
+        raise ValueError(f"a correlation interval needs at least 4 points, got {n}")
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx == 0.0 or syy == 0.0:
+        return {"r": float("nan"), "low": float("nan"), "high": float("nan"), "n": n, "survives": False}
+    r = sum((a - mx) * (b - my) for a, b in zip(x, y)) / math.sqrt(sxx * syy)
+    r = max(-1.0, min(1.0, r))
+    z = math.atanh(max(-0.999999, min(0.999999, r)))
+    half = NormalDist().inv_cdf(0.5 + level / 2.0) / math.sqrt(n - 3)
+    low, high = math.tanh(z - half), math.tanh(z + half)
+    return {"r": r, "low": low, "high": high, "n": n, "survives": low > 0.0 or high < 0.0}
