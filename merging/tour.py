@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from merging import narrative
@@ -29,21 +30,25 @@ from merging.evaluation import EvalSet
 from merging.lora import Adapter, load_adapter
 from merging.progress import Progress
 from merging.recipe import AdapterRef, Recipe
+from merging.seed_study import STUDY_FILE
 from merging.zoo import Zoo, ZooAdapter
 
 STANDARD = "standard"
 NAIVE = "merge:task_arithmetic"
 FACTORS = "metrics:standard"
+STUDY = "study:seeds"
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One thing to measure: a merge + evaluation of `recipe`, or the factor metrics of its adapters."""
+    """One thing to measure: a merge + evaluation of `recipe`, the factor metrics of its adapters,
+    or (``study``) the zoo's stored seed study (merging.seed_study, read from `source`)."""
 
     key: str
-    kind: str  # "merge" or "metrics"
+    kind: str  # "merge", "metrics" or "study"
     recipe: Recipe
     label: str
+    source: str = ""  # the zoo folder, for a "study" measurement
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,12 @@ def tour_steps(zoo: Zoo) -> Tour:
         Step("overlap", "3 · Why? Do they read the same input directions?", "overlap", "overlap", (FACTORS,), naive_recipe),
         Step("signs", "4 · Why? Do they push weights in opposite directions?", "signs", "signs", (FACTORS,), naive_recipe),
     ]
+    has_study = (Path(zoo.folder) / STUDY_FILE).is_file()
+    if has_study:
+        measure(STUDY, "study", naive_recipe, "the seed study")
+        measurements[STUDY] = replace(measurements[STUDY], source=str(zoo.folder))
+        steps.append(Step("why", f"{len(steps) + 1} · Why? What predicts each task's loss", "why", "why", (STUDY,),
+                          naive_recipe))
     for key, label, method, parameters, do in FIXES:
         recipe = _recipe(standard, method, parameters, do=do, base_model=base)
         measure(f"merge:{key}", "merge", recipe, label)
@@ -157,6 +168,12 @@ def tour_steps(zoo: Zoo) -> Tour:
     steps.append(Step("posthoc", f"{len(steps) + 1} · Fix: OSRM after training (post-hoc projection)", "variant",
                       "variant", ("merge:posthoc", NAIVE), posthoc,
                       label="Projecting the trained adapters onto OSRM's subspace", reference=NAIVE))
+    if has_study:
+        osrm_recipe = next((m.recipe for k, m in measurements.items() if k == "merge:osrm"), naive_recipe)
+        steps.append(Step("seeds", f"{len(steps) + 1} · OSRM over every training seed", "seeds", "seeds", (STUDY,),
+                          osrm_recipe))
+        steps.append(Step("mechanism", f"{len(steps) + 1} · Where OSRM's effect comes from", "mechanism", "mechanism",
+                          (STUDY,), osrm_recipe))
     merges = tuple(k for k, m in measurements.items() if m.kind == "merge")
     steps.append(Step("summary", f"{len(steps) + 1} · All merges side by side", "summary", "summary", merges,
                       naive_recipe))
@@ -216,12 +233,26 @@ def measure_factors(recipe: Recipe, load: Callable[[Any, str], Adapter] | None =
 def measure(measurement: Measurement, lab, load=None, progress: Progress | None = None,
             eval_limit: int | None = None) -> dict:
     start = time.perf_counter()
-    if measurement.kind == "merge":
+    if measurement.kind == "study":
+        value = read_study(measurement.source)
+    elif measurement.kind == "merge":
         value = measure_merge(measurement.recipe, lab, load, progress, eval_limit)
     else:
         value = measure_factors(measurement.recipe, load, progress)
     value["measured_seconds"] = round(time.perf_counter() - start, 3)
     return value
+
+
+def read_study(zoo_folder: str) -> dict:
+    """The parts of the zoo's seed study the tour shows, or {"error": why} when it is missing or stale."""
+    from merging.seed_study import StudyError, load_study
+
+    try:
+        study = load_study(zoo_folder)
+    except StudyError as err:
+        return {"error": str(err)}
+    return {"summary": study["summary"], "ablations": study.get("ablations") or {},
+            "full_finetune": study.get("full_finetune"), "created": study.get("created")}  # fmt: skip
 
 
 def cache_key(measurement: Measurement, eval_limit: int | None) -> str:
@@ -243,7 +274,7 @@ def disk_key(measurement: Measurement, eval_limit: int | None) -> str:
 
 def stored(measurement: Measurement, cache, eval_limit: int | None) -> dict | None:
     """The measurement's value from a MeasureCache (None when absent or stale, or without a cache)."""
-    if cache is None:
+    if cache is None or measurement.kind == "study":  # a study is read from the zoo, fresh every time
         return None
     return cache.get(DISK_KIND, disk_key(measurement, eval_limit))
 
@@ -257,7 +288,7 @@ def measure_and_store(measurement: Measurement, lab, cache, load=None, progress:
     import json
 
     value = json.loads(json.dumps(measure(measurement, lab, load, progress, eval_limit)))
-    if cache is not None:
+    if cache is not None and measurement.kind != "study":
         cache.put(DISK_KIND, disk_key(measurement, eval_limit), value)
     return value
 
@@ -326,6 +357,8 @@ def short_name(name: str) -> str:
 def takeaway(step: Step, measured: Mapping[str, dict], tour: Tour) -> str:
     """The step's one-sentence takeaway, from the measured numbers alone."""
     own = measured[step.needs[0]]
+    if step.takeaway in STUDY_STEPS:
+        return _study_text(step, own, headline=False)
     if step.takeaway == "singles":
         return narrative.takeaway_singles(own)
     if step.takeaway == "naive":
@@ -346,6 +379,22 @@ def takeaway(step: Step, measured: Mapping[str, dict], tour: Tour) -> str:
     raise ValueError(f"step {step.key}: unknown takeaway '{step.takeaway}'")
 
 
+STUDY_STEPS = ("why", "seeds", "mechanism")
+
+
+def _study_text(step: Step, study: Mapping, headline: bool) -> str:
+    """A study step's headline or notes (merging.study_story), or why the study cannot be shown."""
+    from merging import study_story
+
+    if "error" in study:
+        return "The seed study is not available" if headline else study["error"]
+    if step.takeaway == "why":
+        return (study_story.headline_why if headline else study_story.takeaway_why)(study["summary"])
+    if step.takeaway == "seeds":
+        return (study_story.headline_seeds if headline else study_story.takeaway_seeds)(study["summary"])
+    return (study_story.headline_mechanism if headline else study_story.takeaway_mechanism)(study["ablations"])
+
+
 def short_label(tour: Tour, key: str) -> str:
     """A measurement's label without the merge method it shares with the others ("OSRM adapters")."""
     return tour.measurements[key].label.split(" + ")[0]
@@ -356,6 +405,8 @@ def headline(step: Step, measured: Mapping[str, dict], tour: Tour) -> str:
     from merging import headlines
 
     own = measured[step.needs[0]]
+    if step.takeaway in STUDY_STEPS:
+        return _study_text(step, own, headline=True)
     if step.takeaway == "singles":
         return headlines.singles(own)
     if step.takeaway == "naive":
@@ -396,6 +447,8 @@ def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: b
     from merging.plots.tour import gain_and_cost, merge_summary
 
     own = measured[step.needs[0]]
+    if step.chart in STUDY_STEPS:
+        return study_figure(step, own, presentation)
     if step.chart == "singles":
         return plots.accuracy_bars(singles_only(own), title="Alone vs base body + head",
                                    presentation=presentation), "accuracy_bars"
@@ -424,3 +477,23 @@ def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: b
     if step.chart == "summary":
         return merge_summary(summary_rows(step, measured, tour), presentation=presentation), "merge_summary"
     raise ValueError(f"step {step.key}: unknown chart '{step.chart}'")
+
+
+def study_figure(step: Step, study: Mapping, presentation: bool = False):
+    """The chart of a study step (merging.plots.study) and its figure name."""
+    from merging.plots import study as figures
+    from merging.seed_study import best_predictor
+
+    if "error" in study:
+        return figures.seed_differences({}, title="Seed study not available", presentation=presentation), "seed_differences"
+    summary = study["summary"]
+    if step.chart == "why":
+        best = best_predictor(summary)
+        measure = best[0] if best else "feature_shift"
+        return figures.why_scatter(summary["why"]["points"], measure, summary["why"].get(measure),
+                                   title="Loss against the best measure" if best else "No measure predicts the loss",
+                                   presentation=presentation, log_x=measure == "feature_shift"), "why_scatter"  # fmt: skip
+    if step.chart == "seeds":
+        return figures.seed_differences(summary["differences"], title="OSRM minus each baseline",
+                                        presentation=presentation), "seed_differences"  # fmt: skip
+    return figures.osrm_mechanism(study["ablations"], title="What OSRM's A reads", presentation=presentation), "osrm_mechanism"

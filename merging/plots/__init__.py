@@ -69,6 +69,7 @@ from merging.plots.style import (
     SEQUENTIAL,
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
+from merging.plots.study import magnitude_variance_claims, osrm_mechanism, seed_differences, why_scatter
 from merging.plots.tour import gain_and_cost, merge_summary
 from merging.plots.values import has_loss, metric_name, orthogonalize_rows, results_rows, shared_suffix_dropped
 
@@ -109,4 +110,8 @@ __all__ = [
     "shared_suffix_dropped",
     "gain_and_cost",
     "merge_summary",
+    "why_scatter",
+    "seed_differences",
+    "osrm_mechanism",
+    "magnitude_variance_claims",
 ]

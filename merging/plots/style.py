@@ -46,6 +46,10 @@ INIT_STYLES: dict[str, dict[str, str]] = {
     "standard": {"color": OKABE_ITO["blue"], "dash": "solid", "symbol": "circle"},
     "osrm": {"color": OKABE_ITO["vermillion"], "dash": "dash", "symbol": "square"},
     "osrm-cov": {"color": OKABE_ITO["reddish_purple"], "dash": "dot", "symbol": "diamond"},
+    "gaussian": {"color": OKABE_ITO["sky_blue"], "dash": "dot", "symbol": "triangle-up"},
+    "osrm-random": {"color": OKABE_ITO["orange"], "dash": "dashdot", "symbol": "diamond"},
+    "osrm-frozen": {"color": OKABE_ITO["bluish_green"], "dash": "longdash", "symbol": "x"},
+    "standard-scaled": {"color": OKABE_ITO["reddish_purple"], "dash": "longdashdot", "symbol": "star"},
 }
 _OTHER_INIT_DASHES = ["dashdot", "longdash", "longdashdot"]
 

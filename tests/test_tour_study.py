@@ -1,0 +1,84 @@
+"""The Tour's seed-study steps (why, seeds, mechanism): present only with a study, written from its
+numbers, refusing a stale one in words, each with a chart."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from merging import tour as story
+from merging.headlines import MAX_WORDS, words
+from merging.seed_study import STUDY_FILE, manifest_hash, summarise
+from merging.zoo import load_zoo
+
+
+def _seed(osrm_ta1: float, shift: float) -> dict:
+    def kind(single, ta1, shift):
+        return {
+            "single": {"a": single, "b": single},
+            "majority": {"a": 0.5, "b": 0.5},
+            "merged": {"ta_1": {"a": ta1, "b": ta1 - 0.02}, "ta_05": {"a": 0.8, "b": 0.8}, "ties": {"a": 0.7, "b": 0.7}},
+            "predictors": {"a": {"feature_shift": shift, "input_overlap": 0.02, "abs_cosine": 0.01},
+                           "b": {"feature_shift": shift * 1.1, "input_overlap": 0.03, "abs_cosine": 0.01}},
+            "pairs": [{"tasks": ["a", "b"], "magnitude_variance": shift / 10, "normalised_accuracy": ta1 / single}],
+        }  # fmt: skip
+
+    return {"kinds": {"standard": kind(0.9, 0.6, 1.0 + shift), "gaussian": kind(0.9, 0.62, 0.9 + shift),
+                      "osrm": kind(0.9, osrm_ta1, shift)}}  # fmt: skip
+
+
+@pytest.fixture
+def zoo_with_study(tiny_zoo, tmp_path):
+    folder = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo, folder)
+    seeds = [_seed(0.70 + 0.01 * i, 0.2 + 0.1 * i) for i in range(5)]
+    for seed in seeds:
+        seed["manifest_sha256"] = manifest_hash(folder)
+    ablations = {"random_reference": 8 / 384, "kinds": {
+        "standard": {"energy_share_init": 0.02, "energy_share_trained": 0.05, "overlap_init": 0.02, "overlap_trained": 0.03},
+        "osrm": {"energy_share_init": 0.0, "energy_share_trained": 0.04, "overlap_init": 0.98, "overlap_trained": 0.9},
+    }}  # fmt: skip
+    study = {"per_seed": seeds[:1], "summary": summarise(seeds), "ablations": ablations, "full_finetune": None}
+    (folder / STUDY_FILE).write_text(json.dumps(study))
+    return folder
+
+
+def test_study_steps_appear_only_with_a_study(tiny_zoo, zoo_with_study):
+    plain = [s.key for s in story.tour_steps(load_zoo(tiny_zoo)).steps]
+    assert not {"why", "seeds", "mechanism"} & set(plain)
+    keys = [s.key for s in story.tour_steps(load_zoo(zoo_with_study)).steps]
+    assert keys.index("signs") < keys.index("why") < keys.index("seeds") < keys.index("mechanism") < keys.index("summary")
+    titles = [s.title for s in story.tour_steps(load_zoo(zoo_with_study)).steps]
+    assert [int(t.split(" · ")[0]) for t in titles] == list(range(1, len(titles) + 1))
+
+
+def test_study_steps_say_what_the_study_measured(zoo_with_study):
+    tour = story.tour_steps(load_zoo(zoo_with_study))
+    value = story.measure(tour.measurements[story.STUDY], lab=None)
+    measured = {story.STUDY: value}
+    steps = {s.key: s for s in tour.steps}
+    seeds_text = story.takeaway(steps["seeds"], measured, tour)
+    assert "paired over 5 seeds" in seeds_text and "task arithmetic λ = 1 +10.0 pp" in seeds_text
+    assert "OSRM better" in seeds_text and "unclear" in seeds_text  # λ = 1 survives; λ = 0.5 (no difference) does not
+    head = story.headline(steps["seeds"], measured, tour)
+    assert head == "Over 5 seeds, OSRM's merges: 2 better, 0 worse, 4 unclear"  # ta_1 vs both baselines
+    why = story.headline(steps["why"], measured, tour)
+    assert why.startswith("More input disturbance, more loss: r = ")
+    mechanism = story.takeaway(steps["mechanism"], measured, tour)
+    assert "0.0 %" in mechanism and "share one subspace" in mechanism  # overlap 0.98 ≫ 8/384
+    for key in ("why", "seeds", "mechanism"):
+        assert words(story.headline(steps[key], measured, tour)) <= MAX_WORDS
+        figure, name = story.figure(steps[key], measured, tour, presentation=True)
+        assert len(figure.data) >= 1 and name in ("why_scatter", "seed_differences", "osrm_mechanism")
+
+
+def test_a_stale_study_is_named_not_shown(zoo_with_study):
+    manifest = zoo_with_study / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"created"', '"created_again"', 1))
+    tour = story.tour_steps(load_zoo(zoo_with_study))
+    value = story.measure(tour.measurements[story.STUDY], lab=None)
+    steps = {s.key: s for s in tour.steps}
+    assert "stale" in story.takeaway(steps["seeds"], {story.STUDY: value}, tour)
+    assert story.headline(steps["why"], {story.STUDY: value}, tour) == "The seed study is not available"
