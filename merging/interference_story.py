@@ -25,7 +25,13 @@ GOOD = {
     "magnitude": "Lower is better for merging: an even spread (CV near 0) and equal sizes (variance near 0) "
                  "mean no adapter or feature dominates the sum.",
     "overlap": "Lower off the diagonal is better: 0 = orthogonal subspaces, the adapters cannot interfere "
-               "through them; the diagonal (each adapter with itself) is 1.",
+               "through them; the diagonal (each adapter with itself) is 1. Overlap counts shared input "
+               "directions, not harm: directions that none of the other tasks' inputs reach (OSRM's aim) "
+               "can be shared at no cost — section 5 measures what the inputs actually see.",
+    "mechanism": "Lower is better for OSRM's aim: an A that reads little of the other tasks' input energy "
+                 "(left) cannot be moved by their inputs; the dotted line is a random subspace.",
+    "magnitude_claims": "DO-Merging predicts LoRA bars above full fine-tuning's (left) and points falling to "
+                        "the right (right): the more unequal two updates' sizes, the less their merge keeps.",
     "cosine": "Closer to 0 off the diagonal is better: orthogonal task vectors add without disturbing each "
               "other; negative values cancel in a sum.",
     "signs": "Lower is better: below the dashed line the adapters disagree less often than random updates "

@@ -148,3 +148,30 @@ def headline_mechanism(ablations: Mapping) -> str:
         return "No OSRM adapters measured"
     return (f"OSRM's A starts blind to other tasks ({percent(o['energy_share_init'])}); "
             f"after training it reads {percent(o['energy_share_trained'])}")
+
+
+# ----------------------------------------------------------------------------------------------
+# DO-Merging's magnitude-variance claims
+
+
+def takeaway_magnitude(full_finetune: Mapping | None, claims: Mapping) -> str:
+    """Claims (b) LoRA's magnitude variance exceeds full fine-tuning's and (c) it goes with worse merges."""
+    parts = []
+    if full_finetune:
+        lora = full_finetune.get("lora") or {}
+        above = [k for k, v in lora.items() if v > full_finetune["full_finetune"]]
+        values = ", ".join(f"{k} {v:.2f}" for k, v in lora.items())
+        verdict = ("agrees with claim (b)" if len(above) == len(lora) and lora else
+                   "disagrees with claim (b)" if not above else "agrees for some kinds only")  # fmt: skip
+        parts.append(f"Magnitude variance across tasks: full fine-tuning {full_finetune['full_finetune']:.2f}, "
+                     f"LoRA {values} — this zoo {verdict}.")  # fmt: skip
+    else:
+        parts.append("No full fine-tuning was measured, so claim (b) is not tested here.")
+    correlation = claims.get("correlation")
+    if correlation and correlation.get("r") == correlation.get("r") and correlation.get("r") is not None:
+        r = correlation["r"]
+        verdict = ("agrees with claim (c)" if correlation["survives"] and r < 0 else
+                   "contradicts claim (c)" if correlation["survives"] else "is no evidence for or against claim (c)")  # fmt: skip
+        parts.append(f"Over {correlation['n']} adapter pairs, magnitude variance against merged accuracy: "
+                     f"r = {_number(r)} ({_interval(correlation['low'], correlation['high'])}) — {verdict}.")  # fmt: skip
+    return " ".join(parts)

@@ -207,6 +207,18 @@ def zoo() -> Zoo | None:
         return None
 
 
+def zoo_study() -> dict | str:
+    """The built-in zoo's seed study (merging.seed_study), or a sentence saying why there is none."""
+    from merging.seed_study import StudyError, load_study
+
+    try:
+        return load_study(zoo_folder())
+    except StudyError as err:
+        return str(err)
+    except OSError as err:
+        return f"The seed study could not be read: {err}"
+
+
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _adapter(path: str, version: str) -> Adapter:
     return load_adapter(path, name=Path(path).name)

@@ -18,8 +18,9 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from merging import catalog, metrics, narrative, plots
+from merging import catalog, metrics, narrative, plots, study_story
 from merging import interference_story as telling
+from merging.seed_study import best_predictor
 from merging.evaluation import cross_task_matrix
 from merging.lora import Adapter
 from merging.measure_cache import MeasureCache
@@ -159,7 +160,8 @@ if len(names) < 2:
 # them; the others are drawn but hidden, so their widgets keep their values. The section is in the link.
 
 SECTIONS = ("Magnitude variance", "Subspace overlap", "Task-vector cosine", "TIES sign conflicts",
-            "Data-parameter interference", "Cross-task accuracy")
+            "Data-parameter interference", "Cross-task accuracy", "Where OSRM's effect comes from",
+            "Magnitude variance vs full fine-tuning")
 _open_section: list = []
 
 
@@ -666,6 +668,39 @@ else:
                 shown = {**result, "adapters": plots.shared_suffix_dropped(result.get("adapters") or [])}
                 _ui.show_figure(plots.cross_task_heatmap(shown, presentation=presentation),
                                 "cross_task_heatmap", f"interference_cross_{view['key']}")
+
+# ----------------------------------------------------------------------------------------------
+# 7–8. The demo zoo over its training seeds (scripts/seed_study.py): OSRM's mechanism, DO-Merging's claims
+
+zoo_study = _ui.zoo_study()
+
+_section(7)
+st.subheader("Where OSRM's effect comes from (demo zoo)")
+if isinstance(zoo_study, str):
+    st.info(zoo_study)
+else:
+    _section_lines("mechanism", study_story.takeaway_mechanism(zoo_study.get("ablations") or {}))
+    _ui.show_figure(plots.osrm_mechanism(zoo_study.get("ablations") or {}, presentation=presentation),
+                    "osrm_mechanism", "interference_osrm_mechanism")
+    summary = zoo_study["summary"]
+    best = best_predictor(summary)
+    measure = best[0] if best else "feature_shift"
+    st.markdown(f"**{study_story.headline_why(summary)}**")
+    _ui.show_figure(plots.why_scatter(summary["why"]["points"], measure, summary["why"].get(measure),
+                                      presentation=presentation, log_x=measure == "feature_shift"),
+                    "why_scatter", "interference_why")
+    st.caption(study_story.takeaway_why(summary))
+
+_section(8)
+st.subheader("Magnitude variance: LoRA vs full fine-tuning (demo zoo)")
+if isinstance(zoo_study, str):
+    st.info(zoo_study)
+else:
+    claims = zoo_study["summary"].get("magnitude_variance") or {}
+    _section_lines("magnitude_claims", study_story.takeaway_magnitude(zoo_study.get("full_finetune"), claims))
+    _ui.show_figure(plots.magnitude_variance_claims(zoo_study.get("full_finetune"), claims.get("points") or [],
+                                                    claims.get("correlation"), presentation=presentation),
+                    "magnitude_variance_claims", "interference_magnitude_claims")
 
 _end_sections()
 _remember()  # the layer and the scope radios are created below the first call

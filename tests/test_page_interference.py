@@ -135,3 +135,25 @@ def test_missing_twin_and_adapter_without_task(app_test, tiny_zoo):
     assert "no OSRM column" in warnings
     assert any("do not say which task" in e.value for e in at.error)
     assert len(chart_keys(at)) == 5  # the chosen adapters' factor charts still show
+
+
+def test_the_zoo_study_sections_show_osrm_mechanism_and_do_merging_claims(app_test, tiny_zoo, tmp_path, monkeypatch):
+    from pages import _ui
+    from tests.study_fixtures import zoo_with_synthetic_study
+
+    without = open_page(app_test)
+    assert "no seed study" in " ".join(i.value for i in without.info)
+    folder = zoo_with_synthetic_study(tiny_zoo, tmp_path / "zoo_with_study")
+    monkeypatch.setenv("MERGESCOPE_ZOO", str(folder))
+    _ui._zoo.clear()
+    at = open_page(app_test)
+    keys = chart_keys(at)
+    assert {"chart:interference_osrm_mechanism", "chart:interference_why",
+            "chart:interference_magnitude_claims"} <= set(keys)  # fmt: skip
+    text = " ".join(m.value for m in at.markdown)
+    assert "OSRM's A starts reading 0.0 % of the other tasks' mean input energy" in text
+    assert "More input disturbance, more loss" in text
+    assert "full fine-tuning 0.20, LoRA standard 0.50, osrm 0.40 — this zoo agrees with claim (b)" in text
+    mechanism = next(c for c in at.get("plotly_chart") if c.key == "chart:interference_osrm_mechanism")
+    bars = json.loads(mechanism.proto.spec)["data"]
+    assert [round(v, 1) for v in bars[1]["x"]] == [5.0, 4.0]  # trained energy shares, standard then OSRM, in %

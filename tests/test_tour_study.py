@@ -3,46 +3,17 @@ numbers, refusing a stale one in words, each with a chart."""
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 
 from merging import tour as story
 from merging.headlines import MAX_WORDS, words
-from merging.seed_study import STUDY_FILE, manifest_hash, summarise
 from merging.zoo import load_zoo
-
-
-def _seed(osrm_ta1: float, shift: float) -> dict:
-    def kind(single, ta1, shift):
-        return {
-            "single": {"a": single, "b": single},
-            "majority": {"a": 0.5, "b": 0.5},
-            "merged": {"ta_1": {"a": ta1, "b": ta1 - 0.02}, "ta_05": {"a": 0.8, "b": 0.8}, "ties": {"a": 0.7, "b": 0.7}},
-            "predictors": {"a": {"feature_shift": shift, "input_overlap": 0.02, "abs_cosine": 0.01},
-                           "b": {"feature_shift": shift * 1.1, "input_overlap": 0.03, "abs_cosine": 0.01}},
-            "pairs": [{"tasks": ["a", "b"], "magnitude_variance": shift / 10, "normalised_accuracy": ta1 / single}],
-        }  # fmt: skip
-
-    return {"kinds": {"standard": kind(0.9, 0.6, 1.0 + shift), "gaussian": kind(0.9, 0.62, 0.9 + shift),
-                      "osrm": kind(0.9, osrm_ta1, shift)}}  # fmt: skip
+from tests.study_fixtures import zoo_with_synthetic_study
 
 
 @pytest.fixture
 def zoo_with_study(tiny_zoo, tmp_path):
-    folder = tmp_path / "zoo"
-    shutil.copytree(tiny_zoo, folder)
-    seeds = [_seed(0.70 + 0.01 * i, 0.2 + 0.1 * i) for i in range(5)]
-    for seed in seeds:
-        seed["manifest_sha256"] = manifest_hash(folder)
-    ablations = {"random_reference": 8 / 384, "kinds": {
-        "standard": {"energy_share_init": 0.02, "energy_share_trained": 0.05, "overlap_init": 0.02, "overlap_trained": 0.03},
-        "osrm": {"energy_share_init": 0.0, "energy_share_trained": 0.04, "overlap_init": 0.98, "overlap_trained": 0.9},
-    }}  # fmt: skip
-    study = {"per_seed": seeds[:1], "summary": summarise(seeds), "ablations": ablations, "full_finetune": None}
-    (folder / STUDY_FILE).write_text(json.dumps(study))
-    return folder
+    return zoo_with_synthetic_study(tiny_zoo, tmp_path / "zoo")
 
 
 def test_study_steps_appear_only_with_a_study(tiny_zoo, zoo_with_study):

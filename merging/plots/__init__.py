@@ -58,6 +58,7 @@ from merging.plots.merge import (
 )
 from merging.plots.runs import runs_comparison
 from merging.plots.search import optimization_history, parallel_coordinates
+from merging.plots.study import magnitude_variance_claims, osrm_mechanism, seed_differences, why_scatter
 from merging.plots.style import (
     DIVERGING,
     FONT_SIZE,
@@ -69,7 +70,6 @@ from merging.plots.style import (
     SEQUENTIAL,
 )
 from merging.plots.sweep import lambda_heatmap, sweep_curves, sweep_points
-from merging.plots.study import magnitude_variance_claims, osrm_mechanism, seed_differences, why_scatter
 from merging.plots.tour import gain_and_cost, merge_summary
 from merging.plots.values import has_loss, metric_name, orthogonalize_rows, results_rows, shared_suffix_dropped
 
