@@ -20,10 +20,10 @@ import torch
 
 from merging import catalog, metrics, narrative, plots, study_story
 from merging import interference_story as telling
-from merging.seed_study import best_predictor
 from merging.evaluation import cross_task_matrix
 from merging.lora import Adapter
 from merging.measure_cache import MeasureCache
+from merging.seed_study import best_predictor
 from pages import _ui, _warm
 
 FEATURES_JOB = "interference_features"
