@@ -1,23 +1,22 @@
 """Regenerate docs/RESULTS.md (and docs/results.json) from the shipped zoo: every number comes from a
-forward pass here.
+forward pass here, or from zoo/seed_study.json (scripts/seed_study.py), itself measured by forward passes.
 
-    .venv/bin/python scripts/findings.py [--zoo zoo] [--replicas ZOO ...] [--out docs/RESULTS.md]
+    .venv/bin/python scripts/findings.py [--zoo zoo] [--out docs/RESULTS.md] [--quick]
 
-Tables: single-task accuracy of every adapter kind in the zoo (standard, the OSRM variants, the
-shared-seed pair) next to the base model with each adapter's own head; merged accuracy of all five
-adapters of each kind under task arithmetic (λ = 1 and 0.5), TIES and DARE-TIES, with a 95 %
-evaluation interval; the DO-Merging switches for standard vs the default OSRM; average accuracy
-over λ; and, given `--replicas` (zoos built with `zoo build --replicate N`: the same tasks and
-split, other training seeds), the headline comparison standard vs default OSRM as mean ± std over
-training seeds.
+Tables (sections 1–4, the shipped zoo = training seed 0): single-task accuracy of every adapter kind
+(standard, the gaussian baseline, the scale control, OSRM and its ablations) next to the base model
+with each adapter's own head; merged accuracy of all five adapters of each kind under task
+arithmetic (λ = 1 and 0.5), TIES and DARE-TIES, with a 95 % evaluation interval; the DO-Merging
+switches for standard vs OSRM; average accuracy over λ. Section 5 reads the seed study: every
+shipped training seed (zoo/seeds/N), paired differences OSRM − baseline with Student t intervals
+over seeds, what predicts each task's loss, the ablations and DO-Merging's claims.
 
 Intervals. An accuracy p on n evaluation examples gets the normal-approximation 95 % half-width
 1.96·√(p(1−p)/n); an average over T tasks with independent evaluation sets 1.96·√(Σ p_t(1−p_t)/n_t)/T.
 A difference between two models on the same examples is called *within noise* when it is smaller
 than the half-width of the difference of two independent such averages (√2 × a single one's,
 conservative: the two models are scored on the same examples). Over training seeds, a difference
-*survives* when it also exceeds two standard errors of the difference of the seed means.
-docs/results.json holds the same numbers for the app (its sentences are generated from them).
+*survives* when its paired 95 % Student t interval over seeds excludes 0 (merging.intervals).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,16 +45,19 @@ METHODS = [
     ("ties", "TIES (density 0.5)", {"parameters": {"density": 0.5}}, 1.0),
     ("dare_ties", "DARE-TIES (density 0.5)", {"parameters": {"density": 0.5}, "seed": 0}, 1.0),
 ]
-HEADLINE = [0, 1, 2]  # indices into METHODS compared over training seeds
 SWITCHES = [
     ("decouple", {"decouple": True}),
     ("orthogonalize", {"orthogonalize": True}),
     ("both", {"decouple": True, "orthogonalize": True}),
 ]
 LAMBDAS = [0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5]
-KIND_ORDER = ["standard", "osrm", "osrm-frozen", "osrm-samples", "osrm-cov", "shared-seed"]
+KIND_ORDER = ["standard", "gaussian", "standard-scaled", "osrm", "osrm-random", "osrm-frozen", "osrm-samples",
+              "osrm-cov", "shared-seed"]
 KIND_LABEL = {
-    "standard": "standard LoRA",
+    "standard": "standard LoRA (PEFT's default, Kaiming-uniform A)",
+    "gaussian": "gaussian LoRA (PEFT's std 1/r: the OSRM authors' baseline)",
+    "standard-scaled": "standard LoRA rescaled to OSRM's ‖A‖_F (scale control)",
+    "osrm-random": "OSRM's constraint with a seeded random basis of the null space (ablation)",
     "osrm": "OSRM (authors': one mean row per other task)",
     "osrm-frozen": "OSRM, A frozen",
     "osrm-samples": "OSRM-samples (per-sample rows)",
@@ -107,29 +108,85 @@ def merged_cell(evaluation, sizes) -> tuple[str, dict]:
                   "per_task": tasks}  # fmt: skip
 
 
-def headline_runs(lab: Lab, zoo, progress) -> dict:
-    """Merged average of standard and default OSRM under the headline methods, for one zoo."""
-    kinds = kinds_of(zoo)
-    out = {}
-    for kind in ("standard", "osrm"):
-        if kind not in kinds:
-            continue
-        adapters = load_zoo_adapters(zoo, kinds[kind])
-        single = None
-        for index in HEADLINE:
-            method, label, extra, weight = METHODS[index]
-            run = lab.merge_and_evaluate(adapters, recipe(kinds[kind], method, extra, weight))
-            single = run.evaluation.average()["single"]
-            out[(kind, label)] = run.evaluation.average()["merged"]
-            progress.update()
-        out[(kind, "single")] = single
-    return out
+def _pp(value) -> str:
+    return "–" if value is None else f"{100 * value:+.1f}"
+
+
+def _span(low, high) -> str:
+    return "–" if low is None or high is None else f"{100 * low:+.1f} to {100 * high:+.1f}"
+
+
+def seed_study_lines(zoo_folder: Path, results: dict) -> list[str]:
+    """Section 5 from zoo/seed_study.json (scripts/seed_study.py): the headline over seeds with paired
+    differences, the per-seed before/after table, the why-measures, the ablations, DO-Merging's claims."""
+    from merging.seed_study import HEADLINE, StudyError, load_study
+    from merging.study_story import takeaway_magnitude, takeaway_mechanism, takeaway_seeds, takeaway_why
+
+    try:
+        study = load_study(zoo_folder)
+    except StudyError as err:
+        return ["## Over training seeds", "", f"Not available: {err}.", ""]
+    summary = study["summary"]
+    results["seed_study"] = {"created": study.get("created"), "summary": {k: v for k, v in summary.items() if k != "why"}}
+    columns = [("single", "alone")] + [(key, label) for key, label, *_ in HEADLINE]
+    seeds = summary["seeds"]
+    lines = [f"## 5. Over {seeds} training seeds (zoo/ and zoo/seeds/N)", "",
+             f"From `zoo/seed_study.json` (`scripts/seed_study.py`, {study.get('created')}, {study.get('seconds')} s). "
+             "Each seed is a whole zoo trained again with other seeds on the same data split. Mean over seeds of the "
+             "five-task average accuracy, with the 95 % Student t interval over seeds.", "",
+             "| kind | " + " | ".join(label for _, label in columns) + " |", "|---|" + "---|" * len(columns)]  # fmt: skip
+    for kind, values in summary["kinds"].items():
+        cells = [f"{pct(v['mean'])} ({pct(v['low'])}–{pct(v['high'])})" if (v := values.get(c)) else "–" for c, _ in columns]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences (same seed, same data), OSRM minus each baseline, pp with the 95 % interval over "
+              "seeds; **survives** = the interval excludes 0:", "",
+              "| comparison | " + " | ".join(label for _, label in columns) + " |", "|---|" + "---|" * len(columns)]  # fmt: skip
+    for baseline in ("standard", "gaussian"):
+        cells = []
+        for column, _ in columns:
+            d = summary["differences"].get(f"osrm-{baseline}:{column}")
+            cells.append("–" if d is None else f"{_pp(d['mean'])} ({_span(d['low'], d['high'])}){' **survives**' if d['survives'] else ''}")
+        lines.append(f"| OSRM − {baseline} | " + " | ".join(cells) + " |")
+    lines += ["", takeaway_seeds(summary), ""]
+    # before/after per seed (item 8)
+    lines += ["Per seed (five-task average; singles / task arithmetic λ = 1 / λ = 0.5 / TIES):", "",
+              "| seed zoo | " + " | ".join(summary["kinds"]) + " |", "|---|" + "---|" * len(summary["kinds"])]  # fmt: skip
+    for seed in study["per_seed"]:
+        cells = []
+        for kind in summary["kinds"]:
+            record = seed["kinds"].get(kind)
+            if record is None:
+                cells.append("–")
+                continue
+            single = sum(record["single"].values()) / len(record["single"])
+            merged = [sum(record["merged"][c].values()) / len(record["merged"][c]) for c, _ in columns[1:]]
+            cells.append(" / ".join(pct(v) for v in [single, *merged]))
+        lines.append(f"| {Path(seed['folder']).name if Path(seed['folder']).parent.name == 'seeds' else 'zoo (seed 0)'} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    lines += ["", "### Why do tasks lose accuracy in a merge?", "", takeaway_why(summary), ""]
+    lines += ["### Where OSRM's effect comes from (ablations, seed 0)", "",
+              "| kind | energy share at init | after training | overlap at init | after training |", "|---|---|---|---|---|"]
+    for kind, values in (study.get("ablations") or {}).get("kinds", {}).items():
+        lines.append(f"| {kind} | " + " | ".join(
+            pct(values[k]) + " %" if values.get(k) is not None else "–"
+            for k in ("energy_share_init", "energy_share_trained", "overlap_init", "overlap_trained")) + " |")  # fmt: skip
+    reference = (study.get("ablations") or {}).get("random_reference")
+    if reference:
+        lines += ["", f"A random {round(reference * 384)}-dimensional subspace of the 384 input dimensions: {pct(reference)} % on both measures."]
+    lines += ["", takeaway_mechanism(study.get("ablations") or {}), ""]
+    lines += ["### DO-Merging's claims on this zoo", "", takeaway_magnitude(study.get("full_finetune"),
+                                                                            summary.get("magnitude_variance") or {}), ""]  # fmt: skip
+    full = study.get("full_finetune")
+    if full:
+        lines += ["Full fine-tuning (weights not kept; `scripts/full_finetune.py`, "
+                  f"{full['full_finetune_settings']['epochs']} epochs, lr {full['full_finetune_settings']['lr']}): accuracy "
+                  + ", ".join(f"{t} {pct(v)} %" for t, v in full["full_finetune_accuracy"].items()) + ".", ""]  # fmt: skip
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default=str(ROOT / "zoo"))
-    parser.add_argument("--replicas", nargs="*", default=[], help="zoos of the same tasks trained with other seeds")
     parser.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"))
     parser.add_argument("--json", default=str(ROOT / "docs" / "results.json"))
     parser.add_argument("--device", default="cpu")
@@ -149,8 +206,7 @@ def main() -> int:
     lines = [
         "# Findings on the demo zoo",
         "",
-        f"Generated by `.venv/bin/python scripts/findings.py{' --quick' if args.quick else ''}"
-        f"{' --replicas ' + ' '.join(Path(r).name for r in args.replicas) if args.replicas else ''}` "
+        f"Generated by `.venv/bin/python scripts/findings.py{' --quick' if args.quick else ''}` "
         f"on {time.strftime('%Y-%m-%d')} ({platform.machine()}, {torch.get_num_threads()} threads, device "
         f"{lab.device}). Every number is an accuracy in % from a forward pass over each task's balanced "
         "evaluation set; a merged model is scored on task t with the merged body and task t's own head. "
@@ -161,8 +217,10 @@ def main() -> int:
         f"(rank {training.get('rank')}, α {training.get('alpha')}, {training.get('epochs')} epochs, "
         f"lr {training.get('lr')}, batch {training.get('batch_size')}, modules {training.get('target_modules')}, "
         f"{manifest.get('data', {}).get('train_size')} training examples per task; OSRM reads "
-        f"{training.get('osrm_samples')} texts per task). Every adapter has its own training seed "
-        "(recorded in the manifest) except the shared-seed pair, which starts from one seed on purpose.",
+        f"{training.get('osrm_samples')} texts per task; warm-up {training.get('warmup_ratio')}, gradient clipping "
+        f"{training.get('max_grad_norm')}, best epoch on a dev split of {training.get('dev_size')} training examples). "
+        "Every adapter has its own training seed (recorded in the manifest). Sections 1–4 are one training seed "
+        "(the shipped zoo; their ± is evaluation noise only); section 5 is every shipped seed.",
         "",
     ]
 
@@ -302,51 +360,11 @@ def main() -> int:
             lines.append(f"| {kind} | " + " | ".join(pct(v) for v in values) + " |")
         lines.append("")
 
-    # 5. headline over training seeds
-    if args.replicas:
-        zoos = [zoo] + [load_zoo(r) for r in args.replicas]
-        with tqdm(total=len(zoos) * 2 * len(HEADLINE), desc="seeds", file=sys.stderr) as bar:
-            runs = [headline_runs(lab, z, bar) for z in zoos]
-        lines += [
-            f"## Headline: standard vs default OSRM over {len(zoos)} training seeds",
-            "",
-            "Each seed is a whole zoo trained again (`zoo build --replicate N`, same data split, other "
-            "training seeds). Mean ± standard deviation over seeds of the average accuracy over the five tasks.",
-            "",
-            "| | standard | OSRM | OSRM − standard (pp) | survives? |",
-            "|---|---|---|---|---|",
-        ]
-        results["headline"] = {"seeds": len(zoos)}
-        for label in ["single"] + [METHODS[i][1] for i in HEADLINE]:
-            values = {k: [r[(k, label)] for r in runs if (k, label) in r] for k in ("standard", "osrm")}
-            if not values["standard"] or not values["osrm"]:
-                continue
-            mean = {k: statistics.mean(v) for k, v in values.items()}
-            std = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()}
-            delta = mean["osrm"] - mean["standard"]
-            seed_se = math.sqrt(std["osrm"] ** 2 / len(values["osrm"]) + std["standard"] ** 2 / len(values["standard"]))
-            per_seed = [r[("osrm", label)] - r[("standard", label)] for r in runs if ("osrm", label) in r]
-            eval_noise = math.sqrt(2) * average_half_width({t: 0.8 for t in sizes}, sizes)
-            survives = abs(delta) > 2 * seed_se and abs(delta) > eval_noise
-            lines.append(
-                f"| {label} | {pct(mean['standard'])} ± {100 * std['standard']:.1f} | {pct(mean['osrm'])} ± "
-                f"{100 * std['osrm']:.1f} | {100 * delta:+.1f} | {'yes' if survives else 'no'} |"
-            )
-            results["headline"][label] = {"standard": values["standard"], "osrm": values["osrm"],
-                                          "delta_mean": delta, "per_seed_delta": per_seed,
-                                          "survives": survives}  # fmt: skip
-        lines += [
-            "",
-            "Survives: the difference of the seed means exceeds two standard errors over seeds *and* the "
-            "95 % evaluation interval of a difference at 80 % accuracy.",
-            "",
-        ]
+    # 5. over training seeds, ablations, DO-Merging's claims: the stored seed study
+    lines += seed_study_lines(Path(args.zoo), results)
 
     if args.quick:
         lines += ["Reduced run (`--quick`): the DO-Merging and λ tables were not computed.", ""]
-    if not args.replicas:
-        lines += ["No `--replicas` given: the comparison over training seeds was not run; the intervals above "
-                  "cover evaluation noise only, not training-seed noise.", ""]  # fmt: skip
     total = time.perf_counter() - started
     lines.append(f"Total time: {total:.0f} s.")
     results["seconds"] = round(total, 1)
