@@ -18,8 +18,10 @@ from merging.learned import BADGE, RULE
 if TYPE_CHECKING:
     from merging.recipe import Recipe
 
+ICON = "⚠️"  # the icon of the warning that shows flag_note (Streamlit takes a leading emoji as the icon)
+
 __all__ = [  # BADGE and RULE re-exported: a page needs this one import
-    "BADGE", "RULE", "at_chance", "flag_note", "labelled", "learned_text", "merged_entries", "option_label",
+    "BADGE", "ICON", "RULE", "at_chance", "flag_note", "labelled", "learned_text", "merged_entries", "option_label",
     "recipe_entries", "run_entries", "sweep_flags", "with_badges",
 ]
 
@@ -109,15 +111,16 @@ def sweep_flags(entries: Sequence[Entry], sets: Mapping[str, Mapping]) -> dict[t
 
 
 def flag_note(flagged: Sequence[Entry], what: str = "") -> str | None:
-    """One caption naming each adapter at chance and why (its accuracy and majority class, or its
-    loss), or None when there is none. `what` says where they are ("merged here", ...)."""
+    """One line naming each adapter at chance and why (its accuracy and majority class, or its
+    loss), starting "At chance:", or None when there is none. `what` says where they are
+    ("merged here", ...). Pages show it as a warning with ICON."""
     flagged = at_chance(flagged)
     if not flagged:
         return None
     where = f" {what}" if what else ""
     one = len(flagged) == 1
     return (
-        f"{BADGE}: {'this adapter' if one else 'these adapters'}{where} did not learn "
+        f"At chance: {'this adapter' if one else 'these adapters'}{where} did not learn "
         f"{'its task' if one else 'their tasks'}, so {'it says' if one else 'they say'} nothing about the method — "
         + "; ".join(f"**{e.name}**: {e.did_not_learn}" for e in flagged)
         + "."

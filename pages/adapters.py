@@ -162,7 +162,7 @@ if rows:
         + f" Learned its task: {chance_badges.RULE}",
     )
     if note := chance_badges.flag_note(entries, "listed here"):
-        st.warning(note)
+        st.warning(note, icon=chance_badges.ICON)
 else:
     st.info(
         f"No adapters for `{ui_settings.base_model}` yet: import one below"

@@ -257,7 +257,7 @@ good = [v for v in views if v["metrics"] is not None]
 if not good:
     st.stop()
 if note := chance_badges.flag_note([e for v in good for e in v["entries"]], "shown here"):
-    st.warning(note)
+    st.warning(note, icon=chance_badges.ICON)
 
 for view in good:
     missing = view["metrics"].get("missing") or {}

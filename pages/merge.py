@@ -78,7 +78,7 @@ with controls:
     osrm_mode = codec.osrm_control(PREFIX)
     at_chance_note = chance_badges.flag_note(chance_badges.merged_entries(entries, names, osrm_mode), "merged here")
     if at_chance_note:
-        st.warning(at_chance_note)
+        st.warning(at_chance_note, icon=chance_badges.ICON)
     if names:
         st.markdown("**Merge coefficients λ**")
         columns = st.columns(min(len(names), 5))
@@ -332,7 +332,7 @@ if last:
     run_note = chance_badges.flag_note(chance_badges.run_entries(all_entries, results["merge"]["adapters"], osrm.get("twins")),
                                  "in this run")
     if run_note:
-        st.warning(run_note)
+        st.warning(run_note, icon=chance_badges.ICON)
     if osrm.get("twins"):
         st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
                 + (" — the base bars are the base model alone." if plots.has_loss(results) else

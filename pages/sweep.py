@@ -99,7 +99,7 @@ with controls:
     swept = chance_badges.merged_entries(entries, names) + chance_badges.merged_entries(entries, names, overlay_mode)
     at_chance_note = chance_badges.flag_note(swept, "swept here")
     if at_chance_note:
-        st.warning(at_chance_note)
+        st.warning(at_chance_note, icon=chance_badges.ICON)
     codec.per_adapter_controls(PREFIX, method, names)
     r1, r2, r3 = st.columns(3)
     start = r1.number_input("λ from", 0.0, 5.0, 0.1, 0.05, format="%.2f", key="sweep_start", persist_state=KEEP)

@@ -167,7 +167,7 @@ if not _missing(index):
         _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX, least=least)
         merged = chance_badges.recipe_entries(catalog.zoo_entries(built_in), [m.recipe for m in tour.needs(index)])
         if note := chance_badges.flag_note(merged, "in this step"):  # an adapter at chance is never shown unflagged
-            st.warning(note)
+            st.warning(note, icon=chance_badges.ICON)
     if words is not None:
         with words:
             st.markdown(f"#### {story.takeaway(step, measured, tour)}")

@@ -145,7 +145,7 @@ def test_what_a_recipe_merges_includes_the_osrm_twin_at_chance(tmp_path):
         "movie-osrm"
     ]
     note = badges.flag_note(twins + twins, "merged here")
-    assert note.count("movie-osrm") == 1 and note.startswith(learned.BADGE) and "50.0 %" in note
+    assert note.count("movie-osrm") == 1 and note.startswith("At chance: this adapter merged here") and "50.0 %" in note
     assert badges.flag_note(badges.merged_entries(entries, ["movie-standard"])) is None
     label = badges.option_label(entries)
     assert label("movie-osrm").endswith(learned.BADGE) and label("movie-standard") == "movie-standard"
