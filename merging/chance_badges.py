@@ -22,7 +22,7 @@ ICON = "⚠️"  # the icon of the warning that shows flag_note (Streamlit takes
 
 __all__ = [  # BADGE and RULE re-exported: a page needs this one import
     "BADGE", "ICON", "RULE", "at_chance", "flag_note", "labelled", "learned_text", "merged_entries", "option_label",
-    "recipe_entries", "run_entries", "sweep_flags", "with_badges",
+    "recipe_entries", "run_entries", "sweep_flags", "task_flags", "with_badges",
 ]
 
 
@@ -108,6 +108,12 @@ def sweep_flags(entries: Sequence[Entry], sets: Mapping[str, Mapping]) -> dict[t
             if entry is not None and entry.did_not_learn and task:
                 flags[(task, init)] = entry.did_not_learn
     return flags
+
+
+def task_flags(entries: Sequence[Entry]) -> dict[str, str]:
+    """{task: why} for the entries that did not learn, by the task each is scored on (a merge's
+    per-task charts are keyed so; plots.accuracy_bars' `flagged`)."""
+    return {task: e.did_not_learn for e in at_chance(entries) if (task := scored_task(e))}
 
 
 def flag_note(flagged: Sequence[Entry], what: str = "") -> str | None:

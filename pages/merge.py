@@ -329,8 +329,8 @@ if last:
     if not ui_settings.presentation:  # on stage it goes under the chart, which must fit the window
         st.caption(how_scored)
     osrm = shown_run.osrm
-    run_note = chance_badges.flag_note(chance_badges.run_entries(all_entries, results["merge"]["adapters"], osrm.get("twins")),
-                                 "in this run")
+    run_merged = chance_badges.run_entries(all_entries, results["merge"]["adapters"], osrm.get("twins"))
+    run_note = chance_badges.flag_note(run_merged, "in this run")
     if run_note:
         st.warning(run_note, icon=chance_badges.ICON)
     if osrm.get("twins"):
@@ -350,7 +350,8 @@ if last:
                             "accuracy_bars", "merge_loss", how_to_read="Completion loss per task, nats per token: "
                             "lower is better; the merge between base and single shows how much each task kept.")
     else:
-        _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars",
+        _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation,
+                                            flagged=chance_badges.task_flags(run_merged)), "accuracy_bars",
                         "merge_accuracy")
     if ui_settings.presentation:
         st.caption(how_scored)

@@ -16,7 +16,7 @@ import pytest
 from merging import catalog, learned
 from merging import chance_badges as badges
 from merging.lora import save_adapter
-from merging.plots import sweep_curves, sweep_points
+from merging.plots import accuracy_bars, sweep_curves, sweep_points
 from merging.recipe import AdapterRef, Recipe
 from merging.zoo import load_zoo
 from tests.conftest import TWO_LAYERS, random_adapter
@@ -194,3 +194,14 @@ def test_sweep_flags_key_the_merged_adapters_by_task_and_init(tmp_path):
     sets = {"standard": {"names": ["movie-standard"]}, "osrm": {"names": ["movie-osrm", "gone"]}}
     flags = badges.sweep_flags(entries, sets)
     assert list(flags) == [("movie", "osrm")] and "50.0 %" in flags[("movie", "osrm")]
+
+
+def test_the_merge_chart_marks_the_task_whose_adapter_is_at_chance(tmp_path):
+    entries = catalog.zoo_entries(load_zoo(_zoo(tmp_path, False)))
+    flags = badges.task_flags(entries)
+    assert list(flags) == ["movie"] and "50.0 %" in flags["movie"]
+    results = _results({"movie": 0.5, "spam": 0.8}, {"movie": 0.5, "spam": 0.6})
+    fig = accuracy_bars(results, flagged=flags)
+    assert list(fig.layout.xaxis.ticktext) == ["movie ⚠", "spam", "average"]
+    assert list(fig.layout.xaxis.tickvals) == list(fig.data[0].x) == ["movie", "spam", "average"]
+    assert accuracy_bars(results).layout.xaxis.ticktext is None  # nothing flagged: Plotly's own ticks

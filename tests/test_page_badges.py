@@ -62,6 +62,14 @@ def test_the_merge_picker_badges_the_adapter_at_chance_and_only_it(app):
     (note,) = _badge_warnings(at)
     assert AT_CHANCE in note and "50.0 %" in note and "merged here" in note and LEARNED not in note
 
+    # the run's result says it again, and its chart marks the task whose adapter is at chance
+    at.button(key="merge_run").click().run()
+    wait_for_job(at, "merge")
+    assert_page_ok(at)
+    assert any("in this run" in w and AT_CHANCE in w for w in _badge_warnings(at))
+    chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.key == "chart:merge_accuracy")
+    assert chart["layout"]["xaxis"]["ticktext"] == ["sms_spam ⚠", "question_type", "average"]
+
 
 def test_the_sweep_draws_the_chance_line_and_badges_the_twin_at_chance(app, badge_zoo):
     at = app.switch_page("pages/sweep.py").run()
