@@ -205,3 +205,22 @@ def test_the_merge_chart_marks_the_task_whose_adapter_is_at_chance(tmp_path):
     assert list(fig.layout.xaxis.ticktext) == ["movie ⚠", "spam", "average"]
     assert list(fig.layout.xaxis.tickvals) == list(fig.data[0].x) == ["movie", "spam", "average"]
     assert accuracy_bars(results).layout.xaxis.ticktext is None  # nothing flagged: Plotly's own ticks
+
+
+def test_every_tour_step_finds_the_catalogue_entry_of_each_adapter_it_merges():
+    """The Tour's warning (pages/tour.py) flags what recipe_entries finds: every adapter of every
+    step's recipes must be found, or one at chance could go unflagged (structure only: which
+    shipped adapters are at chance is not assumed)."""
+    from merging import tour as story
+    from merging.zoo import REPO_ZOO
+
+    zoo = load_zoo(REPO_ZOO)
+    entries = catalog.zoo_entries(zoo)
+    tour = story.tour_steps(zoo)
+    for index in range(len(tour.steps)):
+        recipes = [m.recipe for m in tour.needs(index)]
+        found = badges.recipe_entries(entries, recipes)
+        assert len(found) == sum(len(r.adapters) for r in recipes), tour.steps[index].key
+        twins = [r for r in recipes if r.osrm == "twins"]
+        for recipe in twins:  # an OSRM step merges the twins, which are what must be judged
+            assert all(e.init == "osrm" for e in badges.recipe_entries(entries, [recipe])), tour.steps[index].key
