@@ -112,3 +112,15 @@ def test_the_interference_picker_badges_the_adapter_at_chance(app):
     assert_page_ok(at)
     (note,) = _badge_warnings(at)
     assert AT_CHANCE in note and "shown here" in note
+
+
+def test_the_search_picker_badges_the_adapter_at_chance(app):
+    pytest.importorskip("optuna")  # the page stops before its controls without it
+    at = app.switch_page("pages/search.py").run()
+    assert_page_ok(at)
+    options = at.multiselect(key="search_adapters").options
+    assert f"{AT_CHANCE}  {BADGE}" in options and LEARNED in options
+    assert not _badge_warnings(at)
+    at.radio(key="search_osrm").set_value("twins").run()  # the search would merge the twin at chance
+    (note,) = _badge_warnings(at)
+    assert AT_CHANCE in note and "searched here" in note
