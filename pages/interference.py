@@ -246,7 +246,7 @@ for key, label, set_entries in sets:
     view = {"key": key, "label": label, "entries": set_entries, "names": [e.name for e in set_entries],
             "versions": tuple(_version(e) for e in set_entries), "adapters": None, "metrics": None,
             "labels": chance_badges.with_badges(plots.shared_suffix_dropped([e.name for e in set_entries]),
-                                          set_entries)}  # heatmap ticks, "⚠" on an adapter at chance
+                                                set_entries)}  # heatmap ticks, "⚠" on an adapter at chance
     try:
         view["adapters"] = _load(set_entries)
         view["metrics"] = _factor_metrics(view["versions"], float(density))
