@@ -21,6 +21,8 @@ the recipe and the folders alone:
   equal, resolve to the same folder, or when one is a Hub id `org/name` and the other a folder
   called `name` (how people copy a model locally); an adapter that names no base model is kept
   under every base (nothing says it does not fit) and marked as such.
+- Each entry says whether it learned its task (`Entry.did_not_learn`, merging.learned: the zoo
+  build's rule applied to its manifest entry or mergescope.json), so every page can flag one at chance.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from merging.learned import manifest_verdicts, record_verdict
 from merging.lora import (
     CONFIG_FILE,
     META_FILE,
@@ -67,6 +70,8 @@ class Entry:
     error: str | None = None
     base_model: str | None = None  # what the adapter says it was trained on; None: it does not say
     eval_file: Path | None = None  # the evaluation file attached on the Adapters page (workspace only)
+    did_not_learn: str | None = None  # why it is at chance (merging.learned); None: it learned, or unknown
+    majority_baseline: float | None = None  # its task's majority-class accuracy, where recorded
 
     @property
     def usable(self) -> bool:
@@ -108,12 +113,17 @@ def adapter_entry(path: Path, source: str = "workspace") -> Entry:
         source,
         _accuracy_or_none(meta.get("single_task_accuracy")),
         base_model=_text_or_none(meta.get("base_model")) or _text_or_none(config.get("base_model_name_or_path")),
+        did_not_learn=record_verdict(meta),
+        majority_baseline=_accuracy_or_none(meta.get("majority_baseline")),
     )
 
 
 def zoo_entries(zoo: Zoo) -> list[Entry]:
+    verdicts = manifest_verdicts(zoo.folder)
+    majority = {t.name: t.majority_baseline for t in zoo.tasks}
     return [
-        Entry(a.name, a.task, a.init, a.path, "zoo", a.single_task_accuracy, base_model=zoo.base_model)
+        Entry(a.name, a.task, a.init, a.path, "zoo", a.single_task_accuracy, base_model=zoo.base_model,
+              did_not_learn=verdicts.get(a.name), majority_baseline=_accuracy_or_none(majority.get(a.task)))
         for a in zoo.adapters
     ]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from merging import plots
+from merging import chance_badges, plots
 from merging.tasks import list_demo_tasks
 from merging.train_pipeline import default_other_tasks, is_task_file, resolve_task, train_task_adapter
 from merging.training import INITS
@@ -143,6 +143,7 @@ for entry in entries:
         row["Perplexity"] = round(score["perplexity"], 3) if score and score["perplexity"] is not None else None
     else:
         row["Single-task accuracy (%)"] = _percent(entry.single_task_accuracy)
+    row["Learned its task"] = chance_badges.learned_text(entry)
     row["Base model"] = entry.base_model or info.get("base_model")
     row["Evaluation file"] = task_display_name(entry.eval_file) if entry.eval_file else "—"
     rows.append(row)
@@ -157,8 +158,11 @@ if rows:
            if causal else
            "Single-task accuracy is each adapter alone on its own task's evaluation split, scored with its own head.")
         + (f" {other_bases} adapter(s) made for other base models are hidden: choose their base model in the "
-           "sidebar to see them." if other_bases else ""),
+           "sidebar to see them." if other_bases else "")
+        + f" Learned its task: {chance_badges.RULE}",
     )
+    if note := chance_badges.flag_note(entries, "listed here"):
+        st.warning(note, icon=chance_badges.ICON)
 else:
     st.info(
         f"No adapters for `{ui_settings.base_model}` yet: import one below"

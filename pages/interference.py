@@ -18,7 +18,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from merging import catalog, metrics, narrative, plots, study_story
+from merging import catalog, chance_badges, metrics, narrative, plots, study_story
 from merging import interference_story as telling
 from merging.evaluation import cross_task_matrix
 from merging.lora import Adapter
@@ -110,6 +110,7 @@ with controls:
     names = st.multiselect(
         "Adapters",
         all_names,
+        format_func=chance_badges.option_label(entries),  # "⚠ at chance" beside an adapter that did not learn
         key="interference_adapters",
         help="Two or more adapters of one base model; usually one standard-LoRA adapter per task.",
     )
@@ -246,7 +247,8 @@ views: list[dict] = []  # one per column: key, label, entries, adapters, metrics
 for key, label, set_entries in sets:
     view = {"key": key, "label": label, "entries": set_entries, "names": [e.name for e in set_entries],
             "versions": tuple(_version(e) for e in set_entries), "adapters": None, "metrics": None,
-            "labels": plots.shared_suffix_dropped([e.name for e in set_entries])}  # heatmap ticks
+            "labels": chance_badges.with_badges(plots.shared_suffix_dropped([e.name for e in set_entries]),
+                                                set_entries)}  # heatmap ticks, "⚠" on an adapter at chance
     try:
         view["adapters"] = _load(set_entries)
         view["metrics"] = _factor_metrics(view["versions"], float(density))
@@ -256,6 +258,8 @@ for key, label, set_entries in sets:
 good = [v for v in views if v["metrics"] is not None]
 if not good:
     st.stop()
+if note := chance_badges.flag_note([e for v in good for e in v["entries"]], "shown here"):
+    st.warning(note, icon=chance_badges.ICON)
 
 for view in good:
     missing = view["metrics"].get("missing") or {}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from merging import catalog, narrative, plots
+from merging import catalog, chance_badges, narrative, plots
 from merging.do_merging import FIELDS as DO
 from merging.do_merging import SCHEMA as DO_SCHEMA
 from merging.evaluation import PREVIEW_EVERY
@@ -69,12 +69,16 @@ with controls:
     names = st.multiselect(
         "Adapters",
         [e.name for e in entries],
+        format_func=chance_badges.option_label(entries),  # "⚠ at chance" beside an adapter that did not learn
         key=codec.adapters_key(PREFIX), persist_state="session",
         help="One adapter per task; each task is scored with the merged body"
         + (" on its evaluation file (exact match and completion loss)." if _ui.base_model_status(ui_settings.base_model)[0]
            == "causal" else " and its own head."),
     )
     osrm_mode = codec.osrm_control(PREFIX)
+    at_chance_note = chance_badges.flag_note(chance_badges.merged_entries(entries, names, osrm_mode), "merged here")
+    if at_chance_note:
+        st.warning(at_chance_note, icon=chance_badges.ICON)
     if names:
         st.markdown("**Merge coefficients λ**")
         columns = st.columns(min(len(names), 5))
@@ -325,6 +329,10 @@ if last:
     if not ui_settings.presentation:  # on stage it goes under the chart, which must fit the window
         st.caption(how_scored)
     osrm = shown_run.osrm
+    run_merged = chance_badges.run_entries(all_entries, results["merge"]["adapters"], osrm.get("twins"))
+    run_note = chance_badges.flag_note(run_merged, "in this run")
+    if run_note:
+        st.warning(run_note, icon=chance_badges.ICON)
     if osrm.get("twins"):
         st.info("OSRM: merged the OSRM-initialised twins " + ", ".join(osrm["twins"].values())
                 + (" — the base bars are the base model alone." if plots.has_loss(results) else
@@ -342,7 +350,8 @@ if last:
                             "accuracy_bars", "merge_loss", how_to_read="Completion loss per task, nats per token: "
                             "lower is better; the merge between base and single shows how much each task kept.")
     else:
-        _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation), "accuracy_bars",
+        _ui.show_figure(plots.accuracy_bars(results, presentation=ui_settings.presentation,
+                                            flagged=chance_badges.task_flags(run_merged)), "accuracy_bars",
                         "merge_accuracy")
     if ui_settings.presentation:
         st.caption(how_scored)

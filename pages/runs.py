@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from merging import plots
+from merging import chance_badges, plots
 from merging.run_jobs import heatmap_grid
 from merging.run_labels import recipe_data
 from merging.stored_runs import StoredRun, percent, read_runs
@@ -213,7 +213,10 @@ if record.kind == "sweep" and record.sweep.get("points"):
             swept = [(p["weights"], p["results"]) for p in points]
             rows = plots.sweep_points(swept, init=sweep.get("init", "standard"))
             losses = plots.sweep_points(swept, init=sweep.get("init", "standard"), score="loss")
-            curves = plots.sweep_curves(rows, presentation=ui_settings.presentation, metric=_metric(record))
+            flagged = chance_badges.sweep_flags(_ui.catalog(ui_settings.workspace, every_base_model=True),
+                                                {sweep.get("init", "standard"): sweep})  # "⚠ at chance" curves
+            curves = plots.sweep_curves(rows, presentation=ui_settings.presentation, metric=_metric(record),
+                                        flagged=flagged)
             if losses:  # causal tasks: the loss curves beside the metric's
                 metric_chart, loss_chart = st.columns(2)
                 with metric_chart:

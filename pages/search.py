@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from merging import catalog, plots
+from merging import catalog, chance_badges, plots
 from merging.methods import REGISTRY, MethodError
 from merging.recipe import RecipeError
 from merging.search import (
@@ -56,7 +56,11 @@ if not hidden:
     )
 controls = st.container() if not hidden else st.expander("Search settings", expanded=False)
 with controls:
-    names = st.multiselect("Adapters", names_all, default=standard_names[:3], key="search_adapters", persist_state=KEEP)
+    names = st.multiselect("Adapters", names_all, default=standard_names[:3], key="search_adapters", persist_state=KEEP,
+                           format_func=chance_badges.option_label(entries))  # "⚠ at chance" beside one that did not learn
+    searched_entries = chance_badges.merged_entries(entries, names, st.session_state.get(f"{PREFIX}_osrm", "off"))
+    if note := chance_badges.flag_note(searched_entries, "searched here"):
+        st.warning(note, icon=chance_badges.ICON)
     left, middle, right = st.columns(3)
     with left:
         method = st.selectbox(

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-from merging import catalog, plots
+from merging import catalog, chance_badges, plots
 from merging.methods import REGISTRY, MethodError
 from merging.plots.sweep import lambdas as said_lambdas  # two decimals, one λ when all are equal
 from merging.recipe import RecipeError
@@ -67,6 +67,7 @@ with controls:
     names = st.multiselect(
         "Adapters",
         standard_names,
+        format_func=chance_badges.option_label(entries),  # "⚠ at chance" beside an adapter that did not learn
         key=codec.adapters_key(PREFIX),
         persist_state=KEEP,
         help="Standard LoRA adapters, one per task; with the overlay on, each is paired with its OSRM variant.",
@@ -95,6 +96,10 @@ with controls:
                 )
                 == "heatmap"
             )
+    swept = chance_badges.merged_entries(entries, names) + chance_badges.merged_entries(entries, names, overlay_mode)
+    at_chance_note = chance_badges.flag_note(swept, "swept here")
+    if at_chance_note:
+        st.warning(at_chance_note, icon=chance_badges.ICON)
     codec.per_adapter_controls(PREFIX, method, names)
     r1, r2, r3 = st.columns(3)
     start = r1.number_input("λ from", 0.0, 5.0, 0.1, 0.05, format="%.2f", key="sweep_start", persist_state=KEEP)
@@ -274,7 +279,8 @@ if result and not running:
             swept = [(p["weights"], p["results"]) for p in data["points"]]
             points += plots.sweep_points(swept, init=init)
             losses += plots.sweep_points(swept, init=init, score="loss")
-        figure = plots.sweep_curves(points, presentation=ui_settings.presentation, metric=metric)
+        figure = plots.sweep_curves(points, presentation=ui_settings.presentation, metric=metric,
+                                    flagged=chance_badges.sweep_flags(all_entries, sets_done))
         if losses:  # causal tasks: the completion loss beside the metric
             metric_chart, loss_chart = st.columns(2)
             with metric_chart:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import streamlit as st
 
+from merging import catalog, chance_badges
 from merging import tour as story
 from merging.lab import Lab
 from merging.measure_cache import MeasureCache
@@ -164,6 +165,9 @@ if not _missing(index):
         # five rows of two-line task names need ~50 px each: the heatmap gets 600 px (it overprinted at 430)
         least = int(figure.layout.height or 400) if step.chart == "summary" else 600 if step.chart == "overlap" else 400
         _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX, least=least)
+        merged = chance_badges.recipe_entries(catalog.zoo_entries(built_in), [m.recipe for m in tour.needs(index)])
+        if note := chance_badges.flag_note(merged, "in this step"):  # an adapter at chance is never shown unflagged
+            st.warning(note, icon=chance_badges.ICON)
     if words is not None:
         with words:
             st.markdown(f"#### {story.takeaway(step, measured, tour)}")

@@ -53,7 +53,8 @@ def test_sweep_curves_standard_vs_osrm_then_cached(app: AppTest, tiny_zoo):
     charts = _charts(at)
     assert len(charts) == 1
     names = {trace["name"] for trace in charts[0]["data"]}
-    assert {"average · standard", "average · osrm", "sms_spam · osrm"} <= names
+    assert {"average · standard", "average · osrm"} <= names
+    assert any(name.startswith("sms_spam · osrm") for name in names)  # "⚠ at chance" after it when it did not learn
     table = at.dataframe[0].value
     assert len(table) == 6 and set(table["init"]) == {"standard", "osrm"}
     assert sorted(set(table["λ"])) == [0.5, 1.0, 1.5]

@@ -370,11 +370,11 @@ def test_sweep_points_from_lab_sweep_output():
     sweep = [([0.5, 0.5], result(0.7, 0.5)), ([1.0, 1.0], result(0.8, None))]
     points = sweep_points(sweep, init="osrm")
     assert points == [
-        {"lambda": 0.5, "init": "osrm", "task": "a", "merged": 0.7},
-        {"lambda": 0.5, "init": "osrm", "task": "b", "merged": 0.5},
-        {"lambda": 1.0, "init": "osrm", "task": "a", "merged": 0.8},
+        {"lambda": 0.5, "init": "osrm", "task": "a", "merged": 0.7, "majority": 0.55},
+        {"lambda": 0.5, "init": "osrm", "task": "b", "merged": 0.5, "majority": 0.5},
+        {"lambda": 1.0, "init": "osrm", "task": "a", "merged": 0.8, "majority": 0.55},
     ]
-    assert len(sweep_curves(points).data) == 3  # a, b, average
+    assert len(sweep_curves(points).data) == 5  # a, b, average, and the chance lines at 50% and 55%
 
 
 def test_sweep_points_and_curves_carry_the_intervals():
@@ -382,7 +382,8 @@ def test_sweep_points_and_curves_carry_the_intervals():
     with_intervals["tasks"]["a"]["interval"] = {"merged": [0.6, 0.75]}
     with_intervals["average_interval"] = {"merged": [0.55, 0.65]}
     points = sweep_points([([0.5, 0.5], with_intervals)])
-    assert points[0] == {"lambda": 0.5, "init": "standard", "task": "a", "merged": 0.7, "low": 0.6, "high": 0.75}
+    assert points[0] == {"lambda": 0.5, "init": "standard", "task": "a", "merged": 0.7, "low": 0.6, "high": 0.75,
+                         "majority": 0.55}
     assert "low" not in points[1]
     assert points[2] == {"lambda": 0.5, "init": "standard", "task": "average", "merged": 0.6, "low": 0.55, "high": 0.65}
     fig = sweep_curves(points)

@@ -70,7 +70,8 @@ def _interval_bounds(values: Sequence[float | None], whiskers: Mapping) -> list[
     "whiskers are 95% bootstrap intervals over the evaluation set; the black dash is the majority-class baseline."
 )
 def accuracy_bars(
-    results: Mapping, title: str | None = None, presentation: bool = False, score: str = "metric"
+    results: Mapping, title: str | None = None, presentation: bool = False, score: str = "metric",
+    flagged: Mapping[str, str] | None = None,
 ) -> go.Figure:
     """Grouped bars base / single / merged per task plus an 'average' group, from ``EvaluationResult.to_dict()``.
 
@@ -84,6 +85,9 @@ def accuracy_bars(
     Each group is labelled with the normalised score (merged ÷ single), over the merged bar and above
     every whisker, bar and dash of its group, where nothing can cover it: Plotly's own bar text sits
     on the bar's end, under the whisker, or (inside) on a short bar's whisker and the dash.
+
+    `flagged` maps a task to why the adapter scored on it did not learn (merging.chance_badges):
+    its group's tick reads "task ⚠" (the traces keep the task's name).
     """
     if score not in ("metric", "loss"):
         raise ValueError(f"score must be 'metric' or 'loss', got {score!r}")
@@ -154,6 +158,8 @@ def accuracy_bars(
             fig.add_annotation(x=position + centre, y=clear, yanchor="bottom", yshift=LABEL_LIFT_PX,
                                text=label.format(normalized), showarrow=False, name="merged ÷ single")
     fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.18})  # on stage: at the foot (_style)
+    if any(group in (flagged or {}) for group in groups):
+        fig.update_xaxes(tickvals=groups, ticktext=[f"{g} ⚠" if g in (flagged or {}) else g for g in groups])
     _accuracy_axis(fig)
     if fig.layout.annotations:
         # room above 100% for a label over a full bar; ticks stop at 100%, no accuracy lies above it

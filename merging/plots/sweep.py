@@ -4,11 +4,13 @@ coefficients λ grow, per task and on average, and the average over a grid of (�
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from html import escape
 from typing import Any
 
 import plotly.graph_objects as go
 
+from merging.learned import BADGE
 from merging.plots.style import (
     OKABE_ITO,
     PALETTE,
@@ -49,7 +51,8 @@ def sweep_points(
     intervals (``interval`` per task, ``average_interval``), a point gets ``low``/``high`` and the
     average over tasks comes as its own rows, with its interval (the mean of the tasks' bounds is not one).
     `score="loss"` takes causal tasks' merged completion loss instead of the primary metric (no
-    intervals; sweep_curves averages it over tasks).
+    intervals; sweep_curves averages it over tasks). A classification task's rows carry its
+    majority-class score (`majority`), which sweep_curves draws as the chance line.
     """
     if score == "loss":
         return [
@@ -65,8 +68,10 @@ def sweep_points(
         for task, scores in _results_tasks(data).items():
             merged = _finite(scores.get("merged"))
             if merged is not None:
+                majority = _finite(scores.get("majority"))  # a classification task's chance level
                 points.append({"lambda": lam, "init": init, "task": task, "merged": merged,
-                               **_bounds((scores.get("interval") or {}).get("merged"))})
+                               **_bounds((scores.get("interval") or {}).get("merged")),
+                               **({"majority": majority} if majority is not None else {})})
         average = _finite((data.get("average") or {}).get("merged"))
         average_bounds = _bounds((data.get("average_interval") or {}).get("merged"))
         if average is not None and average_bounds:
@@ -92,7 +97,8 @@ def _records(points: Any) -> list[dict]:
 @explained(
     "Merged accuracy per task (colour) as the merge coefficient λ grows; solid = standard LoRA, "
     "dashed = OSRM initialisation; the thick black line is the average over tasks; "
-    "whiskers are 95% bootstrap intervals over the evaluation set."
+    "whiskers are 95% bootstrap intervals over the evaluation set; thin black dotted lines are chance "
+    "(each task's majority class); ⚠ marks a line whose adapter did not learn its task."
 )
 def sweep_curves(
     points: Any,
@@ -100,6 +106,7 @@ def sweep_curves(
     x_title: str = "λ (merge coefficient, same for every adapter; unitless)",
     presentation: bool = False,
     metric: str = "accuracy",
+    flagged: Mapping[tuple[str, str], str] | None = None,
 ) -> go.Figure:
     """Merged accuracy per task over λ, standard vs OSRM overlaid.
 
@@ -113,6 +120,11 @@ def sweep_curves(
 
     Colour = task (the average is thick black), dash and marker = init (solid circle = standard,
     dashed square = OSRM), so both are readable without colour.
+
+    Rows with a ``majority`` (a classification task's majority-class score) give the chance line:
+    one thin black dotted line per distinct level, named after the tasks at that level, so a task
+    at chance is seen as one. ``flagged`` maps (task, init) to why that line's adapter did not
+    learn (merging.learned); its legend entry and hover carry the badge and the reason.
     """
     is_loss = metric == "loss"
     title = title or f"Merged {metric} over the merge coefficient λ"
@@ -152,12 +164,15 @@ def sweep_curves(
                 continue
             style = _init_style(init, i_index)
             lambdas = sorted(values)
+            why = (flagged or {}).get((task, init))
+            badge = f" {BADGE}" if why else ""
+            said = f"<br>{BADGE}: {escape(why)}" if why else ""
             trace = go.Scatter(
-                name=f"{task} · {init}", legendgroup=task,
+                name=f"{task} · {init}{badge}", legendgroup=task,
                 x=lambdas, y=[values[lam] for lam in lambdas], mode="lines+markers",
                 line={"color": colour, "dash": style["dash"], "width": 4 if task == "average" else 2},
                 marker={"color": colour, "symbol": style["symbol"], "size": 7},
-                hovertemplate=f"{task} ({init})<br>λ = %{{x:.2f}}<br>merged {metric}: {value_format}<extra></extra>",
+                hovertemplate=f"{task} ({init}){said}<br>λ = %{{x:.2f}}<br>merged {metric}: {value_format}<extra></extra>",
             )
             known = bounds.get((task, init), {})
             if known:
@@ -173,11 +188,38 @@ def sweep_curves(
                     "<br>95% interval: %{customdata[0]:.1%}–%{customdata[1]:.1%}<extra></extra>"
                 )
             fig.add_trace(trace)
+    if not is_loss:
+        for trace in _chance_lines(rows, tasks):
+            fig.add_trace(trace)
     if is_loss:
         fig.update_yaxes(rangemode="tozero")
         return _style(fig, title, presentation, x_title=x_title, y_title="Merged loss (nats per token, lower is better)")
     _accuracy_axis(fig)
     return _style(fig, title, presentation, x_title=x_title, y_title=f"Merged {metric} (%)")
+
+
+def _chance_lines(rows: list[dict], tasks: list[str]) -> list[go.Scatter]:
+    """One dotted black line across the λ range per distinct majority-class level (tasks at one
+    level share it), named after its tasks; none when no row carries a majority."""
+    levels: dict[float, list[str]] = {}
+    for task in tasks:
+        majority = next((_finite(r.get("majority")) for r in rows if str(r["task"]) == task
+                         and _finite(r.get("majority")) is not None), None)
+        if majority is not None:
+            levels.setdefault(round(majority, 9), []).append(task)
+    if not levels:
+        return []
+    lams = [float(r["lambda"]) for r in rows]
+    span = [min(lams), max(lams)]
+    colour = ROLE_COLOURS["majority"]
+    return [
+        go.Scatter(
+            name=f"chance {level:.0%} (majority class: {', '.join(names)})", legendgroup="chance",
+            x=span, y=[level, level], mode="lines", line={"color": colour, "dash": "dot", "width": 1.5},
+            hovertemplate=f"chance: the majority class of {escape(', '.join(names))}, %{{y:.1%}}<extra></extra>",
+        )
+        for level, names in sorted(levels.items())
+    ]
 
 
 @explained(
