@@ -184,6 +184,23 @@ def seed_study_lines(zoo_folder: Path, results: dict) -> list[str]:
     return lines
 
 
+def rewrite_seed_section(zoo_folder: Path, out: Path, json_path: Path) -> int:
+    """Replace section 5 of an existing RESULTS.md (sections 1–4 measured earlier on the same zoo)."""
+    text = out.read_text(encoding="utf-8")
+    marker = "\n## 5. "
+    start = text.find(marker)
+    end = text.find("\nTotal time:")
+    if start < 0 or end < 0:
+        print(f"{out}: no section 5 to replace; run findings.py without --seeds-only", file=sys.stderr)
+        return 2
+    results = json.loads(json_path.read_text(encoding="utf-8")) if json_path.is_file() else {}
+    lines = seed_study_lines(zoo_folder, results)
+    out.write_text(text[: start + 1] + "\n".join(lines) + "\n" + text[end:], encoding="utf-8")
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default=str(ROOT / "zoo"))
@@ -191,7 +208,11 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / "docs" / "results.json"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="skip the DO-Merging and λ tables")
+    parser.add_argument("--seeds-only", action="store_true",
+                        help="rewrite only section 5 (the seed study) of an existing --out; sections 1–4 are kept")
     args = parser.parse_args()
+    if args.seeds_only:
+        return rewrite_seed_section(Path(args.zoo), Path(args.out), Path(args.json))
 
     started = time.perf_counter()
     zoo = load_zoo(args.zoo)

@@ -34,6 +34,7 @@ from merging.seed_study import (  # noqa: E402
     STUDY_FILE,
     magnitude_cv,
     magnitude_variance_across,
+    manifest_hash,
     seed_zoo_folders,
     study_zoo,
     summarise,
@@ -82,6 +83,9 @@ def main() -> int:
     parser.add_argument("--zoo", default=str(ROOT / "zoo"))
     parser.add_argument("--full-finetune", default=str(ROOT / "docs" / "full_finetune.json"))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the stored per-seed measurements (and ablations) of zoos whose manifest is unchanged")
+    parser.add_argument("--only-first", action="store_true", help="measure the shipped zoo only (seed 0), not zoo/seeds/N")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -99,13 +103,26 @@ def main() -> int:
     del model
     lab = Lab(zoo.base_model, device=args.device)
 
+    previous = {}
+    out = Path(args.zoo) / STUDY_FILE
+    if args.reuse and out.is_file():
+        old = json.loads(out.read_text(encoding="utf-8"))
+        previous = {s["manifest_sha256"]: s for s in old.get("per_seed", [])}
+        previous["ablations"] = old.get("ablations") if old.get("ablations_sha256") == manifest_hash(folders[0]) else None
     per_seed = []
-    for folder in folders:
+    for folder in folders[:1] if args.only_first else folders:
+        kept = previous.get(manifest_hash(folder))
+        if kept is not None:
+            print(f"{folder}: unchanged, measurements reused", flush=True)
+            per_seed.append({**kept, "folder": str(folder)})
+            continue
         seed_zoo = load_zoo(folder)
         per_seed.append(study_zoo(lab, seed_zoo, inputs, progress=lambda what: print(what, flush=True)))
     summary = summarise(per_seed)
-    print("ablations (where OSRM's effect comes from)", flush=True)
-    ablations = zoo_effect_report(zoo, device=args.device)
+    ablations = previous.get("ablations")
+    if ablations is None:
+        print("ablations (where OSRM's effect comes from)", flush=True)
+        ablations = zoo_effect_report(zoo, device=args.device)
     study = {
         "generated_by": "scripts/seed_study.py",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -114,10 +131,10 @@ def main() -> int:
         "per_seed": per_seed,
         "summary": summary,
         "ablations": ablations,
+        "ablations_sha256": manifest_hash(folders[0]),
         "full_finetune": full_finetune_comparison(zoo, Path(args.full_finetune)),
     }
     study["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(args.zoo) / STUDY_FILE
     staging = out.with_name(f".{out.name}.tmp")
     staging.write_text(json.dumps(finite(study), indent=1, allow_nan=False), encoding="utf-8")
     staging.replace(out)
