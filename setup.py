@@ -18,8 +18,12 @@ APP_FILES = [
     "pages/**/*.py",
     ".streamlit/config.toml",
     "zoo/manifest.json",
+    "zoo/seed_study.json",
     "zoo/*/*.json",
     "zoo/*/*.safetensors",
+    "zoo/seeds/*/manifest.json",
+    "zoo/seeds/*/*/*.json",
+    "zoo/seeds/*/*/*.safetensors",
 ]
 
 

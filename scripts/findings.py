@@ -125,7 +125,7 @@ def seed_study_lines(zoo_folder: Path, results: dict) -> list[str]:
     try:
         study = load_study(zoo_folder)
     except StudyError as err:
-        return ["## Over training seeds", "", f"Not available: {err}.", ""]
+        return ["## 5. Over training seeds", "", f"Not available: {err}.", ""]
     summary = study["summary"]
     results["seed_study"] = {"created": study.get("created"), "summary": {k: v for k, v in summary.items() if k != "why"}}
     columns = [("single", "alone")] + [(key, label) for key, label, *_ in HEADLINE]

@@ -108,6 +108,11 @@ def test_the_wheel_holds_the_library_the_app_its_settings_and_the_demo_zoo(insta
         assert f"mergescope_app/pages/{page.name}" in names
     for adapter in (ROOT / "zoo").glob("*/adapter_model.safetensors"):
         assert f"mergescope_app/zoo/{adapter.parent.name}/adapter_model.safetensors" in names
+    # and every training seed's zoo, and the seed study the Tour reads
+    for adapter in (ROOT / "zoo").glob("seeds/*/*/adapter_model.safetensors"):
+        assert f"mergescope_app/{adapter.relative_to(ROOT).as_posix()}" in names
+    for data in [*(ROOT / "zoo").glob("seeds/*/manifest.json"), *(ROOT / "zoo").glob("seed_study.json")]:
+        assert f"mergescope_app/{data.relative_to(ROOT).as_posix()}" in names
     # nothing but the app from the repository's root: no tests, scripts, setup.py
     assert not any(
         n.startswith(("tests/", "scripts/", "mergescope_app/tests", "mergescope_app/setup.py")) for n in names
