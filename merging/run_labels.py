@@ -25,11 +25,19 @@ def _number(value: Any) -> str:
 _QUIET_DEFAULTS = {("divide_by", "count")}
 
 
+def method_label(method: str) -> str:
+    """A method's one name on every page: the registry's label ("TIES", "Task arithmetic"), or the key."""
+    from merging.methods import REGISTRY
+
+    known = REGISTRY.get(method) if isinstance(method, str) else None
+    return known.label if known is not None else str(method)
+
+
 def describe_recipe(recipe: Recipe | Mapping[str, Any]) -> str:
-    """e.g. "ties (density 0.5, sign sum) of sst2 ×1, spam ×0.6 · OSRM twins · rank exact · seed 0"."""
+    """e.g. "TIES (density 0.5, sign sum) of sst2 ×1, spam ×0.6 · OSRM twins · rank exact · seed 0"."""
     if isinstance(recipe, Recipe):
         recipe = recipe.to_dict()
-    method = str(recipe.get("method", "?"))
+    method = method_label(str(recipe.get("method", "?")))
     parameters = {k: v for k, v in (recipe.get("parameters") or {}).items() if (k, v) not in _QUIET_DEFAULTS}
     head = method + (f" ({', '.join(f'{k} {_number(v)}' for k, v in parameters.items())})" if parameters else "")
     adapters = []

@@ -23,7 +23,7 @@ from merging.methods import REGISTRY, MethodError
 from merging.output_rank import bounded
 from merging.recipe import RecipeError
 from merging.run_jobs import merge_work
-from merging.run_labels import describe_run, recipe_data, run_label
+from merging.run_labels import describe_run, method_label, recipe_data, run_label
 from merging.stored_runs import read_run
 from pages import _recipe_ui as codec
 from pages import _ui
@@ -275,7 +275,7 @@ if last:
     average = results["average"]
     recipe_text = describe_run(shown_run)
     st.subheader(
-        f"{run_label(shown_run.id).capitalize()}: {results['merge']['method']} of "
+        f"{run_label(shown_run.id).capitalize()}: {method_label(results['merge']['method'])} of "
         f"{len(results['merge']['adapters'])} adapters",
         anchor="merge-result",
     )

@@ -129,7 +129,7 @@ def assert_page_matches_cli(page, cli: dict) -> None:
 def run_and_wait(page, run_number: int) -> None:
     wait_for_app_idle(page)
     page.get_by_role("button", name="Run merge").click()
-    page.get_by_text(f"Run {run_number}: ties of 2 adapters").wait_for()  # Playwright's default: the hang guard
+    page.get_by_text(f"Run {run_number}: TIES of 2 adapters").wait_for()  # Playwright's default: the hang guard
     # .first: while the result replaces its preview, Streamlit briefly keeps the stale metric beside the new one
     page.get_by_text("Average merged accuracy", exact=True).first.wait_for()
     body = page.inner_text("body")
@@ -150,7 +150,7 @@ def run_and_wait(page, run_number: int) -> None:
 def screenshot_results(page, run_number: int, name: str) -> Path:
     """The run's heading at the top of the window: its metrics and the accuracy chart below."""
     path = ROOT / "artifacts" / name
-    heading = page.get_by_text(f"Run {run_number}: ties of 2 adapters")
+    heading = page.get_by_text(f"Run {run_number}: TIES of 2 adapters")
     heading.evaluate("e => e.scrollIntoView({block: 'start'})")
     wait_until_still(heading)
     page.screenshot(path=str(path))

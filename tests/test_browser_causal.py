@@ -96,7 +96,7 @@ def test_a_causal_lm_merge_set_up_by_clicking_shows_the_clis_exact_match_and_los
 
             wait_for_app_idle(page)  # the λ's rerun is over before Run
             page.get_by_role("button", name="Run merge").click()
-            heading = page.get_by_text("Run 1: task_arithmetic of 2 adapters")
+            heading = page.get_by_text("Run 1: Task arithmetic of 2 adapters")
             heading.wait_for()  # Playwright's default here: the hang guard
             page.get_by_text("Average merged exact match", exact=True).wait_for()
             body = page.inner_text("body")

@@ -385,7 +385,7 @@ def test_a_pinned_named_baseline_is_what_the_change_chart_compares_with(app_test
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = [chart["layout"]["title"]["text"] for chart in charts]
     assert any(f"vs baseline 'plain TA' (run {first})" in t for t in titles), titles
-    assert any(c.value.startswith(f"Compared with baseline 'plain TA' (run {first}): task_arithmetic")
+    assert any(c.value.startswith(f"Compared with baseline 'plain TA' (run {first}): Task arithmetic")
                for c in at.caption)
 
 

@@ -11,7 +11,7 @@ def test_a_plain_recipe_reads_as_one_line():
     recipe = Recipe(adapters=(AdapterRef("zoo/sst2-standard", 1.0, "sst2-standard"), AdapterRef("zoo/trec", 0.6)),
                     method="task_arithmetic")
     text = describe_recipe(recipe.to_dict())
-    assert text.startswith("task_arithmetic")
+    assert text.startswith("Task arithmetic of")
     assert "sst2-standard ×1, trec ×0.6" in text  # a nameless adapter is named after its folder
     assert "no OSRM" in text and "exact rank" in text and "seed 0" in text
     assert "DO" not in text  # switches that are off are not listed
@@ -24,7 +24,7 @@ def test_every_setting_that_changes_the_merge_is_stated():
         do_merging=DoMergingOptions(decouple=True, orthogonalize=True, steps=20, lr=0.05, mu=2.0),
     )
     text = describe_recipe(recipe.to_dict())
-    for part in ("ties (density 0.5, sign total)", "a ×1 [density 0.3]", "b ×0.5", "OSRM twins", "rank 4",
+    for part in ("TIES (density 0.5, sign total)", "a ×1 [density 0.3]", "b ×0.5", "OSRM twins", "rank 4",
                  "DO decouple (mean)", "DO orthogonalize (20 steps, lr 0.05, μ 2)", "seed 3"):
         assert part in text, (part, text)
 
