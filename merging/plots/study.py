@@ -55,7 +55,8 @@ def why_scatter(points: Sequence[Mapping], measure: str, correlation: Mapping | 
         ))  # fmt: skip
     fig.add_hline(y=0, line={"color": OKABE_ITO["black"], "width": 1})
     if correlation and correlation.get("r") is not None:
-        subtitle = f"r = {correlation['r']:.2f} (95 % interval {correlation['low']:.2f} to {correlation['high']:.2f}, n = {correlation['n']})"
+        subtitle = (f"r = {correlation['r']:.2f} (95 % interval {correlation['low']:.2f} to {correlation['high']:.2f}, "
+                    f"n = {correlation['n']})").replace("-", "−")  # fmt: skip
         fig.update_layout(title={"subtitle": {"text": subtitle}})
     if log_x:
         fig.update_xaxes(type="log")
@@ -91,6 +92,9 @@ def seed_differences(differences: Mapping[str, Mapping], title: str = "", presen
             hovertemplate="%{y}: %{x:+.1f} pp (%{text})<extra>%{fullData.name}</extra>",
         ))  # fmt: skip
     fig.add_vline(x=0, line={"color": OKABE_ITO["black"], "width": 1})
+    seeds = max((d.get("n") or 0) for d in differences.values())
+    fig.update_layout(title={"subtitle": {"text": f"paired over {seeds} training seed{'s' if seeds != 1 else ''}; "
+                                                  + ("whisker = 95 % interval" if seeds > 1 else "one seed: no interval")}})
     fig.update_layout(scattermode="group", legend={"orientation": "h", "y": -0.25})
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(ticksuffix=" pp")
@@ -110,6 +114,8 @@ def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = Fal
                         horizontal_spacing=0.14)  # fmt: skip
     if not kinds:
         return _style(_no_data(go.Figure(), "no ablation measured"), title or "Where OSRM's effect comes from", presentation)
+    order = [k for k in KIND_NAMES if k in kinds] + [k for k in kinds if k not in KIND_NAMES]
+    kinds = {k: kinds[k] for k in order}
     names = [kind_name(k) for k in kinds]
     for column, (init_key, trained_key) in enumerate(
         (("energy_share_init", "energy_share_trained"), ("overlap_init", "overlap_trained")), start=1
@@ -119,9 +125,12 @@ def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = Fal
             values = [100.0 * v[key] if v.get(key) is not None else None for v in kinds.values()]
             fig.add_trace(go.Bar(
                 y=names, x=values, orientation="h", name=label, marker={"color": colour}, showlegend=column == 1,
-                text=[f"{v:.1f} %" if v is not None else "" for v in values], textposition="outside",
+                text=[f"{v:.1f} %" if v is not None else "" for v in values], textposition="outside", cliponaxis=False,
                 hovertemplate="%{y}<br>" + label + ": %{x:.2f} %<extra></extra>",
             ), row=1, col=column)  # fmt: skip
+        largest = max((100.0 * v[key] for v in kinds.values() for key in (init_key, trained_key) if v.get(key) is not None),
+                      default=1.0)  # fmt: skip
+        fig.update_xaxes(range=[0, largest * 1.35 + 1e-9], row=1, col=column)  # room for the outside labels
     reference = ablations.get("random_reference")
     if reference:
         for column in (1, 2):
@@ -129,7 +138,7 @@ def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = Fal
                           row=1, col=column)  # fmt: skip
     fig.update_yaxes(autorange="reversed")
     fig.update_yaxes(showticklabels=False, row=1, col=2)
-    fig.update_xaxes(ticksuffix=" %", rangemode="tozero")
+    fig.update_xaxes(ticksuffix=" %")
     fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.2})
     return _style(fig, title or "Where OSRM's effect comes from", presentation)
 
@@ -143,8 +152,11 @@ def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = Fal
 def magnitude_variance_claims(full_finetune: Mapping | None, pair_points: Sequence[Mapping],
                               correlation: Mapping | None, title: str = "", presentation: bool = False) -> go.Figure:  # fmt: skip
     """DO-Merging's claims (b) and (c) on the zoo."""
+    pairs_title = "Pairs: variance vs merged accuracy"
+    if correlation and correlation.get("r") is not None:
+        pairs_title = f"Pairs: r = {correlation['r']:.2f} ({correlation['low']:.2f} to {correlation['high']:.2f})".replace("-", "−")
     fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6], horizontal_spacing=0.16,
-                        subplot_titles=("LoRA vs full fine-tuning", "Pairs: variance vs merged accuracy"))  # fmt: skip
+                        subplot_titles=("LoRA vs full fine-tuning", pairs_title))  # fmt: skip
     if full_finetune:
         names = [kind_name(k) for k in full_finetune["lora"]] + ["full fine-tuning"]
         values = list(full_finetune["lora"].values()) + [full_finetune["full_finetune"]]
@@ -165,9 +177,9 @@ def magnitude_variance_claims(full_finetune: Mapping | None, pair_points: Sequen
         ), row=1, col=2)  # fmt: skip
     fig.update_xaxes(title_text="magnitude variance (CV of ‖ΔW‖)", row=1, col=2)
     fig.update_yaxes(title_text="merged / alone (%)", ticksuffix=" %", row=1, col=2)
-    if correlation and correlation.get("r") is not None:
-        fig.update_layout(title={"subtitle": {"text": f"pairs: r = {correlation['r']:.2f} "
-                                              f"(95 % interval {correlation['low']:.2f} to {correlation['high']:.2f}, "
-                                              f"n = {correlation['n']})"}})  # fmt: skip
+    if not full_finetune:
+        fig.add_annotation(text="full fine-tuning not measured", showarrow=False, xref="x domain", yref="y domain",
+                           x=0.5, y=0.5, row=1, col=1)  # fmt: skip
     fig.update_layout(legend={"orientation": "h", "y": -0.25})
-    return _style(fig, title or "DO-Merging's magnitude-variance claims, on this zoo", presentation)
+    fig.update_layout(margin={"t": 140 if presentation else 110})
+    return _style(fig, title or "DO-Merging's magnitude claims", presentation)
