@@ -196,7 +196,9 @@ if presentation:
     forward.button("Next →", key="interference_next", on_click=_go_section, args=(current + 1,),
                    disabled=current == len(SECTIONS), type="primary", width="stretch")
     where.markdown(f"**Section {current} of {len(SECTIONS)}** · {SECTIONS[current - 1]}", text_alignment="center")
-    hidden = ", ".join(f".st-key-interference_section_{k}" for k in range(1, len(SECTIONS) + 1) if k != current)
+    # the keyed container and the wrapper Streamlit puts around it: a hidden wrapper would keep its gap
+    hidden = ", ".join(f".st-key-interference_section_{k}, div:has(> .st-key-interference_section_{k})"
+                       for k in range(1, len(SECTIONS) + 1) if k != current)  # fmt: skip
     st.markdown(f"<style>{hidden} {{display: none !important;}}</style>", unsafe_allow_html=True)
 
 # ----------------------------------------------------------------------------------------------
@@ -680,12 +682,14 @@ zoo_study = _ui.zoo_study()
 
 _section(7)
 st.subheader("Where OSRM's effect comes from (demo zoo)")
+# the chart first, sized to the window under the heading; the sentence and which way is good below it
+FIRST_CHART_RESERVED = 340
 if isinstance(zoo_study, str):
     st.info(zoo_study)
 else:
-    _section_lines("mechanism", study_story.takeaway_mechanism(zoo_study.get("ablations") or {}))
     _ui.show_figure(plots.osrm_mechanism(zoo_study.get("ablations") or {}, presentation=presentation),
-                    "osrm_mechanism", "interference_osrm_mechanism")
+                    "osrm_mechanism", "interference_osrm_mechanism", reserved=FIRST_CHART_RESERVED, least=420)
+    _section_lines("mechanism", study_story.takeaway_mechanism(zoo_study.get("ablations") or {}))
     summary = zoo_study["summary"]
     best = best_predictor(summary)
     measure = best[0] if best else "feature_shift"
@@ -701,10 +705,11 @@ if isinstance(zoo_study, str):
     st.info(zoo_study)
 else:
     claims = zoo_study["summary"].get("magnitude_variance") or {}
-    _section_lines("magnitude_claims", study_story.takeaway_magnitude(zoo_study.get("full_finetune"), claims))
     _ui.show_figure(plots.magnitude_variance_claims(zoo_study.get("full_finetune"), claims.get("points") or [],
                                                     claims.get("correlation"), presentation=presentation),
-                    "magnitude_variance_claims", "interference_magnitude_claims")
+                    "magnitude_variance_claims", "interference_magnitude_claims", reserved=FIRST_CHART_RESERVED,
+                    least=420)  # fmt: skip
+    _section_lines("magnitude_claims", study_story.takeaway_magnitude(zoo_study.get("full_finetune"), claims))
 
 _end_sections()
 _remember()  # the layer and the scope radios are created below the first call

@@ -27,6 +27,14 @@ MEASURE_NAMES = {
 }
 
 
+def _room_for_subtitle(fig: go.Figure) -> go.Figure:
+    """A subtitle sits in the top margin, under the title: widen the margin by one line of it."""
+    if fig.layout.title.subtitle.text:
+        size = fig.layout.font.size or 13
+        fig.update_layout(margin={"t": (fig.layout.margin.t or 80) + int(1.6 * size)})
+    return fig
+
+
 def kind_name(kind: str) -> str:
     return KIND_NAMES.get(kind, kind)
 
@@ -61,8 +69,9 @@ def why_scatter(points: Sequence[Mapping], measure: str, correlation: Mapping | 
     if log_x:
         fig.update_xaxes(type="log")
     fig.update_layout(legend={"orientation": "h", "y": -0.25})
-    return _style(fig, title or "What predicts each task's loss", presentation,
-                  x_title=MEASURE_NAMES.get(measure, measure), y_title="Accuracy lost in the merge (pp)")  # fmt: skip
+    fig = _style(fig, title or "What predicts each task's loss", presentation,
+                 x_title=MEASURE_NAMES.get(measure, measure), y_title="Accuracy lost in the merge (pp)")  # fmt: skip
+    return _room_for_subtitle(fig)
 
 
 @explained(
@@ -98,8 +107,9 @@ def seed_differences(differences: Mapping[str, Mapping], title: str = "", presen
     fig.update_layout(scattermode="group", legend={"orientation": "h", "y": -0.25})
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(ticksuffix=" pp")
-    return _style(fig, title or "OSRM vs the baselines, over training seeds", presentation,
-                  x_title="OSRM minus baseline (percentage points)")  # fmt: skip
+    fig = _style(fig, title or "OSRM vs the baselines, over training seeds", presentation,
+                 x_title="OSRM minus baseline (percentage points)")  # fmt: skip
+    return _room_for_subtitle(fig)
 
 
 @explained(
