@@ -72,7 +72,12 @@ def takeaway_why(summary: Mapping) -> str:
 def headline_why(summary: Mapping) -> str:
     best = best_predictor(summary)
     if best is None:
-        return "No measured interference predicts which task loses accuracy here"
+        measured = [c["r"] for m, c in (summary.get("why") or {}).items()
+                    if m != "points" and isinstance(c, Mapping) and c.get("r") is not None and c["r"] == c["r"]]  # fmt: skip
+        strongest = max(measured, key=abs) if measured else None
+        if strongest is None:
+            return "No measured interference predicts which task loses accuracy"
+        return f"No measure predicts which task loses: strongest r = {_number(strongest)}"
     measure, c = best
     return f"More {SHORT_MEASURE.get(measure, measure)}, more loss: r = {_number(c['r'])}"
 
