@@ -179,6 +179,7 @@ def _section(number: int) -> None:
 
 
 def _end_sections() -> None:
+    _flush_deferred()
     while _open_section:
         _open_section.pop().__exit__(None, None, None)
 
@@ -292,12 +293,28 @@ def _as_rows(matrix) -> list:
     return matrix.tolist() if hasattr(matrix, "tolist") else list(matrix)
 
 
+_deferred: list[str] = []  # on stage, the captions that follow the section's chart instead of preceding it
+
+
 def _section_lines(kind: str | None, takeaway: str | None = None) -> None:
-    """A section's one-line takeaway (from the numbers, merging/interference_story.py) and which way is good."""
+    """A section's one-line takeaway (from the numbers, merging/interference_story.py) and which way is good.
+    On stage the which-way-is-good line waits under the chart, so the chart starts in the first screen."""
     if takeaway:
         st.markdown(f"**{takeaway}**")
     if kind:
-        st.caption(telling.GOOD[kind])
+        _caption(telling.GOOD[kind])
+
+
+def _caption(text: str) -> None:
+    if presentation:
+        _deferred.append(text)
+    else:
+        st.caption(text)
+
+
+def _flush_deferred() -> None:
+    while _deferred:
+        st.caption(_deferred.pop(0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +323,7 @@ def _section_lines(kind: str | None, takeaway: str | None = None) -> None:
 _section(1)
 st.subheader("Magnitude variance per layer")
 _section_lines("magnitude", telling.magnitude([(v["label"], v["metrics"]) for v in good]))
-st.caption(telling.EXPLAIN["magnitude"])
+_caption(telling.EXPLAIN["magnitude"])
 magnitude_figures = [plots.magnitude_variance_by_layer(v["metrics"], v["labels"], presentation=presentation)
                      for v in good]
 telling.share_y(magnitude_figures)  # standard and OSRM on one scale: equal heights, equal values
@@ -315,7 +332,8 @@ for column, view, figure in zip([st.container() for _ in good] if presentation e
                                 magnitude_figures):
     with column:
         _heading(view)
-        _ui.show_figure(figure, "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}")
+        # above it on stage: the navigation, the set's controls, Back / Next, the heading and one takeaway line
+        _ui.show_figure(figure, "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}", reserved=380)
 
 # ----------------------------------------------------------------------------------------------
 # 2. Subspace overlap, one layer at a time

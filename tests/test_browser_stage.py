@@ -156,11 +156,11 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         page.get_by_role("link", name="Interference").click()
         # a page switch waits for the Merge page's run to reach a checkpoint: under a loaded CI runner
         # this took over Playwright's default 30 s once (2 cores, two torch threads per server)
-        page.get_by_text("Section 1 of 6").first.wait_for()  # on stage: one section per screen
+        page.get_by_text("Section 1 of 8").first.wait_for()  # on stage: one section per screen
         page.get_by_text("Side by side: standard LoRA vs OSRM").click()
         _wait_for_charts(page, 2)
         # on stage one section per screen: the first is magnitude variance (two two-panel charts)
-        page.get_by_text("Section 1 of 6").wait_for()
+        page.get_by_text("Section 1 of 8").wait_for()
         _wait_for_charts(page, 2)
         page.screenshot(path=str(ROOT / "artifacts" / f"stage-interference-1-{width}x{height}.png"))
         texts = page.evaluate(TEXTS)
@@ -170,7 +170,7 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         assert not _cut(texts), _cut(texts)
         # a clicker's key moves to the next section: subspace overlap
         page.keyboard.press("ArrowRight")
-        page.get_by_text("Section 2 of 6").wait_for()
+        page.get_by_text("Section 2 of 8").wait_for()
         page.wait_for_function("Array.from(document.querySelectorAll('[data-testid=\"stPlotlyChart\"] svg text'))"
                                ".some(t => t.textContent.trim() === 'overlap φ' && t.getBoundingClientRect().width > 0)")
         _wait_for_charts(page, 2)

@@ -77,16 +77,16 @@ def test_on_stage_one_section_per_screen_moved_by_back_and_next_and_kept_in_the_
 
     def hidden(at):
         style = next(m.value for m in at.markdown if "interference_section_" in m.value and "<style>" in m.value)
-        return {k for k in range(1, 7) if f".st-key-interference_section_{k}" in style}
+        return {k for k in range(1, 9) if f".st-key-interference_section_{k}" in style}
 
-    assert where(at).startswith("**Section 1 of 6** · Magnitude variance")
-    assert hidden(at) == {2, 3, 4, 5, 6}
+    assert where(at).startswith("**Section 1 of 8** · Magnitude variance")
+    assert hidden(at) == {2, 3, 4, 5, 6, 7, 8}
     at.button(key="interference_next").click().run()
     at.button(key="interference_next").click().run()
-    assert where(at).startswith("**Section 3 of 6** · Task-vector cosine") and hidden(at) == {1, 2, 4, 5, 6}
+    assert where(at).startswith("**Section 3 of 8** · Task-vector cosine") and hidden(at) == {1, 2, 4, 5, 6, 7, 8}
     assert _params(at)["section"] == "3"
     assert len(chart_keys(at)) == 5  # the hidden sections are drawn: their widgets keep their values
     fresh = _fresh(app_test, {**_params(at), "present": "1"})
-    assert where(fresh).startswith("**Section 3 of 6**")
+    assert where(fresh).startswith("**Section 3 of 8**")
     fresh.button(key="interference_back").click().run()
-    assert where(fresh).startswith("**Section 2 of 6**")
+    assert where(fresh).startswith("**Section 2 of 8**")
