@@ -138,9 +138,9 @@ def manifest_hash(folder: str | os.PathLike) -> str:
 
 
 def study_zoo(lab, zoo, inputs: Mapping[str, Mapping[str, torch.Tensor]], kinds: Sequence[str] = STUDY_KINDS,
-              progress=None) -> dict:  # fmt: skip
+              progress=None, pairs: bool = True) -> dict:  # fmt: skip
     """Measure one seed zoo: per kind, singles and headline merges per task, the per-task predictors
-    and every pair's magnitude variance and merged normalised accuracy. JSON-ready."""
+    and (with `pairs`) every pair's magnitude variance and merged normalised accuracy. JSON-ready."""
     from merging.zoo import load_zoo_adapters
 
     out: dict = {"folder": str(zoo.folder), "manifest_sha256": manifest_hash(zoo.folder), "kinds": {}}
@@ -161,20 +161,20 @@ def study_zoo(lab, zoo, inputs: Mapping[str, Mapping[str, torch.Tensor]], kinds:
             if progress:
                 progress(f"{Path(zoo.folder).name}: {kind} {key}")
         record["predictors"] = task_predictors(by_task, inputs)
-        pairs = []
-        for first, second in itertools.combinations(entries, 2):
+        pair_records = []
+        for first, second in itertools.combinations(entries, 2) if pairs else ():
             pair = [by_task[first.task], by_task[second.task]]
             recipe = headline_recipe([first.name, second.name], "task_arithmetic", {}, 1.0, zoo.base_model)
             tasks = lab.merge_and_evaluate(pair, recipe).evaluation.tasks
             normalised = [tasks[t].merged / tasks[t].single for t in (first.task, second.task) if tasks[t].single > 0]
-            pairs.append({
+            pair_records.append({
                 "tasks": [first.task, second.task],
                 "magnitude_variance": magnitude_variance_across(pair),
                 "normalised_accuracy": sum(normalised) / len(normalised) if normalised else math.nan,
             })  # fmt: skip
-        if progress:
+        if progress and pairs:
             progress(f"{Path(zoo.folder).name}: {kind} pairs")
-        record["pairs"] = pairs
+        record["pairs"] = pair_records
         out["kinds"][kind] = record
     return out
 

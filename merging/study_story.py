@@ -177,6 +177,8 @@ def takeaway_magnitude(full_finetune: Mapping | None, claims: Mapping) -> str:
         r = correlation["r"]
         verdict = ("agrees with claim (c)" if correlation["survives"] and r < 0 else
                    "contradicts claim (c)" if correlation["survives"] else "is no evidence for or against claim (c)")  # fmt: skip
-        parts.append(f"Over {correlation['n']} adapter pairs, magnitude variance against merged accuracy: "
+        seeds = len({p.get("seed") for p in claims.get("points") or []}) or 1
+        parts.append(f"Over {correlation['n']} adapter pairs ({seeds} training seed{'s' if seeds != 1 else ''}, "
+                     "each pair merged alone by task arithmetic λ = 1), magnitude variance against merged accuracy: "
                      f"r = {_number(r)} ({_interval(correlation['low'], correlation['high'])}) — {verdict}.")  # fmt: skip
     return " ".join(parts)

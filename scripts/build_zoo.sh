@@ -14,9 +14,10 @@ if [[ "${1:-}" == "--install" ]]; then
   BUILD=${2:?the build folder}
   $PY -m merging zoo combine "$BUILD/part-a" "$BUILD/part-b" --out zoo --overwrite
   mkdir -p zoo/seeds
-  for n in 1 2 3 4; do
-    $PY -m merging zoo combine "$BUILD/seed-$n" --out "zoo/seeds/$n" --overwrite
+  for n in 1 2 3 4; do  # copied as built: each manifest is what scripts/seed_study.py hashes
+    rm -rf "zoo/seeds/$n" && cp -r "$BUILD/seed-$n" "zoo/seeds/$n"
   done
+  cp "$BUILD/full_finetune.json" docs/full_finetune.json
   exit 0
 fi
 

@@ -67,6 +67,12 @@ def full_finetune_comparison(zoo, path: Path) -> dict | None:
     }
 
 
+def write_partial(out: Path, per_seed: list) -> None:
+    """The per-seed measurements so far, beside the study (`--reuse` picks them up after an interruption)."""
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(json.dumps(finite({"per_seed": per_seed}), allow_nan=False), encoding="utf-8")
+
+
 def finite(value):
     """JSON with no NaN or inf: such a value is written as null."""
     if isinstance(value, float):
@@ -86,6 +92,8 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the stored per-seed measurements (and ablations) of zoos whose manifest is unchanged")
     parser.add_argument("--only-first", action="store_true", help="measure the shipped zoo only (seed 0), not zoo/seeds/N")
+    parser.add_argument("--pairs-seeds", type=int, default=None,
+                        help="merge every pair of adapters (DO-Merging's claim (c)) in the first N seed zoos only (default: all)")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -108,16 +116,21 @@ def main() -> int:
     if args.reuse and out.is_file():
         old = json.loads(out.read_text(encoding="utf-8"))
         previous = {s["manifest_sha256"]: s for s in old.get("per_seed", [])}
+        partial = out.with_name(f".{out.name}.partial")
+        if partial.is_file():
+            previous.update({s["manifest_sha256"]: s for s in json.loads(partial.read_text(encoding="utf-8"))["per_seed"]})
         previous["ablations"] = old.get("ablations") if old.get("ablations_sha256") == manifest_hash(folders[0]) else None
     per_seed = []
-    for folder in folders[:1] if args.only_first else folders:
+    for index, folder in enumerate(folders[:1] if args.only_first else folders):
         kept = previous.get(manifest_hash(folder))
         if kept is not None:
             print(f"{folder}: unchanged, measurements reused", flush=True)
             per_seed.append({**kept, "folder": str(folder)})
             continue
         seed_zoo = load_zoo(folder)
-        per_seed.append(study_zoo(lab, seed_zoo, inputs, progress=lambda what: print(what, flush=True)))
+        pairs = args.pairs_seeds is None or index < args.pairs_seeds
+        per_seed.append(study_zoo(lab, seed_zoo, inputs, progress=lambda what: print(what, flush=True), pairs=pairs))
+        write_partial(out, per_seed)  # a long study keeps what it measured if it is stopped
     summary = summarise(per_seed)
     ablations = previous.get("ablations")
     if ablations is None:
