@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from merging.narrative import MINUS, percent, points
+from merging.narrative import MINUS, percent
+from merging.narrative import points as _signed_points
 from merging.seed_study import best_predictor
 
 MEASURE_WORDS = {
@@ -22,6 +23,11 @@ SHORT_MEASURE = {"feature_shift": "input disturbance", "input_overlap": "subspac
 COLUMN_WORDS = {"single": "alone", "ta_1": "task arithmetic λ = 1", "ta_05": "task arithmetic λ = 0.5", "ties": "TIES"}
 BASELINE_WORDS = {"standard": "standard LoRA (PEFT's default init)", "gaussian": "gaussian LoRA (the OSRM authors' baseline)"}
 MERGE_COLUMNS = ("ta_1", "ta_05", "ties")
+
+
+def points(change: float) -> str:
+    """Percentage points with their sign; a change that rounds to zero reads "0.0 pp", never "−0.0"."""
+    return "0.0 pp" if round(100 * change, 1) == 0 else _signed_points(change)
 
 
 def _number(value: float, digits: int = 2) -> str:

@@ -109,11 +109,13 @@ def merged_cell(evaluation, sizes) -> tuple[str, dict]:
 
 
 def _pp(value) -> str:
-    return "–" if value is None else f"{100 * value:+.1f}"
+    if value is None:
+        return "–"
+    return "0.0" if round(100 * value, 1) == 0 else f"{100 * value:+.1f}".replace("-", "−")
 
 
 def _span(low, high) -> str:
-    return "–" if low is None or high is None else f"{100 * low:+.1f} to {100 * high:+.1f}"
+    return "–" if low is None or high is None else f"{_pp(low)} to {_pp(high)}"
 
 
 def seed_study_lines(zoo_folder: Path, results: dict) -> list[str]:
