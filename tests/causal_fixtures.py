@@ -1,6 +1,6 @@
 """Tiny causal LMs and LoRA adapters trained on them in the test, on learnable synthetic tasks.
 
-The base models are merging.models' in-process `tiny_llama` (q,k,v,o,gate,up,down) and `tiny_gpt2`
+The base models are tests/tiny_models.py's in-process `tiny_llama` (q,k,v,o,gate,up,down) and `tiny_gpt2`
 (Conv1D c_attn, c_proj, c_fc) with the word-level tokenizer made there; both are saved as local
 model folders, so the code under test loads them as a user's would. Each task is a mapping from one
 digit to another behind its own cue word ("next 3 =" → " 4", "the 3 =" → " 2"), which a rank-4 LoRA
