@@ -159,4 +159,4 @@ def test_the_zoo_study_sections_show_osrm_mechanism_and_do_merging_claims(app_te
     assert "full fine-tuning 0.20, LoRA standard 0.50, osrm 0.40 — this zoo agrees with claim (b)" in text
     mechanism = next(c for c in at.get("plotly_chart") if c.key == "chart:interference_osrm_mechanism")
     bars = json.loads(mechanism.proto.spec)["data"]
-    assert [round(v, 1) for v in bars[1]["x"]] == [5.0, 4.0]  # trained energy shares, standard then OSRM, in %
+    assert [round(v, 1) for v in bars[0]["x"]] == [5.0, 4.0]  # trained energy shares, standard then OSRM, in %

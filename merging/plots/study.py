@@ -19,6 +19,14 @@ KIND_NAMES = {
     "osrm-random": "OSRM, random null-space basis",
     "osrm-frozen": "OSRM, A frozen",
 }
+SHORT_KIND_NAMES = {
+    "standard": "standard",
+    "gaussian": "gaussian (authors')",
+    "standard-scaled": "scale control",
+    "osrm": "OSRM",
+    "osrm-random": "OSRM, random basis",
+    "osrm-frozen": "OSRM, A frozen",
+}
 COLUMN_NAMES = {"single": "alone", "ta_1": "task arithmetic λ = 1", "ta_05": "task arithmetic λ = 0.5", "ties": "TIES"}
 MEASURE_NAMES = {
     "feature_shift": "how far the other adapters move the task's inputs (relative)",
@@ -115,32 +123,38 @@ def seed_differences(differences: Mapping[str, Mapping], title: str = "", presen
 @explained(
     "Left: the share of the other tasks' mean input energy that each kind's A reads (0 = blind to the "
     "other tasks, OSRM's aim; the dotted line = a random subspace). Right: how much the tasks' A "
-    "subspaces overlap each other (lower = more separate). Light bars at initialisation, dark after training."
+    "subspaces overlap each other (lower = more separate). Bars after training, diamonds at initialisation; "
+    "gaussian = the OSRM authors' baseline, scale control = standard rescaled to OSRM's size."
 )
 def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = False) -> go.Figure:
-    """Captured energy share and input-subspace overlap per kind, at initialisation and after training."""
+    """Captured energy share and input-subspace overlap per kind: a bar after training (labelled), a
+    marker at initialisation (unlabelled: one label per row keeps a 720-px stage readable)."""
     kinds = ablations.get("kinds") or {}
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Other tasks' input energy A reads", "Overlap between tasks' A"),
-                        horizontal_spacing=0.14)  # fmt: skip
+                        horizontal_spacing=0.1)  # fmt: skip
     if not kinds:
         return _style(_no_data(go.Figure(), "no ablation measured"), title or "Where OSRM's effect comes from", presentation)
     order = [k for k in KIND_NAMES if k in kinds] + [k for k in kinds if k not in KIND_NAMES]
     kinds = {k: kinds[k] for k in order}
-    names = [kind_name(k) for k in kinds]
+    names = [SHORT_KIND_NAMES.get(k, k) for k in kinds]
     for column, (init_key, trained_key) in enumerate(
         (("energy_share_init", "energy_share_trained"), ("overlap_init", "overlap_trained")), start=1
     ):
-        for key, label, colour in ((init_key, "at initialisation", OKABE_ITO["sky_blue"]),
-                                   (trained_key, "after training", OKABE_ITO["blue"])):  # fmt: skip
-            values = [100.0 * v[key] if v.get(key) is not None else None for v in kinds.values()]
-            fig.add_trace(go.Bar(
-                y=names, x=values, orientation="h", name=label, marker={"color": colour}, showlegend=column == 1,
-                text=[f"{v:.1f} %" if v is not None else "" for v in values], textposition="outside", cliponaxis=False,
-                hovertemplate="%{y}<br>" + label + ": %{x:.2f} %<extra></extra>",
-            ), row=1, col=column)  # fmt: skip
-        largest = max((100.0 * v[key] for v in kinds.values() for key in (init_key, trained_key) if v.get(key) is not None),
-                      default=1.0)  # fmt: skip
-        fig.update_xaxes(range=[0, largest * 1.35 + 1e-9], row=1, col=column)  # room for the outside labels
+        trained = [100.0 * v[trained_key] if v.get(trained_key) is not None else None for v in kinds.values()]
+        initial = [100.0 * v[init_key] if v.get(init_key) is not None else None for v in kinds.values()]
+        fig.add_trace(go.Bar(
+            y=names, x=trained, orientation="h", name="after training", marker={"color": OKABE_ITO["blue"]},
+            showlegend=column == 1, text=[f"{v:.1f} %" if v is not None else "" for v in trained],
+            textposition="outside", cliponaxis=False,
+            hovertemplate="%{y}<br>after training: %{x:.2f} %<extra></extra>",
+        ), row=1, col=column)  # fmt: skip
+        fig.add_trace(go.Scatter(
+            y=names, x=initial, mode="markers", name="at initialisation", showlegend=column == 1,
+            marker={"color": OKABE_ITO["orange"], "symbol": "diamond", "size": 11, "line": {"width": 1, "color": "white"}},
+            hovertemplate="%{y}<br>at initialisation: %{x:.2f} %<extra></extra>",
+        ), row=1, col=column)  # fmt: skip
+        largest = max((v for v in trained + initial if v is not None), default=1.0)
+        fig.update_xaxes(range=[0, largest * 1.3 + 1e-9], row=1, col=column)  # room for the outside labels
     reference = ablations.get("random_reference")
     if reference:
         for column in (1, 2):
@@ -149,7 +163,7 @@ def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = Fal
     fig.update_yaxes(autorange="reversed")
     fig.update_yaxes(showticklabels=False, row=1, col=2)
     fig.update_xaxes(ticksuffix=" %")
-    fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.2})
+    fig.update_layout(legend={"orientation": "h", "y": -0.2})
     return _style(fig, title or "Where OSRM's effect comes from", presentation)
 
 
