@@ -256,12 +256,7 @@ def train_lora(
         total_steps = steps_per_epoch * epochs
         warmup = int(round(warmup_ratio * total_steps))
 
-        def schedule(step: int) -> float:
-            if warmup and step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(warmup, total_steps))
         order_generator = torch.Generator().manual_seed(seed)
         losses: list[float] = []
         epoch_losses: list[float] = []
@@ -274,24 +269,9 @@ def train_lora(
             order = torch.randperm(len(texts), generator=order_generator)
             for start in range(0, len(texts), batch_size):
                 index = order[start : start + batch_size]
-                batch = tokenizer(
-                    [texts[i] for i in index.tolist()],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-                batch = {key: value.to(device) for key, value in batch.items()}
-                logits = peft_model(**batch).logits
-                loss = nn.functional.cross_entropy(logits.float(), labels[index].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                losses.append(_step(peft_model, tokenizer, [texts[i] for i in index.tolist()], labels[index],
+                                    max_length, device, optimizer, scheduler, trainable, max_grad_norm))  # fmt: skip
                 step += 1
-                losses.append(float(loss.detach()))
                 if progress is not None:
                     progress(step, total_steps, f"epoch {epoch + 1}/{epochs} · loss {losses[-1]:.3f}")
             epoch_losses.append(sum(losses[epoch_start:]) / max(1, len(losses) - epoch_start))
@@ -327,6 +307,31 @@ def train_lora(
         dev_accuracy=dev_accuracy,
         best_epoch=best[1] if best is not None else None,
     )
+
+
+def _warmup_then_decay(warmup: int, total_steps: int):
+    """The learning-rate factor of a step: linear warm-up over `warmup` steps, then linear decay to 0."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def _step(model, tokenizer, texts, labels, max_length, device, optimizer, scheduler, trainable, max_grad_norm) -> float:
+    """One optimisation step on one batch (cross-entropy, clipped gradients); returns the loss."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    logits = model(**{key: value.to(device) for key, value in batch.items()}).logits
+    loss = nn.functional.cross_entropy(logits.float(), labels.to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
 
 
 @torch.no_grad()
@@ -448,10 +453,7 @@ def full_finetune(
         optimizer = torch.optim.AdamW(trainable, lr=lr)
         total_steps = math.ceil(len(texts) / batch_size) * epochs
         warmup = int(round(warmup_ratio * total_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: (step + 1) / warmup if warmup and step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup)),
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(warmup, total_steps))
         order_generator = torch.Generator().manual_seed(seed)
         epoch_losses, dev_accuracy = [], []
         best: tuple[float, int, dict] | None = None
@@ -461,17 +463,8 @@ def full_finetune(
             seen = []
             for start in range(0, len(texts), batch_size):
                 index = order[start : start + batch_size]
-                batch = tokenizer([texts[i] for i in index.tolist()], padding=True, truncation=True,
-                                  max_length=max_length, return_tensors="pt")  # fmt: skip
-                logits = work(**{k: v.to(device) for k, v in batch.items()}).logits
-                loss = nn.functional.cross_entropy(logits.float(), labels[index].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                seen.append(float(loss.detach()))
+                seen.append(_step(work, tokenizer, [texts[i] for i in index.tolist()], labels[index], max_length,
+                                  device, optimizer, scheduler, trainable, max_grad_norm))  # fmt: skip
             epoch_losses.append(sum(seen) / len(seen))
             if dev_texts is not None:
                 accuracy = _accuracy(work, tokenizer, dev_texts, dev_labels, batch_size, max_length, device)
