@@ -31,7 +31,8 @@ GOOD = {
     "mechanism": "Lower is better for OSRM's aim: an A that reads little of the other tasks' input energy "
                  "(left) cannot be moved by their inputs; the dotted line is a random subspace.",
     "magnitude_claims": "DO-Merging predicts LoRA bars above full fine-tuning's (left) and points falling to "
-                        "the right (right): the more unequal two updates' sizes, the less their merge keeps.",
+                        "the right (right): the more unequal two updates' sizes, the less their merge keeps — lower variance "
+                        "is better if the claim holds.",
     "cosine": "Closer to 0 off the diagonal is better: orthogonal task vectors add without disturbing each "
               "other; negative values cancel in a sum.",
     "signs": "Lower is better: below the dashed line the adapters disagree less often than random updates "

@@ -35,7 +35,8 @@ def test_overlap_cosine_signs_dpi_and_cross_read_the_off_diagonal():
 
 
 def test_every_section_says_which_way_is_good_and_the_symbols_are_explained():
-    assert set(telling.GOOD) == {"magnitude", "overlap", "cosine", "signs", "dpi", "cross"}
+    assert set(telling.GOOD) == {"magnitude", "overlap", "mechanism", "magnitude_claims", "cosine", "signs",
+                                 "dpi", "cross"}
     assert all("better" in line or "good" in line for line in telling.GOOD.values())
     assert "‖ΔW‖_F" in telling.EXPLAIN["magnitude"] and "CV of column norms" in telling.EXPLAIN["magnitude"]
 

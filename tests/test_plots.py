@@ -459,6 +459,43 @@ def test_runs_comparison_one_series_per_run_union_of_tasks():
 # ----------------------------------------------------------------------------------------------
 # Shared conventions
 
+WHY_POINTS = [
+    {"kind": "standard", "task": "a", "seed": 0, "input_overlap": 0.2, "drop": 0.05},
+    {"kind": "osrm", "task": "a", "seed": 0, "input_overlap": 0.1, "drop": 0.02},
+    {"kind": "osrm", "task": "b", "seed": 0, "input_overlap": None, "drop": 0.01},  # no measure: not drawn
+]
+SEED_DIFFERENCES = {
+    "osrm-standard:single": {"mean": 0.004, "low": -0.01, "high": 0.018, "n": 5},
+    "osrm-gaussian:ta_05": {"mean": 0.037, "low": 0.025, "high": 0.049, "n": 5},
+}
+ABLATIONS = {"kinds": {"standard": {"energy_share_init": 0.3, "energy_share_trained": 0.25,
+                                    "overlap_init": 0.05, "overlap_trained": 0.08},
+                       "osrm": {"energy_share_init": 0.0, "energy_share_trained": 0.02,
+                                "overlap_init": 0.5, "overlap_trained": 0.4}},
+             "random_reference": 0.02}
+PAIR_POINTS = [{"kind": "osrm", "tasks": ["a", "b"], "magnitude_variance": 0.3, "normalised_accuracy": 0.9},
+               {"kind": "standard", "tasks": ["a", "c"], "magnitude_variance": 0.5, "normalised_accuracy": 0.8}]
+
+
+def test_study_figures_carry_the_study_numbers():
+    why = plots.why_scatter(WHY_POINTS, "input_overlap", {"r": 0.5, "low": 0.1, "high": 0.8, "n": 2})
+    drawn = sorted((x, y) for trace in why.data for x, y in zip(trace.x, trace.y))
+    assert drawn == [(0.1, 2.0), (0.2, 5.0)]  # drops in pp; the point without a measure is left out, not put at 0
+    assert "r = 0.50" in why.layout.title.subtitle.text
+    forest = plots.seed_differences(SEED_DIFFERENCES)
+    by_name = {trace.name: trace for trace in forest.data}
+    gaussian = by_name["OSRM − gaussian LoRA (OSRM authors' baseline)"]
+    assert gaussian.x[0] == pytest.approx(3.7)  # percentage points
+    assert gaussian.error_x.array[0] == pytest.approx(1.2) and gaussian.error_x.arrayminus[0] == pytest.approx(1.2)
+    mechanism = plots.osrm_mechanism(ABLATIONS)
+    bars = [trace for trace in mechanism.data if trace.type == "bar"]
+    assert list(bars[0].x) == pytest.approx([25.0, 2.0]) and list(bars[1].x) == pytest.approx([8.0, 40.0])
+    claims = plots.magnitude_variance_claims({"lora": {"osrm": 0.4}, "full_finetune": 0.1}, PAIR_POINTS,
+                                             {"r": 0.45, "low": 0.1, "high": 0.7})
+    assert list(claims.data[0].x) == [0.4, 0.1]
+    assert "r = 0.45" in " ".join(a.text for a in claims.layout.annotations)
+
+
 SEARCH_TRIALS = [
     {"number": 0, "params": {"weights.a": 1.0, "weights.b": 1.0}, "dev_objective": 0.5, "worker": "h:1"},
     {"number": 1, "params": {"weights.a": 0.2, "weights.b": 0.9}, "dev_objective": 0.7, "worker": "h:1"},
@@ -488,6 +525,13 @@ BUILDERS = {
     "gain_and_cost": lambda p: plots.gain_and_cost(result(0.9, 0.5), result(), presentation=p),
     "merge_summary": lambda p: plots.merge_summary(
         [{"label": "TA", "merged": 0.6, "merged_interval": (0.55, 0.65), "single": 0.8}], presentation=p),
+    "why_scatter": lambda p: plots.why_scatter(WHY_POINTS, "input_overlap", {"r": 0.5, "low": 0.1, "high": 0.8, "n": 2},
+                                               presentation=p),
+    "seed_differences": lambda p: plots.seed_differences(SEED_DIFFERENCES, presentation=p),
+    "osrm_mechanism": lambda p: plots.osrm_mechanism(ABLATIONS, presentation=p),
+    "magnitude_variance_claims": lambda p: plots.magnitude_variance_claims(
+        {"lora": {"osrm": 0.4}, "full_finetune": 0.1}, PAIR_POINTS, {"r": 0.45, "low": 0.1, "high": 0.7},
+        presentation=p),
 }
 
 
@@ -512,7 +556,8 @@ def test_every_figure_function_is_explained_and_exercised():
 
 
 def test_each_figure_lives_in_its_page_module_with_its_caption_beside_it():
-    pages = {"merge", "interference", "sweep", "adapters", "runs", "search", "tour"}
+    # study: the seed study's figures, shown by both the Tour and the Interference page
+    pages = {"merge", "interference", "sweep", "adapters", "runs", "search", "tour", "study"}
     for name in figure_functions():
         function = getattr(plots, name)
         assert function.__module__.rsplit(".", 1)[-1] in pages, (name, function.__module__)

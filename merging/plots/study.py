@@ -161,9 +161,12 @@ def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = Fal
             fig.add_vline(x=100.0 * reference, line={"color": ROLE_COLOURS["majority"], "dash": "dot", "width": 2},
                           row=1, col=column)  # fmt: skip
     fig.update_yaxes(autorange="reversed")
-    fig.update_yaxes(showticklabels=False, row=1, col=2)
+    fig.update_yaxes(title_text="initialisation", row=1, col=1)
+    fig.update_yaxes(visible=False, row=1, col=2)  # the same rows as on the left
     fig.update_xaxes(ticksuffix=" %")
-    fig.update_layout(legend={"orientation": "h", "y": -0.2})
+    fig.update_xaxes(title_text="share of their energy", row=1, col=1)
+    fig.update_xaxes(title_text="mean pairwise overlap", row=1, col=2)
+    fig.update_layout(legend={"orientation": "h", "y": -0.3})
     return _style(fig, title or "Where OSRM's effect comes from", presentation)
 
 
@@ -189,6 +192,8 @@ def magnitude_variance_claims(full_finetune: Mapping | None, pair_points: Sequen
                              text=[f"{v:.2f}" for v in values], textposition="outside",
                              hovertemplate="%{y}: %{x:.3f}<extra></extra>"), row=1, col=1)  # fmt: skip
         fig.update_yaxes(autorange="reversed", row=1, col=1)
+        fig.update_xaxes(title_text="CV of ‖ΔW‖ across tasks", row=1, col=1)
+        fig.update_yaxes(title_text="training", row=1, col=1)
     kinds = list(dict.fromkeys(p["kind"] for p in pair_points))
     for index, kind in enumerate(kinds):
         style = _init_style(kind, index)
