@@ -3,7 +3,7 @@
 A Llama-shaped model built from a config (random weights, nothing downloaded) and a word-level
 tokenizer with the model's vocabulary; `--examples` prompt/completion pairs of random words
 (prompts `--prompt-tokens` long on average, completions `--completion-tokens`). The scorer
-(merging.causal_eval.CausalEvaluator.tally over the whole task: loss and exact match, with real
+(merging.evaluation.causal.CausalEvaluator.tally over the whole task: loss and exact match, with real
 greedy generation where teacher forcing cannot decide) is timed against a plain
 `model(input_ids, attention_mask).logits` over exactly the same padded batches, and against the
 same forward with `logits_to_keep` as the scorer runs it (so the cost of the loss and exact match
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
         args.examples, args.prompt_tokens, args.completion_tokens = 12, 12, 4
         args.hidden, args.layers, args.vocab, args.repeats = 64, 2, 512, 1
     setup(args)
-    from merging.causal_eval import CausalEvalSet, CausalEvaluator
+    from merging.evaluation.causal import CausalEvalSet, CausalEvaluator
 
     model, tokenizer, examples = build(args)
     evaluator = CausalEvaluator(model, tokenizer, [CausalEvalSet("bench", examples)], device=args.device)

@@ -33,9 +33,8 @@ def make_tiny_zoo(folder: Path, eval_size: int = 12, rank: int = 4) -> Path:
     """A two-task zoo of random adapters on the demo base model (no training): for smoke tests."""
     from safetensors.torch import save_file
 
-    from merging.models import demo_model_dir
+    from merging.models.base import DEMO_BASE_MODEL, demo_model_dir
     from merging.tasks import load_demo_task
-    from merging.zoo import DEMO_BASE_MODEL
 
     config = json.loads((demo_model_dir() / "config.json").read_text())
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
@@ -112,9 +111,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--target-sweep-s", type=float, default=30.0)
     args = parser.parse_args(argv)
     setup(args)
-    from merging.lab import Lab
-    from merging.recipe import recipe_from_dict
-    from merging.zoo import load_zoo, load_zoo_adapters
+    from merging.lab.lab import Lab
+    from merging.recipe.codec import recipe_from_dict
+    from merging.training.zoo import load_zoo, load_zoo_adapters
 
     scratch = None
     if args.tiny:

@@ -94,7 +94,7 @@ def lora_layers(model) -> dict[str, nn.Module]:
 
 
 def ours_from_peft(model, names: list[str]):
-    from merging.lora import Adapter, LoraModule
+    from merging.adapters.lora import Adapter, LoraModule
 
     layers = lora_layers(model)
     return [
@@ -115,7 +115,7 @@ def ours_from_peft(model, names: list[str]):
 
 
 def recipe_for(names, weights, method, density, out_rank, seed, device):
-    from merging.recipe import recipe_from_dict
+    from merging.recipe.codec import recipe_from_dict
 
     return recipe_from_dict(
         {
@@ -170,7 +170,7 @@ def peft_deltas(model, merged_name) -> dict[str, torch.Tensor]:
 
 
 def run_size(args, d: int) -> list[dict]:
-    from merging.merge import merge_adapters
+    from merging.engine.merge import merge_adapters
 
     device = args.device
     names = [f"a{i}" for i in range(args.adapters)]

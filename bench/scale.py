@@ -84,9 +84,9 @@ def child(spec: dict) -> dict:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    from merging.lora import load_adapter
-    from merging.merge import merge_adapters
-    from merging.recipe import recipe_from_dict
+    from merging.adapters.lora import load_adapter
+    from merging.engine.merge import merge_adapters
+    from merging.recipe.codec import recipe_from_dict
 
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()

@@ -36,7 +36,7 @@ def steady_rate(finish_times: list[float], warm_after: int) -> float | None:
 
 
 def timed_search(recipe, args, **kwargs) -> tuple[dict, list[float], float, list[float]]:
-    from merging.search import run_search
+    from merging.search.study import run_search
 
     finished: list[float] = []
     start = time.perf_counter()
@@ -60,10 +60,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--target-speedup", type=float, default=1.6)
     args = parser.parse_args(argv)
     setup(args)
-    from merging.lab import Lab
-    from merging.recipe import recipe_from_dict
-    from merging.search_ray import RayRuntime
-    from merging.zoo import load_zoo
+    from merging.lab.lab import Lab
+    from merging.recipe.codec import recipe_from_dict
+    from merging.search.ray_backend import RayRuntime
+    from merging.training.zoo import load_zoo
 
     if args.tiny:
         from latency import make_tiny_zoo

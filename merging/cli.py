@@ -19,18 +19,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from merging.lora import load_adapter
-from merging.mergekit_config import load_recipe_file as load_recipe  # native recipes and mergekit YAML
-from merging.staging import check_not_an_input, check_replaceable
+from merging.adapters.lora import load_adapter
+from merging.core.staging import check_not_an_input, check_replaceable
+from merging.recipe.mergekit_config import load_recipe_file as load_recipe  # native recipes and mergekit YAML
 
-# merging.training.INITS and merging.zoo.KINDS, spelled out so that `--help` does not import torch's
+# merging.training.trainer.INITS and merging.training.zoo.KINDS, spelled out so that `--help` does not import torch's
 # training stack (tests/test_zoo_regime.py checks they agree)
 TRAIN_INITS = ("standard", "gaussian", "standard-scaled", "osrm", "osrm-samples", "osrm-cov", "osrm-random")
 ZOO_KINDS = ("standard", "gaussian", "standard-scaled", "osrm", "osrm-samples", "osrm-cov", "osrm-frozen",
              "osrm-random", "shared-seed")  # fmt: skip
 
 EXIT_BAD_INPUT = 2
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # merging.recipe.DTYPES
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # merging.recipe.codec.DTYPES
 
 
 class _Bar:
@@ -62,8 +62,8 @@ def _with_dtype(recipe, args: argparse.Namespace):
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from merging.merge import merge_adapters, save_merged
-    from merging.models import peak_memory
+    from merging.engine.merge import merge_adapters, save_merged
+    from merging.models.base import peak_memory
 
     recipe = _with_dtype(load_recipe(args.recipe), args)
     out = Path(args.out)
@@ -80,7 +80,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if not args.full_model and (args.max_shard_size or args.head):
         raise ValueError("--max-shard-size and --head apply to --full-model exports only")
     if args.max_shard_size is not None:
-        from merging.export import parse_size
+        from merging.engine.export import parse_size
 
         try:
             if parse_size(args.max_shard_size) < 1:
@@ -104,7 +104,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     if args.full_model:
-        from merging.export import DEFAULT_MAX_SHARD_BYTES, export_merged
+        from merging.engine.export import DEFAULT_MAX_SHARD_BYTES, export_merged
 
         report = export_merged(
             merged, base_dir, out, head_from=args.head, max_shard_size=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES,
@@ -134,24 +134,24 @@ def _check_eval_files_exist(recipe) -> None:
 
 
 def _export_markers() -> tuple[str, ...]:
-    from merging.export import EXPORT_MARKERS
+    from merging.engine.export import EXPORT_MARKERS
 
     return EXPORT_MARKERS
 
 
 def _export_base(recipe, inputs):
     """The base model's local folder for a full-model export (a folder or the local HF cache)."""
-    from merging.catalog import resolve_base_model
-    from merging.models import resolve_model_source
+    from merging.lab.catalog import resolve_base_model
+    from merging.models.base import resolve_model_source
 
     spec = inputs.base_model or resolve_base_model(recipe, inputs.adapters)
     return resolve_model_source(spec)
 
 
 def _merge_inputs(recipe, labs: dict | None = None):
-    """What the recipe merges, its `osrm` mode applied (merging.catalog), with the Lab it needed."""
-    from merging.catalog import merge_inputs
-    from merging.lab import Lab
+    """What the recipe merges, its `osrm` mode applied (merging.lab.catalog), with the Lab it needed."""
+    from merging.lab.catalog import merge_inputs
+    from merging.lab.lab import Lab
 
     labs = {} if labs is None else labs
 
@@ -165,9 +165,9 @@ def _merge_inputs(recipe, labs: dict | None = None):
 
 def cmd_export_mergekit(args: argparse.Namespace) -> int:
     """A native recipe as the mergekit config that merges the same (YAML on stdout, or --out)."""
-    from merging.catalog import adapters_base_model
-    from merging.merge import load_recipe_adapters
-    from merging.mergekit_config import export_mergekit
+    from merging.engine.merge import load_recipe_adapters
+    from merging.lab.catalog import adapters_base_model
+    from merging.recipe.mergekit_config import export_mergekit
 
     recipe = load_recipe(args.recipe)
     base = recipe.base_model or adapters_base_model(load_recipe_adapters(recipe))
@@ -199,8 +199,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from merging.merge import load_recipe_adapters, resolve_device
-    from merging.metrics import adapter_metrics
+    from merging.analysis.metrics import adapter_metrics
+    from merging.engine.merge import load_recipe_adapters
+    from merging.models.devices import resolve_device
 
     recipe = load_recipe(args.recipe)
     adapters = load_recipe_adapters(recipe)
@@ -209,7 +210,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from merging.lab import Lab
+    from merging.lab.lab import Lab
 
     recipe = _with_dtype(load_recipe(args.recipe), args)
     labs: dict = {}
@@ -222,20 +223,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = run.evaluation.to_dict()
     results["merge_seconds"] = round(run.merged.seconds, 4)
     results["device"] = str(lab.device)
-    from merging.models import peak_memory
+    from merging.models.base import peak_memory
 
     results["dtype"] = str(next(lab.model.parameters()).dtype).removeprefix("torch.")
     results["memory"] = peak_memory(lab.device)  # one base copy + the work: what this evaluation needed
     rows = None
     if args.examples:
-        from merging.examples import side_by_side
+        from merging.evaluation.examples import side_by_side
 
         carried = dict(run.merged.adapter.saved_modules) or None
         rows = side_by_side(lab, adapters, recipe, args.examples, run.merged.adapter.modules, carried)
     if args.json:
         _print_json(results if rows is None else {**results, "examples": rows})
         return 0
-    from merging.text_report import evaluation_text, examples_text
+    from merging.analysis.text_report import evaluation_text, examples_text
 
     print(evaluation_text(results))
     if rows:
@@ -247,9 +248,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_zoo_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from merging.merge import resolve_device
+    from merging.models.devices import resolve_device
     from merging.tasks import DEFAULT_DEMO_TASKS
-    from merging.zoo import MANIFEST, ZOO_TRAINING, BuildSettings, build_zoo
+    from merging.training.zoo import MANIFEST, ZOO_TRAINING, BuildSettings, build_zoo
 
     if args.overwrite:
         check_replaceable(Path(args.out), markers=(MANIFEST,))  # only a zoo is replaced, and not after training
@@ -287,7 +288,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_combine(args: argparse.Namespace) -> int:
-    from merging.zoo import MANIFEST, combine_zoos
+    from merging.training.zoo import MANIFEST, combine_zoos
 
     if args.overwrite:
         check_replaceable(Path(args.out), markers=(MANIFEST,))
@@ -297,8 +298,8 @@ def cmd_zoo_combine(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_rescore(args: argparse.Namespace) -> int:
-    from merging.merge import resolve_device
-    from merging.zoo import rescore_zoo
+    from merging.models.devices import resolve_device
+    from merging.training.zoo import rescore_zoo
 
     zoo = rescore_zoo(args.zoo, device=resolve_device(args.device), progress=_Bar("scoring"))
     _print_json({a.name: a.single_task_accuracy for a in zoo.adapters})
@@ -306,7 +307,7 @@ def cmd_zoo_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from merging.train_pipeline import train_task_adapter
+    from merging.training.pipeline import train_task_adapter
 
     if args.overwrite:
         check_replaceable(Path(args.out))  # refused now, not after the training
@@ -344,7 +345,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def _param_bounds(given: Sequence[str]) -> dict[str, tuple[float, float]]:
     """--param-bounds NAME=LOW,HIGH (repeatable) as {name: (low, high)}."""
-    from merging.search import SearchError
+    from merging.search.study import SearchError
 
     bounds = {}
     for item in given:
@@ -363,14 +364,14 @@ def _searchable_help() -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """λ search (merging/search.py); every finished trial goes to the workspace's run store."""
+    """λ search (merging/search/study.py); every finished trial goes to the workspace's run store."""
     import os
 
-    from merging.runs import RunStore
-    from merging.search import SearchError, missing_packages, run_search
+    from merging.search.study import SearchError, missing_packages, run_search
+    from merging.store.runs import RunStore
 
     if "optuna" in missing_packages() or (args.ray is not None and "ray" in missing_packages()):
-        from merging.search import INSTALL_HINT
+        from merging.search.study import INSTALL_HINT
 
         needed = "Optuna and Ray" if args.ray is not None else "Optuna"
         raise SearchError(f"search needs {needed}, which is not installed; run: {INSTALL_HINT}")
@@ -417,7 +418,7 @@ def _positive(text: str) -> int:
 
 
 def _pair(text: str, flag: str) -> tuple[float, float]:
-    from merging.search import SearchError
+    from merging.search.study import SearchError
 
     parts = text.split(",")
     try:
@@ -539,11 +540,11 @@ def _positive_number(text: str) -> float:
 
 def cmd_tour(args: argparse.Namespace) -> int:
     """Measure the Tour (or read it from the workspace's measure cache) and write the offline deck."""
-    from merging import deck
-    from merging import tour as story
-    from merging.lab import Lab
-    from merging.measure_cache import MeasureCache
-    from merging.zoo import REPO_ZOO, load_zoo
+    from merging.analysis import deck
+    from merging.analysis import tour as story
+    from merging.analysis.measure_cache import MeasureCache
+    from merging.lab.lab import Lab
+    from merging.training.zoo import REPO_ZOO, load_zoo
 
     out = Path(args.export)
     if out.is_dir():
@@ -689,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--shared-seed-tasks", nargs="*", help="tasks trained again from one shared seed (default: the zoo's pair)")
     build.add_argument("--train-size", type=_whole(1), help="training examples per task (default: the zoo's, 800)")
     build.add_argument("--eval-size", type=_whole(1), help="evaluation examples per task (default: the zoo's, 200)")
-    build.add_argument("--epochs", type=_whole(1), default=None, help="default: the zoo's budget (merging.zoo.ZOO_TRAINING)")
+    build.add_argument("--epochs", type=_whole(1), default=None, help="default: the zoo's budget (merging.training.zoo.ZOO_TRAINING)")
     build.add_argument("--dev-size", type=_whole(0), default=None,
                        help="training examples held out to pick each adapter's best epoch (default: the zoo's, 100; 0: the last epoch)")
     build.add_argument("--keep-chance-runs", action="store_true",

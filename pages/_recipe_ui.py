@@ -18,11 +18,11 @@ from typing import Any
 
 import streamlit as st
 
-from merging import catalog
-from merging.do_merging import SCHEMA as DO_SCHEMA
-from merging.do_merging import DoMergingOptions
+from merging.lab import catalog
 from merging.methods import REGISTRY, Param, get_method
-from merging.recipe import OSRM_MODES, AdapterRef, Recipe, RecipeError, WeightOverride
+from merging.methods.do_merging import SCHEMA as DO_SCHEMA
+from merging.methods.do_merging import DoMergingOptions
+from merging.recipe.codec import OSRM_MODES, AdapterRef, Recipe, RecipeError, WeightOverride
 
 WEIGHT_RANGE = (0.0, 2.0)  # the λ sliders
 RANK_RANGE = (1, 1024)

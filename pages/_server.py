@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
         sys.path[0] = str(APP_FOLDER)
     elif str(APP_FOLDER) not in sys.path:
         sys.path.insert(0, str(APP_FOLDER))
-    from merging import jobs
+    from merging.core import jobs
     from pages._ui import app_navigation_only
 
     app_navigation_only()  # a deep link as the first request still goes through app.py

@@ -1,5 +1,5 @@
 """What every page shares: settings from the sidebar, the cached lab and zoo, the adapter catalogue
-(from merging.catalog), background jobs with progress and Cancel, and figure/table display with
+(from merging.lab.catalog), background jobs with progress and Cancel, and figure/table display with
 downloads. The Recipe ↔ widgets codec of the Merge and Sweep pages is in pages/_recipe_ui.py.
 
 Pages arrange widgets and call into `merging/`; this module is the glue, with no maths in it.
@@ -18,8 +18,9 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from merging import jobs
-from merging.catalog import (  # noqa: F401 - used by the other pages
+from merging.adapters.lora import Adapter, AdapterError, adapter_version, load_adapter
+from merging.core import jobs
+from merging.lab.catalog import (  # noqa: F401 - used by the other pages
     Entry,
     adapters_folder,
     base_model_choices,
@@ -28,13 +29,12 @@ from merging.catalog import (  # noqa: F401 - used by the other pages
     twin_of,
     usable,
 )
-from merging.catalog import catalog as adapter_catalog
-from merging.catalog import default_base_model as zoo_base_model
-from merging.lab import Lab
-from merging.lora import Adapter, AdapterError, adapter_version, load_adapter
-from merging.runs import RunStore
-from merging.workspace import clean_workspace
-from merging.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
+from merging.lab.catalog import catalog as adapter_catalog
+from merging.lab.catalog import default_base_model as zoo_base_model
+from merging.lab.lab import Lab
+from merging.store.runs import RunStore
+from merging.store.workspace import clean_workspace
+from merging.training.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
 
 
 def app_navigation_only() -> None:
@@ -77,7 +77,7 @@ class Settings:
     @property
     def on_zoo_base(self) -> bool:
         """Whether the chosen base model is the built-in zoo's (its demo tasks and training apply)."""
-        from merging.catalog import same_base_model
+        from merging.lab.catalog import same_base_model
 
         return same_base_model(self.base_model, zoo_base_model(zoo()))
 
@@ -106,7 +106,7 @@ def base_model_options(workspace: Path) -> list[str]:
 @st.cache_data(show_spinner=False, ttl=30)
 def base_model_status(base_model: str) -> tuple[str | None, str]:
     """(kind, where it was found) or (None, why it cannot be used): the sidebar's line under the chooser."""
-    from merging.catalog import base_model_summary
+    from merging.lab.catalog import base_model_summary
 
     try:
         kind, folder = base_model_summary(base_model)
@@ -117,9 +117,9 @@ def base_model_status(base_model: str) -> tuple[str | None, str]:
 
 def recipe_for_run(recipe, entries: list[Entry]):
     """The recipe as the dashboard runs and stores it: the sidebar's base model (when not the
-    default) and each adapter's attached evaluation file written in (merging.catalog), so the
+    default) and each adapter's attached evaluation file written in (merging.lab.catalog), so the
     stored recipe scores the same way from the CLI."""
-    from merging.catalog import with_base_model, with_eval_files
+    from merging.lab.catalog import with_base_model, with_eval_files
 
     return with_eval_files(with_base_model(recipe, chosen_base_model(), zoo_base_model(zoo())), entries)
 
@@ -128,7 +128,7 @@ def choose_base_model_of(recipe) -> bool:
     """Make the sidebar show the base model a recipe runs on (Reopen in Merge of a run made on
     another model, a share link): the recipe's `base_model`, else the one its adapters name.
     True when the sidebar must change: it does on the next run (st.rerun() to make it now)."""
-    from merging.catalog import entry_for, same_base_model
+    from merging.lab.catalog import entry_for, same_base_model
 
     wanted = recipe.base_model
     if not wanted:
@@ -164,7 +164,7 @@ def chosen_base_model() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _clean_workspace_once(workspace: str) -> list[str]:
-    """Once per server and workspace: remove what writes killed mid-way left (merging.workspace)."""
+    """Once per server and workspace: remove what writes killed mid-way left (merging.store.workspace)."""
     return clean_workspace(workspace)
 
 
@@ -186,7 +186,7 @@ def lab_for(base_model: str, device: str) -> Lab:
 
 
 def warm_up_in_background(lab: Lab, paths: list[Path]) -> None:
-    """Once per Lab: score the given adapters alone in a daemon thread (merging.jobs, Lab.warm_up)."""
+    """Once per Lab: score the given adapters alone in a daemon thread (merging.core.jobs, Lab.warm_up)."""
     jobs.warm_up_in_background(lab, lambda: [load_adapter_cached(path) for path in paths])
 
 
@@ -208,8 +208,8 @@ def zoo() -> Zoo | None:
 
 
 def zoo_study() -> dict | str:
-    """The built-in zoo's seed study (merging.seed_study), or a sentence saying why there is none."""
-    from merging.seed_study import StudyError, load_study
+    """The built-in zoo's seed study (merging.analysis.seed_study), or a sentence saying why there is none."""
+    from merging.analysis.seed_study import StudyError, load_study
 
     try:
         return load_study(zoo_folder())
@@ -235,7 +235,7 @@ def load_adapter_as(path: Path, _name: str) -> Adapter:
 
 
 # ----------------------------------------------------------------------------------------------
-# The adapter catalogue: the built-in zoo plus the workspace's adapters (merging.catalog)
+# The adapter catalogue: the built-in zoo plus the workspace's adapters (merging.lab.catalog)
 
 
 def catalog(workspace: Path, include_broken: bool = False, every_base_model: bool = False) -> list[Entry]:
@@ -267,7 +267,7 @@ Job = jobs.Job  # the pages' name for it
 def start_job(
     key: str, label: str, work: Callable[[Callable[[int, int, str], None]], Any], job: Job | None = None
 ) -> Job:
-    """Run `work(progress)` in a thread (merging.jobs); its result or error lands on the Job in session state.
+    """Run `work(progress)` in a thread (merging.core.jobs); its result or error lands on the Job in session state.
 
     The work itself must not call Streamlit. Pass `job` when the work publishes a `partial` result on it.
     """

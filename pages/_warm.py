@@ -24,20 +24,20 @@ from pathlib import Path
 
 import streamlit as st
 
-from merging import jobs
-from merging.catalog import Entry, twin_of, zoo_entries
-from merging.evaluation import cross_task_matrix
-from merging.lora import adapter_version, load_adapter
-from merging.measure_cache import MeasureCache
+from merging.adapters.lora import adapter_version, load_adapter
+from merging.analysis.measure_cache import MeasureCache
+from merging.core import jobs
+from merging.evaluation.evaluate import cross_task_matrix
+from merging.lab.catalog import Entry, twin_of, zoo_entries
 from merging.methods import REGISTRY
-from merging.recipe import AdapterRef, Recipe
+from merging.recipe.codec import AdapterRef, Recipe
 from pages import _ui
 
 # "single adapters" are the ones the first merge and the matrix use (the standard five and their OSRM
 # twins); a zoo with more variants scores the rest last, so the first merge does not wait for them.
-# "tour" measures every step of the Tour (merging.tour.measure_tour), last: the Merge and Interference pages'
+# "tour" measures every step of the Tour (merging.analysis.tour.measure_tour), last: the Merge and Interference pages'
 # first results come first. What the tour and the matrix measure is also kept on disk in the workspace
-# (merging.measure_cache), so a restarted server reads it back instead of measuring again.
+# (merging.analysis.measure_cache), so a restarted server reads it back instead of measuring again.
 STEPS = ("base model", "single adapters", "first merge", "cross-task matrix", "other adapters", "tour")
 
 
@@ -66,7 +66,7 @@ class Readiness:
 
 
 def version_of(entry: Entry) -> tuple[str, str]:
-    """(path, merging.lora.adapter_version): the key the Interference page uses for a set of adapters
+    """(path, merging.adapters.lora.adapter_version): the key the Interference page uses for a set of adapters
     (the path first, so the page can load the adapters back from the key)."""
     return str(entry.path), adapter_version(entry.path)
 
@@ -193,7 +193,7 @@ def _warm(readiness: Readiness, lab, built_in, entries: list[Entry], adapters: d
 def _warm_tour(readiness: Readiness, lab, built_in, entries: list[Entry], adapters: dict, cache: MeasureCache) -> None:
     """Every Tour step's measurements, from disk where they are kept, else measured and kept there;
     the readiness line counts the measurements."""
-    from merging import tour as story
+    from merging.analysis import tour as story
 
     try:
         tour = story.tour_steps(built_in)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from merging import chance_badges, plots
-from merging.tasks import list_demo_tasks
-from merging.train_pipeline import default_other_tasks, is_task_file, resolve_task, train_task_adapter
-from merging.training import INITS
-from merging.workspace import (
+from merging import plots
+from merging.lab import chance_badges
+from merging.models.base import DEMO_BASE_MODEL
+from merging.store.workspace import (
     MAX_UNZIPPED_BYTES,
     MAX_ZIP_BYTES,
     WorkspaceError,
@@ -26,7 +25,9 @@ from merging.workspace import (
     task_display_name,
     unique_name,
 )
-from merging.zoo import DEMO_BASE_MODEL
+from merging.tasks import list_demo_tasks
+from merging.training.pipeline import default_other_tasks, is_task_file, resolve_task, train_task_adapter
+from merging.training.trainer import INITS
 from pages import _ui
 
 JOB = "adapters-train"
@@ -103,11 +104,11 @@ causal = _ui.base_model_status(ui_settings.base_model)[0] == "causal"  # the sid
 
 
 def _single_score(entry) -> dict | None:
-    """A causal adapter's exact match and loss alone on its attached file (merging.single_task);
+    """A causal adapter's exact match and loss alone on its attached file (merging.evaluation.single_task);
     None without a file. An error is shown once and the table goes on."""
     if not entry.eval_file:
         return None
-    from merging.single_task import single_task_score
+    from merging.evaluation.single_task import single_task_score
 
     try:
         lab = _ui.lab_for(ui_settings.base_model, ui_settings.device)

@@ -18,12 +18,14 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from merging import catalog, chance_badges, metrics, narrative, plots, study_story
-from merging import interference_story as telling
-from merging.evaluation import cross_task_matrix
-from merging.lora import Adapter
-from merging.measure_cache import MeasureCache
-from merging.seed_study import best_predictor
+from merging import plots
+from merging.adapters.lora import Adapter
+from merging.analysis import interference_story as telling
+from merging.analysis import metrics, narrative, study_story
+from merging.analysis.measure_cache import MeasureCache
+from merging.analysis.seed_study import best_predictor
+from merging.evaluation.evaluate import cross_task_matrix
+from merging.lab import catalog, chance_badges
 from pages import _ui, _warm
 
 FEATURES_JOB = "interference_features"
@@ -297,7 +299,7 @@ _deferred: list[str] = []  # on stage, the captions that follow the section's ch
 
 
 def _section_lines(kind: str | None, takeaway: str | None = None) -> None:
-    """A section's one-line takeaway (from the numbers, merging/interference_story.py) and which way is good.
+    """A section's one-line takeaway (from the numbers, merging/analysis/interference_story.py) and which way is good.
     On stage the which-way-is-good line waits under the chart, so the chart starts in the first screen."""
     if takeaway:
         st.markdown(f"**{takeaway}**")
@@ -470,7 +472,7 @@ st.caption(
 )
 # (base, task, split, samples, targets, with second moments) → {module: ModuleFeatures}
 features_cache: dict = state.setdefault("interference_features_cache", {})
-cross_disk = _warm.disk_cache(ui_settings.workspace)  # the workspace's measure cache (merging.measure_cache)
+cross_disk = _warm.disk_cache(ui_settings.workspace)  # the workspace's measure cache (merging.analysis.measure_cache)
 DPI_KIND = "interference_dpi"
 
 
@@ -544,7 +546,7 @@ else:
         by_task.setdefault(adapter.task, adapter)
     need = {t: a for t, a in by_task.items() if _cached_features(t) is None}
     # Computed before, by this session, another, or an earlier server: the matrices are on disk
-    # (merging.measure_cache), so a reload shows them without the forward passes.
+    # (merging.analysis.measure_cache), so a reload shows them without the forward passes.
     dpi_keys = {view["key"]: (base_model, split, samples, targets, inputs, view["versions"]) for view in good}
     for dpi_key in dpi_keys.values():
         if dpi_key not in dpi_cache:
@@ -624,7 +626,7 @@ cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, v
 # The server's warm-up scored the default sets already (pages/_warm.py): every session starts with them.
 for warm_key, warm_matrix in list(_warm.cross_task_results().items() if _warm.enabled() else ()):
     cross_cache.setdefault(warm_key, warm_matrix)
-# ... and what was scored before, by this server or an earlier one, is on disk (merging.measure_cache).
+# ... and what was scored before, by this server or an earlier one, is on disk (merging.analysis.measure_cache).
 for view in good:
     if (base_model, view["versions"]) not in cross_cache:
         kept = _warm.stored_cross_task(cross_disk, base_model, view["versions"])

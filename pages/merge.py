@@ -1,7 +1,7 @@
 """Merge: pick adapters, set λ, choose a method and the OSRM / DO-Merging switches, run, read the scores.
 
 The controls build one Recipe and are set from one (pages/_recipe_ui.py); the Recipe alone says
-what is merged — merging.catalog resolves its OSRM mode — so a run re-merges from its stored recipe."""
+what is merged — merging.lab.catalog resolves its OSRM mode — so a run re-merges from its stored recipe."""
 
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from merging import catalog, chance_badges, narrative, plots
-from merging.do_merging import FIELDS as DO
-from merging.do_merging import SCHEMA as DO_SCHEMA
-from merging.evaluation import PREVIEW_EVERY
-from merging.merge import save_merged
+from merging import plots
+from merging.analysis import narrative
+from merging.engine.merge import save_merged
+from merging.engine.output_rank import bounded
+from merging.evaluation.evaluate import PREVIEW_EVERY
+from merging.lab import catalog, chance_badges
+from merging.lab.run_jobs import merge_work
 from merging.methods import REGISTRY, MethodError
-from merging.output_rank import bounded
-from merging.recipe import RecipeError
-from merging.run_jobs import merge_work
-from merging.run_labels import describe_run, method_label, recipe_data, run_label
-from merging.stored_runs import read_run
+from merging.methods.do_merging import FIELDS as DO
+from merging.methods.do_merging import SCHEMA as DO_SCHEMA
+from merging.recipe.codec import RecipeError
+from merging.store.run_labels import describe_run, method_label, recipe_data, run_label
+from merging.store.stored_runs import read_run
 from pages import _recipe_ui as codec
 from pages import _ui
 
@@ -121,13 +123,13 @@ with controls:
 
 # ----------------------------------------------------------------------------------------------
 # Run: the Recipe alone says what is merged (catalog.resolve_inputs applies its `osrm` mode);
-# merging.run_jobs.merge_work merges, scores and records the run in a background job
+# merging.lab.run_jobs.merge_work merges, scores and records the run in a background job
 
 
 def _show_examples(last: dict) -> None:
     """Causal tasks: a few prompts per task with the reference and the base / single / merged greedy
-    outputs, each with its loss and perplexity (merging.examples computes them; this only shows)."""
-    from merging.examples import side_by_side
+    outputs, each with its loss and perplexity (merging.evaluation.examples computes them; this only shows)."""
+    from merging.evaluation.examples import side_by_side
 
     with st.expander("Examples side by side", expanded=False):
         st.caption("The first prompts of each task's evaluation file: what the base model, the task's own adapter and "
@@ -153,7 +155,7 @@ def _show_examples(last: dict) -> None:
 
 def _export_work(merged, base_dir, out: str, overwrite: bool):
     def work(progress):
-        from merging.export import export_merged
+        from merging.engine.export import export_merged
 
         if not out:
             raise ValueError("give the folder to write the full model to")
@@ -425,7 +427,7 @@ if last:
         merged_adapter = last["merged"]
         stem = f"run{shown_run.id}" if shown_run.id is not None else "unstored-run"
         if merged_adapter is not None:
-            if "bounded" not in last:  # the PEFT output's rank bound (merging.output_rank), computed once
+            if "bounded" not in last:  # the PEFT output's rank bound (merging.engine.output_rank), computed once
                 last["bounded"] = bounded(merged_adapter)
             peft_output = last["bounded"]  # the full-model export below folds in the exact merge
             e1.download_button("Merged adapter (PEFT zip)", lambda: _zip_of(peft_output), f"merged-{stem}.zip",

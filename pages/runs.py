@@ -10,10 +10,11 @@ import time
 import pandas as pd
 import streamlit as st
 
-from merging import chance_badges, plots
-from merging.run_jobs import heatmap_grid
-from merging.run_labels import recipe_data
-from merging.stored_runs import StoredRun, percent, read_runs
+from merging import plots
+from merging.lab import chance_badges
+from merging.lab.run_jobs import heatmap_grid
+from merging.store.run_labels import recipe_data
+from merging.store.stored_runs import StoredRun, percent, read_runs
 from pages import _ui
 
 ui_settings = _ui.settings()

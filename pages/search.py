@@ -10,10 +10,11 @@ import time
 import pandas as pd
 import streamlit as st
 
-from merging import catalog, chance_badges, plots
+from merging import plots
+from merging.lab import catalog, chance_badges
 from merging.methods import REGISTRY, MethodError
-from merging.recipe import RecipeError
-from merging.search import (
+from merging.recipe.codec import RecipeError
+from merging.search.study import (
     DEFAULT_DEV_SIZE,
     INSTALL_HINT,
     OBJECTIVE_MEANINGS,
@@ -31,7 +32,7 @@ JOB = "search"
 PREFIX = "search"
 KEEP = "session"  # widget values survive a trip to another page
 BACKENDS = {"inprocess": "In-process", "local": "Local Ray runtime (all cores)", "cluster": "Existing Ray cluster"}
-OBJECTIVE_HELP = OBJECTIVE_MEANINGS  # merging.search says what each objective means, and which way is better
+OBJECTIVE_HELP = OBJECTIVE_MEANINGS  # merging.search.study says what each objective means, and which way is better
 
 ui_settings = _ui.settings()
 st.title("Search")
@@ -240,7 +241,7 @@ if result and not running:
     c3.metric("Best on evaluation (average merged)", _percent(evaluation["average"]["merged"]) if evaluation else "–")
     c4.metric("Trials per minute", f"{result['trials_per_minute'] or 0:.1f}")
     if best.get("recipe"):
-        from merging.recipe import recipe_from_dict as _from_dict
+        from merging.recipe.codec import recipe_from_dict as _from_dict
 
         st.link_button("Open best in Merge", "./" + merge_link(_from_dict(best["recipe"])), type="secondary")
     split_lines = [s["statement"] for s in result.get("split") or []]

@@ -8,12 +8,13 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-from merging import catalog, chance_badges, plots
+from merging import plots
+from merging.lab import catalog, chance_badges
+from merging.lab.run_jobs import SweepSet, heatmap_grid, lambda_grid, sweep_rows, sweep_work
 from merging.methods import REGISTRY, MethodError
-from merging.plots.sweep import lambdas as said_lambdas  # two decimals, one λ when all are equal
-from merging.recipe import RecipeError
-from merging.run_jobs import SweepSet, heatmap_grid, lambda_grid, sweep_rows, sweep_work
-from merging.stored_runs import best_point
+from merging.recipe.codec import RecipeError
+from merging.store.run_labels import lambdas as said_lambdas  # two decimals, one λ when all are equal
+from merging.store.stored_runs import best_point
 from pages import _recipe_ui as codec
 from pages import _ui
 
@@ -120,7 +121,7 @@ lambdas = lambda_grid(float(start), float(stop), int(count))
 weight_grid = [[a, b] for a in lambdas for b in lambdas] if grid_mode else [[lam] * len(names) for lam in lambdas]
 
 # ----------------------------------------------------------------------------------------------
-# The work (merging.run_jobs): one Lab.sweep per point and initialisation, each set stored as a run
+# The work (merging.lab.run_jobs): one Lab.sweep per point and initialisation, each set stored as a run
 # whose recipe is its best point's.
 
 

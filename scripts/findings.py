@@ -16,7 +16,7 @@ Intervals. An accuracy p on n evaluation examples gets the normal-approximation 
 A difference between two models on the same examples is called *within noise* when it is smaller
 than the half-width of the difference of two independent such averages (√2 × a single one's,
 conservative: the two models are scored on the same examples). Over training seeds, a difference
-*survives* when its paired 95 % Student t interval over seeds excludes 0 (merging.intervals).
+*survives* when its paired 95 % Student t interval over seeds excludes 0 (merging.core.intervals).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from merging.lab import Lab  # noqa: E402
-from merging.recipe import recipe_from_dict  # noqa: E402
-from merging.zoo import load_zoo, load_zoo_adapters  # noqa: E402
+from merging.lab.lab import Lab  # noqa: E402
+from merging.recipe.codec import recipe_from_dict  # noqa: E402
+from merging.training.zoo import load_zoo, load_zoo_adapters  # noqa: E402
 
 METHODS = [
     ("task_arithmetic", "task arithmetic λ = 1", {}, 1.0),
@@ -121,8 +121,8 @@ def _span(low, high) -> str:
 def seed_study_lines(zoo_folder: Path, results: dict) -> list[str]:
     """Section 5 from zoo/seed_study.json (scripts/seed_study.py): the headline over seeds with paired
     differences, the per-seed before/after table, the why-measures, the ablations, DO-Merging's claims."""
-    from merging.seed_study import HEADLINE, StudyError, load_study
-    from merging.study_story import takeaway_magnitude, takeaway_mechanism, takeaway_seeds, takeaway_why
+    from merging.analysis.seed_study import HEADLINE, StudyError, load_study
+    from merging.analysis.study_story import takeaway_magnitude, takeaway_mechanism, takeaway_seeds, takeaway_why
 
     try:
         study = load_study(zoo_folder)

@@ -4,7 +4,7 @@ DO-Merging argues that LoRA updates spread their magnitude over the input featur
 than full fine-tuning does. This script fine-tunes every weight of the packaged MiniLM on each task
 (same data split, dev split, schedule and clipping as the zoo's LoRA adapters; the weights are not
 kept) and writes, per task, the accuracy on the evaluation split (a forward pass) and, per query/value
-module, the coefficient of variation of ΔW's column norms (merging.metrics' magnitude variance,
+module, the coefficient of variation of ΔW's column norms (merging.analysis.metrics' magnitude variance,
 scale-free so LoRA and full updates compare). scripts/findings.py reads the JSON beside the zoo's.
 
     .venv/bin/python scripts/full_finetune.py --out docs/full_finetune.json
@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from merging.models import demo_model_dir, load_base_model  # noqa: E402
+from merging.models.base import demo_model_dir, load_base_model  # noqa: E402
 from merging.tasks import DEFAULT_DEMO_TASKS, carve_dev, load_demo_task  # noqa: E402
-from merging.training import _accuracy, adapter_seed, full_finetune  # noqa: E402
-from merging.zoo import EVAL_MAX_LENGTH, ZOO_TRAINING  # noqa: E402
+from merging.training.trainer import _accuracy, adapter_seed, full_finetune  # noqa: E402
+from merging.training.zoo import EVAL_MAX_LENGTH, ZOO_TRAINING  # noqa: E402
 
 
 def column_norm_cv(delta: torch.Tensor) -> float:

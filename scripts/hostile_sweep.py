@@ -349,7 +349,7 @@ def _merge(box: Sandbox, recipe: Path, expect: str, names=(), extra=()):
     if expect != "accept" and outcome[0] == "refusal" and out.exists():
         return "silent", "refused, but an output folder was left"
     if outcome[0] == "accepted":
-        from merging.lora import load_adapter
+        from merging.adapters.lora import load_adapter
 
         try:
             load_adapter(out)
@@ -504,7 +504,7 @@ for _raw, _label in [
 def _mergekit(models, method="ties", extra="", parameters=""):
     def make(box: Sandbox) -> Path:
         a, b = box.adapter("a"), box.adapter("b", ADAPTER_B)
-        # BASE: a model folder both LoRAs share (a recipe's base_model must exist: merging/base_check.py)
+        # BASE: a model folder both LoRAs share (a recipe's base_model must exist: merging/models/base_check.py)
         base = box.dir / "base-model"
         base.mkdir(exist_ok=True)
         (base / "config.json").write_text("{}")
@@ -642,7 +642,7 @@ def _export_onto_trainer(box: Sandbox):
 
 def _export_into_base(where: str):
     def run(box: Sandbox):
-        from merging.models import resolve_model_source
+        from merging.models.base import resolve_model_source
 
         shipped = Path(resolve_model_source(json.loads((ADAPTER_A / CONFIG).read_text())["base_model_name_or_path"]))
         base = box.dir / "base"
@@ -669,7 +669,7 @@ def _full_disk(kind: str):
     def run(box: Sandbox):
         from safetensors import SafetensorError
 
-        import merging.lora as lora
+        import merging.adapters.lora as lora
 
         recipe = box.recipe(box.good_recipe())
         out = box.dir / "out"
@@ -701,7 +701,7 @@ _full_disk("SafetensorError")
 
 def _killed_writer(state: str):
     def run(box: Sandbox):
-        from merging.staging import clean_leftovers
+        from merging.core.staging import clean_leftovers
 
         folder, kept = _folder_with(box, "out", {CONFIG: b"old config", WEIGHTS: b"old weights", "notes.txt": b"n"})
         parts = box.dir / f".out.mergescope-parts-{2**22 + 1}-x"
@@ -730,8 +730,8 @@ _killed_writer("moving-new")
 
 def _eval_probe(label: str, name: str, content: bytes | Callable[[Path], None], expect: str = "refuse"):
     def run(box: Sandbox):
+        from merging.store.workspace import check_eval_file
         from merging.tasks import TaskError
-        from merging.workspace import check_eval_file
 
         path = box.dir / name
         if callable(content):
@@ -780,8 +780,8 @@ _eval_probe("chat (valid)", "chat.jsonl", b'{"messages": [{"role": "user", "cont
 
 
 def _unknown_completion(box: Sandbox):
-    from merging.causal_eval import CausalEvaluator
-    from merging.evaluation import EvaluationError
+    from merging.evaluation.causal import CausalEvaluator
+    from merging.evaluation.evaluate import EvaluationError
     from merging.tasks.completions import read_causal_task
 
     # the tests' tiny models (one set, tests/tiny_models.py), read by path: `tests` is not a package
@@ -808,7 +808,7 @@ class _Reached(Exception):
 
 def _search_probe(label: str, flags: list[str], names=(), corrupt_store: bytes | None = None):
     def run(box: Sandbox):
-        import merging.search as search
+        import merging.search.study as search
 
         workspace = box.dir / "ws"
         workspace.mkdir()
@@ -849,7 +849,7 @@ def _foreign_store_probe(box: Sandbox):
     with sqlite3.connect(workspace / "runs.sqlite") as connection:
         connection.execute("CREATE TABLE photos (id INTEGER)")
     recipe = box.recipe(box.good_recipe())
-    import merging.search as search
+    import merging.search.study as search
 
     original = search.TrialScorer
 
@@ -902,8 +902,8 @@ for _argv, _flag in [
 
 def _zip_probe(label: str, build: Callable[[zipfile.ZipFile, Sandbox], None], expect: str = "refuse", names=()):
     def run(box: Sandbox):
-        from merging.lora import AdapterError
-        from merging.workspace import WorkspaceError, import_adapter_zip
+        from merging.adapters.lora import AdapterError
+        from merging.store.workspace import WorkspaceError, import_adapter_zip
 
         path = box.dir / "upload.zip"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, warnings.catch_warnings():
@@ -954,7 +954,7 @@ def _nan_weights() -> bytes:
 
 
 def _not_a_zip(box: Sandbox):
-    from merging.workspace import WorkspaceError, import_adapter_zip
+    from merging.store.workspace import WorkspaceError, import_adapter_zip
 
     path = box.dir / "upload.zip"
     path.write_bytes(b"PK\x03\x04 not really")
@@ -965,7 +965,7 @@ add("zip import", "not a zip", _not_a_zip)
 
 
 def _symlink_zip(box: Sandbox):
-    from merging.workspace import WorkspaceError, import_adapter_zip
+    from merging.store.workspace import WorkspaceError, import_adapter_zip
 
     path = box.dir / "upload.zip"
     with zipfile.ZipFile(path, "w") as archive:
@@ -985,7 +985,7 @@ add("zip import", "symlink member", _symlink_zip)
 
 def _link_probe(label: str, value: str, expect: str = "refuse", names=()):
     def run(box: Sandbox):
-        from merging.recipe import Recipe, RecipeError
+        from merging.recipe.codec import Recipe, RecipeError
 
         return library(lambda: Recipe.from_url(value), expect, (RecipeError,), names)
 
@@ -1020,7 +1020,7 @@ _link_probe("with a BOM (valid)", "\ufeff" + json.dumps(_GOOD_LINK), "accept")
 
 def _store_probe(label: str, make: Callable[[Path], None], expect: str = "refuse", write: bool = True):
     def run(box: Sandbox):
-        from merging.runs import RunStore
+        from merging.store.runs import RunStore
 
         path = box.dir / "ws" / "runs.sqlite"
         path.parent.mkdir()
@@ -1053,7 +1053,7 @@ def _wrong_columns(path: Path):
 
 
 def _malformed_row(path: Path):
-    from merging.runs import RunStore
+    from merging.store.runs import RunStore
 
     store = RunStore(path)
     store.add({"adapters": [{"path": "a"}]}, {}, {})
@@ -1073,7 +1073,7 @@ _store_probe("a malformed row (valid: skipped, reported)", _malformed_row, "acce
 
 
 def _read_only_store(box: Sandbox):
-    from merging.runs import RunStore
+    from merging.store.runs import RunStore
 
     path = box.dir / "runs.sqlite"
     RunStore(path).add({"adapters": []}, {}, {})

@@ -4,8 +4,8 @@
 
 For the shipped zoo and each zoo/seeds/N (same tasks and split, other training seeds): singles and
 headline merges of standard, gaussian and OSRM adapters, the per-task "why" measures and every pair's
-magnitude variance against its merged accuracy (merging.seed_study); for the shipped zoo also where
-OSRM's effect comes from (merging.osrm_effect: captured energy share and input-subspace overlap at
+magnitude variance against its merged accuracy (merging.analysis.seed_study); for the shipped zoo also where
+OSRM's effect comes from (merging.analysis.osrm_effect: captured energy share and input-subspace overlap at
 initialisation and after training, every kind) and DO-Merging's claim (b): the magnitude variance
 across tasks of LoRA updates against full fine-tuning's (from scripts/full_finetune.py's JSON).
 The Tour, the Interference page and scripts/findings.py read the JSON; load_study refuses it when a
@@ -27,10 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from merging.lab import Lab  # noqa: E402
-from merging.models import load_base_model  # noqa: E402
-from merging.osrm_effect import zoo_effect_report  # noqa: E402
-from merging.seed_study import (  # noqa: E402
+from merging.analysis.osrm_effect import zoo_effect_report  # noqa: E402
+from merging.analysis.seed_study import (  # noqa: E402
     STUDY_FILE,
     magnitude_cv,
     magnitude_variance_across,
@@ -39,9 +37,11 @@ from merging.seed_study import (  # noqa: E402
     study_zoo,
     summarise,
 )
+from merging.lab.lab import Lab  # noqa: E402
+from merging.models.base import load_base_model  # noqa: E402
 from merging.tasks import load_demo_task  # noqa: E402
-from merging.train_pipeline import TrainSettings, task_input_features  # noqa: E402
-from merging.zoo import base_model_dir, load_zoo, load_zoo_adapters  # noqa: E402
+from merging.training.pipeline import TrainSettings, task_input_features  # noqa: E402
+from merging.training.zoo import base_model_dir, load_zoo, load_zoo_adapters  # noqa: E402
 
 
 def full_finetune_comparison(zoo, path: Path) -> dict | None:

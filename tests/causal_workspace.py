@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from merging.lora import Adapter, LoraModule, save_adapter
+from merging.adapters.lora import Adapter, LoraModule, save_adapter
 from tests.tiny_models import CAUSAL_WORDS, save_model_folder, tiny_llama
 
 TASKS = ("copy", "reverse")

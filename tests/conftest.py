@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from merging.lora import Adapter, LoraModule
+from merging.adapters.lora import Adapter, LoraModule
 from tests.browser_support import HANG_GUARD_S
 
 # Nothing in the suite may reach a hub: fail loudly instead of trying the network.
@@ -142,8 +142,8 @@ def three_adapters() -> list[Adapter]:
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
     """Two real demo tasks × standard/OSRM, trained briefly on a tiny BERT saved to a folder."""
-    from merging.train_pipeline import TrainSettings
-    from merging.zoo import BuildSettings, build_zoo
+    from merging.training.pipeline import TrainSettings
+    from merging.training.zoo import BuildSettings, build_zoo
     from tests.tiny_models import tiny_bert
 
     root = tmp_path_factory.mktemp("tiny_zoo")

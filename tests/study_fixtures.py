@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from merging.seed_study import STUDY_FILE, manifest_hash, summarise
+from merging.analysis.seed_study import STUDY_FILE, manifest_hash, summarise
 
 
 def synthetic_seed(osrm_ta1: float, shift: float) -> dict:

@@ -1,5 +1,5 @@
 """The recipe's base_model is checked on every merge, recorded as given, and recipe paths travel
-(merging.base_check, merging.recipe's path rule)."""
+(merging.models.base_check, merging.recipe.codec's path rule)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from merging.adapters.lora import load_adapter
 from merging.cli import main
-from merging.lora import load_adapter
-from merging.merge import run_recipe
-from merging.recipe import load_recipe
+from merging.engine.merge import run_recipe
+from merging.recipe.codec import load_recipe
 from tests.peft_fixtures import save_lora
 
 

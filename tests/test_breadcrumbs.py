@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from merging.lora import LoraModule
-from merging.merge import merge_adapters
+from merging.adapters.lora import LoraModule
+from merging.engine.merge import merge_adapters
 from merging.methods import get_method, keep_top_magnitude
 from merging.methods.breadcrumbs import band_counts, keep_magnitude_band
-from merging.recipe import recipe_from_dict
+from merging.recipe.codec import recipe_from_dict
 from tests.conftest import TWO_LAYERS, random_adapter
 
 

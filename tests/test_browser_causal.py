@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from merging.workspace import attach_eval_file
+from merging.store.workspace import attach_eval_file
 from tests.browser_support import (
     HANG_GUARD_MS,
     ROOT,

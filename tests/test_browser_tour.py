@@ -5,7 +5,7 @@
   of chart text overlapping and none cut by the chart's edge — the finale's merge names included;
 - a clicker moves it: ArrowRight / PageDown / Space next, ArrowLeft / PageUp back (the walk itself
   goes forward by ArrowRight);
-- the steps come from the workspace's measure cache (merging.measure_cache), filled by the library
+- the steps come from the workspace's measure cache (merging.analysis.measure_cache), filled by the library
   beforehand as the server's warm-up would: no step waits for a measurement.
 
 Screenshots: artifacts/stage-tour-<step>-<width>x<height>.png.
@@ -49,10 +49,10 @@ PAGE_TEXTS = """() => {
 @pytest.fixture(scope="module")
 def measured_workspace():
     """The shipped zoo's tour measured into a workspace's measure cache, as the warm-up does."""
-    from merging import tour as story
-    from merging.lab import Lab
-    from merging.measure_cache import MeasureCache
-    from merging.zoo import load_zoo
+    from merging.analysis import tour as story
+    from merging.analysis.measure_cache import MeasureCache
+    from merging.lab.lab import Lab
+    from merging.training.zoo import load_zoo
 
     # kept between runs (artifacts/ is ignored): its keys (adapter versions, code) keep it honest
     workspace = ROOT / "artifacts" / "stage-tour-workspace"

@@ -1,4 +1,4 @@
-"""merging.catalog: the adapter catalogue tolerates broken folders; a recipe's `osrm` mode and base
+"""merging.lab.catalog: the adapter catalogue tolerates broken folders; a recipe's `osrm` mode and base
 model are resolved from the recipe and the folders alone."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from merging import catalog
-from merging.lora import save_adapter
-from merging.recipe import recipe_from_dict
+from merging.adapters.lora import save_adapter
+from merging.lab import catalog
+from merging.recipe.codec import recipe_from_dict
 from tests.conftest import TWO_LAYERS, random_adapter
 
 
@@ -56,7 +56,7 @@ def test_the_catalogue_lists_a_broken_adapter_with_its_error_instead_of_raising(
 
 def test_the_catalogue_refuses_the_config_and_mergescope_json_fields_that_load_adapter_refuses(workspace):
     """Parsing is not enough: an adapter the catalogue offers must not fail only when merged."""
-    from merging.lora import AdapterError, load_adapter
+    from merging.adapters.lora import AdapterError, load_adapter
 
     adapters = workspace / "adapters"
     bad_alpha = _write(adapters, "bad-alpha", "spam", seed=4)
@@ -194,7 +194,7 @@ def test_a_plain_merge_needs_no_base_model_but_a_projection_does(tmp_path):
     assert catalog.merge_inputs(plain).base_model is None  # the factors alone define a merge
     with pytest.raises(ValueError, match="set the recipe's 'base_model'"):
         catalog.merge_inputs(replace(plain, osrm="posthoc"), lab_for=lambda name: None)
-    with pytest.raises(ValueError, match="field 'base_model'"):  # checked on every merge (merging.base_check)
+    with pytest.raises(ValueError, match="field 'base_model'"):  # checked on every merge (merging.models.base_check)
         catalog.resolve_inputs(replace(plain, base_model="tiny", osrm="posthoc"))
     base = tmp_path / "tiny"
     base.mkdir()

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from merging import catalog
-from merging.lora import save_adapter
-from merging.recipe import recipe_from_dict
-from merging.workspace import (
+from merging.adapters.lora import save_adapter
+from merging.lab import catalog
+from merging.models.base import DEMO_BASE_MODEL
+from merging.recipe.codec import recipe_from_dict
+from merging.store.workspace import (
     EVALS_FILE,
     WorkspaceError,
     attach_eval_file,
@@ -20,7 +21,6 @@ from merging.workspace import (
     detach_eval_file,
     remove_adapter,
 )
-from merging.zoo import DEMO_BASE_MODEL
 from tests.conftest import TWO_LAYERS, random_adapter
 
 PROMPTS = '{"prompt": "copy: a b", "completion": " a b"}\n{"prompt": "copy: c", "completion": " c"}\n'

@@ -27,11 +27,11 @@ from causal_fixtures import (
 )
 from torch import nn
 
-from merging.causal_eval import CausalEvalSet, CausalEvaluator, could_still_match
-from merging.evaluation import EvaluationError, evaluate_merge
-from merging.lab import Lab
-from merging.lora import load_adapter
-from merging.recipe import AdapterRef, Recipe
+from merging.adapters.lora import load_adapter
+from merging.evaluation.causal import CausalEvalSet, CausalEvaluator, could_still_match
+from merging.evaluation.evaluate import EvaluationError, evaluate_merge
+from merging.lab.lab import Lab
+from merging.recipe.codec import AdapterRef, Recipe
 from merging.tasks import TaskError, read_task_file
 from merging.tasks.completions import ChatExample, CompletionExample, read_causal_task, render_chat
 from tests.tiny_models import tiny_causal_tokenizer, tiny_llama
@@ -289,7 +289,7 @@ def test_preview_caching_and_zero_weights_reuse_work_for_causal_tasks(setting):
         del lab.evaluator.tally
     # the preview part and the rest add up to the whole task, scored in one go
     merged = lab.merge_and_evaluate(_loaded(setting), recipe)  # cached: the same numbers as `first`
-    from merging.merge import merge_adapters
+    from merging.engine.merge import merge_adapters
 
     body = merge_adapters(_loaded(setting), recipe).adapter.modules
     for task in TASKS:
@@ -340,7 +340,7 @@ def test_an_adapters_trained_lm_head_is_scored_with_it_single_and_merged(tmp_pat
     run = lab.merge_and_evaluate(adapters, Recipe(adapters=refs, device="cpu"))
     scores = run.evaluation.tasks["next"]
     single, _ = hand_loss_and_greedy(model_with_updates(base, [with_head], [1.0], whole), lab.tokenizer, task_rows("next"))
-    # the merged body carries the one copy there is (merging.merge.carry_saved_modules)
+    # the merged body carries the one copy there is (merging.engine.merge.carry_saved_modules)
     merged, _ = hand_loss_and_greedy(model_with_updates(base, [with_head, plain], [1.0, 1.0], whole), lab.tokenizer, task_rows("next"))
     without, _ = hand_loss_and_greedy(model_with_updates(base, [with_head], [1.0]), lab.tokenizer, task_rows("next"))
     assert scores.loss["single"] == pytest.approx(single, rel=1e-4) and scores.loss["merged"] == pytest.approx(merged, rel=1e-4)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from merging.evaluation import Evaluator, updates_applied
-from merging.lora import load_adapter
-from merging.merge import merge_adapters, save_merged
-from merging.models import (
+from merging.adapters.lora import load_adapter
+from merging.engine.merge import merge_adapters, save_merged
+from merging.evaluation.evaluate import Evaluator, updates_applied
+from merging.models.base import (
     ModelLoadError,
     hub_cache_dir,
     load_base_model,
@@ -29,7 +29,7 @@ from merging.models import (
     resolve_dtype,
     resolve_model_source,
 )
-from merging.recipe import recipe_from_dict
+from merging.recipe.codec import recipe_from_dict
 from tests.tiny_models import save_model_folder, tiny_causal_tokenizer, tiny_gpt2, tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -191,8 +191,7 @@ def test_a_hub_id_is_found_in_the_cache_that_hf_hub_cache_names(tmp_path, monkey
 
 
 def test_no_spec_and_the_demos_names_give_the_packaged_minilm():
-    from merging.models import DEMO_MODEL_ID, demo_model_dir
-    from merging.zoo import DEMO_BASE_MODEL
+    from merging.models.base import DEMO_BASE_MODEL, DEMO_MODEL_ID, demo_model_dir
 
     folder = demo_model_dir()
     assert resolve_model_source(None) == resolve_model_source(DEMO_MODEL_ID) == resolve_model_source(DEMO_BASE_MODEL) == folder

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from merging.cli import main
-from merging.recipe import RecipeError, recipe_from_dict
-from merging.search import SearchError, run_search
-from merging.search_split import plan_splits
+from merging.recipe.codec import RecipeError, recipe_from_dict
+from merging.search.split import plan_splits
+from merging.search.study import SearchError, run_search
 from merging.tasks.split import carve_dev_rows
 from tests.causal_fixtures import hand_loss_and_greedy, model_with_updates
 from tests.causal_workspace import TASKS, build_causal_workspace
@@ -75,7 +75,7 @@ def test_the_recipe_keeps_a_dev_file_round_trip_and_refuses_one_without_eval(wor
 
 
 def test_a_recipe_file_resolves_the_dev_path_against_its_folder(workspace, tmp_path):
-    from merging.recipe import load_recipe
+    from merging.recipe.codec import load_recipe
 
     path = tmp_path / "recipe.json"
     data = recipe_data(workspace)
@@ -168,7 +168,7 @@ def test_the_loss_objective_is_refused_for_a_classification_task(tiny_zoo):
 
 
 def test_the_plan_is_stated_from_the_files_alone(workspace):
-    from merging.catalog import resolve_inputs
+    from merging.lab.catalog import resolve_inputs
 
     recipe = recipe_from_dict(recipe_data(workspace))
     plans = plan_splits(recipe, resolve_inputs(recipe).adapters, dev_size=3, seed=0)
@@ -193,8 +193,8 @@ def test_ray_workers_score_a_causal_recipe_as_the_in_process_search_does(workspa
 def test_a_classification_eval_file_is_split_the_same_way(tiny_zoo, tmp_path, one_thread):
     import csv
 
-    from merging.lab import task_data_for
-    from merging.lora import load_adapter
+    from merging.adapters.lora import load_adapter
+    from merging.lab.lab import task_data_for
 
     folder = tiny_zoo / "sms_spam-standard"
     data = task_data_for(load_adapter(folder))

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from merging.causal_eval import CausalEvaluator, encode_example
+from merging.evaluation.causal import CausalEvaluator, encode_example
 from merging.tasks.completions import ChatExample, read_causal_task, render_chat
 from tests.tiny_models import CHAT_TEMPLATE, tiny_causal_tokenizer, tiny_llama
 

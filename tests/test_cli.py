@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from merging.adapters.lora import load_adapter
 from merging.cli import EXIT_BAD_INPUT, main
-from merging.lora import load_adapter
 from tests.browser_support import HANG_GUARD_S
 from tests.peft_fixtures import lora_model, peft_deltas, peft_scales, save_peft
 

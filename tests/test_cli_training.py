@@ -15,11 +15,11 @@ import shutil
 
 import pytest
 
+from merging.adapters.lora import load_adapter
 from merging.cli import main
-from merging.lab import Lab
-from merging.lora import load_adapter
-from merging.recipe import recipe_from_dict
-from merging.zoo import MANIFEST, load_zoo
+from merging.lab.lab import Lab
+from merging.recipe.codec import recipe_from_dict
+from merging.training.zoo import MANIFEST, load_zoo
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """The dashboard's recipes, end to end: a hostile share link never breaks the Merge or Sweep page,
 and every run the dashboard stores re-merges from its stored recipe alone, with
-`python -m merging merge`, to the same body (merging.evaluation.modules_fingerprint)."""
+`python -m merging merge`, to the same body (merging.evaluation.evaluate.modules_fingerprint)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from merging.adapters.lora import load_adapter
 from merging.cli import main as cli
-from merging.evaluation import modules_fingerprint
-from merging.lora import load_adapter
-from merging.runs import RunStore
+from merging.evaluation.evaluate import modules_fingerprint
+from merging.store.runs import RunStore
 from tests.conftest import assert_page_ok, wait_for_job
 
 PAGES = {"merge": "pages/merge.py", "sweep": "pages/sweep.py"}
@@ -111,7 +111,7 @@ def _rerun(record, folder: Path) -> str:
     recipe_file = folder / f"run{record.id}.json"
     recipe_file.write_text(json.dumps(record.recipe))
     out = folder / f"merged{record.id}"
-    # the dashboard scores the exact merge; a PEFT output is rank-bounded unless --exact-rank (merging.output_rank)
+    # the dashboard scores the exact merge; a PEFT output is rank-bounded unless --exact-rank (merging.engine.output_rank)
     assert cli(["merge", str(recipe_file), "--out", str(out), "--exact-rank"]) == 0
     return modules_fingerprint(load_adapter(out).modules)
 

@@ -1,4 +1,4 @@
-"""`mergescope tour --export deck.html` (merging/deck.py): one self-contained offline deck of the Tour,
+"""`mergescope tour --export deck.html` (merging/analysis/deck.py): one self-contained offline deck of the Tour,
 with each step's headline, chart and speaker notes; a real browser with the network off steps
 through it with the keyboard."""
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from merging import tour as story
+from merging.analysis import tour as story
+from merging.analysis.measure_cache import MeasureCache
 from merging.cli import main
-from merging.measure_cache import MeasureCache
-from merging.zoo import load_zoo
+from merging.training.zoo import load_zoo
 from tests.browser_support import HANG_GUARD_MS
 
 

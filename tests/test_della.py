@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from merging.lora import LoraModule
-from merging.mergekit_config import mergekit_dict_from_recipe, recipe_dict_from_mergekit
+from merging.adapters.lora import LoraModule
 from merging.methods import MethodError, get_method
-from merging.recipe import AdapterRef, Recipe, RecipeError, recipe_from_dict
+from merging.recipe.codec import AdapterRef, Recipe, RecipeError, recipe_from_dict
+from merging.recipe.mergekit_config import mergekit_dict_from_recipe, recipe_dict_from_mergekit
 
 
 def oracle_magprune(delta: torch.Tensor, uniform: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:

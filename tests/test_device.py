@@ -12,12 +12,13 @@ import os
 import pytest
 import torch
 
-from merging.evaluation import EvalSet, Evaluator, head_of
-from merging.lab import Lab
-from merging.merge import merge_adapters, resolve_device
+from merging.engine.merge import merge_adapters
+from merging.evaluation.evaluate import EvalSet, Evaluator, head_of
+from merging.lab.lab import Lab
 from merging.methods import get_method
-from merging.recipe import recipe_from_dict
-from merging.zoo import load_zoo, load_zoo_adapters
+from merging.models.devices import resolve_device
+from merging.recipe.codec import recipe_from_dict
+from merging.training.zoo import load_zoo, load_zoo_adapters
 from tests.conftest import random_adapter
 from tests.test_evaluation import TARGETS, TEXTS, _hand_loop, _random_adapter
 from tests.tiny_models import tiny_bert

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from merging.do_merging import (
+from merging.engine.merge import merge_adapters
+from merging.methods.do_merging import (
     column_magnitudes,
     directions,
     merge_magnitudes,
@@ -15,8 +16,7 @@ from merging.do_merging import (
     pairwise_cosines,
     unit_columns,
 )
-from merging.merge import merge_adapters
-from merging.recipe import recipe_from_dict
+from merging.recipe.codec import recipe_from_dict
 from tests.conftest import TWO_LAYERS, random_adapter
 
 

@@ -1,5 +1,5 @@
 """DO-Merging's orthogonalize diagnostics travel with a merge: in `merge`'s JSON and in the merged
-folder's mergescope.json (merging.do_merging.diagnostics). The cosines before are checked against
+folder's mergescope.json (merging.methods.do_merging.diagnostics). The cosines before are checked against
 the adapters' own updates, rebuilt here in float64 from their factors."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from merging.adapters.lora import load_adapter
 from merging.cli import main
-from merging.lora import load_adapter
 from tests.peft_fixtures import save_lora
 
 

@@ -1,6 +1,6 @@
 """DO-Merging's orthogonalize step and its decoupled merge against an independent float64 oracle.
 
-The oracle is written here from the objective stated in merging/do_merging.py, with nothing taken
+The oracle is written here from the objective stated in merging/methods/do_merging.py, with nothing taken
 from the library: each direction scaled to unit Frobenius norm, perturbations δᵢ (held in units of
 1/√numel) moved by Adam (β = 0.9, 0.999, ε = 1e-8, bias-corrected, from δ = 0) down the analytic
 gradient of  Σ_{i<j} ⟨Xᵢ,Xⱼ⟩²/(‖Xᵢ‖²‖Xⱼ‖²) + μ Σᵢ‖δᵢ‖²,  Xᵢ = Dᵢ + δᵢ,  then scaled back. The gradient
@@ -14,10 +14,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from merging.do_merging import orthogonalize
-from merging.lora import Adapter, LoraModule
-from merging.merge import merge_adapters
-from merging.recipe import recipe_from_dict
+from merging.adapters.lora import Adapter, LoraModule
+from merging.engine.merge import merge_adapters
+from merging.methods.do_merging import orthogonalize
+from merging.recipe.codec import recipe_from_dict
 
 
 def interference_and_gradient(X: torch.Tensor) -> tuple[float, torch.Tensor]:

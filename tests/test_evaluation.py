@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from merging.evaluation import EvalSet, Evaluator, evaluate_merge, head_of, preview_indices
-from merging.lab import Lab
-from merging.lora import Adapter, LoraModule, load_adapter
-from merging.recipe import recipe_from_dict
-from merging.zoo import MANIFEST, load_zoo, load_zoo_adapters
+from merging.adapters.lora import Adapter, LoraModule, load_adapter
+from merging.evaluation.evaluate import EvalSet, Evaluator, evaluate_merge, head_of, preview_indices
+from merging.lab.lab import Lab
+from merging.recipe.codec import recipe_from_dict
+from merging.training.zoo import MANIFEST, load_zoo, load_zoo_adapters
 from tests.tiny_models import tiny_bert
 
 TEXTS = ["good great film", "awful boring plot", "the movie was fine", "terrible sad music", "love it", "hate it"]
@@ -138,7 +138,7 @@ def test_recipe_switch_projects_adapters_onto_osrm_rows_before_merging(tiny_zoo,
 def test_rescore_rewrites_the_manifest_with_measured_accuracies(tiny_zoo, tmp_path):
     import shutil
 
-    from merging.zoo import rescore_zoo
+    from merging.training.zoo import rescore_zoo
 
     copy = tmp_path / "zoo"
     shutil.copytree(tiny_zoo, copy)

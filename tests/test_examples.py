@@ -15,12 +15,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from merging.adapters.lora import load_adapter
+from merging.analysis.text_report import evaluation_text
 from merging.cli import main
-from merging.examples import perplexity, side_by_side
-from merging.lab import Lab
-from merging.lora import load_adapter
-from merging.recipe import recipe_from_dict
-from merging.text_report import evaluation_text
+from merging.evaluation.examples import perplexity, side_by_side
+from merging.lab.lab import Lab
+from merging.recipe.codec import recipe_from_dict
 from tests.causal_fixtures import model_with_updates
 from tests.causal_workspace import TASKS, build_causal_workspace
 

@@ -1,4 +1,4 @@
-"""Full-model export (merging/export.py, `merge --full-model`): loadable, exact, sharded, atomic, lean.
+"""Full-model export (merging/engine/export.py, `merge --full-model`): loadable, exact, sharded, atomic, lean.
 
 The oracle is a plain transformers model with base weights + Σ wᵢ·sᵢ·Bᵢ·Aᵢ written in by hand from
 the PEFT layers' own factors (tests/test_causal_models.py `written_in`), plus the carried tensors or
@@ -19,10 +19,10 @@ from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from merging.adapters.lora import load_adapter
 from merging.cli import main
-from merging.export import EXPORT_MARKER, ExportError, export_merged
-from merging.lora import load_adapter
-from merging.merge import merge_adapters
+from merging.engine.export import EXPORT_MARKER, ExportError, export_merged
+from merging.engine.merge import merge_adapters
 from tests.browser_support import HANG_GUARD_S
 from tests.test_causal_models import BUILDERS, _logits, _recipe, peft_adapter, peft_deltas, written_in
 from tests.tiny_models import save_model_folder, tiny_bert
@@ -201,10 +201,10 @@ _MEASURE = textwrap.dedent(
     """
     import json, sys, torch
     from pathlib import Path
-    from merging.export import export_merged, model_layout
-    from merging.lora import load_adapter
-    from merging.merge import merge_adapters
-    from merging.recipe import recipe_from_dict
+    from merging.engine.export import export_merged, model_layout
+    from merging.adapters.lora import load_adapter
+    from merging.engine.merge import merge_adapters
+    from merging.recipe.codec import recipe_from_dict
 
     def status(field):  # kB in /proc/self/status
         for line in open("/proc/self/status"):

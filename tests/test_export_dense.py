@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from merging.adapters.lora import load_adapter
 from merging.cli import main
-from merging.export import export_merged
-from merging.lora import load_adapter
-from merging.merge import merge_adapters
+from merging.engine.export import export_merged
+from merging.engine.merge import merge_adapters
 from tests.test_causal_models import _recipe, peft_adapter
 from tests.test_export import _base_folder, _write_recipe
 
@@ -122,7 +122,7 @@ def test_the_dense_export_draws_as_the_merge_draws_and_honours_an_output_rank(tm
 
 
 def test_a_cut_short_or_garbled_base_file_is_refused_naming_the_file(tmp_path):
-    from merging.export import ExportError
+    from merging.engine.export import ExportError
 
     base_dir = _base_folder("llama", tmp_path)
     _, paths = _adapters(tmp_path, 1)

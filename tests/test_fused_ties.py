@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from merging.lora import LoraModule
-from merging.merge import merge_adapters
+from merging.adapters.lora import LoraModule
+from merging.engine.merge import merge_adapters
 from merging.methods import MethodArgs, get_method
 from merging.methods import task_arithmetic as ta
 from merging.methods.blocks import BIG_STEP, block_map, cpu_merge_threads, threads_for
@@ -92,8 +92,8 @@ def test_a_tie_budget_carried_across_blocks_keeps_the_ordered_loop(many_blocks):
 
 
 def test_merge_adapters_restores_the_callers_threads_and_gives_the_same_merge(many_blocks, tmp_path):
-    from merging.lora import Adapter
-    from merging.recipe import recipe_from_dict
+    from merging.adapters.lora import Adapter
+    from merging.recipe.codec import recipe_from_dict
 
     adapters = [Adapter(name=f"a{i}", modules={"m": m}, saved_modules={}, base_model=None, config={}, meta={})
                 for i, m in enumerate(_modules(3, 96, 80, seed=11))]

@@ -1,9 +1,9 @@
-"""merging/headlines.py: one short headline per Tour step, numbers said cleanly (issue 18)."""
+"""merging/analysis/headlines.py: one short headline per Tour step, numbers said cleanly (issue 18)."""
 
 from __future__ import annotations
 
-from merging import headlines
-from merging.narrative import MINUS
+from merging.analysis import headlines
+from merging.analysis.narrative import MINUS
 
 
 def _result(rows: dict[str, dict], n: int = 200) -> dict:

@@ -28,8 +28,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from merging.cli import main
-from merging.lora import (
+from merging.adapters.lora import (
     CONFIG_FILE,
     META_FILE,
     WEIGHTS_FILE,
@@ -38,15 +37,16 @@ from merging.lora import (
     load_adapter,
     save_adapter,
 )
-from merging.runs import RunStore
-from merging.staging import StagingError, clean_leftovers, staged_folder
-from merging.workspace import (
+from merging.cli import main
+from merging.core.staging import StagingError, clean_leftovers, staged_folder
+from merging.store.runs import RunStore
+from merging.store.workspace import (
     WorkspaceError,
     adapters_dir,
     clean_workspace,
     import_adapter_zip,
 )
-from merging.zoo import zoo_owned
+from merging.training.zoo import zoo_owned
 from tests.conftest import assert_page_ok, random_adapter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,7 +262,7 @@ def test_the_same_adapter_under_two_names_is_refused_with_both_names(tmp_path, c
 
 def test_a_copy_with_its_scale_folded_into_B_is_still_the_same_adapter(tmp_path):
     """save_adapter folds scale into B; the copy is the same update and is recognised as such."""
-    from merging.lora import check_compatible
+    from merging.adapters.lora import check_compatible
 
     original = load_adapter(ZOO_ADAPTER)
     original.meta = {}
@@ -276,8 +276,8 @@ def test_a_copy_with_its_scale_folded_into_B_is_still_the_same_adapter(tmp_path)
 
 
 def test_a_merge_whose_output_is_not_finite_is_refused_naming_the_module(tmp_path):
-    from merging.merge import merge_adapters
-    from merging.recipe import AdapterRef, Recipe
+    from merging.engine.merge import merge_adapters
+    from merging.recipe.codec import AdapterRef, Recipe
 
     modules = {"layer.0.q": (6, 5), "layer.1.q": (6, 5)}
     first, second = random_adapter("a", modules, seed=1), random_adapter("b", modules, seed=2)
@@ -370,7 +370,7 @@ def test_a_failed_replace_keeps_the_old_output(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("merging.lora.save_file", fail)
+    monkeypatch.setattr("merging.adapters.lora.save_file", fail)
     with pytest.raises(OSError, match="disk full"):
         save_adapter(random_adapter("b", {"layer.0.q": (6, 5)}, seed=3), out, overwrite=True)
     assert _snapshot(out) == before
@@ -380,7 +380,7 @@ def test_a_failed_replace_keeps_the_old_output(tmp_path, monkeypatch):
 _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from merging.staging import staged_folder
+from merging.core.staging import staged_folder
 with staged_folder(Path(sys.argv[1]), overwrite=True) as staging:
     (staging / "adapter_config.json").write_text("{}")
     (staging / "half-written.safetensors").write_bytes(b"0" * 1000)
@@ -481,7 +481,7 @@ def test_the_ratio_limit_also_holds_on_the_bytes_actually_written(tmp_path, monk
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
             archive.writestr(name, data)
-    monkeypatch.setattr("merging.workspace._check_ratio", lambda info, ratio: None)
+    monkeypatch.setattr("merging.store.workspace._check_ratio", lambda info, ratio: None)
     with pytest.raises(WorkspaceError, match="zip bomb"):
         import_adapter_zip(buffer.getvalue(), tmp_path / "ws")
     assert not (tmp_path / "ws").exists()
@@ -592,7 +592,7 @@ def _no_exception(at) -> None:
 
 
 def _broken_names(workspace: Path) -> list[str]:
-    from merging.catalog import catalog
+    from merging.lab.catalog import catalog
 
     return [e.name for e in catalog(workspace, None) if not e.usable]
 
@@ -760,8 +760,8 @@ def test_train_and_zoo_build_refuse_to_overwrite_an_unrelated_folder_before_any_
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "data.csv").write_text("text,label\n")
-    monkeypatch.setattr("merging.train_pipeline.train_task_adapter", lambda *a, **k: pytest.fail("trained anyway"))
-    monkeypatch.setattr("merging.zoo.build_zoo", lambda *a, **k: pytest.fail("built anyway"))
+    monkeypatch.setattr("merging.training.pipeline.train_task_adapter", lambda *a, **k: pytest.fail("trained anyway"))
+    monkeypatch.setattr("merging.training.zoo.build_zoo", lambda *a, **k: pytest.fail("built anyway"))
     line = one_line_error(capsys, *command, "--out", precious, "--overwrite")
     assert "not a mergescope/PEFT output" in line
     assert (precious / "data.csv").read_text() == "text,label\n"

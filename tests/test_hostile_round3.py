@@ -24,9 +24,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from merging.adapters.lora import CONFIG_FILE, WEIGHTS_FILE, AdapterError, load_adapter, save_adapter
 from merging.cli import main
-from merging.lora import CONFIG_FILE, WEIGHTS_FILE, AdapterError, load_adapter, save_adapter
-from merging.staging import clean_leftovers, move_into_place
+from merging.core.staging import clean_leftovers, move_into_place
 from tests.conftest import random_adapter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def test_a_replace_that_fails_half_way_puts_the_old_entries_back(tmp_path, monke
             raise OSError(errno.EIO, "input/output error")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("merging.staging.os.replace", failing_replace)
+    monkeypatch.setattr("merging.core.staging.os.replace", failing_replace)
     with pytest.raises(OSError):
         move_into_place(staged, folder, overwrite=True)
     monkeypatch.undo()
@@ -235,7 +235,7 @@ def test_a_full_disk_names_the_output_and_keeps_the_previous_one(tmp_path, recip
         def full(*args, _failure=failure, **kwargs):
             raise _failure
 
-        monkeypatch.setattr("merging.lora.save_file", full)
+        monkeypatch.setattr("merging.adapters.lora.save_file", full)
         line = one_line_error(capsys, "merge", recipe, "--out", out, "--overwrite")
         assert f"could not write {out}: no space left on the device" in line and "nothing was replaced" in line
         assert snapshot(out) == before
@@ -290,7 +290,7 @@ def test_search_with_an_unusable_run_store_is_refused_before_any_trial(tmp_path,
     workspace = tmp_path / "ws"
     workspace.mkdir()
     (workspace / "runs.sqlite").write_bytes(b"this is not a database" * 100)
-    monkeypatch.setattr("merging.search.run_search", lambda *a, **k: pytest.fail("searched anyway"))
+    monkeypatch.setattr("merging.search.study.run_search", lambda *a, **k: pytest.fail("searched anyway"))
     line = one_line_error(capsys, "search", recipe, "--workspace", workspace, "--trials", 1)
     assert str(workspace / "runs.sqlite") in line and "--no-store" in line
 
@@ -341,8 +341,8 @@ def test_lora_alpha_zero_is_named_and_an_integral_float_rank_is_read(inputs, cap
 
 
 def test_a_completion_of_characters_the_tokenizer_does_not_know_is_refused(tmp_path):
-    from merging.causal_eval import CausalEvaluator
-    from merging.evaluation import EvaluationError
+    from merging.evaluation.causal import CausalEvaluator
+    from merging.evaluation.evaluate import EvaluationError
     from merging.tasks.completions import read_causal_task
     from tests.tiny_models import tiny_llama
 
@@ -414,8 +414,8 @@ def test_the_sweeps_probes_end_in_a_clear_refusal_or_a_correct_acceptance(tmp_pa
 
 
 def test_an_export_replaces_an_earlier_exports_files_keeps_the_rest_and_refuses_to_replace_a_users_file(tmp_path):
-    from merging.export import ExportError, export_merged
-    from merging.merge import merge_adapters
+    from merging.engine.export import ExportError, export_merged
+    from merging.engine.merge import merge_adapters
     from tests.test_causal_models import _recipe, peft_adapter
     from tests.test_export import _base_folder
 

@@ -1,9 +1,9 @@
-"""merging/interference_story.py: the Interference page's one-line takeaways, read from the numbers,
+"""merging/analysis/interference_story.py: the Interference page's one-line takeaways, read from the numbers,
 and one y scale for panels that are compared (issue 18)."""
 
 from __future__ import annotations
 
-from merging import interference_story as telling
+from merging.analysis import interference_story as telling
 from merging.plots import magnitude_variance_by_layer
 
 

@@ -1,4 +1,4 @@
-"""The bootstrap intervals of merging/intervals.py, against hand-checkable cases, the normal
+"""The bootstrap intervals of merging/core/intervals.py, against hand-checkable cases, the normal
 approximation and a literal resampling of the examples."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from merging.intervals import (
+from merging.core.intervals import (
     accuracy_interval,
     bootstrap_interval,
     bootstrap_mean_interval,

@@ -1,4 +1,4 @@
-"""An adapter that did not learn is flagged wherever it is offered: the rule (merging.learned, the
+"""An adapter that did not learn is flagged wherever it is offered: the rule (merging.lab.learned, the
 zoo build's chance_verdict), the catalogue entry that carries it, and the sweep's chance line.
 
 Every manifest and mergescope.json here is written by the test, with hand-picked numbers, so the
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from merging import catalog, learned
-from merging import chance_badges as badges
-from merging.lora import save_adapter
+from merging.adapters.lora import save_adapter
+from merging.lab import catalog, learned
+from merging.lab import chance_badges as badges
 from merging.plots import accuracy_bars, sweep_curves, sweep_points
-from merging.recipe import AdapterRef, Recipe
-from merging.zoo import load_zoo
+from merging.recipe.codec import AdapterRef, Recipe
+from merging.training.zoo import load_zoo
 from tests.conftest import TWO_LAYERS, random_adapter
 
 LN2 = math.log(2)
@@ -211,8 +211,8 @@ def test_every_tour_step_finds_the_catalogue_entry_of_each_adapter_it_merges():
     """The Tour's warning (pages/tour.py) flags what recipe_entries finds: every adapter of every
     step's recipes must be found, or one at chance could go unflagged (structure only: which
     shipped adapters are at chance is not assumed)."""
-    from merging import tour as story
-    from merging.zoo import REPO_ZOO
+    from merging.analysis import tour as story
+    from merging.training.zoo import REPO_ZOO
 
     zoo = load_zoo(REPO_ZOO)
     entries = catalog.zoo_entries(zoo)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import merging.lora as lora
-from merging.lora import (
+import merging.adapters.lora as lora
+from merging.adapters.lora import (
     HEADS_FILE,
     AdapterError,
     check_compatible,
@@ -20,8 +20,8 @@ from merging.lora import (
     lora_scale,
     save_adapter,
 )
-from merging.merge import merge_adapters, save_merged
-from merging.recipe import AdapterRef, Recipe
+from merging.engine.merge import merge_adapters, save_merged
+from merging.recipe.codec import AdapterRef, Recipe
 from tests.peft_fixtures import (
     BASES,
     PICKLE_FILE,
@@ -548,7 +548,7 @@ def test_factor_without_its_partner_is_refused(good):
 
 def test_update_entry_bound_is_an_upper_bound_and_tight_for_rank_one():
     """|scale·B·A|_max ≤ the bound, on random factors; equal when B and A are outer-product aligned."""
-    from merging.lora import update_entry_bound
+    from merging.adapters.lora import update_entry_bound
 
     generator = torch.Generator().manual_seed(0)
     for _ in range(50):

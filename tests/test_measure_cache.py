@@ -1,4 +1,4 @@
-"""Measurements kept on disk (merging/measure_cache.py): a restarted server reads them back, a changed
+"""Measurements kept on disk (merging/analysis/measure_cache.py): a restarted server reads them back, a changed
 adapter or measuring code gets new ones, a broken file is measured again; and the Tour and the
 server's warm-up use them."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from merging import measure_cache
-from merging import tour as story
-from merging.measure_cache import MeasureCache
+from merging.analysis import measure_cache
+from merging.analysis import tour as story
+from merging.analysis.measure_cache import MeasureCache
 
 
 def test_a_value_survives_a_new_cache_object_and_the_write_leaves_no_temporary(tmp_path):
@@ -69,7 +69,7 @@ def test_an_unwritable_folder_is_not_an_error(tmp_path):
 
 @pytest.fixture
 def zoo_copy(tiny_zoo, tmp_path):
-    from merging.zoo import load_zoo
+    from merging.training.zoo import load_zoo
 
     folder = tmp_path / "zoo"
     shutil.copytree(tiny_zoo, folder)
@@ -77,7 +77,7 @@ def zoo_copy(tiny_zoo, tmp_path):
 
 
 def _lab(zoo):
-    from merging.lab import Lab
+    from merging.lab.lab import Lab
 
     return Lab(zoo.base_model, device="cpu")
 

@@ -20,12 +20,12 @@ import pytest
 import torch
 import yaml
 
+from merging.adapters.lora import load_adapter
 from merging.cli import main
-from merging.evaluation import modules_fingerprint
-from merging.lora import load_adapter
-from merging.merge import run_recipe
-from merging.mergekit_config import is_mergekit_config, load_recipe_file, recipe_dict_from_mergekit
-from merging.recipe import RecipeError, load_recipe
+from merging.engine.merge import run_recipe
+from merging.evaluation.evaluate import modules_fingerprint
+from merging.recipe.codec import RecipeError, load_recipe
+from merging.recipe.mergekit_config import is_mergekit_config, load_recipe_file, recipe_dict_from_mergekit
 from tests.peft_fixtures import save_lora
 
 
@@ -556,7 +556,9 @@ models:
     for name, delta in from_config.items():
         assert int(0.05 * delta.numel()) >= 1  # the oracle's range: mergekit's own slice is sound there
         expected = 0.5 * mergekit_breadcrumbs(a[name], 0.6, 0.05) + 1.5 * mergekit_breadcrumbs(b[name], 0.4, 0.05)
-        torch.testing.assert_close(delta, expected, atol=1e-6, rtol=1e-5)
+        # the merged update comes back factored: a dropped entry reads as float32 round-off of the
+        # factors (≈ 1e-6 on some CPUs), far below any entry at the keep/drop cut (a mid-quantile |x|)
+        torch.testing.assert_close(delta, expected, atol=1e-5 * float(expected.abs().max()), rtol=1e-5)
 
 
 def test_a_dare_linear_config_merges_like_its_native_recipe(loras):

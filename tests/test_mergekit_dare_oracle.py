@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from merging.lora import load_adapter
-from merging.merge import run_recipe
-from merging.mergekit_config import load_recipe_file
+from merging.adapters.lora import load_adapter
+from merging.engine.merge import run_recipe
+from merging.recipe.mergekit_config import load_recipe_file
 from tests.peft_fixtures import save_lora
 
 

@@ -21,17 +21,17 @@ import pytest
 import torch
 import yaml
 
+from merging.adapters.lora import load_adapter
 from merging.cli import main
-from merging.lora import load_adapter
-from merging.merge import run_recipe
-from merging.mergekit_config import (
+from merging.engine.merge import run_recipe
+from merging.methods import REGISTRY, get_method
+from merging.recipe.codec import Recipe, load_recipe
+from merging.recipe.mergekit_config import (
     MergekitExportError,
     load_recipe_file,
     mergekit_dict_from_recipe,
     recipe_dict_from_mergekit,
 )
-from merging.methods import REGISTRY, get_method
-from merging.recipe import Recipe, load_recipe
 from tests.peft_fixtures import save_lora
 
 NAMES = ("a", "b", "c")

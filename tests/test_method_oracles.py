@@ -1,6 +1,6 @@
 """Independent oracles for the merge methods whose result is not a plain weighted sum.
 
-Every merge here goes through the public entry point, `merging.merge.merge_adapters(adapters,
+Every merge here goes through the public entry point, `merging.engine.merge.merge_adapters(adapters,
 recipe)`, with a recipe built by ONE helper (`_recipe`), and is compared with a reference written
 from the papers in this file, in float64, without using merging.methods:
 
@@ -27,9 +27,9 @@ import math
 import pytest
 import torch
 
-from merging.lora import Adapter, LoraModule
-from merging.merge import merge_adapters
-from merging.recipe import recipe_from_dict
+from merging.adapters.lora import Adapter, LoraModule
+from merging.engine.merge import merge_adapters
+from merging.recipe.codec import recipe_from_dict
 from tests.conftest import TWO_LAYERS, random_adapter
 
 Z_LIMIT = 5.0  # standard errors allowed between a statistic and its expectation

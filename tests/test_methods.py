@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from merging.lora import Adapter, LoraModule
-from merging.merge import merge_adapters
+from merging.adapters.lora import Adapter, LoraModule
+from merging.engine.merge import merge_adapters
 from merging.methods import (
     REGISTRY,
     MethodError,
@@ -23,7 +23,7 @@ from merging.methods import (
     svd_of_dense,
     svd_of_factors,
 )
-from merging.recipe import recipe_from_dict
+from merging.recipe.codec import recipe_from_dict
 from tests.conftest import TWO_LAYERS, random_adapter
 
 

@@ -1,4 +1,4 @@
-"""Tests of merging/metrics.py: hand-checkable cases, invariants, and factored results against dense ones."""
+"""Tests of merging/analysis/metrics.py: hand-checkable cases, invariants, and factored results against dense ones."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from merging import metrics as M
-from merging.lora import Adapter, LoraModule
+from merging.adapters.lora import Adapter, LoraModule
+from merging.analysis import metrics as M
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -501,7 +501,7 @@ def test_interference_from_moments_matches_features():
 
 
 def test_interference_by_layer_groups_modules_and_averages_all():
-    from merging.osrm import ModuleFeatures
+    from merging.training.osrm import ModuleFeatures
     from tests.conftest import TWO_LAYERS, random_adapter
 
     adapters = [random_adapter(f"t{i}", TWO_LAYERS, seed=i) for i in range(2)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from merging import narrative as nv
+from merging.analysis import narrative as nv
 
 
 def results(**tasks) -> dict:
@@ -179,7 +179,7 @@ def test_summary_names_the_best_merge_and_those_within_its_noise():
 
 
 def test_stored_intervals_are_used_when_the_result_has_them():
-    # The evaluation JSON's own intervals (merging.evaluation), no n: the sentence quotes them.
+    # The evaluation JSON's own intervals (merging.evaluation.evaluate), no n: the sentence quotes them.
     before = {"tasks": {"a": {"merged": 0.70, "interval": {"merged": [0.60, 0.80]}}},
               "average_interval": {"merged": [0.60, 0.80]}}
     after = {"tasks": {"a": {"merged": 0.72, "interval": {"merged": [0.62, 0.82]}}},

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from merging.lora import Adapter, LoraModule
-from merging.osrm import (
+from merging.adapters.lora import Adapter, LoraModule
+from merging.training.osrm import (
     VARIANTS,
     ModuleFeatures,
     collect_input_features,

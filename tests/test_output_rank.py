@@ -1,5 +1,5 @@
 """A PEFT-adapter output is right-sized: rank ≤ the sum of the inputs' ranks by default (the recipe's
-`rank` when given), the energy kept reported per module, a warning below 99 % (merging.output_rank).
+`rank` when given), the energy kept reported per module, a warning below 99 % (merging.engine.output_rank).
 
 The references are computed here in float64 from each adapter's own factors: TIES written out
 (top-|x| trim, sign of the weighted mass, mean of the agreeing entries) and torch.linalg.svd of it.
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from merging.adapters.lora import load_adapter
 from merging.cli import main
-from merging.lora import load_adapter
-from merging.merge import merge_adapters, save_merged
-from merging.output_rank import ENERGY_THRESHOLD, bounded
-from merging.recipe import Recipe
+from merging.engine.merge import merge_adapters, save_merged
+from merging.engine.output_rank import ENERGY_THRESHOLD, bounded
+from merging.recipe.codec import Recipe
 from tests.peft_fixtures import save_lora
 
 

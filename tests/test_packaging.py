@@ -94,7 +94,7 @@ def test_the_wheel_holds_the_library_the_app_its_settings_and_the_demo_zoo(insta
     for needed in [
         "merging/__init__.py",
         "merging/cli.py",
-        "merging/mergekit_config.py",
+        "merging/recipe/mergekit_config.py",
         "mergescope_app/app.py",
         "mergescope_app/pages/merge.py",
         "mergescope_app/pages/_ui.py",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from merging.lora import load_adapter
+from merging.adapters.lora import load_adapter
 from tests.conftest import assert_page_ok, wait_for_job
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

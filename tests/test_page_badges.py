@@ -13,7 +13,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from merging.chance_badges import BADGE
+from merging.lab.chance_badges import BADGE
 from tests.conftest import assert_page_ok, wait_for_job
 
 AT_CHANCE, LEARNED = "sms_spam-osrm", "sms_spam-standard"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from merging.zoo import DEMO_BASE_MODEL
+from merging.models.base import DEMO_BASE_MODEL
 from tests.causal_workspace import build_causal_workspace
 from tests.conftest import _run_app_py_on_every_rerun, assert_page_ok, new_app_test
 
@@ -132,7 +132,7 @@ def test_the_adapters_page_attaches_an_eval_file_and_refuses_a_bad_one(monkeypat
 
 
 def test_data_parameter_interference_reads_the_attached_prompts(monkeypatch, tmp_path, built, workspace):
-    from merging.workspace import attach_eval_file
+    from merging.store.workspace import attach_eval_file
     from tests.conftest import wait_for_job
 
     at = _app(monkeypatch, tmp_path, workspace, base_model=str(built["model"])).switch_page("pages/interference.py")
@@ -168,10 +168,10 @@ def test_data_parameter_interference_reads_the_attached_prompts(monkeypatch, tmp
 def test_a_sweep_over_causal_adapters_shows_exact_match_and_loss_as_evaluate_gives_them(
     monkeypatch, tmp_path, built, workspace
 ):
-    from merging.lab import Lab
-    from merging.lora import load_adapter
-    from merging.recipe import recipe_from_dict
-    from merging.workspace import attach_eval_file
+    from merging.adapters.lora import load_adapter
+    from merging.lab.lab import Lab
+    from merging.recipe.codec import recipe_from_dict
+    from merging.store.workspace import attach_eval_file
     from tests.conftest import wait_for_job
 
     stored = {task: attach_eval_file(workspace, f"{task}-lora", built["evals"][task]) for task in ("copy", "reverse")}
@@ -206,7 +206,7 @@ def test_a_sweep_over_causal_adapters_shows_exact_match_and_loss_as_evaluate_giv
             assert row[f"{task} loss"] == round(scores["loss"]["merged"], 4)
             assert row[f"{task} perplexity"] == round(math.exp(scores["loss"]["merged"]), 3)
     # the stored runs' recipes name the base model and the evaluation files: they re-run from the CLI
-    from merging.runs import RunStore
+    from merging.store.runs import RunStore
 
     stored_runs = RunStore(workspace / "runs.sqlite").list(kind="sweep")
     assert len(stored_runs) == 2  # standard and its OSRM post-hoc overlay
@@ -225,8 +225,8 @@ def test_a_sweep_over_causal_adapters_shows_exact_match_and_loss_as_evaluate_giv
 
 
 def test_reopening_a_causal_run_in_merge_switches_the_sidebar_to_its_base_model(monkeypatch, tmp_path, built, workspace):
-    from merging.runs import RunStore
-    from merging.workspace import attach_eval_file
+    from merging.store.runs import RunStore
+    from merging.store.workspace import attach_eval_file
 
     stored = attach_eval_file(workspace, "copy-lora", built["evals"]["copy"])
     recipe = {"adapters": [{"path": str(workspace / "adapters" / "copy-lora"), "name": "copy-lora", "weight": 0.5,
@@ -245,7 +245,7 @@ def test_reopening_a_causal_run_in_merge_switches_the_sidebar_to_its_base_model(
 
 @pytest.mark.parametrize("page", ["merge", "sweep"])
 def test_a_share_link_naming_another_base_model_switches_the_sidebar_to_it(monkeypatch, tmp_path, built, workspace, page):
-    from merging.recipe import Recipe
+    from merging.recipe.codec import Recipe
 
     recipe = Recipe.from_dict({"adapters": [{"path": str(workspace / "adapters" / "reverse-lora"), "name": "reverse-lora",
                                              "weight": 0.5}], "method": "ties", "parameters": {"density": 0.4},
@@ -271,8 +271,8 @@ def test_a_causal_merge_on_the_merge_page_is_stored_with_its_recipe_and_exports_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from merging.runs import RunStore
-    from merging.workspace import attach_eval_file
+    from merging.store.runs import RunStore
+    from merging.store.workspace import attach_eval_file
     from tests.conftest import wait_for_job
 
     for task in ("copy", "reverse"):
@@ -300,7 +300,7 @@ def test_a_causal_merge_on_the_merge_page_is_stored_with_its_recipe_and_exports_
     # the folder loads with transformers alone and holds base + ΔW₁ + ΔW₂ (λ = 1 each, plain torch)
     exported = AutoModelForCausalLM.from_pretrained(str(out))
     base = AutoModelForCausalLM.from_pretrained(str(built["model"]))
-    from merging.lora import load_adapter
+    from merging.adapters.lora import load_adapter
 
     name = "model.layers.0.self_attn.q_proj"
     expected = base.get_submodule(name).weight.detach().clone()

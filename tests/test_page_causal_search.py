@@ -17,7 +17,7 @@ pytest.importorskip("optuna")
 def test_the_search_page_minimises_the_loss_of_causal_tasks_and_states_the_split(
     monkeypatch, tmp_path, built, workspace  # noqa: F811
 ):
-    from merging.workspace import attach_eval_file
+    from merging.store.workspace import attach_eval_file
 
     for task in ("copy", "reverse"):
         attach_eval_file(workspace, f"{task}-lora", built["evals"][task])

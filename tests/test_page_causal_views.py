@@ -2,7 +2,7 @@
 a tiny Llama's two adapters (tests/causal_workspace.py): the Adapters page names the task from the
 attached file and shows the single-task exact match and loss once a file is attached, with no talk of
 classification heads; the Merge page's table has no majority column, shows perplexity = exp(loss),
-DO-Merging's cosines before/after, and examples side by side equal to merging.examples' rows."""
+DO-Merging's cosines before/after, and examples side by side equal to merging.evaluation.examples' rows."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def test_the_adapters_page_speaks_of_a_causal_adapter_and_scores_it_once_a_file_
 def test_the_merge_page_shows_perplexity_cosines_and_examples_side_by_side_for_causal_tasks(
     monkeypatch, tmp_path, built, workspace  # noqa: F811
 ):
-    from merging.examples import side_by_side
-    from merging.workspace import attach_eval_file
+    from merging.evaluation.examples import side_by_side
+    from merging.store.workspace import attach_eval_file
 
     for task in ("copy", "reverse"):
         attach_eval_file(workspace, f"{task}-lora", built["evals"][task])

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from merging.methods import REGISTRY
-from merging.runs import RunStore
+from merging.store.runs import RunStore
 from tests.browser_support import HANG_GUARD_S
 from tests.conftest import assert_page_ok, new_app_test, wait_for_job
 
@@ -140,7 +140,7 @@ def test_second_run_shows_the_delta_and_osrm_twins_are_in_the_recipe(app_test, t
 
 
 def test_a_failing_merge_shows_its_error_and_the_page_stays_usable(app_test, monkeypatch):
-    from merging import lab
+    from merging.lab import lab
 
     def broken(self, adapters, recipe, progress=None, on_preview=None):
         raise RuntimeError("simulated failure")
@@ -156,7 +156,7 @@ def test_a_preview_shows_while_the_rest_of_the_evaluation_runs(app_test, monkeyp
     import threading
     import time
 
-    from merging import lab
+    from merging.lab import lab
 
     real = lab.Lab.merge_and_evaluate
     release = threading.Event()
@@ -211,7 +211,7 @@ def _full_recipe(tiny_zoo: Path, osrm: str) -> dict:
 
 @pytest.mark.parametrize("osrm", ["off", "twins", "posthoc"])
 def test_a_share_link_sets_every_control(app_test, tiny_zoo, osrm):
-    from merging.recipe import Recipe
+    from merging.recipe.codec import Recipe
 
     recipe = Recipe.from_dict(_full_recipe(tiny_zoo, osrm))
     app_test.query_params["recipe"] = recipe.to_url()
@@ -241,7 +241,7 @@ def test_an_old_share_link_still_opens(app_test):
 def test_reopen_in_merge_brings_back_every_control_of_an_osrm_run(app_test, tiny_zoo, tmp_path, osrm):
     """Issue 9: a post-hoc OSRM run came back with OSRM off and the adapters swapped to their twins;
     a twin run came back with OSRM off. Run one, reopen it in a fresh session, check every control."""
-    from merging.recipe import Recipe
+    from merging.recipe.codec import Recipe
 
     recipe = Recipe.from_dict({**_full_recipe(tiny_zoo, osrm), "rank": None, "overrides": [],
                                "do_merging": {"decouple": True}})

@@ -12,9 +12,9 @@ import json
 
 import pytest
 
-from merging.lab import Lab
-from merging.lora import load_adapter
-from merging.recipe import recipe_from_dict
+from merging.adapters.lora import load_adapter
+from merging.lab.lab import Lab
+from merging.recipe.codec import recipe_from_dict
 from tests.conftest import assert_page_ok, wait_for_job
 from tests.test_search import _hand_accuracies
 

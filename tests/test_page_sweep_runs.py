@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from merging.methods import REGISTRY
-from merging.runs import RunStore
+from merging.store.runs import RunStore
 from tests.conftest import assert_page_ok, wait_for_job
 
 SWEEP = "pages/sweep.py"
@@ -201,7 +201,7 @@ def test_runs_page_with_an_empty_store(app: AppTest):
 
 
 def test_sweep_error_is_shown_and_the_page_stays_usable(app: AppTest, monkeypatch):
-    from merging.lab import Lab
+    from merging.lab.lab import Lab
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("the sweep broke")
@@ -234,7 +234,7 @@ def test_the_runs_table_shows_each_runs_method_parameters(app: AppTest, tiny_zoo
 
 
 def test_a_sweep_link_sets_the_method_its_parameters_and_the_overlay(app: AppTest, tiny_zoo):
-    from merging.recipe import Recipe
+    from merging.recipe.codec import Recipe
 
     recipe = Recipe.from_dict({
         "adapters": [{"path": str(tiny_zoo / "question_type-standard"), "name": "question_type-standard"},
@@ -252,7 +252,7 @@ def test_a_sweep_link_sets_the_method_its_parameters_and_the_overlay(app: AppTes
 
 
 def test_a_cancelled_sweep_keeps_and_stores_the_points_scored_before_cancel(app: AppTest, monkeypatch):
-    from merging.lab import Lab
+    from merging.lab.lab import Lab
 
     real_sweep = Lab.sweep
     calls = []

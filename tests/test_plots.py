@@ -153,7 +153,7 @@ def test_accuracy_bars_draw_the_evaluation_intervals_as_whiskers():
 
 
 def test_evaluation_json_intervals_feed_the_whiskers():
-    from merging.evaluation import EvaluationResult, TaskScores
+    from merging.evaluation.evaluate import EvaluationResult, TaskScores
 
     evaluation = EvaluationResult({"a": TaskScores(0.5, 0.9, 0.7, 0.5, examples=200)})
     data = evaluation.to_dict()
@@ -305,7 +305,7 @@ def test_cosine_heatmap_diverging_centred_at_zero():
 
 
 def test_sign_conflicts_by_layer_sorted_with_the_chance_line_for_the_adapters_chosen():
-    from merging.metrics import chance_sign_conflict_rate
+    from merging.analysis.metrics import chance_sign_conflict_rate
 
     fig = sign_conflicts_by_layer({None: 0.2, 1: 0.4, 0: 0.6}, chance=chance_sign_conflict_rate(5), adapters=5)
     bar = by_name(fig, "sign conflicts")

@@ -1,10 +1,10 @@
-"""merging.progress: one bar over several phases, by hand-computed thousandths."""
+"""merging.core.progress: one bar over several phases, by hand-computed thousandths."""
 
 from __future__ import annotations
 
 import pytest
 
-from merging.progress import Cancelled, phase_share, step_of, weighted_phases
+from merging.core.progress import Cancelled, phase_share, step_of, weighted_phases
 
 
 def _recorder():

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from merging.do_merging import MAGNITUDE_RULES, DoMergingOptions
 from merging.methods import REGISTRY, Param
-from merging.recipe import (
+from merging.methods.do_merging import MAGNITUDE_RULES, DoMergingOptions
+from merging.recipe.codec import (
     DEVICES,
     DTYPES,
     MODULES_TO_SAVE_RULES,
@@ -394,7 +394,7 @@ def test_json_and_yaml_files_round_trip(recipe):
                  (("r.json", recipe.to_json()), ("r.yaml", recipe.to_yaml()), ("r.yml", recipe.to_yaml()))]
         for path, text in files:
             path.write_text(text, encoding="utf-8")
-        # a base_model naming a path beside the file resolves to it (merging.base_check's path rule)
+        # a base_model naming a path beside the file resolves to it (merging.models.base_check's path rule)
         assume(recipe.base_model is None or not (Path(folder) / recipe.base_model).exists())
         for path, _ in files:
             assert load_recipe(path) == recipe, path.name
@@ -410,7 +410,7 @@ def test_a_recipe_is_its_own_fixed_point(recipe):
 @ROUND_TRIPS
 @given(recipes())
 def test_the_run_store_round_trips(recipe):
-    from merging.runs import RunStore
+    from merging.store.runs import RunStore
 
     with tempfile.TemporaryDirectory() as folder:
         store = RunStore(Path(folder) / "runs.sqlite")
@@ -420,8 +420,8 @@ def test_the_run_store_round_trips(recipe):
 
 def test_a_merged_folder_records_the_recipe_that_made_it(tmp_path, capsys):
     """The merged adapter's mergescope.json (written by every `merge`) reads back to the same Recipe."""
+    from merging.adapters.lora import save_adapter
     from merging.cli import main
-    from merging.lora import save_adapter
     from tests.conftest import TWO_LAYERS, random_adapter
 
     paths = [str(save_adapter(random_adapter(f"a{i}", TWO_LAYERS, seed=i), tmp_path / f"a{i}")) for i in range(2)]

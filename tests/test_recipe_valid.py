@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from merging.do_merging import DoMergingOptions
 from merging.methods import MethodError
-from merging.recipe import AdapterRef, Recipe, RecipeError, WeightOverride, recipe_from_dict
+from merging.methods.do_merging import DoMergingOptions
+from merging.recipe.codec import AdapterRef, Recipe, RecipeError, WeightOverride, recipe_from_dict
 
 ONE = (AdapterRef(path="zoo/a", name="a"),)
 

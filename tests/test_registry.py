@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from merging.lora import Adapter, AdapterError
-from merging.merge import merge_adapters, merge_module, method_parameters
+from merging.adapters.lora import Adapter, AdapterError
+from merging.engine.merge import merge_adapters, merge_module, method_parameters
 from merging.methods import REGISTRY, Method, MethodArgs, MethodError, Param, get_method
-from merging.recipe import recipe_from_dict
+from merging.recipe.codec import recipe_from_dict
 from tests.conftest import TWO_LAYERS, random_adapter
 
 
@@ -104,7 +104,7 @@ def test_unknown_method_names_suggest_the_closest():
 
 
 def test_merge_py_names_no_method():
-    source = Path("merging/merge.py").read_text(encoding="utf-8")
+    source = Path("merging/engine/merge.py").read_text(encoding="utf-8")
     for name in REGISTRY:
         assert not re.search(rf"[\"']{name}[\"']", source), f"merge.py names the method '{name}'"
 

@@ -75,7 +75,7 @@ def test_mapped_parameters_default_to_mergekits_defaults():
 
 
 def test_mergekit_config_reads_its_methods_from_the_registry():
-    from merging import mergekit_config
+    from merging.recipe import mergekit_config
 
     declared = {m.mergekit.name: m.name for m in REGISTRY.values() if m.mergekit.name is not None}
     assert {name: family.native for name, family in mergekit_config.GTA_METHODS.items()} == declared
@@ -86,8 +86,8 @@ def test_mergekit_config_reads_its_methods_from_the_registry():
 def test_a_parameter_of_another_method_is_named_with_its_owners():
     import yaml
 
-    from merging.mergekit_config import recipe_dict_from_mergekit
-    from merging.recipe import RecipeError
+    from merging.recipe.codec import RecipeError
+    from merging.recipe.mergekit_config import recipe_dict_from_mergekit
 
     text = ("merge_method: ties\nbase_model: base\nparameters: {epsilon: 0.1}\n"
             "models: [{model: base+a, parameters: {weight: 1}}]")
@@ -109,14 +109,14 @@ PAIR = ["sms_spam-standard", "movie_sentiment-standard"]
 
 
 def zoo_recipe(method: str, **parameters):
-    from merging.recipe import recipe_from_dict
+    from merging.recipe.codec import recipe_from_dict
 
     return recipe_from_dict({"adapters": [{"path": str(ZOO / n), "name": n} for n in PAIR], "device": "cpu",
                              "method": method, "parameters": parameters})
 
 
 def test_the_searchable_list_comes_from_the_registry():
-    from merging.search import searchable_parameters
+    from merging.search.study import searchable_parameters
 
     for method in REGISTRY.values():
         expected = ("weights", *(p.name for p in method.params if p.search is not None))
@@ -126,7 +126,7 @@ def test_the_searchable_list_comes_from_the_registry():
 
 
 def test_the_space_takes_the_registrys_bounds_and_the_flags_override_them():
-    from merging.search import SearchError, space_for
+    from merging.search.study import SearchError, space_for
 
     space = space_for(zoo_recipe("breadcrumbs", density=0.5, gamma=0.02), ("weights", "density", "gamma"))
     assert dict(space.param_bounds) == {"density": (0.1, 1.0), "gamma": (0.0, 0.1)}
@@ -146,7 +146,7 @@ def test_the_space_takes_the_registrys_bounds_and_the_flags_override_them():
 
 
 def test_a_trial_sets_any_searched_parameter_and_one_breaking_a_rule_fails_without_running():
-    from merging.search import InProcessBackend, run_study, space_for, trial_recipe
+    from merging.search.study import InProcessBackend, run_study, space_for, trial_recipe
 
     base = zoo_recipe("della", density=0.5, epsilon=0.1)
     recipe = trial_recipe(base, {"weights.sms_spam-standard": 0.5, "density": 0.3, "epsilon": 0.05})
@@ -184,8 +184,8 @@ def test_the_cli_search_flag_names_the_registrys_searchable_parameters(capsys):
 def test_do_merging_options_take_their_fields_and_defaults_from_the_schema():
     from dataclasses import fields
 
-    from merging.do_merging import SCHEMA, DoMergingOptions
-    from merging.recipe import recipe_from_dict
+    from merging.methods.do_merging import SCHEMA, DoMergingOptions
+    from merging.recipe.codec import recipe_from_dict
 
     assert [f.name for f in fields(DoMergingOptions)] == [p.name for p in SCHEMA]
     assert DoMergingOptions().to_dict() == {p.name: p.default for p in SCHEMA}
@@ -205,14 +205,14 @@ def test_do_merging_options_take_their_fields_and_defaults_from_the_schema():
     ],
 )
 def test_the_recipe_checks_do_merging_against_the_schema(given, message):
-    from merging.recipe import RecipeError, recipe_from_dict
+    from merging.recipe.codec import RecipeError, recipe_from_dict
 
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict({"adapters": ["a"], "do_merging": given})
 
 
 def test_the_run_label_fills_in_the_schemas_defaults():
-    from merging.run_labels import describe_recipe
+    from merging.store.run_labels import describe_recipe
 
     label = describe_recipe({"method": "ties", "adapters": [{"name": "a"}], "do_merging": {"orthogonalize": True}})
     assert "DO orthogonalize (50 steps, lr 0.01, μ 1)" in label

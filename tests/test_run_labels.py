@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from merging.do_merging import DoMergingOptions
-from merging.recipe import AdapterRef, Recipe
-from merging.run_labels import describe_recipe, run_label
+from merging.methods.do_merging import DoMergingOptions
+from merging.recipe.codec import AdapterRef, Recipe
+from merging.store.run_labels import describe_recipe, run_label
 
 
 def test_a_plain_recipe_reads_as_one_line():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from merging.runs import RunStore
+from merging.store.runs import RunStore
 
 
 def test_add_list_get_delete(tmp_path):

@@ -20,19 +20,18 @@ import numpy as np
 import pytest
 
 from merging import plots
+from merging.adapters.lora import load_adapter
 from merging.cli import main
-from merging.evaluation import EvaluationResult, TaskScores
-from merging.lab import task_data_for
-from merging.lora import load_adapter
-from merging.recipe import recipe_from_dict
-from merging.runs import RunStore
-from merging.search import (
+from merging.evaluation.evaluate import EvaluationResult, TaskScores
+from merging.lab.lab import task_data_for
+from merging.recipe.codec import recipe_from_dict
+from merging.search.ray_backend import RayRuntime, check_ray_address
+from merging.search.split import carve_dev_split, dev_set_for
+from merging.search.study import (
     InProcessBackend,
     SearchError,
     SearchSpace,
     bootstrap_interval,
-    carve_dev_split,
-    dev_set_for,
     merge_link,
     objective_value,
     run_search,
@@ -40,7 +39,7 @@ from merging.search import (
     space_for,
     trial_recipe,
 )
-from merging.search_ray import RayRuntime, check_ray_address
+from merging.store.runs import RunStore
 from tests.conftest import RAY_OBJECT_STORE_BYTES, assert_page_ok, ray_memory_bounded, wait_for_job
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -262,7 +261,7 @@ def _hand_accuracies(zoo: Path, recipe, dev_size: int | None = None) -> dict[str
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from merging.merge import merge_adapters
+    from merging.engine.merge import merge_adapters
 
     adapters = [load_adapter(a.path) for a in recipe.adapters]
     body = merge_adapters(adapters, recipe).adapter.modules
@@ -322,7 +321,7 @@ def test_an_address_where_something_else_answers_is_refused_at_once():
 
 
 def test_without_optuna_the_cli_says_how_to_install_it(recipe_file, capsys, monkeypatch):
-    from merging import search
+    from merging.search import study as search
 
     monkeypatch.setattr(search, "missing_packages", lambda: ["optuna", "ray"])
     assert main(["search", str(recipe_file), "--no-store"]) == 2
@@ -433,7 +432,7 @@ def test_the_search_page_runs_a_tiny_search_and_links_the_best_recipe_to_merge(a
 
 
 def test_the_search_page_without_optuna_says_how_to_install_it(app, monkeypatch):
-    from merging import search
+    from merging.search import study as search
 
     monkeypatch.setattr(search, "missing_packages", lambda: ["optuna", "ray"])
     at = app.switch_page("pages/search.py").run()

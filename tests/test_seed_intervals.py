@@ -1,4 +1,4 @@
-"""Intervals over training seeds and correlations (merging.intervals), against published tables and
+"""Intervals over training seeds and correlations (merging.core.intervals), against published tables and
 an independent Monte-Carlo oracle."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from merging.intervals import (
+from merging.core.intervals import (
     correlation_interval,
     mean_interval,
     paired_difference,

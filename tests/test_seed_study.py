@@ -1,4 +1,4 @@
-"""merging.seed_study: the "why" measures against hand-computed values, the summary's pairing and
+"""merging.analysis.seed_study: the "why" measures against hand-computed values, the summary's pairing and
 intervals on synthetic per-seed studies, staleness, and one real study of the tiny test zoo."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 
-from merging.lora import Adapter, LoraModule
-from merging.seed_study import (
+from merging.adapters.lora import Adapter, LoraModule
+from merging.analysis.seed_study import (
     STUDY_FILE,
     StudyError,
     best_predictor,
@@ -128,12 +128,12 @@ def test_load_study_refuses_a_missing_malformed_or_stale_study(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_study_of_the_tiny_zoo(tiny_zoo, tmp_path):
-    from merging.lab import Lab
-    from merging.models import load_base_model
-    from merging.seed_study import study_zoo
+    from merging.analysis.seed_study import study_zoo
+    from merging.lab.lab import Lab
+    from merging.models.base import load_base_model
     from merging.tasks import load_demo_task
-    from merging.train_pipeline import TrainSettings, task_input_features
-    from merging.zoo import base_model_dir, load_zoo
+    from merging.training.pipeline import TrainSettings, task_input_features
+    from merging.training.zoo import base_model_dir, load_zoo
 
     zoo = load_zoo(tiny_zoo)
     model, tokenizer = load_base_model(base_model_dir(zoo.base_model), num_labels=2)

@@ -3,7 +3,7 @@ value of an earlier run (issue 18: "'run 1' (run 3)")."""
 
 from __future__ import annotations
 
-from merging.runs import RunStore
+from merging.store.runs import RunStore
 from tests.conftest import wait_for_job
 
 

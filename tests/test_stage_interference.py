@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from merging import interference_story as telling
+from merging.analysis import interference_story as telling
 from tests.conftest import new_app_test
 from tests.test_page_interference import PAGE, chart_keys, finish_job, open_page
 

@@ -4,7 +4,7 @@ adapter has the same; a change in points with one decimal, never "+0.0"."""
 from __future__ import annotations
 
 from merging.plots.merge import signed_points
-from merging.plots.sweep import lambda_text, lambdas
+from merging.store.run_labels import lambda_text, lambdas
 
 
 def test_lambdas_have_two_decimals_and_equal_ones_are_said_once():

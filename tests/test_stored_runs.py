@@ -1,6 +1,6 @@
-"""One way to record a run (merging.stored_runs.record_run) and one way to read it back (StoredRun):
+"""One way to record a run (merging.store.stored_runs.record_run) and one way to read it back (StoredRun):
 a round trip, a store written in the format on disk before this module (by hand, from the columns),
-a corrupt store named in one message, and the background jobs around a shared Lab (merging.jobs)."""
+a corrupt store named in one message, and the background jobs around a shared Lab (merging.core.jobs)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from merging import jobs
-from merging.evaluation import modules_fingerprint
-from merging.lora import LoraModule
-from merging.recipe import AdapterRef, Recipe
-from merging.runs import RunStore
-from merging.stored_runs import best_point, read_run, read_runs, record_run, record_sweep
+from merging.adapters.lora import LoraModule
+from merging.core import jobs
+from merging.evaluation.evaluate import modules_fingerprint
+from merging.recipe.codec import AdapterRef, Recipe
+from merging.store.runs import RunStore
+from merging.store.stored_runs import best_point, read_run, read_runs, record_run, record_sweep
 
 EVALUATION = {
     "tasks": {"sst2": {"merged": 0.75, "single": 0.9, "base": 0.5}},
@@ -26,7 +26,7 @@ EVALUATION = {
 
 
 @dataclass
-class _Inputs:  # the part of merging.catalog.MergeInputs a record reads
+class _Inputs:  # the part of merging.lab.catalog.MergeInputs a record reads
     names: list[str]
     twins: dict = field(default_factory=dict)
     posthoc: list = field(default_factory=list)
@@ -86,7 +86,7 @@ def test_a_sweep_is_stored_as_its_best_point_with_the_points_beside_it(tmp_path)
 
 
 def _old_store(path) -> None:
-    """A run store as the code before merging.stored_runs wrote it: the table, then rows as JSON text."""
+    """A run store as the code before merging.store.stored_runs wrote it: the table, then rows as JSON text."""
     with sqlite3.connect(path) as connection:
         connection.execute(
             "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, kind TEXT NOT NULL, "
@@ -170,7 +170,7 @@ def test_the_stored_row_is_the_recipes_json(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# merging.jobs
+# merging.core.jobs
 
 
 def _wait(job: jobs.Job) -> jobs.Job:
@@ -232,7 +232,7 @@ def test_a_labs_warm_up_starts_once_whoever_asks():
 
 
 # ----------------------------------------------------------------------------------------------
-# merging.run_jobs: the Sweep page's work, without Streamlit
+# merging.lab.run_jobs: the Sweep page's work, without Streamlit
 
 
 class _Scores:
@@ -256,8 +256,8 @@ class _SweepLab:
 
 
 def _sweep_set(three_adapters):
-    from merging.catalog import MergeInputs
-    from merging.run_jobs import SweepSet
+    from merging.lab.catalog import MergeInputs
+    from merging.lab.run_jobs import SweepSet
 
     recipe = Recipe(adapters=tuple(AdapterRef(f"zoo/{a.name}", 1.0, a.name) for a in three_adapters),
                     method="task_arithmetic", device="cpu")
@@ -265,8 +265,8 @@ def _sweep_set(three_adapters):
 
 
 def test_the_sweep_job_stores_its_best_point_with_that_points_own_body(tmp_path, three_adapters):
-    from merging.merge import merge_adapters
-    from merging.run_jobs import lambda_grid, sweep_work
+    from merging.engine.merge import merge_adapters
+    from merging.lab.run_jobs import lambda_grid, sweep_work
 
     assert lambda_grid(0.1, 1.5, 8) == [0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5]
     store = RunStore(tmp_path / "runs.sqlite")
@@ -285,8 +285,8 @@ def test_the_sweep_job_stores_its_best_point_with_that_points_own_body(tmp_path,
 
 
 def test_a_cancelled_sweep_job_stores_the_points_scored_so_far_then_stops(tmp_path, three_adapters):
-    from merging.progress import Cancelled
-    from merging.run_jobs import sweep_work
+    from merging.core.progress import Cancelled
+    from merging.lab.run_jobs import sweep_work
 
     store = RunStore(tmp_path / "runs.sqlite")
     calls = []
@@ -309,7 +309,7 @@ def test_a_cancelled_sweep_job_stores_the_points_scored_so_far_then_stops(tmp_pa
 def test_a_sweeps_table_and_heatmap_are_read_from_its_points():
     import math
 
-    from merging.run_jobs import heatmap_grid, sweep_rows
+    from merging.lab.run_jobs import heatmap_grid, sweep_rows
 
     points = [
         {"weights": [0.5, 1.0], "results": {"tasks": {"t": {"merged": 0.61234, "loss": {"merged": 1.0}}},

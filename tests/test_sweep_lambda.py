@@ -15,10 +15,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from merging.lab import Lab
-from merging.merge import merge_adapters
-from merging.recipe import recipe_from_dict
-from merging.zoo import load_zoo, load_zoo_adapters
+from merging.engine.merge import merge_adapters
+from merging.lab.lab import Lab
+from merging.recipe.codec import recipe_from_dict
+from merging.training.zoo import load_zoo, load_zoo_adapters
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_sweep_scores_the_base_model_at_zero_and_the_plain_merge_at_one(setting,
 def test_sweep_merges_a_zero_body_at_zero_and_the_plain_merge_body_at_one(setting, method, params, monkeypatch):
     """The bodies the sweep evaluates, caught on their way from merge_adapters to the evaluation:
     exactly zero at λ = 0 and, at λ = 1 and 0.5, bitwise the merge of a recipe with those weights."""
-    import merging.lab
+    import merging.lab.lab
 
     seen = []
 
@@ -99,7 +99,7 @@ def test_sweep_merges_a_zero_body_at_zero_and_the_plain_merge_body_at_one(settin
         seen.append((point.weights, merged.adapter.modules))
         return merged
 
-    monkeypatch.setattr(merging.lab, "merge_adapters", spy)
+    monkeypatch.setattr(merging.lab.lab, "merge_adapters", spy)
     n = len(setting["adapters"])
     grid = [[0.0] * n, [0.5] * n, [1.0] * n]
     setting["sweep_lab"].sweep(setting["adapters"], recipe(setting, [OWN_WEIGHT] * n, method, **params), grid)

@@ -10,9 +10,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from merging import tour as story
-from merging.recipe import Recipe
-from merging.zoo import REPO_ZOO, Zoo, ZooAdapter, load_zoo
+from merging.analysis import tour as story
+from merging.recipe.codec import Recipe
+from merging.training.zoo import REPO_ZOO, Zoo, ZooAdapter, load_zoo
 from tests.browser_support import HANG_GUARD_S
 from tests.conftest import _run_app_py_on_every_rerun, assert_page_ok, new_app_test
 
@@ -220,7 +220,7 @@ def test_gain_and_cost_bars_are_the_changes_in_points():
 
 
 def test_the_summary_whiskers_are_each_merges_95_percent_interval(shipped):
-    from merging import narrative
+    from merging.analysis import narrative
     from merging.plots import merge_summary
 
     tour = story.tour_steps(shipped)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from merging import tour as story
-from merging.headlines import MAX_WORDS, words
-from merging.zoo import load_zoo
+from merging.analysis import tour as story
+from merging.analysis.headlines import MAX_WORDS, words
+from merging.training.zoo import load_zoo
 from tests.study_fixtures import zoo_with_synthetic_study
 
 

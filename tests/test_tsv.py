@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from merging.lora import Adapter, LoraModule
-from merging.merge import merge_adapters
+from merging.adapters.lora import Adapter, LoraModule
+from merging.engine.merge import merge_adapters
 from merging.methods import get_method
-from merging.recipe import recipe_from_dict
+from merging.recipe.codec import recipe_from_dict
 from tests.conftest import TWO_LAYERS, random_adapter
 
 TSV = get_method("tsv")

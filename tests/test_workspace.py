@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from merging.lora import META_FILE, AdapterError, load_adapter
-from merging.tasks import TaskError
-from merging.train_pipeline import train_task_adapter
-from merging.workspace import (
+from merging.adapters.lora import META_FILE, AdapterError, load_adapter
+from merging.store.workspace import (
     INCOMING,
     WorkspaceError,
     adapters_dir,
@@ -27,6 +25,8 @@ from merging.workspace import (
     task_display_name,
     unique_name,
 )
+from merging.tasks import TaskError
+from merging.training.pipeline import train_task_adapter
 from tests.peft_fixtures import save_lora
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -295,7 +295,7 @@ def test_train_task_adapter_user_file_osrm(tiny_base, tmp_path):
     assert sorted(p.name for p in adapters_dir(workspace).iterdir()) == ["toy-osrm"]
 
     # the lab reads the split back from the meta
-    from merging.lab import task_data_for
+    from merging.lab.lab import task_data_for
 
     assert len(task_data_for(adapter).eval_texts) == 4
 
@@ -322,7 +322,7 @@ def test_train_task_adapter_cancel_leaves_nothing(tiny_base, tmp_path):
 
 
 def test_broken_adapters_are_listed_with_the_file_and_field(adapter_folder, tmp_path):
-    from merging.catalog import catalog
+    from merging.lab.catalog import catalog
 
     workspace = tmp_path / "ws"
     good = import_adapter_folder(adapter_folder, workspace, name="good")
@@ -343,7 +343,7 @@ def test_broken_adapters_are_listed_with_the_file_and_field(adapter_folder, tmp_
 
 
 def test_remove_adapter_removes_only_a_workspace_adapter(adapter_folder, tmp_path):
-    from merging.workspace import remove_adapter
+    from merging.store.workspace import remove_adapter
 
     workspace = tmp_path / "ws"
     folder = import_adapter_folder(adapter_folder, workspace, name="doomed")

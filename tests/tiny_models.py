@@ -8,7 +8,7 @@ One set, two families:
 - bare bases for PEFT adapters (`bare_bert`, `bare_llama`: vocabulary 64, no tokenizer), on which
   tests/peft_fixtures.py builds real PEFT folders.
 
-They lived in merging/models.py; nothing in the library uses them.
+They lived in merging/models/base.py; nothing in the library uses them.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from merging.lora import LoraModule
+from merging.adapters.lora import LoraModule
 
 
 @dataclass(frozen=True)

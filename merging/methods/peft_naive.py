@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from merging.lora import LoraModule
+from merging.adapters.lora import LoraModule
 from merging.methods.factored import Factored
 from merging.methods.registry import Mergekit, Method, MethodArgs, MethodError
 

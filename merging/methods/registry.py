@@ -9,7 +9,7 @@ builds a `Method` plus one line in `catalogue.py`.
 
 Each method also declares how it is written in a mergekit config (`Mergekit`: mergekit's method
 name, the parameters both tools name alike, mergekit's defaults), or why no mergekit config merges
-what it merges; merging/mergekit_config.py reads these in both directions.
+what it merges; merging/recipe/mergekit_config.py reads these in both directions.
 
 Implementations receive validated parameters through `MethodArgs`: the method-wide values (schema
 defaults filled in) and, for parameters the schema marks `per_adapter`, each adapter's own value.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from merging.lora import LoraModule
+    from merging.adapters.lora import LoraModule
     from merging.methods.factored import Factored
 
 PARAM_KINDS = ("float", "int", "choice", "bool")

@@ -24,7 +24,7 @@ from functools import partial
 
 import torch
 
-from merging.lora import LoraModule
+from merging.adapters.lora import LoraModule
 from merging.methods.blocks import block_map, is_order_free
 from merging.methods.consensus import DIVIDE_BY, SIGN, combine_weighted
 from merging.methods.factored import Factored, concatenate

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import plotly.graph_objects as go
 
-from merging.lora import layer_of
+from merging.adapters.lora import layer_of
 from merging.plots.style import (
     _PATTERNS,
     PALETTE,

@@ -10,7 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from merging.lora import layer_of
+from merging.adapters.lora import layer_of
 from merging.plots.style import (
     DIVERGING,
     OKABE_ITO,
@@ -86,7 +86,7 @@ def accuracy_bars(
     every whisker, bar and dash of its group, where nothing can cover it: Plotly's own bar text sits
     on the bar's end, under the whisker, or (inside) on a short bar's whisker and the dash.
 
-    `flagged` maps a task to why the adapter scored on it did not learn (merging.chance_badges):
+    `flagged` maps a task to why the adapter scored on it did not learn (merging.lab.chance_badges):
     its group's tick reads "task ⚠" (the traces keep the task's name).
     """
     if score not in ("metric", "loss"):

@@ -43,7 +43,7 @@ def optimization_history(
         return _style(_no_data(fig, "No finished trial yet"), title, presentation)
     numbers = [t["number"] for t in scored]
     values = [float(t["dev_objective"]) for t in scored]
-    from merging.search import direction
+    from merging.search.study import direction
 
     lower = direction(objective) == "minimize"  # the completion loss: the best so far is the lowest
     best, running = (math.inf if lower else -math.inf), []

@@ -1,5 +1,5 @@
-"""Figures of the seed study (merging.seed_study) and of where OSRM's effect comes from
-(merging.osrm_effect): data in (the study's JSON pieces), a figure out.
+"""Figures of the seed study (merging.analysis.seed_study) and of where OSRM's effect comes from
+(merging.analysis.osrm_effect): data in (the study's JSON pieces), a figure out.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from merging.learned import BADGE
+from merging.lab.learned import BADGE
 from merging.plots.style import (
     OKABE_ITO,
     PALETTE,
@@ -28,17 +28,7 @@ from merging.plots.values import (
     _results_tasks,
     _values,
 )
-
-
-def lambda_text(value: float) -> str:
-    """A λ with at most two decimals ("0.62", "1", "0.5"): a 4-digit λ reads as more precise than a sweep is."""
-    return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else f"{int(value)}"
-
-
-def lambdas(weights) -> str:
-    """The λ of each adapter, or one λ when they are all equal ("0.62" rather than "0.6182, 0.6182, 0.6182")."""
-    values = [lambda_text(float(w)) for w in weights]
-    return values[0] if values and len(set(values)) == 1 else ", ".join(values)
+from merging.store.run_labels import lambda_text
 
 
 def sweep_points(
@@ -124,7 +114,7 @@ def sweep_curves(
     Rows with a ``majority`` (a classification task's majority-class score) give the chance line:
     one thin black dotted line per distinct level, named after the tasks at that level, so a task
     at chance is seen as one. ``flagged`` maps (task, init) to why that line's adapter did not
-    learn (merging.learned); its legend entry and hover carry the badge and the reason.
+    learn (merging.lab.learned); its legend entry and hover carry the badge and the reason.
     """
     is_loss = metric == "loss"
     title = title or f"Merged {metric} over the merge coefficient λ"

@@ -1,7 +1,7 @@
 """Figures of the talk tour that no other page draws: a fix's gain and cost per task, and every
 merge of the tour side by side with its 95 % interval.
 
-Data in (``EvaluationResult.to_dict()`` results, rows from ``merging.tour.summary_rows``), a figure out.
+Data in (``EvaluationResult.to_dict()`` results, rows from ``merging.analysis.tour.summary_rows``), a figure out.
 """
 
 from __future__ import annotations

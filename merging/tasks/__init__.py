@@ -9,7 +9,7 @@ split, plus where the text came from and under which licence. Nothing here impor
 - :mod:`merging.tasks.demo`: the built-in tasks, read from files shipped inside installed packages;
 - :mod:`merging.tasks.files`: a user's CSV or JSONL file with text and label;
 - :mod:`merging.tasks.completions`: a causal-LM task, a JSONL file of prompt/completion rows or of
-  chat messages (scored whole, by merging.causal_eval).
+  chat messages (scored whole, by merging.evaluation.causal).
 
 The names below are re-exported so that ``from merging.tasks import load_demo_task`` keeps working.
 """

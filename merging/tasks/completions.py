@@ -38,7 +38,7 @@ class CompletionExample:
 
     `prompt_ids` / `completion_ids`, when set, are the token ids the model reads (a chat rendered by
     its template: what `apply_chat_template(tokenize=True)` gives); None: the text is tokenised by
-    the scorer (merging.causal_eval.encode_example)."""
+    the scorer (merging.evaluation.causal.encode_example)."""
 
     prompt: str
     completion: str

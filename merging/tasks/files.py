@@ -21,7 +21,7 @@ SUPPORTED_SUFFIXES = (".csv", ".jsonl")
 
 
 # An evaluation or task file is read whole: checked before reading, it is a regular file (not
-# /dev/zero, a pipe) of at most this size (the workspace's upload limit, merging.workspace).
+# /dev/zero, a pipe) of at most this size (the workspace's upload limit, merging.store.workspace).
 MAX_TASK_FILE_BYTES = 50 * 1024**2
 
 

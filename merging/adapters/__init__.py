@@ -1,0 +1,1 @@
+"""LoRA adapters in memory and their one PEFT reader/writer."""

@@ -1,0 +1,1 @@
+"""Foundations every layer may use: progress reporting, confidence intervals, safe staged writes, background jobs."""

@@ -1,0 +1,1 @@
+"""Base models: where they come from, loading them, and the device they run on."""
