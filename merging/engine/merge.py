@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ from merging.adapters.lora import (
     MAX_UPDATE_ENTRY,
     Adapter,
     AdapterError,
-    Compatibility,
     LoraModule,
     check_compatible,
     layer_of,
@@ -47,71 +46,12 @@ from merging.adapters.lora import (
 )
 from merging.core.progress import Progress
 from merging.engine.output_rank import bounded
+from merging.engine.result import CarriedReport, MergedAdapter, ModuleReport
 from merging.methods import Factored, Method, MethodArgs, MethodError, get_method, svd_of_dense, svd_of_factors
 from merging.methods import do_merging as do
 from merging.methods.blocks import cpu_merge_threads, threads_for
 from merging.models.devices import resolve_device
 from merging.recipe.codec import Recipe
-
-
-@dataclass
-class ModuleReport:
-    rank: int | None  # None: a dense update applied whole (a full-model export), never factored
-    energy_kept: float
-    path: str  # factored | dense | dense, applied whole: how the merge was computed
-    orthogonalize: do.OrthogonalizeReport | None = None
-
-
-@dataclass
-class MergedAdapter:
-    """The merged modules (scale 1), each source adapter's saved modules (heads), and a report."""
-
-    adapter: Adapter
-    heads: dict[str, dict[str, torch.Tensor]]
-    reports: dict[str, ModuleReport]
-    compatibility: Compatibility
-    recipe: Recipe
-    seconds: float = 0.0
-    device: str = "cpu"
-    source_meta: dict[str, dict] = field(default_factory=dict)
-    carried: dict[str, CarriedReport] = field(default_factory=dict)  # non-head saved tensors, by rule
-    carried_notes: list[str] = field(default_factory=list)
-    input_ranks: dict[str, int] = field(default_factory=dict)  # per module: Σ of the inputs' LoRA ranks
-    rank_bound: dict | None = None  # set once bounded for a PEFT output (merging.engine.output_rank)
-    # The adapters merged, kept (a reference, no copy) so a full-model export can apply each
-    # module's dense merged update exactly instead of the factors (merging.engine.export, dense_deltas).
-    sources: list[Adapter] = field(default_factory=list, repr=False)
-
-    def summary(self) -> dict:
-        ranks = [r.rank for r in self.reports.values() if r.rank is not None]
-        energies = [r.energy_kept for r in self.reports.values()]
-        diagnostics = self.do_merging_diagnostics()
-        return {
-            "method": self.recipe.method,
-            "adapters": [a.display_name for a in self.recipe.adapters],
-            "weights": self.recipe.weights,
-            "device": self.device,
-            "seconds": round(self.seconds, 4),
-            "num_modules": len(self.reports),
-            "output_rank": {"min": min(ranks), "max": max(ranks)} if ranks else None,
-            "energy_kept": {"min": min(energies), "mean": sum(energies) / len(energies)} if energies else None,
-            "notes": self.compatibility.notes + self.carried_notes,
-            "modules_to_save": {
-                key: {"rule": r.rule, "from": r.sources, "shares": [round(w, 6) for w in r.weights]}
-                for key, r in self.carried.items()
-            },
-            "modules": {
-                name: {"rank": r.rank, "energy_kept": r.energy_kept, "path": r.path}
-                for name, r in self.reports.items()
-            },
-            **({"do_merging": diagnostics} if diagnostics else {}),
-            **({"rank_bound": self.rank_bound} if self.rank_bound is not None else {}),
-        }
-
-    def do_merging_diagnostics(self) -> dict | None:
-        """DO-Merging's orthogonalize diagnostics over the modules (do_merging.diagnostics), or None."""
-        return do.diagnostics({name: r.orthogonalize for name, r in self.reports.items()})
-
 
 # ----------------------------------------------------------------------------------------------
 # One module
@@ -266,13 +206,6 @@ HEAD_PREFIXES = ("classifier", "score")
 def is_head_tensor(key: str) -> bool:
     """A classification head's tensor (kept per task, never merged): `classifier.*`, `score.*`."""
     return key.split(".", 1)[0] in HEAD_PREFIXES
-
-
-@dataclass(frozen=True)
-class CarriedReport:
-    rule: str  # average | first
-    sources: list[str]  # the adapters whose copy went in
-    weights: list[float]  # their share (sums to 1)
 
 
 def carry_saved_modules(

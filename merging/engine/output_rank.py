@@ -25,13 +25,10 @@ Scoring is never affected: only the written adapter is right-sized.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from merging.adapters.lora import LoraModule
+from merging.engine.result import MergedAdapter
 from merging.methods import svd_of_factors
-
-if TYPE_CHECKING:
-    from merging.engine.merge import MergedAdapter
 
 ENERGY_THRESHOLD = 0.99
 
