@@ -24,7 +24,14 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from merging.adapters.lora import load_adapter
 from merging.analysis.metrics import orthonormal_basis, subspace_overlap
+from merging.models.base import load_base_model
+from merging.tasks import load_demo_task
+from merging.training.osrm import osrm_A_for_task, other_task_rows
+from merging.training.pipeline import TrainSettings, task_input_features
+from merging.training.trainer import SEEDED_A
+from merging.training.zoo import base_model_dir, kind_training
 
 
 def captured_energy_share(A: torch.Tensor, rows: torch.Tensor) -> float:
@@ -67,8 +74,6 @@ def initial_A(
 ) -> dict[str, torch.Tensor]:
     """The A an adapter started from, recomputed as training drew it: merging.training.trainer.SEEDED_A for
     the seeded inits, merging.training.osrm.osrm_A_for_task for the OSRM variants."""
-    from merging.training.osrm import osrm_A_for_task
-    from merging.training.trainer import SEEDED_A
 
     if kind_init in SEEDED_A:
         return SEEDED_A[kind_init](shapes, seed)
@@ -77,7 +82,6 @@ def initial_A(
 
 def other_rows(features: Mapping[str, Mapping[str, object]], task: str) -> dict[str, torch.Tensor]:
     """Per module, one mean input row per task other than `task` (OSRM's X̄)."""
-    from merging.training.osrm import other_task_rows
 
     others = [name for name in features if name != task]
     modules = list(features[others[0]]) if others else []
@@ -113,11 +117,6 @@ def zoo_effect_report(zoo, kinds: Sequence[str] | None = None, device: str = "cp
     """:func:`kind_summary` for every kind of `zoo` (a merging.training.zoo.Zoo) that covers two tasks or more,
     with the random-subspace reference r/d. Reads the base model's input features over each task's
     first ``osrm_samples`` training texts, as the build did."""
-    from merging.adapters.lora import load_adapter
-    from merging.models.base import load_base_model
-    from merging.tasks import load_demo_task
-    from merging.training.pipeline import TrainSettings, task_input_features
-    from merging.training.zoo import base_model_dir, kind_training
 
     manifest_training = zoo.training
     settings = TrainSettings(

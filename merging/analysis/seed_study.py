@@ -33,7 +33,10 @@ from pathlib import Path
 import torch
 
 from merging.adapters.lora import Adapter, LoraModule
+from merging.analysis.metrics import orthonormal_basis, subspace_overlap
 from merging.core.intervals import correlation_interval, mean_interval, paired_difference
+from merging.recipe.codec import recipe_from_dict
+from merging.training.zoo import load_zoo_adapters
 
 STUDY_FILE = "seed_study.json"
 STUDY_KINDS = ("standard", "gaussian", "osrm")
@@ -67,7 +70,6 @@ def feature_shift(own: LoraModule, others: Sequence[LoraModule], inputs: torch.T
 
 
 def _row_basis(A: torch.Tensor) -> torch.Tensor:
-    from merging.analysis.metrics import orthonormal_basis
 
     return orthonormal_basis(A.detach().float().T)
 
@@ -75,7 +77,6 @@ def _row_basis(A: torch.Tensor) -> torch.Tensor:
 def task_predictors(adapters: Mapping[str, Adapter], inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> dict:
     """Per task: mean over modules of feature shift, input-subspace overlap and |task-vector cosine|
     with the other adapters. `inputs[task][module]` is that task's (n × d_in) inputs."""
-    from merging.analysis.metrics import subspace_overlap
 
     tasks = list(adapters)
     result = {}
@@ -125,7 +126,6 @@ def magnitude_variance_across(adapters: Sequence[Adapter]) -> float:
 
 
 def headline_recipe(names: Sequence[str], method: str, parameters: Mapping, weight: float, base_model: str):
-    from merging.recipe.codec import recipe_from_dict
 
     return recipe_from_dict({
         "adapters": [{"path": n, "name": n, "weight": weight} for n in names],
@@ -141,7 +141,6 @@ def study_zoo(lab, zoo, inputs: Mapping[str, Mapping[str, torch.Tensor]], kinds:
               progress=None, pairs: bool = True) -> dict:  # fmt: skip
     """Measure one seed zoo: per kind, singles and headline merges per task, the per-task predictors
     and (with `pairs`) every pair's magnitude variance and merged normalised accuracy. JSON-ready."""
-    from merging.training.zoo import load_zoo_adapters
 
     out: dict = {"folder": str(zoo.folder), "manifest_sha256": manifest_hash(zoo.folder), "kinds": {}}
     for kind in kinds:

@@ -25,11 +25,16 @@ from typing import Any
 
 from merging.adapters.lora import Adapter, load_adapter
 from merging.analysis import narrative
-from merging.analysis.seed_study import STUDY_FILE
+from merging.analysis.measure_cache import MeasureCache
+from merging.analysis.metrics import adapter_metrics
+from merging.analysis.seed_study import STUDY_FILE, StudyError, best_predictor, load_study
 from merging.core.progress import Progress
 from merging.evaluation.evaluate import EvalSet
-from merging.lab.catalog import merge_inputs
+from merging.lab.catalog import merge_inputs, results_key
+from merging.lab.lab import eval_set_for
 from merging.methods.do_merging import DoMergingOptions
+from merging.plots import study as figures
+from merging.plots.tour import gain_and_cost, merge_summary
 from merging.recipe.codec import AdapterRef, Recipe
 from merging.training.zoo import Zoo, ZooAdapter
 
@@ -188,7 +193,6 @@ def limit_eval_sets(lab, adapters: Sequence[Adapter], eval_limit: int | None) ->
     """Give the lab each task's first `eval_limit` evaluation examples (before Lab.prepare adds the full set)."""
     if eval_limit is None:
         return
-    from merging.lab.lab import eval_set_for
 
     for adapter in adapters:
         if adapter.task and adapter.task not in lab.evaluator.eval_sets:
@@ -219,7 +223,6 @@ def measure_factors(recipe: Recipe, load: Callable[[Any, str], Adapter] | None =
                     progress: Progress | None = None) -> dict:
     """adapter_metrics of the recipe's adapters, with their rank and input dimension (for the
     overlap of independent subspaces)."""
-    from merging.analysis.metrics import adapter_metrics
 
     loader = load or (lambda path, name: load_adapter(path, name=name))
     adapters = [loader(ref.path, ref.display_name) for ref in recipe.adapters]
@@ -245,7 +248,6 @@ def measure(measurement: Measurement, lab, load=None, progress: Progress | None 
 
 def read_study(zoo_folder: str) -> dict:
     """The parts of the zoo's seed study the tour shows, or {"error": why} when it is missing or stale."""
-    from merging.analysis.seed_study import StudyError, load_study
 
     try:
         study = load_study(zoo_folder)
@@ -256,7 +258,6 @@ def read_study(zoo_folder: str) -> dict:
 
 
 def cache_key(measurement: Measurement, eval_limit: int | None) -> str:
-    from merging.lab.catalog import results_key
 
     return results_key(measurement.recipe, kind=measurement.kind, eval_limit=eval_limit)
 
@@ -267,7 +268,6 @@ DISK_KIND = "tour"  # the tour's folder in the workspace's measure cache (mergin
 def disk_key(measurement: Measurement, eval_limit: int | None) -> str:
     """The measurement's key on disk: its recipe and adapter versions (cache_key), the base model's
     version and the measuring code's (merging.analysis.measure_cache)."""
-    from merging.analysis.measure_cache import MeasureCache
 
     return MeasureCache.key(DISK_KIND, measurement.recipe.base_model or "", recipe=cache_key(measurement, eval_limit))
 
@@ -444,7 +444,6 @@ def summary_rows(step: Step, measured: Mapping[str, dict], tour: Tour) -> list[d
 def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: bool = False):
     """The step's chart (merging.plots) and the figure name whose how-to-read line captions it."""
     from merging import plots
-    from merging.plots.tour import gain_and_cost, merge_summary
 
     own = measured[step.needs[0]]
     if step.chart in STUDY_STEPS:
@@ -481,8 +480,6 @@ def figure(step: Step, measured: Mapping[str, dict], tour: Tour, presentation: b
 
 def study_figure(step: Step, study: Mapping, presentation: bool = False):
     """The chart of a study step (merging.plots.study) and its figure name."""
-    from merging.analysis.seed_study import best_predictor
-    from merging.plots import study as figures
 
     if "error" in study:
         return figures.seed_differences({}, title="Seed study not available", presentation=presentation), "seed_differences"

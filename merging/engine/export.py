@@ -53,7 +53,7 @@ from merging.core.staging import (
     write_failure,
 )
 from merging.methods.blocks import cpu_merge_threads
-from merging.models.base import KINDS, check_model_dir, model_kind, weight_files
+from merging.models.base import KINDS, _quiet_transformers, check_model_dir, model_kind, weight_files
 
 EXPORT_MARKER = "mergescope_export.json"
 # An export may replace an earlier export or a merged PEFT folder, nothing else.
@@ -100,7 +100,6 @@ def model_layout(folder: Path, kind: str, num_labels: int | None = None) -> Layo
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.pytorch_utils import Conv1D
 
-    from merging.models.base import _quiet_transformers
 
     with _quiet_transformers():
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)

@@ -42,7 +42,7 @@ from torch import nn
 
 from merging.adapters.lora import Adapter, LoraModule
 from merging.evaluation.evaluate import PARTS, EvaluationError, Tally, preview_indices, updates_applied
-from merging.tasks.completions import CausalTask, CompletionExample
+from merging.tasks.completions import CausalTask, CompletionExample, read_causal_task
 
 DEFAULT_MAX_LENGTH = 1024
 TOKENS_PER_BATCH = 8192
@@ -217,7 +217,6 @@ class CausalEvaluator:
 
     def eval_set_from_file(self, path: str, name: str, owner: Adapter | None = None) -> CausalEvalSet:
         """Every row of the file, in file order, rendered for this tokenizer (not added)."""
-        from merging.tasks.completions import read_causal_task
 
         task = read_causal_task(path, name)
         return CausalEvalSet(task.name, task.rendered(self.tokenizer), task.source)

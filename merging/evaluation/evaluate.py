@@ -28,7 +28,11 @@ import torch
 from torch import nn
 
 from merging.adapters.lora import Adapter, LoraModule, adapter_version
+from merging.core.intervals import accuracy_interval, bootstrap_interval, counts_of
 from merging.core.progress import Progress
+from merging.tasks import TaskError, read_task_file
+from merging.tasks.files import _label_order
+from merging.tasks.split import clean_text
 
 # A merge's first, quick look scores every PREVIEW_EVERY-th example of each class; the rest follow
 # and the two parts add up to the full evaluation, so the preview costs no extra forward passes.
@@ -384,9 +388,6 @@ class Evaluator:
     def eval_set_from_file(self, path: str, name: str, owner: Adapter | None = None) -> EvalSet:
         """Every row of a user's text,label file, in file order, as an evaluation set (not added).
         Label indices follow the adapter's own label order (its head's outputs) when it records one."""
-        from merging.tasks import TaskError, read_task_file
-        from merging.tasks.files import _label_order
-        from merging.tasks.split import clean_text
 
         rows = read_task_file(path)
         labels = list(owner.labels) if owner is not None and owner.labels else _label_order(label for _, label in rows)
@@ -419,7 +420,6 @@ class TaskScores:
 
     def intervals(self) -> dict[str, list[float] | None]:
         """95 % bootstrap interval over the evaluation set of each accuracy (merging.core.intervals)."""
-        from merging.core.intervals import accuracy_interval, counts_of
 
         def interval(accuracy: float | None) -> list[float] | None:
             if accuracy is None or self.examples <= 0:
@@ -476,7 +476,6 @@ class EvaluationResult:
 
     def average_interval(self) -> dict[str, list[float] | None]:
         """95 % bootstrap interval of each average over tasks, each task's examples resampled on their own."""
-        from merging.core.intervals import bootstrap_interval, counts_of
 
         def interval(role: str) -> list[float] | None:
             values = {t: (getattr(s, role), s.examples) for t, s in self.tasks.items()}

@@ -47,9 +47,13 @@ from merging.adapters.lora import (
     read_config,
     read_json,
 )
+from merging.lab.lab import task_data_for
 from merging.lab.learned import manifest_verdicts, record_verdict
-from merging.models.base import DEMO_BASE_MODEL
+from merging.models.base import DEMO_BASE_MODEL, ModelLoadError, model_kind, resolve_model_source
 from merging.recipe.codec import Recipe
+from merging.store.workspace import attached_eval_files, task_display_name
+from merging.tasks import read_task_file
+from merging.tasks.completions import file_format, read_causal_task
 from merging.training.zoo import MANIFEST, Zoo, ZooError, load_zoo
 
 if TYPE_CHECKING:
@@ -151,7 +155,6 @@ def adapters_folder(workspace: Path) -> Path:
 def catalog(workspace: Path | None, zoo: Zoo | None) -> list[Entry]:
     """The built-in zoo's adapters, then the workspace's (broken ones included, with their error),
     each workspace adapter with the evaluation file attached to it, if any."""
-    from merging.store.workspace import attached_eval_files
 
     entries = zoo_entries(zoo) if zoo is not None else []
     if workspace is not None:
@@ -223,7 +226,6 @@ def default_base_model(zoo: Zoo | None) -> str:
 def _model_folder(name: str, look_in_cache: bool = True) -> Path | None:
     """The local folder a base-model name stands for: a folder, the demo model, or (a Hub id) its
     snapshot in the local Hugging Face cache; None when there is none."""
-    from merging.models.base import ModelLoadError, resolve_model_source
 
     try:
         path = Path(name).expanduser()
@@ -280,7 +282,6 @@ def base_model_summary(base_model: str) -> tuple[str, Path]:
     """(kind, folder) of a base model — "causal" or "classification", and where it was found (a
     folder, or the local Hugging Face cache; nothing is downloaded). ModelLoadError says which
     folder and cache were searched."""
-    from merging.models.base import model_kind, resolve_model_source
 
     folder = resolve_model_source(base_model)
     return model_kind(folder), folder
@@ -300,7 +301,6 @@ def with_eval_files(recipe: Recipe, entries: Sequence[Entry]) -> Recipe:
     `eval` and `task` (the file's name without the content hash the workspace adds), for adapters
     whose recipe entry names no file of its own. The stored recipe then scores the same files
     when it is re-run from the CLI."""
-    from merging.store.workspace import task_display_name
 
     adapters = []
     for ref in recipe.adapters:
@@ -349,8 +349,6 @@ def as_scored(adapter: Adapter, entry: Entry) -> Adapter:
 def eval_file_texts(path: str | Path, tokenizer: Any = None) -> list[str]:
     """The inputs of an evaluation file: a causal task's prompts (chat rows rendered with
     `tokenizer`'s template, as the scorer renders them), or a classification file's texts."""
-    from merging.tasks import read_task_file
-    from merging.tasks.completions import file_format, read_causal_task
 
     if file_format(path) == "classification":
         return [text for text, _ in read_task_file(path)]
@@ -365,7 +363,6 @@ def task_texts(adapter: Adapter, entry: Entry, split: str = "eval", tokenizer: A
     task, split exactly as when it was trained (`split` is "eval" or "train")."""
     if entry.eval_file is not None:
         return eval_file_texts(entry.eval_file, tokenizer)
-    from merging.lab.lab import task_data_for
 
     data = task_data_for(adapter)
     return list(data.eval_texts if split == "eval" else data.train_texts)

@@ -20,14 +20,18 @@ from merging.adapters.lora import Adapter
 from merging.core.progress import Progress
 from merging.core.progress import phase_share as _phase
 from merging.engine.merge import MergedAdapter, merge_adapters
-from merging.evaluation.evaluate import EvalSet, EvaluationResult, Evaluator, evaluate_merge
+from merging.evaluation.causal import CausalEvaluator
+from merging.evaluation.evaluate import EvalSet, EvaluationError, EvaluationResult, Evaluator, evaluate_merge
+from merging.models.base import load_base_model, model_kind
 from merging.models.devices import resolve_device
 from merging.recipe.codec import Recipe
+from merging.tasks import TaskError, load_demo_task, load_task_file
+from merging.tasks.completions import file_format
+from merging.training.osrm import collect_input_features, osrm_A_for_task, posthoc_adapter
 
 
 def task_data_for(adapter: Adapter):
     """The data of the task an adapter was trained on, split exactly as when it was trained."""
-    from merging.tasks import load_demo_task, load_task_file
 
     meta = adapter.meta
     task = meta.get("task")
@@ -71,7 +75,6 @@ class MergeRun:
 
 def make_scorer(kind: str, model, tokenizer, device, max_length: int | None):
     """The scorer of a model kind: the one place that knows which class scores which kind."""
-    from merging.evaluation.causal import CausalEvaluator
 
     scorers = {
         "classification": lambda: Evaluator(model, tokenizer, [], device=device, max_length=max_length or 48),
@@ -100,7 +103,6 @@ class Lab:
     def __init__(
         self, base_model: str, device: str = "auto", max_length: int | None = None, dtype: str = "float32"
     ):
-        from merging.models.base import load_base_model, model_kind
 
         device = resolve_device(device)
         # a folder, the demo's name or a Hub id in the local cache (merging.models.base.resolve_model_source)
@@ -129,7 +131,6 @@ class Lab:
 
     def _add_task_file(self, path: str, task: str, owner: Adapter) -> None:
         """Read a user's evaluation file as `task` (again if the file changed since)."""
-        from merging.tasks import TaskError
 
         file = Path(path)
         try:
@@ -144,8 +145,6 @@ class Lab:
     def read_task_set(self, path: str, task: str, owner: Adapter | None = None):
         """Every row of a user's task file as `task`'s set for this lab's scorer (not added to it);
         a file of the other model kind is refused."""
-        from merging.tasks import TaskError
-        from merging.tasks.completions import file_format
 
         file = Path(path)
         found = file_format(file)
@@ -160,7 +159,6 @@ class Lab:
     def prepare(self, adapters: Sequence[Adapter], recipe: Recipe | None = None) -> list[Adapter]:
         """Load and tokenise the evaluation sets of the adapters' tasks (once per task and file
         version); returns the adapters named with the tasks they are scored on (see `tasked`)."""
-        from merging.evaluation.evaluate import EvaluationError
 
         named = tasked(adapters, recipe)
         files: dict[str, str] = {}
@@ -251,7 +249,6 @@ class Lab:
         progress: Progress | None = None,
     ) -> dict:
         """The base model's inputs at the target modules over `texts` (osrm.ModuleFeatures per module)."""
-        from merging.training.osrm import collect_input_features
 
         with self.lock:
             return collect_input_features(
@@ -268,7 +265,6 @@ class Lab:
         (their training texts), as OSRM's initialisation would have chosen them. `texts[i]`, when
         given, are adapter i's task inputs instead (a causal task's prompts, merging.lab.catalog).
         """
-        from merging.training.osrm import osrm_A_for_task, posthoc_adapter
 
         if len(adapters) < 2:
             return list(adapters)

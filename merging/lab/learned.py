@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from merging.training.trainer import chance_verdict  # torch and the models: only when a verdict is made
+
 BADGE = "⚠ at chance"
 RULE = (
     "⚠ at chance = single-task accuracy within 10 pp of the majority class, or final training loss within "
@@ -45,7 +47,6 @@ def verdict(
     """Why an adapter did not learn (merging.training.trainer.chance_verdict), or None: it did, or its
     records cannot tell. Accuracy is judged only against a known majority class; the loss only
     against a known number of classes (two or more)."""
-    from merging.training.trainer import chance_verdict  # torch and the models: only when a verdict is made
 
     accuracy, majority, loss = _number(accuracy), _number(majority), _number(loss)
     classes = num_labels if isinstance(num_labels, int) and not isinstance(num_labels, bool) and num_labels > 1 else None

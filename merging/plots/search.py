@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 
 from merging.plots.style import OKABE_ITO, _no_data, _style, explained
+from merging.search.study import direction
 
 
 def _finite_trials(trials: Sequence[Mapping]) -> list[Mapping]:
@@ -43,7 +44,6 @@ def optimization_history(
         return _style(_no_data(fig, "No finished trial yet"), title, presentation)
     numbers = [t["number"] for t in scored]
     values = [float(t["dev_objective"]) for t in scored]
-    from merging.search.study import direction
 
     lower = direction(objective) == "minimize"  # the completion loss: the best so far is the lowest
     best, running = (math.inf if lower else -math.inf), []

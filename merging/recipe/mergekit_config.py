@@ -75,6 +75,7 @@ from typing import Any
 
 import yaml
 
+from merging.methods import REGISTRY, get_method
 from merging.recipe.codec import (
     MAX_NESTING,
     Recipe,
@@ -106,7 +107,6 @@ class _Family:
 
 def _gta_methods() -> dict[str, _Family]:
     """mergekit's name -> _Family, from each registered method's `mergekit` declaration."""
-    from merging.methods import REGISTRY
 
     return {
         method.mergekit.name: _Family(
@@ -220,7 +220,6 @@ def _unknown_parameter(method: str, key: str, where: str) -> RecipeError:
 
 def _native_per_adapter(method: str) -> set[str]:
     """The native method's parameters that may be given per adapter (its registry schema)."""
-    from merging.methods import get_method
 
     return {p.name for p in get_method(method).params if p.per_adapter}
 
@@ -443,7 +442,6 @@ def _sparsify_parameters(
     native: dict[str, Any] = {}
     per_adapter: list[dict[str, Any]] = [{} for _ in loras]
     own_allowed = _native_per_adapter(family.native)
-    from merging.methods import get_method
 
     schema = get_method(family.native)
     for key in family.parameters:
@@ -558,7 +556,6 @@ def mergekit_dict_from_recipe(recipe: Recipe, base_model: str | None = None) -> 
     CLI reads it from them). Notes say what the config leaves to mergekit that is not the body
     (DARE's random masks, the seed); they go into the YAML as comments.
     """
-    from merging.methods import get_method
 
     method = get_method(recipe.method)
     declared = method.mergekit

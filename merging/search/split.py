@@ -27,6 +27,9 @@ from merging.evaluation.evaluate import EvalSet
 from merging.lab.lab import eval_set_for, task_data_for, tasked
 from merging.recipe.codec import Recipe
 from merging.search.trials import SearchError
+from merging.tasks import read_task_file
+from merging.tasks.completions import file_format, read_causal_task
+from merging.tasks.split import carve_dev_rows
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,6 @@ def _eval_file(adapter: Adapter, recipe_eval: str | None) -> str | None:
 
 
 def _row_count(path: str) -> int:
-    from merging.tasks import read_task_file
-    from merging.tasks.completions import file_format, read_causal_task
 
     if file_format(path) == "classification":
         return len(read_task_file(path))
@@ -94,7 +95,6 @@ def _row_count(path: str) -> int:
 
 def plan_splits(recipe: Recipe, adapters: Sequence[Adapter], dev_size: int, seed: int = 0) -> list[TaskSplit]:
     """The dev/final plan of every task the recipe's adapters are scored on (first adapter of a task wins)."""
-    from merging.tasks.split import carve_dev_rows
 
     if dev_size < 1:
         raise SearchError(f"--dev-size: expected a positive number of examples per task, got {dev_size}")

@@ -40,9 +40,11 @@ from merging.adapters.lora import Adapter
 from merging.core.intervals import bootstrap_interval
 from merging.core.progress import Progress
 from merging.evaluation.evaluate import EvalSet, EvaluationResult, Evaluator
+from merging.lab.catalog import merge_inputs, resolve_base_model, resolve_inputs
 from merging.lab.lab import Lab, tasked
+from merging.methods import REGISTRY, get_method
 from merging.recipe.codec import Recipe
-from merging.search.split import DEFAULT_DEV_SIZE
+from merging.search.split import DEFAULT_DEV_SIZE, plan_splits, split_sets
 from merging.search.trials import (
     INSTALL_HINT,
     MAX_RETRIES,
@@ -54,6 +56,7 @@ from merging.search.trials import (
     score_trial,
 )
 from merging.store.stored_runs import record_run
+from merging.tasks.completions import file_format
 
 OBJECTIVES = ("average", "normalized", "worst_task", "loss")
 MINIMIZED = ("loss",)  # lower is better; every other objective is maximised
@@ -88,7 +91,6 @@ def trial_recipe(base: Recipe, params: Mapping[str, float]) -> Recipe:
     Parameters the trial does not set keep the base recipe's values. A trial whose values break a
     rule across the method's parameters raises (RecipeError/MethodError), as the Recipe refuses it.
     """
-    from merging.methods import get_method
 
     weights = [float(params.get(f"weights.{ref.display_name}", ref.weight)) for ref in base.adapters]
     recipe = base.with_weights(weights)
@@ -120,7 +122,6 @@ def merge_link(recipe: Recipe) -> str:
 def searchable_parameters(recipe: Recipe) -> tuple[str, ...]:
     """What a search may vary for this recipe's method: the weights always, and the parameters the
     registry marks searchable (density, gamma, epsilon, TSV's fraction, …)."""
-    from merging.methods import get_method
 
     return ("weights", *(p.name for p in get_method(recipe.method).searchable))
 
@@ -186,7 +187,6 @@ def space_for(
     Each parameter's bounds: `param_bounds[name]` (CLI: --param-bounds NAME=LOW,HIGH), for density
     also `density_bounds` (--density-bounds), else the registry's search bounds.
     """
-    from merging.methods import REGISTRY, get_method
 
     method = get_method(recipe.method)
     params = tuple(dict.fromkeys(params))
@@ -329,14 +329,12 @@ class SearchSettings:
 
 def recipe_adapters(recipe: Recipe, lab: Lab) -> list[Adapter]:
     """The recipe's adapters with its `osrm` mode applied (merging.lab.catalog: twins, post-hoc)."""
-    from merging.lab.catalog import merge_inputs
 
     return merge_inputs(recipe, lab_for=lambda _base_model: lab).adapters
 
 
 def load_lab(recipe: Recipe, adapters: Sequence[Adapter] | None = None) -> Lab:
     """The Lab of the recipe's base model (merging.lab.catalog's one resolution)."""
-    from merging.lab.catalog import resolve_base_model, resolve_inputs
 
     adapters = adapters if adapters is not None else resolve_inputs(recipe).adapters
     return Lab(resolve_base_model(recipe, adapters), device=recipe.device)
@@ -348,7 +346,6 @@ class TrialScorer:
     def __init__(self, settings: SearchSettings, lab: Lab | None = None):
         if settings.objective not in OBJECTIVES:
             raise SearchError(f"--objective: {settings.objective!r} is not allowed (allowed: {', '.join(OBJECTIVES)})")
-        from merging.search.split import plan_splits, split_sets
 
         self.settings = settings
         self.lab = lab or load_lab(settings.recipe)
@@ -674,9 +671,6 @@ def run_search(
 def planned_splits(recipe: Recipe, objective: str, dev_size: int, seed: int) -> list:
     """Each task's dev/final plan (merging.search.split), from the files alone; the loss objective
     is refused unless every task is a causal one (a classification task has no completion loss)."""
-    from merging.lab.catalog import resolve_inputs
-    from merging.search.split import plan_splits
-    from merging.tasks.completions import file_format
 
     splits = plan_splits(recipe, resolve_inputs(recipe).adapters, dev_size, seed)
     if objective == "loss":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from merging.methods import REGISTRY
 from merging.methods.do_merging import DoMergingOptions
 from merging.recipe.codec import Recipe
 
@@ -38,7 +39,6 @@ def lambdas(weights) -> str:
 
 def method_label(method: str) -> str:
     """A method's one name on every page: the registry's label ("TIES", "Task arithmetic"), or the key."""
-    from merging.methods import REGISTRY
 
     known = REGISTRY.get(method) if isinstance(method, str) else None
     return known.label if known is not None else str(method)

@@ -56,6 +56,7 @@ from merging.adapters.lora import (
     load_pickled_weights,
 )
 from merging.core.staging import StagingError, clean_leftovers, move_into_place, staging_dir
+from merging.tasks import SUPPORTED_SUFFIXES, read_task_file
 
 ADAPTERS = "adapters"
 TASKS = "tasks"
@@ -486,7 +487,6 @@ def store_task_file(
     its TaskError is raised; `validate` may also be the reader to check the file with (evaluation
     files of causal tasks have other columns).
     """
-    from merging.tasks import SUPPORTED_SUFFIXES, read_task_file
 
     if hasattr(data, "read"):
         if hasattr(data, "seek"):
@@ -528,7 +528,6 @@ def task_display_name(path: str | os.PathLike) -> str:
 
 
 def list_task_files(workspace: str | os.PathLike) -> list[Path]:
-    from merging.tasks import SUPPORTED_SUFFIXES
 
     folder = tasks_dir(workspace)
     if not folder.is_dir():
@@ -577,7 +576,6 @@ def attached_eval_files(workspace: str | os.PathLike) -> dict[str, Path]:
 def check_eval_file(path: str | os.PathLike) -> object:
     """Read an evaluation file as the scorer will: a causal task's prompt/completion or chat JSONL
     (merging.tasks.completions), or a classification task's text,label; TaskError names the line."""
-    from merging.tasks import read_task_file
 
     try:
         from merging.tasks.completions import file_format, read_causal_task

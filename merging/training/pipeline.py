@@ -27,10 +27,22 @@ import torch
 from merging.adapters.lora import META_FILE, Adapter, load_adapter
 from merging.core.progress import Progress, weighted_phases
 from merging.core.staging import StagingError, move_into_place, staging_dir
-from merging.evaluation.evaluate import Evaluator, head_of
+from merging.evaluation.evaluate import EvalSet, Evaluator, head_of
+from merging.models.base import DEMO_BASE_MODEL, base_model_dir, load_base_model
+from merging.models.devices import resolve_device
 from merging.store.workspace import WorkspaceError, check_adapter_name, task_display_name
-from merging.tasks import TaskData
-from merging.training.trainer import TrainResult, adapter_seed, save_trained, train_lora
+from merging.tasks import (
+    DEFAULT_DEMO_TASKS,
+    SUPPORTED_SUFFIXES,
+    TaskData,
+    TaskError,
+    carve_dev,
+    list_demo_tasks,
+    load_demo_task,
+    load_task_file,
+)
+from merging.training.osrm import collect_input_features, osrm_A_for_task, rows_used
+from merging.training.trainer import INITS, TrainResult, adapter_seed, save_trained, train_lora
 
 # ----------------------------------------------------------------------------------------------
 # The shared core: train → save → reload → score
@@ -98,7 +110,6 @@ def train_and_score(
     `progress` follows training; `scoring` hears once that training is over and scoring begins.
     The base model is left as it was (training works on a copy, scoring restores the weights).
     """
-    from merging.tasks import carve_dev
 
     folder = Path(folder)
     train, dev_texts, dev_labels = carve_dev(data, settings.dev_size, seed=0)
@@ -149,7 +160,6 @@ def task_input_features(
     """The base model's inputs at the target modules over each task's first `samples` training texts
     (default ``settings.osrm_samples``): what OSRM's initialisation (merging.training.osrm.osrm_A_for_task)
     reads, by task name."""
-    from merging.training.osrm import collect_input_features
 
     samples = settings.osrm_samples if samples is None else samples
     features = {}
@@ -173,7 +183,6 @@ def task_input_features(
 
 
 def is_task_file(spec: str | os.PathLike) -> bool:
-    from merging.tasks import SUPPORTED_SUFFIXES
 
     path = Path(spec)
     return path.suffix.lower() in SUPPORTED_SUFFIXES or path.is_file()
@@ -187,7 +196,6 @@ def resolve_task(
     name: str | None = None,
 ):
     """(TaskData, task file path or None) for a demo task name or a CSV/JSONL file."""
-    from merging.tasks import TaskError, load_demo_task, load_task_file
 
     if is_task_file(spec):
         path = Path(spec).expanduser().resolve()
@@ -203,14 +211,12 @@ def resolve_task(
 
 
 def _demo_tasks():
-    from merging.tasks import list_demo_tasks
 
     return list_demo_tasks()
 
 
 def default_other_tasks(task: str, candidates: Sequence[str] | None = None) -> list[str]:
     """The tasks OSRM keeps a new adapter away from by default: the other (available) demo tasks."""
-    from merging.tasks import DEFAULT_DEMO_TASKS
 
     available = {t.name for t in _demo_tasks() if t.available}
     pool = list(candidates) if candidates is not None else list(DEFAULT_DEMO_TASKS)
@@ -280,11 +286,6 @@ def train_task_adapter(
     file (``task_file``, for user tasks) and ``single_task_accuracy``. The folder appears only when
     complete: a failure or a cancel (an exception from `progress`) leaves nothing behind.
     """
-    from merging.evaluation.evaluate import EvalSet
-    from merging.models.base import DEMO_BASE_MODEL, base_model_dir, load_base_model
-    from merging.models.devices import resolve_device
-    from merging.training.osrm import osrm_A_for_task, rows_used
-    from merging.training.trainer import INITS
 
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")

@@ -30,8 +30,11 @@ from merging.adapters.lora import Adapter, load_adapter
 from merging.core.progress import Progress, step_of
 from merging.core.staging import staged_folder
 from merging.evaluation.evaluate import EvalSet, Evaluator, head_of
-from merging.models.base import DEMO_BASE_MODEL, base_model_dir
-from merging.training.pipeline import TrainSettings
+from merging.models.base import DEMO_BASE_MODEL, base_model_dir, load_base_model
+from merging.tasks import carve_dev, load_demo_task
+from merging.training.osrm import osrm_A_for_task, rows_used
+from merging.training.pipeline import TrainSettings, task_input_features, train_and_score
+from merging.training.trainer import adapter_seed, chance_verdict
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 * 1024**2
@@ -175,7 +178,6 @@ def load_zoo(folder: str | os.PathLike = REPO_ZOO) -> Zoo:
 
 def zoo_eval_sets(zoo: Zoo) -> list[EvalSet]:
     """The demo tasks' evaluation sets, split exactly as when the zoo was built."""
-    from merging.tasks import load_demo_task
 
     sets = []
     for task in zoo.tasks:
@@ -260,7 +262,6 @@ class BuildSettings:
 
 def _adapter_plan(settings: BuildSettings) -> list[tuple[str, str, str, bool, int]]:
     """(adapter name, task, kind, freeze_A, seed) for every adapter the build trains, in order."""
-    from merging.training.trainer import adapter_seed
 
     plan = []
     for task in settings.tasks:
@@ -295,10 +296,6 @@ def build_zoo(
     (atomically: the folder appears, or is replaced, only when the whole zoo is written)."""
     from dataclasses import replace
 
-    from merging.models.base import load_base_model
-    from merging.tasks import load_demo_task
-    from merging.training.osrm import osrm_A_for_task, rows_used
-    from merging.training.pipeline import task_input_features, train_and_score
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -412,8 +409,6 @@ def build_zoo(
 def _did_not_learn(result, task, training: TrainSettings) -> str | None:
     """Why a training run is refused (merging.training.trainer.chance_verdict on the dev split and the
     last epoch's loss), or None. Without a dev split only the loss is read."""
-    from merging.tasks import carve_dev
-    from merging.training.trainer import chance_verdict
 
     loss = result.epoch_losses[-1] if result.epoch_losses else None
     if result.dev_accuracy and result.best_epoch:
@@ -502,7 +497,6 @@ def rescore_zoo(folder: str | os.PathLike, device: torch.device | str = "cpu", p
     For when the evaluation code changes (batching, say) but the adapters do not: the manifest must
     hold exactly what evaluation reproduces.
     """
-    from merging.models.base import load_base_model
 
     zoo = load_zoo(folder)
     model, tokenizer = load_base_model(base_model_dir(zoo.base_model), num_labels=2, device=device)
