@@ -46,7 +46,9 @@ def app_navigation_only() -> None:
     settings, no presentation mode — and lists every file of pages/ as a page, helpers (_ui, _warm)
     included. The flag Streamlit keeps for this is process-wide; `mergescope dashboard`
     (pages/_server.py) clears it before the server starts, and importing this module clears it
-    under a plain `streamlit run app.py` (there only the server's very first run is the old kind).
+    under a plain `streamlit run app.py`. There the server's very first run is still the old kind,
+    as the flag was read before any of our code ran: `settings()` then reruns it through app.py
+    (`_rerun_through_app`).
     """
     from streamlit.runtime.pages_manager import PagesManager
 
@@ -54,6 +56,21 @@ def app_navigation_only() -> None:
 
 
 app_navigation_only()
+
+
+def _rerun_through_app() -> None:
+    """A page that Streamlit's old multipage mode ran on its own (see app_navigation_only) starts the
+    run again, which now goes through app.py: its navigation, sidebar and presentation mode, the same
+    page and the same link (a rerun keeps the page and the query string).
+
+    The old mode is recognised by its list of pages, every file of pages/: only it lists our helper
+    modules (_ui.py, _warm.py, ...) as pages; app.py's st.navigation never does."""
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        return
+    listed = [str(page.get("script_path") or "") for page in ctx.pages_manager.get_pages().values()]
+    if any(Path(path).name.startswith("_") for path in listed):
+        st.rerun()
 
 # The workspace a new session starts with; MERGESCOPE_WORKSPACE sets another (tests, demos).
 DEFAULT_WORKSPACE = Path(os.environ.get("MERGESCOPE_WORKSPACE", "workspace"))
@@ -83,6 +100,7 @@ class Settings:
 
 
 def settings() -> Settings:
+    _rerun_through_app()  # the settings are app.py's sidebar: a page never runs without it
     state = st.session_state
     workspace = Path(state.get("workspace", str(DEFAULT_WORKSPACE))).expanduser()
     _clean_workspace_once(str(workspace))

@@ -83,7 +83,8 @@ def _link_setup() -> None:
         st.query_params["layer"] = str(state["interference_layer"])
 
 
-WIDGETS = ("interference_adapters", "interference_side_by_side", "interference_layer", "interference_density",
+WIDGETS = ("interference_adapters", "interference_side_by_side", "interference_layer", "interference_overlap_side",
+           "interference_density",
            "interference_samples", "interference_cosine_scope", "interference_dpi_scope", "interference_dpi_inputs",
            "interference_split")
 # Streamlit forgets a widget's value while its page is not shown; a shadow copy brings it back.
@@ -107,7 +108,13 @@ if "interference_adapters" not in state:
 else:  # a stored choice may name adapters that have since gone
     state["interference_adapters"] = [n for n in state["interference_adapters"] if n in all_names]
 
-controls = st.expander("Adapters", expanded=False) if presentation else st.container()
+# On stage the adapters' list (folded) and the OSRM toggle share one row: every line above a section's
+# chart is a line less for the chart in a 720-px window.
+if presentation:
+    _controls_row = st.columns([3, 2], vertical_alignment="center")
+    controls = _controls_row[0].expander("Adapters", expanded=False)
+else:
+    controls = st.container()
 with controls:
     names = st.multiselect(
         "Adapters",
@@ -116,7 +123,7 @@ with controls:
         key="interference_adapters",
         help="Two or more adapters of one base model; usually one standard-LoRA adapter per task.",
     )
-side_by_side = st.toggle(
+side_by_side = (_controls_row[1] if presentation else st).toggle(
     "Side by side: standard LoRA vs OSRM",
     key="interference_side_by_side",
     help="A second column shows the same charts for each adapter's OSRM-initialised twin "
@@ -170,6 +177,12 @@ _open_section: list = []
 
 def _go_section(number: int) -> None:
     state["interference_section"] = min(max(number, 1), len(SECTIONS))
+
+
+def _subheader(text: str) -> None:
+    """A section's heading; on stage the Back / Next row above names the section instead."""
+    if not presentation:
+        st.subheader(text)
 
 
 def _section(number: int) -> None:
@@ -281,14 +294,32 @@ if state.get("interference_layer") not in layer_options:
     state["interference_layer"] = layer_options[0]
 
 
+# On stage a section's chart fits the first screen: its height is the window's less what sits above it
+# (the top navigation and the mode switch, the adapters / OSRM row, Back / Next, the takeaway line and
+# the set's name) and a margin under it. Five adapters' rows of one-line names at 20 px need STAGE_LEAST.
+STAGE_RESERVED = 340
+STAGE_LEAST = 330
+
+
 def _columns() -> list:
     """One column per shown set (a single full-width container without the toggle)."""
     return list(st.columns(len(good))) if len(good) > 1 else [st.container()]
 
 
 def _heading(view: dict) -> None:
-    if len(good) > 1:
+    """The set's name over its column; on stage it leads the chart's title instead (_titled): a line less."""
+    if len(good) > 1 and not presentation:
         st.markdown(f"**{view['label']}**")
+
+
+def _titled(view: dict, title: str) -> str:
+    return f"{view['label']}: {title[0].lower()}{title[1:]}" if len(good) > 1 and presentation else title
+
+
+def _short(view: dict, title: str) -> str:
+    """On stage side by side, the set's name alone: a chart with a tall y title has no room for a
+    two-line one (the Back / Next row names the section)."""
+    return view["label"] if len(good) > 1 and presentation else title
 
 
 def _as_rows(matrix) -> list:
@@ -323,7 +354,7 @@ def _flush_deferred() -> None:
 # 1. Magnitude variance
 
 _section(1)
-st.subheader("Magnitude variance per layer")
+_subheader("Magnitude variance per layer")
 _section_lines("magnitude", telling.magnitude([(v["label"], v["metrics"]) for v in good]))
 _caption(telling.EXPLAIN["magnitude"])
 magnitude_figures = [plots.magnitude_variance_by_layer(v["metrics"], v["labels"], presentation=presentation)
@@ -333,7 +364,8 @@ telling.share_y(magnitude_figures)  # standard and OSRM on one scale: equal heig
 for column, view, figure in zip([st.container() for _ in good] if presentation else _columns(), good,
                                 magnitude_figures):
     with column:
-        _heading(view)
+        if len(good) > 1:
+            st.markdown(f"**{view['label']}**")
         # above it on stage: the navigation, the set's controls, Back / Next, the heading and one takeaway line
         _ui.show_figure(figure, "magnitude_variance_by_layer", f"interference_magnitude_{view['key']}", reserved=380)
 
@@ -341,15 +373,29 @@ for column, view, figure in zip([st.container() for _ in good] if presentation e
 # 2. Subspace overlap, one layer at a time
 
 _section(2)
-st.subheader("Subspace overlap")
+_subheader("Subspace overlap")
+SIDES = {"input": "Input subspaces (rows of A)", "output": "Output subspaces (columns of B)"}
+# On stage the chart comes first and its controls (layer, side) under it, so that the chart starts high
+# enough to fit the first screen; the controls are read before the chart is drawn into its place above.
+overlap_charts = st.container() if presentation else None
+controls_row = st.columns(2) if presentation else [st.container(), st.container()]
 if len(layer_options) > 1:
-    layer = st.select_slider(
+    layer = controls_row[0].select_slider(
         "Layer (transformer block)", layer_options, key="interference_layer",
         help="Overlaps are averaged over the block's adapted modules (e.g. query and value).",
     )
 else:
     layer = layer_options[0]
-    st.caption(f"One layer: {layer}.")
+    controls_row[0].caption(f"One layer: {layer}.")
+# Standard and OSRM side by side on stage leave room for one pair of heatmaps: one side at a time.
+shown_sides = list(SIDES)
+if presentation and len(good) > 1:
+    state.setdefault("interference_overlap_side", "input")
+    shown_sides = [controls_row[1].radio("Subspaces", list(SIDES), format_func=SIDES.get, horizontal=True,
+                                         key="interference_overlap_side")]
+
+if overlap_charts is None:  # off stage the controls stay above the charts
+    overlap_charts = st.container()
 
 
 def _layer_data(view: dict) -> dict | None:
@@ -365,37 +411,38 @@ def _chance_overlap(view: dict) -> float | None:
         return None
 
 
-_section_lines("overlap", telling.overlap(
-    [(v["label"], _layer_data(v)["input_overlap"]) for v in good if _layer_data(v) is not None],
-    _chance_overlap(good[0])) + f" (input subspaces, layer {layer})")
+with overlap_charts:
+    told_side = shown_sides[0]  # the takeaway reads the input side unless only the output side is shown
+    _section_lines("overlap", telling.overlap(
+        [(v["label"], _layer_data(v)[f"{told_side}_overlap"]) for v in good if _layer_data(v) is not None],
+        _chance_overlap(good[0])) + f" ({told_side} subspaces, layer {layer})")
 
-for column, view in zip(_columns(), good):
-    with column:
-        _heading(view)
-        data = _layer_data(view)
-        if data is None:
-            st.info(f"These adapters adapt nothing in layer {layer}.")
-            continue
-        # Short titles: the two heatmaps share a row; the caption says what rows of A / columns of B mean.
-        sides = [("input", "Input subspaces (rows of A)"), ("output", "Output subspaces (columns of B)")]
-        # Without the toggle, input and output side by side; with it, stacked inside each column.
-        inner = st.columns(2) if len(good) == 1 else [st.container(), st.container()]
-        for place, (side, title) in zip(inner, sides):
-            with place:
-                _ui.show_figure(
-                    plots.overlap_heatmap(data[f"{side}_overlap"], view["labels"], title=f"{title}, layer {layer}",
-                                          presentation=presentation),
-                    "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
-                    # the section's heading, the layer slider and the set's name stay in view above it, but
-                    # five rows of two-line names at 20 px need ~550 px (so at 720 px the x names run off the foot)
-                    reserved=350, least=550,  # + the takeaway and which-way-is-good lines
-                )
+    for column, view in zip(_columns(), good):
+        with column:
+            _heading(view)
+            data = _layer_data(view)
+            if data is None:
+                st.info(f"These adapters adapt nothing in layer {layer}.")
+                continue
+            # Short titles: the heatmaps share a row; the caption says what rows of A / columns of B mean.
+            # Without the toggle, input and output side by side; with it, stacked in each column (one on stage).
+            inner = st.columns(2) if len(good) == 1 else [st.container() for _ in shown_sides]
+            for place, side in zip(inner, shown_sides):
+                with place:
+                    _ui.show_figure(
+                        plots.overlap_heatmap(data[f"{side}_overlap"], view["labels"],
+                                              title=_titled(view, f"{SIDES[side].split(' (')[0]}, layer {layer}"
+                                                           if presentation else f"{SIDES[side]}, layer {layer}"),
+                                              presentation=presentation),
+                        "overlap_heatmap", f"interference_overlap_{side}_{view['key']}",
+                        reserved=STAGE_RESERVED, least=STAGE_LEAST,
+                    )
 
 # ----------------------------------------------------------------------------------------------
 # 3. Task-vector cosine
 
 _section(3)
-st.subheader("Task-vector cosine")
+_subheader("Task-vector cosine")
 scope = "Whole adapter"
 if not presentation:
     scope = st.radio("Cosine over", ["Whole adapter", "The chosen layer"], horizontal=True,
@@ -415,14 +462,15 @@ for column, view in zip(_columns(), good):
                 st.info(f"These adapters adapt nothing in layer {layer}.")
                 continue
             matrix, title = data["cosine"], f"Task-vector cosine — layer {layer}"
-        _ui.show_figure(plots.cosine_heatmap(matrix, view["labels"], title=title, presentation=presentation),
-                        "cosine_heatmap", f"interference_cosine_{view['key']}")
+        _ui.show_figure(plots.cosine_heatmap(matrix, view["labels"], title=_titled(view, title), presentation=presentation),
+                        "cosine_heatmap", f"interference_cosine_{view['key']}", reserved=STAGE_RESERVED,
+                        least=STAGE_LEAST)
 
 # ----------------------------------------------------------------------------------------------
 # 4. TIES sign conflicts
 
 _section(4)
-st.subheader("TIES sign conflicts per layer")
+_subheader("TIES sign conflicts per layer")
 _section_lines("signs", telling.signs([
     (v["label"], {k: x["sign_conflict_rate"] for k, x in v["metrics"]["layers"].items()},
      metrics.chance_sign_conflict_rate(len(v["names"]), float(density))) for v in good]))
@@ -433,9 +481,10 @@ for column, view in zip(_columns(), good):
         title = "Sign conflicts per layer" + (f" (density {density:g})" if density < 1.0 else "")
         count = len(view["names"])
         chance = metrics.chance_sign_conflict_rate(count, float(density))  # for this many adapters, this trim
-        _ui.show_figure(plots.sign_conflicts_by_layer(rates, chance=chance, adapters=count, title=title,
+        _ui.show_figure(plots.sign_conflicts_by_layer(rates, chance=chance, adapters=count, title=_short(view, title),
                                                       presentation=presentation),
-                        "sign_conflicts_by_layer", f"interference_signs_{view['key']}")
+                        "sign_conflicts_by_layer", f"interference_signs_{view['key']}", reserved=STAGE_RESERVED,
+                        least=STAGE_LEAST)
 
 # ----------------------------------------------------------------------------------------------
 # Shared by the two sections that need the base model
@@ -461,9 +510,9 @@ untasked = _untasked(shown_adapters)
 # 5. OSRM's data-parameter interference (task × adapter)
 
 _section(5)
-st.subheader("Data-parameter interference (OSRM)")
+_subheader("Data-parameter interference (OSRM)")
 _section_lines("dpi")
-st.caption(
+_caption(  # on stage under the chart, as the other sentences
     "How strongly adapter j's update answers task i's inputs, ‖ΔWⱼXᵢᵀ‖ ÷ ‖ΔWᵢXᵢᵀ‖, with Xᵢ the base model's "
     f"inputs to each adapted module over up to {samples} {SPLITS[split]} of task i (one row per text by default), "
     "averaged over the modules shown."
@@ -606,9 +655,10 @@ else:
                 where = "mean over all layers" if layer_choice == "all" else f"layer {layer_choice}"
                 figure = plots.interference_heatmap(
                     matrix, _row_labels(view["adapters"]), view["labels"],
-                    title=f"Data-parameter interference — {where}", presentation=presentation, decades=shared,
+                    title=_short(view, f"Data-parameter interference — {where}"), presentation=presentation, decades=shared,
                 )
-                _ui.show_figure(figure, "interference_heatmap", f"interference_dpi_{view['key']}")
+                _ui.show_figure(figure, "interference_heatmap", f"interference_dpi_{view['key']}",
+                                reserved=STAGE_RESERVED, least=STAGE_LEAST)
     elif not running:
         st.info("Press the button to run each task's texts through the base model; the result is kept in "
                 "the workspace (a reload or a restarted server shows it at once).")
@@ -617,11 +667,11 @@ else:
 # 6. Cross-task accuracy (forward passes)
 
 _section(6)
-st.subheader("Cross-task accuracy")
+_subheader("Cross-task accuracy")
 _section_lines("cross")
 if _ui.base_model_status(base_model)[0] != "causal":  # a causal LM has no task heads: the info below says where to look
-    st.caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
-               "off-diagonal mean each adapter helps only its own task.")
+    _caption("Each adapter's body scored on every task with that task's own head: a bright diagonal and dark "
+             "off-diagonal mean each adapter helps only its own task.")
 cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, versions) → cross_task_matrix
 # The server's warm-up scored the default sets already (pages/_warm.py): every session starts with them.
 for warm_key, warm_matrix in list(_warm.cross_task_results().items() if _warm.enabled() else ()):
@@ -692,8 +742,9 @@ else:
                     continue
                 # row names without the "-standard" they share (the column's heading says it), as on the other heatmaps
                 shown = {**result, "adapters": plots.shared_suffix_dropped(result.get("adapters") or [])}
-                _ui.show_figure(plots.cross_task_heatmap(shown, presentation=presentation),
-                                "cross_task_heatmap", f"interference_cross_{view['key']}")
+                _ui.show_figure(plots.cross_task_heatmap(shown, title=_short(view, "Each adapter on every task"), presentation=presentation),
+                                "cross_task_heatmap", f"interference_cross_{view['key']}", reserved=STAGE_RESERVED,
+                                least=STAGE_LEAST)
 
 # ----------------------------------------------------------------------------------------------
 # 7–8. The demo zoo over its training seeds (scripts/seed_study.py): OSRM's mechanism, DO-Merging's claims
@@ -701,7 +752,7 @@ else:
 zoo_study = _ui.zoo_study()
 
 _section(7)
-st.subheader("Where OSRM's effect comes from (demo zoo)")
+_subheader("Where OSRM's effect comes from (demo zoo)")
 # the chart first, sized to the window under the heading; the sentence and which way is good below it
 FIRST_CHART_RESERVED = 340
 if isinstance(zoo_study, str):
@@ -716,11 +767,11 @@ else:
     st.markdown(f"**{study_story.headline_why(summary)}**")
     _ui.show_figure(plots.why_scatter(summary["why"]["points"], measure, summary["why"].get(measure),
                                       presentation=presentation, log_x=measure == "feature_shift"),
-                    "why_scatter", "interference_why")
+                    "why_scatter", "interference_why", least=520)  # under the first screen: room for its two-line titles
     st.caption(study_story.takeaway_why(summary))
 
 _section(8)
-st.subheader("Magnitude variance: LoRA vs full fine-tuning (demo zoo)")
+_subheader("Magnitude variance: LoRA vs full fine-tuning (demo zoo)")
 if isinstance(zoo_study, str):
     st.info(zoo_study)
 else:

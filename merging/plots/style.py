@@ -88,6 +88,9 @@ _X_TITLE_WRAP = 40
 # Plotly grows the bottom margin to hold it however many rows it wraps to. In plot (paper)
 # coordinates it would land on the tick labels below the plot or on the title above it.
 LEGEND_AT_FOOT = {"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0, "xanchor": "left"}
+# A heatmap's row name up to this long stays on one line on stage ("product_sentiment" is 17).
+_ONE_LINE_ROW_NAME = 18
+_STAGE_COLORBAR = 16  # px; Plotly's default is 30
 _MARKER_SCALE = 1.7
 _LINE_SCALE = 1.8
 
@@ -187,8 +190,13 @@ def _wrap_category_ticks(fig: go.Figure) -> None:
         for axis, values in labels.items():
             # a heatmap's columns are narrower than "sentiment" at 20 px: its column names stand upright
             angle = -90 if heatmap and axis.startswith("x") else 0
-            fig.layout[axis].update(tickmode="array", tickvals=values, ticktext=[_wrapped_label(v) for v in values],
-                                    tickangle=angle, automargin=True)
+            # its row names stay on one line while short: a two-line name doubles every row's height, and
+            # five such rows leave a 720-px window no room for the rest of the chart
+            one_line = heatmap and axis.startswith("y")
+            text = [v if one_line and len(v) <= _ONE_LINE_ROW_NAME else _wrapped_label(v) for v in values]
+            fig.layout[axis].update(tickmode="array", tickvals=values, ticktext=text, tickangle=angle, automargin=True)
+            if heatmap and axis.startswith("x"):  # upright two-line names at the smallest stage size fit a column
+                fig.layout[axis].tickfont.size = MIN_PRESENTATION_TEXT
 
 
 def _enlarge(trace: Any) -> None:
@@ -207,6 +215,8 @@ def _enlarge(trace: Any) -> None:
             trace.line.width = (trace.line.width or 2) * _LINE_SCALE
     if kind in ("bar", "heatmap", "scatter"):
         trace.textfont.size = FONT_SIZE[True]  # keeps a colour the chart chose
+    if kind == "heatmap":  # a slimmer colour bar leaves the cells (which carry their numbers) the width
+        trace.colorbar.thickness = _STAGE_COLORBAR
 
 
 def _no_data(fig: go.Figure, message: str) -> go.Figure:
