@@ -185,14 +185,15 @@ def magnitude_variance_claims(full_finetune: Mapping | None, pair_points: Sequen
     fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6], horizontal_spacing=0.16,
                         subplot_titles=("LoRA vs full fine-tuning", pairs_title))  # fmt: skip
     if full_finetune:
-        names = [kind_name(k) for k in full_finetune["lora"]] + ["full fine-tuning"]
+        # short names: seven long ones wrapped onto two lines each and overprinted on a 720-px stage
+        names = [SHORT_KIND_NAMES.get(k, k) for k in full_finetune["lora"]] + ["full fine-tuning"]
         values = list(full_finetune["lora"].values()) + [full_finetune["full_finetune"]]
         colours = [OKABE_ITO["blue"]] * len(full_finetune["lora"]) + [OKABE_ITO["grey"]]
         fig.add_trace(go.Bar(y=names, x=values, orientation="h", marker={"color": colours}, showlegend=False,
                              text=[f"{v:.2f}" for v in values], textposition="outside",
                              hovertemplate="%{y}: %{x:.3f}<extra></extra>"), row=1, col=1)  # fmt: skip
         fig.update_yaxes(autorange="reversed", row=1, col=1)
-        fig.update_xaxes(title_text="CV of ‖ΔW‖ across tasks", row=1, col=1)
+        fig.update_xaxes(title_text="CV of ‖ΔW‖ across tasks", range=[0, max(values) * 1.35 + 1e-9], row=1, col=1)
         fig.update_yaxes(title_text="training", row=1, col=1)
     kinds = list(dict.fromkeys(p["kind"] for p in pair_points))
     for index, kind in enumerate(kinds):
@@ -200,7 +201,8 @@ def magnitude_variance_claims(full_finetune: Mapping | None, pair_points: Sequen
         chosen = [p for p in pair_points if p["kind"] == kind]
         fig.add_trace(go.Scatter(
             x=[p["magnitude_variance"] for p in chosen], y=[100.0 * p["normalised_accuracy"] for p in chosen],
-            mode="markers", name=kind_name(kind), marker={"color": style["color"], "symbol": style["symbol"], "size": 9},
+            mode="markers", name=SHORT_KIND_NAMES.get(kind, kind),
+            marker={"color": style["color"], "symbol": style["symbol"], "size": 9},
             text=[" + ".join(p["tasks"]) for p in chosen],
             hovertemplate="%{text}<br>variance %{x:.3f}<br>%{y:.1f} % of alone<extra></extra>",
         ), row=1, col=2)  # fmt: skip

@@ -89,7 +89,7 @@ _X_TITLE_WRAP = 40
 # coordinates it would land on the tick labels below the plot or on the title above it.
 LEGEND_AT_FOOT = {"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0, "xanchor": "left"}
 # A heatmap's row name up to this long stays on one line on stage ("product_sentiment" is 17).
-_ONE_LINE_ROW_NAME = 18
+_ONE_LINE_ROW_NAME = 20
 _STAGE_COLORBAR = 16  # px; Plotly's default is 30
 _MARKER_SCALE = 1.7
 _LINE_SCALE = 1.8
@@ -187,12 +187,14 @@ def _wrap_category_ticks(fig: go.Figure) -> None:
             labels.setdefault(axis, [])
             labels[axis] += [v for v in values if v not in labels[axis]]
         heatmap = any(trace.type == "heatmap" for trace in fig.data)
+        # a horizontal bar chart's rows are stacked like a heatmap's: a two-line name doubles each row
+        rows_of_bars = any(trace.type == "bar" and trace.orientation == "h" for trace in fig.data)
         for axis, values in labels.items():
             # a heatmap's columns are narrower than "sentiment" at 20 px: its column names stand upright
             angle = -90 if heatmap and axis.startswith("x") else 0
             # its row names stay on one line while short: a two-line name doubles every row's height, and
             # five such rows leave a 720-px window no room for the rest of the chart
-            one_line = heatmap and axis.startswith("y")
+            one_line = (heatmap or rows_of_bars) and axis.startswith("y")
             text = [v if one_line and len(v) <= _ONE_LINE_ROW_NAME else _wrapped_label(v) for v in values]
             fig.layout[axis].update(tickmode="array", tickvals=values, ticktext=text, tickangle=angle, automargin=True)
             if heatmap and axis.startswith("x"):  # upright two-line names at the smallest stage size fit a column
