@@ -177,6 +177,21 @@ def browser_page(width: int = 1400, height: int = 1000):
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(HANG_GUARD_MS)  # every wait ends on the page's state; this only stops a hang
-            yield page
+            try:
+                yield page
+            except Exception:
+                _keep_failed_page(page)
+                raise
         finally:
             browser.close()
+
+
+def _keep_failed_page(page) -> None:
+    """A failed browser test leaves the page as it was (screenshot, visible text, URL) in artifacts/, so
+    a wait that ran into the hang guard on a loaded CI runner says what the page was showing."""
+    folder = ROOT / "artifacts"
+    stamp = f"failed-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    with contextlib.suppress(Exception):  # the page may be gone; the test's own error is what matters
+        folder.mkdir(exist_ok=True)
+        page.screenshot(path=str(folder / f"{stamp}.png"), timeout=30_000)
+        (folder / f"{stamp}.txt").write_text(f"{page.url}\n\n{page.inner_text('body', timeout=30_000)}", encoding="utf-8")
