@@ -76,31 +76,32 @@ def magnitude(views: Sequence[tuple[str, Mapping]]) -> str:
     return "Magnitudes — " + _both(parts)
 
 
-def overlap(views: Sequence[tuple[str, Sequence[Sequence[float | None]]]], chance: float | None = None) -> str:
-    """Per set (label, overlap matrix of one layer): the mean overlap between different adapters."""
+def _pairs_said(views: Sequence[tuple[str, Sequence[Sequence[float | None]]]], said) -> str:
+    """Each set's off-diagonal values (the pairs of different adapters) in words, or "no pair"."""
     parts = []
     for label, matrix in views:
         values = _off_diagonal(matrix)
-        if not values:
-            parts.append((label, "no pair"))
-            continue
+        parts.append((label, said(values) if values else "no pair"))
+    return _both(parts)
+
+
+def overlap(views: Sequence[tuple[str, Sequence[Sequence[float | None]]]], chance: float | None = None) -> str:
+    """Per set (label, overlap matrix of one layer): the mean overlap between different adapters."""
+    def said(values: list[float]) -> str:
         mean = sum(values) / len(values)
         ratio = f" ({mean / chance:.0f}× chance)" if chance and mean / chance >= 2 else ""
-        parts.append((label, f"mean overlap {mean:.2f}{ratio}"))
-    return "Subspaces — " + _both(parts)
+        return f"mean overlap {mean:.2f}{ratio}"
+
+    return "Subspaces — " + _pairs_said(views, said)
 
 
 def cosine(views: Sequence[tuple[str, Sequence[Sequence[float | None]]]]) -> str:
-    parts = []
-    for label, matrix in views:
-        values = _off_diagonal(matrix)
-        if not values:
-            parts.append((label, "no pair"))
-            continue
+    def said(values: list[float]) -> str:
         mean = sum(abs(v) for v in values) / len(values)
         word = "nearly orthogonal" if mean < 0.1 else "partly aligned" if mean < 0.4 else "strongly aligned"
-        parts.append((label, f"{word} (mean |cos| {mean:.2f})"))
-    return "Task vectors — " + _both(parts)
+        return f"{word} (mean |cos| {mean:.2f})"
+
+    return "Task vectors — " + _pairs_said(views, said)
 
 
 def signs(views: Sequence[tuple[str, Mapping[str, float | None], float | None]]) -> str:
@@ -122,15 +123,10 @@ def signs(views: Sequence[tuple[str, Mapping[str, float | None], float | None]])
 
 
 def dpi(views: Sequence[tuple[str, Sequence[Sequence[float | None]]]]) -> str:
-    parts = []
-    for label, matrix in views:
-        values = _off_diagonal(matrix)
-        if not values:
-            parts.append((label, "no pair"))
-            continue
-        mean = sum(values) / len(values)
-        parts.append((label, f"other adapters answer at {mean:.2f}× the task's own"))
-    return "Data-parameter interference — " + _both(parts)
+    def said(values: list[float]) -> str:
+        return f"other adapters answer at {sum(values) / len(values):.2f}× the task's own"
+
+    return "Data-parameter interference — " + _pairs_said(views, said)
 
 
 def cross(views: Sequence[tuple[str, Mapping]]) -> str:
