@@ -64,6 +64,21 @@ navigation = st.navigation(pages, position="top" if presenting else "sidebar")
 _ui.track_viewport()
 readiness = _warm.start(st.session_state.get("device", "auto"))
 
+if presenting:
+    # No sidebar on stage (nor its toggle); the exit switch sits at the top of the page instead. The
+    # style comes before the sidebar's widgets so that no moment of a run shows them (a reload on a
+    # loaded machine drew the sidebar before this sheet once).
+    st.markdown(
+        "<style>[data-testid='stSidebar'], [data-testid='stSidebarCollapsedControl'],"
+        " [data-testid='stExpandSidebarButton'] {display: none !important;}"
+        # the window-size reporter and this style sheet take no room on stage
+        " .st-key-viewport_component, [data-testid='stElementContainer']:has(> [data-testid='stMarkdown'] style)"
+        " {display: none !important;}"
+        " [data-testid='stMainBlockContainer'] {padding-top: 3.5rem !important;}</style>",
+        unsafe_allow_html=True,
+    )
+    st.markdown(_stage.stage_css(), unsafe_allow_html=True)  # no text under 18 px on stage
+
 # The sidebar's widgets are drawn in presentation mode too (hidden): a widget that is not drawn
 # loses its value, and the workspace and device must survive a talk.
 with st.sidebar:
@@ -112,17 +127,6 @@ with st.sidebar:
                   help="Hide the sidebar and controls and size charts to the window for a talk (kept in the link).")
 
 if presenting:
-    # No sidebar on stage (nor its toggle); the exit switch sits at the top of the page instead.
-    st.markdown(
-        "<style>[data-testid='stSidebar'], [data-testid='stSidebarCollapsedControl'],"
-        " [data-testid='stExpandSidebarButton'] {display: none !important;}"
-        # the window-size reporter and this style sheet take no room on stage
-        " .st-key-viewport_component, [data-testid='stElementContainer']:has(> [data-testid='stMarkdown'] style)"
-        " {display: none !important;}"
-        " [data-testid='stMainBlockContainer'] {padding-top: 3.5rem !important;}</style>",
-        unsafe_allow_html=True,
-    )
-    st.markdown(_stage.stage_css(), unsafe_allow_html=True)  # no text under 18 px on stage
     _stage.keyboard(presenting)  # a clicker's keys on every page
     left, right = st.columns([4, 1])  # the toggle's label at 18 px needs a fifth of the width
     with right:

@@ -138,9 +138,9 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         page.goto(f"{url}/?present=1", wait_until="domcontentloaded")
         run = page.get_by_role("button", name="Run merge")
         run.wait_for(state="visible")  # Playwright's default here: the hang guard
+        wait_for_app_idle(page)
         assert not page.get_by_test_id("stSidebar").is_visible()
 
-        wait_for_app_idle(page)
         run.click()
         header = page.locator("#merge-result")
         header.wait_for()
@@ -174,6 +174,7 @@ def test_presentation_mode_on_stage(tmp_path, width, height):
         assert "present=1" in page.url and "run=" in page.url
         page.reload(wait_until="domcontentloaded")
         page.locator("#merge-result").wait_for()
+        wait_for_app_idle(page)  # the run that drew the result has ended (its style sheet drawn too)
         assert not page.get_by_test_id("stSidebar").is_visible()
 
         # Interference, standard vs OSRM side by side
