@@ -122,3 +122,27 @@ def test_block_map_keeps_order_and_threads_for_raises_threads_only_for_big_steps
     with cpu_merge_threads("cpu", workers=2), cpu_merge_threads("cpu"):  # nested: the outer's workers
         assert block_map(lambda b: __import__("threading").current_thread().name, blocks[:4])[0].startswith("merge-block")
     assert torch.get_num_threads() == outside
+
+
+def test_ties_at_the_cut_spread_over_blocks_run_on_workers_and_keep_the_dense_merges_entries(many_blocks):
+    """Ties at a cut found from the factors (a sample brackets it): each block is told its share of
+    the tie budget, so the blocks need no order, and the merge keeps exactly what the dense one does."""
+    d_out, d_in = 600, 500  # 300 000 entries: the cut is bracketed from a sample
+    B = (torch.arange(d_out) % 300 + 1).float().unsqueeze(1)  # 300 levels, each in two rows 300 apart
+    A = torch.ones(1, d_in)
+    k = 150_000 - 700  # the cut falls inside a level: 300 of its 1000 equal entries are kept
+    blocks = [(start, min(start + 7, d_out)) for start in range(0, d_out, 7)]
+    cut = cut_of_factors(B, A, k, blocks)
+    assert not cut.all_ties and cut.block_ties is not None
+    assert sum(kept for _, kept in cut.block_ties) == cut.ties and sum(equal for equal, _ in cut.block_ties) == cut.ties_total
+    assert len([1 for equal, _ in cut.block_ties if equal]) == 2  # the tied rows lie in two blocks
+    modules = [LoraModule(A, B, 1.0), LoraModule(A.flip(1) * 0.5, -B.flip(0), 1.0)]
+    density = k / (d_out * d_in)
+    plain = _streamed("ties", modules, [1.0, 0.8], density=density)
+    with cpu_merge_threads("cpu", workers=2):
+        pooled = _streamed("ties", modules, [1.0, 0.8], density=density)
+    assert torch.equal(pooled, plain)
+    method = get_method("ties")
+    args = MethodArgs(method.validate({"density": density}), (), torch.Generator().manual_seed(7), "cpu")
+    dense = method.dense([m.B @ m.A * m.scale for m in modules], [1.0, 0.8], args)
+    assert torch.equal(plain, dense)  # the same k entries kept, ties broken by position

@@ -13,6 +13,8 @@
 maps onto it instead of being refused. Both take the weighted updates as a sequence (a list, or a stacked tensor with the updates on dim
 0) and work adapter by adapter in place: no stacked (n, d_out, d_in) copy, no per-adapter
 temporaries beyond one. `combine_weighted` is the two in a row, or the plain sum without consensus.
+`combine_stacked_` is the same on updates stacked in a scratch tensor it may overwrite: a handful of
+whole-stack ops into reused buffers, for the streamed merge's row blocks (task_arithmetic.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
+from merging.methods import kernels
+from merging.methods.blocks import scratch
 from merging.methods.registry import MethodError, Param
 
 SIGN_RULES: tuple[str, ...] = ("total", "frequency")
@@ -110,3 +114,47 @@ def combine_weighted(
             total += x
         return total
     return disjoint_mean(weighted, elect_sign(weighted, sign_rule), divide_by, weights)
+
+
+def combine_stacked_(
+    stacked: torch.Tensor,
+    consensus: bool,
+    sign_rule: str = "total",
+    divide_by: str = "count",
+    weights: Sequence[float] | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """combine_weighted of the updates stacked on dim 0 of `stacked`, which it overwrites (a scratch
+    buffer), written into `out`. The same sums in the same order (dim 0 is summed first to last),
+    each a single op over the stack instead of one per update."""
+    if stacked.shape[0] == 0:
+        raise MethodError("nothing to merge")
+    shape, device = stacked.shape[1:], stacked.device
+    out = torch.empty(shape, dtype=stacked.dtype, device=device) if out is None else out
+    if not consensus:
+        return torch.sum(stacked, 0, out=out)
+    if divide_by not in DIVIDE_RULES:
+        raise MethodError(f"unknown divide_by '{divide_by}' (allowed: {', '.join(DIVIDE_RULES)})")
+    if divide_by == "weights" and (weights is None or len(weights) != stacked.shape[0]):
+        raise MethodError("divide_by 'weights' needs one weight per update")
+    if sign_rule not in SIGN_RULES:
+        raise MethodError(f"unknown sign rule '{sign_rule}' (allowed: {', '.join(SIGN_RULES)})")
+    if kernels.usable(stacked, out):  # the same sums in one compiled pass per entry
+        return kernels.combine_stacked(stacked, sign_rule, divide_by, weights, out)
+    sign = scratch("consensus-sign", shape, device, stacked.dtype)
+    if sign_rule == "total":
+        torch.sum(stacked, 0, out=sign)
+    else:
+        torch.sum(torch.sign(stacked, out=scratch("consensus-signs", stacked.shape, device, stacked.dtype)), 0, out=sign)
+    sign.sign_().add_(0.5).sign_()  # as elect_sign: a zero vote goes to +1
+    agreeing = stacked.mul_(sign).clamp_(min=0)  # as disjoint_mean, in the elected sign's frame
+    torch.sum(agreeing, 0, out=out).mul_(sign)
+    if divide_by == "none":
+        return out
+    agreeing.sign_()
+    if divide_by == "weights":
+        agreeing.mul_(torch.tensor([float(w) for w in weights], dtype=stacked.dtype, device=device).view(-1, *[1] * len(shape)))
+    divisor = torch.sum(agreeing, 0, out=scratch("consensus-divisor", shape, device, stacked.dtype))
+    if divide_by == "count":
+        return out.div_(divisor.clamp_(min=1))
+    return out.div_(divisor.masked_fill_(divisor == 0, 1.0))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from merging.methods.blocks import order_free
-from merging.methods.cut import apply_cut, cut_of_factors, magnitude_cut
+from merging.methods.cut import apply_cut, cut_block_in_place, cut_of_factors, magnitude_cut
 from merging.methods.registry import MethodError, Param
 
 # (one block of rows of an update, first row, end row) -> its kept entries; may work in place
@@ -93,7 +93,10 @@ def _plan_magnitude(factors, shape, blocks: Sequence[tuple[int, int]], value, ge
         return None
     cut = cut_of_factors(*factors, k, blocks)
     if cut.all_ties:  # no tie budget to carry from block to block
-        return order_free(lambda x, start, stop: apply_cut(x, None, cut))  # |x| is not needed then
+        return order_free(lambda x, start, stop: apply_cut(x, None, cut, in_place=True))  # |x| is not needed then
+    if cut.block_ties is not None:  # each block knows its share of the tie budget
+        block_of = {start: index for index, (start, _) in enumerate(blocks)}
+        return order_free(lambda x, start, stop: cut_block_in_place(x, cut, block_of[start]))
     ties_left = [cut.ties]
     return lambda x, start, stop: apply_cut(x, x.abs(), cut, ties_left)
 

@@ -25,8 +25,8 @@ from functools import partial
 import torch
 
 from merging.adapters.lora import LoraModule
-from merging.methods.blocks import block_map, is_order_free
-from merging.methods.consensus import DIVIDE_BY, SIGN, combine_weighted
+from merging.methods.blocks import block_map, is_order_free, scratch, scratch_space
+from merging.methods.consensus import DIVIDE_BY, SIGN, combine_stacked_, combine_weighted
 from merging.methods.factored import Factored, concatenate
 from merging.methods.registry import NO_MERGEKIT, Mergekit, Method, MethodArgs, MethodError, Rule
 from merging.methods.sparsify import NONE, Sparsifier
@@ -91,27 +91,40 @@ def combine_factors(
         None if m is None else ((m.B.to(device, torch.float32) * m.scale), m.A.to(device, torch.float32))
         for m in modules
     ]
-    rows = max(1, min(d_out, _BLOCK_BYTES.get(device.type, 8 << 20) // (4 * d_in * (len(modules) + 3))))
-    blocks = [(start, min(start + rows, d_out)) for start in range(0, d_out, rows)]
-    filters = [
-        sparsifier.plan(pair, (d_out, d_in), blocks, partial(args.value, index=i), args.generator, device)
-        for i, pair in enumerate(factors)
-    ]
     sign_rule = _sign_rule(args, consensus)
     divide_by = _divide_by(args, consensus)
+    rows = max(1, min(d_out, _BLOCK_BYTES.get(device.type, 8 << 20) // (4 * d_in * (len(modules) + 3))))
+    blocks = [(start, min(start + rows, d_out)) for start in range(0, d_out, rows)]
+    with scratch_space():  # each worker reuses its block buffers through the cuts and the merge
+        filters = [
+            sparsifier.plan(pair, (d_out, d_in), blocks, partial(args.value, index=i), args.generator, device)
+            for i, pair in enumerate(factors)
+        ]
+        return _merge_blocks(factors, filters, weights, blocks, (d_out, d_in), device, consensus, sign_rule, divide_by)
+
+
+def _merge_blocks(factors, filters, weights, blocks, shape, device, consensus, sign_rule, divide_by) -> torch.Tensor:
+    """The merged matrix, block of rows by block: each update's rows rebuilt, filtered, weighted, combined."""
+    d_out, d_in = shape
     merged = torch.empty((d_out, d_in), dtype=torch.float32, device=device)
+    # an update that keeps nothing adds 0 to every sum, vote and count: it is left out of the stack
+    contributing = [i for i, row_filter in enumerate(filters) if row_filter is not None]
+    if not contributing:
+        return merged.zero_()
+    contributing_weights = [float(weights[i]) for i in contributing]
 
     def merge_block(block: tuple[int, int]) -> None:
         start, stop = block
-        weighted = []
-        for i, pair in enumerate(factors):
-            if filters[i] is None:
-                weighted.append(torch.zeros((stop - start, d_in), dtype=torch.float32, device=device))
-                continue
-            x = filters[i](pair[0][start:stop] @ pair[1], start, stop)
-            weight = float(weights[i])
-            weighted.append(x if weight == 1.0 else x.mul_(weight))  # ×1 is exact: one pass saved
-        merged[start:stop] = combine_weighted(weighted, consensus, sign_rule, divide_by, weights)
+        stacked = scratch("updates", (len(contributing), stop - start, d_in), device)
+        for row, i in enumerate(contributing):
+            B, A = factors[i]
+            x = torch.mm(B[start:stop], A, out=stacked[row])
+            kept = filters[i](x, start, stop)
+            if kept is not x:  # a filter that does not work in place
+                x.copy_(kept)
+            if contributing_weights[row] != 1.0:  # ×1 is exact: one pass saved
+                x.mul_(contributing_weights[row])
+        combine_stacked_(stacked, consensus, sign_rule, divide_by, contributing_weights, out=merged[start:stop])
 
     # independent blocks (no tie budget carried between them) go to the merge's block workers
     block_map(merge_block, blocks, parallel=all(is_order_free(f) for f in filters))
