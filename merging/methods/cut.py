@@ -10,6 +10,7 @@ how many of the kept ties fall in each block of rows, so the blocks can be cut i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +41,16 @@ class MagnitudeCut:
     @property
     def all_ties(self) -> bool:
         return self.ties == self.ties_total
+
+    @functools.cached_property
+    def shrink_below(self) -> float:
+        """hardshrink keeps |x| > λ: the float just below the threshold keeps |x| ≥ threshold
+        (worked out once per cut, not once per block)."""
+        return float(torch.nextafter(self.threshold, torch.zeros_like(self.threshold)))
+
+    @functools.cached_property
+    def shrink_at(self) -> float:
+        return float(self.threshold)
 
 
 def _with_block_ties(cut: MagnitudeCut, inside: Sequence[torch.Tensor]) -> MagnitudeCut:
@@ -119,9 +130,9 @@ def cut_block_in_place(x: torch.Tensor, cut: MagnitudeCut, block: int) -> torch.
     with that block's own share of the tie budget: blocks cut this way need no order."""
     equal, kept = cut.block_ties[block]
     if kept == equal:  # every tie in this block kept: |x| ≥ threshold (all_ties' one pass)
-        return apply_cut(x, None, replace(cut, ties=cut.ties_total), in_place=True)
+        return x if cut.shrink_at <= 0.0 else torch.ops.aten.hardshrink.out(x, cut.shrink_below, out=x)
     if kept == 0:  # none: |x| > threshold
-        return torch.ops.aten.hardshrink.out(x, float(cut.threshold), out=x)
+        return torch.ops.aten.hardshrink.out(x, cut.shrink_at, out=x)
     return x.copy_(apply_cut(x, x.abs(), cut, [kept]))
 
 
@@ -137,13 +148,11 @@ def apply_cut(
     `magnitudes` (|x|) may be None when the cut keeps all its ties (one hardshrink pass then, into
     x itself when `in_place`)."""
     if cut.all_ties:
-        if float(cut.threshold) <= 0.0:
+        if cut.shrink_at <= 0.0:
             return x if in_place else x.clone()
-        # hardshrink keeps |x| > λ; λ the float just below the threshold keeps |x| ≥ threshold
-        below = float(torch.nextafter(cut.threshold, torch.zeros_like(cut.threshold)))
         if in_place:
-            return torch.ops.aten.hardshrink.out(x, below, out=x)
-        return torch.nn.functional.hardshrink(x, below)
+            return torch.ops.aten.hardshrink.out(x, cut.shrink_below, out=x)
+        return torch.nn.functional.hardshrink(x, cut.shrink_below)
     if magnitudes is None:
         magnitudes = x.abs()
     keep = magnitudes > cut.threshold

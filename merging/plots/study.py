@@ -120,6 +120,9 @@ def seed_differences(differences: Mapping[str, Mapping], title: str = "", presen
     return _room_for_subtitle(fig)
 
 
+MARKER_BELOW_BAR = 0.38  # rows: a bar spans ±0.23 of its row, so the marker (11 px) sits clear of it
+
+
 @explained(
     "Left: the share of the other tasks' mean input energy that each kind's A reads (0 = blind to the "
     "other tasks, OSRM's aim; the dotted line = a random subspace). Right: how much the tasks' A "
@@ -137,21 +140,25 @@ def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = Fal
     order = [k for k in KIND_NAMES if k in kinds] + [k for k in kinds if k not in KIND_NAMES]
     kinds = {k: kinds[k] for k in order}
     names = [SHORT_KIND_NAMES.get(k, k) for k in kinds]
+    # Rows on a numeric axis: the bar at the row, its marker a third of a row below it, so a marker
+    # never sits on the bar's outside value label (they touched when the two values were close).
+    rows = list(range(len(names)))
     for column, (init_key, trained_key) in enumerate(
         (("energy_share_init", "energy_share_trained"), ("overlap_init", "overlap_trained")), start=1
     ):
         trained = [100.0 * v[trained_key] if v.get(trained_key) is not None else None for v in kinds.values()]
         initial = [100.0 * v[init_key] if v.get(init_key) is not None else None for v in kinds.values()]
         fig.add_trace(go.Bar(
-            y=names, x=trained, orientation="h", name="after training", marker={"color": OKABE_ITO["blue"]},
+            y=rows, x=trained, orientation="h", width=0.46, name="after training", marker={"color": OKABE_ITO["blue"]},
             showlegend=column == 1, text=[f"{v:.1f} %" if v is not None else "" for v in trained],
-            textposition="outside", cliponaxis=False,
-            hovertemplate="%{y}<br>after training: %{x:.2f} %<extra></extra>",
+            textposition="outside", cliponaxis=False, customdata=names,
+            hovertemplate="%{customdata}<br>after training: %{x:.2f} %<extra></extra>",
         ), row=1, col=column)  # fmt: skip
         fig.add_trace(go.Scatter(
-            y=names, x=initial, mode="markers", name="at initialisation", showlegend=column == 1,
+            y=[row + MARKER_BELOW_BAR for row in rows], x=initial, mode="markers", name="at initialisation",
+            showlegend=column == 1, customdata=names, cliponaxis=False,  # a marker at 0 % drawn whole
             marker={"color": OKABE_ITO["orange"], "symbol": "diamond", "size": 11, "line": {"width": 1, "color": "white"}},
-            hovertemplate="%{y}<br>at initialisation: %{x:.2f} %<extra></extra>",
+            hovertemplate="%{customdata}<br>at initialisation: %{x:.2f} %<extra></extra>",
         ), row=1, col=column)  # fmt: skip
         largest = max((v for v in trained + initial if v is not None), default=1.0)
         fig.update_xaxes(range=[0, largest * 1.3 + 1e-9], row=1, col=column)  # room for the outside labels
@@ -160,7 +167,7 @@ def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = Fal
         for column in (1, 2):
             fig.add_vline(x=100.0 * reference, line={"color": ROLE_COLOURS["majority"], "dash": "dot", "width": 2},
                           row=1, col=column)  # fmt: skip
-    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(autorange="reversed", tickvals=rows, ticktext=names)
     fig.update_yaxes(title_text="initialisation", row=1, col=1)
     fig.update_yaxes(visible=False, row=1, col=2)  # the same rows as on the left
     fig.update_xaxes(ticksuffix=" %")
