@@ -19,7 +19,7 @@ from merging.methods.consensus import combine_stacked_, combine_weighted
 
 def test_the_loops_are_there():
     """numba is pinned in requirements.txt: a merge without it is right but several times slower."""
-    assert kernels.numba is not None
+    assert kernels.AVAILABLE
     assert kernels.usable(torch.zeros(3)) and not kernels.usable(torch.zeros(3, dtype=torch.float64))
 
 

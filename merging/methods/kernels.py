@@ -10,25 +10,30 @@ Each computes exactly what its torch form computes, in float32 and in the same o
 sums from first to last), so a merge gives the same bits either way; tests/test_kernels.py holds
 each against its torch form. They are numba functions compiled on first use (cached beside this
 file) and release the GIL, so the merge's block workers (blocks.py) run them side by side. CUDA
-tensors, and a machine where numba will not load, take the torch forms.
+tensors, and a machine where numba will not load, take the torch forms. numba is imported at the
+first merge that uses a loop, not with the package (~0.4 s that most commands never need).
 """
 
 from __future__ import annotations
+
+import functools
+import importlib.util
+import threading
 
 import numpy as np
 import torch
 
 from merging.methods.blocks import scratch
 
-try:  # numba is in requirements.txt; without it the merge is the same, only slower
-    import numba
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None
+# numba is in requirements.txt; without it a merge is the same, only slower
+AVAILABLE = importlib.util.find_spec("numba") is not None
 
 
 
 def _compiled(function):
     """numba's njit, cached on disk when a cache folder can be written (else compiled per process)."""
+    import numba
+
     try:
         return numba.njit(nogil=True, cache=True, boundscheck=False)(function)
     except RuntimeError:  # numba finds no writable cache folder (a read-only install, no home)
@@ -41,12 +46,22 @@ _DIVISORS = {"count": 0, "weights": 1, "none": 2}
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the compiled loops can run on these tensors (CPU, float32, contiguous)."""
-    return numba is not None and all(
+    return AVAILABLE and all(
         t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors
     )
 
 
-if numba is not None:
+_loading = threading.Lock()  # the block workers may all ask at once for the first time
+
+
+def _loops():
+    """The two compiled loops, (split, combine); numba compiles (or loads from its cache) on first call."""
+    with _loading:
+        return _build()
+
+
+@functools.cache
+def _build():
     # Branch-free bodies: whether an entry is above the cut or agrees with the sign is a coin flip,
     # and a mispredicted branch per entry cost more than the whole pass (4.3 ns per entry, measured).
 
@@ -94,13 +109,16 @@ if numba is not None:
                 total /= divisor[column] if divisor[column] != zero else one
             out[column] = total
 
+    return _split, _combine
+
 
 def bracket_split(magnitudes_or_values: torch.Tensor, lo: float | None, hi: float | None, inside: torch.Tensor) -> tuple[int, torch.Tensor]:
     """(how many |x| are > hi, the |x| in (lo, hi]) of a block, `inside` a float32 buffer at least
     the block's size that receives them; the values are returned as a copy. A None bound is open."""
     values = magnitudes_or_values.reshape(-1).numpy()
     # an open bound: every magnitude (≥ 0, or NaN, which neither bound takes) lies on its side
-    above, found = _split(
+    split, _ = _loops()
+    above, found = split(
         values, np.float32(-1.0 if lo is None else lo), np.float32(np.inf if hi is None else hi), inside.reshape(-1).numpy()
     )
     return int(above), inside.reshape(-1)[:found].clone()
@@ -110,7 +128,8 @@ def combine_stacked(stacked: torch.Tensor, sign_rule: str, divide_by: str, weigh
     """TIES' consensus (consensus.combine_stacked_ with consensus) of updates stacked on dim 0, into out."""
     rows = stacked.shape[0]
     width = out.numel()
-    _combine(
+    _, combine = _loops()
+    combine(
         stacked.reshape(rows, -1).numpy(),
         np.asarray([float(w) for w in (weights if weights is not None else [1.0] * rows)], dtype=np.float32),
         _RULES[sign_rule],
