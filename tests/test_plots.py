@@ -490,12 +490,14 @@ def test_study_figures_carry_the_study_numbers():
     mechanism = plots.osrm_mechanism(ABLATIONS)
     bars = [trace for trace in mechanism.data if trace.type == "bar"]
     assert list(bars[0].x) == pytest.approx([25.0, 2.0]) and list(bars[1].x) == pytest.approx([8.0, 40.0])
-    # each row's initialisation marker sits below its bar (bar ±width/2), clear of the bar's value label
-    markers = [trace for trace in mechanism.data if trace.type == "scatter"]
-    for bar, marker in zip(bars, markers):
-        for row, marker_row in zip(bar.y, marker.y):
-            assert marker_row - row > bar.width / 2
-    assert list(mechanism.layout.yaxis.ticktext) == list(bars[0].customdata)  # rows named as before
+    # the trained values stand in a column right of every bar and marker, so no label meets a marker
+    markers = [trace for trace in mechanism.data if trace.type == "scatter" and trace.mode == "markers"]
+    labels = [trace for trace in mechanism.data if trace.type == "scatter" and trace.mode == "text"]
+    assert [list(trace.text) for trace in labels] == [["25.0 %", "2.0 %"], ["8.0 %", "40.0 %"]]
+    for bar, marker, label in zip(bars, markers, labels):
+        column = min(label.x)
+        assert label.textposition == "middle left"  # the text ends at the column's x
+        assert all(column > value for value in list(bar.x) + list(marker.x) if value is not None)
     claims = plots.magnitude_variance_claims({"lora": {"osrm": 0.4}, "full_finetune": 0.1}, PAIR_POINTS,
                                              {"r": 0.45, "low": 0.1, "high": 0.7})
     assert list(claims.data[0].x) == [0.4, 0.1]

@@ -120,7 +120,7 @@ def seed_differences(differences: Mapping[str, Mapping], title: str = "", presen
     return _room_for_subtitle(fig)
 
 
-MARKER_BELOW_BAR = 0.38  # rows: a bar spans ±0.23 of its row, so the marker (11 px) sits clear of it
+LABEL_COLUMN = 1.45  # the value column's right edge, in multiples of the panel's largest value
 
 
 @explained(
@@ -130,8 +130,9 @@ MARKER_BELOW_BAR = 0.38  # rows: a bar spans ±0.23 of its row, so the marker (1
     "gaussian = the OSRM authors' baseline, scale control = standard rescaled to OSRM's size."
 )
 def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = False) -> go.Figure:
-    """Captured energy share and input-subspace overlap per kind: a bar after training (labelled), a
-    marker at initialisation (unlabelled: one label per row keeps a 720-px stage readable)."""
+    """Captured energy share and input-subspace overlap per kind: a bar after training (its value in a
+    column at the right), a marker at initialisation (unlabelled: one label per row keeps a 720-px
+    stage readable)."""
     kinds = ablations.get("kinds") or {}
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Other tasks' input energy A reads", "Overlap between tasks' A"),
                         horizontal_spacing=0.1)  # fmt: skip
@@ -140,35 +141,39 @@ def osrm_mechanism(ablations: Mapping, title: str = "", presentation: bool = Fal
     order = [k for k in KIND_NAMES if k in kinds] + [k for k in kinds if k not in KIND_NAMES]
     kinds = {k: kinds[k] for k in order}
     names = [SHORT_KIND_NAMES.get(k, k) for k in kinds]
-    # Rows on a numeric axis: the bar at the row, its marker a third of a row below it, so a marker
-    # never sits on the bar's outside value label (they touched when the two values were close).
-    rows = list(range(len(names)))
     for column, (init_key, trained_key) in enumerate(
         (("energy_share_init", "energy_share_trained"), ("overlap_init", "overlap_trained")), start=1
     ):
         trained = [100.0 * v[trained_key] if v.get(trained_key) is not None else None for v in kinds.values()]
         initial = [100.0 * v[init_key] if v.get(init_key) is not None else None for v in kinds.values()]
         fig.add_trace(go.Bar(
-            y=rows, x=trained, orientation="h", width=0.46, name="after training", marker={"color": OKABE_ITO["blue"]},
-            showlegend=column == 1, text=[f"{v:.1f} %" if v is not None else "" for v in trained],
-            textposition="outside", cliponaxis=False, customdata=names,
-            hovertemplate="%{customdata}<br>after training: %{x:.2f} %<extra></extra>",
+            y=names, x=trained, orientation="h", name="after training", marker={"color": OKABE_ITO["blue"]},
+            showlegend=column == 1, hovertemplate="%{y}<br>after training: %{x:.2f} %<extra></extra>",
         ), row=1, col=column)  # fmt: skip
         fig.add_trace(go.Scatter(
-            y=[row + MARKER_BELOW_BAR for row in rows], x=initial, mode="markers", name="at initialisation",
-            showlegend=column == 1, customdata=names, cliponaxis=False,  # a marker at 0 % drawn whole
+            y=names, x=initial, mode="markers", name="at initialisation", showlegend=column == 1,
+            cliponaxis=False,  # a marker at 0 % drawn whole
             marker={"color": OKABE_ITO["orange"], "symbol": "diamond", "size": 11, "line": {"width": 1, "color": "white"}},
-            hovertemplate="%{customdata}<br>at initialisation: %{x:.2f} %<extra></extra>",
+            hovertemplate="%{y}<br>at initialisation: %{x:.2f} %<extra></extra>",
         ), row=1, col=column)  # fmt: skip
+        # The trained values as a column at the panel's right edge, past every bar and marker: at a
+        # bar's end a label met the row's marker whenever the two values were close.
         largest = max((v for v in trained + initial if v is not None), default=1.0)
-        fig.update_xaxes(range=[0, largest * 1.3 + 1e-9], row=1, col=column)  # room for the outside labels
+        edge = largest * LABEL_COLUMN
+        fig.add_trace(go.Scatter(
+            y=names, x=[edge] * len(names), mode="text", textposition="middle left", cliponaxis=False,
+            text=[f"{v:.1f} %" if v is not None else "" for v in trained], showlegend=False,
+            name="after training (value)", hovertemplate="%{y}<br>after training: %{text}<extra></extra>",
+        ), row=1, col=column)  # fmt: skip
+        fig.update_xaxes(range=[0, edge], row=1, col=column)
     reference = ablations.get("random_reference")
     if reference:
         for column in (1, 2):
             fig.add_vline(x=100.0 * reference, line={"color": ROLE_COLOURS["majority"], "dash": "dot", "width": 2},
                           row=1, col=column)  # fmt: skip
-    fig.update_yaxes(autorange="reversed", tickvals=rows, ticktext=names)
-    fig.update_yaxes(title_text="initialisation", row=1, col=1)
+    fig.update_yaxes(autorange="reversed")
+    # names clear of a marker drawn whole at 0 %
+    fig.update_yaxes(title_text="initialisation", ticklabelstandoff=14, row=1, col=1)
     fig.update_yaxes(visible=False, row=1, col=2)  # the same rows as on the left
     fig.update_xaxes(ticksuffix=" %")
     fig.update_xaxes(title_text="share of their energy", row=1, col=1)
