@@ -146,3 +146,61 @@ def test_ties_at_the_cut_spread_over_blocks_run_on_workers_and_keep_the_dense_me
     args = MethodArgs(method.validate({"density": density}), (), torch.Generator().manual_seed(7), "cpu")
     dense = method.dense([m.B @ m.A * m.scale for m in modules], [1.0, 0.8], args)
     assert torch.equal(plain, dense)  # the same k entries kept, ties broken by position
+
+
+def _adapters_with_modules(count: int, names: list[str], seed: int):
+    from merging.adapters.lora import Adapter
+
+    g = torch.Generator().manual_seed(seed)
+    return [Adapter(name=f"a{i}", modules={n: LoraModule(torch.randn(4, 80, generator=g), torch.randn(96, 4, generator=g) * 0.1, 1.5)
+                                           for n in names}, saved_modules={}, base_model=None, config={}, meta={})
+            for i in range(count)]  # fmt: skip
+
+
+@pytest.mark.parametrize("method, extra", [("ties", {"density": 0.5, "rank": 6}), ("dare_ties", {"density": 0.6}),
+                                           ("task_arithmetic", {"rank": 3})])  # fmt: skip
+def test_the_pipelined_merge_gives_the_one_step_merge_module_by_module(monkeypatch, tmp_path, method, extra):
+    """merge_adapters factors a module on its own thread while it merges the next: the same modules,
+    in the same order, with DARE's draws in module order, as merging each module whole."""
+    import merging.engine.merge as engine
+    from merging.recipe.codec import recipe_from_dict
+
+    names = [f"layers.{i}.q_proj" for i in range(5)]
+    adapters = _adapters_with_modules(3, names, seed=4)
+    recipe = recipe_from_dict({"adapters": [{"path": str(tmp_path / f"a{i}"), "name": f"a{i}"} for i in range(3)],
+                               "method": method, "seed": 3, **extra})  # fmt: skip
+    monkeypatch.setattr(engine, "usable_cores", lambda: 2)
+    seen = []
+    pipelined = merge_adapters(adapters, recipe, progress=lambda i, total, what: seen.append(what))
+    assert seen == names + ["done"]
+    assert list(pipelined.adapter.modules) == names
+    monkeypatch.setattr(engine, "usable_cores", lambda: 1)  # the one-step loop
+    plain = merge_adapters(adapters, recipe)
+    for name in names:
+        got, expected = pipelined.adapter.modules[name].delta(), plain.adapter.modules[name].delta()
+        assert torch.allclose(got, expected, atol=1e-5 * float(expected.abs().max())), name
+        assert pipelined.reports[name] == plain.reports[name]
+
+
+def test_a_cancel_while_a_module_is_factored_stops_the_merge_and_leaves_no_thread(monkeypatch, tmp_path):
+    import threading
+
+    import merging.engine.merge as engine
+    from merging.core.progress import Cancelled
+    from merging.recipe.codec import recipe_from_dict
+
+    names = [f"layers.{i}.q_proj" for i in range(4)]
+    adapters = _adapters_with_modules(2, names, seed=5)
+    recipe = recipe_from_dict({"adapters": [{"path": str(tmp_path / f"a{i}"), "name": f"a{i}"} for i in range(2)],
+                               "method": "ties", "density": 0.5})  # fmt: skip
+    monkeypatch.setattr(engine, "usable_cores", lambda: 2)
+
+    def progress(index, total, what):
+        if index == 2:  # module 1 is being factored on its thread
+            raise Cancelled()
+
+    threads = torch.get_num_threads()
+    with pytest.raises(Cancelled):
+        merge_adapters(adapters, recipe, progress=progress)
+    assert torch.get_num_threads() == threads
+    assert not [t for t in threading.enumerate() if t.name.startswith("merge-factor")]
