@@ -161,9 +161,10 @@ if not _missing(index):
         chart, words = st.container(), None
     with chart:
         figure, name = story.figure(step, measured, tour, presentation=ui_settings.presentation)
-        # the finale needs one line per merge: at least its own height, even if the page scrolls a little
-        # five rows of two-line task names need ~50 px each: the heatmap gets 600 px (it overprinted at 430)
-        least = int(figure.layout.height or 400) if step.chart == "summary" else 600 if step.chart == "overlap" else 400
+        # On stage every chart fills the window under the headline and no more (a chart that ran past
+        # it hid its axis and legend from the room: the finale's nine merges, the overlap heatmap at
+        # 720 px); off stage the finale keeps one comfortable line per merge.
+        least = 400 if ui_settings.presentation else int(figure.layout.height or 400)
         _ui.show_figure(figure, name, f"tour_{step.key}", reserved=ABOVE_CHART_PX, least=least)
         merged = chance_badges.recipe_entries(catalog.zoo_entries(built_in), [m.recipe for m in tour.needs(index)])
         if note := chance_badges.flag_note(merged, "in this step"):  # an adapter at chance is never shown unflagged

@@ -83,6 +83,11 @@ def _shown_step(page) -> int:
     return page.evaluate(SHOWN_STEP)
 
 
+# where each drawn chart ends, in window pixels, scrolled to the page's top as the step opens
+CHART_BOTTOMS = """() => Array.from(document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+  .map(c => c.getBoundingClientRect()).filter(r => r.height > 0).map(r => r.bottom)"""
+
+
 @pytest.mark.parametrize("width, height", [(1280, 720), (1440, 900)])
 def test_every_tour_step_reads_cleanly_and_a_clicker_moves_it(measured_workspace, width, height):
     (ROOT / "artifacts").mkdir(exist_ok=True)
@@ -115,6 +120,11 @@ def test_every_tour_step_reads_cleanly_and_a_clicker_moves_it(measured_workspace
                                 ("cut chart text", _cut(texts))):
                 if found:
                     problems.append(f"step {number}: {what}: {found[:6]}")
+            # the step's chart, its axis and legend included, ends inside the window: nothing the
+            # room needs is below the fold
+            bottoms = page.evaluate(CHART_BOTTOMS)
+            if not bottoms or max(bottoms) > height + 1:
+                problems.append(f"step {number}: chart ends at {bottoms} px, the window at {height}")
             small = [(t["text"], t["size"]) for t in page.evaluate(PAGE_TEXTS) if t["size"] < 18]
             if small:
                 problems.append(f"step {number}: page text under 18 px: {small[:6]}")
