@@ -13,8 +13,9 @@
 maps onto it instead of being refused. Both take the weighted updates as a sequence (a list, or a stacked tensor with the updates on dim
 0) and work adapter by adapter in place: no stacked (n, d_out, d_in) copy, no per-adapter
 temporaries beyond one. `combine_weighted` is the two in a row, or the plain sum without consensus.
-`combine_stacked_` is the same on updates stacked in a scratch tensor it may overwrite: a handful of
-whole-stack ops into reused buffers, for the streamed merge's row blocks (task_arithmetic.py).
+`combine_stacked_` is the same on updates stacked in a scratch tensor, written into a given output,
+for the streamed merge's row blocks (task_arithmetic.py): one compiled pass on the CPU
+(kernels.py), else `combine_weighted` over the stack's rows.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from collections.abc import Sequence
 import torch
 
 from merging.methods import kernels
-from merging.methods.blocks import scratch
 from merging.methods.registry import MethodError, Param
 
 SIGN_RULES: tuple[str, ...] = ("total", "frequency")
@@ -124,9 +124,8 @@ def combine_stacked_(
     weights: Sequence[float] | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """combine_weighted of the updates stacked on dim 0 of `stacked`, which it overwrites (a scratch
-    buffer), written into `out`. The same sums in the same order (dim 0 is summed first to last),
-    each a single op over the stack instead of one per update."""
+    """combine_weighted of the updates stacked on dim 0 of `stacked` (a scratch buffer it may
+    overwrite), written into `out`: the same sums in the same order (dim 0 first to last)."""
     if stacked.shape[0] == 0:
         raise MethodError("nothing to merge")
     shape, device = stacked.shape[1:], stacked.device
@@ -141,20 +140,4 @@ def combine_stacked_(
         raise MethodError(f"unknown sign rule '{sign_rule}' (allowed: {', '.join(SIGN_RULES)})")
     if kernels.usable(stacked, out):  # the same sums in one compiled pass per entry
         return kernels.combine_stacked(stacked, sign_rule, divide_by, weights, out)
-    sign = scratch("consensus-sign", shape, device, stacked.dtype)
-    if sign_rule == "total":
-        torch.sum(stacked, 0, out=sign)
-    else:
-        torch.sum(torch.sign(stacked, out=scratch("consensus-signs", stacked.shape, device, stacked.dtype)), 0, out=sign)
-    sign.sign_().add_(0.5).sign_()  # as elect_sign: a zero vote goes to +1
-    agreeing = stacked.mul_(sign).clamp_(min=0)  # as disjoint_mean, in the elected sign's frame
-    torch.sum(agreeing, 0, out=out).mul_(sign)
-    if divide_by == "none":
-        return out
-    agreeing.sign_()
-    if divide_by == "weights":
-        agreeing.mul_(torch.tensor([float(w) for w in weights], dtype=stacked.dtype, device=device).view(-1, *[1] * len(shape)))
-    divisor = torch.sum(agreeing, 0, out=scratch("consensus-divisor", shape, device, stacked.dtype))
-    if divide_by == "count":
-        return out.div_(divisor.clamp_(min=1))
-    return out.div_(divisor.masked_fill_(divisor == 0, 1.0))
+    return out.copy_(combine_weighted(list(stacked), True, sign_rule, divide_by, weights))
