@@ -542,8 +542,8 @@ def cmd_tour(args: argparse.Namespace) -> int:
     """Measure the Tour (or read it from the workspace's measure cache) and write the offline deck."""
     from merging.analysis import deck
     from merging.analysis import tour as story
-    from merging.analysis.measure_cache import MeasureCache
     from merging.lab.lab import Lab
+    from merging.store.measure_cache import MeasureCache
     from merging.training.zoo import REPO_ZOO, load_zoo
 
     out = Path(args.export)

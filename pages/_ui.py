@@ -32,6 +32,7 @@ from merging.lab.catalog import (  # noqa: F401 - used by the other pages
 from merging.lab.catalog import catalog as adapter_catalog
 from merging.lab.catalog import default_base_model as zoo_base_model
 from merging.lab.lab import Lab
+from merging.store.measure_cache import MeasureCache
 from merging.store.runs import RunStore
 from merging.store.workspace import clean_workspace
 from merging.training.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
@@ -198,9 +199,25 @@ def run_store(workspace: Path) -> RunStore:
 # Cached resources: loaded once per server, shared by every tab
 
 
+def lab_for(base_model: str, device: str, workspace: str | os.PathLike | None = None) -> Lab:
+    """The lab of a base model and device, shared by every tab on the same workspace, whose scores
+    are kept in that workspace's measure cache (merging.store.measure_cache): a recipe merged before,
+    by this server or an earlier one, is not scored again. `workspace`: the session's unless given
+    (the server's warm-up names the default one)."""
+    if workspace is None:
+        workspace = st.session_state.get("workspace", str(DEFAULT_WORKSPACE))  # as settings() reads it
+    folder = Path(workspace).expanduser().resolve()
+    return _lab(base_model, device, str(folder))
+
+
 @st.cache_resource(show_spinner="Loading the base model…")
-def lab_for(base_model: str, device: str) -> Lab:
-    return Lab(base_model, device=device)
+def _lab(base_model: str, device: str, workspace: str) -> Lab:
+    return Lab(base_model, device=device, measures=MeasureCache.in_workspace(workspace))
+
+
+def forget_labs() -> None:
+    """Drop the loaded labs (and the scores they hold in memory): after adapters were added or removed."""
+    _lab.clear()
 
 
 def warm_up_in_background(lab: Lab, paths: list[Path]) -> None:

@@ -25,19 +25,19 @@ from pathlib import Path
 import streamlit as st
 
 from merging.adapters.lora import adapter_version, load_adapter
-from merging.analysis.measure_cache import MeasureCache
 from merging.core import jobs
 from merging.evaluation.evaluate import cross_task_matrix
 from merging.lab.catalog import Entry, twin_of, zoo_entries
 from merging.methods import REGISTRY
 from merging.recipe.codec import AdapterRef, Recipe
+from merging.store.measure_cache import MeasureCache
 from pages import _ui
 
 # "single adapters" are the ones the first merge and the matrix use (the standard five and their OSRM
 # twins); a zoo with more variants scores the rest last, so the first merge does not wait for them.
 # "tour" measures every step of the Tour (merging.analysis.tour.measure_tour), last: the Merge and Interference pages'
 # first results come first. What the tour and the matrix measure is also kept on disk in the workspace
-# (merging.analysis.measure_cache), so a restarted server reads it back instead of measuring again.
+# (merging.store.measure_cache), so a restarted server reads it back instead of measuring again.
 STEPS = ("base model", "single adapters", "first merge", "cross-task matrix", "other adapters", "tour")
 
 
@@ -124,7 +124,7 @@ def _started(zoo_folder: str, device: str) -> Readiness:
         readiness.state = {k: "failed: no zoo" for k in STEPS}
         return readiness
     try:
-        lab = _ui.lab_for(built_in.base_model, device)
+        lab = _ui.lab_for(built_in.base_model, device, _ui.DEFAULT_WORKSPACE)
         entries = [e for e in zoo_entries(built_in) if e.usable]
         adapters = {e.name: _ui.load_adapter_cached(e.path) for e in entries}
     except Exception as err:  # a broken zoo: say so in the readiness line, the pages still work

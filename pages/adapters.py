@@ -61,7 +61,7 @@ if finished is not None:
         )
         st.session_state["adapters_inspect"] = trained.folder.name
         if st.session_state.pop("adapters_train_replaced", False):
-            _ui.lab_for.clear()  # the lab caches scores by adapter path
+            _ui.forget_labs()  # the lab caches scores by adapter path
 
 entries = _ui.catalog(workspace)
 other_bases = len(_ui.catalog(workspace, every_base_model=True)) - len(entries)
@@ -93,7 +93,7 @@ def _remove(name: str) -> None:
     except Exception as err:
         st.session_state["adapters_remove_msg"] = ("error", _ui.friendly_error(err))
         return
-    _ui.lab_for.clear()  # the lab caches scores by adapter path
+    _ui.forget_labs()  # the lab caches scores by adapter path
     _ui._adapter.clear()
     if st.session_state.get("adapters_inspect") == name:
         st.session_state.pop("adapters_inspect", None)
@@ -326,7 +326,7 @@ def _import_zip() -> None:
 
 def _imported(folder, replaced: bool) -> None:
     if replaced:
-        _ui.lab_for.clear()  # the lab caches scores by adapter path
+        _ui.forget_labs()  # the lab caches scores by adapter path
     st.session_state["adapters_inspect"] = folder.name
     st.session_state["adapters_import_msg"] = ("success", f"Imported **{folder.name}** into `{folder}`.")
 

@@ -22,10 +22,10 @@ from merging import plots
 from merging.adapters.lora import Adapter
 from merging.analysis import interference_story as telling
 from merging.analysis import metrics, narrative, study_story
-from merging.analysis.measure_cache import MeasureCache
 from merging.analysis.seed_study import best_predictor
 from merging.evaluation.evaluate import cross_task_matrix
 from merging.lab import catalog, chance_badges
+from merging.store.measure_cache import MeasureCache
 from pages import _ui, _warm
 
 FEATURES_JOB = "interference_features"
@@ -521,7 +521,7 @@ _caption(  # on stage under the chart, as the other sentences
 )
 # (base, task, split, samples, targets, with second moments) → {module: ModuleFeatures}
 features_cache: dict = state.setdefault("interference_features_cache", {})
-cross_disk = _warm.disk_cache(ui_settings.workspace)  # the workspace's measure cache (merging.analysis.measure_cache)
+cross_disk = _warm.disk_cache(ui_settings.workspace)  # the workspace's measure cache (merging.store.measure_cache)
 DPI_KIND = "interference_dpi"
 
 
@@ -595,7 +595,7 @@ else:
         by_task.setdefault(adapter.task, adapter)
     need = {t: a for t, a in by_task.items() if _cached_features(t) is None}
     # Computed before, by this session, another, or an earlier server: the matrices are on disk
-    # (merging.analysis.measure_cache), so a reload shows them without the forward passes.
+    # (merging.store.measure_cache), so a reload shows them without the forward passes.
     dpi_keys = {view["key"]: (base_model, split, samples, targets, inputs, view["versions"]) for view in good}
     for dpi_key in dpi_keys.values():
         if dpi_key not in dpi_cache:
@@ -676,7 +676,7 @@ cross_cache: dict = state.setdefault("interference_cross_cache", {})  # (base, v
 # The server's warm-up scored the default sets already (pages/_warm.py): every session starts with them.
 for warm_key, warm_matrix in list(_warm.cross_task_results().items() if _warm.enabled() else ()):
     cross_cache.setdefault(warm_key, warm_matrix)
-# ... and what was scored before, by this server or an earlier one, is on disk (merging.analysis.measure_cache).
+# ... and what was scored before, by this server or an earlier one, is on disk (merging.store.measure_cache).
 for view in good:
     if (base_model, view["versions"]) not in cross_cache:
         kept = _warm.stored_cross_task(cross_disk, base_model, view["versions"])

@@ -2,7 +2,7 @@
 
 The steps, their measurements, charts and sentences are merging/analysis/tour.py; this page only walks them:
 Back / Next, step n of N, the step's chart and takeaway, and its recipe as a link that opens it in
-Merge. A step's measurements come from the workspace's measure cache (merging.analysis.measure_cache), filled
+Merge. A step's measurements come from the workspace's measure cache (merging.store.measure_cache), filled
 by the server's warm-up (pages/_warm.py) or by this page: a step not measured yet runs as a background
 job with progress and is kept on disk and for the server (keyed by recipe, adapter versions, base model
 and measuring code), so going Back is instant, a tour prepared in one tab is ready in another and a
@@ -18,9 +18,9 @@ from urllib.parse import quote
 import streamlit as st
 
 from merging.analysis import tour as story
-from merging.analysis.measure_cache import MeasureCache
 from merging.lab import catalog, chance_badges
 from merging.lab.lab import Lab
+from merging.store.measure_cache import MeasureCache
 from pages import _stage, _ui
 
 JOB = "tour"
@@ -65,7 +65,7 @@ def _lab() -> Lab:
 
 
 measured_store = _measured()
-# What was measured is kept on disk in the workspace too (merging.analysis.measure_cache): a restarted server,
+# What was measured is kept on disk in the workspace too (merging.store.measure_cache): a restarted server,
 # or one whose warm-up measured the tour (pages/_warm.py), shows every step at once.
 disk = MeasureCache.in_workspace(ui_settings.workspace)
 

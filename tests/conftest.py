@@ -195,12 +195,14 @@ def app_test(tiny_zoo, tmp_path, monkeypatch):
 
     monkeypatch.setenv("MERGESCOPE_ZOO", str(tiny_zoo))
     monkeypatch.setenv("MERGESCOPE_WARM_UP", "0")  # cold pages; tests of the warm-up turn it on
+    # the server's warm-up keeps what it measures in the default workspace: the session's, not the repository's
+    monkeypatch.setattr(_ui, "DEFAULT_WORKSPACE", tmp_path / "workspace")
     _run_app_py_on_every_rerun(monkeypatch)
     _ui._zoo.clear()
-    _ui.lab_for.clear()
+    _ui.forget_labs()
     yield new_app_test(tmp_path / "workspace")
     _ui._zoo.clear()
-    _ui.lab_for.clear()
+    _ui.forget_labs()
 
 
 def _run_app_py_on_every_rerun(monkeypatch) -> None:

@@ -5,7 +5,7 @@
   of chart text overlapping and none cut by the chart's edge — the finale's merge names included;
 - a clicker moves it: ArrowRight / PageDown / Space next, ArrowLeft / PageUp back (the walk itself
   goes forward by ArrowRight);
-- the steps come from the workspace's measure cache (merging.analysis.measure_cache), filled by the library
+- the steps come from the workspace's measure cache (merging.store.measure_cache), filled by the library
   beforehand as the server's warm-up would: no step waits for a measurement.
 
 Screenshots: artifacts/stage-tour-<step>-<width>x<height>.png.
@@ -50,8 +50,8 @@ PAGE_TEXTS = """() => {
 def measured_workspace():
     """The shipped zoo's tour measured into a workspace's measure cache, as the warm-up does."""
     from merging.analysis import tour as story
-    from merging.analysis.measure_cache import MeasureCache
     from merging.lab.lab import Lab
+    from merging.store.measure_cache import MeasureCache
     from merging.training.zoo import load_zoo
 
     # kept between runs (artifacts/ is ignored): its keys (adapter versions, code) keep it honest

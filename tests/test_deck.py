@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from merging.analysis import tour as story
-from merging.analysis.measure_cache import MeasureCache
 from merging.cli import main
+from merging.store.measure_cache import MeasureCache
 from merging.training.zoo import load_zoo
 from tests.browser_support import HANG_GUARD_MS
 

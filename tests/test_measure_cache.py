@@ -1,4 +1,4 @@
-"""Measurements kept on disk (merging/analysis/measure_cache.py): a restarted server reads them back, a changed
+"""Measurements kept on disk (merging/store/measure_cache.py): a restarted server reads them back, a changed
 adapter or measuring code gets new ones, a broken file is measured again; and the Tour and the
 server's warm-up use them."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from merging.analysis import measure_cache
 from merging.analysis import tour as story
-from merging.analysis.measure_cache import MeasureCache
+from merging.store import measure_cache
+from merging.store.measure_cache import MeasureCache
 
 
 def test_a_value_survives_a_new_cache_object_and_the_write_leaves_no_temporary(tmp_path):
@@ -177,3 +177,125 @@ def test_the_server_warm_up_measures_the_tour_and_keeps_it_on_disk(zoo_copy, tmp
         _warm._started.clear()
         _warm.cross_task_results.clear()
         _ui._zoo.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# Every score the lab counts is kept on disk: a restarted server does not score a recipe again
+
+
+def test_a_disk_memo_reads_back_in_a_new_object_and_clear_forgets_memory_only(tmp_path):
+    from merging.store.measure_cache import DiskMemo
+
+    cache = MeasureCache.in_workspace(tmp_path / "ws")
+
+    def memo(context):
+        return DiskMemo(cache, "merged_tally", context, encode=list, decode=tuple)
+
+    first = memo({"model": "m", "device": "cpu"})
+    key = ("fingerprint", "task", "adapter@1", "task@digest")
+    assert key not in first
+    first[key] = (3, 4)
+    assert len(first) == 1 and first[key] == (3, 4)
+    first.clear()
+    assert len(first) == 0 and first[key] == (3, 4)  # from disk
+    assert memo({"model": "m", "device": "cpu"})[key] == (3, 4)  # a restarted server
+    assert key not in memo({"model": "m", "device": "cuda"})  # another device: another key
+    assert ("fingerprint", "task", "adapter@2", "task@digest") not in first  # another version of the adapter
+
+
+def test_a_disk_memo_treats_a_value_it_cannot_decode_as_missing(tmp_path):
+    from merging.store.measure_cache import DiskMemo
+
+    cache = MeasureCache.in_workspace(tmp_path / "ws")
+    writer = DiskMemo(cache, "single_tally", {}, encode=lambda v: {"old": v}, decode=lambda v: v)
+    writer[("a",)] = 1
+    reader = DiskMemo(cache, "single_tally", {}, encode=list, decode=lambda stored: tuple(stored["new"]))
+    assert ("a",) not in reader
+
+
+def _standard_recipe(zoo, **fields):
+    from merging.recipe.codec import Recipe
+
+    standard = [a for a in zoo.adapters if a.init == "standard"]
+    return Recipe.from_dict({"adapters": [{"path": str(a.path), "name": a.name} for a in standard],
+                             "method": "ties", "density": 0.5, "device": "cpu", **fields})
+
+
+def test_a_restarted_lab_shows_a_merge_scored_before_without_a_forward_pass(zoo_copy, tmp_path, monkeypatch, one_thread):
+    from merging.evaluation.evaluate import Evaluator
+    from merging.lab.catalog import resolve_inputs
+    from merging.lab.lab import Lab
+
+    recipe = _standard_recipe(zoo_copy)
+    adapters = resolve_inputs(recipe).adapters
+    measures = MeasureCache.in_workspace(tmp_path / "ws")
+    first = Lab(zoo_copy.base_model, device="cpu", measures=measures).merge_and_evaluate(adapters, recipe)
+    assert not first.evaluation.cached
+    for kind in ("base_tally", "single_tally", "merged_tally"):
+        assert measures.entries(kind), kind
+
+    def refused(*args, **kwargs):
+        raise AssertionError("scored again although the tally is on disk")
+
+    monkeypatch.setattr(Evaluator, "tally", refused)
+    again = Lab(zoo_copy.base_model, device="cpu", measures=MeasureCache.in_workspace(tmp_path / "ws"))
+    second = again.merge_and_evaluate(adapters, recipe)
+    assert second.evaluation.cached
+    assert second.evaluation.to_dict()["tasks"] == first.evaluation.to_dict()["tasks"]
+
+    # another recipe is another body: scored (and refused here, which proves it is not taken from disk)
+    with pytest.raises(AssertionError, match="scored again"):
+        again.merge_and_evaluate(adapters, _standard_recipe(zoo_copy, density=0.3))
+    # a lab with another maximum length scores again too: its tallies are other numbers
+    other = Lab(zoo_copy.base_model, device="cpu", max_length=16, measures=measures)
+    with pytest.raises(AssertionError, match="scored again"):
+        other.merge_and_evaluate(adapters, recipe)
+
+
+def test_an_adapter_retrained_in_place_is_scored_again(zoo_copy, tmp_path, monkeypatch, one_thread):
+    from merging.evaluation.evaluate import Evaluator
+    from merging.lab.catalog import resolve_inputs
+    from merging.lab.lab import Lab
+
+    recipe = _standard_recipe(zoo_copy)
+    measures = MeasureCache.in_workspace(tmp_path / "ws")
+    Lab(zoo_copy.base_model, device="cpu", measures=measures).merge_and_evaluate(resolve_inputs(recipe).adapters, recipe)
+    weights = Path(recipe.adapters[0].path) / "adapter_model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000))
+    scored = []
+    original = Evaluator.tally
+
+    def counted(self, task, *args, **kwargs):
+        scored.append(task)
+        return original(self, task, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "tally", counted)
+    run = Lab(zoo_copy.base_model, device="cpu", measures=measures).merge_and_evaluate(
+        resolve_inputs(recipe).adapters, recipe)
+    assert not run.evaluation.cached
+    changed_task = zoo_copy.adapters[[a.name for a in zoo_copy.adapters].index(recipe.adapters[0].name)].task
+    assert changed_task in scored  # its single score and every merged one are counted anew
+
+
+def test_a_restarted_server_shows_the_merge_pages_scores_at_once(app_test, tmp_path, monkeypatch):
+    from merging.evaluation.evaluate import Evaluator
+    from pages import _ui
+    from tests.conftest import assert_page_ok, new_app_test, wait_for_job
+    from tests.test_page_merge import _click_run
+
+    at = wait_for_job(_click_run(app_test.run()), "merge")
+    assert_page_ok(at)
+    shown = {m.label: m.value for m in at.metric}
+    _ui.forget_labs()  # a restarted server: no lab, nothing in memory
+
+    def refused(*args, **kwargs):
+        raise AssertionError("scored again although the scores are on disk")
+
+    monkeypatch.setattr(Evaluator, "tally", refused)
+    fresh = wait_for_job(_click_run(new_app_test(tmp_path / "workspace").run()), "merge")
+    assert_page_ok(fresh)
+    again = {m.label: m.value for m in fresh.metric}
+    assert again["Merge + evaluation time"] == "cached"
+    assert {k: v for k, v in again.items() if k != "Merge + evaluation time"} == {
+        k: v for k, v in shown.items() if k != "Merge + evaluation time"}

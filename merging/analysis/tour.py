@@ -25,7 +25,6 @@ from typing import Any
 
 from merging.adapters.lora import Adapter, load_adapter
 from merging.analysis import narrative
-from merging.analysis.measure_cache import MeasureCache
 from merging.analysis.metrics import adapter_metrics
 from merging.analysis.seed_study import STUDY_FILE, StudyError, best_predictor, load_study
 from merging.core.progress import Progress
@@ -36,6 +35,7 @@ from merging.methods.do_merging import DoMergingOptions
 from merging.plots import study as figures
 from merging.plots.tour import gain_and_cost, merge_summary
 from merging.recipe.codec import AdapterRef, Recipe
+from merging.store.measure_cache import MeasureCache
 from merging.training.zoo import Zoo, ZooAdapter
 
 STANDARD = "standard"
@@ -262,12 +262,12 @@ def cache_key(measurement: Measurement, eval_limit: int | None) -> str:
     return results_key(measurement.recipe, kind=measurement.kind, eval_limit=eval_limit)
 
 
-DISK_KIND = "tour"  # the tour's folder in the workspace's measure cache (merging.analysis.measure_cache)
+DISK_KIND = "tour"  # the tour's folder in the workspace's measure cache (merging.store.measure_cache)
 
 
 def disk_key(measurement: Measurement, eval_limit: int | None) -> str:
     """The measurement's key on disk: its recipe and adapter versions (cache_key), the base model's
-    version and the measuring code's (merging.analysis.measure_cache)."""
+    version and the measuring code's (merging.store.measure_cache)."""
 
     return MeasureCache.key(DISK_KIND, measurement.recipe.base_model or "", recipe=cache_key(measurement, eval_limit))
 

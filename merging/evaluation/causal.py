@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +162,7 @@ class CausalEvaluator:
         self._encoded: dict[str, list[EncodedExample]] = {}
         self._parts: dict[str, dict[str, list[list[int]]]] = {}
         self._data_keys: dict[str, str] = {}
-        self._base_cache: dict[tuple[str, str], Tally] = {}
+        self.base_tallies: MutableMapping = {}  # a lab may give a disk-backed mapping
         self._texts: dict[tuple[int, ...], str] = {}
         self._logits_to_keep = _takes_logits_to_keep(model)
         self.generated = 0  # examples that needed a real greedy generation (see the module doc)
@@ -256,9 +256,9 @@ class CausalEvaluator:
     def base_tally(self, task: str, owner: Adapter | None, head_key: str | None) -> Tally:
         """The base model's tally (cached: it depends on the task's data only)."""
         key = (task, self.data_key(task))
-        if key not in self._base_cache:
-            self._base_cache[key] = self.tally(task, owner, None)
-        return self._base_cache[key]
+        if key not in self.base_tallies:
+            self.base_tallies[key] = self.tally(task, owner, None)
+        return self.base_tallies[key]
 
     @torch.inference_mode()
     def _tally(self, task: str, parts: Sequence[str]) -> Tally:

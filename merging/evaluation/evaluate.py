@@ -373,7 +373,7 @@ class Evaluator:
         """The base body with `owner`'s head; cached under `head_key` (None: not cached)."""
         if head_key is None:
             return self.tally(task, owner, None)
-        cache = self.__dict__.setdefault("_base_tallies", {})
+        cache = self.__dict__.setdefault("base_tallies", {})  # a lab may give a disk-backed mapping
         key = (task, self.data_key(task), head_key)
         if key not in cache:
             cache[key] = self.tally(task, owner, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,10 +21,11 @@ from merging.core.progress import Progress
 from merging.core.progress import phase_share as _phase
 from merging.engine.merge import MergedAdapter, merge_adapters
 from merging.evaluation.causal import CausalEvaluator
-from merging.evaluation.evaluate import EvalSet, EvaluationError, EvaluationResult, Evaluator, evaluate_merge
-from merging.models.base import load_base_model, model_kind
+from merging.evaluation.evaluate import EvalSet, EvaluationError, EvaluationResult, Evaluator, Tally, evaluate_merge
+from merging.models.base import ModelLoadError, load_base_model, model_kind, resolve_model_source
 from merging.models.devices import resolve_device
 from merging.recipe.codec import Recipe
+from merging.store.measure_cache import DiskMemo, MeasureCache, model_version
 from merging.tasks import TaskError, load_demo_task, load_task_file
 from merging.tasks.completions import file_format
 from merging.training.osrm import collect_input_features, osrm_A_for_task, posthoc_adapter
@@ -101,17 +102,22 @@ def tasked(adapters: Sequence[Adapter], recipe: Recipe | None) -> list[Adapter]:
 
 class Lab:
     def __init__(
-        self, base_model: str, device: str = "auto", max_length: int | None = None, dtype: str = "float32"
+        self, base_model: str, device: str = "auto", max_length: int | None = None, dtype: str = "float32",
+        measures: MeasureCache | None = None,
     ):
+        """`measures`: a workspace's measure cache, where every score the lab counts is also kept
+        (see `keep_scores_in`); None keeps them in memory only."""
 
         device = resolve_device(device)
         # a folder, the demo's name or a Hub id in the local cache (merging.models.base.resolve_model_source)
         model, tokenizer = load_base_model(base_model, num_labels=2, device=device, dtype=dtype)
         self._setup(base_model, model, tokenizer, model_kind(model.config), device, max_length)
+        if measures is not None:
+            self.keep_scores_in(measures)
 
     @classmethod
     def with_model(cls, model, tokenizer, kind: str, device: str = "cpu", max_length: int | None = None, name: str = "") -> Lab:
-        """A lab around a model already in memory (tests, benchmarks)."""
+        """A lab around a model already in memory (tests, benchmarks): its scores stay in memory."""
         lab = cls.__new__(cls)
         lab._setup(name or getattr(model, "name_or_path", ""), model, tokenizer, kind, resolve_device(device), max_length)
         return lab
@@ -124,10 +130,31 @@ class Lab:
         # the scorer of this kind: Evaluator (accuracy) or CausalEvaluator (exact match + loss)
         self.evaluator = make_scorer(kind, model, tokenizer, device, max_length)
         self.max_length = self.evaluator.max_length
-        self.single_cache: dict = {}
-        self.merged_cache: dict = {}  # merged tallies by (body fingerprint, task, head key, task data)
+        self.single_cache: MutableMapping = {}
+        self.merged_cache: MutableMapping = {}  # merged tallies by (body fingerprint, task, head key, task data)
         self._task_files: dict[str, tuple[str, int]] = {}  # task -> (file, mtime) it was read from
         self.lock = threading.RLock()
+
+    def keep_scores_in(self, measures: MeasureCache) -> None:
+        """Keep every tally this lab counts — base model, single adapters, merged bodies — in
+        `measures` too, so a restarted server (or the next CLI run) reads a score counted before
+        instead of scoring again. A tally is keyed by what it was counted from: the body (an
+        adapter's version, a merged body's fingerprint), the task's data, the base model's version,
+        the device, the dtype and the maximum length, and the measuring code's version."""
+
+        try:  # a Hub id's snapshot folder names its commit: the version of what was loaded
+            source = str(resolve_model_source(self.base_model))
+        except (ModelLoadError, OSError, ValueError):
+            return  # no identity to key scores by (a model only in memory): keep them in memory only
+        dtype = next((str(p.dtype) for p in self.model.parameters()), "")
+        context = {"model": model_version(source), "device": self.device.type, "dtype": dtype,
+                   "max_length": self.max_length, "scorer": self.kind}
+
+        def memo(kind: str) -> DiskMemo:
+            return DiskMemo(measures, kind, context, encode=_tally_json, decode=_tally_from_json)
+
+        self.single_cache, self.merged_cache = memo("single_tally"), memo("merged_tally")
+        self.evaluator.base_tallies = memo("base_tally")
 
     def _add_task_file(self, path: str, task: str, owner: Adapter) -> None:
         """Read a user's evaluation file as `task` (again if the file changed since)."""
@@ -281,6 +308,15 @@ class Lab:
                 rows = osrm_A_for_task(features, adapter.name, rank)
                 result.append(posthoc_adapter(adapter, rows, name=f"{adapter.name}-posthoc"))
             return result
+
+
+def _tally_json(tally: Tally) -> list:
+    return [tally.correct, tally.scored, tally.nll, tally.tokens]
+
+
+def _tally_from_json(stored: list) -> Tally:
+    correct, scored, nll, tokens = stored
+    return Tally(int(correct), int(scored), float(nll), int(tokens))
 
 
 def on_device(recipe: Recipe, device: torch.device) -> Recipe:

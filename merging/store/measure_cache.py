@@ -1,7 +1,9 @@
 """Measurements kept on disk in the workspace, so a restarted server is ready at once.
 
-What the dashboard measures slowly — the Tour's merges and factor metrics, the cross-task matrix —
-is written to ``<workspace>/cache/measures/<kind>/<key>.json``. The key is a hash of everything the
+What the dashboard measures slowly — the Tour's merges and factor metrics, the cross-task and
+data-parameter interference matrices, and every score the lab counts (each single adapter, each
+merged body and the base model on a task: `DiskMemo`, so the Merge page's scores of a recipe run
+before come back at once) — is written to ``<workspace>/cache/measures/<kind>/<key>.json``. The key is a hash of everything the
 value depends on:
 
 - what was measured (a recipe with its adapters' versions, merging.lab.catalog.results_key, or the
@@ -29,6 +31,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +149,64 @@ class MeasureCache:
     def entries(self, kind: str) -> list[Path]:
         folder = self.folder / kind
         return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+class DiskMemo(MutableMapping):
+    """A dict of measured values that is also kept in a MeasureCache, under `kind`.
+
+    The lab's score caches (merging.lab.lab.Lab: each single adapter's, each merged body's and the
+    base model's tallies on a task) are of this type when the lab has a workspace: a restarted server
+    or the CLI's next run finds a score counted before instead of running the forward passes again.
+    A key of the dict names what was scored (a body's fingerprint or an adapter's version, the task,
+    its data's digest); `context` adds what the scorer depends on beyond it (the base model's version,
+    the device, the dtype, the maximum length), and MeasureCache.key the measuring code's version.
+
+    Lookups read memory first; `clear` forgets the memory only (the disk entries stay valid).
+    """
+
+    def __init__(
+        self, cache: MeasureCache, kind: str, context: dict[str, Any],
+        encode: Callable[[Any], Any], decode: Callable[[Any], Any],
+    ) -> None:
+        self.cache, self.kind, self.context = cache, kind, context
+        self._encode, self._decode = encode, decode
+        self._memory: dict = {}
+
+    def _disk_key(self, key: Any) -> str:
+        return MeasureCache.key(self.kind, **self.context, entry=list(key) if isinstance(key, tuple) else key)
+
+    def __getitem__(self, key: Any) -> Any:
+        if key in self._memory:
+            return self._memory[key]
+        stored = self.cache.get(self.kind, self._disk_key(key))
+        if stored is None:
+            raise KeyError(key)
+        try:
+            value = self._decode(stored)
+        except (TypeError, ValueError, KeyError):  # written by another layout: measure again
+            raise KeyError(key) from None
+        self._memory[key] = value
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._memory[key] = value
+        self.cache.put(self.kind, self._disk_key(key), self._encode(value))
+
+    def __delitem__(self, key: Any) -> None:
+        del self._memory[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._memory)
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def clear(self) -> None:
+        self._memory.clear()
