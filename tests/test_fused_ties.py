@@ -182,6 +182,38 @@ def test_the_pipelined_merge_gives_the_one_step_merge_module_by_module(monkeypat
         assert pipelined.reports[name] == plain.reports[name]
 
 
+def test_every_factorisation_of_the_pipeline_runs_on_one_torch_thread(monkeypatch, tmp_path):
+    """A fresh thread starts at the process's default thread count, not the caller's one: without a
+    setting of its own the pipeline's first SVD ran on every core and the rest on one, so the first
+    module's bits depended on the machine. Pipelined, every module is bit for bit the one-thread
+    loop's (on a one-core machine both are one thread anyway)."""
+    import merging.engine.merge as engine
+    from merging.adapters.lora import Adapter
+    from merging.recipe.codec import recipe_from_dict
+
+    g = torch.Generator().manual_seed(11)
+    names = [f"layers.{i}.q_proj" for i in range(3)]
+    adapters = [Adapter(name=f"a{i}", modules={n: LoraModule(torch.randn(8, 384, generator=g) * 0.05,
+                                                             torch.randn(384, 8, generator=g) * 0.05, 2.0)
+                                               for n in names}, saved_modules={}, base_model=None, config={}, meta={})
+                for i in range(5)]  # fmt: skip
+    recipe = recipe_from_dict({"adapters": [{"path": str(tmp_path / f"a{i}"), "name": f"a{i}"} for i in range(5)],
+                               "method": "ties", "density": 0.5})  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(engine, "usable_cores", lambda: 1)
+        one_thread = merge_adapters(adapters, recipe)
+        torch.set_num_threads(2)  # the caller's count; the pipeline gives each side one
+        monkeypatch.setattr(engine, "usable_cores", lambda: 2)
+        pipelined = merge_adapters(adapters, recipe)
+    finally:
+        torch.set_num_threads(before)
+    for name in names:
+        assert torch.equal(pipelined.adapter.modules[name].A, one_thread.adapter.modules[name].A), name
+        assert torch.equal(pipelined.adapter.modules[name].B, one_thread.adapter.modules[name].B), name
+
+
 def test_a_cancel_while_a_module_is_factored_stops_the_merge_and_leaves_no_thread(monkeypatch, tmp_path):
     import threading
 

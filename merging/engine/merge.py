@@ -343,7 +343,9 @@ def merge_adapters(
         reports[module_name] = report
 
     with cpu_merge_threads(device, workers=1 if pipelined else None), (  # methods/blocks.py
-        ThreadPoolExecutor(1, thread_name_prefix="merge-factor") if pipelined else contextlib.nullcontext()
+        # a new thread starts at the process's default torch threads, not the caller's one
+        ThreadPoolExecutor(1, thread_name_prefix="merge-factor", initializer=torch.set_num_threads, initargs=(1,))
+        if pipelined else contextlib.nullcontext()
     ) as factoring:
         waiting: tuple[str, Future] | None = None  # the module whose factorisation is running
         for index, module_name in enumerate(compatibility.modules[:total]):
