@@ -142,6 +142,10 @@ def stage_css() -> str:
         f" [data-testid='stMain'] button p, [data-testid='stMain'] button span,"
         f" [data-testid='stMain'] a[data-testid^='stBaseLinkButton'] p {{font-size: {px}px !important;}}"
         f" [data-testid='stMain'] label p, [data-testid='stWidgetLabel'] p {{font-size: {px}px !important;}}"
+        # a multiselect's chosen items (the Merge and Interference pages' adapters) are tags at 14 px
+        f" [data-testid='stMain'] [data-testid='stMultiSelectTagsContainer'] [data-tag],"
+        f" [data-testid='stMain'] [data-testid='stMultiSelectTagsContainer'] [data-tag] span"
+        f" {{font-size: {px}px !important; height: auto;}}"
         f" [data-testid='stMain'] [data-testid='stMarkdownContainer'] p,"
         f" [data-testid='stMain'] [data-testid='stMarkdownContainer'] li {{font-size: {max(px, 20)}px;}}"
         f" [data-testid='stMetricLabel'] p {{font-size: {px}px !important;}}"
