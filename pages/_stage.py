@@ -148,6 +148,9 @@ def stage_css() -> str:
         f" {{font-size: {px}px !important; height: auto;}}"
         f" [data-testid='stMain'] [data-testid='stMarkdownContainer'] p,"
         f" [data-testid='stMain'] [data-testid='stMarkdownContainer'] li {{font-size: {max(px, 20)}px;}}"
+        # inline code (a folder in the Adapters page's caption) is 0.75 em: 13.5 px in an 18-px caption
+        f" [data-testid='stMain'] [data-testid='stMarkdownContainer'] code,"
+        f" [data-testid='stMain'] [data-testid='stCaptionContainer'] code {{font-size: {px}px !important;}}"
         f" [data-testid='stMetricLabel'] p {{font-size: {px}px !important;}}"
         f" [data-testid='stAlertContainer'] p {{font-size: {px}px !important;}}"
         f" [data-testid='stHeader'] a, [data-testid='stTopNavLink'] span {{font-size: {px}px !important;}}"
