@@ -436,7 +436,14 @@ def show_figure(figure, name: str, key: str, how_to_read: str | None = None, res
 
 
 def show_table(frame: pd.DataFrame, key: str, caption: str | None = None) -> None:
-    st.dataframe(frame, hide_index=True, width="stretch")
+    """A table with a line on how to read it; off stage an interactive st.dataframe and a CSV download,
+    on stage its first rows in HTML at ≥ 18 px (pages/_stage.table: a dataframe's canvas is ~13 px)."""
+    from pages import _stage
+
+    if settings().presentation:
+        _stage.table(frame)
+    else:
+        st.dataframe(frame, hide_index=True, width="stretch")
     if caption:
         st.caption(caption)
     if not settings().presentation:

@@ -15,7 +15,7 @@ from merging.lab import chance_badges
 from merging.lab.run_jobs import heatmap_grid
 from merging.store.run_labels import recipe_data
 from merging.store.stored_runs import StoredRun, percent, read_runs
-from pages import _ui
+from pages import _stage, _ui
 
 ui_settings = _ui.settings()
 hidden = ui_settings.presentation
@@ -174,7 +174,12 @@ if compare:
         }
     )
     side_by_side = side_by_side.astype(str).replace({"None": "", "nan": ""})
-    st.dataframe(side_by_side, width="stretch")
+    if hidden:
+        # every row: one per field and task (bounded), not per run, and the averages come last;
+        # the fields' names are the index, kept as the first column
+        _stage.table(side_by_side, index=True, rows=len(side_by_side))
+    else:
+        st.dataframe(side_by_side, width="stretch")
 
 # ----------------------------------------------------------------------------------------------
 # One run: details, reopen, sweep chart

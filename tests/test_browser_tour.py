@@ -1,8 +1,11 @@
 """The Tour on stage, in a real browser (Chromium through Playwright), on the shipped demo zoo:
 
 - every step at 1280 × 720 and 1440 × 900 in presentation mode: a headline of at most 15 words at
-  28 px or more, no visible text under 18 px (captions, buttons and the chart's text), no two pieces
-  of chart text overlapping and none cut by the chart's edge — the finale's merge names included;
+  28 px or more, no visible text under 18 px (captions, buttons and the chart's text) and no
+  st.dataframe, no two pieces of chart text overlapping and none cut by the chart's edge — the
+  finale's merge names included — and no chart text on a marker, a whisker or a bar, nor a marker on
+  another point's whisker (the finale's diamonds included; the rule, its 2-px tolerance and what it
+  leaves alone are tests/test_browser_stage.py's `_mark_clashes`);
 - a clicker moves it: ArrowRight / PageDown / Space next, ArrowLeft / PageUp back (the walk itself
   goes forward by ArrowRight);
 - the steps come from the workspace's measure cache (merging.store.measure_cache), filled by the library
@@ -18,33 +21,12 @@ import time
 import pytest
 
 from tests.browser_support import ROOT, browser_page, running_app, wait_for_app_idle, wait_for_plotly
-from tests.test_browser_stage import TEXTS, _clashes, _cut, _small
+from tests.test_browser_stage import TEXTS, _clashes, _cut, _marks_checked, _page_text_problems, _small
 
 # the first run measures the shipped zoo's tour (minutes on 2 shared cores); later runs read it from disk
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(3600)]
 
 HEADLINE_PX = 28
-
-# Every visible piece of text outside the charts in the page's main part and top navigation: its size.
-PAGE_TEXTS = """() => {
-  const out = [];
-  for (const root of document.querySelectorAll('[data-testid="stMain"], [data-testid="stHeader"]')) {
-    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
-    while (walker.nextNode()) {
-      const node = walker.currentNode;
-      const text = (node.textContent || '').trim();
-      const el = node.parentElement;
-      if (!text || !el || el.closest('svg') || el.closest('style') || el.closest('script')) continue;
-      const r = el.getBoundingClientRect();
-      const style = getComputedStyle(el);
-      if (r.width === 0 || r.height === 0 || style.visibility === 'hidden' || style.opacity === '0') continue;
-      if (r.bottom < 0 || r.top > window.innerHeight) continue;  // not on screen
-      out.push({text: text.slice(0, 80), size: parseFloat(style.fontSize)});
-    }
-  }
-  return out;
-}"""
-
 
 @pytest.fixture(scope="module")
 def measured_workspace():
@@ -125,9 +107,8 @@ def test_every_tour_step_reads_cleanly_and_a_clicker_moves_it(measured_workspace
             bottoms = page.evaluate(CHART_BOTTOMS)
             if not bottoms or max(bottoms) > height + 1:
                 problems.append(f"step {number}: chart ends at {bottoms} px, the window at {height}")
-            small = [(t["text"], t["size"]) for t in page.evaluate(PAGE_TEXTS) if t["size"] < 18]
-            if small:
-                problems.append(f"step {number}: page text under 18 px: {small[:6]}")
+            problems += [f"step {number}: {problem}" for problem in _page_text_problems(page)]
+            problems += _marks_checked(page, f"step {number}")
             if number < count:
                 page.keyboard.press("ArrowRight")
         print(f"{width}x{height}: seconds from the key to the step shown: " + ", ".join(f"{v:.1f}" for v in seconds))

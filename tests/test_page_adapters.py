@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from merging.adapters.lora import load_adapter
 from tests.conftest import assert_page_ok, wait_for_job
+from tests.test_stage_table import stage_tables
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -133,10 +134,23 @@ def test_train_a_bad_upload_shows_an_error(app):
     assert app.button(key="adapters_train").disabled
 
 
-def test_presentation_mode_hides_the_forms(app):
+def test_presentation_mode_hides_the_forms_and_lists_the_adapters_in_a_readable_table(app):
     app.session_state["presentation"] = True
     app.run()
     _no_exception(app)
     keys = {b.key for b in app.button}
     assert "adapters_train" not in keys and "adapters_import_folder" not in keys
-    assert len(_table(app)) == 4 and app.get("plotly_chart")
+    # on stage a table is HTML at 18 px, not st.dataframe's ~13-px canvas (pages/_stage.table)
+    assert not app.dataframe
+    (table,) = stage_tables(app)
+    header, rows = table[0], table[1:]
+    shown = [dict(zip(header, row)) for row in rows]
+    assert sorted(r["Adapter"] for r in shown) == sorted(
+        ["sms_spam-standard", "sms_spam-osrm", "question_type-standard", "question_type-osrm"]
+    )
+    assert {r["Source"] for r in shown} == {"zoo"} and {r["Rank"] for r in shown} == {"8"}
+    accuracies = [r["Single-task accuracy (%)"] for r in shown]
+    assert all(0 <= float(a) <= 100 for a in accuracies), accuracies  # a number, one decimal, never "nan"
+    assert all(len(a.partition(".")[2]) == 1 for a in accuracies), accuracies
+    assert not any(c.value.startswith("First ") for c in app.caption)  # 4 rows: all shown
+    assert app.get("plotly_chart")

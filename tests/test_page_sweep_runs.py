@@ -15,7 +15,9 @@ from streamlit.testing.v1 import AppTest
 
 from merging.methods import REGISTRY
 from merging.store.runs import RunStore
+from pages._stage import TABLE_ROWS
 from tests.conftest import assert_page_ok, wait_for_job
+from tests.test_stage_table import stage_tables
 
 SWEEP = "pages/sweep.py"
 RUNS = "pages/runs.py"
@@ -231,6 +233,23 @@ def test_the_runs_table_shows_each_runs_method_parameters(app: AppTest, tiny_zoo
     knots = ", ".join(f"{p.name}={values[p.name]}" for p in REGISTRY["knots"].params)
     assert table.loc["parameters"].tolist() == ["density=0.5, sign=total, divide_by=count", knots]
     assert table.loc["OSRM"].tolist() == ["off", "posthoc"]
+
+
+def test_on_stage_the_runs_tables_are_html_and_the_comparison_keeps_every_field(app: AppTest, tiny_zoo):
+    store = RunStore(Path(app.session_state["workspace"]) / "runs.sqlite")
+    ids = [store.add(_merge_recipe(tiny_zoo, (1.0, 1.0 + i / 10), "ties"), _results({"sms_spam": 0.8, "question_type": 0.6}))
+           for i in range(12)]
+    app.session_state["presentation"] = True
+    at = app.switch_page(RUNS).run()
+    at.multiselect(key="runs_compare").set_value([ids[0], ids[1]]).run()
+    _no_errors(at)
+    assert not at.dataframe  # st.dataframe's canvas draws ~13-px text: none on stage
+    listing, comparison = stage_tables(at)
+    assert len(listing) == 1 + TABLE_ROWS and listing[0][0] == "id"
+    assert any(c.value == f"First {TABLE_ROWS} of 12 rows." for c in at.caption)
+    fields = [row[0] for row in comparison[1:]]  # the index (field names) is the first column
+    assert fields[0] == "time" and "OSRM" in fields and fields[-3:] == ["normalised %", "device", "seconds"]
+    assert sorted(comparison[1 + fields.index("λ")][1:]) == ["1, 1", "1, 1.1"]
 
 
 def test_a_sweep_link_sets_the_method_its_parameters_and_the_overlay(app: AppTest, tiny_zoo):

@@ -783,3 +783,46 @@ def test_on_stage_interference_cells_show_two_digits_and_the_hover_keeps_three()
     assert [list(r) for r in normal.text] == [["1", "0.988"], ["0.123", "∞"]]
     assert [list(r) for r in talk.text] == [["1", "0.99"], ["0.12", "∞"]]
     assert [list(r) for r in talk.customdata] == [["1", "0.988"], ["0.123", "∞"]]  # what the hover shows
+
+
+# Markers and whiskers on stage: a marker on another point's whisker hides the interval (the browser's
+# check is tests/test_browser_stage.py's _mark_clashes; these pin each fix without a browser)
+
+SUMMARY_ROW_PX = 26.5  # the finale's nine rows in its 430-px chart at 1280 × 720, measured in Chromium
+PLOTLY_DIAMOND = 1.3  # Plotly draws a diamond of marker size s with a half-diagonal of 1.3·s/2
+
+
+def test_the_finale_draws_each_merges_whisker_and_its_adapters_alone_diamond_apart():
+    from merging.plots.tour import SUMMARY_CAP_PX, SUMMARY_DIAMOND_SIZE
+
+    # the post-hoc row of the shipped zoo: its adapters alone (61.4 %) fall inside the merge's interval
+    rows = [{"label": "TIES", "merged": 0.739, "merged_interval": (0.71, 0.76), "single": 0.795},
+            {"label": "OSRM post-hoc projection", "merged": 0.609, "merged_interval": (0.58, 0.635), "single": 0.614}]
+    for presentation in (False, True):
+        fig = plots.merge_summary(rows, presentation=presentation)
+        (whiskers,) = [t for t in fig.data if t.error_x.array is not None]
+        (diamonds,) = [t for t in fig.data if t.name == "adapters alone"]
+        rows_at = dict(zip(fig.layout.yaxis.ticktext, fig.layout.yaxis.tickvals))
+        assert list(rows_at) == ["TIES", "OSRM post-hoc projection"]
+        for row, (label, centre) in enumerate(rows_at.items()):
+            whisker_y, diamond_y = whiskers.y[row], diamonds.y[row]
+            # above and below the row's centre (the first row is on top), within the row
+            assert whisker_y < centre < diamond_y and diamond_y - whisker_y <= 0.6, label
+            assert whisker_y + 0.5 > centre and diamond_y - 0.5 < centre, label
+            assert whiskers.x[row] == fig.data[0].x[row]  # the whisker's centre is the bar's end
+        if presentation:
+            # at the smallest stage row the cross-bar and the diamond keep ≥ 2 px apart (the browser's tolerance)
+            diamond_half_px = PLOTLY_DIAMOND * diamonds.marker.size / 2
+            assert diamonds.marker.size == SUMMARY_DIAMOND_SIZE[True]
+            gap_px = (diamonds.y[1] - whiskers.y[1]) * SUMMARY_ROW_PX - SUMMARY_CAP_PX - diamond_half_px
+            assert gap_px >= 2, gap_px
+
+
+def test_each_baselines_point_and_whisker_on_the_seed_forest_keep_a_lane_of_their_own():
+    # two baselines in the same row were drawn on one line: each point sat on the other's whisker
+    differences = {**SEED_DIFFERENCES, "osrm-gaussian:single": {"mean": 0.0, "low": -0.02, "high": 0.021, "n": 5}}
+    for presentation in (False, True):
+        fig = plots.seed_differences(differences, presentation=presentation)
+        assert fig.layout.scattermode == "group"
+        # Plotly dodges scatter points along their category axis only when told it is y ("h")
+        assert {t.orientation for t in fig.data if t.type == "scatter"} == {"h"}

@@ -229,10 +229,13 @@ def test_the_summary_whiskers_are_each_merges_95_percent_interval(shipped):
     rows = story.summary_rows(summary, measured, tour)
     figure = merge_summary(rows)
     bars = figure.data[0]
-    for row, x, minus, plus in zip(rows, bars.x, bars.error_x.arrayminus, bars.error_x.array):
+    (whiskers,) = [t for t in figure.data if t.error_x.array is not None]  # over the bar's upper half
+    assert list(whiskers.x) == list(bars.x)
+    for row, x, minus, plus in zip(rows, whiskers.x, whiskers.error_x.arrayminus, whiskers.error_x.array):
         low, high = narrative.average_interval(measured[next(k for k in summary.needs if story.short_label(tour, k) == row["label"])], "merged")
         assert x - minus == pytest.approx(low) and x + plus == pytest.approx(high)
-    # each merge by its short name (without the "+ task arithmetic" they share), one line each
-    assert list(bars.y) == [story.short_label(tour, k) for k in summary.needs]
-    assert len(set(bars.y)) == len(bars.y)
-    assert list(figure.layout.yaxis.ticktext) == list(bars.y)
+    # each merge by its short name (without the "+ task arithmetic" they share), one line each, a row apiece
+    names = list(figure.layout.yaxis.ticktext)
+    assert names == [story.short_label(tour, k) for k in summary.needs]
+    assert len(set(names)) == len(names)
+    assert list(figure.layout.yaxis.tickvals) == list(bars.y) == list(range(len(names)))

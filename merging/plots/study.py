@@ -102,7 +102,7 @@ def seed_differences(differences: Mapping[str, Mapping], title: str = "", presen
         low = [100.0 * (d["mean"] - d["low"]) if d["low"] is not None else 0.0 for _, d in rows]
         high = [100.0 * (d["high"] - d["mean"]) if d["high"] is not None else 0.0 for _, d in rows]
         fig.add_trace(go.Scatter(
-            x=means, y=[COLUMN_NAMES.get(c, c) for c, _ in rows], mode="markers",
+            x=means, y=[COLUMN_NAMES.get(c, c) for c, _ in rows], mode="markers", orientation="h",
             name=f"OSRM − {kind_name(baseline)}", marker={"color": style["color"], "symbol": style["symbol"], "size": 12},
             error_x={"type": "data", "symmetric": False, "array": high, "arrayminus": low, "thickness": 2},
             text=[f"{d['n']} seeds" for _, d in rows],

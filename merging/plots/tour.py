@@ -59,44 +59,68 @@ def gain_and_cost(
     return _style(fig, title, presentation, x_title="Task", y_title="Change (percentage points)")
 
 
+# Where the two marks of a row stand, in rows from its centre (down is +: the rows are listed top
+# down): the merged interval's whisker over the bar's upper half, the adapters-alone diamond in its
+# lower half. On one line, a diamond whose value fell inside the merge's interval hid the whisker
+# (the finale's post-hoc row on stage). At the smallest stage row (~27 px: nine merges in a 720-px
+# window) the half-row gap holds a 3-px whisker cap and the diamond (~14 px tall) ~3 px apart.
+SUMMARY_WHISKER_SHIFT = -0.25
+SUMMARY_DIAMOND_SHIFT = 0.25
+SUMMARY_BAR_WIDTH = 0.8
+SUMMARY_CAP_PX = 3  # the whisker's cross-bar, each side of its line
+# the diamond's size comes from the row's room, not from presentation mode's usual marker scale
+SUMMARY_DIAMOND_SIZE = {False: 8, True: 11}
+
+
 @explained(
-    "Average merged accuracy of each merge of the tour (orange bar, whisker = 95 % bootstrap interval) "
-    "and its adapters alone (blue diamond): merges whose whiskers overlap are within noise of each other."
+    "Average merged accuracy of each merge of the tour (orange bar, whisker above its middle = 95 % bootstrap "
+    "interval) and its adapters alone (blue diamond below it): merges whose whiskers overlap are within noise "
+    "of each other."
 )
 def merge_summary(
     rows: Sequence[Mapping[str, Any]],
     title: str = "Every merge of the tour",
     presentation: bool = False,
 ) -> go.Figure:
-    """Horizontal bars: ``rows`` of label, merged, merged_interval, single, single_interval."""
+    """Horizontal bars: ``rows`` of label, merged, merged_interval, single, single_interval; row i
+    at y = i (labelled by the y axis's ticks), its whisker and diamond on either side of it."""
     rows = [r for r in rows if _finite(r.get("merged")) is not None]
     fig = go.Figure()
     if not rows:
         return _style(_no_data(fig, "no merge measured"), title, presentation)
     labels = [str(r["label"]) for r in rows]
+    places = list(range(len(rows)))
     merged = [r["merged"] for r in rows]
     low = [r["merged"] - r["merged_interval"][0] for r in rows]
     high = [r["merged_interval"][1] - r["merged"] for r in rows]
     fig.add_trace(go.Bar(
-        name="merged (95 % interval)", y=labels, x=merged, orientation="h", marker={"color": ROLE_COLOURS["merged"]},
-        error_x={"type": "data", "symmetric": False, "array": high, "arrayminus": low, "color": OKABE_ITO["black"],
-                 "thickness": 2, "width": 6},
+        name="merged (95 % interval)", y=places, x=merged, orientation="h", width=SUMMARY_BAR_WIDTH,
+        marker={"color": ROLE_COLOURS["merged"]}, customdata=labels,
         text=[f"{100 * v:.1f}%" for v in merged], textposition="inside", insidetextanchor="start",
-        hovertemplate="%{y}<br>merged: %{x:.2%}<extra></extra>",
+        hovertemplate="%{customdata}<br>merged: %{x:.2%}<extra></extra>",
+    ))
+    fig.add_trace(go.Scatter(  # the whisker alone: its centre is the bar's end, which marks the value
+        name="95 % interval", y=[p + SUMMARY_WHISKER_SHIFT for p in places], x=merged, mode="markers",
+        marker={"size": 6, "opacity": 0}, showlegend=False, customdata=labels,  # unseen: a place to hover
+        error_x={"type": "data", "symmetric": False, "array": high, "arrayminus": low, "color": OKABE_ITO["black"],
+                 "thickness": 2, "width": SUMMARY_CAP_PX},
+        hovertemplate="%{customdata}<br>merged: %{x:.2%} (95 % interval)<extra></extra>",
     ))
     singles = [_finite(r.get("single")) for r in rows]
     fig.add_trace(go.Scatter(
-        name="adapters alone", y=labels, x=singles, mode="markers",
-        marker={"symbol": "diamond", "size": 12, "color": ROLE_COLOURS["single"],
-                "line": {"width": 1, "color": OKABE_ITO["black"]}},
-        hovertemplate="%{y}<br>alone: %{x:.2%}<extra></extra>",
+        name="adapters alone", y=[p + SUMMARY_DIAMOND_SHIFT for p in places], x=singles, mode="markers",
+        marker={"symbol": "diamond", "color": ROLE_COLOURS["single"],
+                "line": {"width": 1, "color": OKABE_ITO["black"]}}, customdata=labels,
+        hovertemplate="%{customdata}<br>alone: %{x:.2%}<extra></extra>",
     ))
-    fig.update_yaxes(autorange="reversed")
     fig.update_layout(legend={"orientation": "h", "y": -0.18})
     fig.update_xaxes(tickformat=".0%", range=[0, 1])
     _style(fig, title, presentation, x_title="Average accuracy over the tasks", y_title="")
-    # the merge names stay on one line each (stacked at "-" and " (" they overprinted their neighbours)
-    fig.update_yaxes(tickmode="array", tickvals=labels, ticktext=labels, automargin=True)
+    fig.data[-1].marker.size = SUMMARY_DIAMOND_SIZE[bool(presentation)]
+    # the merge names stay on one line each (stacked at "-" and " (" they overprinted their neighbours);
+    # the first row on top, and room under the last row's diamond before the axis line
+    fig.update_yaxes(tickmode="array", tickvals=places, ticktext=labels, automargin=True,
+                     range=[len(rows) - 1 + SUMMARY_DIAMOND_SHIFT + 0.4, -0.5], showgrid=False, zeroline=False)
     fig.update_layout(height=summary_height(len(rows), presentation))
     return fig
 
