@@ -238,7 +238,8 @@ if result and not running:
     c2.metric(f"Best {result['objective']} (dev)", "–" if best["dev_objective"] is None else f"{best['dev_objective']:.4f}",
               help=result.get("objective_meaning"))
     evaluation = best.get("evaluation")
-    c3.metric("Best on evaluation (average merged)", _percent(evaluation["average"]["merged"]) if evaluation else "–")
+    c3.metric("Best on evaluation", _percent(evaluation["average"]["merged"]) if evaluation else "–",
+              help="The best trial's average merged score on the evaluation split (never seen by the search).")
     c4.metric("Trials per minute", f"{result['trials_per_minute'] or 0:.1f}")
     if best.get("recipe"):
         from merging.recipe.codec import recipe_from_dict as _from_dict
@@ -253,13 +254,18 @@ if result and not running:
     if not frame.empty:
         _ui.show_table(frame, "search_comparison", caption="On the evaluation split; the interval is a 95 % bootstrap "
                        "interval of the average merged score (accuracy, or exact match) — examples resampled within each task.")
-    left, right = st.columns(2)
+    # on stage one chart per row: side by side, the parallel coordinates' axis names overprint
+    left, right = st.columns(2) if not ui_settings.presentation else (st.container(), st.container())
     with left:
         _ui.show_figure(plots.optimization_history(trials_list, result["objective"], ui_settings.presentation),
                         "search_history", "search_history", how_to_read=plots.HOW_TO_READ["optimization_history"])
     with right:
-        _ui.show_figure(plots.parallel_coordinates(trials_list, result["objective"], ui_settings.presentation),
-                        "search_parallel", "search_parallel", how_to_read=plots.HOW_TO_READ["parallel_coordinates"])
+        if ui_settings.presentation:  # the parallel coordinates' axis names overprint their numbers at 18 px
+            _ui.show_figure(plots.best_parameters(trials_list, result["objective"], True),
+                            "search_best", "search_best", how_to_read=plots.HOW_TO_READ["best_parameters"])
+        else:
+            _ui.show_figure(plots.parallel_coordinates(trials_list, result["objective"]),
+                            "search_parallel", "search_parallel", how_to_read=plots.HOW_TO_READ["parallel_coordinates"])
     trial_rows = [{"trial": t["number"], **{k: round(v, 4) for k, v in t["params"].items()},
                    "dev objective": t["dev_objective"], "worker": t["worker"], "seconds": t["seconds"]}
                   for t in trials_list]

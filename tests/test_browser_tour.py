@@ -5,7 +5,7 @@
   st.dataframe, no two pieces of chart text overlapping and none cut by the chart's edge — the
   finale's merge names included — and no chart text on a marker, a whisker or a bar, nor a marker on
   another point's whisker (the finale's diamonds included; the rule, its 2-px tolerance and what it
-  leaves alone are tests/test_browser_stage.py's `_mark_clashes`);
+  leaves alone are tests/stage_checks.py's `mark_clashes`);
 - a clicker moves it: ArrowRight / PageDown / Space next, ArrowLeft / PageUp back (the walk itself
   goes forward by ArrowRight);
 - the steps come from the workspace's measure cache (merging.store.measure_cache), filled by the library
@@ -21,7 +21,7 @@ import time
 import pytest
 
 from tests.browser_support import ROOT, browser_page, running_app, wait_for_app_idle, wait_for_plotly
-from tests.test_browser_stage import TEXTS, _clashes, _cut, _marks_checked, _page_text_problems, _small
+from tests.stage_checks import TEXTS, clashes, cut, marks_checked, page_text_problems, small
 
 # the first run measures the shipped zoo's tour (minutes on 2 shared cores); later runs read it from disk
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(3600)]
@@ -98,8 +98,8 @@ def test_every_tour_step_reads_cleanly_and_a_clicker_moves_it(measured_workspace
             if len(words) > 15 or size < HEADLINE_PX:
                 problems.append(f"step {number}: headline {len(words)} words at {size} px: {' '.join(words)}")
             texts = page.evaluate(TEXTS)
-            for what, found in (("small chart text", _small(texts)), ("overlapping chart text", _clashes(texts)),
-                                ("cut chart text", _cut(texts))):
+            for what, found in (("small chart text", small(texts)), ("overlapping chart text", clashes(texts)),
+                                ("cut chart text", cut(texts))):
                 if found:
                     problems.append(f"step {number}: {what}: {found[:6]}")
             # the step's chart, its axis and legend included, ends inside the window: nothing the
@@ -107,8 +107,8 @@ def test_every_tour_step_reads_cleanly_and_a_clicker_moves_it(measured_workspace
             bottoms = page.evaluate(CHART_BOTTOMS)
             if not bottoms or max(bottoms) > height + 1:
                 problems.append(f"step {number}: chart ends at {bottoms} px, the window at {height}")
-            problems += [f"step {number}: {problem}" for problem in _page_text_problems(page)]
-            problems += _marks_checked(page, f"step {number}")
+            problems += [f"step {number}: {problem}" for problem in page_text_problems(page)]
+            problems += marks_checked(page, f"step {number}")
             if number < count:
                 page.keyboard.press("ArrowRight")
         print(f"{width}x{height}: seconds from the key to the step shown: " + ", ".join(f"{v:.1f}" for v in seconds))

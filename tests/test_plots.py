@@ -393,6 +393,48 @@ def test_sweep_points_and_curves_carry_the_intervals():
     assert by_name(fig, "average · standard").error_y.arrayminus[0] == pytest.approx(0.05)
 
 
+def test_sweep_curves_on_stage_keep_markers_and_whiskers_for_the_averages_only_and_set_them_apart():
+    """On stage a task's line is context (no marker, no whisker); the inits' averages carry both and
+    stand a little apart at each λ, so no marker sits on another line's whisker; one legend entry
+    per task and one for chance, so the legend fits the chart instead of scrolling."""
+    points = []
+    for init in ("standard", "osrm"):
+        for lam in (0.5, 1.0, 1.5):
+            for task, value, majority in (("a", 0.7, 0.5), ("b", 0.6, 1 / 6)):
+                points.append({"lambda": lam, "init": init, "task": task, "merged": value, "low": value - 0.05,
+                               "high": value + 0.05, "majority": majority})
+            points.append({"lambda": lam, "init": init, "task": "average", "merged": 0.65, "low": 0.6, "high": 0.7})
+    stage, desk = sweep_curves(points, presentation=True), sweep_curves(points)
+    for task in ("a", "b"):
+        drawn = [t for t in stage.data if t.legendgroup == task]
+        assert {t.mode for t in drawn} == {"lines"} and all(t.error_y.array is None for t in drawn)
+        assert [t.showlegend for t in drawn] == [True, False] and drawn[0].name == task
+        assert by_name(desk, f"{task} · osrm").error_y.array is not None  # off stage: unchanged
+    standard, osrm = by_name(stage, "average · standard"), by_name(stage, "average · osrm")
+    assert "markers" in standard.mode and standard.error_y.array is not None
+    gaps = [b - a for a, b in zip(standard.x, osrm.x)]
+    assert all(gap == pytest.approx(0.02) for gap in gaps)  # 2 % of the λ span apart
+    assert list(standard.text) == ["0.50", "1.00", "1.50"] and "%{text}" in standard.hovertemplate
+    assert list(by_name(desk, "average · standard").x) == [0.5, 1.0, 1.5]
+    chance = [t for t in stage.data if t.legendgroup == "chance"]
+    assert len(chance) == 2 and [t.showlegend for t in chance] == [True, False]
+
+
+def test_best_parameters_shows_the_best_trial_and_follows_the_objective_direction():
+    fig = plots.best_parameters(SEARCH_TRIALS, presentation=True)
+    (bars,) = fig.data
+    assert list(bars.y) == ["λ a", "λ b"] and list(bars.x) == [0.2, 0.9] and list(bars.text) == ["0.20", "0.90"]
+    assert "trial 1" in fig.layout.xaxis.title.text
+    (bars,) = plots.best_parameters(SEARCH_TRIALS, objective="loss").data  # lower is better: trial 0
+    assert list(bars.x) == [1.0, 1.0]
+    assert plots.best_parameters([], presentation=True).layout.annotations  # "No finished trial yet"
+
+
+def test_optimization_history_ticks_whole_trials():
+    trials = [{**SEARCH_TRIALS[0], "number": n} for n in range(3)]
+    assert plots.optimization_history(trials).layout.xaxis.dtick == 1
+
+
 def test_lambda_heatmap_grid_axes_and_best_star():
     grid = [[0.5, 0.6, 0.55], [0.7, 0.65, 0.6]]
     fig = lambda_heatmap([0.5, 1.0], [0.0, 0.5, 1.0], grid, names=["sst2", "spam"])
@@ -530,6 +572,7 @@ BUILDERS = {
     "runs_comparison": lambda p: runs_comparison([{"label": "r", "results": result()}], presentation=p),
     "optimization_history": lambda p: plots.optimization_history(SEARCH_TRIALS, presentation=p),
     "parallel_coordinates": lambda p: plots.parallel_coordinates(SEARCH_TRIALS, presentation=p),
+    "best_parameters": lambda p: plots.best_parameters(SEARCH_TRIALS, presentation=p),
     "gain_and_cost": lambda p: plots.gain_and_cost(result(0.9, 0.5), result(), presentation=p),
     "merge_summary": lambda p: plots.merge_summary(
         [{"label": "TA", "merged": 0.6, "merged_interval": (0.55, 0.65), "single": 0.8}], presentation=p),
@@ -602,7 +645,9 @@ def test_titles_axes_hover_and_presentation(name):
     # markers and lines grow too
     for small, large in zip(normal.data, talk.data):
         dash_symbol = str(small.marker.symbol).startswith("line") if small.type == "scatter" else False
-        if small.type == "scatter" and "markers" in (small.mode or "") and not dash_symbol:
+        # (a stage may draw a context line without its markers: the sweep's task lines)
+        if small.type == "scatter" and "markers" in (small.mode or "") and "markers" in (large.mode or "") \
+                and not dash_symbol:
             assert large.marker.size > small.marker.size, name
         if small.type == "scatter" and "lines" in (small.mode or "") and (small.line.width or 0) > 0:
             assert large.line.width > small.line.width, name
@@ -786,7 +831,7 @@ def test_on_stage_interference_cells_show_two_digits_and_the_hover_keeps_three()
 
 
 # Markers and whiskers on stage: a marker on another point's whisker hides the interval (the browser's
-# check is tests/test_browser_stage.py's _mark_clashes; these pin each fix without a browser)
+# check is tests/stage_checks.py's mark_clashes; these pin each fix without a browser)
 
 SUMMARY_ROW_PX = 26.5  # the finale's nine rows in its 430-px chart at 1280 × 720, measured in Chromium
 PLOTLY_DIAMOND = 1.3  # Plotly draws a diamond of marker size s with a half-diagonal of 1.3·s/2

@@ -57,7 +57,7 @@ from merging.plots.merge import (
     rank_truncated,
 )
 from merging.plots.runs import runs_comparison
-from merging.plots.search import optimization_history, parallel_coordinates
+from merging.plots.search import best_parameters, optimization_history, parallel_coordinates
 from merging.plots.study import magnitude_variance_claims, osrm_mechanism, seed_differences, why_scatter
 from merging.plots.style import (
     DIVERGING,
@@ -100,6 +100,7 @@ __all__ = [
     "lambda_heatmap",
     "layer_norms",
     "runs_comparison",
+    "best_parameters",
     "optimization_history",
     "parallel_coordinates",
     "figure_to_html",

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from merging.plots.style import OKABE_ITO, _no_data, _style, explained
-from merging.search.study import direction
+from merging.plots.style import FONT_SIZE, OKABE_ITO, _no_data, _style, explained
+from merging.search.study import better, direction
 
 
 def _finite_trials(trials: Sequence[Mapping]) -> list[Mapping]:
@@ -64,6 +64,8 @@ def optimization_history(
             hovertemplate="best after trial %{x}: %{y:.4f}<extra></extra>",
         )
     )
+    # trials are whole numbers: no tick at 0.5
+    fig.update_xaxes(tick0=0, dtick=max(1, math.ceil(len(numbers) / 8)))
     return _style(fig, title, presentation, x_title="trial", y_title=f"{objective} (dev)")
 
 
@@ -83,15 +85,56 @@ def parallel_coordinates(
     names = list(dict.fromkeys(name for t in scored for name in t["params"]))
     values = [float(t["dev_objective"]) for t in scored]
     dimensions = [
-        {"label": _axis_label(name), "values": [float(t["params"].get(name, math.nan)) for t in scored]}
+        {"label": _axis_label(name), "values": [float(t["params"].get(name, math.nan)) for t in scored],
+         "tickformat": ".2f"}
         for name in names
     ]
-    dimensions.append({"label": f"{objective} (dev)", "values": values})
+    dimensions.append({"label": f"{objective} (dev)", "values": values, "tickformat": ".3f"})
+    # Parcoords draws its axis names, ticks and range ends with fonts of its own, not the layout's.
+    # At 18 px and more its fixed offsets run an axis's name into its range end: the stage draws
+    # best_parameters instead (pages/search.py).
+    size = FONT_SIZE[bool(presentation)]
     fig.add_trace(
         go.Parcoords(
             dimensions=dimensions,
+            labelfont={"size": size}, tickfont={"size": size}, rangefont={"size": size},
             line={"color": values, "colorscale": "Viridis", "showscale": True,
-                  "colorbar": {"title": {"text": objective}}},
+                  "colorbar": {"title": {"text": objective}, "tickformat": ".3f"}},
         )
     )
-    return _style(fig, title, presentation)
+    fig = _style(fig, title, presentation)
+    # the axis names and range ends stand above the plot, under the title; the first name is
+    # centred on the left edge's axis
+    fig.update_layout(margin={"t": fig.layout.margin.t + 2 * size, "l": 5 * size, "r": 4 * size})
+    return fig
+
+
+@explained(
+    "One bar per searched parameter: the value of the trial that scored best on the dev split. "
+    "The search history beside it shows how that trial was reached."
+)
+def best_parameters(
+    trials: Sequence[Mapping], objective: str = "average", presentation: bool = False
+) -> go.Figure:
+    """The best trial's parameters as labelled bars: what a room reads of a search (the parallel
+    coordinates' axis names overprint their range ends at a stage's font sizes)."""
+    fig = go.Figure()
+    scored = _finite_trials(trials)
+    title = f"Best trial's parameters ({objective} on the dev split)"
+    if not scored:
+        return _style(_no_data(fig, "No finished trial yet"), title, presentation)
+    best = better(objective)(scored, key=lambda t: float(t["dev_objective"]))
+    names = [name for name in best["params"] if math.isfinite(float(best["params"][name]))]
+    values = [float(best["params"][name]) for name in names]
+    fig.add_trace(
+        go.Bar(
+            x=values, y=[_axis_label(name) for name in names], orientation="h",
+            marker={"color": OKABE_ITO["blue"]}, text=[f"{v:.2f}" for v in values], textposition="outside",
+            cliponaxis=False, name="best trial",
+            hovertemplate="%{y}: %{x:.4f}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(rangemode="tozero", range=[0, max(values + [0.0]) * 1.2 or 1.0])
+    return _style(fig, title, presentation,
+                  x_title=f"value (trial {best['number']}, dev {objective} {float(best['dev_objective']):.3f})")

@@ -146,6 +146,11 @@ def sweep_curves(
         if sums:
             series[("average", init)] = {lam: sum(v) / len(v) for lam, v in sums.items()}
 
+    # On stage the room reads the average: only its lines carry markers and 95 % whiskers, and the
+    # inits' averages stand 2 % of the λ span apart at each λ, so no marker sits on another line's whisker; the
+    # tasks' lines stay as context (their intervals are in the Numbers table and off stage).
+    all_lambdas = sorted({float(r["lambda"]) for r in rows})
+    dodge = 0.02 * (all_lambdas[-1] - all_lambdas[0]) if presentation and len(all_lambdas) > 1 else 0.0
     for t_index, task in enumerate(tasks + ["average"]):
         colour = ROLE_COLOURS["average"] if task == "average" else PALETTE[t_index % len(PALETTE)]
         for i_index, init in enumerate(inits):
@@ -154,17 +159,23 @@ def sweep_curves(
                 continue
             style = _init_style(init, i_index)
             lambdas = sorted(values)
+            shift = dodge * (i_index - (len(inits) - 1) / 2) if task == "average" else 0.0
+            context_only = presentation and task != "average"
             why = (flagged or {}).get((task, init))
             badge = f" {BADGE}" if why else ""
             said = f"<br>{BADGE}: {escape(why)}" if why else ""
+            # on stage one legend entry per task (the caption says solid = standard, dashed = OSRM),
+            # so the legend fits the chart's height instead of scrolling
             trace = go.Scatter(
-                name=f"{task} · {init}{badge}", legendgroup=task,
-                x=lambdas, y=[values[lam] for lam in lambdas], mode="lines+markers",
+                name=f"{task}{badge}" if presentation and task != "average" else f"{task} · {init}{badge}",
+                legendgroup=task, showlegend=not presentation or task == "average" or i_index == 0,
+                x=[lam + shift for lam in lambdas], y=[values[lam] for lam in lambdas],
+                mode="lines" if context_only else "lines+markers",
                 line={"color": colour, "dash": style["dash"], "width": 4 if task == "average" else 2},
                 marker={"color": colour, "symbol": style["symbol"], "size": 7},
                 hovertemplate=f"{task} ({init}){said}<br>λ = %{{x:.2f}}<br>merged {metric}: {value_format}<extra></extra>",
             )
-            known = bounds.get((task, init), {})
+            known = {} if context_only else bounds.get((task, init), {})
             if known:
                 spans = [known.get(lam) for lam in lambdas]
                 trace.error_y = {
@@ -177,20 +188,26 @@ def sweep_curves(
                     f"{task} ({init})<br>λ = %{{x:.2f}}<br>merged {metric}: {value_format}"
                     "<br>95% interval: %{customdata[0]:.1%}–%{customdata[1]:.1%}<extra></extra>"
                 )
+            if shift:  # the hover says the λ that was merged, not where the point is drawn
+                trace.hovertemplate = trace.hovertemplate.replace("%{x:.2f}", "%{text}")
+                trace.text = [f"{lam:.2f}" for lam in lambdas]
             fig.add_trace(trace)
     if not is_loss:
-        for trace in _chance_lines(rows, tasks):
+        for trace in _chance_lines(rows, tasks, short=presentation):
             fig.add_trace(trace)
     if is_loss:
         fig.update_yaxes(rangemode="tozero")
         return _style(fig, title, presentation, x_title=x_title, y_title="Merged loss (nats per token, lower is better)")
     _accuracy_axis(fig)
+    if presentation:  # "0 %" clear of the λ axis's "0" at the corner
+        fig.update_yaxes(ticklabelstandoff=10)
     return _style(fig, title, presentation, x_title=x_title, y_title=f"Merged {metric} (%)")
 
 
-def _chance_lines(rows: list[dict], tasks: list[str]) -> list[go.Scatter]:
+def _chance_lines(rows: list[dict], tasks: list[str], short: bool = False) -> list[go.Scatter]:
     """One dotted black line across the λ range per distinct majority-class level (tasks at one
-    level share it), named after its tasks; none when no row carries a majority."""
+    level share it), named after its tasks (`short`: one legend entry for them all, for a legend on
+    stage; each line's hover still names its level and tasks); none when no row carries a majority."""
     levels: dict[float, list[str]] = {}
     for task in tasks:
         majority = next((_finite(r.get("majority")) for r in rows if str(r["task"]) == task
@@ -204,11 +221,12 @@ def _chance_lines(rows: list[dict], tasks: list[str]) -> list[go.Scatter]:
     colour = ROLE_COLOURS["majority"]
     return [
         go.Scatter(
-            name=f"chance {level:.0%} (majority class: {', '.join(names)})", legendgroup="chance",
+            name="chance (majority class)" if short else f"chance {level:.0%} (majority class: {', '.join(names)})",
+            legendgroup="chance", showlegend=not short or index == 0,
             x=span, y=[level, level], mode="lines", line={"color": colour, "dash": "dot", "width": 1.5},
             hovertemplate=f"chance: the majority class of {escape(', '.join(names))}, %{{y:.1%}}<extra></extra>",
         )
-        for level, names in sorted(levels.items())
+        for index, (level, names) in enumerate(sorted(levels.items()))
     ]
 
 
