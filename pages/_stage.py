@@ -146,6 +146,9 @@ def stage_css() -> str:
         f" [data-testid='stMain'] [data-testid='stMultiSelectTagsContainer'] [data-tag],"
         f" [data-testid='stMain'] [data-testid='stMultiSelectTagsContainer'] [data-tag] span"
         f" {{font-size: {px}px !important; height: auto;}}"
+        # a number or text field's value and a select box's chosen value (λ from, Method) are 14 px
+        f" [data-testid='stMain'] input, [data-testid='stMain'] textarea,"
+        f" [data-testid='stMain'] [data-baseweb='select'] div {{font-size: {px}px !important;}}"
         f" [data-testid='stMain'] [data-testid='stMarkdownContainer'] p,"
         f" [data-testid='stMain'] [data-testid='stMarkdownContainer'] li {{font-size: {max(px, 20)}px;}}"
         # inline code (a folder in the Adapters page's caption) is 0.75 em: 13.5 px in an 18-px caption

@@ -63,6 +63,13 @@ PAGE_TEXTS = """() => {
       if (r.bottom < 0 || r.top > window.innerHeight) continue;  // not on screen
       out.push({text: text.slice(0, 80), size: parseFloat(style.fontSize)});
     }
+    // a field's value is no text node: a number input's "0.10", a text input's address
+    for (const field of root.querySelectorAll('input:not([type="hidden"]):not([type="checkbox"]):not([type="radio"]), textarea')) {
+      const r = field.getBoundingClientRect();
+      if (!field.value || r.width === 0 || r.height === 0 || !field.checkVisibility({opacityProperty: true, visibilityProperty: true})) continue;
+      if (r.bottom < 0 || r.top > window.innerHeight) continue;
+      out.push({text: `field: ${field.value.slice(0, 60)}`, size: parseFloat(getComputedStyle(field).fontSize)});
+    }
   }
   return out;
 }"""

@@ -8,7 +8,8 @@ stage) are made small enough to finish in seconds, and the run is pressed. Then,
 own layout and from the page's state (never a clock):
 - every chart's text is at least 18 px, none overlaps another piece or reaches past its chart;
 - no chart text sits on a marker, a whisker or a bar, and no marker on another point's whisker;
-- no page text under 18 px and no st.dataframe (its canvas text is ~13 px) — tables are HTML on stage;
+- no page text under 18 px (the opened settings' fields and select boxes included) and no
+  st.dataframe (its canvas text is ~13 px) — tables are HTML on stage;
 - each chart fits the window (no taller than it).
 
 Screenshots, one per chart scrolled into the window (viewed when the test was written):
@@ -69,6 +70,8 @@ def test_sweep_and_search_results_on_stage(tmp_path, width, height):
         assert not page.get_by_test_id("stSidebar").is_visible()
         page.get_by_text("Sweep settings").click()
         _set_number(page, "Number of points", 3)
+        # the settings as a speaker opens them: fields, select boxes and tags at 18 px too
+        problems += [f"sweep settings: {p}" for p in page_text_problems(page)]
         run.click()
         page.get_by_role("button", name="Run sweep").and_(page.locator(":enabled")).wait_for()
         problems += _checked(page, "sweep", width, height, charts=1)
@@ -81,6 +84,8 @@ def test_sweep_and_search_results_on_stage(tmp_path, width, height):
         page.get_by_text("Search settings").click()
         _set_number(page, "Trials (budget)", 3)
         _set_number(page, "Dev examples per task", 8)
+        page.get_by_label("Trials (budget)", exact=True).scroll_into_view_if_needed()
+        problems += [f"search settings: {p}" for p in page_text_problems(page)]
         run.click()
         page.get_by_role("link", name="Open best in Merge").wait_for()
         problems += _checked(page, "search", width, height, charts=2)
