@@ -36,6 +36,7 @@ from merging.store.measure_cache import MeasureCache
 from merging.store.runs import RunStore
 from merging.store.workspace import clean_workspace
 from merging.training.zoo import REPO_ZOO, Zoo, ZooError, load_zoo
+from pages import _stage
 
 
 def app_navigation_only() -> None:
@@ -100,10 +101,15 @@ class Settings:
         return same_base_model(self.base_model, zoo_base_model(zoo()))
 
 
+def session_workspace() -> Path:
+    """The session's workspace folder (the sidebar's, else the default one)."""
+    return Path(st.session_state.get("workspace", str(DEFAULT_WORKSPACE))).expanduser()
+
+
 def settings() -> Settings:
     _rerun_through_app()  # the settings are app.py's sidebar: a page never runs without it
     state = st.session_state
-    workspace = Path(state.get("workspace", str(DEFAULT_WORKSPACE))).expanduser()
+    workspace = session_workspace()
     _clean_workspace_once(str(workspace))
     return Settings(
         workspace=workspace,
@@ -204,9 +210,7 @@ def lab_for(base_model: str, device: str, workspace: str | os.PathLike | None = 
     are kept in that workspace's measure cache (merging.store.measure_cache): a recipe merged before,
     by this server or an earlier one, is not scored again. `workspace`: the session's unless given
     (the server's warm-up names the default one)."""
-    if workspace is None:
-        workspace = st.session_state.get("workspace", str(DEFAULT_WORKSPACE))  # as settings() reads it
-    folder = Path(workspace).expanduser().resolve()
+    folder = (session_workspace() if workspace is None else Path(workspace).expanduser()).resolve()
     return _lab(base_model, device, str(folder))
 
 
@@ -411,9 +415,8 @@ def show_figure(figure, name: str, key: str, how_to_read: str | None = None, res
             figure.update_layout(height=height)
     # a dark theme (--theme.base=dark, or the viewer's setting) gets a dark chart, not a white box
     from merging.plots.theme import for_theme
-    from pages._stage import theme_type
 
-    figure = for_theme(figure, theme_type())
+    figure = for_theme(figure, _stage.theme_type())
     st.plotly_chart(
         figure,
         key=f"chart:{key}",
@@ -438,8 +441,6 @@ def show_figure(figure, name: str, key: str, how_to_read: str | None = None, res
 def show_table(frame: pd.DataFrame, key: str, caption: str | None = None) -> None:
     """A table with a line on how to read it; off stage an interactive st.dataframe and a CSV download,
     on stage its first rows in HTML at ≥ 18 px (pages/_stage.table: a dataframe's canvas is ~13 px)."""
-    from pages import _stage
-
     if settings().presentation:
         _stage.table(frame)
     else:

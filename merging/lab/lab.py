@@ -22,7 +22,7 @@ from merging.core.progress import phase_share as _phase
 from merging.engine.merge import MergedAdapter, merge_adapters
 from merging.evaluation.causal import CausalEvaluator
 from merging.evaluation.evaluate import EvalSet, EvaluationError, EvaluationResult, Evaluator, Tally, evaluate_merge
-from merging.models.base import ModelLoadError, load_base_model, model_kind, resolve_model_source
+from merging.models.base import load_base_model, model_kind, resolve_model_source
 from merging.models.devices import resolve_device
 from merging.recipe.codec import Recipe
 from merging.store.measure_cache import DiskMemo, MeasureCache, model_version
@@ -144,7 +144,7 @@ class Lab:
 
         try:  # a Hub id's snapshot folder names its commit: the version of what was loaded
             source = str(resolve_model_source(self.base_model))
-        except (ModelLoadError, OSError, ValueError):
+        except (OSError, ValueError):  # ModelLoadError is a ValueError
             return  # no identity to key scores by (a model only in memory): keep them in memory only
         dtype = next((str(p.dtype) for p in self.model.parameters()), "")
         context = {"model": model_version(source), "device": self.device.type, "dtype": dtype,
